@@ -1,0 +1,303 @@
+"""Profile files: a GPU x model x engine x dtype x TP calibration, its raw data's path and its fitted curves.
+
+Torch-free: the simulator loads profiles on machines without a GPU. The file is versioned JSON; a wrong or old
+schema fails with a ProfileError that says what to do.
+
+Cost form (shared by the fitter and the simulator): for an iteration with `new_tokens` tokens pushed through the
+weights, the latency (or energy) is
+
+    curve(new_tokens) + sum_f coef[f] * feature_f
+
+where `curve` is piecewise linear over fixed knots in `new_tokens` (flat where weight streaming dominates, then
+linear once matrix units saturate; the paper's "flat below ~128-256 tokens, then linear") and the features are
+the attention and per-sequence terms named in FEATURES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenjoule.kernels.shape import IterationShape
+from tokenjoule.kernels.spec import ModelSpec
+
+SCHEMA_VERSION = 1
+PROFILE_KIND = "tokenjoule-profile"
+
+# Linear terms beside the piecewise-linear token curve; names match IterationShape properties.
+FEATURES = ("prefill_attn_pairs", "decode_ctx_tokens", "decode_seqs", "has_prefill")
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, malformed, of another schema version, or for another model/GPU."""
+
+
+@dataclass(frozen=True, slots=True)
+class GPUSpec:
+    """Datasheet numbers for a GPU, each with its source. Used by the roofline model and KV sizing.
+
+    Attributes:
+        name: short name, e.g. "H100-SXM".
+        memory_bytes: HBM capacity.
+        peak_flops: dense (not sparse) bf16 tensor FLOP/s.
+        hbm_bytes_per_s: memory bandwidth.
+        tdp_w: board power limit (TDP).
+        source: where the numbers come from.
+    """
+
+    name: str
+    memory_bytes: int
+    peak_flops: float
+    hbm_bytes_per_s: float
+    tdp_w: float
+    source: str
+
+
+DATASHEETS: dict[str, GPUSpec] = {
+    "H100-SXM": GPUSpec("H100-SXM", 80 * 10**9, 989.4e12, 3.35e12, 700.0,
+                        "NVIDIA H100 Tensor Core GPU datasheet (SXM5: 989 TFLOPS dense BF16, 3.35 TB/s, 700 W)"),
+    "H200-SXM": GPUSpec("H200-SXM", 141 * 10**9, 989.4e12, 4.8e12, 700.0,
+                        "NVIDIA H200 Tensor Core GPU datasheet (SXM: 989 TFLOPS dense BF16, 4.8 TB/s, 700 W)"),
+    "A100-SXM-80GB": GPUSpec("A100-SXM-80GB", 80 * 10**9, 312e12, 2.039e12, 400.0,
+                             "NVIDIA A100 datasheet (SXM 80GB: 312 TFLOPS dense BF16, 2,039 GB/s, 400 W)"),
+}
+
+
+def gpu_spec(name: str) -> GPUSpec:
+    """Datasheet entry by exact name; the error lists the known names."""
+    if name not in DATASHEETS:
+        raise ProfileError(f"unknown GPU {name!r}; known GPUs: {', '.join(sorted(DATASHEETS))}")
+    return DATASHEETS[name]
+
+
+@dataclass(frozen=True, slots=True)
+class CostCurve:
+    """Fitted per-iteration latency (seconds) or energy (joules) as a function of an iteration's shape.
+
+    Attributes:
+        knots_tokens: increasing `new_tokens` values where the piecewise-linear curve bends.
+        knot_values: the curve's value at each knot (s or J).
+        coef: coefficient per FEATURES name (s or J per unit of the feature).
+        unit: "s" or "J".
+    """
+
+    knots_tokens: tuple[float, ...]
+    knot_values: tuple[float, ...]
+    coef: dict[str, float]
+    unit: str
+
+    def __post_init__(self) -> None:
+        if len(self.knots_tokens) < 2 or len(self.knots_tokens) != len(self.knot_values):
+            raise ProfileError("cost curve needs >= 2 knots and one value per knot")
+        if any(b <= a for a, b in zip(self.knots_tokens, self.knots_tokens[1:])):
+            raise ProfileError("cost curve knots_tokens must increase strictly")
+        unknown = sorted(set(self.coef) - set(FEATURES))
+        if unknown:
+            raise ProfileError(f"cost curve has unknown feature(s) {unknown}; known: {list(FEATURES)}")
+        if self.unit not in ("s", "J"):
+            raise ProfileError(f"cost curve unit {self.unit!r} must be 's' or 'J'")
+
+    def token_curve(self, new_tokens: np.ndarray | float) -> np.ndarray:
+        """The piecewise-linear term; beyond the last knot it continues the last segment's slope."""
+        x = np.asarray(new_tokens, dtype=np.float64)
+        knots = np.asarray(self.knots_tokens)
+        vals = np.asarray(self.knot_values)
+        y = np.interp(x, knots, vals)
+        slope = (vals[-1] - vals[-2]) / (knots[-1] - knots[-2])
+        return np.where(x > knots[-1], vals[-1] + slope * (x - knots[-1]), y)
+
+    def evaluate(self, new_tokens: Any, **features: Any) -> np.ndarray:
+        """Vectorised cost: token curve plus linear feature terms (missing features count as 0)."""
+        total = self.token_curve(new_tokens)
+        for name, c in self.coef.items():
+            if name in features:
+                total = total + c * np.asarray(features[name], dtype=np.float64)
+        return total
+
+    def of_shape(self, shape: IterationShape) -> float:
+        """Cost of one IterationShape."""
+        return float(self.evaluate(shape.new_tokens, **shape_features(shape)))
+
+
+def shape_features(shape: IterationShape) -> dict[str, float]:
+    """The FEATURES of one iteration, by name."""
+    return {
+        "prefill_attn_pairs": float(shape.prefill_attn_pairs),
+        "decode_ctx_tokens": float(shape.decode_ctx_tokens),
+        "decode_seqs": float(shape.decode_seqs),
+        "has_prefill": 1.0 if shape.prefill else 0.0,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class GPUProfile:
+    """A calibrated (GPU, model, engine, mode, dtype, TP) profile: metadata, fitted curves and fit errors.
+
+    Attributes:
+        gpu: GPU metadata as measured (name, driver, power limit, clocks, memory) plus `datasheet` (a DATASHEETS key).
+        host: host CPU model and core count (launch-bound engines depend on it).
+        software: versions (torch, CUDA, transformers, tokenjoule, git sha).
+        method: how time and energy were read (e.g. CUDA events, NVML total-energy counter).
+        date: ISO date-time of the measurement.
+        engine: engine name ("tokenjoule" or "hf").
+        mode: engine mode ("eager", "cudagraph", "compile").
+        model: the ModelSpec measured.
+        tp: tensor-parallel degree (GPUs per replica).
+        idle_power_w: measured power of the replica's GPUs (summed) with the model resident and no work.
+        kv_capacity_tokens: KV-cache tokens the engine held at its memory-utilization setting.
+        latency: per-iteration latency curve (s).
+        energy: per-iteration energy curve (J), summed over the replica's GPUs.
+        fit_errors: cross-validated and mixed-iteration relative errors, by curve.
+        raw_path: raw sweep file, relative to the profile file.
+        notes: free text (what is modeled, caveats).
+    """
+
+    gpu: dict[str, Any]
+    host: dict[str, Any]
+    software: dict[str, Any]
+    method: dict[str, Any]
+    date: str
+    engine: str
+    mode: str
+    model: ModelSpec
+    tp: int
+    idle_power_w: float
+    kv_capacity_tokens: int
+    latency: CostCurve
+    energy: CostCurve
+    fit_errors: dict[str, Any] = field(default_factory=dict)
+    raw_path: str | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tp < 1:
+            raise ProfileError(f"tp={self.tp} must be >= 1")
+        if self.idle_power_w < 0:
+            raise ProfileError(f"idle_power_w={self.idle_power_w} must be >= 0")
+        if self.kv_capacity_tokens <= 0:
+            raise ProfileError(f"kv_capacity_tokens={self.kv_capacity_tokens} must be > 0")
+
+    @property
+    def datasheet(self) -> GPUSpec:
+        """The GPU's datasheet numbers (peak FLOP/s, bandwidth, TDP)."""
+        return gpu_spec(str(self.gpu.get("datasheet", "H100-SXM")))
+
+    @property
+    def label(self) -> str:
+        """Short identity: GPU x model x engine/mode x TP."""
+        return f"{self.gpu.get('name', '?')} x {self.model.name} x {self.engine}/{self.mode} x tp{self.tp}"
+
+    def cost(self, shape: IterationShape) -> tuple[float, float]:
+        """(seconds, joules) of one iteration."""
+        return self.latency.of_shape(shape), self.energy.of_shape(shape)
+
+    @property
+    def content_sha256(self) -> str:
+        """Hash of what the simulator reads (curves, idle power, capacity, model): identifies a calibration."""
+        core = {k: v for k, v in self.to_dict().items() if k in ("model", "tp", "idle_power_w", "kv_capacity_tokens",
+                                                                  "latency", "energy", "engine", "mode")}
+        return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, schema version included."""
+        out = {"kind": PROFILE_KIND, "schema_version": SCHEMA_VERSION}
+        for name in ("gpu", "host", "software", "method", "date", "engine", "mode", "tp", "idle_power_w",
+                     "kv_capacity_tokens", "fit_errors", "raw_path", "notes"):
+            out[name] = getattr(self, name)
+        out["model"] = self.model.to_dict()
+        out["latency"] = _curve_to_dict(self.latency)
+        out["energy"] = _curve_to_dict(self.energy)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<profile>") -> GPUProfile:
+        """Validate and build; errors are ProfileError naming `source` and the field."""
+        if data.get("kind") != PROFILE_KIND:
+            raise ProfileError(f"{source}: not a tokenjoule profile (kind={data.get('kind')!r})")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ProfileError(f"{source}: schema_version={version!r}, this tokenjoule reads {SCHEMA_VERSION}; "
+                               "re-run `tokenjoule calibrate` or install the tokenjoule version that wrote it")
+        try:
+            return cls(
+                gpu=dict(data["gpu"]), host=dict(data["host"]), software=dict(data["software"]),
+                method=dict(data["method"]), date=str(data["date"]), engine=str(data["engine"]),
+                mode=str(data["mode"]), model=ModelSpec.from_dict(data["model"]), tp=int(data["tp"]),
+                idle_power_w=float(data["idle_power_w"]), kv_capacity_tokens=int(data["kv_capacity_tokens"]),
+                latency=_curve_from_dict(data["latency"], "s"), energy=_curve_from_dict(data["energy"], "J"),
+                fit_errors=dict(data.get("fit_errors") or {}), raw_path=data.get("raw_path"),
+                notes=str(data.get("notes", "")),
+            )
+        except KeyError as err:
+            raise ProfileError(f"{source}: missing field {err.args[0]!r}") from err
+        except (TypeError, ValueError) as err:
+            raise ProfileError(f"{source}: {err}") from err
+
+
+def _curve_to_dict(curve: CostCurve) -> dict[str, Any]:
+    return {"knots_tokens": list(curve.knots_tokens), "knot_values": list(curve.knot_values),
+            "coef": dict(curve.coef), "unit": curve.unit}
+
+
+def _curve_from_dict(data: dict[str, Any], unit: str) -> CostCurve:
+    if data.get("unit") != unit:
+        raise ProfileError(f"curve unit {data.get('unit')!r} should be {unit!r}")
+    return CostCurve(tuple(float(k) for k in data["knots_tokens"]), tuple(float(v) for v in data["knot_values"]),
+                     {str(k): float(v) for k, v in data["coef"].items()}, unit)
+
+
+def load_profile(path: str | Path) -> GPUProfile:
+    """Read and validate a profile JSON file (or a shipped profile's short name, see `shipped_profiles`)."""
+    path = resolve_profile_path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise ProfileError(f"{path}: cannot read profile ({err.strerror or err})") from err
+    except json.JSONDecodeError as err:
+        raise ProfileError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: a profile is a JSON object")
+    return GPUProfile.from_dict(data, source=str(path))
+
+
+def save_profile(profile: GPUProfile, path: str | Path) -> Path:
+    """Write atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(profile.to_dict(), indent=1, sort_keys=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+SHIPPED_DIR = Path(__file__).parent / "profiles"
+
+
+def shipped_profiles() -> dict[str, Path]:
+    """Short name (file stem) -> path of each profile shipped as package data."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.json"))}
+
+
+def resolve_profile_path(name_or_path: str | Path) -> Path:
+    """A path as given if it exists, else a shipped profile's short name; the error lists shipped names."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = shipped_profiles()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    names = ", ".join(shipped) or "none"
+    raise ProfileError(f"{name_or_path}: no such profile file or shipped profile (shipped: {names})")

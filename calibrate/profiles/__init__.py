@@ -1,0 +1,1 @@
+"""Calibrated GPU profiles shipped with tokenjoule (measured; raw data beside each)."""

@@ -1,0 +1,61 @@
+"""IterationShape: what one forward pass of a replica processes. Torch-free.
+
+The engine executes shapes, calibration measures them, and the simulator's cost models price them, so the
+concept lives at the bottom of the import graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class IterationShape:
+    """One engine iteration: prefill chunks plus decode sequences, run as a single forward pass.
+
+    Attributes:
+        prefill: `(new_tokens, context_before_tokens)` per prefill chunk: the chunk's fresh tokens and how many
+            of the same sequence's tokens are already in the KV cache (0 for a first chunk).
+        decode: per decode sequence, the tokens already in its KV cache; each decodes exactly one token.
+    """
+
+    prefill: tuple[tuple[int, int], ...] = ()
+    decode: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for i, (new, before) in enumerate(self.prefill):
+            if new <= 0 or before < 0:
+                raise ValueError(f"prefill chunk {i}: new_tokens={new} must be > 0 and context_before={before} >= 0")
+        for i, ctx in enumerate(self.decode):
+            if ctx <= 0:
+                raise ValueError(f"decode sequence {i}: context={ctx} must be > 0")
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Fresh prompt tokens in this iteration."""
+        return sum(new for new, _ in self.prefill)
+
+    @property
+    def decode_seqs(self) -> int:
+        """Sequences decoding one token each."""
+        return len(self.decode)
+
+    @property
+    def new_tokens(self) -> int:
+        """All tokens pushed through the weights: prefill tokens plus one per decode sequence."""
+        return self.prefill_tokens + self.decode_seqs
+
+    @property
+    def prefill_attn_pairs(self) -> int:
+        """Causal (query, key) pairs the prefill chunks score: each new token sees the cache plus its own prefix."""
+        return sum(new * before + new * (new + 1) // 2 for new, before in self.prefill)
+
+    @property
+    def decode_ctx_tokens(self) -> int:
+        """KV entries the decode sequences read (their cached contexts summed)."""
+        return sum(self.decode)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the iteration has nothing to do."""
+        return not self.prefill and not self.decode

@@ -1,0 +1,1 @@
+"""The SimPy serving simulator: cluster, policies, cost models, energy accounting. Never imports torch."""

@@ -1,0 +1,1 @@
+"""Request traces: schema, loaders, synthetic arrivals, binning and streaming. Never imports torch."""
