@@ -10,7 +10,6 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-import click
 import typer
 
 from tokenjoule.calibrate import cli as calibrate_cli
@@ -59,15 +58,11 @@ sim_cli.register(app)
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; known user errors print one line and exit 2 (TOKENJOULE_DEBUG=1 re-raises)."""
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as done:
-        return done.exit_code
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        return 130
+        # Standalone mode: click reports usage errors, --help, Exit and Abort itself and ends with SystemExit.
+        # (this typer vendors click as typer._click, so `except click.ClickException` never matched its errors.)
+        app(args=argv)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
     except (ValueError, RuntimeError, OSError) as err:
         if os.environ.get("TOKENJOULE_DEBUG"):
             raise

@@ -2,6 +2,265 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
 import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tokenjoule.traces import transforms
+from tokenjoule.traces.binning import PAPER_INPUT_EDGES, PAPER_OUTPUT_EDGES, BinCounts, BinSpec
+from tokenjoule.traces.files import ProgressFn, save_trace, write_atomic
+from tokenjoule.traces.loaders import FORMAT_NAMES, LoadOptions, read_trace
+from tokenjoule.traces.stream import ScanResult, TraceStats, scan
+from tokenjoule.traces.synth import ARRIVAL_PROCESSES, SynthSpec, synthesize
 
 app = typer.Typer(help="Inspect, bin, synthesize and convert request traces.", no_args_is_help=True)
+
+Source = Annotated[str, typer.Argument(help="Trace file (CSV, Parquet, JSONL) or bundled name: azure-conv-2023, "
+                                            "azure-code-2023.", show_default=False)]
+Fmt = Annotated[str | None, typer.Option("--format", "-f", help=f"Format: {', '.join(FORMAT_NAMES)} "
+                                                                "(default: detect from the content).")]
+Mapping = Annotated[str | None, typer.Option("--map", help="Column mapping for the generic format, e.g. "
+                                                           "'arrival_s=ts,input_tokens=in,output_tokens=out'.")]
+TimeUnit = Annotated[str, typer.Option(help="Unit of a mapped arrival column: s, ms, us or datetime.")]
+ZeroOutput = Annotated[str, typer.Option(help="Rows with 0 output tokens (e.g. BurstGPT failures): drop or keep. "
+                                              "The simulator needs >= 1 output token.")]
+Unsorted = Annotated[str, typer.Option(help="Unsorted arrivals: sort (and say so) or refuse.")]
+Spread = Annotated[float | None, typer.Option(help="Spread arrivals uniformly over [t, t+S) s (Mooncake's 3 s "
+                                                   "buckets), seeded.")]
+Seed = Annotated[int, typer.Option(help="Random seed (spreading, synthesized arrivals).")]
+Arrivals = Annotated[str | None, typer.Option(help="Synthesize arrivals for traces without timestamps: poisson, "
+                                                   "gamma or zero.")]
+Rate = Annotated[float | None, typer.Option("--rate", help="Arrival rate for synthesized arrivals, requests/s.")]
+Cv = Annotated[float, typer.Option(help="Inter-arrival coefficient of variation for gamma arrivals.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Known user errors become one line on stderr and exit code 2 (TOKENJOULE_DEBUG=1 re-raises)."""
+    try:
+        yield
+    except (ValueError, OSError) as err:  # TraceFormatError and pyarrow's ArrowInvalid are ValueErrors
+        if os.environ.get("TOKENJOULE_DEBUG"):
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[ProgressFn | None]:
+    """A rich progress bar on stderr when it is a terminal; yields the callback (or None)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _options(mapping: str | None, time_unit: str, zero_output: str, unsorted: str, spread: float | None,
+             seed: int, arrivals: str | None, rate: float | None, cv: float) -> LoadOptions:
+    return LoadOptions(_parse_mapping(mapping), time_unit, zero_output, unsorted, spread, seed, arrivals, rate, cv)
+
+
+def _parse_mapping(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"--map {text!r}: expected field=column pairs separated by commas")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _edges(text: str | None, default: tuple[int, ...], flag: str) -> tuple[int, ...]:
+    if not text:
+        return default
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 32,128,512") from err
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _print_stats(stats: TraceStats, result: ScanResult) -> None:
+    console = Console()
+    head = Table(title=f"{stats.source}", show_header=False)
+    head.add_row("requests", f"{stats.rows:,}")
+    if result.rows_dropped:
+        head.add_row("dropped (0 output tokens)", f"{result.rows_dropped:,} of {result.rows_read:,}")
+    head.add_row("span", f"{stats.span_s:,.1f} s")
+    head.add_row("rate", f"{_num(stats.rate_per_s, 3)} req/s")
+    head.add_row("inter-arrival CV", _num(stats.interarrival_cv, 2))
+    head.add_row("index of dispersion (1 s)", _num(stats.dispersion_1s, 2))
+    if not stats.sorted:
+        head.add_row("note", "arrivals not sorted: burstiness needs sorted arrivals (trace convert sorts)")
+    for note in result.notes:
+        head.add_row("note", note)
+    console.print(head)
+    tokens = Table("tokens", "min", "median", "p90", "p99", "max", "mean")
+    for name, s in (("input", stats.input_tokens), ("output", stats.output_tokens)):
+        tokens.add_row(name, f"{s.min:,}", _num(s.p50, 1 if s.p50 and s.p50 % 1 else 0), _num(s.p90, 1),
+                       _num(s.p99, 1), f"{s.max:,}", _num(s.mean, 1))
+    console.print(tokens)
+
+
+@app.command()
+def stats(source: Source, fmt: Fmt = None, mapping: Mapping = None, time_unit: TimeUnit = "s",
+          zero_output: ZeroOutput = "drop", unsorted: Unsorted = "sort", spread_buckets_s: Spread = None,
+          seed: Seed = 0, arrivals: Arrivals = None, rate: Rate = None, cv: Cv = 1.0, as_json: AsJson = False) -> None:
+    """Summarize a trace: requests, span, rate, token percentiles and burstiness, streamed in constant memory.
+
+    Burstiness: the inter-arrival CV and the index of dispersion of per-second counts (both 1 for Poisson).
+
+    Example:
+        tokenjoule trace stats azure-conv-2023
+        tokenjoule trace stats burstgpt.csv --json
+        tokenjoule trace stats my.csv --map arrival_s=t,input_tokens=i,output_tokens=o
+    """
+    with _user_errors():
+        options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
+        with _progress("reading") as progress:
+            result = scan(source, fmt, options=options, progress=progress)
+    if as_json:
+        payload = {**result.stats.to_dict(), "rows_read": result.rows_read, "rows_dropped": result.rows_dropped,
+                   "notes": list(result.notes)}
+        typer.echo(json.dumps(payload))
+    else:
+        _print_stats(result.stats, result)
+
+
+def _print_bins(source: str, bins: BinCounts) -> None:
+    matrix = bins.matrix()
+    headers = ("input \\ output", *(f"<={e}" for e in bins.spec.output_edges), "total")
+    rows = [(f"<={edge}", *(f"{c:,}" for c in row), f"{int(row.sum()):,}")
+            for edge, row in zip(bins.spec.input_edges, matrix, strict=True)]
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    console = Console()
+    console.width = max(console.width, sum(w + 3 for w in widths) + 4)  # never cut a count short
+    table = Table(title=f"{source}: requests per (input, output) bin", box=box.SIMPLE_HEAD)
+    for header, width in zip(headers, widths, strict=True):
+        table.add_column(header, justify="right", no_wrap=True, min_width=width)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    how = "clamped into the last bin" if bins.spec.out_of_range == "clamp" else "excluded"
+    console.print(f"{bins.rows:,} requests, {bins.binned:,} binned, {bins.excluded + bins.clamped:,} out of range "
+                  f"({how}; input above {bins.input_above:,}, output above {bins.output_above:,})"
+                  + (f", {len(bins.counts)} windows of {bins.window_s} s" if bins.window_s else ""))
+
+
+@app.command("bin")
+def bin_(source: Source, fmt: Fmt = None, input_edges: Annotated[str | None, typer.Option(
+             help="Input bin upper edges, comma-separated (default: the paper's 32..8192).")] = None,
+         output_edges: Annotated[str | None, typer.Option(
+             help="Output bin upper edges (default: the paper's 8..512).")] = None,
+         clamp: Annotated[bool, typer.Option(help="Clamp out-of-range lengths into the last bin instead of "
+                                                  "excluding them.")] = False,
+         window_s: Annotated[float | None, typer.Option(help="Count per time window of this many seconds.")] = None,
+         out: Annotated[Path | None, typer.Option(help="Also write the tidy counts as Parquet.")] = None,
+         mapping: Mapping = None, time_unit: TimeUnit = "s", zero_output: ZeroOutput = "drop",
+         unsorted: Unsorted = "sort", spread_buckets_s: Spread = None, seed: Seed = 0, arrivals: Arrivals = None,
+         rate: Rate = None, cv: Cv = 1.0, as_json: AsJson = False) -> None:
+    """Count requests per (input, output) length bin, ceiling mapping (129 input tokens go to bin 256).
+
+    Example:
+        tokenjoule trace bin azure-conv-2023
+        tokenjoule trace bin big.parquet --clamp --window-s 60 --json
+    """
+    with _user_errors():
+        options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
+        spec = BinSpec(_edges(input_edges, PAPER_INPUT_EDGES, "--input-edges"),
+                       _edges(output_edges, PAPER_OUTPUT_EDGES, "--output-edges"), "clamp" if clamp else "exclude")
+        with _progress("binning") as progress:
+            result = scan(source, fmt, spec=spec, window_s=window_s, options=options, progress=progress)
+        bins = result.bins
+        if out is not None:
+            import pyarrow.parquet as pq
+
+            write_atomic(out, lambda tmp: pq.write_table(bins.to_table(), tmp))
+    if as_json:
+        typer.echo(json.dumps({"source": source, **bins.to_dict()}))
+    else:
+        _print_bins(source, bins)
+
+
+@app.command()
+def synth(out: Annotated[Path, typer.Argument(help="Parquet file to write.", show_default=False)],
+          requests: Annotated[int, typer.Option("--requests", "-n", help="Number of requests.")] = 1000,
+          rate: Annotated[float, typer.Option("--rate", help="Mean arrival rate, requests/s.")] = 1.0,
+          process: Annotated[str, typer.Option(help=f"Arrivals: {', '.join(ARRIVAL_PROCESSES)} "
+                                                    "(zero: all at t=0, an offline batch).")] = "poisson",
+          cv: Cv = 1.0,
+          lengths_from: Annotated[str | None, typer.Option(help="Resample (input, output) pairs from this trace "
+                                                                "(file or bundled name).")] = None,
+          input_tokens: Annotated[int, typer.Option(help="Fixed prompt length (without --lengths-from).")] = 512,
+          output_tokens: Annotated[int, typer.Option(help="Fixed output length (without --lengths-from).")] = 128,
+          seed: Seed = 0, as_json: AsJson = False) -> None:
+    """Write a synthetic trace (Parquet): Poisson or Gamma arrivals at a rate, lengths resampled or fixed.
+
+    Example:
+        tokenjoule trace synth p.parquet -n 5000 --rate 8 --lengths-from azure-conv-2023
+        tokenjoule trace synth batch.parquet -n 256 --process zero --input-tokens 1024
+    """
+    with _user_errors():
+        spec = SynthSpec(requests, rate, process, cv, input_tokens, output_tokens)
+        source = read_trace(lengths_from)[0] if lengths_from else None
+        trace = synthesize(spec, np.random.default_rng(seed), source)
+        save_trace(trace, out)
+    summary = {"path": str(out), "rows": len(trace), "span_s": trace.span_s, "process": process, "rate_per_s": rate,
+               "cv": cv, "seed": seed, "lengths_from": lengths_from}
+    typer.echo(json.dumps(summary) if as_json else f"wrote {out}: {len(trace):,} requests over {trace.span_s:,.1f} s")
+
+
+@app.command()
+def convert(source: Source, out: Annotated[Path, typer.Argument(help="Parquet file to write.", show_default=False)],
+            fmt: Fmt = None,
+            head: Annotated[int | None, typer.Option(help="Keep only the first N requests.")] = None,
+            start_s: Annotated[float | None, typer.Option(help="Keep arrivals from this second (re-zeroed).")] = None,
+            end_s: Annotated[float | None, typer.Option(help="Keep arrivals before this second.")] = None,
+            scale_rate: Annotated[float | None, typer.Option(help="Multiply the arrival rate by this factor.")] = None,
+            mapping: Mapping = None, time_unit: TimeUnit = "s", zero_output: ZeroOutput = "drop",
+            unsorted: Unsorted = "sort", spread_buckets_s: Spread = None, seed: Seed = 0, arrivals: Arrivals = None,
+            rate: Rate = None, cv: Cv = 1.0, as_json: AsJson = False) -> None:
+    """Convert any supported trace to canonical Parquet, optionally sliced, cut or rate-scaled.
+
+    Example:
+        tokenjoule trace convert burstgpt.csv burst.parquet --zero-output drop
+        tokenjoule trace convert azure-conv-2023 peak.parquet --start-s 600 --end-s 1200
+    """
+    with _user_errors():
+        options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
+        trace, report = read_trace(source, fmt, options=options)
+        notes = [report.summary()]
+        if start_s is not None or end_s is not None:
+            trace, step = transforms.slice_window(trace, start_s or 0.0, end_s if end_s is not None else np.inf)
+            notes.append(step.summary())
+        if head is not None:
+            trace, step = transforms.head(trace, head)
+            notes.append(step.summary())
+        if scale_rate is not None:
+            trace, step = transforms.scale_rate(trace, scale_rate)
+            notes.append(step.summary())
+        save_trace(trace, out)
+    if as_json:
+        typer.echo(json.dumps({"path": str(out), "rows": len(trace), "span_s": trace.span_s, "format": report.fmt,
+                               "rows_read": report.rows_read, "rows_dropped": report.rows_dropped, "notes": notes}))
+    else:
+        typer.echo("\n".join([*notes, f"wrote {out}: {len(trace):,} requests"]))

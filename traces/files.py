@@ -1,0 +1,187 @@
+"""Trace files on disk: sniff the container and columns, read whole or in record batches, write Parquet atomically.
+
+Containers are recognised by content: Parquet by its magic bytes, JSON Lines by a leading `{`, anything else is
+read as CSV. Compressed CSV/JSONL (`.gz`, `.bz2`, `.zst`) is decompressed by extension, as pyarrow does.
+CSV columns are read as strings so that `columns.convert` owns every parse and every error message.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from tokenjoule.traces.schema import Trace, TraceFormatError
+
+ProgressFn = Callable[[int, int], None]  # (done, total) in rows (Parquet) or bytes (CSV, JSONL)
+_SNIFF_BYTES = 1 << 16
+_CSV_BLOCK_BYTES = 1 << 24
+
+
+@dataclass(frozen=True, slots=True)
+class Sniffed:
+    """What a file holds, from its first bytes.
+
+    Attributes:
+        path: the file.
+        container: "csv", "jsonl" or "parquet".
+        columns: header names (CSV), keys of the first object (JSONL) or schema names (Parquet).
+        first_row: the first data row's fields as text (CSV only; empty otherwise), for format detection.
+    """
+
+    path: Path
+    container: str
+    columns: tuple[str, ...]
+    first_row: tuple[str, ...] = ()
+
+
+def sniff(path: Path) -> Sniffed:
+    """Identify the container and the column names of a trace file.
+
+    Args:
+        path: the file.
+
+    Returns:
+        What was found.
+
+    Raises:
+        TraceFormatError: the file is empty or has no header.
+        FileNotFoundError: no such file.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as raw:
+        if raw.read(4) == b"PAR1":
+            return Sniffed(path, "parquet", tuple(pq.read_schema(path).names))
+    with pa.input_stream(str(path), compression="detect") as stream:
+        head = stream.read(_SNIFF_BYTES).decode("utf-8", errors="replace").lstrip("\ufeff")
+    if not head.strip():
+        raise TraceFormatError(f"{path}: empty file (no header, no requests)")
+    lines = head.lstrip().splitlines()
+    first = lines[0]
+    if first.startswith("{"):
+        try:
+            keys = tuple(json.loads(first))
+        except ValueError as err:
+            raise TraceFormatError(f"{path}: row 1: not a JSON object ({err})") from err
+        return Sniffed(path, "jsonl", keys)
+    rows = list(csv.reader(io.StringIO("\n".join(lines[:2]))))
+    return Sniffed(path, "csv", tuple(rows[0]), tuple(rows[1]) if len(rows) > 1 else ())
+
+
+def read_table(sniffed: Sniffed, columns: tuple[str, ...]) -> pa.Table:
+    """Read the named columns of the whole file (CSV as strings).
+
+    Args:
+        sniffed: the sniffed file.
+        columns: source columns to read (already checked present).
+
+    Returns:
+        The raw table.
+
+    Raises:
+        TraceFormatError: the file cannot be parsed, or holds no rows.
+    """
+    table = pa.concat_tables([batch for batch, _, _ in iter_batches(sniffed, columns)] or [_empty(columns)])
+    if table.num_rows == 0:
+        raise TraceFormatError(f"{sniffed.path}: no requests (the file has a header but no rows)")
+    return table
+
+
+def iter_batches(sniffed: Sniffed, columns: tuple[str, ...], batch_rows: int = 1 << 20,
+                 block_bytes: int = _CSV_BLOCK_BYTES) -> Iterator[tuple[pa.Table, int, int]]:
+    """Stream the named columns in blocks, holding one block in memory.
+
+    Args:
+        sniffed: the sniffed file.
+        columns: source columns to read.
+        batch_rows: rows per Parquet batch.
+        block_bytes: bytes per CSV/JSONL block.
+
+    Yields:
+        (block as a table, progress done, progress total); progress counts rows for Parquet and bytes otherwise.
+
+    Raises:
+        TraceFormatError: a parse error in the file.
+    """
+    path = str(sniffed.path)
+    try:
+        if sniffed.container == "parquet":
+            parquet = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering caches every row group read
+            total, done = parquet.metadata.num_rows, 0
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns)):
+                done += batch.num_rows
+                yield pa.Table.from_batches([batch]), done, total
+            return
+        total = os.path.getsize(path)
+        with pa.input_stream(path, compression="detect") as stream:
+            reader = _open_text(sniffed, columns, stream, block_bytes)
+            for batch in reader:
+                yield pa.Table.from_batches([batch]), min(_tell(stream, total), total), total
+    except pa.ArrowInvalid as err:
+        raise TraceFormatError(f"{path}: {_first_line(err)}") from err
+
+
+def _open_text(sniffed: Sniffed, columns: tuple[str, ...], stream: pa.NativeFile, block_bytes: int):
+    if sniffed.container == "jsonl":
+        return pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=block_bytes))
+    convert = pacsv.ConvertOptions(include_columns=list(columns), column_types={c: pa.string() for c in columns},
+                                   strings_can_be_null=False)
+    return pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_bytes), convert_options=convert)
+
+
+def _tell(stream: pa.NativeFile, total: int) -> int:
+    try:
+        return stream.tell()
+    except (OSError, pa.ArrowNotImplementedError):  # compressed streams may not know their position
+        return total
+
+
+def _empty(columns: tuple[str, ...]) -> pa.Table:
+    return pa.table({c: pa.array([], pa.string()) for c in columns})
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
+
+
+def save_trace(trace: Trace, path: Path) -> Path:
+    """Write a trace as Parquet, atomically (temp file in the same folder, then rename).
+
+    Args:
+        trace: the trace.
+        path: destination `.parquet` file.
+
+    Returns:
+        The path written.
+    """
+    write_atomic(path, lambda tmp: pq.write_table(trace.table, tmp, row_group_size=1 << 20))
+    return path
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` on a temp file beside `path`, then rename it into place; on failure leave nothing.
+
+    Args:
+        path: the destination.
+        write: writes the whole file to the path it is given.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,171 @@
+"""Synthetic traces: Poisson and Gamma arrivals, resampled or fixed lengths, and offline batches at t=0.
+
+Every generator takes an explicit `numpy.random.Generator`, so the same seed gives the same trace.
+Gamma inter-arrival gaps with shape k = 1/cv**2 and scale 1/(rate*k) have mean 1/rate and coefficient of variation
+cv: cv=1 is Poisson, cv>1 is burstier, cv<1 more regular (the burstiness model of e.g. AlpaServe, Li et al. 2023).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tokenjoule.traces.schema import Trace
+
+ARRIVAL_PROCESSES = ("poisson", "gamma", "zero")
+
+
+@dataclass(frozen=True, slots=True)
+class SynthSpec:
+    """How to synthesize a trace.
+
+    Attributes:
+        n_requests: number of requests.
+        rate_per_s: mean arrival rate, requests per second (ignored for process "zero").
+        process: "poisson", "gamma" (burstiness by `cv`) or "zero" (all requests at t=0: offline batch).
+        cv: coefficient of variation of inter-arrival gaps for "gamma" (1.0 = Poisson).
+        input_tokens: fixed prompt length, used when no trace to resample lengths from is given.
+        output_tokens: fixed output length (>= 1: the simulator generates at least one token).
+    """
+
+    n_requests: int
+    rate_per_s: float = 1.0
+    process: str = "poisson"
+    cv: float = 1.0
+    input_tokens: int = 512
+    output_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if self.n_requests < 1:
+            raise ValueError(f"n_requests={self.n_requests} must be >= 1")
+        if self.process not in ARRIVAL_PROCESSES:
+            raise ValueError(f"process={self.process!r} is not one of {', '.join(ARRIVAL_PROCESSES)}")
+        if self.process != "zero" and not self.rate_per_s > 0:
+            raise ValueError(f"rate_per_s={self.rate_per_s} must be > 0")
+        if not self.cv > 0:
+            raise ValueError(f"cv={self.cv} must be > 0")
+        if self.input_tokens < 0 or self.output_tokens < 1:
+            raise ValueError(f"input_tokens={self.input_tokens} must be >= 0 and output_tokens="
+                             f"{self.output_tokens} >= 1")
+
+
+def poisson_arrivals(n: int, rate_per_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times of a Poisson process: cumulative exponential gaps, the first gap included.
+
+    Args:
+        n: number of arrivals.
+        rate_per_s: mean rate, requests per second.
+        rng: random generator.
+
+    Returns:
+        float64 arrival times in seconds, non-decreasing.
+    """
+    return np.cumsum(rng.exponential(1.0 / rate_per_s, size=n))
+
+
+def gamma_arrivals(n: int, rate_per_s: float, cv: float, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times with Gamma-distributed gaps of mean 1/rate and coefficient of variation `cv`.
+
+    Args:
+        n: number of arrivals.
+        rate_per_s: mean rate, requests per second.
+        cv: coefficient of variation of the gaps (1.0 gives a Poisson process).
+        rng: random generator.
+
+    Returns:
+        float64 arrival times in seconds, non-decreasing.
+    """
+    shape = 1.0 / cv**2
+    return np.cumsum(rng.gamma(shape, 1.0 / (rate_per_s * shape), size=n))
+
+
+def arrivals(n: int, process: str, rng: np.random.Generator, rate_per_s: float = 1.0, cv: float = 1.0) -> np.ndarray:
+    """Arrival times from a named process ("poisson", "gamma" or "zero").
+
+    Args:
+        n: number of arrivals.
+        process: one of ARRIVAL_PROCESSES.
+        rng: random generator.
+        rate_per_s: mean rate for poisson/gamma.
+        cv: gap coefficient of variation for gamma.
+
+    Returns:
+        float64 arrival times in seconds.
+    """
+    if process == "poisson":
+        return poisson_arrivals(n, rate_per_s, rng)
+    if process == "gamma":
+        return gamma_arrivals(n, rate_per_s, cv, rng)
+    if process == "zero":
+        return np.zeros(n)
+    raise ValueError(f"process={process!r} is not one of {', '.join(ARRIVAL_PROCESSES)}")
+
+
+def resample_lengths(trace: Trace, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw (input, output) pairs with replacement from a trace's empirical joint distribution.
+
+    Pairs are drawn whole, so the correlation between prompt and output lengths is kept.
+
+    Args:
+        trace: the trace to resample from (non-empty).
+        n: number of pairs.
+        rng: random generator.
+
+    Returns:
+        (input_tokens, output_tokens) int32 arrays.
+    """
+    if len(trace) == 0:
+        raise ValueError(f"{trace.source}: cannot resample lengths from an empty trace")
+    rows = rng.integers(0, len(trace), size=n)
+    return trace.column("input_tokens")[rows], trace.column("output_tokens")[rows]
+
+
+def fixed_lengths(n: int, input_tokens: int, output_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """N copies of one (input, output) pair.
+
+    Args:
+        n: number of requests.
+        input_tokens: prompt length.
+        output_tokens: output length.
+
+    Returns:
+        (input_tokens, output_tokens) int32 arrays.
+    """
+    return np.full(n, input_tokens, np.int32), np.full(n, output_tokens, np.int32)
+
+
+def synthesize(spec: SynthSpec, rng: np.random.Generator, lengths_from: Trace | None = None) -> Trace:
+    """A synthetic trace: arrivals from `spec`, lengths resampled from `lengths_from` or fixed by `spec`.
+
+    Args:
+        spec: what to generate.
+        rng: random generator (arrivals are drawn first, then lengths).
+        lengths_from: a trace whose joint (input, output) distribution to resample; None for fixed lengths.
+
+    Returns:
+        The trace, sorted by arrival, ids 0..n-1.
+    """
+    times = arrivals(spec.n_requests, spec.process, rng, spec.rate_per_s, spec.cv)
+    if lengths_from is None:
+        inp, out = fixed_lengths(spec.n_requests, spec.input_tokens, spec.output_tokens)
+        source = f"synth:{spec.process}"
+    else:
+        inp, out = resample_lengths(lengths_from, spec.n_requests, rng)
+        source = f"synth:{spec.process}:{lengths_from.source}"
+    return Trace.from_columns(times, inp, out, source=source)
+
+
+def batch_at_zero(n: int, input_tokens: int, output_tokens: int) -> Trace:
+    """N identical requests all arriving at t=0: the offline-batch what-if.
+
+    Args:
+        n: number of requests.
+        input_tokens: prompt length of each.
+        output_tokens: output length of each.
+
+    Returns:
+        The trace.
+    """
+    return synthesize(SynthSpec(n, process="zero", input_tokens=input_tokens, output_tokens=output_tokens),
+                      np.random.default_rng(0))
