@@ -1,9 +1,321 @@
-"""`tokenjoule simulate`, `compare` and `project`."""
+"""`tokenjoule simulate` and `tokenjoule compare`: what-if serving energy and latency from a trace and a profile."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+DEFAULT_TRACE = "azure-conv-2023"
+DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
+
+TraceOpt = Annotated[str | None, typer.Option("--trace", help="Trace file (CSV, Parquet, JSONL) or bundled name "
+                                                              f"[default: {DEFAULT_TRACE}].", show_default=False)]
+FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Trace format (default: detect).")]
+SynthOpt = Annotated[str | None, typer.Option(
+    "--synthetic", help="Synthetic trace instead of a file: 'n=256,input=1024,output=128' (all at t=0), add "
+                        "'rate=5' for Poisson arrivals or 'process=gamma,cv=2' for bursty ones.")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile file or shipped name "
+                                                                  f"[default: {DEFAULT_PROFILE}].",
+                                                show_default=False)]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name; checked against the profile "
+                                                              "(roofline: which model).")]
+GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB); "
+                                                          "checked against the profile (roofline: which GPU).")]
+CostOpt = Annotated[str, typer.Option("--cost", help="Cost model: calibrated, roofline or roofline-memory.")]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Known user errors become one line on stderr and exit code 2 (TOKENJOULE_DEBUG=1 re-raises)."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        if os.environ.get("TOKENJOULE_DEBUG"):
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress(label: str, enabled: bool = True) -> Iterator[Any]:
+    """A rich progress bar on stderr when it is a terminal; yields a (done, total) callback or None."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _parse_synthetic(text: str, seed: int):
+    from tokenjoule.traces.synth import SynthSpec, synthesize
+
+    fields: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"--synthetic: {part!r} is not key=value")
+        fields[key.strip()] = value.strip()
+    names = {"n": "n_requests", "input": "input_tokens", "output": "output_tokens", "rate": "rate_per_s",
+             "process": "process", "cv": "cv"}
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise ValueError(f"--synthetic: unknown key {unknown[0]!r} (keys: {', '.join(names)})")
+    kwargs: dict[str, Any] = {}
+    for key, value in fields.items():
+        try:
+            kwargs[names[key]] = value if key == "process" else (float(value) if key in ("rate", "cv") else int(value))
+        except ValueError as err:
+            raise ValueError(f"--synthetic: {key}={value!r} is not a number") from err
+    kwargs.setdefault("n_requests", 256)
+    kwargs.setdefault("process", "poisson" if "rate_per_s" in kwargs else "zero")
+    return synthesize(SynthSpec(**kwargs), np.random.default_rng(seed))
+
+
+def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed: int):
+    if synthetic:
+        if trace:
+            raise ValueError("give --trace or --synthetic, not both")
+        return _parse_synthetic(synthetic, seed)
+    from tokenjoule.traces.loaders import load_trace
+
+    return load_trace(trace or DEFAULT_TRACE, fmt)
+
+
+def _load_profile(name: str | None, cost: str):
+    """The profile (None for roofline without one); a missing default names itself and the alternatives."""
+    from tokenjoule.calibrate.profile import ProfileError, load_profile
+
+    if name is None and cost != "calibrated":
+        return None
+    try:
+        return load_profile(name or DEFAULT_PROFILE)
+    except ProfileError as err:
+        if name is None:
+            raise ProfileError(f"default profile {DEFAULT_PROFILE!r} is not installed ({err}); pass --profile FILE "
+                               "or use --cost roofline") from err
+        raise
+
+
+def _parse_window(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    start, sep, end = text.partition(":")
+    try:
+        return float(start or 0), float(end)
+    except ValueError as err:
+        raise ValueError(f"--window: {text!r} must be START:END in seconds, e.g. 0:600") from err
+
+
+def _parse_carbon(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        return {"carbon_g_per_kwh": float(text)}
+    except ValueError:
+        from tokenjoule.sim.accounting import load_carbon_csv
+
+        return {"carbon_hourly": load_carbon_csv(text)}
+
+
+def _summary_table(summary: dict[str, Any], title: str) -> Table:
+    def fmt(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    s = summary
+    table = Table(title=title, show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("cost model", f"{s['cost_model']}{' (modeled TP)' if s['modeled'] else ''}"),
+        ("profile", s["profile"] or "-"),
+        ("policy / replicas x tp / router", f"{s['policy']} / {s['replicas']} x {s['tp']} / {s['router']}"),
+        ("requests finished / rejected", f"{s['finished']:,} / {s['rejected']:,}"),
+        ("duration", f"{fmt(s['duration_s'], ',.1f')} s"),
+        ("energy", f"{fmt(s['kwh'], '.4f')} kWh ({fmt(s['energy_total_j'], ',.0f')} J)"),
+        ("  GPU busy / idle", f"{fmt(s['gpu_busy_j'], ',.0f')} / {fmt(s['gpu_idle_j'], ',.0f')} J"),
+        ("J per request", fmt(s["j_per_request"], ",.2f")),
+        ("J per token / per output token", f"{fmt(s['j_per_token'], '.4f')} / {fmt(s['j_per_output_token'], '.4f')}"),
+        ("kg CO2e", fmt(s["kg_co2e"], ".4f")),
+        ("GPU-hours / utilization", f"{fmt(s['gpu_hours'], '.3f')} / {fmt(s['utilization'], '.1%')}"),
+        ("TTFT p50 / p90 / p99", f"{fmt(s['ttft_p50_s'], '.3f')} / {fmt(s['ttft_p90_s'], '.3f')} / "
+                                 f"{fmt(s['ttft_p99_s'], '.3f')} s"),
+        ("TPOT p50 / p90 / p99", f"{fmt(s['tpot_p50_s'], '.4f')} / {fmt(s['tpot_p90_s'], '.4f')} / "
+                                 f"{fmt(s['tpot_p99_s'], '.4f')} s"),
+        ("E2E p50 / p90 / p99", f"{fmt(s['e2e_p50_s'], '.2f')} / {fmt(s['e2e_p90_s'], '.2f')} / "
+                                f"{fmt(s['e2e_p99_s'], '.2f')} s"),
+        ("preemptions", f"{s['preemptions']:,}"),
+        ("SLO attainment", fmt(s["slo_attainment"], ".1%")),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def simulate(
+    trace: TraceOpt = None,
+    fmt: FormatOpt = None,
+    synthetic: SynthOpt = None,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    gpu: GpuOpt = None,
+    cost: CostOpt = "calibrated",
+    policy: Annotated[str, typer.Option(help="Batching: static, continuous or chunked.")] = "continuous",
+    replicas: Annotated[int, typer.Option(help="Data-parallel replicas.")] = 1,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs per replica.")] = 1,
+    router: Annotated[str, typer.Option(help="round-robin, least-outstanding or random.")] = "round-robin",
+    rate_scale: Annotated[float, typer.Option(help="Multiply the arrival rate.")] = 1.0,
+    window: Annotated[str | None, typer.Option(help="Keep arrivals in START:END seconds.")] = None,
+    max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
+    max_batched_tokens: Annotated[int | None, typer.Option(help="Tokens per iteration (default 8192 "
+                                                                "continuous, 2048 chunked).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Static batch size.")] = 8,
+    kv_block_tokens: Annotated[int, typer.Option(help="Tokens per paged KV block.")] = 16,
+    batch_timeout_s: Annotated[float, typer.Option(help="Static: wait this long for a full batch.")] = 0.0,
+    slo_ttft_s: Annotated[float | None, typer.Option(help="TTFT target, s.")] = None,
+    slo_tpot_s: Annotated[float | None, typer.Option(help="TPOT target, s.")] = None,
+    pue: Annotated[float, typer.Option(help="Facility power usage effectiveness.")] = 1.0,
+    host_power_w: Annotated[float, typer.Option(help="Host power per replica, W.")] = 0.0,
+    idle_power_w: Annotated[float | None, typer.Option(help="Replica idle power override, W (default: the "
+                                                            "profile's; 0 for roofline).")] = None,
+    carbon: Annotated[str | None, typer.Option(help="Grid intensity: gCO2e/kWh, or an hourly CSV file.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed (random router, synthetic traces).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write requests.parquet, summary.json, run.json, plots here.")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Simulate serving a trace: energy (J/request, J/token, kWh, CO2) and latency, from a calibrated profile.
+
+    With no arguments: the bundled Azure conversation 2023 trace, the shipped H100 Llama-3.1-8B profile,
+    continuous batching on one replica.
+
+    Example:
+        tokenjoule simulate
+        tokenjoule simulate --policy static --max-batch 16 --json
+        tokenjoule simulate --profile my.json --replicas 4 --router least-outstanding --out runs/a
+        tokenjoule simulate --synthetic n=256,input=1024,output=128 --cost roofline --gpu H100-SXM
+    """
+    from tokenjoule.sim.report import dumps, write_run
+    from tokenjoule.sim.run import SimConfig, run
+
+    with _user_errors():
+        config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
+                           max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens, max_batch=max_batch,
+                           kv_block_tokens=kv_block_tokens,
+                           batch_timeout_s=batch_timeout_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
+                           host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
+                           window_s=_parse_window(window),
+                           seed=seed, **_parse_carbon(carbon))
+        prof = _load_profile(profile, cost)
+        tr = _load_trace(trace, fmt, synthetic, seed)
+        with _progress("simulating", len(tr) > 50_000) as tick:
+            result = run(config, tr, prof, on_progress=tick)
+        if out is not None:
+            write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)})
+    if as_json:
+        typer.echo(json.dumps(json.loads(dumps(result.summary))))
+        return
+    console = Console()
+    console.print(_summary_table(result.summary, f"tokenjoule simulate: {tr.source}"))
+    if result.summary["modeled"]:
+        console.print("[yellow]note:[/] tensor parallelism is modeled from a tp=1 profile (not measured)")
+    if out is not None:
+        console.print(f"wrote {out}/ (requests.parquet, summary.json, run.json, power.png, energy_breakdown.png, "
+                      "latency_cdf.png)")
+
+
+def compare(
+    config_file: Annotated[Path | None, typer.Option("--config", help="TOML grid file (see tokenjoule.sim.compare).")]
+    = None,
+    policies: Annotated[str | None, typer.Option(help="Comma list, e.g. static,continuous,chunked.")] = None,
+    profiles: Annotated[str | None, typer.Option(help="Comma list of profiles (engines).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="Comma list of GPU datasheets (roofline).")] = None,
+    replicas: Annotated[str | None, typer.Option(help="Comma list of replica counts.")] = None,
+    tps: Annotated[str | None, typer.Option("--tp", help="Comma list of TP degrees.")] = None,
+    cost: CostOpt = "calibrated",
+    trace: TraceOpt = None,
+    fmt: FormatOpt = None,
+    synthetic: SynthOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write compare.json and pareto.png here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run a grid of what-ifs (policies x engines x GPUs x replicas x TP): a table and an energy-vs-p99 Pareto plot.
+
+    Example:
+        tokenjoule compare --policies static,continuous,chunked --profiles my.json
+        tokenjoule compare --policies static,continuous --replicas 1,2,4 --profiles my.json --out runs/cmp
+        tokenjoule compare --config grid.toml --json
+    """
+    from tokenjoule.sim.compare import grid_from_flags, load_grid
+    from tokenjoule.sim.report import dumps, pareto_front, plot_pareto
+    from tokenjoule.sim.run import run
+
+    with _user_errors():
+        if config_file is not None:
+            grid = load_grid(config_file)
+        else:
+            grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
+        tr = _load_trace(trace or grid.trace, fmt, synthetic or grid.synthetic, seed)
+        cells, loaded = grid.cells(), {}
+        rows = []
+        with _progress("what-ifs", len(cells) > 1) as tick:
+            for i, (label, prof_name, config) in enumerate(cells):
+                if prof_name not in loaded:
+                    loaded[prof_name] = _load_profile(prof_name, config.cost)
+                rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
+                             "summary": run(config, tr, loaded[prof_name]).summary})
+                if tick:
+                    tick(i + 1, len(cells))
+        energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]
+        p99 = [r["summary"]["e2e_p99_s"] or float("nan") for r in rows]
+        front = pareto_front(energy, p99)
+        if out is not None:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+            try:
+                (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
+                plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
+                if out.exists():
+                    shutil.rmtree(out)
+                os.replace(tmp, out)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    if as_json:
+        typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
+                                                "pareto": [rows[i]["label"] for i in front]}))))
+        return
+    table = Table(title=f"tokenjoule compare: {tr.source}")
+    table.add_column("what-if", no_wrap=True)
+    for name in ("J/req", "J/out tok", "kWh", "TTFT p99 s", "E2E p99 s", "rejected", "pareto"):
+        table.add_column(name, justify="right")
+    for i, r in enumerate(rows):
+        s = r["summary"]
+        table.add_row(r["label"] + (" (modeled)" if s["modeled"] else ""), _num(s["j_per_request"], ",.1f"),
+                      _num(s["j_per_output_token"], ".3f"), _num(s["kwh"], ".4f"), _num(s["ttft_p99_s"], ".3f"),
+                      _num(s["e2e_p99_s"], ".2f"), str(s["rejected"]), "*" if i in front else "")
+    Console().print(table)
+
+
+def _num(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def register(app: typer.Typer) -> None:
     """Mount the simulation commands on the root app."""
+    app.command("simulate")(simulate)
+    app.command("compare")(compare)

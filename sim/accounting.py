@@ -1,0 +1,201 @@
+"""Energy and request accounting: per-request slots, a binned busy-energy timeline, idle, host, PUE and carbon.
+
+Following SimPy's monitoring guide, the simulation only appends numbers; tables and totals are built at the end.
+Memory is bounded by the trace length (one slot per request) and the run's duration (one bin per `bin_s`), never by
+the number of iterations.
+
+Conservation: every busy joule is attributed to a request (by tokens processed in the iteration), and every idle
+joule (idle power between iterations, per replica, until the end of the run) is unattributed, so
+sum(request energy) + idle == GPU total.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tokenjoule.sim.replica import RequestState
+
+# Bin widths that divide an hour, so no bin straddles two hours of an hourly carbon-intensity series.
+_NICE_BINS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
+STATUS_PENDING, STATUS_FINISHED, STATUS_REJECTED = 0, 1, 2
+
+
+def pick_bin_s(span_s: float, max_bins: int = 2000) -> float:
+    """The smallest nice bin width giving at most `max_bins` bins over `span_s` (an hour for longer spans)."""
+    for width in _NICE_BINS_S:
+        if span_s / width <= max_bins:
+            return float(width)
+    return 3600.0
+
+
+class EnergyTimeline:
+    """Busy seconds and joules per time bin, summed over replicas (an interval's energy is split by its time)."""
+
+    def __init__(self, bin_s: float) -> None:
+        self.bin_s = bin_s
+        self.busy_s: list[float] = []
+        self.busy_j: list[float] = []
+
+    def add(self, start_s: float, time_s: float, energy_j: float) -> None:
+        """Book `energy_j` spent uniformly over [start_s, start_s + time_s]."""
+        width = self.bin_s
+        first, last = int(start_s // width), int((start_s + time_s) // width)
+        if last >= len(self.busy_s):
+            grow = last + 1 - len(self.busy_s)
+            self.busy_s.extend([0.0] * grow)
+            self.busy_j.extend([0.0] * grow)
+        if first == last or time_s <= 0.0:
+            self.busy_s[first] += time_s
+            self.busy_j[first] += energy_j
+            return
+        end = start_s + time_s
+        for b in range(first, last + 1):
+            overlap = min(end, (b + 1) * width) - max(start_s, b * width)
+            if overlap > 0.0:
+                self.busy_s[b] += overlap
+                self.busy_j[b] += energy_j * overlap / time_s
+
+    def gpu_power_w(self, end_s: float, replicas: int, idle_power_w: float) -> tuple[np.ndarray, np.ndarray]:
+        """(bin start times, mean GPU power per bin) with idle power filling each replica's non-busy time."""
+        n = max(1, math.ceil(end_s / self.bin_s))
+        busy_s = np.zeros(n)
+        busy_j = np.zeros(n)
+        m = min(n, len(self.busy_s))
+        busy_s[:m], busy_j[:m] = self.busy_s[:m], self.busy_j[:m]
+        starts = np.arange(n) * self.bin_s
+        span = np.clip(end_s - starts, 0.0, self.bin_s)
+        idle_j = idle_power_w * np.clip(span * replicas - busy_s, 0.0, None)
+        return starts, (busy_j + idle_j) / np.where(span > 0, span, 1.0)
+
+
+class Ledger:
+    """One slot per trace row (filled when the request finishes or is rejected), plus the energy timeline.
+
+    Attributes:
+        n: number of requests.
+        timeline: busy energy per time bin.
+    """
+
+    def __init__(self, n: int, bin_s: float) -> None:
+        self.n = n
+        self.timeline = EnergyTimeline(bin_s)
+        self.status = np.zeros(n, dtype=np.int8)
+        self.replica = np.full(n, -1, dtype=np.int32)
+        self.preemptions = np.zeros(n, dtype=np.int32)
+        self.start_s = np.full(n, np.nan)
+        self.first_token_s = np.full(n, np.nan)
+        self.finish_s = np.full(n, np.nan)
+        self.energy_j = np.zeros(n)
+        self.reject_reason = np.full(n, "", dtype=object)
+        self.last_arrival_s = 0.0
+
+    def finish(self, s: RequestState, now: float, replica: int) -> None:
+        """Record a finished request."""
+        i = s.idx
+        self.status[i] = STATUS_FINISHED
+        self.replica[i] = replica
+        self.preemptions[i] = s.preemptions
+        self.start_s[i] = s.start_s
+        self.first_token_s[i] = s.first_token_s
+        self.finish_s[i] = now
+        self.energy_j[i] = s.energy_j
+
+    def reject(self, s: RequestState, reason: str) -> None:
+        """Record a request that can never be served, with the reason."""
+        self.status[s.idx] = STATUS_REJECTED
+        self.reject_reason[s.idx] = reason
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyBreakdown:
+    """Energy of a run, by where it went (J), and its carbon.
+
+    Attributes:
+        gpu_busy_j: GPU energy of iterations (attributed to requests).
+        gpu_idle_j: GPU idle power between iterations until the end of the run (unattributed).
+        host_j: host (CPU, memory, fans) power over the run, if configured.
+        facility_overhead_j: (PUE - 1) x (GPU + host): cooling and power delivery.
+        total_j: everything above.
+        carbon_kg: kg CO2e of `total_j` at the grid intensity (None when no intensity is given).
+    """
+
+    gpu_busy_j: float
+    gpu_idle_j: float
+    host_j: float
+    facility_overhead_j: float
+    total_j: float
+    carbon_kg: float | None
+
+    @property
+    def gpu_j(self) -> float:
+        """GPU energy, busy plus idle."""
+        return self.gpu_busy_j + self.gpu_idle_j
+
+
+def energy_breakdown(busy_j: float, idle_j: float, end_s: float, replicas: int, host_power_w: float, pue: float,
+                     carbon_g_per_kwh: float | None = None, carbon_hourly: tuple[float, ...] | None = None,
+                     timeline_w: tuple[np.ndarray, np.ndarray] | None = None) -> EnergyBreakdown:
+    """Totals, with host power, PUE and carbon (constant g/kWh, or hourly g/kWh weighted by the power timeline).
+
+    Args:
+        busy_j: GPU busy energy (J).
+        idle_j: GPU idle energy (J).
+        end_s: run duration (s).
+        replicas: number of replicas (host power is per replica).
+        host_power_w: host power per replica (W).
+        pue: power usage effectiveness (>= 1).
+        carbon_g_per_kwh: constant grid intensity.
+        carbon_hourly: intensity per hour from the run's start (repeats when the run is longer).
+        timeline_w: (bin starts, GPU power per bin), to weight an hourly intensity.
+
+    Returns:
+        The breakdown.
+    """
+    host_j = host_power_w * replicas * end_s
+    total = (busy_j + idle_j + host_j) * pue
+    carbon = None
+    if carbon_hourly:
+        starts, power = timeline_w
+        width = starts[1] - starts[0] if len(starts) > 1 else max(end_s, 1.0)
+        span = np.clip(end_s - starts, 0.0, width)
+        gpu_bin_j = power * span
+        gpu_bin_j *= (busy_j + idle_j) / gpu_bin_j.sum() if gpu_bin_j.sum() > 0 else 0.0  # exact total
+        bin_j = (gpu_bin_j + host_power_w * replicas * span) * pue
+        hours = (starts // 3600).astype(int) % len(carbon_hourly)
+        carbon = float(np.sum(bin_j / 3.6e6 * np.asarray(carbon_hourly)[hours]) / 1000.0)
+    elif carbon_g_per_kwh is not None:
+        carbon = total / 3.6e6 * carbon_g_per_kwh / 1000.0
+    return EnergyBreakdown(busy_j, idle_j, host_j, total - (busy_j + idle_j + host_j), total, carbon)
+
+
+def load_carbon_csv(path: str | Path) -> tuple[float, ...]:
+    """Hourly grid intensity from a CSV with a header and the intensity (gCO2e/kWh) in its last column.
+
+    Rows are hours from the run's start, in order (e.g. `hour,g_co2_per_kwh`).
+    """
+    path = Path(path)
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read carbon CSV ({err.strerror or err})") from err
+    values = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        try:
+            value = float(row[-1])
+        except ValueError as err:
+            raise ValueError(f"{path}: row {line}: intensity {row[-1]!r} is not a number") from err
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"{path}: row {line}: intensity {value} must be finite and >= 0")
+        values.append(value)
+    if not values:
+        raise ValueError(f"{path}: carbon CSV has no data rows (expected a header, then one row per hour)")
+    return tuple(values)

@@ -1,0 +1,397 @@
+"""Cost models: one iteration's shape -> (seconds, joules), and k constant-batch decode steps in closed form.
+
+Pure functions and small frozen classes; no SimPy. Three models share one interface (`CostModel`):
+
+- `CalibratedCost`: a measured GPUProfile's fitted curves (latency and energy), see `tokenjoule.calibrate.profile`.
+- `RooflineCost`: the paper's theoretical baseline (Fernandez et al. 2025, Sec. 3): time = FLOPs / peak FLOP/s and
+  energy = time x TDP; with `memory_bound=True`, time = max(FLOPs / peak, bytes / HBM bandwidth) (Williams et al.
+  2009, "Roofline").
+- `ModeledTPCost`: a single-GPU calibrated profile stretched to tensor parallelism (compute split by `tp`, plus two
+  ring all-reduces per layer). It is a model, not a measurement, and says so (`modeled=True`) in every output.
+
+Every per-iteration cost here is linear in the iteration's aggregate features, so while a replica's batch stays
+constant the cost of decode step j is `a + d*j` (the KV context grows by the batch size each step): the sum over k
+steps is an arithmetic series, which `StretchCost` evaluates and inverts in O(1).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tokenjoule.calibrate.profile import CostCurve, GPUProfile, GPUSpec
+from tokenjoule.kernels.shape import IterationShape
+from tokenjoule.kernels.spec import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class IterFeatures:
+    """Aggregate features of one iteration (what every cost model reads).
+
+    Attributes:
+        new_tokens: tokens pushed through the weights (prefill tokens + one per decode sequence).
+        prefill_attn_pairs: causal (query, key) pairs scored by the prefill chunks.
+        prefill_ctx_tokens: KV entries the prefill chunks read from earlier chunks.
+        decode_ctx_tokens: KV entries the decode sequences read.
+        decode_seqs: sequences decoding one token each.
+    """
+
+    new_tokens: int
+    prefill_attn_pairs: int = 0
+    prefill_ctx_tokens: int = 0
+    decode_ctx_tokens: int = 0
+    decode_seqs: int = 0
+
+    @classmethod
+    def of_shape(cls, shape: IterationShape) -> IterFeatures:
+        """Features of an IterationShape."""
+        return cls(shape.new_tokens, shape.prefill_attn_pairs, sum(b for _, b in shape.prefill),
+                   shape.decode_ctx_tokens, shape.decode_seqs)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """Per-step cost `a + d*j` for step j = 0, 1, ... of a stretch."""
+
+    a: float
+    d: float = 0.0
+
+    def at(self, j: float) -> float:
+        """Cost of step j."""
+        return self.a + self.d * j
+
+    def total(self, k: int) -> float:
+        """Sum over steps 0..k-1 (arithmetic series)."""
+        return k * self.a + self.d * k * (k - 1) / 2.0
+
+
+def _sum_max(lines: tuple[Line, ...], k: int) -> float:
+    """Sum over steps 0..k-1 of the larger of one or two lines (they cross at most once)."""
+    if len(lines) == 1:
+        return lines[0].total(k)
+    l1, l2 = lines
+    cross = (l2.a - l1.a) / (l1.d - l2.d) if l1.d != l2.d else math.inf  # where l1 == l2
+    if not math.isfinite(cross):  # parallel (or numerically so)
+        return max(l1.total(k), l2.total(k))
+    split = min(k, max(0, math.ceil(cross)))
+    first, second = (l2, l1) if l1.d > l2.d else (l1, l2)  # `first` leads before the crossing
+    head = first.total(split)
+    tail = second.total(k) - second.total(split)
+    return head + tail
+
+
+@dataclass(frozen=True, slots=True)
+class StretchCost:
+    """k decode steps of a constant batch: step j takes max(time_lines)(j) s and energy_line(j) + energy_per_s * t J.
+
+    Attributes:
+        time_lines: one line, or two whose maximum is the step time (roofline's compute vs memory bound).
+        energy_line: the energy not proportional to time, per step (J).
+        energy_per_s: energy proportional to the step's time (W), e.g. TDP for the roofline.
+    """
+
+    time_lines: tuple[Line, ...]
+    energy_line: Line = Line(0.0)
+    energy_per_s: float = 0.0
+
+    def time_s(self, k: int) -> float:
+        """Seconds of the first k steps."""
+        return _sum_max(self.time_lines, k)
+
+    def energy_j(self, k: int) -> float:
+        """Joules of the first k steps."""
+        return self.energy_line.total(k) + self.energy_per_s * self.time_s(k)
+
+    def steps_within(self, dt_s: float) -> int:
+        """Smallest k >= 0 whose k steps end at or after `dt_s` (the first iteration boundary not before it)."""
+        if dt_s <= 0.0:
+            return 0
+        if len(self.time_lines) == 1:
+            a, d = self.time_lines[0].a, self.time_lines[0].d
+            # Solve d/2 k^2 + (a - d/2) k = dt for k, then fix rounding by checking neighbours.
+            b = a - d / 2.0
+            k = dt_s / a if d == 0.0 else (-b + math.sqrt(b * b + 2.0 * d * dt_s)) / d
+            k = max(0, math.ceil(k - 1e-9))
+        else:
+            lo, hi = 0, 1
+            while self.time_s(hi) < dt_s:
+                lo, hi = hi, hi * 2
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if self.time_s(mid) < dt_s else (lo, mid)
+            k = hi
+        while self.time_s(k) < dt_s:
+            k += 1
+        while k > 0 and self.time_s(k - 1) >= dt_s:
+            k -= 1
+        return k
+
+
+@dataclass(frozen=True, slots=True)
+class _Curve:
+    """A CostCurve evaluated for scalars without numpy (the simulator's hot path)."""
+
+    knots: tuple[float, ...]
+    values: tuple[float, ...]
+    slope_last: float
+    coef: tuple[float, float, float, float]  # prefill_attn_pairs, decode_ctx_tokens, decode_seqs, has_prefill
+
+    @classmethod
+    def of(cls, curve: CostCurve) -> _Curve:
+        k, v = curve.knots_tokens, curve.knot_values
+        names = ("prefill_attn_pairs", "decode_ctx_tokens", "decode_seqs", "has_prefill")
+        return cls(tuple(k), tuple(v), (v[-1] - v[-2]) / (k[-1] - k[-2]), tuple(curve.coef.get(n, 0.0) for n in names))
+
+    def tokens(self, x: float) -> float:
+        knots, vals = self.knots, self.values
+        if x >= knots[-1]:
+            return vals[-1] + self.slope_last * (x - knots[-1])
+        if x <= knots[0]:
+            return vals[0]
+        i = bisect.bisect_right(knots, x)
+        t = (x - knots[i - 1]) / (knots[i] - knots[i - 1])
+        return vals[i - 1] + t * (vals[i] - vals[i - 1])
+
+    def iteration(self, f: IterFeatures) -> float:
+        c = self.coef
+        return (self.tokens(f.new_tokens) + c[0] * f.prefill_attn_pairs + c[1] * f.decode_ctx_tokens
+                + c[2] * f.decode_seqs + (c[3] if f.prefill_attn_pairs else 0.0))
+
+    def decode_line(self, batch: int, ctx_sum: float) -> Line:
+        c = self.coef
+        return Line(self.tokens(batch) + c[1] * ctx_sum + c[2] * batch, c[1] * batch)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibratedCost:
+    """Costs from a measured profile's fitted curves (both per replica, all its GPUs summed).
+
+    Attributes:
+        profile: the calibrated GPUProfile.
+    """
+
+    profile: GPUProfile
+    _lat: _Curve = field(init=False, repr=False)
+    _en: _Curve = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_lat", _Curve.of(self.profile.latency))
+        object.__setattr__(self, "_en", _Curve.of(self.profile.energy))
+
+    name = "calibrated"
+    modeled = False
+
+    @property
+    def tp(self) -> int:
+        """GPUs per replica."""
+        return self.profile.tp
+
+    @property
+    def idle_power_w(self) -> float:
+        """Replica idle power (W)."""
+        return self.profile.idle_power_w
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """KV-cache capacity measured by the engine."""
+        return self.profile.kv_capacity_tokens
+
+    def iteration(self, f: IterFeatures) -> tuple[float, float]:
+        """(seconds, joules) of one iteration."""
+        return self._lat.iteration(f), self._en.iteration(f)
+
+    def decode_stretch(self, batch: int, ctx_sum_tokens: float) -> StretchCost:
+        """Closed-form cost of decode steps for `batch` sequences whose contexts sum to `ctx_sum_tokens` at step 0."""
+        return StretchCost((self._lat.decode_line(batch, ctx_sum_tokens),), self._en.decode_line(batch, ctx_sum_tokens))
+
+    def evaluate(self, new_tokens, **features) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised (seconds, joules) over arrays of FEATURES (as `CostCurve.evaluate`)."""
+        p = self.profile
+        return p.latency.evaluate(new_tokens, **features), p.energy.evaluate(new_tokens, **features)
+
+
+@dataclass(frozen=True, slots=True)
+class AllReduce:
+    """Ring all-reduce time model for tensor parallelism (two per layer: after attention and after the MLP).
+
+    Time of one all-reduce of n bytes over p GPUs: latency_s + 2 (p - 1) / p * n / bus_bytes_per_s (the ring
+    algorithm's traffic, Patarasuk & Yuan 2009; NCCL's "bus bandwidth" convention).
+
+    Attributes:
+        bus_bytes_per_s: achieved all-reduce bus bandwidth; default 360 GB/s, a typical NCCL all_reduce_perf
+            figure on 8x H100 NVLink 4 (900 GB/s bidirectional per GPU); a documented assumption.
+        latency_s: fixed cost per all-reduce (kernel launch and ring latency), default 10 us.
+    """
+
+    bus_bytes_per_s: float = 360e9
+    latency_s: float = 10e-6
+
+    def iteration_s(self, spec: ModelSpec, tp: int, new_tokens: float) -> float:
+        """Seconds of all-reduces in one iteration of `new_tokens` tokens (0 without TP)."""
+        if tp <= 1:
+            return 0.0
+        n_bytes = new_tokens * spec.hidden_size * spec.dtype_bytes
+        return 2 * spec.n_layers * (self.latency_s + 2.0 * (tp - 1) / tp * n_bytes / self.bus_bytes_per_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ModeledTPCost:
+    """A tp=1 calibrated profile scaled to `tp` GPUs per replica (modeled, not measured).
+
+    Time: the single-GPU iteration time divided by `tp` (weights and KV heads are split evenly) plus the all-reduces.
+    Energy: the single-GPU energy above idle (the work) is unchanged; each of the `tp` GPUs adds its idle power for
+    the iteration's (shorter) time. KV capacity grows by the freed weight memory: tp*C1 + (tp-1)*W/kv_bytes_per_token.
+
+    Attributes:
+        base: the single-GPU calibrated cost.
+        tp: tensor-parallel degree.
+        allreduce: the all-reduce model.
+    """
+
+    base: CalibratedCost
+    tp: int
+    allreduce: AllReduce = AllReduce()
+
+    name = "calibrated"
+    modeled = True
+
+    def __post_init__(self) -> None:
+        spec = self.base.profile.model
+        check_tp(spec, self.tp)
+        if self.base.profile.tp != 1:
+            raise ValueError(f"profile is tp={self.base.profile.tp}; only a tp=1 profile can be scaled to tp={self.tp}")
+
+    @property
+    def idle_power_w(self) -> float:
+        """Replica idle power: tp GPUs at the profile's single-GPU idle power."""
+        return self.tp * self.base.idle_power_w
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Calibrated capacity plus the weight memory freed on each GPU."""
+        spec = self.base.profile.model
+        extra = (self.tp - 1) * spec.weight_bytes // spec.kv_bytes_per_token
+        return self.tp * self.base.kv_capacity_tokens + int(extra)
+
+    def iteration(self, f: IterFeatures) -> tuple[float, float]:
+        """(seconds, joules) of one iteration on the tp GPUs."""
+        t1, e1 = self.base.iteration(f)
+        p1 = self.base.idle_power_w
+        t = t1 / self.tp + self.allreduce.iteration_s(self.base.profile.model, self.tp, f.new_tokens)
+        return t, (e1 - p1 * t1) + self.tp * p1 * t
+
+    def decode_stretch(self, batch: int, ctx_sum_tokens: float) -> StretchCost:
+        """Closed-form decode stretch (the same transformation applied to the base lines)."""
+        base = self.base.decode_stretch(batch, ctx_sum_tokens)
+        lt, le, p1 = base.time_lines[0], base.energy_line, self.base.idle_power_w
+        ar = self.allreduce.iteration_s(self.base.profile.model, self.tp, batch)
+        return StretchCost((Line(lt.a / self.tp + ar, lt.d / self.tp),), Line(le.a - p1 * lt.a, le.d - p1 * lt.d),
+                           self.tp * p1)
+
+
+@dataclass(frozen=True, slots=True)
+class RooflineCost:
+    """The theoretical baseline: FLOPs at peak FLOP/s (optionally memory-bound), energy = time x TDP per GPU.
+
+    Attributes:
+        spec: the model.
+        gpu: datasheet numbers (peak FLOP/s, HBM bandwidth, TDP, memory).
+        tp: GPUs per replica (compute, bandwidth and TDP scale by tp; all-reduces added).
+        memory_bound: use max(FLOPs / peak, bytes / bandwidth) instead of FLOPs / peak.
+        gpu_memory_utilization: fraction of GPU memory the engine may use (weights + KV), as vLLM's setting.
+        idle_power_w: replica idle power charged between iterations (the paper's baseline has none: 0).
+        allreduce: the all-reduce model for tp > 1.
+    """
+
+    spec: ModelSpec
+    gpu: GPUSpec
+    tp: int = 1
+    memory_bound: bool = False
+    gpu_memory_utilization: float = 0.9
+    idle_power_w: float = 0.0
+    allreduce: AllReduce = AllReduce()
+
+    modeled = False
+
+    def __post_init__(self) -> None:
+        check_tp(self.spec, self.tp)
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+        if self.kv_capacity_tokens <= 0:
+            raise ValueError(f"{self.spec.name} weights ({self.spec.weight_bytes / 1e9:.1f} GB) leave no KV memory "
+                             f"on {self.tp} x {self.gpu.name} at utilization {self.gpu_memory_utilization}")
+
+    @property
+    def name(self) -> str:
+        """Cost model name."""
+        return "roofline-memory" if self.memory_bound else "roofline"
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """(memory x utilization x tp - weights) / KV bytes per token."""
+        free = self.gpu.memory_bytes * self.gpu_memory_utilization * self.tp - self.spec.weight_bytes
+        return int(free // self.spec.kv_bytes_per_token)
+
+    def _lines(self, flops: Line, kv_tokens: Line, new_tokens: float) -> tuple[Line, ...]:
+        ar = self.allreduce.iteration_s(self.spec, self.tp, new_tokens)
+        peak, bw = self.gpu.peak_flops * self.tp, self.gpu.hbm_bytes_per_s * self.tp
+        compute = Line(flops.a / peak + ar, flops.d / peak)
+        if not self.memory_bound:
+            return (compute,)
+        kvb = self.spec.kv_bytes_per_token
+        memory = Line((self.spec.weight_bytes + kvb * kv_tokens.a) / bw + ar, kvb * kv_tokens.d / bw)
+        return (compute, memory)
+
+    def _flop_terms(self) -> tuple[float, float]:
+        # FLOPs: 2 per weight per token, 4 x n_layers x q_size per attended (query, key) pair (as flops_per_token)
+        return 2.0 * self.spec.matmul_params_per_token, 4.0 * self.spec.n_layers * self.spec.q_size
+
+    def iteration(self, f: IterFeatures) -> tuple[float, float]:
+        """(seconds, joules) of one iteration."""
+        per_token, per_pair = self._flop_terms()
+        flops = per_token * f.new_tokens + per_pair * (f.prefill_attn_pairs + f.decode_ctx_tokens + f.decode_seqs)
+        kv_tokens = f.prefill_ctx_tokens + f.decode_ctx_tokens + f.new_tokens
+        t = max(line.a for line in self._lines(Line(flops), Line(kv_tokens), f.new_tokens))
+        return t, t * self.gpu.tdp_w * self.tp
+
+    def decode_stretch(self, batch: int, ctx_sum_tokens: float) -> StretchCost:
+        """Closed-form decode stretch: FLOPs and bytes grow linearly with the context."""
+        per_token, per_pair = self._flop_terms()
+        flops = Line(per_token * batch + per_pair * (ctx_sum_tokens + batch), per_pair * batch)
+        kv_tokens = Line(ctx_sum_tokens + batch, batch)
+        return StretchCost(self._lines(flops, kv_tokens, batch), Line(0.0), self.gpu.tdp_w * self.tp)
+
+    def evaluate(self, new_tokens, **features) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised (seconds, joules) over feature arrays (names as FEATURES, plus prefill_ctx_tokens)."""
+        per_token, per_pair = self._flop_terms()
+        n = np.asarray(new_tokens, dtype=np.float64)
+        get = {k: np.asarray(features.get(k, 0.0), dtype=np.float64)
+               for k in ("prefill_attn_pairs", "decode_ctx_tokens", "decode_seqs", "prefill_ctx_tokens")}
+        flops = per_token * n + per_pair * (get["prefill_attn_pairs"] + get["decode_ctx_tokens"] + get["decode_seqs"])
+        ar = np.asarray([self.allreduce.iteration_s(self.spec, self.tp, x) for x in np.atleast_1d(n)]).reshape(n.shape)
+        t = flops / (self.gpu.peak_flops * self.tp) + ar
+        if self.memory_bound:
+            kv = get["prefill_ctx_tokens"] + get["decode_ctx_tokens"] + n
+            mem = (self.spec.weight_bytes + self.spec.kv_bytes_per_token * kv) / (self.gpu.hbm_bytes_per_s * self.tp)
+            t = np.maximum(t, mem + ar)
+        return t, t * self.gpu.tdp_w * self.tp
+
+
+CostModel = CalibratedCost | ModeledTPCost | RooflineCost
+
+
+def check_tp(spec: ModelSpec, tp: int) -> None:
+    """Raise ValueError unless `tp` >= 1 divides the model's query and KV heads."""
+    if tp < 1:
+        raise ValueError(f"tp={tp} must be >= 1")
+    if spec.n_heads % tp or spec.n_kv_heads % tp:
+        raise ValueError(f"tp={tp} must divide n_heads={spec.n_heads} and n_kv_heads={spec.n_kv_heads} "
+                         f"of {spec.name}")
+
+
+def shape_cost(model: CostModel, shape: IterationShape) -> tuple[float, float]:
+    """(seconds, joules) of one IterationShape under any cost model."""
+    return model.iteration(IterFeatures.of_shape(shape))

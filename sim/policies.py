@@ -1,0 +1,234 @@
+"""Batching policies: each a small class whose `next_batch(replica, now)` decides what the replica runs next.
+
+A decision is one of four plans: an `Iteration` (prefill chunks, optionally with one decode step of every decoding
+request), a `DecodeStretch` (decode steps of the whole, constant batch), a `StaticBatch` (a padded batch run start to
+end) or a `Wait` (nothing until a deadline or an arrival); `None` means sleep until an arrival.
+
+KV memory is paged (vLLM's PagedAttention): a prompt's blocks are reserved when it is admitted, and a decoding
+request takes a new block whenever its last one is full. When a step cannot get its blocks, the most recently
+admitted decoding request is preempted by recompute (vLLM's default): its blocks are freed and it re-runs prefill
+over prompt + generated tokens. A request whose prompt + output can never fit is rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenjoule.sim.replica import Replica, RequestState
+
+
+@dataclass(frozen=True, slots=True)
+class Iteration:
+    """One forward pass: prefill chunks `(request, new_tokens)`, plus one decode step of every decoding request."""
+
+    chunks: tuple[tuple[RequestState, int], ...]
+    with_decodes: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeStretch:
+    """Decode steps of the whole batch, at most `max_steps` (KV memory), cut early by admissible arrivals."""
+
+    max_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class StaticBatch:
+    """A padded batch: prefill padded to the longest prompt, decode until the longest output, then all return."""
+
+    members: tuple[RequestState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing to run before `until_s` unless a request arrives."""
+
+    until_s: float
+
+
+def _kv_reject(s: RequestState, rep: Replica) -> str | None:
+    """'kv_capacity' when the prompt plus its whole output can never fit the replica's KV blocks."""
+    return "kv_capacity" if rep.blocks_for(s.input_tokens + s.output_tokens) > rep.capacity_blocks else None
+
+
+def _decode_stretch_or_preempt(rep: Replica) -> DecodeStretch | None:
+    """A stretch for the decoding batch, preempting until one step's new KV blocks fit."""
+    while rep.running and rep.free_blocks < rep.new_blocks(1):
+        rep.preempt_last()
+    if not rep.running:
+        return None
+    return DecodeStretch(rep.max_decode_steps(rep.free_blocks))
+
+
+@dataclass(frozen=True, slots=True)
+class StaticBatching:
+    """Hugging Face `generate` style static batching (the paper's PyTorch baseline).
+
+    Takes up to `max_batch` queued requests (first come, first served) once the batch is full or the oldest has
+    waited `batch_timeout_s`; prefill is padded to the longest prompt, decoding runs until the longest output, and
+    the padded work is charged to the batch's requests. All results return when the batch ends.
+
+    Attributes:
+        max_batch: requests per batch.
+        batch_timeout_s: how long to wait for a full batch (0: run whatever is queued).
+    """
+
+    max_batch: int = 8
+    batch_timeout_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch={self.max_batch} must be >= 1")
+        if self.batch_timeout_s < 0:
+            raise ValueError(f"batch_timeout_s={self.batch_timeout_s} must be >= 0")
+
+    def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
+        """Why a request can never run here (None when it can)."""
+        return _kv_reject(s, rep)
+
+    def next_batch(self, rep: Replica, now: float) -> StaticBatch | Wait | None:
+        """The next padded batch, a Wait for more requests, or None when the queue is empty."""
+        if not rep.waiting:
+            return None
+        deadline = rep.waiting[0].arrival_s + self.batch_timeout_s
+        if len(rep.waiting) < self.max_batch and now < deadline:
+            return Wait(deadline)
+        members: list[RequestState] = []
+        max_in = max_out = 0
+        while rep.waiting and len(members) < self.max_batch:
+            s = rep.waiting[0]
+            i, o = max(max_in, s.input_tokens), max(max_out, s.output_tokens)
+            if members and (len(members) + 1) * rep.blocks_for(i + o) > rep.capacity_blocks:
+                break  # the padded batch would not fit the KV cache
+            members.append(rep.waiting.popleft())
+            max_in, max_out = i, o
+        return StaticBatch(tuple(members))
+
+    def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
+        """Static batches never admit mid-flight."""
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class ContinuousBatching:
+    """vLLM (V0 default) iteration-level batching, prefill prioritized.
+
+    Each iteration either prefills newly admitted requests (first come, first served, while the batch has fewer
+    than `max_num_seqs` sequences, the prompts sum to at most `max_num_batched_tokens` and their KV fits) or decodes
+    one token of every running request. A prompt longer than `max_num_batched_tokens` can never be scheduled and is
+    rejected.
+
+    Attributes:
+        max_num_seqs: most sequences in the batch.
+        max_num_batched_tokens: most prompt tokens per prefill iteration.
+    """
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_seqs={self.max_num_seqs} and max_num_batched_tokens="
+                             f"{self.max_num_batched_tokens} must be >= 1")
+
+    def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
+        """Why a request can never run here (None when it can)."""
+        if _kv_reject(s, rep):
+            return "kv_capacity"
+        if s.input_tokens + s.output_tokens - 1 > self.max_num_batched_tokens:
+            return "max_num_batched_tokens"  # a recompute after preemption could exceed it
+        return None
+
+    def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | None:
+        """Admit and prefill waiting requests if any fit; else decode the running batch."""
+        chunks: list[tuple[RequestState, int]] = []
+        tokens, free, seqs = 0, rep.free_blocks, len(rep.running)
+        while rep.waiting and seqs < self.max_num_seqs:
+            need = rep.waiting[0].prefill_target
+            blocks = rep.blocks_for(need)
+            if tokens + need > self.max_num_batched_tokens or blocks > free:
+                break
+            s = rep.waiting.popleft()
+            rep.blocks_used += blocks
+            chunks.append((s, need))
+            tokens, free, seqs = tokens + need, free - blocks, seqs + 1
+        if chunks:
+            return Iteration(tuple(chunks), with_decodes=False)
+        return _decode_stretch_or_preempt(rep)
+
+    def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
+        """Would the next iteration boundary admit the head of the queue?"""
+        if not rep.waiting or len(rep.running) >= self.max_num_seqs:
+            return False
+        need = rep.waiting[0].prefill_target
+        return need <= self.max_num_batched_tokens and rep.blocks_for(need) <= free_blocks
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkedPrefill:
+    """Sarathi-Serve / vLLM V1 chunked prefill: a token budget per iteration, decodes first.
+
+    Every iteration decodes one token of each running request, then fills the rest of the `max_num_batched_tokens`
+    budget with prefill chunks (requests already prefilling first, then newly admitted ones). A request's whole
+    prompt KV is reserved when its first chunk is scheduled. With no prefill work left, the batch decodes in a
+    stretch.
+
+    Attributes:
+        max_num_seqs: most sequences (decoding + prefilling).
+        max_num_batched_tokens: token budget per iteration.
+    """
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 2:
+            raise ValueError(f"max_num_seqs={self.max_num_seqs} must be >= 1 and max_num_batched_tokens="
+                             f"{self.max_num_batched_tokens} >= 2")
+        if self.max_num_batched_tokens <= self.max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens} must exceed max_num_seqs="
+                             f"{self.max_num_seqs} so that prefill chunks can make progress")
+
+    def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
+        """Why a request can never run here (None when it can)."""
+        return _kv_reject(s, rep)
+
+    def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | None:
+        """Decodes first, then prefill chunks within the token budget; a stretch when no prefill is pending."""
+        while rep.running and rep.free_blocks < rep.new_blocks(1):
+            rep.preempt_last()
+        budget = self.max_num_batched_tokens - len(rep.running)
+        free = rep.free_blocks - rep.new_blocks(1)
+        chunks: list[tuple[RequestState, int]] = []
+        for s in rep.prefilling:
+            if budget <= 0:
+                break
+            c = min(s.prefill_target - s.prefilled, budget)
+            chunks.append((s, c))
+            budget -= c
+        while rep.waiting and budget > 0 and len(rep.running) + len(rep.prefilling) < self.max_num_seqs:
+            need = rep.waiting[0].prefill_target
+            blocks = rep.blocks_for(need)
+            if blocks > free:
+                break
+            s = rep.waiting.popleft()
+            rep.prefilling.append(s)
+            rep.blocks_used += blocks
+            free -= blocks
+            c = min(need, budget)
+            chunks.append((s, c))
+            budget -= c
+        if chunks:
+            return Iteration(tuple(chunks), with_decodes=True)
+        return _decode_stretch_or_preempt(rep)
+
+    def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
+        """Would the next iteration boundary schedule a chunk of the head of the queue?"""
+        if not rep.waiting or len(rep.running) >= self.max_num_seqs:
+            return False
+        return rep.blocks_for(rep.waiting[0].prefill_target) <= free_blocks - len(rep.running)
+
+
+POLICIES = {"static": StaticBatching, "continuous": ContinuousBatching, "chunked": ChunkedPrefill}

@@ -1,0 +1,186 @@
+"""The SimPy serving cluster: clients arrive from a trace, a router picks a replica, replicas run batches.
+
+Covers:
+- One process for the arrivals (which routes each request) and one per replica; never one per token.
+- A replica decodes a constant batch for many steps with a single timeout (closed-form cost), and an arrival that
+  the policy would admit cuts the stretch at the first iteration boundary after it.
+
+Scenario:
+    Requests arrive at their trace timestamps. The router sends each one to a replica (round-robin, fewest
+    outstanding requests, or seeded random). A replica asks its batching policy what to run next (a prefill
+    iteration, a decode stretch, a padded static batch) and holds the GPU for the time the cost model gives,
+    booking the energy to the requests that were processed. Idle replicas sleep until a request arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import simpy
+
+from tokenjoule.sim.cost import IterFeatures
+from tokenjoule.sim.policies import DecodeStretch, Iteration, StaticBatch, Wait
+from tokenjoule.sim.replica import Replica, RequestState
+from tokenjoule.traces.schema import Request
+
+ROUTERS = ("round-robin", "least-outstanding", "random")
+
+
+class Router:
+    """Sends each admissible request to a replica; rejects requests no replica can ever serve.
+
+    Args:
+        replicas: the replicas.
+        kind: one of ROUTERS.
+        rng: random source for the "random" router.
+    """
+
+    def __init__(self, replicas: list[Replica], kind: str, rng: np.random.Generator) -> None:
+        if kind not in ROUTERS:
+            raise ValueError(f"unknown router {kind!r}; choose one of {', '.join(ROUTERS)}")
+        self.replicas = replicas
+        self.kind = kind
+        self.rng = rng
+        self._next = 0
+
+    def pick(self) -> Replica:
+        """The replica for the next request."""
+        if self.kind == "round-robin":
+            rep = self.replicas[self._next]
+            self._next = (self._next + 1) % len(self.replicas)
+            return rep
+        if self.kind == "least-outstanding":
+            return min(self.replicas, key=lambda r: r.outstanding)
+        return self.replicas[int(self.rng.integers(len(self.replicas)))]
+
+    def dispatch(self, s: RequestState, now: float) -> None:
+        """Reject the request with a reason, or submit it to the chosen replica."""
+        first = self.replicas[0]
+        if s.input_tokens < 1 or s.output_tokens < 1:
+            reason = "empty_request"
+        else:
+            reason = first.policy.reject_reason(s, first)
+        if reason is None:
+            self.pick().submit(s, now)
+            return
+        first.ledger.reject(s, reason)
+        if first.log is not None:
+            first.log.append(("reject", now, s.idx))
+
+
+def arrivals(env: simpy.Environment, requests: Iterable[Request], router: Router,
+             on_progress: Callable[[int], None] | None = None):
+    """The clients: each request arrives at its trace time and is handed to the router."""
+    ledger = router.replicas[0].ledger
+    for idx, req in enumerate(requests):
+        if req.arrival_s > env.now:
+            yield env.timeout(req.arrival_s - env.now)
+        router.dispatch(RequestState(idx, req.arrival_s, req.input_tokens, req.output_tokens), env.now)
+        ledger.last_arrival_s = env.now
+        if on_progress is not None and not idx % 4096:
+            on_progress(idx)
+
+
+def replica(env: simpy.Environment, rep: Replica):
+    """A replica: ask the policy what to run next, run it, repeat; sleep while there is nothing to do."""
+    while True:
+        plan = rep.policy.next_batch(rep, env.now)
+        if plan is None:
+            yield rep.sleep()
+        elif isinstance(plan, DecodeStretch):
+            yield from decode_stretch(env, rep, plan)
+        elif isinstance(plan, Iteration):
+            yield from iteration(env, rep, plan)
+        elif isinstance(plan, StaticBatch):
+            yield from static_batch(env, rep, plan)
+        elif isinstance(plan, Wait):
+            yield env.any_of([rep.sleep(), env.timeout(plan.until_s - env.now)])
+            rep.wake = None
+
+
+def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
+    """Decode the constant batch with one timeout, up to the next completion (or cut short by an arrival)."""
+    batch = len(rep.running)
+    cost = rep.cost.decode_stretch(batch, rep.ctx_sum)
+    steps = min(plan.max_steps, rep.steps_to_next_finish())
+    start = env.now
+    rep.stretch = (start, cost, steps)
+    try:
+        yield env.timeout(cost.time_s(steps))
+    except simpy.Interrupt:
+        steps = rep.cut_steps
+        yield env.timeout(max(0.0, start + cost.time_s(steps) - env.now))
+    rep.stretch, rep.cut_steps = None, None
+    time_s, energy_j = cost.time_s(steps), cost.energy_j(steps)
+    rep.charge(start, time_s, energy_j)
+    if rep.log is not None:
+        rep.log.append(("decode", start, steps))
+    rep.decode_steps_done(steps, energy_j, batch)
+
+
+def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
+    """One forward pass of prefill chunks (plus one decode token per running request when chunked)."""
+    batch = len(rep.running) if plan.with_decodes else 0
+    new, pairs, ctx = batch, 0, 0
+    for s, c in plan.chunks:
+        if s.start_s != s.start_s:  # NaN: first time scheduled
+            s.start_s = env.now
+        new += c
+        pairs += c * s.prefilled + c * (c + 1) // 2
+        ctx += s.prefilled
+    time_s, energy_j = rep.cost.iteration(IterFeatures(new, pairs, ctx, rep.ctx_sum if batch else 0, batch))
+    start = env.now
+    yield env.timeout(time_s)
+    rep.charge(start, time_s, energy_j)
+    if rep.log is not None:
+        rep.log.append(("prefill", start, tuple((s.idx, c) for s, c in plan.chunks)))
+    if batch:
+        rep.decode_steps_done(1, energy_j, new)
+    for s, c in plan.chunks:
+        s.energy_j += energy_j * c / new
+        s.prefilled += c
+        if s.prefilled == s.prefill_target:
+            _prefill_done(rep, s, env.now, plan.with_decodes)
+
+
+def _prefill_done(rep: Replica, s: RequestState, now: float, chunked: bool) -> None:
+    if chunked:
+        rep.prefilling.remove(s)
+    s.prefilled = 0
+    s.generated += 1
+    if s.first_token_s != s.first_token_s:
+        s.first_token_s = now
+        if rep.log is not None:
+            rep.log.append(("first_token", now, s.idx))
+    rep.start_decoding(s)
+
+
+def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
+    """A padded batch: prefill to the longest prompt, decode to the longest output, everyone returns at the end."""
+    members, n = plan.members, len(plan.members)
+    max_in = max(s.input_tokens for s in members)
+    max_out = max(s.output_tokens for s in members)
+    start = env.now
+    for s in members:
+        s.start_s = start
+    time_s, energy_j = rep.cost.iteration(IterFeatures(n * max_in, n * max_in * (max_in + 1) // 2, 0, 0, 0))
+    yield env.timeout(time_s)
+    rep.charge(start, time_s, energy_j)
+    if rep.log is not None:
+        rep.log.append(("prefill", start, tuple((s.idx, max_in) for s in members)))
+    for s in members:
+        s.energy_j += energy_j / n
+        s.first_token_s = env.now
+    if max_out > 1:
+        cost = rep.cost.decode_stretch(n, n * max_in)
+        start, time_s, energy_j = env.now, cost.time_s(max_out - 1), cost.energy_j(max_out - 1)
+        yield env.timeout(time_s)
+        rep.charge(start, time_s, energy_j)
+        if rep.log is not None:
+            rep.log.append(("decode", start, max_out - 1))
+        for s in members:
+            s.energy_j += energy_j / n
+    for s in members:
+        s.generated = s.output_tokens
+        rep.finish(s, env.now)

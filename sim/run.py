@@ -1,0 +1,241 @@
+"""`run(config, trace, profile) -> SimResult`: build the cluster, simulate the trace, account energy. Writes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import simpy
+
+from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
+from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.sim import processes
+from tokenjoule.sim.accounting import Ledger, energy_breakdown, pick_bin_s
+from tokenjoule.sim.cost import AllReduce, CalibratedCost, CostModel, ModeledTPCost, RooflineCost, check_tp
+from tokenjoule.sim.metrics import request_table, summarize
+from tokenjoule.sim.policies import POLICIES, ChunkedPrefill, ContinuousBatching, StaticBatching
+from tokenjoule.sim.replica import Replica
+from tokenjoule.traces.schema import Trace
+from tokenjoule.traces.transforms import scale_rate, slice_window
+
+logger = logging.getLogger(__name__)
+COST_MODELS = ("calibrated", "roofline", "roofline-memory")
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """A what-if: how the trace is served, and how energy is counted. Every modelling choice is a field.
+
+    Attributes:
+        policy: "static", "continuous" or "chunked" (see `policies`).
+        replicas: data-parallel replicas (each `tp` GPUs).
+        tp: tensor-parallel degree; must divide the model's query and KV heads.
+        router: "round-robin", "least-outstanding" or "random" (seeded).
+        cost: "calibrated" (needs a profile), "roofline" (FLOPs / peak x TDP) or "roofline-memory".
+        gpu: datasheet name for the roofline models (default: the profile's, else "H100-SXM"); with a calibrated
+            profile, a check that the profile is for this GPU.
+        model: model name (a `ModelSpec` preset); with a profile, a check that the profile is for this model.
+        max_num_seqs: most sequences per batch (continuous, chunked).
+        max_batched_tokens: tokens per iteration (default 8192 continuous, 2048 chunked).
+        max_batch: static batch size.
+        batch_timeout_s: static batching: how long to wait for a full batch.
+        gpu_memory_utilization: memory fraction for weights + KV (roofline KV sizing).
+        kv_block_tokens: tokens per paged KV block (vLLM's default block_size is 16).
+        idle_power_w: replica idle power override (default: the profile's; 0 for roofline without a profile).
+        host_power_w: host power per replica (W), charged for the whole run.
+        pue: power usage effectiveness of the facility (>= 1).
+        carbon_g_per_kwh: constant grid intensity (gCO2e/kWh).
+        carbon_hourly: hourly intensities from the run's start (overrides the constant).
+        slo_ttft_s: TTFT target for SLO attainment.
+        slo_tpot_s: TPOT target for SLO attainment.
+        rate_scale: multiply the arrival rate by this factor (arrival times divided by it).
+        window_s: keep arrivals in [start, end) seconds (re-zeroed), applied before `rate_scale`.
+        allreduce_bus_bytes_per_s: all-reduce bus bandwidth for modeled TP.
+        allreduce_latency_s: fixed cost per all-reduce for modeled TP.
+        seed: seeds the random router.
+        record_events: keep an (event, time_s, detail) log (tests, debugging); off for speed and memory.
+    """
+
+    policy: str = "continuous"
+    replicas: int = 1
+    tp: int = 1
+    router: str = "round-robin"
+    cost: str = "calibrated"
+    gpu: str | None = None
+    model: str | None = None
+    max_num_seqs: int = 256
+    max_batched_tokens: int | None = None
+    max_batch: int = 8
+    batch_timeout_s: float = 0.0
+    gpu_memory_utilization: float = 0.9
+    kv_block_tokens: int = 16
+    idle_power_w: float | None = None
+    host_power_w: float = 0.0
+    pue: float = 1.0
+    carbon_g_per_kwh: float | None = None
+    carbon_hourly: tuple[float, ...] | None = None
+    slo_ttft_s: float | None = None
+    slo_tpot_s: float | None = None
+    rate_scale: float = 1.0
+    window_s: tuple[float, float] | None = None
+    allreduce_bus_bytes_per_s: float = 360e9
+    allreduce_latency_s: float = 10e-6
+    seed: int = 0
+    record_events: bool = False
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy={self.policy!r} must be one of {', '.join(POLICIES)}")
+        if self.cost not in COST_MODELS:
+            raise ValueError(f"cost={self.cost!r} must be one of {', '.join(COST_MODELS)}")
+        if self.router not in processes.ROUTERS:
+            raise ValueError(f"router={self.router!r} must be one of {', '.join(processes.ROUTERS)}")
+        for name in ("replicas", "tp", "kv_block_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.pue < 1.0:
+            raise ValueError(f"pue={self.pue} must be >= 1")
+        if self.rate_scale <= 0 or not math.isfinite(self.rate_scale):
+            raise ValueError(f"rate_scale={self.rate_scale} must be a positive number")
+        if self.host_power_w < 0 or (self.idle_power_w is not None and self.idle_power_w < 0):
+            raise ValueError(f"host_power_w={self.host_power_w} and idle_power_w={self.idle_power_w} must be >= 0")
+        if self.window_s is not None and not 0 <= self.window_s[0] < self.window_s[1]:
+            raise ValueError(f"window_s={self.window_s} must be (start, end) with 0 <= start < end")
+
+    def make_policy(self) -> StaticBatching | ContinuousBatching | ChunkedPrefill:
+        """The policy object this config names."""
+        if self.policy == "static":
+            return StaticBatching(self.max_batch, self.batch_timeout_s)
+        if self.policy == "continuous":
+            return ContinuousBatching(self.max_num_seqs, self.max_batched_tokens or 8192)
+        return ChunkedPrefill(self.max_num_seqs, self.max_batched_tokens or 2048)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """What a run produced (in memory; the CLI writes it).
+
+    Attributes:
+        config: the configuration.
+        summary: flat dict of figures (see `metrics.summarize`) plus the cost model's identity.
+        requests: per-request table (see `metrics.request_table`).
+        power_timeline: (bin start times s, mean cluster GPU power W per bin).
+        events: the (event, time_s, detail) log when `config.record_events`, else None.
+    """
+
+    config: SimConfig
+    summary: dict[str, Any]
+    requests: pa.Table
+    power_timeline: tuple[np.ndarray, np.ndarray]
+    events: tuple[tuple[str, float, Any], ...] | None = None
+
+
+def build_cost_model(config: SimConfig, profile: GPUProfile | None) -> CostModel:
+    """The cost model for `config`, checking that the profile matches the asked model, GPU and TP."""
+    if profile is not None and config.model and profile.model.name != config.model.lower():
+        raise ValueError(f"profile {profile.label} is for model {profile.model.name!r}, not {config.model!r}")
+    if config.cost == "calibrated":
+        if profile is None:
+            raise ValueError("cost model 'calibrated' needs a profile (or use --cost roofline)")
+        if config.gpu and config.gpu != profile.gpu.get("datasheet") and config.gpu != profile.gpu.get("name"):
+            raise ValueError(f"profile {profile.label} was measured on {profile.gpu.get('name')!r} "
+                             f"(datasheet {profile.gpu.get('datasheet')!r}), not {config.gpu!r}")
+        base = CalibratedCost(profile)
+        if config.tp == profile.tp:
+            check_tp(profile.model, config.tp)
+            return base
+        return ModeledTPCost(base, config.tp, AllReduce(config.allreduce_bus_bytes_per_s, config.allreduce_latency_s))
+    spec = profile.model if profile is not None else ModelSpec.from_name(config.model or "llama-3.1-8b")
+    gpu = gpu_spec(config.gpu or (str(profile.gpu.get("datasheet", "H100-SXM")) if profile else "H100-SXM"))
+    idle = config.idle_power_w if config.idle_power_w is not None else 0.0
+    return RooflineCost(spec, gpu, config.tp, config.cost == "roofline-memory", config.gpu_memory_utilization, idle,
+                        AllReduce(config.allreduce_bus_bytes_per_s, config.allreduce_latency_s))
+
+
+def prepare_trace(trace: Trace, config: SimConfig) -> Trace:
+    """Apply the time window (re-zeroed), then the rate scaling; each step's report is logged by the transform."""
+    if config.window_s is not None:
+        trace, _ = slice_window(trace, *config.window_s)
+    if config.rate_scale != 1.0:
+        trace, _ = scale_rate(trace, config.rate_scale)
+    return trace
+
+
+def run(config: SimConfig, trace: Trace, profile: GPUProfile | CostModel | None = None,
+        on_progress: Callable[[int, int], None] | None = None) -> SimResult:
+    """Simulate serving `trace` under `config` with costs from `profile` (a GPUProfile, a cost model, or None).
+
+    Args:
+        config: the what-if.
+        trace: requests (arrival order).
+        profile: a calibrated GPUProfile, a ready cost model, or None for the roofline models.
+        on_progress: called with (requests arrived, total) every few thousand arrivals (progress bars).
+
+    Returns:
+        The SimResult (nothing is written).
+    """
+    cost = profile if profile is not None and not isinstance(profile, GPUProfile) else build_cost_model(config,
+                                                                                                         profile)
+    trace = prepare_trace(trace, config)
+    if len(trace) == 0:
+        raise ValueError(f"{trace.source}: no requests to simulate (empty trace or window)")
+    arrival = trace.column("arrival_s")
+    if arrival[0] < 0:
+        raise ValueError(f"{trace.source}: arrivals must be >= 0")
+    env = simpy.Environment()
+    ledger = Ledger(len(trace), pick_bin_s(float(arrival[-1]) * 1.5 + 60.0))
+    log: list | None = [] if config.record_events else None
+    policy = config.make_policy()
+    reps = [Replica(i, env, policy, cost, ledger, config.kv_block_tokens, log) for i in range(config.replicas)]
+    for rep in reps:
+        rep.process = env.process(processes.replica(env, rep))
+    router = processes.Router(reps, config.router, np.random.default_rng(config.seed))
+    tick = (lambda done: on_progress(done, len(trace))) if on_progress is not None else None
+    env.process(processes.arrivals(env, trace.iter_requests(), router, tick))
+    env.run()
+    return _result(config, trace, cost, reps, ledger, log)
+
+
+def _result(config: SimConfig, trace: Trace, cost: CostModel, reps: list[Replica], ledger: Ledger,
+            log: list | None) -> SimResult:
+    pending = int((ledger.status == 0).sum())
+    if pending:  # an invariant of the model, not a user error
+        raise RuntimeError(f"simulation ended with {pending} unfinished requests (a scheduler bug)")
+    for rep in reps:  # every block and context token must have been returned
+        assert rep.blocks_used == 0 and rep.ctx_sum == 0 and not rep.running, (rep.blocks_used, rep.ctx_sum)
+    finish = ledger.finish_s[np.isfinite(ledger.finish_s)]
+    end_s = max(float(finish.max()) if len(finish) else 0.0, ledger.last_arrival_s)
+    busy_j = sum(r.busy_j for r in reps)
+    busy_s = sum(r.busy_s for r in reps)
+    idle_w = config.idle_power_w if config.idle_power_w is not None else cost.idle_power_w
+    idle_j = idle_w * (end_s * len(reps) - busy_s)
+    timeline = ledger.timeline.gpu_power_w(end_s, len(reps), idle_w)
+    energy = energy_breakdown(busy_j, idle_j, end_s, len(reps), config.host_power_w, config.pue,
+                              config.carbon_g_per_kwh, config.carbon_hourly, timeline)
+    table = request_table(ledger, trace.column("request_id"), trace.column("arrival_s"),
+                          trace.column("input_tokens"), trace.column("output_tokens"))
+    summary = summarize(table, energy, end_s, len(reps), config.tp, busy_s, config.slo_ttft_s, config.slo_tpot_s)
+    summary.update(_identity(config, cost))
+    return SimResult(config, summary, table, timeline, tuple(log) if log is not None else None)
+
+
+def _identity(config: SimConfig, cost: CostModel) -> dict[str, Any]:
+    profile = getattr(cost, "profile", None) or getattr(getattr(cost, "base", None), "profile", None)
+    return {
+        "policy": config.policy, "replicas": config.replicas, "tp": config.tp, "router": config.router,
+        "cost_model": cost.name, "modeled": bool(cost.modeled),
+        "profile": profile.label if profile is not None else None,
+        "profile_sha256": profile.content_sha256 if profile is not None else None,
+        "kv_capacity_tokens": int(cost.kv_capacity_tokens), "idle_power_w": float(
+            config.idle_power_w if config.idle_power_w is not None else cost.idle_power_w),
+    }

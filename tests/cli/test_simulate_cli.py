@@ -1,0 +1,139 @@
+"""`tokenjoule simulate` and `tokenjoule compare` through CliRunner: outputs, files, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from tokenjoule.sim.app import app
+
+TOY = str(Path(__file__).parents[1] / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json")
+SMALL = ["--synthetic", "n=40,input=512,output=64,rate=20"]
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_simulate_prints_a_summary_table(cli):
+    result = cli("simulate", "--profile", TOY, *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "J per request" in result.output and "calibrated" in result.output
+
+
+def test_simulate_json_is_one_object(cli):
+    result = cli("simulate", "--profile", TOY, *SMALL, "--json", "--slo-ttft-s", "0.5")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["requests"] == 40 and summary["finished"] == 40
+    assert summary["slo_ttft_attainment"] is not None
+    for key in ("j_per_request", "j_per_token", "j_per_output_token", "kwh", "gpu_hours", "e2e_p99_s"):
+        assert summary[key] > 0
+
+
+def test_simulate_writes_outputs(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli("simulate", "--profile", TOY, *SMALL, "--out", str(out), "--carbon", "350")
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert names == {"requests.parquet", "summary.json", "run.json", "power.png", "energy_breakdown.png",
+                     "latency_cdf.png"}
+    assert pq.read_table(out / "requests.parquet").num_rows == 40
+    assert json.loads((out / "summary.json").read_text())["kg_co2e"] > 0
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["config"]["carbon_g_per_kwh"] == 350.0 and "simpy" in run_info["versions"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+    again = cli("simulate", "--profile", TOY, *SMALL, "--out", str(out), "--policy", "static")
+    assert again.exit_code == 0
+    assert json.loads((out / "summary.json").read_text())["policy"] == "static"
+
+
+def test_simulate_bundled_trace_with_window(cli):
+    result = cli("simulate", "--profile", TOY, "--window", "0:60", "--json")
+    assert result.exit_code == 0, result.output
+    assert 0 < json.loads(result.stdout)["requests"] < 19366
+
+
+def test_default_without_shipped_profile_names_it(cli):
+    from tokenjoule.calibrate.profile import shipped_profiles
+
+    if "h100-llama-3.1-8b-tokenjoule-cudagraph" in shipped_profiles():
+        pytest.skip("the default profile is shipped")
+    _one_line_error(cli("simulate"), "h100-llama-3.1-8b-tokenjoule-cudagraph")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--model", "llama-3.1-70b"], ["is for model"]),
+    (["--gpu", "H200-SXM"], ["measured on"]),
+    (["--tp", "3"], ["tp=3", "must divide"]),
+    (["--replicas", "0"], ["replicas=0"]),
+    (["--policy", "fifo"], ["policy"]),
+    (["--window", "abc"], ["--window"]),
+    (["--trace", "no-such-trace.csv"], ["no-such-trace.csv"]),
+])
+def test_bad_input_is_one_line(cli, args, needles):
+    base = ["simulate", "--profile", TOY]
+    if "--trace" not in args:
+        base += SMALL
+    _one_line_error(cli(*base, *args), *needles)
+
+
+def test_request_too_long_for_kv_is_rejected_and_counted(cli):
+    result = cli("simulate", "--profile", TOY, "--synthetic", "n=3,input=500000,output=10", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rejected"] == 3 and summary["rejected_by_reason"] == {"kv_capacity": 3}
+
+
+def test_roofline_needs_no_profile(cli):
+    result = cli("simulate", "--cost", "roofline-memory", "--gpu", "H200-SXM", *SMALL, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cost_model"] == "roofline-memory"
+
+
+def test_compare_grid_from_flags(cli, tmp_path):
+    out = tmp_path / "cmp"
+    result = cli("compare", "--profiles", TOY, "--policies", "static,continuous,chunked", "--replicas", "1,2",
+                 *SMALL, "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["cells"]) == 6 and data["pareto"]
+    assert {p.name for p in out.iterdir()} == {"compare.json", "pareto.png"}
+
+
+def test_compare_from_toml(cli, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'synthetic = "n=20,input=256,output=32,rate=10"\n[grid]\npolicy = ["static", "continuous"]\n'
+                    f'profile = ["{TOY}"]\n[base]\nmax_batch = 4\n')
+    result = cli("compare", "--config", str(grid))
+    assert result.exit_code == 0, result.output
+    assert "static" in result.output and "continuous" in result.output and "J/req" in result.output
+
+
+def test_compare_malformed_toml_is_one_line(cli, tmp_path):
+    grid = tmp_path / "bad.toml"
+    grid.write_text("[grid\npolicy = [\n")
+    _one_line_error(cli("compare", "--config", str(grid)), "bad.toml", "malformed TOML")
+    grid.write_text('[grid]\ncolour = ["red"]\n')
+    _one_line_error(cli("compare", "--config", str(grid)), "unknown grid axis 'colour'")
+
+
+def test_help_has_examples(cli):
+    for command in ("simulate", "compare"):
+        result = cli(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output
