@@ -2,8 +2,195 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from tokenjoule.calibrate.profile import ProfileError, load_profile, resolve_profile_path, shipped_profiles
+from tokenjoule.calibrate.summary import profile_summary
+
+profile_app = typer.Typer(help="Inspect calibration profiles: summary, J/token figures, fit errors, plots.",
+                          no_args_is_help=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print a one-line user error on stderr and return the Exit(2) to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _load(name_or_path: str) -> tuple[Any, Path]:
+    try:
+        path = resolve_profile_path(name_or_path)
+        return load_profile(path), path
+    except ProfileError as err:
+        raise _fail(str(err).splitlines()[0]) from err
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    console = Console()
+    meta = Table(title=summary["label"], show_header=False)
+    gpu, software = summary["gpu"], summary["software"]
+    for key, value in (("date", summary["date"]), ("gpu", gpu.get("name")), ("driver", gpu.get("driver")),
+                       ("power limit (W)", gpu.get("power_limit_w")), ("torch", software.get("torch")),
+                       ("energy method", summary["method"].get("energy")), ("idle power (W)", summary["idle_power_w"]),
+                       ("KV capacity (tokens)", summary["kv_capacity_tokens"]), ("raw data", summary["raw_path"])):
+        meta.add_row(key, _fmt(value, 4))
+    console.print(meta)
+    errors = Table(title="fit errors (relative)")
+    for col in ("curve", "CV median", "CV p95", "mixed median", "mixed p95", "points", "target met"):
+        errors.add_column(col)
+    for curve in ("latency", "energy"):
+        e = summary["fit_errors"].get(curve) or {}
+        errors.add_row(curve, _pct(e.get("cv_median")), _pct(e.get("cv_p95")), _pct(e.get("mixed_median")),
+                       _pct(e.get("mixed_p95")), _fmt(e.get("n_points")), _fmt(summary["targets_met"][curve]))
+    console.print(errors)
+    for kind, extra in (("prefill", "input_tokens"), ("decode", "context_tokens")):
+        table = Table(title=f"{kind}: J per token")
+        for col in ("batch", extra, "latency (ms)", "power (W)", "J/token", "tokens/s"):
+            table.add_column(col, justify="right")
+        for p in summary[kind]:
+            table.add_row(str(p["batch"]), str(p[extra]), f"{p['latency_s'] * 1e3:.2f}", f"{p['power_w']:.0f}",
+                          f"{p['j_per_token']:.4g}", f"{p['tokens_per_s']:.0f}")
+        console.print(table)
+    if summary["notes"]:
+        console.print(f"notes: {summary['notes']}")
+
+
+@profile_app.command("show")
+def show(
+    profile: str = typer.Argument(..., help="Profile file, or a shipped profile's name (see `profile list`)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Summarize a profile: metadata, fit errors against the targets, J/token for prefill and decode.
+
+    --json keys: path, label, content_sha256, date, engine, mode, model, dtype, tp, gpu, host, software, method,
+    idle_power_w, kv_capacity_tokens, raw_path, fit_errors (latency/energy: cv_median, cv_p95, mixed_median,
+    mixed_p95, train_median, train_p95, n_points, n_mixed, folds; repeats), targets_met (latency, energy),
+    prefill (batch, input_tokens, latency_s, energy_j, j_per_token, tokens_per_s, power_w per batch size),
+    decode (batch, context_tokens, latency_s, energy_j, j_per_token, tokens_per_s, power_w), static_batch
+    (generate()-style batch 4, 1024 in / 128 out: time_s, energy_j, j_per_output_token), notes.
+
+    Example:
+        tokenjoule profile show tests/fixtures/profiles/toy_h100_llama-3.1-8b.json --json
+    """
+    loaded, path = _load(profile)
+    summary = profile_summary(loaded, str(path))
+    if json_out:
+        typer.echo(json.dumps(summary))
+    else:
+        _print_summary(summary)
+
+
+@profile_app.command("plot")
+def plot(
+    profile: str = typer.Argument(..., help="Profile file or shipped profile name."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),  # noqa: B008
+) -> None:
+    """Draw latency, power and J/token against tokens per iteration (fits, and measured points if raw data exists).
+
+    Example:
+        tokenjoule profile plot my_h100.json --out my_h100.png
+    """
+    from tokenjoule.calibrate.plots import plot_profile
+    from tokenjoule.calibrate.sweeps import read_rows
+
+    loaded, path = _load(profile)
+    rows = None
+    if loaded.raw_path:
+        raw = path.parent / loaded.raw_path
+        try:
+            rows = read_rows(raw) or None
+        except (OSError, ValueError) as err:
+            logging.getLogger(__name__).warning("raw data %s unreadable: %s", raw, err)
+    written = plot_profile(loaded, out, rows)
+    typer.echo(f"wrote {written}")
+
+
+@profile_app.command("list")
+def list_profiles(json_out: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """List the profiles shipped with tokenjoule (use their names wherever a profile file is expected).
+
+    Example:
+        tokenjoule profile list
+    """
+    entries = []
+    for name, path in shipped_profiles().items():
+        try:
+            p = load_profile(path)
+            entries.append({"name": name, "label": p.label, "date": p.date, "valid": True, "error": None})
+        except ProfileError as err:
+            entries.append({"name": name, "label": None, "date": None, "valid": False, "error": str(err)})
+    if json_out:
+        typer.echo(json.dumps({"profiles": entries}))
+        return
+    if not entries:
+        typer.echo("no shipped profiles")
+        return
+    table = Table(title="shipped profiles")
+    for col in ("name", "GPU x model x engine/mode x TP", "date"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["name"], e["label"] or f"invalid: {e['error']}", e["date"] or "-")
+    Console().print(table)
+
+
+def calibrate_cmd(
+    model: str = typer.Option(..., "--model", help="Registry name (see `tokenjoule models`) or a config.json path."),
+    engine: str = typer.Option("tokenjoule", "--engine", help="Engine: tokenjoule or hf."),
+    mode: str = typer.Option("cudagraph", "--mode", help="Engine mode: eager, cudagraph or compile."),
+    out: Path = typer.Option(..., "--out", help="Profile JSON to write (raw Parquet beside it)."),  # noqa: B008
+    quick: bool = typer.Option(False, "--quick", help="Small grid, short windows: a smoke run."),
+    gpus: str = typer.Option("0", "--gpus", help="Comma-separated GPU indices of the replica (TP degree = count)."),
+    gpu_memory_utilization: float = typer.Option(0.9, help="Fraction of GPU memory the engine may use."),
+    max_batch_seqs: int = typer.Option(512, help="Most sequences per iteration."),
+    max_batched_tokens: int = typer.Option(16384, help="Most tokens per iteration."),
+    json_out: bool = typer.Option(False, "--json", help="Print the new profile's summary as one JSON object."),
+) -> None:
+    """Measure a model on this machine's GPU and write a calibration profile (needs CUDA and NVML).
+
+    Runs prefill, decode and mixed iterations over a grid, reads time around back-to-back steps and energy from
+    NVML's counter between its ticks, fits latency and energy curves, and saves the profile with its raw data.
+    Interrupted runs resume from the raw Parquet file.
+
+    Example:
+        tokenjoule calibrate --model llama-3.1-8b --engine tokenjoule --mode cudagraph --out h100_8b.json
+    """
+    from tokenjoule.calibrate.run_device import check_device, run_calibration
+
+    try:
+        indices = tuple(int(i) for i in gpus.split(","))
+        check_device(indices)
+        profile = run_calibration(model, engine, mode, out, quick=quick, gpu_indices=indices,
+                                  gpu_memory_utilization=gpu_memory_utilization, max_batch_seqs=max_batch_seqs,
+                                  max_batched_tokens=max_batched_tokens)
+    except (ValueError, RuntimeError) as err:
+        raise _fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
+    summary = profile_summary(profile, str(out))
+    if json_out:
+        typer.echo(json.dumps(summary))
+    else:
+        _print_summary(summary)
 
 
 def register(app: typer.Typer) -> None:
     """Mount the calibration and profile commands on the root app."""
+    app.command("calibrate")(calibrate_cmd)
+    app.add_typer(profile_app, name="profile")

@@ -96,7 +96,7 @@ class CostCurve:
     def __post_init__(self) -> None:
         if len(self.knots_tokens) < 2 or len(self.knots_tokens) != len(self.knot_values):
             raise ProfileError("cost curve needs >= 2 knots and one value per knot")
-        if any(b <= a for a, b in zip(self.knots_tokens, self.knots_tokens[1:])):
+        if any(b <= a for a, b in zip(self.knots_tokens, self.knots_tokens[1:], strict=False)):
             raise ProfileError("cost curve knots_tokens must increase strictly")
         unknown = sorted(set(self.coef) - set(FEATURES))
         if unknown:

@@ -1,0 +1,276 @@
+"""`calibrate()`: metadata capture, the sweep, the fit, and the profile file (raw Parquet beside it).
+
+torch and the engine are imported only inside `calibrate()`; fitting and metadata work without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenjoule.calibrate.aligned import METHOD_SUMMARY
+from tokenjoule.calibrate.fit import choose_knots, fit_curve
+from tokenjoule.calibrate.grid import GridConfig
+from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter, mw_to_w
+from tokenjoule.calibrate.profile import FEATURES, GPUProfile, save_profile
+from tokenjoule.calibrate.sweeps import IterationRunner, run_sweep, shape_from_row
+from tokenjoule.kernels.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+RUNNER_MODULE = "tokenjoule.kernels.iteration"
+TIME_METHOD = ("host perf_counter around back-to-back IterationRunner.step() calls, each synchronized at its end "
+               "(serving-loop latency: host scheduling and launch overhead included)")
+
+
+def datasheet_name(gpu_name: str | None) -> str | None:
+    """DATASHEETS key for an NVML GPU name ("NVIDIA H100 80GB HBM3" -> "H100-SXM"), or None if unknown."""
+    name = (gpu_name or "").upper()
+    for marker, key in (("H100", "H100-SXM"), ("H200", "H200-SXM"), ("A100", "A100-SXM-80GB")):
+        if marker in name:
+            return key
+    return None
+
+
+def host_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """Host CPU model (from /proc/cpuinfo) and logical core count."""
+    model = platform.processor() or None
+    try:
+        for line in Path(cpuinfo_path).read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu_model": model, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def _pkg_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def software_info() -> dict[str, Any]:
+    """Versions that shape the measurement: tokenjoule, torch, CUDA, transformers, driver-side pynvml, git sha."""
+    info: dict[str, Any] = {"tokenjoule": _pkg_version("tokenjoule"), "python": platform.python_version(),
+                            "torch": _pkg_version("torch"), "cuda": None,
+                            "transformers": _pkg_version("transformers"), "nvidia-ml-py": _pkg_version("nvidia-ml-py")}
+    try:
+        import torch
+
+        info["cuda"] = torch.version.cuda
+    except ImportError:
+        pass
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        info["git_sha"] = sha or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_sha"] = None
+    return info
+
+
+def gpu_info(meter: EnergyMeter) -> dict[str, Any]:
+    """Name, driver, power limit, clocks, memory of the metered GPUs (first GPU's values; per-GPU list too)."""
+    if not isinstance(meter, NVMLMeter):
+        return {"name": None, "count": len(meter.gpu_indices), "datasheet": None}
+    per_gpu = []
+    for i in meter.gpu_indices:
+        raw = meter.devices.describe(i)
+        limit_mw = raw.pop("power_limit_mw")
+        per_gpu.append({**raw, "power_limit_w": None if limit_mw is None else mw_to_w(limit_mw)})
+    first = per_gpu[0]
+    info = {key: first[key] for key in ("name", "memory_bytes", "power_limit_w", "max_sm_clock_mhz",
+                                        "max_mem_clock_mhz", "sm_clock_mhz")}
+    info.update(driver=meter.devices.driver_version(), count=len(per_gpu), devices=per_gpu,
+                datasheet=datasheet_name(first["name"]))
+    return info
+
+
+def _aggregate(rows: Sequence[dict[str, Any]], kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One record per ok point of `kinds`: median latency and energy over repeats, and their relative spread."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] == "ok" and row["kind"] in kinds:
+            groups[row["point_id"]].append(row)
+    out = []
+    for point_id, group in groups.items():
+        times = [r["step_time_s"] for r in group]
+        energies = [r["energy_per_step_j"] for r in group if r["energy_per_step_j"] is not None]
+        t_med = statistics.median(times)
+        e_med = statistics.median(energies) if energies else None
+        out.append({"point_id": point_id, "kind": group[0]["kind"], "shape": shape_from_row(group[0]),
+                    "time_s": t_med, "energy_j": e_med, "time_spread": (max(times) - min(times)) / t_med,
+                    "energy_spread": (max(energies) - min(energies)) / e_med if e_med else None})
+    return out
+
+
+def _columns(points: list[dict[str, Any]], key: str) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    from tokenjoule.calibrate.profile import shape_features
+
+    feats = [shape_features(p["shape"]) for p in points]
+    x = np.array([p["shape"].new_tokens for p in points], dtype=np.float64)
+    return x, {f: np.array([d[f] for d in feats]) for f in FEATURES}, np.array([p[key] for p in points], float)
+
+
+def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
+    """Fit latency and energy curves to raw sweep rows (prefill + decode fitted, mixed held out).
+
+    Returns:
+        {"latency": CostCurve, "energy": CostCurve, "fit_errors": {...}, "idle_power_w": float}.
+    """
+    fit_points = _aggregate(rows, ("prefill", "decode"))
+    mixed_points = _aggregate(rows, ("mixed",))
+    if len(fit_points) < 4:
+        raise ValueError(f"only {len(fit_points)} measured prefill/decode points; a fit needs >= 4")
+    if any(p["energy_j"] is None for p in fit_points + mixed_points):
+        raise ValueError("some points lack energy (no energy counter?); a profile needs energy for every point")
+    knots = choose_knots([p["shape"].new_tokens for p in fit_points])
+    out: dict[str, Any] = {"fit_errors": {}}
+    for name, key, unit in (("latency", "time_s", "s"), ("energy", "energy_j", "J")):
+        x, feats, y = _columns(fit_points, key)
+        mixed = _columns(mixed_points, key) if mixed_points else None
+        curve, stats = fit_curve(x, feats, y, knots, unit, folds=folds, mixed=mixed)
+        out[name] = curve
+        out["fit_errors"][name] = stats.to_dict()
+    spreads = [p["time_spread"] for p in fit_points]
+    e_spreads = [p["energy_spread"] for p in fit_points if p["energy_spread"] is not None]
+    bounds = [r["error_bound"] for r in rows if r["status"] == "ok" and r["error_bound"] is not None]
+    out["fit_errors"]["repeats"] = {"time_spread_median": float(np.median(spreads)),
+                                    "energy_spread_median": float(np.median(e_spreads)) if e_spreads else None,
+                                    "energy_error_bound_max": float(max(bounds)) if bounds else None}
+    idle = [r["power_w"] for r in rows if r["kind"] == "idle" and r["power_w"] is not None]
+    if not idle:
+        raise ValueError("the sweep has no idle-power measurement")
+    out["idle_power_w"] = float(statistics.median(idle))
+    return out
+
+
+def build_profile(rows: Sequence[dict[str, Any]], *, spec: ModelSpec, engine: str, mode: str, tp: int,
+                  kv_capacity_tokens: int, gpu: dict[str, Any], host: dict[str, Any], software: dict[str, Any],
+                  method: dict[str, Any], raw_path: str | None, notes: str = "", folds: int = 5) -> GPUProfile:
+    """Fit the rows and assemble the GPUProfile (dated now, UTC)."""
+    fitted = fit_rows(rows, folds=folds)
+    return GPUProfile(gpu=gpu, host=host, software=software, method=method,
+                      date=datetime.now(timezone.utc).isoformat(timespec="seconds"), engine=engine, mode=mode,
+                      model=spec, tp=tp, idle_power_w=fitted["idle_power_w"], kv_capacity_tokens=kv_capacity_tokens,
+                      latency=fitted["latency"], energy=fitted["energy"], fit_errors=fitted["fit_errors"],
+                      raw_path=raw_path, notes=notes)
+
+
+def resolve_build_runner() -> Callable[..., IterationRunner]:
+    """The engine's `build_runner` (imports torch); RuntimeError when torch or the engine is missing."""
+    try:
+        module = importlib.import_module(RUNNER_MODULE)
+    except ImportError as err:
+        raise RuntimeError(f"cannot import {RUNNER_MODULE} ({err}); calibration needs torch "
+                           "(pip install 'tokenjoule[calibrate]')") from err
+    return module.build_runner
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CalibrationConfig:
+    """How to calibrate one (model, engine, mode) on some GPUs.
+
+    Attributes:
+        engine: "tokenjoule" or "hf".
+        mode: "eager", "cudagraph" or "compile".
+        gpu_indices: GPUs of the replica (tp = their number).
+        grid: the sweep grid.
+        gpu_memory_utilization: engine memory fraction.
+        max_batch_seqs: engine sequence limit per iteration.
+        max_batched_tokens: engine token budget per iteration.
+        seed: weight seed.
+        device: torch device of the engine ("cuda"; "cpu" only for smoke tests of the pipeline).
+    """
+
+    engine: str = "tokenjoule"
+    mode: str = "cudagraph"
+    gpu_indices: tuple[int, ...] = (0,)
+    grid: GridConfig = dataclasses.field(default_factory=GridConfig)
+    gpu_memory_utilization: float = 0.9
+    max_batch_seqs: int = 512
+    max_batched_tokens: int = 16384
+    seed: int = 0
+    device: str = "cuda"
+
+
+def calibrate(spec: ModelSpec, config: CalibrationConfig, out_path: str | Path, *,
+              runner: IterationRunner | None = None, meter: EnergyMeter | None = None,
+              wait: Callable[[float], None] | None = None, progress: bool = True) -> GPUProfile:
+    """Measure, fit and save a profile to `out_path`; the raw sweep goes beside it as `<stem>.raw.parquet`.
+
+    Args:
+        spec: the model.
+        config: engine, mode, GPUs, grid.
+        out_path: profile JSON path.
+        runner: an already built runner (tests); built with the engine's `build_runner` when None.
+        meter: an energy meter (tests); `make_meter(config.gpu_indices)` when None.
+        wait: sleep function for the idle window (tests pass a fake timeline's `idle`).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The saved GPUProfile. Raises MeterError when energy cannot be measured.
+    """
+    out_path = Path(out_path)
+    raw_path = out_path.with_name(out_path.stem + ".raw.parquet")
+    own_meter, own_runner = meter is None, runner is None
+    meter = meter if meter is not None else make_meter(config.gpu_indices)
+    try:
+        if not meter.has_energy:
+            raise MeterError(f"cannot calibrate without an energy counter: {getattr(meter, 'reason', meter.method)}")
+        if runner is None:
+            runner = resolve_build_runner()(spec, engine=config.engine, mode=config.mode, device=config.device,
+                                            gpu_memory_utilization=config.gpu_memory_utilization,
+                                            max_batch_seqs=config.max_batch_seqs,
+                                            max_batched_tokens=config.max_batched_tokens, seed=config.seed)
+        try:
+            rows = _sweep(runner, meter, config, raw_path, wait, progress)
+            kv_capacity = int(runner.kv_capacity_tokens)
+        finally:
+            if own_runner:
+                runner.release()
+        profile = build_profile(rows, spec=spec, engine=config.engine, mode=config.mode, tp=len(config.gpu_indices),
+                                kv_capacity_tokens=kv_capacity, gpu=gpu_info(meter), host=host_info(),
+                                software=software_info(), method=_method(meter, config), raw_path=raw_path.name,
+                                notes=f"measured by tokenjoule calibrate; random weights (seed {config.seed})")
+    finally:
+        if own_meter:
+            meter.close()
+    save_profile(profile, out_path)
+    return profile
+
+
+def _sweep(runner: IterationRunner, meter: EnergyMeter, config: CalibrationConfig, raw_path: Path,
+           wait: Callable[[float], None] | None, progress: bool) -> list[dict[str, Any]]:
+    read_temp = None
+    if isinstance(meter, NVMLMeter):
+        first = meter.gpu_indices[0]
+        read_temp = lambda: float(meter.devices.temperature_c(first))  # noqa: E731
+    sweep_kwargs = {"wait": wait} if wait is not None else {}
+    return run_sweep(runner, meter, config.grid, raw_path, max_batched_tokens=config.max_batched_tokens,
+                     max_batch_seqs=config.max_batch_seqs, uniform_only=config.engine == "hf",
+                     read_temperature_c=read_temp, progress=progress, **sweep_kwargs)
+
+
+def _method(meter: EnergyMeter, config: CalibrationConfig) -> dict[str, Any]:
+    grid = json.loads(json.dumps(dataclasses.asdict(config.grid)))  # tuples -> lists, as the file holds them
+    return {"time": TIME_METHOD, **meter.metadata(), "aligned": METHOD_SUMMARY,
+            "grid": grid, "gpu_memory_utilization": config.gpu_memory_utilization,
+            "max_batch_seqs": config.max_batch_seqs, "max_batched_tokens": config.max_batched_tokens}

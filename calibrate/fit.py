@@ -1,0 +1,158 @@
+"""Fit the profile's cost form to measured points: non-negative least squares on relative error, k-fold CV.
+
+Pure: arrays in, a CostCurve plus error statistics out. scipy is imported here and nowhere else in tokenjoule.
+
+The form (see `calibrate/profile.py`) is linear in its parameters: the piecewise-linear token curve is a sum of
+"hat" basis functions, one per knot, weighted by the curve's value at that knot; the FEATURES enter linearly.
+Dividing each row by its measured value makes least squares minimise relative error, so a 5 ms decode step
+counts as much as a 500 ms prefill. Non-negativity (costs grow with work) keeps extrapolation sane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import nnls
+
+from tokenjoule.calibrate.profile import FEATURES, CostCurve
+
+CANDIDATE_KNOTS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+@dataclass(frozen=True, slots=True)
+class FitStats:
+    """Relative errors |predicted - measured| / measured of a fit.
+
+    Attributes:
+        n_points: points fitted.
+        train_median: median error on the fitted points.
+        train_p95: 95th percentile on the fitted points.
+        cv_median: median error on held-out points (k-fold cross-validation).
+        cv_p95: 95th percentile on held-out points.
+        folds: folds used.
+        mixed_median: median error on the mixed iterations (never fitted), or None without them.
+        mixed_p95: 95th percentile on the mixed iterations, or None.
+        n_mixed: mixed iterations evaluated.
+    """
+
+    n_points: int
+    train_median: float
+    train_p95: float
+    cv_median: float
+    cv_p95: float
+    folds: int
+    mixed_median: float | None = None
+    mixed_p95: float | None = None
+    n_mixed: int = 0
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """Plain dict for the profile's `fit_errors`."""
+        return {"n_points": self.n_points, "train_median": self.train_median, "train_p95": self.train_p95,
+                "cv_median": self.cv_median, "cv_p95": self.cv_p95, "folds": self.folds,
+                "mixed_median": self.mixed_median, "mixed_p95": self.mixed_p95, "n_mixed": self.n_mixed}
+
+
+def choose_knots(new_tokens: Sequence[float], candidates: Sequence[int] = CANDIDATE_KNOTS,
+                 min_support: int = 2) -> tuple[float, ...]:
+    """Knots covering the data: its smallest and largest `new_tokens`, plus well-supported candidates between.
+
+    A candidate strictly inside the data's range is kept when at least `min_support` points lie within a factor
+    sqrt(2) of it, so each knot stays pinned by data even when cross-validation holds one point out.
+    """
+    x = np.asarray(new_tokens, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("choose_knots needs at least one point")
+    lo, hi = float(x.min()), float(x.max())
+    near = [float(c) for c in candidates if lo < c < hi and np.sum(np.abs(np.log2(x / c)) <= 0.5) >= min_support]
+    return tuple([lo, *near, hi]) if hi > lo else (lo, lo + 1.0)
+
+
+def design_matrix(new_tokens: np.ndarray, features: Mapping[str, np.ndarray], knots: Sequence[float]) -> np.ndarray:
+    """Columns: one hat basis function per knot (evaluated as CostCurve does), then each FEATURES column."""
+    x = np.asarray(new_tokens, dtype=np.float64)
+    cols = []
+    for j in range(len(knots)):
+        unit_values = tuple(1.0 if i == j else 0.0 for i in range(len(knots)))
+        cols.append(CostCurve(tuple(knots), unit_values, {}, "s").token_curve(x))
+    for name in FEATURES:
+        cols.append(np.asarray(features.get(name, np.zeros_like(x)), dtype=np.float64))
+    return np.column_stack(cols)
+
+
+def _solve(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """NNLS of a @ p ~= y in relative terms, with columns scaled to unit max so tiny features are not ignored."""
+    weighted = a / y[:, None]
+    scale = np.abs(weighted).max(axis=0)
+    scale[scale == 0] = 1.0
+    params, _ = nnls(weighted / scale, np.ones_like(y), maxiter=50 * a.shape[1])
+    return params / scale
+
+
+def _curve(params: np.ndarray, knots: Sequence[float], unit: str) -> CostCurve:
+    n = len(knots)
+    coef = {name: float(params[n + i]) for i, name in enumerate(FEATURES)}
+    return CostCurve(tuple(float(k) for k in knots), tuple(float(v) for v in params[:n]), coef, unit)
+
+
+def relative_errors(curve: CostCurve, new_tokens: np.ndarray, features: Mapping[str, np.ndarray],
+                    y: np.ndarray) -> np.ndarray:
+    """|curve - y| / y per point."""
+    y = np.asarray(y, dtype=np.float64)
+    return np.abs(curve.evaluate(new_tokens, **features) - y) / y
+
+
+def _kfold_errors(a: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    order = np.random.default_rng(seed).permutation(len(y))
+    errors = np.empty(len(y))
+    for held in np.array_split(order, folds):
+        train = np.setdiff1d(order, held)
+        params = _solve(a[train], y[train])
+        errors[held] = np.abs(a[held] @ params - y[held]) / y[held]
+    return errors
+
+
+def fit_curve(new_tokens: Sequence[float], features: Mapping[str, Sequence[float]], y: Sequence[float],
+              knots: Sequence[float], unit: str, folds: int = 5, seed: int = 0,
+              mixed: tuple[Sequence[float], Mapping[str, Sequence[float]], Sequence[float]] | None = None,
+              ) -> tuple[CostCurve, FitStats]:
+    """Fit a CostCurve to measured points and report its errors.
+
+    Args:
+        new_tokens: tokens pushed through the weights per iteration, one per point.
+        features: FEATURES columns by name (missing ones are zero).
+        y: measured latency (s) or energy (J) per iteration; all > 0.
+        knots: the curve's knots in `new_tokens` (see `choose_knots`).
+        unit: "s" or "J".
+        folds: cross-validation folds (at most one per point).
+        seed: shuffles the folds.
+        mixed: optional held-out (new_tokens, features, y) of mixed iterations, scored but never fitted.
+
+    Returns:
+        (curve fitted on all points, FitStats).
+    """
+    x = np.asarray(new_tokens, dtype=np.float64)
+    target = np.asarray(y, dtype=np.float64)
+    if x.shape != target.shape or x.ndim != 1:
+        raise ValueError(f"new_tokens {x.shape} and y {target.shape} must be 1-D and of equal length")
+    if target.size < 2 or np.any(~np.isfinite(target)) or np.any(target <= 0):
+        raise ValueError("y must hold >= 2 finite values, all > 0")
+    unknown = sorted(set(features) - set(FEATURES))
+    if unknown:
+        raise ValueError(f"unknown feature(s) {unknown}; known: {list(FEATURES)}")
+    cols = {name: np.asarray(v, dtype=np.float64) for name, v in features.items()}
+    a = design_matrix(x, cols, knots)
+    curve = _curve(_solve(a, target), knots, unit)
+    train = relative_errors(curve, x, cols, target)
+    k = max(2, min(folds, target.size))
+    cv = _kfold_errors(a, target, k, seed)
+    stats = FitStats(int(target.size), float(np.median(train)), float(np.percentile(train, 95)),
+                     float(np.median(cv)), float(np.percentile(cv, 95)), k)
+    if mixed is not None and len(mixed[2]):
+        mx = np.asarray(mixed[0], dtype=np.float64)
+        mcols = {name: np.asarray(v, dtype=np.float64) for name, v in mixed[1].items()}
+        err = relative_errors(curve, mx, mcols, np.asarray(mixed[2], dtype=np.float64))
+        stats = FitStats(stats.n_points, stats.train_median, stats.train_p95, stats.cv_median, stats.cv_p95, k,
+                         float(np.median(err)), float(np.percentile(err, 95)), int(err.size))
+    return curve, stats

@@ -1,0 +1,115 @@
+"""The calibration grid: which prefill, decode and mixed iterations a sweep measures. Pure and torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenjoule.kernels.shape import IterationShape
+
+# Keep a little KV headroom: engines allocate whole blocks and some keep a spare block per sequence.
+KV_HEADROOM = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class GridConfig:
+    """Grid and window settings of one calibration sweep.
+
+    Attributes:
+        prefill_batches: sequences per prefill iteration.
+        prefill_lengths_tokens: prompt lengths (each sequence one chunk, nothing cached before).
+        decode_batches: sequences per decode iteration.
+        decode_contexts_tokens: cached tokens per decoding sequence.
+        mixed: include mixed iterations (chunked prefills beside decodes) to check that costs compose.
+        target_s: least window per repeat (the aligned measurement extends it to two counter ticks).
+        repeats: measured windows per point (>= 2; their spread is recorded).
+        warmup_steps: steps right before each window.
+        idle_s: window for idle power with the model resident.
+        settle_s: most time spent on thermal settling before the sweep.
+    """
+
+    prefill_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    prefill_lengths_tokens: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+    decode_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    decode_contexts_tokens: tuple[int, ...] = (128, 512, 2048, 8192, 16384)
+    mixed: bool = True
+    target_s: float = 0.25
+    repeats: int = 2
+    warmup_steps: int = 2
+    idle_s: float = 3.0
+    settle_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.repeats < 2:
+            raise ValueError(f"repeats={self.repeats} must be >= 2 (the spread between repeats is recorded)")
+        if self.target_s <= 0 or self.idle_s <= 0 or self.settle_s < 0:
+            raise ValueError(f"target_s={self.target_s}, idle_s={self.idle_s} must be > 0, settle_s >= 0")
+        for name in ("prefill_batches", "prefill_lengths_tokens", "decode_batches", "decode_contexts_tokens"):
+            values = getattr(self, name)
+            if not values or min(values) < 1:
+                raise ValueError(f"{name}={values} must be non-empty positive integers")
+
+    @classmethod
+    def quick(cls) -> GridConfig:
+        """A smoke-test grid: a few points per kind, short windows, no settling."""
+        return cls(prefill_batches=(1, 4), prefill_lengths_tokens=(128, 1024), decode_batches=(1, 16, 128),
+                   decode_contexts_tokens=(256, 2048), target_s=0.15, repeats=2, warmup_steps=1, idle_s=1.0,
+                   settle_s=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class GridPoint:
+    """One point of the grid.
+
+    Attributes:
+        point_id: stable name, e.g. "decode_b32_c2048" (resuming skips ids already measured).
+        kind: "prefill", "decode" or "mixed".
+        shape: the iteration measured.
+    """
+
+    point_id: str
+    kind: str
+    shape: IterationShape
+
+
+def prefill_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: int,
+                   max_batch_seqs: int) -> list[GridPoint]:
+    """Uniform prefills (B chunks of L fresh tokens), limited by the token budget, KV capacity and batch limit."""
+    limit = min(max_batched_tokens, int(kv_capacity_tokens * KV_HEADROOM))
+    return [GridPoint(f"prefill_b{b}_l{length}", "prefill", IterationShape(prefill=((length, 0),) * b))
+            for length in cfg.prefill_lengths_tokens for b in cfg.prefill_batches
+            if b * length <= limit and b <= max_batch_seqs]
+
+
+def decode_points(cfg: GridConfig, kv_capacity_tokens: int, max_batch_seqs: int) -> list[GridPoint]:
+    """Uniform decodes (B sequences with C cached tokens each), pruned to KV capacity and the batch limit."""
+    limit = int(kv_capacity_tokens * KV_HEADROOM)
+    return [GridPoint(f"decode_b{b}_c{ctx}", "decode", IterationShape(decode=(ctx,) * b))
+            for ctx in cfg.decode_contexts_tokens for b in cfg.decode_batches
+            if b * (ctx + 1) <= limit and b <= max_batch_seqs]
+
+
+def mixed_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: int,
+                 max_batch_seqs: int) -> list[GridPoint]:
+    """Chunked prefills beside decodes (what a continuous-batching step runs); held out of the fit."""
+    if not cfg.mixed:
+        return []
+    limit = int(kv_capacity_tokens * KV_HEADROOM)
+    out = []
+    for chunk, before in ((256, 0), (2048, 0), (512, 4096), (2048, 2048)):
+        for n_dec, ctx in ((8, 1024), (64, 2048), (256, 512)):
+            kv = chunk + before + n_dec * (ctx + 1)
+            if chunk + n_dec > max_batched_tokens or kv > limit or n_dec + 1 > max_batch_seqs:
+                continue
+            shape = IterationShape(prefill=((chunk, before),), decode=(ctx,) * n_dec)
+            out.append(GridPoint(f"mixed_p{chunk}_b{before}_d{n_dec}_c{ctx}", "mixed", shape))
+    return out
+
+
+def grid_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: int, max_batch_seqs: int,
+                uniform_only: bool = False) -> list[GridPoint]:
+    """All points of a sweep in measuring order (prefill, decode, then mixed unless `uniform_only`)."""
+    points = prefill_points(cfg, max_batched_tokens, kv_capacity_tokens, max_batch_seqs)
+    points += decode_points(cfg, kv_capacity_tokens, max_batch_seqs)
+    if not uniform_only:
+        points += mixed_points(cfg, max_batched_tokens, kv_capacity_tokens, max_batch_seqs)
+    return points

@@ -1,0 +1,224 @@
+"""Drive an IterationRunner over the calibration grid and write tidy rows to Parquet as they come (resumable).
+
+Per point: `runner.prepare(shape)`, then `repeats` tick-aligned windows (`aligned.measure_aligned`), each
+preceded by warm-up steps, one row per window. Before the grid, the GPU is brought to a steady temperature; after
+it, idle power is measured with the model resident. The Parquet file is rewritten atomically after every point,
+so an interrupted sweep resumes where it stopped: points whose rows are already in the file are skipped.
+
+The runner contract (implemented in `tokenjoule.kernels`): `kv_capacity_tokens`, `prepare(shape)` (ValueError if
+the shape cannot run), `step()` (one iteration as the serving loop runs it, synchronized at its end, repeatable),
+`release()`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tokenjoule.calibrate.aligned import measure_aligned
+from tokenjoule.calibrate.grid import GridConfig, GridPoint, grid_points
+from tokenjoule.calibrate.meters import EnergyMeter
+from tokenjoule.calibrate.profile import shape_features
+from tokenjoule.calibrate.timing import summarize
+from tokenjoule.kernels.shape import IterationShape
+
+logger = logging.getLogger(__name__)
+
+RAW_SCHEMA = pa.schema([
+    ("point_id", pa.string()), ("kind", pa.string()), ("repeat", pa.int32()), ("status", pa.string()),
+    ("reason", pa.string()), ("prefill_json", pa.string()), ("decode_json", pa.string()),
+    ("new_tokens", pa.int64()), ("prefill_tokens", pa.int64()), ("decode_seqs", pa.int64()),
+    ("prefill_attn_pairs", pa.int64()), ("decode_ctx_tokens", pa.int64()), ("has_prefill", pa.float64()),
+    ("steps", pa.int32()), ("window_s", pa.float64()), ("step_time_s", pa.float64()),
+    ("step_median_s", pa.float64()), ("step_p10_s", pa.float64()), ("step_p90_s", pa.float64()),
+    ("energy_per_step_j", pa.float64()), ("power_w", pa.float64()), ("error_bound", pa.float64()),
+    ("tick_span_s", pa.float64()), ("window_energy_j", pa.float64()), ("unix_time_s", pa.float64()),
+])
+
+
+class IterationRunner(Protocol):
+    """What a sweep needs from an engine (see the module docstring)."""
+
+    kv_capacity_tokens: int
+
+    def prepare(self, shape: IterationShape) -> None:
+        """Set up the sequences and KV cache so `step()` runs `shape` (ValueError if it cannot)."""
+
+    def step(self) -> None:
+        """Run one iteration, synchronized at its end."""
+
+    def release(self) -> None:
+        """Free the engine's memory."""
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a raw sweep file ([] when it does not exist); a foreign schema raises ValueError."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    table = pq.read_table(path)
+    missing = sorted(set(RAW_SCHEMA.names) - set(table.column_names))
+    if missing:
+        raise ValueError(f"{path}: not a tokenjoule raw sweep file (missing columns {missing})")
+    return table.select(RAW_SCHEMA.names).to_pylist()
+
+
+def write_rows(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Write rows atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def shape_from_row(row: dict[str, Any]) -> IterationShape:
+    """The IterationShape a raw row measured."""
+    prefill = tuple((int(n), int(b)) for n, b in json.loads(row["prefill_json"] or "[]"))
+    return IterationShape(prefill=prefill, decode=tuple(int(c) for c in json.loads(row["decode_json"] or "[]")))
+
+
+def _base_row(point_id: str, kind: str, shape: IterationShape, repeat: int) -> dict[str, Any]:
+    feats = shape_features(shape)
+    row = dict.fromkeys(RAW_SCHEMA.names)
+    row.update(point_id=point_id, kind=kind, repeat=repeat, status="ok", reason="",
+               prefill_json=json.dumps([list(c) for c in shape.prefill]), decode_json=json.dumps(list(shape.decode)),
+               new_tokens=shape.new_tokens, prefill_tokens=shape.prefill_tokens, decode_seqs=shape.decode_seqs,
+               prefill_attn_pairs=shape.prefill_attn_pairs, decode_ctx_tokens=shape.decode_ctx_tokens,
+               has_prefill=feats["has_prefill"], unix_time_s=time.time())
+    return row
+
+
+def measure_point(runner: IterationRunner, meter: EnergyMeter, point: GridPoint, cfg: GridConfig) -> list[dict]:
+    """Rows for one point: `cfg.repeats` aligned windows, or one "skipped" row if the runner cannot run it."""
+    try:
+        runner.prepare(point.shape)
+    except ValueError as err:
+        logger.info("skipping %s: %s", point.point_id, err)
+        row = _base_row(point.point_id, point.kind, point.shape, 0)
+        row.update(status="skipped", reason=str(err))
+        return [row]
+    rows = []
+    for repeat in range(cfg.repeats):
+        # later repeats follow the previous window back to back: the GPU is already warm at this point's power
+        warmup = cfg.warmup_steps if repeat == 0 else 0
+        m = measure_aligned(meter, runner.step, target_s=cfg.target_s, warmup_steps=warmup)
+        stats = summarize(m.step_times_s)
+        row = _base_row(point.point_id, point.kind, point.shape, repeat)
+        row.update(steps=m.steps, window_s=m.time_s, step_time_s=m.step_time_s, step_median_s=stats.median_s,
+                   step_p10_s=stats.p10_s, step_p90_s=stats.p90_s, energy_per_step_j=m.energy_per_step_j,
+                   power_w=m.power_w, error_bound=m.error_bound, tick_span_s=m.tick_span_s,
+                   window_energy_j=m.window_energy_j)
+        rows.append(row)
+    return rows
+
+
+def measure_idle(meter: EnergyMeter, cfg: GridConfig, wait: Callable[[float], None]) -> dict[str, Any]:
+    """One row of idle power (model resident, nothing running), measured between counter ticks."""
+    wait(1.0)  # let the last kernels' power tail decay
+    m = measure_aligned(meter, lambda: wait(0.05), target_s=cfg.idle_s, warmup_steps=0)
+    row = _base_row("idle", "idle", IterationShape(), 0)
+    row.update(steps=m.steps, window_s=m.time_s, power_w=m.power_w, error_bound=m.error_bound,
+               tick_span_s=m.tick_span_s, window_energy_j=m.window_energy_j)
+    return row
+
+
+def settle(runner: IterationRunner, meter: EnergyMeter, points: list[GridPoint], cfg: GridConfig,
+           read_temperature_c: Callable[[], float] | None) -> float:
+    """Run the grid's largest prefill until the temperature is steady (or `cfg.settle_s` passes); seconds spent."""
+    if cfg.settle_s <= 0 or not points:
+        return 0.0
+    biggest = max(points, key=lambda p: p.shape.new_tokens)
+    runner.prepare(biggest.shape)
+    start = meter.clock()
+    if read_temperature_c is None:
+        while meter.clock() - start < cfg.settle_s:
+            runner.step()
+        return meter.clock() - start
+    from tokenjoule.calibrate.sampler import wait_thermal_settled
+
+    spent, temp = wait_thermal_settled(read_temperature_c, runner.step, window_s=min(5.0, cfg.settle_s / 2),
+                                       max_s=cfg.settle_s, clock=meter.clock)
+    logger.info("thermal settling: %.1f s, %.0f C", spent, temp)
+    return spent
+
+
+def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_path: str | Path, *,
+              max_batched_tokens: int, max_batch_seqs: int, uniform_only: bool = False,
+              wait: Callable[[float], None] = time.sleep, read_temperature_c: Callable[[], float] | None = None,
+              progress: bool = True) -> list[dict[str, Any]]:
+    """Measure every grid point not yet in `out_path`, then idle power; returns all rows (old and new).
+
+    Args:
+        runner: the engine under test, model loaded.
+        meter: energy meter of the runner's GPUs.
+        cfg: grid and window settings.
+        out_path: raw Parquet file; rewritten atomically after each point.
+        max_batched_tokens: the engine's token budget per iteration.
+        max_batch_seqs: the engine's sequence limit per iteration.
+        uniform_only: skip mixed iterations (engines that only run uniform batches, e.g. HF).
+        wait: sleeps this many seconds (idle measurement; tests pass the fake timeline's `idle`).
+        read_temperature_c: GPU temperature for thermal settling (None: settle for a fixed time).
+        progress: show a rich progress bar on stderr.
+
+    Returns:
+        All raw rows.
+    """
+    rows = read_rows(out_path)
+    done = {r["point_id"] for r in rows}
+    points = grid_points(cfg, max_batched_tokens, runner.kv_capacity_tokens, max_batch_seqs, uniform_only)
+    todo = [p for p in points if p.point_id not in done]
+    if done:
+        logger.info("resuming %s: %d points done, %d to go", out_path, len(done), len(todo))
+    if todo:
+        settle(runner, meter, todo, cfg, read_temperature_c)
+    with _progress(progress) as bar:
+        task = bar.add_task("calibrating", total=len(todo) + ("idle" not in done))
+        for point in todo:
+            bar.update(task, description=point.point_id)
+            new_rows = measure_point(runner, meter, point, cfg)
+            rows.extend(new_rows)
+            write_rows(rows, out_path)
+            _log_point(new_rows)
+            bar.advance(task)
+        if "idle" not in done:
+            bar.update(task, description="idle power")
+            rows.append(measure_idle(meter, cfg, wait))
+            write_rows(rows, out_path)
+            bar.advance(task)
+    return rows
+
+
+def _log_point(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        if r["status"] != "ok":
+            logger.info("%s: skipped (%s)", r["point_id"], r["reason"])
+            continue
+        logger.info("%s #%d: %d steps of %.3f ms, %s J/step, %s W, bound %s", r["point_id"], r["repeat"], r["steps"],
+                    r["step_time_s"] * 1e3, _g(r["energy_per_step_j"]), _g(r["power_w"]), _g(r["error_bound"]))
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), disable=not enabled, transient=False)

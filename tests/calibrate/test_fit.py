@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from tokenjoule.calibrate.fit import choose_knots, design_matrix, fit_curve
+from tokenjoule.calibrate.profile import FEATURES, CostCurve, shape_features
+from tokenjoule.kernels.shape import IterationShape
+
+
+def _grid():
+    shapes = [IterationShape(prefill=((length, 0),) * b) for b in (1, 2, 4, 8, 16)
+              for length in (64, 256, 1024, 4096) if b * length <= 16384]
+    shapes += [IterationShape(decode=(ctx,) * b) for b in (1, 4, 16, 64, 256) for ctx in (128, 1024, 8192)]
+    return shapes
+
+
+def _columns(shapes):
+    x = np.array([s.new_tokens for s in shapes], float)
+    feats = {f: np.array([shape_features(s)[f] for s in shapes]) for f in FEATURES}
+    return x, feats
+
+
+def test_design_matrix_reproduces_curve(toy_profile):
+    shapes = _grid()
+    x, feats = _columns(shapes)
+    curve = toy_profile.latency
+    params = np.array([*curve.knot_values, *(curve.coef[f] for f in FEATURES)])
+    a = design_matrix(x, feats, curve.knots_tokens)
+    expected = np.array([curve.of_shape(s) for s in shapes])
+    np.testing.assert_allclose(a @ params, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("curve_name", ["latency", "energy"])
+def test_fit_recovers_known_parameters_with_noise(toy_profile, rng, curve_name):
+    truth = getattr(toy_profile, curve_name)
+    shapes = _grid()
+    x, feats = _columns(shapes)
+    clean = np.array([truth.of_shape(s) for s in shapes])
+    noisy = clean * (1 + 0.01 * rng.standard_normal(clean.size))
+    curve, stats = fit_curve(x, feats, noisy, truth.knots_tokens, truth.unit)
+    # the curve itself: within a few % everywhere on the grid
+    assert np.max(np.abs(curve.evaluate(x, **feats) - clean) / clean) < 0.03
+    # knot values where data pins them, and the well-identified coefficients
+    np.testing.assert_allclose(curve.knot_values[2:], truth.knot_values[2:], rtol=0.05)
+    assert curve.coef["decode_ctx_tokens"] == pytest.approx(truth.coef["decode_ctx_tokens"], rel=0.05)
+    assert curve.coef["prefill_attn_pairs"] == pytest.approx(truth.coef["prefill_attn_pairs"], rel=0.25)
+    assert stats.n_points == len(shapes) and stats.folds == 5
+    assert stats.train_median < 0.015 and stats.cv_median < 0.02 and stats.cv_p95 < 0.05
+    assert curve.unit == truth.unit
+
+
+def test_cross_validation_exposes_a_wrong_form(rng):
+    # a quadratic in tokens cannot be fitted with two knots: CV error must say so
+    x = np.geomspace(1, 4096, 40)
+    y = 1e-3 + 1e-8 * x**2
+    _, stats = fit_curve(x, {}, y, (1.0, 4096.0), "s")
+    assert stats.cv_median > 0.1
+
+
+def test_mixed_points_are_scored_not_fitted(toy_profile):
+    truth = toy_profile.latency
+    shapes = _grid()
+    x, feats = _columns(shapes)
+    y = np.array([truth.of_shape(s) for s in shapes])
+    mixed = [IterationShape(prefill=((512, 4096),), decode=(1024,) * 64)]
+    mx, mfeats = _columns(mixed)
+    wrong = np.array([2 * truth.of_shape(mixed[0])])
+    _, stats = fit_curve(x, feats, y, truth.knots_tokens, "s", mixed=(mx, mfeats, wrong))
+    assert stats.n_mixed == 1
+    assert stats.mixed_median == pytest.approx(0.5, rel=0.02)
+    assert stats.cv_median < 1e-6
+
+
+def test_fit_rejects_bad_input():
+    with pytest.raises(ValueError, match="> 0"):
+        fit_curve([1, 2, 3], {}, [1.0, 0.0, 2.0], (1.0, 3.0), "s")
+    with pytest.raises(ValueError, match="equal length"):
+        fit_curve([1, 2], {}, [1.0, 2.0, 3.0], (1.0, 3.0), "s")
+    with pytest.raises(ValueError, match="unknown feature"):
+        fit_curve([1, 2, 3], {"flops": [1, 2, 3]}, [1.0, 2.0, 3.0], (1.0, 3.0), "s")
+
+
+def test_choose_knots_cover_the_data():
+    assert choose_knots([1, 8, 512, 3000]) == (1.0, 3000.0)  # no candidate has two points near it
+    assert choose_knots([1, 1, 16, 20, 512, 512, 600, 3000]) == (1.0, 16.0, 512.0, 3000.0)
+    assert choose_knots([1, 8, 512, 3000], min_support=1) == (1.0, 512.0, 3000.0)
+    assert choose_knots([5, 5]) == (5.0, 6.0)
+    knots = choose_knots([1, 16, 16, 100])
+    assert knots == (1.0, 16.0, 100.0)
+    CostCurve(knots, (1.0,) * len(knots), {}, "s")  # valid for a CostCurve

@@ -1,0 +1,105 @@
+import json
+
+import pytest
+
+from tokenjoule.calibrate.profile import (
+    SCHEMA_VERSION,
+    CostCurve,
+    GPUProfile,
+    ProfileError,
+    load_profile,
+    save_profile,
+)
+from tokenjoule.calibrate.summary import profile_summary, targets_met
+from tokenjoule.kernels.shape import IterationShape
+
+
+def test_toy_profile_is_valid_and_marked_synthetic(toy_profile):
+    assert "SYNTHETIC" in toy_profile.notes
+    assert toy_profile.method["synthetic"] is True
+    assert toy_profile.datasheet.name == "H100-SXM"
+    time_s, energy_j = toy_profile.cost(IterationShape(decode=(1024,) * 32))
+    assert 0 < time_s < 0.1 and energy_j > toy_profile.idle_power_w * time_s
+
+
+def test_round_trip(toy_profile, tmp_path):
+    path = save_profile(toy_profile, tmp_path / "p.json")
+    again = load_profile(path)
+    assert again == toy_profile
+    assert again.content_sha256 == toy_profile.content_sha256
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # no temp file left
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "bad.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(schema_version=0), "schema_version=0"),
+    (lambda d: d.update(kind="other"), "not a tokenjoule profile"),
+    (lambda d: d.pop("latency"), "missing field 'latency'"),
+    (lambda d: d["energy"].update(unit="s"), "unit"),
+    (lambda d: d["latency"].update(knots_tokens=[1, 1, 2, 3, 4, 5]), "increase"),
+    (lambda d: d["latency"]["coef"].update(flops=1.0), "unknown feature"),
+    (lambda d: d.update(tp=0), "tp=0"),
+    (lambda d: d["model"].update(n_layers=-1), "n_layers"),
+])
+def test_malformed_profiles_are_rejected(toy_profile_path, tmp_path, mutate, message):
+    data = json.loads(toy_profile_path.read_text())
+    mutate(data)
+    with pytest.raises(ProfileError, match=message) as info:
+        load_profile(_write(tmp_path, data))
+    assert str(tmp_path / "bad.json") in str(info.value)
+
+
+def test_old_schema_error_says_what_to_do(toy_profile_path, tmp_path):
+    data = json.loads(toy_profile_path.read_text())
+    data["schema_version"] = SCHEMA_VERSION - 1
+    with pytest.raises(ProfileError, match="re-run `tokenjoule calibrate`"):
+        load_profile(_write(tmp_path, data))
+
+
+def test_not_json_and_missing_file(tmp_path):
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        load_profile(_write(tmp_path, "{nope"))
+    with pytest.raises(ProfileError, match="no such profile"):
+        load_profile(tmp_path / "absent.json")
+
+
+def test_summary_keys_and_figures(toy_profile):
+    s = profile_summary(toy_profile, "x.json")
+    assert {"label", "fit_errors", "targets_met", "prefill", "decode", "gpu", "software", "idle_power_w"} <= set(s)
+    decode = {p["batch"]: p for p in s["decode"]}
+    assert decode[1]["j_per_token"] > decode[128]["j_per_token"]  # batching saves energy per token
+    assert decode[8]["energy_j"] == pytest.approx(toy_profile.cost(IterationShape(decode=(1024,) * 8))[1])
+    json.dumps(s)
+
+
+def test_targets_met():
+    ok = {"cv_median": 0.02, "cv_p95": 0.08, "mixed_median": 0.02, "mixed_p95": 0.09}
+    assert targets_met({"latency": ok, "energy": ok}) == {"latency": True, "energy": True}
+    assert targets_met({"latency": {**ok, "mixed_p95": 0.2}})["latency"] is False
+    assert targets_met({"latency": {**ok, "cv_median": 0.04}, "energy": {**ok, "cv_median": 0.04}}) == {
+        "latency": False, "energy": True}
+    assert targets_met({}) == {"latency": None, "energy": None}
+
+
+def test_cost_curve_extrapolates_last_slope():
+    c = CostCurve((1.0, 10.0, 20.0), (1.0, 1.0, 3.0), {}, "s")
+    assert c.token_curve(30.0) == pytest.approx(5.0)
+    assert GPUProfile  # imported for the type
+
+
+def test_static_batch_cost_sums_prefill_and_decodes(toy_profile):
+    from tokenjoule.calibrate.summary import static_batch_cost
+
+    got = static_batch_cost(toy_profile, 2, 100, 3)
+    parts = [toy_profile.cost(IterationShape(prefill=((100, 0),) * 2)),
+             toy_profile.cost(IterationShape(decode=(100, 100))), toy_profile.cost(IterationShape(decode=(101, 101)))]
+    assert got["time_s"] == pytest.approx(sum(p[0] for p in parts))
+    assert got["energy_j"] == pytest.approx(sum(p[1] for p in parts))
+    assert got["j_per_output_token"] == pytest.approx(got["energy_j"] / 6)
+    with pytest.raises(ValueError):
+        static_batch_cost(toy_profile, 0, 100, 3)
