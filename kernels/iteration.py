@@ -1,0 +1,229 @@
+"""The contract calibration and validation use: run one IterationShape, repeatably, on either engine.
+
+`build_runner(spec, engine, mode, ...)` gives an `IterationRunner`. `prepare(shape)` creates synthetic sequences
+whose KV caches already hold the shape's contexts; `step()` runs exactly one iteration of that shape the way the
+serving loop runs it (host-side metadata, launch, greedy sampling, a device sync at the end) without committing
+its tokens, so it can be called many times and does the same work each time; `release()` frees the blocks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+
+import torch
+
+from tokenjoule.kernels.block_manager import blocks_for_tokens
+from tokenjoule.kernels.runner import ModelRunner, RunnerConfig
+from tokenjoule.kernels.scheduler import ScheduledBatch
+from tokenjoule.kernels.sequence import Sequence, SequenceStatus
+from tokenjoule.kernels.shape import IterationShape
+from tokenjoule.kernels.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("tokenjoule", "hf")
+
+
+class IterationRunner:
+    """Runs one prepared IterationShape on a real engine. Use `build_runner` to make one.
+
+    Attributes:
+        engine: "tokenjoule" or "hf".
+        mode: "eager", "cudagraph" or "compile" ("eager" only for hf).
+        kv_capacity_tokens: KV-cache tokens the engine can hold.
+        device: the torch device string.
+        dtype: the weights' dtype name, e.g. "bfloat16".
+    """
+
+    engine: str
+    mode: str
+    kv_capacity_tokens: int
+    device: str
+    dtype: str
+
+    def prepare(self, shape: IterationShape) -> None:
+        """Set up synthetic sequences for `shape`; raises ValueError if it cannot fit."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Run exactly one iteration of the prepared shape and synchronize the device."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Free the synthetic sequences' KV blocks."""
+        raise NotImplementedError
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TokenjouleIterationRunner(IterationRunner):
+    """IterationRunner over this package's engine (paged KV cache, continuous-batching metadata).
+
+    Args:
+        spec: the model shape.
+        config: runner options.
+        runner: an existing ModelRunner to share (e.g. an idle Engine's); built from `config` when None.
+    """
+
+    def __init__(self, spec: ModelSpec, config: RunnerConfig, runner: ModelRunner | None = None) -> None:
+        self.spec, self.config = spec, config
+        self.runner = runner or ModelRunner(spec, config)
+        self.engine, self.mode, self.device = "tokenjoule", config.mode, config.device
+        self.dtype = str(self.runner.model.dtype).removeprefix("torch.")
+        self.kv_capacity_tokens = self.runner.kv_capacity_tokens
+        self._batch: ScheduledBatch | None = None
+        self._ids = itertools.count()
+        self._rng = random.Random(config.seed)
+
+    def _check(self, shape: IterationShape) -> None:
+        if shape.is_empty:
+            raise ValueError("shape is empty")
+        n_seqs = len(shape.prefill) + len(shape.decode)
+        if n_seqs > self.config.max_batch_seqs:
+            raise ValueError(f"shape has {n_seqs} sequences > max_batch_seqs={self.config.max_batch_seqs}")
+        if shape.new_tokens > self.config.max_batched_tokens:
+            raise ValueError(f"shape has {shape.new_tokens} tokens > "
+                             f"max_batched_tokens={self.config.max_batched_tokens}")
+        lengths = [new + before for new, before in shape.prefill] + [ctx + 1 for ctx in shape.decode]
+        if max(lengths) > self.config.max_model_len:
+            raise ValueError(f"a sequence of {max(lengths)} tokens exceeds max_model_len={self.config.max_model_len}")
+        bm = self.runner.block_manager
+        need = sum(blocks_for_tokens(n, bm.block_size) for n in lengths)
+        if need > bm.num_free_blocks:
+            raise ValueError(f"shape needs {need} KV blocks, {bm.num_free_blocks} free "
+                             f"({self.kv_capacity_tokens} tokens of KV cache)")
+
+    def _sequence(self, context: int, new: int, decoding: bool) -> Sequence:
+        seq_id = next(self._ids)
+        fresh = [self._rng.randrange(self.spec.vocab_size) for _ in range(new)]
+        prompt_len = context if decoding else context + new
+        seq = Sequence(seq_id=seq_id, token_ids=[1] * context + fresh, prompt_len=prompt_len,
+                       max_output_tokens=1 << 30, status=SequenceStatus.RUNNING, num_computed_tokens=context)
+        self.runner.block_manager.allocate(seq_id, context + new)
+        return seq
+
+    def prepare(self, shape: IterationShape) -> None:
+        """Allocate synthetic sequences for `shape` and run it once (compiles kernels, captures graphs)."""
+        if self._batch is not None:
+            self.release()
+        self._check(shape)
+        prefill = tuple((self._sequence(before, new, False), new) for new, before in shape.prefill)
+        decode = tuple(self._sequence(ctx, 1, True) for ctx in shape.decode)
+        self._batch = ScheduledBatch(prefill=prefill, decode=decode)
+        self.step()
+
+    def step(self) -> None:
+        """One iteration: build metadata, run, sample, sync. Sequence state is not advanced."""
+        if self._batch is None:
+            raise RuntimeError("call prepare(shape) before step()")
+        self.runner.run(self._batch)
+        _sync(self.runner.device)
+
+    def release(self) -> None:
+        """Free the synthetic sequences."""
+        if self._batch is None:
+            return
+        for seq in [s for s, _ in self._batch.prefill] + list(self._batch.decode):
+            self.runner.block_manager.free(seq.seq_id)
+        self._batch = None
+
+
+class HFIterationRunner(IterationRunner):
+    """IterationRunner over the transformers baseline: uniform shapes only (static batching)."""
+
+    def __init__(self, spec: ModelSpec, device: str, gpu_memory_utilization: float, seed: int) -> None:
+        from tokenjoule.kernels.hf_adapter import HFAdapter
+
+        self.spec = spec
+        self.adapter = HFAdapter(spec, device, seed)
+        self.engine, self.mode, self.device = "hf", "eager", device
+        self.dtype = str(self.adapter.model.dtype).removeprefix("torch.")
+        self.kv_capacity_tokens = self._capacity(gpu_memory_utilization)
+        self._run = None
+
+    def _capacity(self, utilization: float) -> int:
+        dev = self.adapter.device
+        if dev.type != "cuda":
+            return 1 << 20
+        free_bytes, total_bytes = torch.cuda.mem_get_info(dev)
+        budget = int(total_bytes * utilization) - (total_bytes - free_bytes) - (2 << 30)
+        return max(0, budget // self.spec.kv_bytes_per_token)
+
+    def prepare(self, shape: IterationShape) -> None:
+        """Accept B equal first prefill chunks, or B decodes of equal context; anything else is a ValueError."""
+        self.release()
+        if shape.prefill and shape.decode or shape.is_empty:
+            raise ValueError("hf engine runs only pure-prefill or pure-decode shapes (static batching)")
+        a = self.adapter
+        if shape.prefill:
+            if len(set(shape.prefill)) != 1 or shape.prefill[0][1] != 0:
+                raise ValueError("hf prefill shapes need equal chunks with context_before=0")
+            batch, tokens = len(shape.prefill), shape.prefill[0][0]
+            self._check_fit(batch * tokens)
+            ids = a.random_ids(batch, tokens)
+            mask = torch.ones_like(ids)
+            self._run = lambda: a.forward(ids, a.new_cache(), mask)
+        else:
+            if len(set(shape.decode)) != 1:
+                raise ValueError("hf decode shapes need equal contexts")
+            batch, ctx = len(shape.decode), shape.decode[0]
+            self._check_fit(batch * (ctx + 1))
+            cache = a.filled_cache(batch, ctx)
+            ids = a.random_ids(batch, 1)
+            mask = torch.ones(batch, ctx + 1, dtype=torch.int64, device=a.device)
+
+            def decode_once():
+                a.forward(ids, cache, mask)
+                cache.crop(-1)  # back to `ctx` entries, so every step does the same work
+
+            self._run = decode_once
+        self.step()
+
+    def _check_fit(self, tokens: int) -> None:
+        if tokens > self.kv_capacity_tokens:
+            raise ValueError(f"shape needs {tokens} KV tokens > capacity {self.kv_capacity_tokens}")
+
+    def step(self) -> None:
+        """One generate()-style forward of the prepared shape, greedy sampling, then sync."""
+        if self._run is None:
+            raise RuntimeError("call prepare(shape) before step()")
+        self._run()
+        _sync(self.adapter.device)
+
+    def release(self) -> None:
+        """Drop the prepared inputs and cache."""
+        self._run = None
+
+
+def build_runner(spec: ModelSpec, engine: str = "tokenjoule", mode: str = "eager", device: str = "cuda",
+                 gpu_memory_utilization: float = 0.9, max_batch_seqs: int = 512, max_batched_tokens: int = 16384,
+                 seed: int = 0) -> IterationRunner:
+    """Build an IterationRunner.
+
+    Args:
+        spec: the model shape.
+        engine: "tokenjoule" (this package's engine) or "hf" (transformers, eager only).
+        mode: "eager", "cudagraph" or "compile".
+        device: "cuda" or "cpu".
+        gpu_memory_utilization: fraction of GPU memory the engine may use.
+        max_batch_seqs: most sequences in one iteration.
+        max_batched_tokens: most tokens in one iteration.
+        seed: weight seed.
+
+    Returns:
+        The runner, with weights loaded and the KV cache allocated.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} must be one of {ENGINES}")
+    if engine == "hf":
+        if mode != "eager":
+            raise ValueError(f"engine 'hf' runs only mode 'eager', not {mode!r}")
+        return HFIterationRunner(spec, device, gpu_memory_utilization, seed)
+    config = RunnerConfig(mode=mode, device=device, gpu_memory_utilization=gpu_memory_utilization,
+                          max_batch_seqs=max_batch_seqs, max_batched_tokens=max_batched_tokens, seed=seed)
+    return TokenjouleIterationRunner(spec, config)

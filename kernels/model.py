@@ -1,0 +1,232 @@
+"""A Llama-style decoder (GQA, RoPE, RMSNorm, SwiGLU; Qwen2's qkv bias) with seeded random weights and a paged KV cache.
+
+One forward pass runs one engine iteration: a packed batch of prefill-chunk tokens followed by one token per
+decoding sequence. Every new token's K/V is written into the paged cache first; then prefill tokens attend over
+their sequence's cache (packed variable-length attention) and decode tokens run paged decode attention. Weight
+values are random: they do not change the work, only the (meaningless) tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenjoule.kernels.decode_attention import decode_attention
+from tokenjoule.kernels.spec import ModelSpec
+
+INIT_STD = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionMetadata:
+    """Where one iteration's tokens live and what they attend to. Tokens are packed prefill-first.
+
+    Attributes:
+        slot_mapping: (T,) int64 flat KV slot (block * block_size + offset) each new token writes.
+        n_prefill_tokens: how many of the T tokens belong to prefill chunks (the rest decode, one per sequence).
+        prefill_q_lens: new tokens per prefill chunk.
+        prefill_k_lens: tokens each chunk attends to (context before + new).
+        cu_seqlens_q: (P+1,) int32 cumulative `prefill_q_lens`.
+        cu_seqlens_k: (P+1,) int32 cumulative `prefill_k_lens`.
+        prefill_kv_slots: (sum k_lens,) int64 flat KV slots gathered as the chunks' keys; None when every chunk
+            starts at context 0 (its keys are then just the fresh ones).
+        block_tables: (B, max_blocks) int32 decode sequences' block tables.
+        context_lens: (B,) int32 tokens each decode sequence attends to, its new token included.
+        logits_indices: (N,) int64 rows of the packed batch whose next-token logits are wanted.
+    """
+
+    slot_mapping: torch.Tensor
+    n_prefill_tokens: int
+    prefill_q_lens: tuple[int, ...]
+    prefill_k_lens: tuple[int, ...]
+    cu_seqlens_q: torch.Tensor | None
+    cu_seqlens_k: torch.Tensor | None
+    prefill_kv_slots: torch.Tensor | None
+    block_tables: torch.Tensor | None
+    context_lens: torch.Tensor | None
+    logits_indices: torch.Tensor
+
+
+@functools.cache
+def _varlen_attn_fn():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # older torch: fall back to per-sequence SDPA
+        return None, False
+    return varlen_attn, "enable_gqa" in inspect.signature(varlen_attn).parameters
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """RoPE tables for `positions`: cos and sin of shape (T, head_dim), halves repeated (HF "rotate_half" layout)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (T, heads, head_dim) by per-token angles."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019), computed in float32."""
+
+    def __init__(self, dim: int, eps: float, device, dtype) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.is_cuda:  # one fused kernel instead of ~7 elementwise ones (decode is launch-bound)
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class Block(nn.Module):
+    """One transformer block: pre-norm attention (fused QKV) and pre-norm SwiGLU MLP (fused gate/up)."""
+
+    def __init__(self, spec: ModelSpec, device, dtype) -> None:
+        super().__init__()
+        self.spec = spec
+        kw = dict(device=device, dtype=dtype)
+        self.wqkv = nn.Linear(spec.hidden_size, spec.q_size + 2 * spec.kv_size, bias=spec.qkv_bias, **kw)
+        self.wo = nn.Linear(spec.q_size, spec.hidden_size, bias=False, **kw)
+        self.w_gate_up = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False, **kw)
+        self.w_down = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False, **kw)
+        self.attn_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
+        self.mlp_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
+
+    def forward(self, x, cos, sin, meta: AttentionMetadata, kv_layer: torch.Tensor, decode_backend: str):  # noqa: D102
+        x = x + self.attention(self.attn_norm(x), cos, sin, meta, kv_layer, decode_backend)
+        gate, up = self.w_gate_up(self.mlp_norm(x)).chunk(2, dim=-1)  # (T, ffn) each
+        return x + self.w_down(F.silu(gate) * up)
+
+    def attention(self, x, cos, sin, meta: AttentionMetadata, kv_layer: torch.Tensor, decode_backend: str):
+        """Write the new tokens' K/V into the cache, then attend (prefill part, then decode part)."""
+        s = self.spec
+        n_tokens = x.shape[0]
+        qk, v = self.wqkv(x).split([s.q_size + s.kv_size, s.kv_size], dim=-1)
+        # q and k heads rotate together: one pass of RoPE kernels instead of two.
+        qk = apply_rope(qk.view(n_tokens, s.n_heads + s.n_kv_heads, s.head_dim), cos, sin)
+        q, k = qk.split([s.n_heads, s.n_kv_heads], dim=1)  # (T, n_heads, D), (T, n_kv_heads, D)
+        v = v.view(n_tokens, s.n_kv_heads, s.head_dim)
+        k_cache, v_cache = kv_layer[0], kv_layer[1]  # (num_blocks, block_size, n_kv_heads, head_dim) each
+        k_cache.view(-1, s.n_kv_heads, s.head_dim).index_copy_(0, meta.slot_mapping, k)
+        v_cache.view(-1, s.n_kv_heads, s.head_dim).index_copy_(0, meta.slot_mapping, v)
+
+        n_pre = meta.n_prefill_tokens
+        outs = []
+        if n_pre:
+            outs.append(self._prefill_attention(q[:n_pre], k[:n_pre], v[:n_pre], k_cache, v_cache, meta))
+        if n_tokens > n_pre:
+            outs.append(decode_attention(q[n_pre:], k_cache, v_cache, meta.block_tables, meta.context_lens,
+                                         backend=decode_backend))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)  # (T, n_heads, head_dim)
+        return self.wo(out.reshape(n_tokens, s.q_size))
+
+    def _prefill_attention(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
+        s = self.spec
+        if meta.prefill_kv_slots is not None:  # some chunk continues a sequence: its keys come from the cache
+            k = k_cache.view(-1, s.n_kv_heads, s.head_dim)[meta.prefill_kv_slots]  # (sum k_lens, n_kv, D)
+            v = v_cache.view(-1, s.n_kv_heads, s.head_dim)[meta.prefill_kv_slots]
+        varlen, has_gqa_flag = _varlen_attn_fn()
+        if q.is_cuda and varlen is not None:
+            # window (-1, 0) is causal aligned to the end of the keys, so a chunk's queries see all of its context.
+            kwargs = {"enable_gqa": True} if has_gqa_flag else {}
+            return varlen(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, max(meta.prefill_q_lens),
+                          max(meta.prefill_k_lens), window_size=(-1, 0), **kwargs)
+        return _prefill_attention_sdpa(q, k, v, meta.prefill_q_lens, meta.prefill_k_lens)
+
+
+def _prefill_attention_sdpa(q, k, v, q_lens, k_lens) -> torch.Tensor:
+    """Per-chunk causal SDPA (CPU fallback); query i of a chunk sees keys up to its own position."""
+    group = q.shape[1] // k.shape[1]
+    outs, q0, k0 = [], 0, 0
+    for n_q, n_k in zip(q_lens, k_lens, strict=True):
+        qi = q[q0:q0 + n_q].transpose(0, 1)  # (n_heads, n_q, D)
+        ki = k[k0:k0 + n_k].repeat_interleave(group, dim=1).transpose(0, 1)  # (n_heads, n_k, D)
+        vi = v[k0:k0 + n_k].repeat_interleave(group, dim=1).transpose(0, 1)
+        mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(diagonal=n_k - n_q)
+        outs.append(F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask).transpose(0, 1))
+        q0, k0 = q0 + n_q, k0 + n_k
+    return torch.cat(outs, dim=0)  # (sum q_lens, n_heads, D)
+
+
+class Transformer(nn.Module):
+    """The decoder. Build with `Transformer(spec, device)`, then `setup_kv_cache(num_blocks)` before `forward`.
+
+    Args:
+        spec: the model shape.
+        device: "cuda" (bfloat16 weights) or "cpu" (float32).
+        seed: seed of the weights' random generator.
+        dtype: overrides the dtype chosen from the device.
+    """
+
+    def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu", seed: int = 0,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        device = torch.device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        self.spec, self.device, self.dtype = spec, device, dtype
+        self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(Block(spec, device, dtype) for _ in range(spec.n_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False, device=device, dtype=dtype)
+        if spec.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.requires_grad_(False)
+        self.init_weights(seed)
+        self.kv_cache: torch.Tensor | None = None
+        self.decode_backend = "auto"
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Fill every matrix with N(0, 0.02^2) from a seeded generator on the weights' device; norms stay 1."""
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        for name, param in self.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=gen, device=self.device, dtype=self.dtype) * INIT_STD)
+
+    def setup_kv_cache(self, num_blocks: int, block_size: int = 16) -> torch.Tensor:
+        """Allocate (or keep, when the size matches) the paged KV cache.
+
+        Shape (n_layers, 2, num_blocks, block_size, n_kv_heads, head_dim); block 0 is the scratch block.
+        """
+        s = self.spec
+        shape = (s.n_layers, 2, num_blocks, block_size, s.n_kv_heads, s.head_dim)
+        if self.kv_cache is None or tuple(self.kv_cache.shape) != shape:
+            self.kv_cache = None
+            self.kv_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        return self.kv_cache
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Run one packed iteration.
+
+        Args:
+            input_ids: (T,) token ids, prefill chunks first, then one per decode sequence.
+            positions: (T,) each token's position in its sequence.
+            meta: where the tokens' K/V go and what they attend to.
+
+        Returns:
+            (N, vocab) logits at `meta.logits_indices`, float32.
+        """
+        if self.kv_cache is None:
+            raise RuntimeError("call setup_kv_cache(num_blocks) before forward")
+        x = self.embed(input_ids)  # (T, hidden)
+        cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, meta, self.kv_cache[i], self.decode_backend)
+        x = self.norm(x[meta.logits_indices])  # (N, hidden)
+        return self.lm_head(x).float()

@@ -1,0 +1,82 @@
+"""Fixtures for the engine tests: a tiny spec, a dense float64 reference model, and Triton's CPU interpreter."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+if not torch.cuda.is_available():  # Triton kernels run on CPU only in interpreter mode; set before triton loads
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tokenjoule.kernels.spec import ModelSpec  # noqa: E402
+
+TINY = ModelSpec(name="tiny", n_layers=2, hidden_size=64, n_heads=4, n_kv_heads=2, head_dim=16,
+                 intermediate_size=128, vocab_size=128, dtype="float32", rope_theta=10000.0)
+
+
+@pytest.fixture
+def tiny_spec() -> ModelSpec:
+    """2 layers, 64 hidden, 4 heads, 2 KV heads, vocab 128, float32."""
+    return TINY
+
+
+@pytest.fixture
+def tiny_qwen_spec() -> ModelSpec:
+    """The tiny spec with Qwen2's qkv bias."""
+    import dataclasses
+
+    return dataclasses.replace(TINY, name="tiny-qwen", qkv_bias=True)
+
+
+def reference_logits(model, tokens: list[int]) -> "torch.Tensor":
+    """Dense causal forward of one sequence in float64, straight from the model's weights: (T, vocab) logits."""
+    spec = model.spec
+    sd = {k: v.detach().to("cpu", torch.float64) for k, v in model.state_dict().items()}
+    n = len(tokens)
+    x = sd["embed.weight"][torch.tensor(tokens)]
+    half = spec.head_dim // 2
+    angles = torch.tensor([[p / spec.rope_theta ** (2 * i / spec.head_dim) for i in range(half)] for p in range(n)],
+                          dtype=torch.float64)
+    cos, sin = angles.cos(), angles.sin()
+
+    def rope(t):  # t: (n, heads, head_dim); rotate pairs (i, i + half)
+        a, b = t[..., :half], t[..., half:]
+        c, s = cos[:, None, :], sin[:, None, :]
+        return torch.cat([a * c - b * s, b * c + a * s], dim=-1)
+
+    def rms(t, w):
+        return t / torch.sqrt((t * t).mean(-1, keepdim=True) + spec.rms_norm_eps) * w
+
+    group = spec.n_heads // spec.n_kv_heads
+    mask = torch.full((n, n), float("-inf"), dtype=torch.float64).triu(1)
+    for i in range(spec.n_layers):
+        p = f"layers.{i}."
+        h = rms(x, sd[p + "attn_norm.weight"])
+        qkv = h @ sd[p + "wqkv.weight"].T
+        if spec.qkv_bias:
+            qkv = qkv + sd[p + "wqkv.bias"]
+        q = rope(qkv[:, : spec.q_size].reshape(n, spec.n_heads, spec.head_dim))
+        k = rope(qkv[:, spec.q_size: spec.q_size + spec.kv_size].reshape(n, spec.n_kv_heads, spec.head_dim))
+        v = qkv[:, spec.q_size + spec.kv_size:].reshape(n, spec.n_kv_heads, spec.head_dim)
+        heads = []
+        for hq in range(spec.n_heads):
+            hk = hq // group
+            scores = q[:, hq] @ k[:, hk].T / math.sqrt(spec.head_dim) + mask
+            heads.append(scores.softmax(-1) @ v[:, hk])
+        x = x + torch.cat(heads, dim=-1) @ sd[p + "wo.weight"].T
+        h = rms(x, sd[p + "mlp_norm.weight"])
+        gate_up = h @ sd[p + "w_gate_up.weight"].T
+        gate, up = gate_up[:, : spec.intermediate_size], gate_up[:, spec.intermediate_size:]
+        x = x + (gate * torch.sigmoid(gate) * up) @ sd[p + "w_down.weight"].T
+    x = rms(x, sd["norm.weight"])
+    return x @ sd["lm_head.weight"].T
+
+
+@pytest.fixture
+def reference():
+    """The dense float64 reference forward, `reference(model, tokens) -> (T, vocab)`."""
+    return reference_logits
