@@ -15,6 +15,7 @@ import typer
 from tokenjoule.calibrate import cli as calibrate_cli
 from tokenjoule.kernels import cli as kernels_cli
 from tokenjoule.sim import cli as sim_cli
+from tokenjoule.sim import project_cli
 from tokenjoule.traces import cli as traces_cli
 
 app = typer.Typer(
@@ -53,6 +54,7 @@ app.add_typer(traces_cli.app, name="trace")
 app.add_typer(kernels_cli.app, name="models")
 calibrate_cli.register(app)
 sim_cli.register(app)
+project_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

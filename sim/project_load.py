@@ -1,0 +1,348 @@
+"""Load-aware projection: per time window, the arrival rate and length mix set how a server batches, hence its energy.
+
+Covers:
+- An exact split of a continuous-batching server's energy into terms known per request (its prefill priced alone,
+  the attention/context term of each decode step) and one load-dependent term: the base cost of a decode step,
+  shared by the step's batch. Only that term needs a simulation.
+- Per window, a short simulation (`sim.run`, the replay's own model) of the window's requests, padded with the
+  requests just before and after it so that the batch is warm, measures the load-dependent term per decode token
+  (`u_j`, `u_s`). Windows with the same signature (arrival-rate bucket, mean input and output length buckets)
+  reuse the first such window's figures, so the number of simulations grows with the variety of load, not with
+  the trace length.
+- Idle power for unused capacity: a fluid queue of busy replica-seconds per window (work beyond a window's capacity
+  carries into the next window; what is left of the capacity is idle).
+- Error bars: the spread of per-window J/request, as the standard error of the total (N x sd / sqrt(windows)).
+
+Scenario:
+    A week of production traffic arrives in minute windows. A quiet night minute runs small batches, so each
+    decode token carries a large share of the step's base cost and the GPU idles between bursts; a busy afternoon
+    minute runs large batches that amortize the step and leave no idle time. The estimate follows both.
+
+Per request with I prompt and O output tokens (continuous batching: prefill emits the first token):
+    E_request ~= P_j(I) + c_j x C + u_j x D,   D = O - 1 decode steps,   C = D I + D (D - 1) / 2 context tokens read
+where P_j is the prefill alone and c_j the per-context-token decode cost, both from the cost model, and u_j is the
+measured per-decode-token base cost at the window's load (the same form with seconds gives the busy time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tokenjoule.sim.cost import CostModel, IterFeatures
+from tokenjoule.sim.run import SimConfig, run
+from tokenjoule.traces.schema import Trace
+
+logger = logging.getLogger(__name__)
+
+_TERMS = ("n", "sum_input", "sum_output", "prefill_j", "prefill_s", "decode_steps", "context_tokens", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadAwareConfig:
+    """How the load-aware estimate windows and caches.
+
+    Attributes:
+        window_s: window length (s).
+        pad_s: seconds of requests before and after a window simulated with it (warm batch), not measured.
+        rate_ratio: width of an arrival-rate bucket, as a ratio (1.1: rates within ~10% share a simulation).
+        mix_ratio: width of a mean-input and a mean-output bucket, as a ratio.
+        max_sim_requests: most requests of one window simulated (the first ones); each pad holds at most a quarter.
+    """
+
+    window_s: float = 60.0
+    pad_s: float = 10.0
+    rate_ratio: float = 1.1
+    mix_ratio: float = 1.2
+    max_sim_requests: int = 20_000
+
+    def __post_init__(self) -> None:
+        if not self.window_s > 0 or self.pad_s < 0:
+            raise ValueError(f"window_s={self.window_s} must be > 0 and pad_s={self.pad_s} >= 0")
+        if not self.rate_ratio > 1 or not self.mix_ratio > 1:
+            raise ValueError(f"rate_ratio={self.rate_ratio} and mix_ratio={self.mix_ratio} must be > 1")
+        if self.max_sim_requests < 8:
+            raise ValueError(f"max_sim_requests={self.max_sim_requests} must be >= 8")
+
+
+@dataclass(frozen=True, slots=True)
+class SeatModel:
+    """Per-request cost terms from a cost model: prefill alone (tabulated) and one decode seat's line in context.
+
+    Attributes:
+        grid_tokens: prompt lengths where the prefill is tabulated (interpolated between).
+        prefill_j: energy of a prefill of that many tokens alone (J).
+        prefill_s: its time (s).
+        seat_j: (a, c): energy of one decode step of one sequence with context x is a + c x (J).
+        seat_s: (a, c) for the time (s).
+        full_batch_s: base time per decode token when the batch is full (s): the fastest the server can decode.
+    """
+
+    grid_tokens: np.ndarray
+    prefill_j: np.ndarray
+    prefill_s: np.ndarray
+    seat_j: tuple[float, float]
+    seat_s: tuple[float, float]
+    full_batch_s: float
+
+    @classmethod
+    def of(cls, cost: CostModel, full_batch: int = 256, max_exact: int = 4096, max_tokens: int = 1 << 21) -> SeatModel:
+        """Tabulate `cost`: every length up to `max_exact`, then 512 log-spaced points to `max_tokens`."""
+        grid = np.unique(np.concatenate([np.arange(1, max_exact + 1),
+                                         np.geomspace(max_exact, max_tokens, 512).round()])).astype(np.int64)
+        pre = np.array([cost.iteration(IterFeatures(int(n), int(n * (n + 1) // 2), 0, 0, 0)) for n in grid])
+        x0, x1 = 1, 1 + 1024
+        t0, e0 = cost.iteration(IterFeatures(1, 0, 0, x0, 1))
+        t1, e1 = cost.iteration(IterFeatures(1, 0, 0, x1, 1))
+        cj, cs = (e1 - e0) / (x1 - x0), (t1 - t0) / (x1 - x0)
+        full_s = cost.iteration(IterFeatures(full_batch, 0, 0, 0, full_batch))[0] / full_batch
+        return cls(grid, pre[:, 1].copy(), pre[:, 0].copy(), (e0 - cj * x0, cj), (t0 - cs * x0, cs), full_s)
+
+    def terms(self, input_tokens: np.ndarray, output_tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-request prefill_j, prefill_s, decode_steps and context_tokens (float64 arrays)."""
+        i = np.asarray(input_tokens, np.float64)
+        d = np.maximum(np.asarray(output_tokens, np.float64) - 1.0, 0.0)
+        return {"prefill_j": np.interp(i, self.grid_tokens, self.prefill_j),
+                "prefill_s": np.interp(i, self.grid_tokens, self.prefill_s),
+                "decode_steps": d, "context_tokens": d * i + d * (d - 1.0) / 2.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Operating:
+    """Measured load-dependent terms for one signature: base cost per decode token, and the requests' tail.
+
+    Attributes:
+        u_j: energy per decode token beyond the context term (J).
+        u_s: busy replica-seconds per decode token beyond the context term (s).
+        tail_s: how long the simulated run outlasts its last arrival (s).
+    """
+
+    u_j: float
+    u_s: float
+    tail_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoadAwareEstimate:
+    """The load-aware estimate.
+
+    Attributes:
+        energy_j: GPU energy, busy + idle (J).
+        err_j: standard error of energy_j from the spread of per-window J/request (J).
+        busy_j: energy of iterations (J).
+        idle_j: idle power x unused replica-seconds (J).
+        requests: requests served.
+        rejected: requests the server can never run (as the simulator rejects them).
+        windows: windows from t=0 to the last arrival.
+        windows_with_requests: windows holding at least one request.
+        simulations: short simulations run (cache misses).
+        simulated_requests: requests simulated in them, pads included.
+        duration_s: estimated run length (last arrival + tail + backlog).
+        utilization: 1 - idle replica-seconds / (duration x replicas).
+        window_s: window length (s).
+        replicas: replicas.
+        idle_power_w: idle power per replica (W).
+    """
+
+    energy_j: float
+    err_j: float
+    busy_j: float
+    idle_j: float
+    requests: int
+    rejected: int
+    windows: int
+    windows_with_requests: int
+    simulations: int
+    simulated_requests: int
+    duration_s: float
+    utilization: float
+    window_s: float
+    replicas: int
+    idle_power_w: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        out = dataclasses.asdict(self)
+        out["j_per_request"] = self.energy_j / self.requests if self.requests else None
+        out["rel_err"] = self.err_j / self.energy_j if self.energy_j else None
+        return out
+
+
+def rejected_mask(input_tokens: np.ndarray, output_tokens: np.ndarray, config: SimConfig,
+                  kv_capacity_tokens: int) -> np.ndarray:
+    """Requests the simulator rejects: empty ones, KV that can never fit, and (continuous) too long to prefill."""
+    i, o = np.asarray(input_tokens, np.int64), np.asarray(output_tokens, np.int64)
+    blocks = kv_capacity_tokens // config.kv_block_tokens
+    bad = (i < 1) | (o < 1) | (-(-(i + o) // config.kv_block_tokens) > blocks)
+    if config.policy == "continuous":
+        bad |= i + o - 1 > (config.max_batched_tokens or 8192)
+    return bad
+
+
+class LoadAwareProjector:
+    """Streams batches into per-window sums; simulates a window when its signature is new.
+
+    Args:
+        cost: the cost model (as the replay's).
+        sim: the serving configuration (policy, replicas, ...) the short simulations use.
+        config: windows and cache.
+    """
+
+    def __init__(self, cost: CostModel, sim: SimConfig, config: LoadAwareConfig) -> None:
+        self.cost, self.config = cost, config
+        self.sim = dataclasses.replace(sim, window_s=None, rate_scale=1.0, record_events=False)
+        self.seats = SeatModel.of(cost, self.sim.max_batch if self.sim.policy == "static" else self.sim.max_num_seqs)
+        self.sums = np.zeros((0, len(_TERMS)))
+        self.ops: list[Operating | None] = []
+        self.cache: dict[tuple[int, int, int], Operating] = {}
+        self.buffer = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self.last_arrival_s = 0.0
+        self.simulated_requests = 0
+
+    def add(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
+        """Feed a batch (arrivals sorted, seconds from the trace start)."""
+        if not len(arrival_s):
+            return
+        if arrival_s[0] < 0 or arrival_s[0] < self.last_arrival_s:
+            raise ValueError(f"load-aware projection needs arrivals >= 0 in order (got {arrival_s[0]} after "
+                             f"{self.last_arrival_s})")
+        w = self.config.window_s
+        k = np.floor(np.asarray(arrival_s) / w).astype(np.int64)
+        self._grow(int(k[-1]) + 1)
+        bad = rejected_mask(input_tokens, output_tokens, self.sim, int(self.cost.kv_capacity_tokens))
+        good = ~bad
+        terms = self.seats.terms(input_tokens[good], output_tokens[good])
+        kg, n = k[good], len(self.sums)
+        cols = {"n": np.ones(len(kg)), "sum_input": input_tokens[good], "sum_output": output_tokens[good], **terms}
+        for j, name in enumerate(_TERMS[:-1]):
+            self.sums[:, j] += np.bincount(kg, weights=cols[name], minlength=n)
+        self.sums[:, -1] += np.bincount(k[bad], minlength=n)
+        self.buffer = tuple(np.concatenate([b, x]) for b, x in zip(self.buffer, (arrival_s, input_tokens,
+                                                                                  output_tokens), strict=True))
+        self.last_arrival_s = float(arrival_s[-1])
+        while len(self.ops) < len(self.sums) and self.last_arrival_s >= (len(self.ops) + 1) * w + self.config.pad_s:
+            self._finalize(len(self.ops), last=False)
+
+    def result(self) -> LoadAwareEstimate:
+        """Finish the remaining windows and total the estimate."""
+        if not len(self.sums):
+            raise ValueError("load-aware projection: no requests")
+        while len(self.ops) < len(self.sums):
+            self._finalize(len(self.ops), last=len(self.ops) == len(self.sums) - 1)
+        return self._total()
+
+    def _grow(self, n: int) -> None:
+        if n > len(self.sums):
+            self.sums = np.vstack([self.sums, np.zeros((n - len(self.sums), len(_TERMS)))])
+
+    def _span(self, k: int, last: bool) -> float:
+        w = self.config.window_s
+        return max(self.last_arrival_s - k * w, 1e-3) if last else w
+
+    def _finalize(self, k: int, last: bool) -> None:
+        s = dict(zip(_TERMS, self.sums[k], strict=True))
+        if s["n"] == 0:
+            self.ops.append(None)
+        else:
+            r = self.config.rate_ratio
+            m = self.config.mix_ratio
+            key = (round(math.log(s["n"] / self._span(k, last)) / math.log(r)),
+                   round(math.log(max(s["sum_input"] / s["n"], 1.0)) / math.log(m)),
+                   round(math.log(max(s["sum_output"] / s["n"], 1.0)) / math.log(m)))
+            if key not in self.cache:
+                self.cache[key] = self._simulate(k)
+            self.ops.append(self.cache[key])
+        cut = int(np.searchsorted(self.buffer[0], (k + 1) * self.config.window_s - self.config.pad_s, side="left"))
+        if cut:
+            self.buffer = tuple(b[cut:] for b in self.buffer)
+
+    def _sample(self, k: int) -> tuple[Trace, np.ndarray]:
+        """The window's first requests with up to pad_s of requests on each side; and which are the window's own."""
+        c, w = self.config, self.config.window_s
+        arr, inp, out = self.buffer
+        lo, hi = np.searchsorted(arr, [k * w, (k + 1) * w], side="left")
+        hi = min(hi, lo + c.max_sim_requests)
+        own_end = arr[hi] if hi < len(arr) and hi - lo == c.max_sim_requests else (k + 1) * w
+        pad = c.max_sim_requests // 4
+        start = max(int(np.searchsorted(arr, k * w - c.pad_s, side="left")), lo - pad)
+        stop = min(int(np.searchsorted(arr, own_end + c.pad_s, side="left")), hi + pad)
+        sel = slice(start, stop)
+        own = np.zeros(stop - start, bool)
+        own[lo - start:hi - start] = True
+        trace = Trace.from_columns(arr[sel] - arr[start], inp[sel], out[sel], source=f"window {k}")
+        return trace, own
+
+    def _simulate(self, k: int) -> Operating:
+        trace, own = self._sample(k)
+        res = run(self.sim, trace, self.cost)
+        self.simulated_requests += len(trace)
+        table = res.requests
+        done = table.column("status").to_numpy(zero_copy_only=False) == "finished"
+        energy = table.column("energy_j").to_numpy()
+        inp, out = trace.column("input_tokens"), trace.column("output_tokens")
+        mine = own & done
+        t_own = self.seats.terms(inp[mine], out[mine])
+        t_all = self.seats.terms(inp[done], out[done])
+        s = res.summary
+        busy_s = (s.get("utilization") or 0.0) * s["duration_s"] * self.sim.replicas
+        u_j = _per_step(float(energy[mine].sum()), t_own, self.seats.seat_j)
+        u_s = _per_step(busy_s, t_all, self.seats.seat_s, prefix="prefill_s")
+        logger.debug("window %d: simulated %d requests, u_j=%.4g J, u_s=%.4g s", k, len(trace), u_j, u_s)
+        tail = max(0.0, float(s["duration_s"]) - float(trace.column("arrival_s")[-1]))
+        return Operating(u_j, u_s, tail)
+
+    def _total(self) -> LoadAwareEstimate:
+        t = {name: self.sums[:, j] for j, name in enumerate(_TERMS)}
+        u_j = np.array([op.u_j if op else 0.0 for op in self.ops])
+        u_s = np.array([op.u_s if op else 0.0 for op in self.ops])
+        (_, cj), (_, cs) = self.seats.seat_j, self.seats.seat_s
+        busy_j = t["prefill_j"] + cj * t["context_tokens"] + u_j * t["decode_steps"]
+        busy_s = t["prefill_s"] + cs * t["context_tokens"] + u_s * t["decode_steps"]
+        last_op = next((op for op in reversed(self.ops) if op), None)
+        tail = last_op.tail_s if last_op else 0.0
+        least_s = t["prefill_s"] + cs * t["context_tokens"] + self.seats.full_batch_s * t["decode_steps"]
+        idle_s, duration = self._idle(busy_s, np.minimum(busy_s, least_s), tail)
+        idle_w = float(self.cost.idle_power_w)
+        window_j = busy_j + idle_w * idle_s
+        energy = float(window_j.sum())
+        n = t["n"]
+        has = n > 0
+        per_req = window_j[has] / n[has]
+        mean = energy / n.sum()
+        var = float((n[has] * (per_req - mean) ** 2).sum() / n.sum())
+        err = float(n.sum()) * math.sqrt(var / max(1, int(has.sum())))
+        reps = self.sim.replicas
+        return LoadAwareEstimate(energy, err, float(busy_j.sum()), idle_w * float(idle_s.sum()), int(n.sum()),
+                                 int(t["rejected"].sum()), len(n), int(has.sum()), len(self.cache),
+                                 self.simulated_requests, duration, 1.0 - float(idle_s.sum()) / (duration * reps),
+                                 self.config.window_s, reps, idle_w)
+
+    def _idle(self, busy_s: np.ndarray, least_s: np.ndarray, tail_s: float) -> tuple[np.ndarray, float]:
+        """Unused replica-seconds per window, and the run length.
+
+        A fluid queue: a window's busy time fills its capacity; only work that cannot fit even at full batches
+        (`least_s`) carries into the next window as backlog. (Near saturation a server that is busy all the time
+        with small batches absorbs a few percent more load by batching more, not by falling behind.)
+        """
+        reps, w = self.sim.replicas, self.config.window_s
+        idle = np.zeros(len(busy_s))
+        backlog = 0.0
+        for k in range(len(busy_s)):
+            cap = reps * (w if k < len(busy_s) - 1 else self.last_arrival_s + tail_s - k * w)
+            idle[k] = max(0.0, cap - backlog - busy_s[k])
+            backlog = max(0.0, backlog + least_s[k] - cap)
+        return idle, self.last_arrival_s + tail_s + backlog / reps
+
+
+def _per_step(total: float, terms: dict[str, np.ndarray], seat: tuple[float, float],
+              prefix: str = "prefill_j") -> float:
+    """Solve total = sum(prefill) + c x context + u x decode_steps for u (the seat's own a when no decode step)."""
+    steps = float(terms["decode_steps"].sum())
+    if steps < 1:
+        return seat[0]
+    return (total - float(terms[prefix].sum()) - seat[1] * float(terms["context_tokens"].sum())) / steps

@@ -1,0 +1,180 @@
+"""`project(source, profile, config) -> Projection`: three energy estimates of a trace in one streamed pass.
+
+The trace (a file of any size, or a loaded Trace) is read once in record batches, in memory independent of its
+length. Each batch feeds three estimators side by side:
+
+- `paper` (`project_paper`): the paper's binned offline estimate, full static batches per length bin.
+- `theoretical` (`project_theory`): TDP x FLOPs / peak FLOP/s per request, the paper's "ideal".
+- `load-aware` (`project_load`): per time window, the batching a continuous-batching server would do at that
+  window's rate and length mix, with idle power for unused capacity, and error bars.
+
+Nothing is written here; the CLI (`project_cli`) prints and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
+from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.sim.cost import CostModel
+from tokenjoule.sim.project_load import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector
+from tokenjoule.sim.project_paper import PaperEstimate, paper_estimate
+from tokenjoule.sim.project_stream import Batch, FileStream, StreamInfo, run_stream, trace_batches
+from tokenjoule.sim.project_theory import TheoryAccumulator, TheoryEstimate, TheoryInputs
+from tokenjoule.sim.run import SimConfig, build_cost_model
+from tokenjoule.traces.binning import BinSpec, bin_arrays, empty_counts, merge
+from tokenjoule.traces.loaders import LoadOptions
+from tokenjoule.traces.schema import Trace
+
+logger = logging.getLogger(__name__)
+
+ESTIMATORS = ("paper", "theoretical", "load-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectConfig:
+    """Everything the three estimates depend on.
+
+    Attributes:
+        bins: the paper's bins and what to do with lengths above the last edge.
+        max_batch: the paper estimate's cap on B (default 256, vLLM's default max_num_seqs).
+        peak_flops: theoretical: peak FLOP/s of one GPU (default: the datasheet's dense figure).
+        tdp_w: theoretical: TDP of one GPU (default: the datasheet's).
+        load: load-aware windows and cache.
+        sim: the server the paper and load-aware estimates price (cost model, policy, replicas, tp, ...).
+        estimators: which estimates to compute.
+    """
+
+    bins: BinSpec = field(default_factory=BinSpec)
+    max_batch: int = 256
+    peak_flops: float | None = None
+    tdp_w: float | None = None
+    load: LoadAwareConfig = field(default_factory=LoadAwareConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    estimators: tuple[str, ...] = ESTIMATORS
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.estimators) - set(ESTIMATORS))
+        if unknown or not self.estimators:
+            raise ValueError(f"estimators={self.estimators} must be a non-empty subset of {', '.join(ESTIMATORS)}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch={self.max_batch} must be >= 1")
+        for name in ("peak_flops", "tdp_w"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value} must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """The three estimates of one trace, and what they were computed from.
+
+    Attributes:
+        source: trace file or name.
+        requests: requests read (after load-time drops).
+        stream: what reading did (rows read and dropped), None for an in-memory trace.
+        paper: the paper's binned estimate (None when not asked).
+        theoretical: the FLOPs-based estimate (None when not asked).
+        load_aware: the load-aware estimate (None when not asked).
+        cost: identity of the cost model ("calibrated: <profile label>" or the roofline name).
+        config: the configuration.
+    """
+
+    source: str
+    requests: int
+    stream: StreamInfo | None
+    paper: PaperEstimate | None
+    theoretical: TheoryEstimate | None
+    load_aware: LoadAwareEstimate | None
+    cost: str
+    config: ProjectConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the estimates and their inputs."""
+        c = self.config
+        return {
+            "source": self.source, "requests": self.requests, "cost_model": self.cost,
+            "rows_read": self.stream.rows_read if self.stream else self.requests,
+            "rows_dropped": self.stream.rows_dropped if self.stream else 0,
+            "estimates": {
+                "paper": self.paper.to_dict() if self.paper else None,
+                "theoretical": self.theoretical.to_dict() if self.theoretical else None,
+                "load_aware": self.load_aware.to_dict() if self.load_aware else None,
+            },
+            "inputs": {
+                "input_edges": list(c.bins.input_edges), "output_edges": list(c.bins.output_edges),
+                "out_of_range": c.bins.out_of_range, "max_batch": c.max_batch, "peak_flops": c.peak_flops,
+                "tdp_w": c.tdp_w, "window_s": c.load.window_s, "pad_s": c.load.pad_s,
+                "rate_ratio": c.load.rate_ratio, "mix_ratio": c.load.mix_ratio,
+                "max_sim_requests": c.load.max_sim_requests, "sim": c.sim.to_dict(),
+            },
+        }
+
+
+def _model_and_gpu(config: ProjectConfig, profile: GPUProfile | None) -> tuple[ModelSpec, str]:
+    if profile is not None:
+        return profile.model, config.sim.gpu or str(profile.gpu.get("datasheet", "H100-SXM"))
+    return ModelSpec.from_name(config.sim.model or "llama-3.1-8b"), config.sim.gpu or "H100-SXM"
+
+
+def _describe(cost: CostModel) -> str:
+    profile = getattr(cost, "profile", None) or getattr(getattr(cost, "base", None), "profile", None)
+    label = f": {profile.label}" if profile is not None else ""
+    return f"{cost.name}{' (modeled tp)' if cost.modeled else ''}{label}"
+
+
+def project(source: str | Path | Trace, profile: GPUProfile | None, config: ProjectConfig | None = None, *,
+            fmt: str | None = None, options: LoadOptions | None = None,
+            progress: Callable[[int, int], None] | None = None, batch_rows: int = 1 << 20) -> Projection:
+    """Project a trace's serving energy three ways in one streamed pass.
+
+    Args:
+        source: a trace file, a bundled trace name, or a loaded Trace.
+        profile: the calibrated profile (None only with a roofline `config.sim.cost`).
+        config: estimators and their settings.
+        fmt: trace format (files; default: detect).
+        options: load options (files).
+        progress: called as progress(done, total) after each batch read from a file.
+        batch_rows: rows per record batch.
+
+    Returns:
+        The Projection (nothing is written).
+    """
+    config = config or ProjectConfig()
+    cost = build_cost_model(config.sim, profile)
+    spec, gpu_name = _model_and_gpu(config, profile)
+    inputs = TheoryInputs.of(spec, gpu_spec(gpu_name), config.peak_flops, config.tdp_w)
+
+    def consume(batches: Iterator[Batch]) -> tuple:
+        want = config.estimators
+        counts = empty_counts(config.bins)
+        theory = TheoryAccumulator(spec, inputs) if "theoretical" in want else None
+        load = LoadAwareProjector(cost, config.sim, config.load) if "load-aware" in want else None
+        rows = 0
+        for arrival, inp, out in batches:
+            rows += len(arrival)
+            if "paper" in want:
+                counts = merge(counts, bin_arrays(inp, out, config.bins))
+            if theory is not None:
+                theory.add(inp, out)
+            if load is not None:
+                load.add(arrival, inp, out)
+        if rows == 0:
+            raise ValueError("no requests to project")
+        paper = paper_estimate(counts, cost, config.max_batch) if "paper" in want else None
+        return rows, paper, theory.result() if theory else None, load.result() if load else None
+
+    if isinstance(source, Trace):
+        rows, paper, theory, load = consume(trace_batches(source, batch_rows))
+        name, info = source.source, None
+    else:
+        stream = FileStream(source, fmt, options, batch_rows, progress=progress)
+        rows, paper, theory, load = run_stream(stream, consume)
+        name, info = stream.source, stream.info
+    logger.info("%s: projected %d requests", name, rows)
+    return Projection(name, rows, info, paper, theory, load, _describe(cost), config)
