@@ -26,7 +26,7 @@ from tokenjoule.calibrate.aligned import METHOD_SUMMARY
 from tokenjoule.calibrate.fit import choose_knots, fit_curve
 from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter, mw_to_w
-from tokenjoule.calibrate.profile import FEATURES, GPUProfile, save_profile
+from tokenjoule.calibrate.profile import FEATURES, REGIME, GPUProfile, save_profile
 from tokenjoule.calibrate.sweeps import IterationRunner, run_sweep, shape_from_row
 from tokenjoule.kernels.spec import ModelSpec
 
@@ -126,7 +126,8 @@ def _columns(points: list[dict[str, Any]], key: str) -> tuple[np.ndarray, dict[s
 
     feats = [shape_features(p["shape"]) for p in points]
     x = np.array([p["shape"].new_tokens for p in points], dtype=np.float64)
-    return x, {f: np.array([d[f] for d in feats]) for f in FEATURES}, np.array([p[key] for p in points], float)
+    names = (*FEATURES, REGIME)
+    return x, {f: np.array([d[f] for d in feats]) for f in names}, np.array([p[key] for p in points], float)
 
 
 def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
@@ -141,12 +142,17 @@ def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
         raise ValueError(f"only {len(fit_points)} measured prefill/decode points; a fit needs >= 4")
     if any(p["energy_j"] is None for p in fit_points + mixed_points):
         raise ValueError("some points lack energy (no energy counter?); a profile needs energy for every point")
-    knots = choose_knots([p["shape"].new_tokens for p in fit_points])
+    decode_x = [p["shape"].new_tokens for p in fit_points if not p["shape"].prefill]
+    prefill_x = [p["shape"].new_tokens for p in fit_points if p["shape"].prefill]
+    # One curve per regime (decode-only, with prefill) when both were measured; see calibrate/profile.py.
+    two_regimes = len(decode_x) >= 2 and len(prefill_x) >= 2
+    knots = choose_knots(decode_x if two_regimes else decode_x + prefill_x)
+    prefill_knots = choose_knots(prefill_x) if two_regimes else ()
     out: dict[str, Any] = {"fit_errors": {}}
     for name, key, unit in (("latency", "time_s", "s"), ("energy", "energy_j", "J")):
         x, feats, y = _columns(fit_points, key)
         mixed = _columns(mixed_points, key) if mixed_points else None
-        curve, stats = fit_curve(x, feats, y, knots, unit, folds=folds, mixed=mixed)
+        curve, stats = fit_curve(x, feats, y, knots, unit, folds=folds, mixed=mixed, prefill_knots=prefill_knots)
         out[name] = curve
         out["fit_errors"][name] = stats.to_dict()
     spreads = [p["time_spread"] for p in fit_points]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import nnls
 
-from tokenjoule.calibrate.profile import FEATURES, CostCurve
+from tokenjoule.calibrate.profile import FEATURES, REGIME, CostCurve, piecewise_linear
 
 CANDIDATE_KNOTS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
@@ -69,13 +69,23 @@ def choose_knots(new_tokens: Sequence[float], candidates: Sequence[int] = CANDID
     return tuple([lo, *near, hi]) if hi > lo else (lo, lo + 1.0)
 
 
-def design_matrix(new_tokens: np.ndarray, features: Mapping[str, np.ndarray], knots: Sequence[float]) -> np.ndarray:
-    """Columns: one hat basis function per knot (evaluated as CostCurve does), then each FEATURES column."""
+def design_matrix(new_tokens: np.ndarray, features: Mapping[str, np.ndarray], knots: Sequence[float],
+                  prefill_knots: Sequence[float] = ()) -> np.ndarray:
+    """Columns: a hat basis function per knot of each regime's curve (as CostCurve evaluates it), then FEATURES.
+
+    With `prefill_knots`, the decode-only curve's columns are zero on iterations with prefill (`features["has_prefill"]`
+    > 0) and the prefill curve's columns are zero elsewhere.
+    """
     x = np.asarray(new_tokens, dtype=np.float64)
+    has_prefill = np.asarray(features.get(REGIME, np.zeros_like(x)), dtype=np.float64) > 0
+    regimes = [(knots, ~has_prefill if len(prefill_knots) else np.ones_like(has_prefill))]
+    if len(prefill_knots):
+        regimes.append((prefill_knots, has_prefill))
     cols = []
-    for j in range(len(knots)):
-        unit_values = tuple(1.0 if i == j else 0.0 for i in range(len(knots)))
-        cols.append(CostCurve(tuple(knots), unit_values, {}, "s").token_curve(x))
+    for regime_knots, mask in regimes:
+        for j in range(len(regime_knots)):
+            unit_values = tuple(1.0 if i == j else 0.0 for i in range(len(regime_knots)))
+            cols.append(np.where(mask, piecewise_linear(x, tuple(regime_knots), unit_values), 0.0))
     for name in FEATURES:
         cols.append(np.asarray(features.get(name, np.zeros_like(x)), dtype=np.float64))
     return np.column_stack(cols)
@@ -90,10 +100,11 @@ def _solve(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     return params / scale
 
 
-def _curve(params: np.ndarray, knots: Sequence[float], unit: str) -> CostCurve:
-    n = len(knots)
-    coef = {name: float(params[n + i]) for i, name in enumerate(FEATURES)}
-    return CostCurve(tuple(float(k) for k in knots), tuple(float(v) for v in params[:n]), coef, unit)
+def _curve(params: np.ndarray, knots: Sequence[float], prefill_knots: Sequence[float], unit: str) -> CostCurve:
+    n, m = len(knots), len(prefill_knots)
+    coef = {name: float(params[n + m + i]) for i, name in enumerate(FEATURES)}
+    return CostCurve(tuple(float(k) for k in knots), tuple(float(v) for v in params[:n]), coef, unit,
+                     tuple(float(k) for k in prefill_knots), tuple(float(v) for v in params[n:n + m]))
 
 
 def relative_errors(curve: CostCurve, new_tokens: np.ndarray, features: Mapping[str, np.ndarray],
@@ -116,18 +127,19 @@ def _kfold_errors(a: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.nda
 def fit_curve(new_tokens: Sequence[float], features: Mapping[str, Sequence[float]], y: Sequence[float],
               knots: Sequence[float], unit: str, folds: int = 5, seed: int = 0,
               mixed: tuple[Sequence[float], Mapping[str, Sequence[float]], Sequence[float]] | None = None,
-              ) -> tuple[CostCurve, FitStats]:
+              prefill_knots: Sequence[float] = ()) -> tuple[CostCurve, FitStats]:
     """Fit a CostCurve to measured points and report its errors.
 
     Args:
         new_tokens: tokens pushed through the weights per iteration, one per point.
-        features: FEATURES columns by name (missing ones are zero).
+        features: FEATURES columns by name (missing ones are zero), plus the regime indicator "has_prefill".
         y: measured latency (s) or energy (J) per iteration; all > 0.
         knots: the curve's knots in `new_tokens` (see `choose_knots`).
         unit: "s" or "J".
         folds: cross-validation folds (at most one per point).
         seed: shuffles the folds.
         mixed: optional held-out (new_tokens, features, y) of mixed iterations, scored but never fitted.
+        prefill_knots: knots of a separate curve for iterations with prefill; empty fits one curve for all.
 
     Returns:
         (curve fitted on all points, FitStats).
@@ -138,12 +150,12 @@ def fit_curve(new_tokens: Sequence[float], features: Mapping[str, Sequence[float
         raise ValueError(f"new_tokens {x.shape} and y {target.shape} must be 1-D and of equal length")
     if target.size < 2 or np.any(~np.isfinite(target)) or np.any(target <= 0):
         raise ValueError("y must hold >= 2 finite values, all > 0")
-    unknown = sorted(set(features) - set(FEATURES))
+    unknown = sorted(set(features) - set(FEATURES) - {REGIME})
     if unknown:
         raise ValueError(f"unknown feature(s) {unknown}; known: {list(FEATURES)}")
     cols = {name: np.asarray(v, dtype=np.float64) for name, v in features.items()}
-    a = design_matrix(x, cols, knots)
-    curve = _curve(_solve(a, target), knots, unit)
+    a = design_matrix(x, cols, knots, prefill_knots)
+    curve = _curve(_solve(a, target), knots, prefill_knots, unit)
     train = relative_errors(curve, x, cols, target)
     k = max(2, min(folds, target.size))
     cv = _kfold_errors(a, target, k, seed)

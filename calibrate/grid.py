@@ -17,6 +17,8 @@ class GridConfig:
     Attributes:
         prefill_batches: sequences per prefill iteration.
         prefill_lengths_tokens: prompt lengths (each sequence one chunk, nothing cached before).
+        prefill_chunks: (chunk tokens, tokens already cached) of single chunked-prefill iterations, so the fit sees
+            a prefill reading its own earlier chunks (as continuous and chunked batching run it).
         decode_batches: sequences per decode iteration.
         decode_contexts_tokens: cached tokens per decoding sequence.
         mixed: include mixed iterations (chunked prefills beside decodes) to check that costs compose.
@@ -29,10 +31,13 @@ class GridConfig:
 
     prefill_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     prefill_lengths_tokens: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+    prefill_chunks: tuple[tuple[int, int], ...] = ((256, 1024), (512, 4096), (1024, 8192), (2048, 2048),
+                                                   (2048, 12288), (4096, 4096))
     decode_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     decode_contexts_tokens: tuple[int, ...] = (128, 512, 2048, 8192, 16384)
     mixed: bool = True
-    target_s: float = 0.25
+    # 0.8 s spans ~7 counter ticks on an H100, so the tick-timing bound stays near 1% (0.25 s gave 3-8%).
+    target_s: float = 0.8
     repeats: int = 2
     warmup_steps: int = 2
     idle_s: float = 3.0
@@ -51,7 +56,8 @@ class GridConfig:
     @classmethod
     def quick(cls) -> GridConfig:
         """A smoke-test grid: a few points per kind, short windows, no settling."""
-        return cls(prefill_batches=(1, 4), prefill_lengths_tokens=(128, 1024), decode_batches=(1, 16, 128),
+        return cls(prefill_batches=(1, 4), prefill_lengths_tokens=(128, 1024), prefill_chunks=((512, 1024),),
+                   decode_batches=(1, 16, 128),
                    decode_contexts_tokens=(256, 2048), target_s=0.15, repeats=2, warmup_steps=1, idle_s=1.0,
                    settle_s=0.0)
 
@@ -73,11 +79,15 @@ class GridPoint:
 
 def prefill_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: int,
                    max_batch_seqs: int) -> list[GridPoint]:
-    """Uniform prefills (B chunks of L fresh tokens), limited by the token budget, KV capacity and batch limit."""
+    """Uniform prefills (B chunks of L fresh tokens), then single chunks with a cached prefix, within the limits."""
     limit = min(max_batched_tokens, int(kv_capacity_tokens * KV_HEADROOM))
-    return [GridPoint(f"prefill_b{b}_l{length}", "prefill", IterationShape(prefill=((length, 0),) * b))
-            for length in cfg.prefill_lengths_tokens for b in cfg.prefill_batches
-            if b * length <= limit and b <= max_batch_seqs]
+    points = [GridPoint(f"prefill_b{b}_l{length}", "prefill", IterationShape(prefill=((length, 0),) * b))
+              for length in cfg.prefill_lengths_tokens for b in cfg.prefill_batches
+              if b * length <= limit and b <= max_batch_seqs]
+    kv_limit = int(kv_capacity_tokens * KV_HEADROOM)
+    points += [GridPoint(f"prefill_b1_l{chunk}_c{before}", "prefill", IterationShape(prefill=((chunk, before),)))
+               for chunk, before in cfg.prefill_chunks if chunk <= max_batched_tokens and chunk + before <= kv_limit]
+    return points
 
 
 def decode_points(cfg: GridConfig, kv_capacity_tokens: int, max_batch_seqs: int) -> list[GridPoint]:
@@ -109,6 +119,8 @@ def grid_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: in
                 uniform_only: bool = False) -> list[GridPoint]:
     """All points of a sweep in measuring order (prefill, decode, then mixed unless `uniform_only`)."""
     points = prefill_points(cfg, max_batched_tokens, kv_capacity_tokens, max_batch_seqs)
+    if uniform_only:  # an engine without chunked prefill (HF generate) cannot run a chunk with a cached prefix
+        points = [p for p in points if not p.shape.prefill_ctx_tokens]
     points += decode_points(cfg, kv_capacity_tokens, max_batch_seqs)
     if not uniform_only:
         points += mixed_points(cfg, max_batched_tokens, kv_capacity_tokens, max_batch_seqs)

@@ -6,11 +6,14 @@ schema fails with a ProfileError that says what to do.
 Cost form (shared by the fitter and the simulator): for an iteration with `new_tokens` tokens pushed through the
 weights, the latency (or energy) is
 
-    curve(new_tokens) + sum_f coef[f] * feature_f
+    curve_regime(new_tokens) + sum_f coef[f] * feature_f
 
-where `curve` is piecewise linear over fixed knots in `new_tokens` (flat where weight streaming dominates, then
-linear once matrix units saturate; the paper's "flat below ~128-256 tokens, then linear") and the features are
-the attention and per-sequence terms named in FEATURES.
+where `curve_regime` is piecewise linear over fixed knots in `new_tokens` (flat where weight streaming or host-side
+launch overhead dominates, then linear once matrix units saturate; the paper's "flat below ~128-256 tokens, then
+linear") and the features are the attention and per-sequence terms named in FEATURES. There are two regimes with a
+curve each: decode-only iterations and iterations with any prefill. They differ because an engine runs them
+differently (CUDA graphs replay decode-only steps; prefill runs eagerly, so its host launch cost is a floor that
+large prefills hide — an additive constant cannot express that, a curve of its own can).
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from tokenjoule.kernels.spec import ModelSpec
 SCHEMA_VERSION = 1
 PROFILE_KIND = "tokenjoule-profile"
 
-# Linear terms beside the piecewise-linear token curve; names match IterationShape properties.
-FEATURES = ("prefill_attn_pairs", "decode_ctx_tokens", "decode_seqs", "has_prefill")
+# Linear terms beside the piecewise-linear token curves; names match IterationShape properties.
+# No per-decode-sequence term: for decode-only iterations new_tokens == decode sequences, so the decode curve is it.
+FEATURES = ("prefill_attn_pairs", "prefill_ctx_tokens", "prefill_seqs", "decode_ctx_tokens")
+# The regime indicator (1.0 when the iteration has any prefill chunk) picks the token curve; it has no coefficient.
+REGIME = "has_prefill"
 
 
 class ProfileError(ValueError):
@@ -82,40 +88,43 @@ class CostCurve:
     """Fitted per-iteration latency (seconds) or energy (joules) as a function of an iteration's shape.
 
     Attributes:
-        knots_tokens: increasing `new_tokens` values where the piecewise-linear curve bends.
-        knot_values: the curve's value at each knot (s or J).
+        knots_tokens: increasing `new_tokens` values where the decode-only curve bends.
+        knot_values: that curve's value at each knot (s or J).
         coef: coefficient per FEATURES name (s or J per unit of the feature).
         unit: "s" or "J".
+        prefill_knots_tokens: knots of the curve for iterations with any prefill; empty means "use the decode-only
+            curve for every iteration".
+        prefill_knot_values: that curve's values.
     """
 
     knots_tokens: tuple[float, ...]
     knot_values: tuple[float, ...]
     coef: dict[str, float]
     unit: str
+    prefill_knots_tokens: tuple[float, ...] = ()
+    prefill_knot_values: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.knots_tokens) < 2 or len(self.knots_tokens) != len(self.knot_values):
-            raise ProfileError("cost curve needs >= 2 knots and one value per knot")
-        if any(b <= a for a, b in zip(self.knots_tokens, self.knots_tokens[1:], strict=False)):
-            raise ProfileError("cost curve knots_tokens must increase strictly")
+        _check_knots(self.knots_tokens, self.knot_values, "knots_tokens")
+        if self.prefill_knots_tokens or self.prefill_knot_values:
+            _check_knots(self.prefill_knots_tokens, self.prefill_knot_values, "prefill_knots_tokens")
         unknown = sorted(set(self.coef) - set(FEATURES))
         if unknown:
             raise ProfileError(f"cost curve has unknown feature(s) {unknown}; known: {list(FEATURES)}")
         if self.unit not in ("s", "J"):
             raise ProfileError(f"cost curve unit {self.unit!r} must be 's' or 'J'")
 
-    def token_curve(self, new_tokens: np.ndarray | float) -> np.ndarray:
-        """The piecewise-linear term; beyond the last knot it continues the last segment's slope."""
-        x = np.asarray(new_tokens, dtype=np.float64)
-        knots = np.asarray(self.knots_tokens)
-        vals = np.asarray(self.knot_values)
-        y = np.interp(x, knots, vals)
-        slope = (vals[-1] - vals[-2]) / (knots[-1] - knots[-2])
-        return np.where(x > knots[-1], vals[-1] + slope * (x - knots[-1]), y)
+    def token_curve(self, new_tokens: np.ndarray | float, has_prefill: np.ndarray | float = 0.0) -> np.ndarray:
+        """The piecewise-linear term of the iteration's regime; past the last knot it keeps the last slope."""
+        decode = piecewise_linear(new_tokens, self.knots_tokens, self.knot_values)
+        if not self.prefill_knots_tokens:
+            return decode
+        prefill = piecewise_linear(new_tokens, self.prefill_knots_tokens, self.prefill_knot_values)
+        return np.where(np.asarray(has_prefill) > 0, prefill, decode)
 
-    def evaluate(self, new_tokens: Any, **features: Any) -> np.ndarray:
-        """Vectorised cost: token curve plus linear feature terms (missing features count as 0)."""
-        total = self.token_curve(new_tokens)
+    def evaluate(self, new_tokens: Any, has_prefill: Any = 0.0, **features: Any) -> np.ndarray:
+        """Vectorised cost: the regime's token curve plus linear feature terms (missing features count as 0)."""
+        total = self.token_curve(new_tokens, has_prefill)
         for name, c in self.coef.items():
             if name in features:
                 total = total + c * np.asarray(features[name], dtype=np.float64)
@@ -126,13 +135,30 @@ class CostCurve:
         return float(self.evaluate(shape.new_tokens, **shape_features(shape)))
 
 
+def _check_knots(knots: tuple[float, ...], values: tuple[float, ...], name: str) -> None:
+    if len(knots) < 2 or len(knots) != len(values):
+        raise ProfileError(f"cost curve {name} needs >= 2 knots and one value per knot")
+    if any(b <= a for a, b in zip(knots, knots[1:], strict=False)):
+        raise ProfileError(f"cost curve {name} must increase strictly")
+
+
+def piecewise_linear(x: Any, knots: tuple[float, ...], values: tuple[float, ...]) -> np.ndarray:
+    """Linear interpolation through (knots, values), flat below the first knot, last slope past the last."""
+    x = np.asarray(x, dtype=np.float64)
+    k = np.asarray(knots)
+    v = np.asarray(values)
+    slope = (v[-1] - v[-2]) / (k[-1] - k[-2])
+    return np.where(x > k[-1], v[-1] + slope * (x - k[-1]), np.interp(x, k, v))
+
+
 def shape_features(shape: IterationShape) -> dict[str, float]:
-    """The FEATURES of one iteration, by name."""
+    """The FEATURES of one iteration, and its regime indicator, by name."""
     return {
         "prefill_attn_pairs": float(shape.prefill_attn_pairs),
+        "prefill_ctx_tokens": float(shape.prefill_ctx_tokens),
+        "prefill_seqs": float(shape.prefill_seqs),
         "decode_ctx_tokens": float(shape.decode_ctx_tokens),
-        "decode_seqs": float(shape.decode_seqs),
-        "has_prefill": 1.0 if shape.prefill else 0.0,
+        REGIME: 1.0 if shape.prefill else 0.0,
     }
 
 
@@ -243,14 +269,19 @@ class GPUProfile:
 
 def _curve_to_dict(curve: CostCurve) -> dict[str, Any]:
     return {"knots_tokens": list(curve.knots_tokens), "knot_values": list(curve.knot_values),
-            "coef": dict(curve.coef), "unit": curve.unit}
+            "prefill_knots_tokens": list(curve.prefill_knots_tokens),
+            "prefill_knot_values": list(curve.prefill_knot_values), "coef": dict(curve.coef), "unit": curve.unit}
 
 
 def _curve_from_dict(data: dict[str, Any], unit: str) -> CostCurve:
     if data.get("unit") != unit:
         raise ProfileError(f"curve unit {data.get('unit')!r} should be {unit!r}")
-    return CostCurve(tuple(float(k) for k in data["knots_tokens"]), tuple(float(v) for v in data["knot_values"]),
-                     {str(k): float(v) for k, v in data["coef"].items()}, unit)
+
+    def floats(key: str) -> tuple[float, ...]:
+        return tuple(float(v) for v in data.get(key) or ())
+
+    return CostCurve(floats("knots_tokens"), floats("knot_values"), {str(k): float(v) for k, v in data["coef"].items()},
+                     unit, floats("prefill_knots_tokens"), floats("prefill_knot_values"))
 
 
 def load_profile(path: str | Path) -> GPUProfile:

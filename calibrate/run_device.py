@@ -119,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    tag, model = _gpu_tag(indices), args.model.replace("/", "_")
+    tag, model = _gpu_tag(indices), load_spec(args.model).name.replace("/", "_")
     for run in args.runs.split(","):
         engine, mode = run.split(":")
-        stem = f"{tag}_{Path(model).stem}_{engine}_{mode}" + ("_quick" if args.quick else "")
+        # the shipped-profile naming: h100-llama-3.1-8b-tokenjoule-cudagraph
+        stem = f"{tag}-{model}-{engine}-{mode}" + ("-quick" if args.quick else "")
         start = time.perf_counter()
         profile = run_calibration(args.model, engine, mode, args.out / f"{stem}.json", quick=args.quick,
                                   gpu_indices=indices, gpu_memory_utilization=args.gpu_memory_utilization,

@@ -36,6 +36,11 @@ class IterationShape:
         return sum(new for new, _ in self.prefill)
 
     @property
+    def prefill_seqs(self) -> int:
+        """Prefill chunks (one per sequence being prefilled)."""
+        return len(self.prefill)
+
+    @property
     def decode_seqs(self) -> int:
         """Sequences decoding one token each."""
         return len(self.decode)
@@ -49,6 +54,11 @@ class IterationShape:
     def prefill_attn_pairs(self) -> int:
         """Causal (query, key) pairs the prefill chunks score: each new token sees the cache plus its own prefix."""
         return sum(new * before + new * (new + 1) // 2 for new, before in self.prefill)
+
+    @property
+    def prefill_ctx_tokens(self) -> int:
+        """KV entries the prefill chunks read from their sequences' earlier chunks (chunked prefill)."""
+        return sum(before for _, before in self.prefill)
 
     @property
     def decode_ctx_tokens(self) -> int:

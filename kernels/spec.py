@@ -52,12 +52,14 @@ class ModelSpec:
     max_position_embeddings: int = 131072
 
     def __post_init__(self) -> None:
-        for field in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim", "intermediate_size", "vocab_size"):
+        sizes = ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim", "intermediate_size", "vocab_size")
+        for field in sizes:
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelSpec {self.name!r}: {field}={value!r} must be a positive integer")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"ModelSpec {self.name!r}: n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+            raise ValueError(f"ModelSpec {self.name!r}: n_kv_heads={self.n_kv_heads} "
+                             f"must divide n_heads={self.n_heads}")
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"ModelSpec {self.name!r}: dtype={self.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
 

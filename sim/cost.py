@@ -37,6 +37,7 @@ class IterFeatures:
         prefill_ctx_tokens: KV entries the prefill chunks read from earlier chunks.
         decode_ctx_tokens: KV entries the decode sequences read.
         decode_seqs: sequences decoding one token each.
+        prefill_seqs: prefill chunks (one per sequence being prefilled).
     """
 
     new_tokens: int
@@ -44,12 +45,13 @@ class IterFeatures:
     prefill_ctx_tokens: int = 0
     decode_ctx_tokens: int = 0
     decode_seqs: int = 0
+    prefill_seqs: int = 0
 
     @classmethod
     def of_shape(cls, shape: IterationShape) -> IterFeatures:
         """Features of an IterationShape."""
-        return cls(shape.new_tokens, shape.prefill_attn_pairs, sum(b for _, b in shape.prefill),
-                   shape.decode_ctx_tokens, shape.decode_seqs)
+        return cls(shape.new_tokens, shape.prefill_attn_pairs, shape.prefill_ctx_tokens,
+                   shape.decode_ctx_tokens, shape.decode_seqs, shape.prefill_seqs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,21 +133,18 @@ class StretchCost:
 
 
 @dataclass(frozen=True, slots=True)
-class _Curve:
-    """A CostCurve evaluated for scalars without numpy (the simulator's hot path)."""
+class _Pwl:
+    """A piecewise-linear token curve evaluated for scalars without numpy (the simulator's hot path)."""
 
     knots: tuple[float, ...]
     values: tuple[float, ...]
     slope_last: float
-    coef: tuple[float, float, float, float]  # prefill_attn_pairs, decode_ctx_tokens, decode_seqs, has_prefill
 
     @classmethod
-    def of(cls, curve: CostCurve) -> _Curve:
-        k, v = curve.knots_tokens, curve.knot_values
-        names = ("prefill_attn_pairs", "decode_ctx_tokens", "decode_seqs", "has_prefill")
-        return cls(tuple(k), tuple(v), (v[-1] - v[-2]) / (k[-1] - k[-2]), tuple(curve.coef.get(n, 0.0) for n in names))
+    def of(cls, knots: tuple[float, ...], values: tuple[float, ...]) -> _Pwl:
+        return cls(tuple(knots), tuple(values), (values[-1] - values[-2]) / (knots[-1] - knots[-2]))
 
-    def tokens(self, x: float) -> float:
+    def __call__(self, x: float) -> float:
         knots, vals = self.knots, self.values
         if x >= knots[-1]:
             return vals[-1] + self.slope_last * (x - knots[-1])
@@ -155,14 +154,34 @@ class _Curve:
         t = (x - knots[i - 1]) / (knots[i] - knots[i - 1])
         return vals[i - 1] + t * (vals[i] - vals[i - 1])
 
+
+_COEF_NAMES = ("prefill_attn_pairs", "prefill_ctx_tokens", "prefill_seqs", "decode_ctx_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class _Curve:
+    """A CostCurve (both regimes) evaluated for scalars, as `CostCurve.evaluate` does."""
+
+    decode: _Pwl
+    prefill: _Pwl
+    coef: tuple[float, float, float, float]  # in _COEF_NAMES order
+
+    @classmethod
+    def of(cls, curve: CostCurve) -> _Curve:
+        decode = _Pwl.of(curve.knots_tokens, curve.knot_values)
+        prefill = _Pwl.of(curve.prefill_knots_tokens, curve.prefill_knot_values) if curve.prefill_knots_tokens \
+            else decode
+        return cls(decode, prefill, tuple(curve.coef.get(n, 0.0) for n in _COEF_NAMES))
+
     def iteration(self, f: IterFeatures) -> float:
         c = self.coef
-        return (self.tokens(f.new_tokens) + c[0] * f.prefill_attn_pairs + c[1] * f.decode_ctx_tokens
-                + c[2] * f.decode_seqs + (c[3] if f.prefill_attn_pairs else 0.0))
+        tokens = self.prefill if (f.prefill_seqs or f.prefill_attn_pairs) else self.decode
+        return (tokens(f.new_tokens) + c[0] * f.prefill_attn_pairs + c[1] * f.prefill_ctx_tokens
+                + c[2] * f.prefill_seqs + c[3] * f.decode_ctx_tokens)
 
     def decode_line(self, batch: int, ctx_sum: float) -> Line:
         c = self.coef
-        return Line(self.tokens(batch) + c[1] * ctx_sum + c[2] * batch, c[1] * batch)
+        return Line(self.decode(batch) + c[3] * ctx_sum, c[3] * batch)
 
 
 @dataclass(frozen=True, slots=True)

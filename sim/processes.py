@@ -129,7 +129,8 @@ def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
         new += c
         pairs += c * s.prefilled + c * (c + 1) // 2
         ctx += s.prefilled
-    time_s, energy_j = rep.cost.iteration(IterFeatures(new, pairs, ctx, rep.ctx_sum if batch else 0, batch))
+    time_s, energy_j = rep.cost.iteration(IterFeatures(new, pairs, ctx, rep.ctx_sum if batch else 0, batch,
+                                                             len(plan.chunks)))
     start = env.now
     yield env.timeout(time_s)
     rep.charge(start, time_s, energy_j)
@@ -164,7 +165,7 @@ def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
     start = env.now
     for s in members:
         s.start_s = start
-    time_s, energy_j = rep.cost.iteration(IterFeatures(n * max_in, n * max_in * (max_in + 1) // 2, 0, 0, 0))
+    time_s, energy_j = rep.cost.iteration(IterFeatures(n * max_in, n * max_in * (max_in + 1) // 2, 0, 0, 0, n))
     yield env.timeout(time_s)
     rep.charge(start, time_s, energy_j)
     if rep.log is not None:

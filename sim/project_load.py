@@ -95,7 +95,7 @@ class SeatModel:
         """Tabulate `cost`: every length up to `max_exact`, then 512 log-spaced points to `max_tokens`."""
         grid = np.unique(np.concatenate([np.arange(1, max_exact + 1),
                                          np.geomspace(max_exact, max_tokens, 512).round()])).astype(np.int64)
-        pre = np.array([cost.iteration(IterFeatures(int(n), int(n * (n + 1) // 2), 0, 0, 0)) for n in grid])
+        pre = np.array([cost.iteration(IterFeatures(int(n), int(n * (n + 1) // 2), 0, 0, 0, 1)) for n in grid])
         x0, x1 = 1, 1 + 1024
         t0, e0 = cost.iteration(IterFeatures(1, 0, 0, x0, 1))
         t1, e1 = cost.iteration(IterFeatures(1, 0, 0, x1, 1))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tokenjoule.calibrate.fit import choose_knots, design_matrix, fit_curve
-from tokenjoule.calibrate.profile import FEATURES, CostCurve, shape_features
+from tokenjoule.calibrate.profile import FEATURES, REGIME, CostCurve, shape_features
 from tokenjoule.kernels.shape import IterationShape
 
 
@@ -15,7 +15,7 @@ def _grid():
 
 def _columns(shapes):
     x = np.array([s.new_tokens for s in shapes], float)
-    feats = {f: np.array([shape_features(s)[f] for s in shapes]) for f in FEATURES}
+    feats = {f: np.array([shape_features(s)[f] for s in shapes]) for f in (*FEATURES, REGIME)}
     return x, feats
 
 
@@ -23,8 +23,8 @@ def test_design_matrix_reproduces_curve(toy_profile):
     shapes = _grid()
     x, feats = _columns(shapes)
     curve = toy_profile.latency
-    params = np.array([*curve.knot_values, *(curve.coef[f] for f in FEATURES)])
-    a = design_matrix(x, feats, curve.knots_tokens)
+    params = np.array([*curve.knot_values, *curve.prefill_knot_values, *(curve.coef.get(f, 0.0) for f in FEATURES)])
+    a = design_matrix(x, feats, curve.knots_tokens, curve.prefill_knots_tokens)
     expected = np.array([curve.of_shape(s) for s in shapes])
     np.testing.assert_allclose(a @ params, expected, rtol=1e-12)
 
@@ -36,11 +36,12 @@ def test_fit_recovers_known_parameters_with_noise(toy_profile, rng, curve_name):
     x, feats = _columns(shapes)
     clean = np.array([truth.of_shape(s) for s in shapes])
     noisy = clean * (1 + 0.01 * rng.standard_normal(clean.size))
-    curve, stats = fit_curve(x, feats, noisy, truth.knots_tokens, truth.unit)
+    curve, stats = fit_curve(x, feats, noisy, truth.knots_tokens, truth.unit, prefill_knots=truth.prefill_knots_tokens)
     # the curve itself: within a few % everywhere on the grid
     assert np.max(np.abs(curve.evaluate(x, **feats) - clean) / clean) < 0.03
-    # knot values where data pins them, and the well-identified coefficients
-    np.testing.assert_allclose(curve.knot_values[2:], truth.knot_values[2:], rtol=0.05)
+    # knot values where data pins them (decodes reach 256 tokens, prefills start at 64), and the coefficients
+    np.testing.assert_allclose(curve.knot_values[:3], truth.knot_values[:3], rtol=0.05)
+    np.testing.assert_allclose(curve.prefill_knot_values[2:], truth.prefill_knot_values[2:], rtol=0.05)
     assert curve.coef["decode_ctx_tokens"] == pytest.approx(truth.coef["decode_ctx_tokens"], rel=0.05)
     assert curve.coef["prefill_attn_pairs"] == pytest.approx(truth.coef["prefill_attn_pairs"], rel=0.25)
     assert stats.n_points == len(shapes) and stats.folds == 5
@@ -64,7 +65,8 @@ def test_mixed_points_are_scored_not_fitted(toy_profile):
     mixed = [IterationShape(prefill=((512, 4096),), decode=(1024,) * 64)]
     mx, mfeats = _columns(mixed)
     wrong = np.array([2 * truth.of_shape(mixed[0])])
-    _, stats = fit_curve(x, feats, y, truth.knots_tokens, "s", mixed=(mx, mfeats, wrong))
+    _, stats = fit_curve(x, feats, y, truth.knots_tokens, "s", mixed=(mx, mfeats, wrong),
+                         prefill_knots=truth.prefill_knots_tokens)
     assert stats.n_mixed == 1
     assert stats.mixed_median == pytest.approx(0.5, rel=0.02)
     assert stats.cv_median < 1e-6

@@ -32,11 +32,11 @@ def toy_profile() -> GPUProfile:
         mode="cudagraph", model=ModelSpec.from_name("llama-3.1-8b"), tp=1, idle_power_w=120.0,
         kv_capacity_tokens=400_000,
         latency=CostCurve(knots, (0.007, 0.009, 0.030, 0.24),
-                          {"prefill_attn_pairs": 8.7e-10, "decode_ctx_tokens": 3.9e-8, "decode_seqs": 2e-6,
-                           "has_prefill": 1e-3}, "s"),
+                          {"prefill_attn_pairs": 8.7e-10, "decode_ctx_tokens": 3.9e-8}, "s",
+                          knots, (0.008, 0.010, 0.031, 0.241)),
         energy=CostCurve(knots, (2.45, 3.78, 18.0, 156.0),
-                         {"prefill_attn_pairs": 5.7e-7, "decode_ctx_tokens": 2e-5, "decode_seqs": 1e-3,
-                          "has_prefill": 0.5}, "J"),
+                         {"prefill_attn_pairs": 5.7e-7, "decode_ctx_tokens": 2e-5}, "J",
+                         knots, (2.95, 4.28, 18.5, 156.5)),
         notes="synthetic, hand-set curves for tests (not a measurement)")
 
 
