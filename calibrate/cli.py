@@ -124,6 +124,26 @@ def plot(
     typer.echo(f"wrote {written}")
 
 
+@profile_app.command("refit")
+def refit(
+    profile: str = typer.Argument(..., help="Profile JSON file (its raw sweep Parquet must lie beside it)."),
+    out: Path = typer.Option(None, "--out", help="Write here instead of over the input file."),  # noqa: B008
+) -> None:
+    """Refit a profile's curves from its committed raw sweep data (the measurements are never changed).
+
+    Example:
+        tokenjoule profile refit calibrate/profiles/h100-llama-3.1-8b-tokenjoule-cudagraph.json
+    """
+    from tokenjoule.calibrate.profile import resolve_profile_path, save_profile
+    from tokenjoule.calibrate.refit import refit_profile
+
+    refitted = refit_profile(profile)
+    target = save_profile(refitted, out or resolve_profile_path(profile))
+    errs = refitted.fit_errors
+    typer.echo(f"wrote {target}: latency CV median {_pct(errs['latency']['cv_median'])}, "
+               f"energy CV median {_pct(errs['energy']['cv_median'])}")
+
+
 @profile_app.command("list")
 def list_profiles(json_out: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """List the profiles shipped with tokenjoule (use their names wherever a profile file is expected).

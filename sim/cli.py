@@ -181,7 +181,7 @@ def simulate(
     rate_scale: Annotated[float, typer.Option(help="Multiply the arrival rate.")] = 1.0,
     window: Annotated[str | None, typer.Option(help="Keep arrivals in START:END seconds.")] = None,
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
-    max_batched_tokens: Annotated[int | None, typer.Option(help="Tokens per iteration (default 8192 "
+    max_batched_tokens: Annotated[int | None, typer.Option(help="Tokens per iteration (default 16384 "
                                                                 "continuous, 2048 chunked).")] = None,
     max_batch: Annotated[int, typer.Option(help="Static batch size.")] = 8,
     kv_block_tokens: Annotated[int, typer.Option(help="Tokens per paged KV block.")] = 16,

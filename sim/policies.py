@@ -111,6 +111,11 @@ class StaticBatching:
         return False
 
 
+# Default prompt-token budget of a continuous-batching iteration: the tokenjoule engine's default and the largest
+# iteration its calibration sweeps measure, so every default prefill stays inside the measured range.
+CONTINUOUS_MAX_BATCHED_TOKENS = 16384
+
+
 @dataclass(frozen=True, slots=True)
 class ContinuousBatching:
     """vLLM (V0 default) iteration-level batching, prefill prioritized.
@@ -126,7 +131,7 @@ class ContinuousBatching:
     """
 
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
+    max_num_batched_tokens: int = CONTINUOUS_MAX_BATCHED_TOKENS
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:

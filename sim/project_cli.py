@@ -118,7 +118,7 @@ def project(
     replicas: Annotated[int, typer.Option(help="Data-parallel replicas.")] = 1,
     tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs per replica.")] = 1,
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
-    max_batched_tokens: Annotated[int | None, typer.Option(help="Tokens per iteration (default 8192 continuous, "
+    max_batched_tokens: Annotated[int | None, typer.Option(help="Tokens per iteration (default 16384 continuous, "
                                                                 "2048 chunked).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimates and inputs as one JSON object.")]
     = False,

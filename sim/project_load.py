@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from tokenjoule.sim.cost import CostModel, IterFeatures
+from tokenjoule.sim.policies import CONTINUOUS_MAX_BATCHED_TOKENS
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.schema import Trace
 
@@ -180,7 +181,7 @@ def rejected_mask(input_tokens: np.ndarray, output_tokens: np.ndarray, config: S
     blocks = kv_capacity_tokens // config.kv_block_tokens
     bad = (i < 1) | (o < 1) | (-(-(i + o) // config.kv_block_tokens) > blocks)
     if config.policy == "continuous":
-        bad |= i + o - 1 > (config.max_batched_tokens or 8192)
+        bad |= i + o - 1 > (config.max_batched_tokens or CONTINUOUS_MAX_BATCHED_TOKENS)
     return bad
 
 

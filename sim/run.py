@@ -19,7 +19,13 @@ from tokenjoule.sim import processes
 from tokenjoule.sim.accounting import Ledger, energy_breakdown, pick_bin_s
 from tokenjoule.sim.cost import AllReduce, CalibratedCost, CostModel, ModeledTPCost, RooflineCost, check_tp
 from tokenjoule.sim.metrics import request_table, summarize
-from tokenjoule.sim.policies import POLICIES, ChunkedPrefill, ContinuousBatching, StaticBatching
+from tokenjoule.sim.policies import (
+    CONTINUOUS_MAX_BATCHED_TOKENS,
+    POLICIES,
+    ChunkedPrefill,
+    ContinuousBatching,
+    StaticBatching,
+)
 from tokenjoule.sim.replica import Replica
 from tokenjoule.traces.schema import Trace
 from tokenjoule.traces.transforms import scale_rate, slice_window
@@ -42,7 +48,7 @@ class SimConfig:
             profile, a check that the profile is for this GPU.
         model: model name (a `ModelSpec` preset); with a profile, a check that the profile is for this model.
         max_num_seqs: most sequences per batch (continuous, chunked).
-        max_batched_tokens: tokens per iteration (default 8192 continuous, 2048 chunked).
+        max_batched_tokens: tokens per iteration (default 16384 continuous, 2048 chunked).
         max_batch: static batch size.
         batch_timeout_s: static batching: how long to wait for a full batch.
         gpu_memory_utilization: memory fraction for weights + KV (roofline KV sizing).
@@ -113,7 +119,7 @@ class SimConfig:
         if self.policy == "static":
             return StaticBatching(self.max_batch, self.batch_timeout_s)
         if self.policy == "continuous":
-            return ContinuousBatching(self.max_num_seqs, self.max_batched_tokens or 8192)
+            return ContinuousBatching(self.max_num_seqs, self.max_batched_tokens or CONTINUOUS_MAX_BATCHED_TOKENS)
         return ChunkedPrefill(self.max_num_seqs, self.max_batched_tokens or 2048)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,39 @@
+"""Refit a profile's curves from its own raw sweep file, keeping every measured field as it was.
+
+Raw measurements are never touched: the fitted curves, fit errors and idle power are derived from the raw Parquet
+beside the profile, so when the cost form or the fitter improves, a profile is brought up to date by refitting, and
+anyone can check the shipped curves against the committed raw data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tokenjoule.calibrate.calibration import fit_rows
+from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, resolve_profile_path
+from tokenjoule.calibrate.sweeps import read_rows
+
+
+def refit_profile(path: str | Path) -> GPUProfile:
+    """The profile at `path` with curves, fit errors and idle power refitted from its `raw_path` file.
+
+    Args:
+        path: a profile JSON (or a shipped profile's short name).
+
+    Returns:
+        The refitted GPUProfile (not written; see `save_profile`). Its notes record the refit date.
+    """
+    path = resolve_profile_path(path)
+    profile = load_profile(path)
+    if not profile.raw_path:
+        raise ProfileError(f"{path}: the profile names no raw sweep file (raw_path), so it cannot be refitted")
+    raw = path.parent / profile.raw_path
+    if not raw.exists():
+        raise ProfileError(f"{path}: its raw sweep file {raw} is missing")
+    fitted = fit_rows(read_rows(raw))
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    notes = "; ".join(n for n in (profile.notes, f"curves refitted from {profile.raw_path} on {stamp}") if n)
+    return dataclasses.replace(profile, latency=fitted["latency"], energy=fitted["energy"],
+                               fit_errors=fitted["fit_errors"], idle_power_w=fitted["idle_power_w"], notes=notes)
