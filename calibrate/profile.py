@@ -318,8 +318,8 @@ SHIPPED_DIR = Path(__file__).parent / "profiles"
 
 
 def shipped_profiles() -> dict[str, Path]:
-    """Short name (file stem) -> path of each profile shipped as package data."""
-    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.json"))}
+    """Short name (file stem) -> path of each profile shipped as package data (other JSON beside them is skipped)."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.json")) if f'"kind": "{PROFILE_KIND}"' in p.read_text()}
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -262,7 +260,7 @@ def compare(
         tokenjoule compare --config grid.toml --json
     """
     from tokenjoule.sim.compare import grid_from_flags, load_grid
-    from tokenjoule.sim.report import dumps, pareto_front, plot_pareto
+    from tokenjoule.sim.report import dumps, pareto_front, plot_pareto, write_folder_atomically
     from tokenjoule.sim.run import run
 
     with _user_errors():
@@ -285,16 +283,11 @@ def compare(
         p99 = [r["summary"]["e2e_p99_s"] or float("nan") for r in rows]
         front = pareto_front(energy, p99)
         if out is not None:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-            try:
+            def fill(tmp: Path) -> None:
                 (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
                 plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
-                if out.exists():
-                    shutil.rmtree(out)
-                os.replace(tmp, out)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+
+            write_folder_atomically(out, fill)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
                                                 "pareto": [rows[i]["label"] for i in front]}))))

@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -62,15 +62,31 @@ def write_run(result: SimResult, out_dir: str | Path, extra: dict[str, Any] | No
     Returns:
         The folder.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    def fill(tmp: Path) -> None:
         pq.write_table(result.requests, tmp / "requests.parquet")
         (tmp / "summary.json").write_text(dumps(result.summary) + "\n")
         run_info = {"config": result.config.to_dict(), "versions": versions(), **(extra or {})}
         (tmp / "run.json").write_text(dumps(run_info) + "\n")
         plot_run(result, tmp)
+
+    return write_folder_atomically(out_dir, fill)
+
+
+def write_folder_atomically(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Let `fill` write into a temp folder beside `out_dir`, then swap it into place (nothing half-written).
+
+    Args:
+        out_dir: the folder to create or replace (its parents are created).
+        fill: writes the folder's files into the temp folder it is given.
+
+    Returns:
+        The folder.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        fill(tmp)
         _swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
