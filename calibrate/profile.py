@@ -318,8 +318,20 @@ SHIPPED_DIR = Path(__file__).parent / "profiles"
 
 
 def shipped_profiles() -> dict[str, Path]:
-    """Short name (file stem) -> path of each profile shipped as package data (other JSON beside them is skipped)."""
-    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.json")) if f'"kind": "{PROFILE_KIND}"' in p.read_text()}
+    """Short name (file stem) -> path of each profile shipped as package data.
+
+    JSON files of another kind beside them (measurement checks) are skipped; unreadable ones are kept, so that
+    listing them reports them as invalid rather than hiding them.
+    """
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.json")) if _may_be_profile(p)}
+
+
+def _may_be_profile(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return True
+    return not isinstance(data, dict) or data.get("kind", PROFILE_KIND) == PROFILE_KIND
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:

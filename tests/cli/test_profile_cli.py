@@ -57,6 +57,7 @@ def test_list_and_show_by_name(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "no shipped profiles" in result.output
     shutil.copy(TOY, tmp_path / "toy.json")
     (tmp_path / "broken.json").write_text("{}")
+    (tmp_path / "generate-check.json").write_text('{"kind": "a measurement, not a profile"}')  # skipped
     data = json.loads(runner.invoke(app, ["profile", "list", "--json"]).stdout)
     assert [(p["name"], p["valid"]) for p in data["profiles"]] == [("broken", False), ("toy", True)]
     result = runner.invoke(app, ["profile", "show", "toy", "--json"])
