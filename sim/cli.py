@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from tokenjoule.traces.console import progress, user_errors
 
 DEFAULT_TRACE = "azure-conv-2023"
 DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
@@ -32,31 +30,6 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name; check
 GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB); "
                                                           "checked against the profile (roofline: which GPU).")]
 CostOpt = Annotated[str, typer.Option("--cost", help="Cost model: calibrated, roofline or roofline-memory.")]
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Known user errors become one line on stderr and exit code 2 (TOKENJOULE_DEBUG=1 re-raises)."""
-    try:
-        yield
-    except (ValueError, OSError) as err:
-        if os.environ.get("TOKENJOULE_DEBUG"):
-            raise
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-
-
-@contextmanager
-def _progress(label: str, enabled: bool = True) -> Iterator[Any]:
-    """A rich progress bar on stderr when it is a terminal; yields a (done, total) callback or None."""
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        yield None
-        return
-    columns = (TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _parse_synthetic(text: str, seed: int):
@@ -210,7 +183,7 @@ def simulate(
     from tokenjoule.sim.report import dumps, write_run
     from tokenjoule.sim.run import SimConfig, run
 
-    with _user_errors():
+    with user_errors():
         config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
                            max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens, max_batch=max_batch,
                            kv_block_tokens=kv_block_tokens,
@@ -220,7 +193,7 @@ def simulate(
                            seed=seed, **_parse_carbon(carbon))
         prof = _load_profile(profile, cost)
         tr = _load_trace(trace, fmt, synthetic, seed)
-        with _progress("simulating", len(tr) > 50_000) as tick:
+        with progress("simulating", len(tr) > 50_000) as tick:
             result = run(config, tr, prof, on_progress=tick)
         if out is not None:
             write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)})
@@ -263,7 +236,7 @@ def compare(
     from tokenjoule.sim.report import dumps, pareto_front, plot_pareto, write_folder_atomically
     from tokenjoule.sim.run import run
 
-    with _user_errors():
+    with user_errors():
         if config_file is not None:
             grid = load_grid(config_file)
         else:
@@ -271,7 +244,7 @@ def compare(
         tr = _load_trace(trace or grid.trace, fmt, synthetic or grid.synthetic, seed)
         cells, loaded = grid.cells(), {}
         rows = []
-        with _progress("what-ifs", len(cells) > 1) as tick:
+        with progress("what-ifs", len(cells) > 1) as tick:
             for i, (label, prof_name, config) in enumerate(cells):
                 if prof_name not in loaded:
                     loaded[prof_name] = _load_profile(prof_name, config.cost)

@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tokenjoule.traces.console import progress, user_errors
+
 DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Known user errors become one line on stderr and exit code 2 (TOKENJOULE_DEBUG=1 re-raises)."""
-    try:
-        yield
-    except (ValueError, OSError) as err:
-        if os.environ.get("TOKENJOULE_DEBUG"):
-            raise
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    """A rich progress bar on stderr when it is a terminal; yields a (done, total) callback or None."""
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        yield None
-        return
-    columns = (TextColumn("projecting"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("projecting", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _edges(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -141,7 +114,7 @@ def project(
     from tokenjoule.sim.run import SimConfig
     from tokenjoule.traces.binning import BinSpec
 
-    with _user_errors():
+    with user_errors():
         bins = BinSpec(out_of_range=out_of_range)
         ins, outs = _edges(input_edges, "--input-edges"), _edges(output_edges, "--output-edges")
         if ins or outs:
@@ -151,7 +124,7 @@ def project(
         config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
                                tuple(e.strip() for e in estimators.split(",") if e.strip()))
         prof = _load_profile(profile, cost)
-        with _progress(not as_json) as tick:
+        with progress("projecting", not as_json) as tick:
             result = run_projection(trace, prof, config, fmt=fmt, progress=tick)
     data = result.to_dict()
     if as_json:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -13,12 +10,12 @@ import numpy as np
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tokenjoule.traces import transforms
 from tokenjoule.traces.binning import PAPER_INPUT_EDGES, PAPER_OUTPUT_EDGES, BinCounts, BinSpec
-from tokenjoule.traces.files import ProgressFn, save_trace, write_atomic
+from tokenjoule.traces.console import progress, user_errors
+from tokenjoule.traces.files import save_trace, write_atomic
 from tokenjoule.traces.loaders import FORMAT_NAMES, LoadOptions, read_trace
 from tokenjoule.traces.stream import ScanResult, TraceStats, scan
 from tokenjoule.traces.synth import ARRIVAL_PROCESSES, SynthSpec, synthesize
@@ -43,31 +40,6 @@ Arrivals = Annotated[str | None, typer.Option(help="Synthesize arrivals for trac
 Rate = Annotated[float | None, typer.Option("--rate", help="Arrival rate for synthesized arrivals, requests/s.")]
 Cv = Annotated[float, typer.Option(help="Inter-arrival coefficient of variation for gamma arrivals.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Known user errors become one line on stderr and exit code 2 (TOKENJOULE_DEBUG=1 re-raises)."""
-    try:
-        yield
-    except (ValueError, OSError) as err:  # TraceFormatError and pyarrow's ArrowInvalid are ValueErrors
-        if os.environ.get("TOKENJOULE_DEBUG"):
-            raise
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[ProgressFn | None]:
-    """A rich progress bar on stderr when it is a terminal; yields the callback (or None)."""
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield None
-        return
-    columns = (TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _options(mapping: str | None, time_unit: str, zero_output: str, unsorted: str, spread: float | None,
@@ -134,10 +106,10 @@ def stats(source: Source, fmt: Fmt = None, mapping: Mapping = None, time_unit: T
         tokenjoule trace stats burstgpt.csv --json
         tokenjoule trace stats my.csv --map arrival_s=t,input_tokens=i,output_tokens=o
     """
-    with _user_errors():
+    with user_errors():
         options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
-        with _progress("reading") as progress:
-            result = scan(source, fmt, options=options, progress=progress)
+        with progress("reading") as tick:
+            result = scan(source, fmt, options=options, progress=tick)
     if as_json:
         payload = {**result.stats.to_dict(), "rows_read": result.rows_read, "rows_dropped": result.rows_dropped,
                    "notes": list(result.notes)}
@@ -184,12 +156,12 @@ def bin_(source: Source, fmt: Fmt = None, input_edges: Annotated[str | None, typ
         tokenjoule trace bin azure-conv-2023
         tokenjoule trace bin big.parquet --clamp --window-s 60 --json
     """
-    with _user_errors():
+    with user_errors():
         options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
         spec = BinSpec(_edges(input_edges, PAPER_INPUT_EDGES, "--input-edges"),
                        _edges(output_edges, PAPER_OUTPUT_EDGES, "--output-edges"), "clamp" if clamp else "exclude")
-        with _progress("binning") as progress:
-            result = scan(source, fmt, spec=spec, window_s=window_s, options=options, progress=progress)
+        with progress("binning") as tick:
+            result = scan(source, fmt, spec=spec, window_s=window_s, options=options, progress=tick)
         bins = result.bins
         if out is not None:
             import pyarrow.parquet as pq
@@ -219,7 +191,7 @@ def synth(out: Annotated[Path, typer.Argument(help="Parquet file to write.", sho
         tokenjoule trace synth p.parquet -n 5000 --rate 8 --lengths-from azure-conv-2023
         tokenjoule trace synth batch.parquet -n 256 --process zero --input-tokens 1024
     """
-    with _user_errors():
+    with user_errors():
         spec = SynthSpec(requests, rate, process, cv, input_tokens, output_tokens)
         source = read_trace(lengths_from)[0] if lengths_from else None
         trace = synthesize(spec, np.random.default_rng(seed), source)
@@ -245,7 +217,7 @@ def convert(source: Source, out: Annotated[Path, typer.Argument(help="Parquet fi
         tokenjoule trace convert burstgpt.csv burst.parquet --zero-output drop
         tokenjoule trace convert azure-conv-2023 peak.parquet --start-s 600 --end-s 1200
     """
-    with _user_errors():
+    with user_errors():
         options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
         trace, report = read_trace(source, fmt, options=options)
         notes = [report.summary()]
