@@ -1,20 +1,20 @@
 """What every `tokenjoule` command shares at the terminal: the user-error guard and the progress bar.
 
 It lives in `traces/` because every package with commands already imports it (sim reads traces); it imports
-neither torch nor any other tokenjoule package.
+neither torch nor any tokenjoule package outside `traces/`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-ProgressFn = Callable[[int, int], None]  # (done, total)
+from tokenjoule.traces.files import ProgressFn
 
 
 @contextmanager
