@@ -85,8 +85,8 @@ def project(
                                                           "dense].")] = None,
     tdp_w: Annotated[float | None, typer.Option(help="Theoretical: TDP per GPU, W [default: datasheet].")] = None,
     window_s: Annotated[float, typer.Option(help="Load-aware: window length, s.")] = 60.0,
-    pad_s: Annotated[float, typer.Option(help="Load-aware: warm-up/cool-down seconds simulated around a window.")]
-    = 10.0,
+    pad_s: Annotated[float, typer.Option(help="Load-aware: least warm-up/cool-down seconds around a window (grows "
+                                              "to cover the time requests hold a batch seat).")] = 10.0,
     policy: Annotated[str, typer.Option(help="Load-aware server: continuous, chunked or static.")] = "continuous",
     replicas: Annotated[int, typer.Option(help="Data-parallel replicas.")] = 1,
     tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs per replica.")] = 1,

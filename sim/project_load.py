@@ -6,11 +6,20 @@ Covers:
   shared by the step's batch. Only that term needs a simulation.
 - Per window, a short simulation (`sim.run`, the replay's own model) of the window's requests, padded with the
   requests just before and after it so that the batch is warm, measures the load-dependent term per decode token
-  (`u_j`, `u_s`). Windows with the same signature (arrival-rate bucket, mean input and output length buckets)
-  reuse the first such window's figures, so the number of simulations grows with the variety of load, not with
-  the trace length.
+  (`u_j`, `u_s`). The pads must outlast the time a request holds a batch seat (its output length x the step
+  time: a few seconds on a CUDA-graph engine, tens of seconds on an eager one with a costly attention term), or
+  the window's own requests decode in a batch still filling up or already draining and pay too large a share of
+  each step: so the pad grows to cover that time as the simulations measure it (`pad_coverage`), and a window is
+  re-simulated when its pads proved too short.
+- Windows with the same signature (arrival-rate bucket, mean input and output length buckets, and whether the
+  traffic just before and after the window runs at a like rate): the first few are simulated, the later ones reuse
+  their mean (one window's figures carry its own noise), so the number of simulations grows with the variety of
+  load, not with the trace length. The neighbour terms keep a
+  cold start (the trace's first window, a window after a lull) or a drain (the last window) from standing in for
+  windows in steady traffic.
 - Idle power for unused capacity: a fluid queue of busy replica-seconds per window (work beyond a window's capacity
-  carries into the next window; what is left of the capacity is idle).
+  carries into the next window; what is left of the capacity is idle). Busy time is measured on the window's own
+  requests, like energy: the pads' edge requests decode in a filling or draining batch and would overstate it.
 - Error bars: the spread of per-window J/request, as the standard error of the total (N x sd / sqrt(windows)).
 
 Scenario:
@@ -41,6 +50,11 @@ from tokenjoule.traces.schema import Trace
 
 logger = logging.getLogger(__name__)
 
+# A window is re-simulated when its requests hold a seat longer than the pad; the new pad has this much headroom.
+_PAD_HEADROOM = 1.25
+# A pad's arrival rate counts as unlike its window's past this ratio either way (coarse: few requests fill a pad).
+_NEIGHBOUR_RATIO = 4.0
+
 _TERMS = ("n", "sum_input", "sum_output", "prefill_j", "prefill_s", "decode_steps", "context_tokens", "rejected")
 
 
@@ -50,10 +64,15 @@ class LoadAwareConfig:
 
     Attributes:
         window_s: window length (s).
-        pad_s: seconds of requests before and after a window simulated with it (warm batch), not measured.
+        pad_s: seconds of requests before and after a window simulated with it (warm batch), not measured; the
+            least pad: it grows while simulations show requests holding a batch seat for longer (see pad_coverage).
         rate_ratio: width of an arrival-rate bucket, as a ratio (1.1: rates within ~10% share a simulation).
         mix_ratio: width of a mean-input and a mean-output bucket, as a ratio.
         max_sim_requests: most requests of one window simulated (the first ones); each pad holds at most a quarter.
+        max_pad_s: the longest pad (s) the adaptive pad may grow to.
+        pad_coverage: the pads cover this fraction of the simulated requests' seat time: the pad p is the smallest
+            with mean((hold - p)+) <= (1 - pad_coverage) x mean(hold), hold = a request's scheduling-to-finish time.
+        sims_per_signature: windows of one signature simulated (each priced by its own); later ones get their mean.
     """
 
     window_s: float = 60.0
@@ -61,6 +80,9 @@ class LoadAwareConfig:
     rate_ratio: float = 1.1
     mix_ratio: float = 1.2
     max_sim_requests: int = 20_000
+    max_pad_s: float = 600.0
+    pad_coverage: float = 0.99
+    sims_per_signature: int = 3
 
     def __post_init__(self) -> None:
         if not self.window_s > 0 or self.pad_s < 0:
@@ -69,6 +91,12 @@ class LoadAwareConfig:
             raise ValueError(f"rate_ratio={self.rate_ratio} and mix_ratio={self.mix_ratio} must be > 1")
         if self.max_sim_requests < 8:
             raise ValueError(f"max_sim_requests={self.max_sim_requests} must be >= 8")
+        if self.max_pad_s < self.pad_s:
+            raise ValueError(f"max_pad_s={self.max_pad_s} must be >= pad_s={self.pad_s}")
+        if not 0.0 < self.pad_coverage < 1.0:
+            raise ValueError(f"pad_coverage={self.pad_coverage} must be in (0, 1)")
+        if self.sims_per_signature < 1:
+            raise ValueError(f"sims_per_signature={self.sims_per_signature} must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +176,7 @@ class LoadAwareEstimate:
         window_s: window length (s).
         replicas: replicas.
         idle_power_w: idle power per replica (W).
+        pad_s: the pad the simulations ended with (s): the configured least pad, or longer (see LoadAwareConfig).
     """
 
     energy_j: float
@@ -165,6 +194,7 @@ class LoadAwareEstimate:
     window_s: float
     replicas: int
     idle_power_w: float
+    pad_s: float
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -200,10 +230,12 @@ class LoadAwareProjector:
         self.seats = SeatModel.of(cost, self.sim.max_batch if self.sim.policy == "static" else self.sim.max_num_seqs)
         self.sums = np.zeros((0, len(_TERMS)))
         self.ops: list[Operating | None] = []
-        self.cache: dict[tuple[int, int, int], Operating] = {}
+        self.cache: dict[tuple[int, ...], list[Operating]] = {}
         self.buffer = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
         self.last_arrival_s = 0.0
         self.simulated_requests = 0
+        self.simulations = 0
+        self.pad_s = config.pad_s  # grows (never shrinks) to cover the seat time the simulations measure
 
     def add(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
         """Feed a batch (arrivals sorted, seconds from the trace start)."""
@@ -226,7 +258,8 @@ class LoadAwareProjector:
         self.buffer = tuple(np.concatenate([b, x]) for b, x in zip(self.buffer, (arrival_s, input_tokens,
                                                                                   output_tokens), strict=True))
         self.last_arrival_s = float(arrival_s[-1])
-        while len(self.ops) < len(self.sums) and self.last_arrival_s >= (len(self.ops) + 1) * w + self.config.pad_s:
+        # A window is final once its after-pad has arrived; _finalize may lengthen the pad, so test again each time.
+        while len(self.ops) < len(self.sums) and self.last_arrival_s >= (len(self.ops) + 1) * w + self.pad_s:
             self._finalize(len(self.ops), last=False)
 
     def result(self) -> LoadAwareEstimate:
@@ -245,22 +278,51 @@ class LoadAwareProjector:
         w = self.config.window_s
         return max(self.last_arrival_s - k * w, 1e-3) if last else w
 
-    def _finalize(self, k: int, last: bool) -> None:
+    def _finalize(self, k: int, last: bool) -> bool:
+        """Price window k from the cache or a simulation; False (window left open) when the pad had to grow."""
         s = dict(zip(_TERMS, self.sums[k], strict=True))
-        if s["n"] == 0:
-            self.ops.append(None)
-        else:
-            r = self.config.rate_ratio
-            m = self.config.mix_ratio
-            key = (round(math.log(s["n"] / self._span(k, last)) / math.log(r)),
-                   round(math.log(max(s["sum_input"] / s["n"], 1.0)) / math.log(m)),
-                   round(math.log(max(s["sum_output"] / s["n"], 1.0)) / math.log(m)))
-            if key not in self.cache:
-                self.cache[key] = self._simulate(k)
-            self.ops.append(self.cache[key])
-        cut = int(np.searchsorted(self.buffer[0], (k + 1) * self.config.window_s - self.config.pad_s, side="left"))
+        op = None
+        if s["n"] > 0:
+            key = self._signature(k, s, last)
+            seen = self.cache.setdefault(key, [])
+            if len(seen) < self.config.sims_per_signature:
+                op, hold_s = self._simulate(k)
+                if hold_s > self.pad_s and self.pad_s < self.config.max_pad_s:
+                    self.pad_s = min(_PAD_HEADROOM * hold_s, self.config.max_pad_s)
+                    logger.info("window %d: requests hold a seat for ~%.1f s; pads now %.1f s, re-simulating",
+                                k, hold_s, self.pad_s)
+                    return False
+                seen.append(op)
+            else:
+                op = Operating(*np.mean([dataclasses.astuple(o) for o in seen], axis=0).tolist())
+        self.ops.append(op)
+        cut = int(np.searchsorted(self.buffer[0], (k + 1) * self.config.window_s - self.pad_s, side="left"))
         if cut:
             self.buffer = tuple(b[cut:] for b in self.buffer)
+        return True
+
+    def _signature(self, k: int, s: dict[str, float], last: bool) -> tuple[int, ...]:
+        """Cache key: rate and mean-length buckets, and how the traffic in each pad compares with the window's.
+
+        The neighbour terms are log2(pad's arrival rate / window's), rounded and clipped: 0 in steady traffic, the
+        lowest bucket where a pad is empty (the trace's start and end) so that a cold start or a drain, priced by
+        its own simulation, never stands in for a warm window.
+        """
+        c, w, pad = self.config, self.config.window_s, self.pad_s
+        key = (round(math.log(s["n"] / self._span(k, last)) / math.log(c.rate_ratio)),
+               round(math.log(max(s["sum_input"] / s["n"], 1.0)) / math.log(c.mix_ratio)),
+               round(math.log(max(s["sum_output"] / s["n"], 1.0)) / math.log(c.mix_ratio)))
+        if pad <= 0:
+            return key
+        b0, lo, hi, a1 = np.searchsorted(self.buffer[0], [k * w - pad, k * w, (k + 1) * w, (k + 1) * w + pad],
+                                         side="left")
+        own_rate = max(int(hi - lo), 1) / self._span(k, last)
+
+        def bucket(count: int) -> int:
+            ratio = count / pad / own_rate
+            return -1 if ratio < 1 / _NEIGHBOUR_RATIO else int(ratio > _NEIGHBOUR_RATIO)
+
+        return (*key, bucket(int(lo - b0)), bucket(int(a1 - hi)))
 
     def _sample(self, k: int) -> tuple[Trace, np.ndarray]:
         """The window's first requests with up to pad_s of requests on each side; and which are the window's own."""
@@ -270,17 +332,19 @@ class LoadAwareProjector:
         hi = min(hi, lo + c.max_sim_requests)
         own_end = arr[hi] if hi < len(arr) and hi - lo == c.max_sim_requests else (k + 1) * w
         pad = c.max_sim_requests // 4
-        start = max(int(np.searchsorted(arr, k * w - c.pad_s, side="left")), lo - pad)
-        stop = min(int(np.searchsorted(arr, own_end + c.pad_s, side="left")), hi + pad)
+        start = max(int(np.searchsorted(arr, k * w - self.pad_s, side="left")), lo - pad)
+        stop = min(int(np.searchsorted(arr, own_end + self.pad_s, side="left")), hi + pad)
         sel = slice(start, stop)
         own = np.zeros(stop - start, bool)
         own[lo - start:hi - start] = True
         trace = Trace.from_columns(arr[sel] - arr[start], inp[sel], out[sel], source=f"window {k}")
         return trace, own
 
-    def _simulate(self, k: int) -> Operating:
+    def _simulate(self, k: int) -> tuple[Operating, float]:
+        """The window's operating point, and the pad its own requests' seat times call for (s)."""
         trace, own = self._sample(k)
         res = run(self.sim, trace, self.cost)
+        self.simulations += 1
         self.simulated_requests += len(trace)
         table = res.requests
         done = table.column("status").to_numpy(zero_copy_only=False) == "finished"
@@ -292,10 +356,15 @@ class LoadAwareProjector:
         s = res.summary
         busy_s = (s.get("utilization") or 0.0) * s["duration_s"] * self.sim.replicas
         u_j = _per_step(float(energy[mine].sum()), t_own, self.seats.seat_j)
-        u_s = _per_step(busy_s, t_all, self.seats.seat_s, prefix="prefill_s")
+        # Busy time is known only for the whole simulation, whose pads' edge requests decode in a filling or draining
+        # batch; scale it to the window's own requests by the ratio of their energies (the same batches).
+        u_j_all = _per_step(float(energy[done].sum()), t_all, self.seats.seat_j)
+        u_s = _per_step(busy_s, t_all, self.seats.seat_s, prefix="prefill_s") * (
+            u_j / u_j_all if u_j > 0 and u_j_all > 0 else 1.0)
         logger.debug("window %d: simulated %d requests, u_j=%.4g J, u_s=%.4g s", k, len(trace), u_j, u_s)
         tail = max(0.0, float(s["duration_s"]) - float(trace.column("arrival_s")[-1]))
-        return Operating(u_j, u_s, tail)
+        hold_s = table.column("e2e_s").to_numpy()[mine] - table.column("queue_s").to_numpy()[mine]
+        return Operating(u_j, u_s, tail), cover_s(hold_s, self.config.pad_coverage)
 
     def _total(self) -> LoadAwareEstimate:
         t = {name: self.sums[:, j] for j, name in enumerate(_TERMS)}
@@ -319,25 +388,29 @@ class LoadAwareProjector:
         err = float(n.sum()) * math.sqrt(var / max(1, int(has.sum())))
         reps = self.sim.replicas
         return LoadAwareEstimate(energy, err, float(busy_j.sum()), idle_w * float(idle_s.sum()), int(n.sum()),
-                                 int(t["rejected"].sum()), len(n), int(has.sum()), len(self.cache),
+                                 int(t["rejected"].sum()), len(n), int(has.sum()), self.simulations,
                                  self.simulated_requests, duration, 1.0 - float(idle_s.sum()) / (duration * reps),
-                                 self.config.window_s, reps, idle_w)
+                                 self.config.window_s, reps, idle_w, self.pad_s)
 
     def _idle(self, busy_s: np.ndarray, least_s: np.ndarray, tail_s: float) -> tuple[np.ndarray, float]:
         """Unused replica-seconds per window, and the run length.
 
-        A fluid queue: a window's busy time fills its capacity; only work that cannot fit even at full batches
-        (`least_s`) carries into the next window as backlog. (Near saturation a server that is busy all the time
-        with small batches absorbs a few percent more load by batching more, not by falling behind.)
+        A fluid queue with two backlogs. Idle: a window's requests' busy time is priced by arrival, but those that
+        arrive late in it decode into the next window, so all of its busy time beyond the window's capacity carries
+        over, and a window is idle only for capacity that neither its own nor carried work fills. Run length: only
+        work that cannot fit even at full batches (`least_s`) delays the end past the last arrival (near saturation
+        a server busy all the time with small batches absorbs a few percent more load by batching more, not by
+        falling behind).
         """
         reps, w = self.sim.replicas, self.config.window_s
         idle = np.zeros(len(busy_s))
-        backlog = 0.0
+        carried = late = 0.0
         for k in range(len(busy_s)):
             cap = reps * (w if k < len(busy_s) - 1 else self.last_arrival_s + tail_s - k * w)
-            idle[k] = max(0.0, cap - backlog - busy_s[k])
-            backlog = max(0.0, backlog + least_s[k] - cap)
-        return idle, self.last_arrival_s + tail_s + backlog / reps
+            idle[k] = max(0.0, cap - carried - busy_s[k])
+            carried = max(0.0, carried + busy_s[k] - cap)
+            late = max(0.0, late + least_s[k] - cap)
+        return idle, self.last_arrival_s + tail_s + late / reps
 
 
 def _per_step(total: float, terms: dict[str, np.ndarray], seat: tuple[float, float],
@@ -347,3 +420,25 @@ def _per_step(total: float, terms: dict[str, np.ndarray], seat: tuple[float, flo
     if steps < 1:
         return seat[0]
     return (total - float(terms[prefix].sum()) - seat[1] * float(terms["context_tokens"].sum())) / steps
+
+
+def cover_s(hold_s: np.ndarray, coverage: float) -> float:
+    """Smallest p >= 0 with sum((hold - p)+) <= (1 - coverage) x sum(hold): a pad that covers that share of seat time.
+
+    Args:
+        hold_s: seconds each request held a batch seat (scheduling to finish).
+        coverage: share of the total seat time the pad must cover, in (0, 1).
+
+    Returns:
+        The pad (s); 0 for no requests.
+    """
+    r = np.sort(np.asarray(hold_s, np.float64))[::-1]
+    if not len(r) or r[0] <= 0:
+        return 0.0
+    top = np.cumsum(r)
+    budget = (1.0 - coverage) * top[-1]
+    # excess(p) = sum((r - p)+) is piecewise linear; at p = r[j] the j larger values exceed it by top[j-1] - j r[j]
+    j = np.arange(len(r))
+    at_knots = np.concatenate([[0.0], top[:-1]]) - j * r
+    m = int(np.searchsorted(at_knots, budget, side="right"))  # the m largest exceed the answer
+    return max(0.0, float((top[m - 1] - budget) / m))

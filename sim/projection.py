@@ -6,7 +6,8 @@ length. Each batch feeds three estimators side by side:
 - `paper` (`project_paper`): the paper's binned offline estimate, full static batches per length bin.
 - `theoretical` (`project_theory`): TDP x FLOPs / peak FLOP/s per request, the paper's "ideal".
 - `load-aware` (`project_load`): per time window, the batching a continuous-batching server would do at that
-  window's rate and length mix, with idle power for unused capacity, and error bars.
+  window's rate and length mix (short simulations padded to outlast the requests' time in the batch), with idle
+  power for unused capacity, and error bars.
 
 Nothing is written here; the CLI (`project_cli`) prints and writes.
 """
@@ -111,7 +112,9 @@ class Projection:
                 "out_of_range": c.bins.out_of_range, "max_batch": c.max_batch, "peak_flops": c.peak_flops,
                 "tdp_w": c.tdp_w, "window_s": c.load.window_s, "pad_s": c.load.pad_s,
                 "rate_ratio": c.load.rate_ratio, "mix_ratio": c.load.mix_ratio,
-                "max_sim_requests": c.load.max_sim_requests, "sim": c.sim.to_dict(),
+                "max_sim_requests": c.load.max_sim_requests, "max_pad_s": c.load.max_pad_s,
+                "pad_coverage": c.load.pad_coverage, "sims_per_signature": c.load.sims_per_signature,
+                "sim": c.sim.to_dict(),
             },
         }
 

@@ -1,5 +1,5 @@
 """The load-aware estimate: per-request terms by hand, rejections, exactness on isolated requests, the window
-cache, the fluid idle queue, error bars, and agreement with a full replay on a small synthetic trace."""
+cache, the adaptive pads, cold starts, the fluid idle queue, error bars, and agreement with a full replay."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from sim_profiles import make_profile
 
 from tokenjoule.sim.cost import CalibratedCost
-from tokenjoule.sim.project_load import LoadAwareConfig, LoadAwareProjector, SeatModel, rejected_mask
+from tokenjoule.sim.project_load import LoadAwareConfig, LoadAwareProjector, SeatModel, cover_s, rejected_mask
 from tokenjoule.sim.projection import ProjectConfig, project
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.schema import Trace
@@ -61,11 +61,56 @@ def test_windows_with_the_same_signature_share_one_simulation(simple_profile):
     base = np.array([1.0, 5.0, 20.0, 40.0])
     arrival = np.concatenate([base + 60 * k for k in range(6)])
     trace = Trace.from_columns(arrival, np.full(len(arrival), 300), np.full(len(arrival), 40))
-    est = _load_aware(trace, simple_profile)
+    est = _load_aware(trace, simple_profile, load=LoadAwareConfig(sims_per_signature=1))
     assert est.simulations == 2  # five full windows share one; the last one's rate is over its 40 s of arrivals
     assert est.windows == 6 and est.requests == 24
     replay = run(SimConfig(), trace, simple_profile).summary
     assert est.energy_j == pytest.approx(_gpu_j(replay), rel=0.01)
+    # by default the first three windows of a signature are simulated, the other two get their mean
+    assert _load_aware(trace, simple_profile).simulations == 4
+    assert _load_aware(trace, simple_profile, load=LoadAwareConfig(sims_per_signature=2)).simulations == 3
+
+
+def test_cover_s_by_hand():
+    # pad p leaves sum((hold - p)+) = 10% of sum(hold) = 1.6 uncovered: only the 10 s request exceeds it
+    assert cover_s(np.array([1.0, 2.0, 3.0, 10.0]), 0.9) == pytest.approx(8.4)
+    # 50%: budget 8; 10 and 3 exceed p = 2.5 by 7.5 + 0.5
+    assert cover_s(np.array([3.0, 10.0, 1.0, 2.0]), 0.5) == pytest.approx(2.5)
+    assert cover_s(np.array([]), 0.99) == 0.0
+
+
+def _slow_decode_profile():
+    """An eager-engine-like profile: 40 ms steps whatever the batch, 7 J per step: small batches cost dearly."""
+    return make_profile(lat=(0.04, 1e-6), en=(7.0, 0.02))
+
+
+def test_pads_grow_to_cover_long_lived_requests():
+    """Requests that decode for ~60 s: a 10 s pad would price them in a filling or draining batch."""
+    profile = _slow_decode_profile()
+    trace = synthesize(SynthSpec(1200, rate_per_s=1.0, input_tokens=200, output_tokens=1500),
+                       np.random.default_rng(5))
+    replay = _gpu_j(run(SimConfig(), trace, profile).summary)
+    est = _load_aware(trace, profile)
+    assert est.pad_s > 60.0
+    assert est.energy_j == pytest.approx(replay, rel=0.03)
+    pinned = _load_aware(trace, profile, load=LoadAwareConfig(pad_s=10.0, max_pad_s=10.0))
+    assert pinned.pad_s == 10.0
+    assert pinned.energy_j > 1.1 * replay
+
+
+def test_a_cold_start_does_not_stand_in_for_steady_windows():
+    """Steady arrivals: the first window fills an empty server; the rest, alike, share their own simulation."""
+    profile = _slow_decode_profile()
+    n = 900
+    trace = Trace.from_columns(np.arange(n, dtype=float), np.full(n, 200), np.full(n, 1500))
+    replay = run(SimConfig(), trace, profile).summary
+    est = _load_aware(trace, profile, load=LoadAwareConfig(pad_s=80.0, sims_per_signature=1))
+    assert est.pad_s == 80.0  # long enough from the start: no window is simulated twice
+    assert est.simulations == 3  # the cold first window, the steady ones, the draining last one
+    assert est.energy_j == pytest.approx(_gpu_j(replay), rel=0.002)
+    # the server never idles: work spilling over a window's end carries into the next one
+    assert replay["gpu_idle_j"] == pytest.approx(0.0, abs=1e-6)
+    assert est.idle_j < 1e-3 * est.energy_j
 
 
 def test_fluid_queue_carries_overload_into_the_next_window(toy_profile):
@@ -106,10 +151,27 @@ def test_results_do_not_depend_on_batch_boundaries(toy_profile):
     assert many.simulations == one.simulations
 
 
+def test_growing_pads_do_not_depend_on_batch_boundaries():
+    """A window whose pad grows is re-simulated when enough of the stream has arrived, whatever the batches."""
+    profile = _slow_decode_profile()
+    trace = synthesize(SynthSpec(400, rate_per_s=1.0, input_tokens=200, output_tokens=1500), np.random.default_rng(9))
+    config = ProjectConfig(estimators=("load-aware",))
+    one = project(trace, profile, config).load_aware
+    many = project(trace, profile, config, batch_rows=13).load_aware
+    assert one.pad_s > 60.0
+    assert (many.energy_j, many.simulations, many.pad_s) == (one.energy_j, one.simulations, one.pad_s)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="window_s"):
         LoadAwareConfig(window_s=0)
     with pytest.raises(ValueError, match="rate_ratio"):
         LoadAwareConfig(rate_ratio=1.0)
+    with pytest.raises(ValueError, match="max_pad_s"):
+        LoadAwareConfig(pad_s=20.0, max_pad_s=10.0)
+    with pytest.raises(ValueError, match="pad_coverage"):
+        LoadAwareConfig(pad_coverage=1.0)
+    with pytest.raises(ValueError, match="sims_per_signature"):
+        LoadAwareConfig(sims_per_signature=0)
     with pytest.raises(ValueError, match="no requests"):
         LoadAwareProjector(CalibratedCost(make_profile()), SimConfig(), LoadAwareConfig()).result()
