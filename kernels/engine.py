@@ -16,6 +16,7 @@ from tokenjoule.kernels.runner import ModelRunner, RunnerConfig
 from tokenjoule.kernels.scheduler import ScheduledBatch, Scheduler
 from tokenjoule.kernels.sequence import Sequence, SequenceStatus
 from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.tp import TPGroup
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,14 @@ class Engine:
         config: runner options (mode, device, memory, batch limits).
         seed: seed for synthetic prompt tokens.
         clock: a function returning seconds; defaults to `time.perf_counter`.
+        tp: this rank's tensor-parallel group. Every rank builds an Engine and makes the same calls; the schedule
+            is deterministic and every rank samples from the same gathered logits, so they stay in step.
     """
 
-    def __init__(self, spec: ModelSpec, config: RunnerConfig, seed: int = 0, clock=time.perf_counter) -> None:
+    def __init__(self, spec: ModelSpec, config: RunnerConfig, seed: int = 0, clock=time.perf_counter,
+                 tp: TPGroup | None = None) -> None:
         self.spec = spec
-        self.runner = ModelRunner(spec, config)
+        self.runner = ModelRunner(spec, config, tp)
         self.scheduler = Scheduler(self.runner.block_manager, config.max_batch_seqs, config.max_batched_tokens)
         self._rng = random.Random(seed)
         self._clock = clock

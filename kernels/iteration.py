@@ -4,6 +4,10 @@
 whose KV caches already hold the shape's contexts; `step()` runs exactly one iteration of that shape the way the
 serving loop runs it (host-side metadata, launch, greedy sampling, a device sync at the end) without committing
 its tokens, so it can be called many times and does the same work each time; `release()` frees the blocks.
+
+Tensor parallel (`build_runner(..., tp=group)`): every rank builds a `TPIterationRunner`. Rank 0 drives it like
+any runner and ends with `close()`; the other ranks call `serve()`, which repeats each of rank 0's calls until
+`close()`. All ranks build the same synthetic sequences from the same seed, so they step together.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tokenjoule.kernels.scheduler import ScheduledBatch
 from tokenjoule.kernels.sequence import Sequence, SequenceStatus
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.tp import TPGroup, recv_command, send_command
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +138,94 @@ class TokenjouleIterationRunner(IterationRunner):
         self._batch = None
 
 
+_PREPARE, _STEP, _RELEASE, _CLOSE = 1, 2, 3, 4
+
+
+def encode_shape(shape: IterationShape) -> list[int]:
+    """An IterationShape as ints: [n_prefill, new0, before0, new1, before1, ..., ctx0, ctx1, ...]."""
+    return [len(shape.prefill), *(v for chunk in shape.prefill for v in chunk), *shape.decode]
+
+
+def decode_shape(values: list[int]) -> IterationShape:
+    """Inverse of `encode_shape`."""
+    n = values[0]
+    flat = values[1:1 + 2 * n]
+    return IterationShape(prefill=tuple(zip(flat[::2], flat[1::2], strict=True)), decode=tuple(values[1 + 2 * n:]))
+
+
+class TPIterationRunner(IterationRunner):
+    """A tensor-parallel IterationRunner: rank 0 calls prepare/step/release/close, the others `serve()`.
+
+    Args:
+        inner: this rank's runner over its shard of the model.
+        tp: the group.
+    """
+
+    def __init__(self, inner: TokenjouleIterationRunner, tp: TPGroup) -> None:
+        self.inner, self.tp = inner, tp
+        self.engine, self.mode, self.device, self.dtype = inner.engine, inner.mode, inner.device, inner.dtype
+        self.kv_capacity_tokens = inner.kv_capacity_tokens
+        self._closed = False
+
+    @property
+    def runner(self) -> ModelRunner:
+        """This rank's ModelRunner."""
+        return self.inner.runner
+
+    def _send(self, code: int, payload: list[int] | None = None) -> None:
+        if not self.tp.is_driver:
+            raise RuntimeError(f"rank {self.tp.rank} does not drive; call serve() there")
+        if self._closed:
+            raise RuntimeError("runner is closed")
+        send_command(self.tp, code, payload or [])
+
+    def prepare(self, shape: IterationShape) -> None:
+        """Every rank sets up `shape` and runs it once; ValueError on every rank if it cannot fit."""
+        self._send(_PREPARE, encode_shape(shape))
+        self.inner.prepare(shape)
+
+    def step(self) -> None:
+        """Every rank runs one iteration; returns when rank 0's device is synchronized."""
+        self._send(_STEP)
+        self.inner.step()
+
+    def release(self) -> None:
+        """Every rank frees its synthetic sequences."""
+        self._send(_RELEASE)
+        self.inner.release()
+
+    def close(self) -> None:
+        """Rank 0: release, then let the other ranks' `serve()` return. Harmless twice."""
+        if self._closed or not self.tp.is_driver:
+            return
+        self.release()
+        send_command(self.tp, _CLOSE)
+        self._closed = True
+
+    def serve(self) -> int:
+        """Other ranks: run rank 0's commands until it closes; returns how many steps ran (prepare's included)."""
+        if self.tp.is_driver:
+            raise RuntimeError("rank 0 drives; serve() is for the other ranks")
+        steps = 0
+        while True:
+            code, payload = recv_command(self.tp)
+            if code == _CLOSE:
+                return steps
+            if code == _PREPARE:
+                try:
+                    self.inner.prepare(decode_shape(payload))
+                    steps += 1
+                except ValueError as err:  # rank 0 refuses the same shape for the same reason
+                    logger.debug("rank %d: shape refused: %s", self.tp.rank, err)
+            elif code == _STEP:
+                self.inner.step()
+                steps += 1
+            elif code == _RELEASE:
+                self.inner.release()
+            else:
+                raise RuntimeError(f"rank {self.tp.rank}: unknown command {code}")
+
+
 class HFIterationRunner(IterationRunner):
     """IterationRunner over the transformers baseline: uniform shapes only (static batching)."""
 
@@ -202,7 +295,7 @@ class HFIterationRunner(IterationRunner):
 
 def build_runner(spec: ModelSpec, engine: str = "tokenjoule", mode: str = "eager", device: str = "cuda",
                  gpu_memory_utilization: float = 0.9, max_batch_seqs: int = 512, max_batched_tokens: int = 16384,
-                 seed: int = 0) -> IterationRunner:
+                 seed: int = 0, tp: TPGroup | None = None) -> IterationRunner:
     """Build an IterationRunner.
 
     Args:
@@ -214,6 +307,8 @@ def build_runner(spec: ModelSpec, engine: str = "tokenjoule", mode: str = "eager
         max_batch_seqs: most sequences in one iteration.
         max_batched_tokens: most tokens in one iteration.
         seed: weight seed.
+        tp: this rank's tensor-parallel group (tokenjoule engine only); every rank calls build_runner, and gets a
+            TPIterationRunner (rank 0 drives it, the others call `serve()`). None: no tensor parallelism.
 
     Returns:
         The runner, with weights loaded and the KV cache allocated.
@@ -223,7 +318,11 @@ def build_runner(spec: ModelSpec, engine: str = "tokenjoule", mode: str = "eager
     if engine == "hf":
         if mode != "eager":
             raise ValueError(f"engine 'hf' runs only mode 'eager', not {mode!r}")
+        if tp is not None:
+            raise ValueError("engine 'hf' has no tensor parallelism here; use engine 'tokenjoule'")
         return HFIterationRunner(spec, device, gpu_memory_utilization, seed)
     config = RunnerConfig(mode=mode, device=device, gpu_memory_utilization=gpu_memory_utilization,
                           max_batch_seqs=max_batch_seqs, max_batched_tokens=max_batched_tokens, seed=seed)
-    return TokenjouleIterationRunner(spec, config)
+    if tp is None:
+        return TokenjouleIterationRunner(spec, config)
+    return TPIterationRunner(TokenjouleIterationRunner(spec, config, ModelRunner(spec, config, tp)), tp)

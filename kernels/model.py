@@ -18,6 +18,7 @@ from torch import nn
 
 from tokenjoule.kernels.decode_attention import decode_attention
 from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.tp import ShardedLinear, TPGroup, parallel_block_linears, parallel_lm_head, split_spec
 
 INIT_STD = 0.02
 
@@ -92,16 +93,23 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer block: pre-norm attention (fused QKV) and pre-norm SwiGLU MLP (fused gate/up)."""
+    """One transformer block: pre-norm attention (fused QKV) and pre-norm SwiGLU MLP (fused gate/up).
 
-    def __init__(self, spec: ModelSpec, device, dtype) -> None:
+    With `tp`, the block holds one rank's heads and SwiGLU columns (`self.spec` is then the per-rank shape) and
+    `wo` / `w_down` all-reduce their outputs (see kernels/tp.py).
+    """
+
+    def __init__(self, spec: ModelSpec, device, dtype, tp: TPGroup | None = None) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec = spec if tp is None else split_spec(spec, tp.world_size)
         kw = dict(device=device, dtype=dtype)
-        self.wqkv = nn.Linear(spec.hidden_size, spec.q_size + 2 * spec.kv_size, bias=spec.qkv_bias, **kw)
-        self.wo = nn.Linear(spec.q_size, spec.hidden_size, bias=False, **kw)
-        self.w_gate_up = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False, **kw)
-        self.w_down = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False, **kw)
+        if tp is not None:
+            self.wqkv, self.wo, self.w_gate_up, self.w_down = parallel_block_linears(spec, tp, device, dtype)
+        else:
+            self.wqkv = nn.Linear(spec.hidden_size, spec.q_size + 2 * spec.kv_size, bias=spec.qkv_bias, **kw)
+            self.wo = nn.Linear(spec.q_size, spec.hidden_size, bias=False, **kw)
+            self.w_gate_up = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False, **kw)
+            self.w_down = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False, **kw)
         self.attn_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
         self.mlp_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
 
@@ -169,18 +177,23 @@ class Transformer(nn.Module):
         device: "cuda" (bfloat16 weights) or "cpu" (float32).
         seed: seed of the weights' random generator.
         dtype: overrides the dtype chosen from the device.
+        tp: this rank's tensor-parallel group; None runs the whole model in this process.
     """
 
     def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu", seed: int = 0,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, tp: TPGroup | None = None) -> None:
         super().__init__()
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        self.spec, self.device, self.dtype = spec, device, dtype
+        self.spec, self.device, self.dtype, self.tp = spec, device, dtype, tp
+        self.local_spec = spec if tp is None else split_spec(spec, tp.world_size)  # the heads this process holds
         self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size, device=device, dtype=dtype)
-        self.layers = nn.ModuleList(Block(spec, device, dtype) for _ in range(spec.n_layers))
+        self.layers = nn.ModuleList(Block(spec, device, dtype, tp) for _ in range(spec.n_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
-        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False, device=device, dtype=dtype)
+        head = parallel_lm_head(spec, tp, device, dtype) if tp is not None else None  # None: replicated
+        if head is None:
+            head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False, device=device, dtype=dtype)
+        self.lm_head = head
         if spec.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.requires_grad_(False)
@@ -190,20 +203,31 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
-        """Fill every matrix with N(0, 0.02^2) from a seeded generator on the weights' device; norms stay 1."""
+        """Fill every matrix with N(0, 0.02^2) from a seeded generator on the weights' device; norms stay 1.
+
+        A tensor-parallel shard draws the full matrix and keeps its slice, so it holds exactly the single-process
+        model's values.
+        """
         gen = torch.Generator(device=self.device).manual_seed(seed)
+        modules = dict(self.named_modules())
         for name, param in self.named_parameters():
             if "norm" in name:
                 param.fill_(1.0)
-            else:
-                param.copy_(torch.randn(param.shape, generator=gen, device=self.device, dtype=self.dtype) * INIT_STD)
+                continue
+            owner_name, _, leaf = name.rpartition(".")
+            owner = modules[owner_name]
+            sharded = isinstance(owner, ShardedLinear)
+            shape = owner.full_shape(leaf) if sharded else param.shape
+            full = torch.randn(shape, generator=gen, device=self.device, dtype=self.dtype) * INIT_STD
+            param.copy_(owner.shard(full, leaf) if sharded else full)
 
     def setup_kv_cache(self, num_blocks: int, block_size: int = 16) -> torch.Tensor:
         """Allocate (or keep, when the size matches) the paged KV cache.
 
-        Shape (n_layers, 2, num_blocks, block_size, n_kv_heads, head_dim); block 0 is the scratch block.
+        Shape (n_layers, 2, num_blocks, block_size, n_kv_heads, head_dim), n_kv_heads this rank's under TP; block 0 is
+        the scratch block.
         """
-        s = self.spec
+        s = self.local_spec
         shape = (s.n_layers, 2, num_blocks, block_size, s.n_kv_heads, s.head_dim)
         if self.kv_cache is None or tuple(self.kv_cache.shape) != shape:
             self.kv_cache = None

@@ -17,6 +17,7 @@ from tokenjoule.kernels.block_manager import BlockManager, kv_capacity_blocks
 from tokenjoule.kernels.model import AttentionMetadata, Transformer
 from tokenjoule.kernels.scheduler import ScheduledBatch
 from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.tp import TPGroup, agree_min
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +79,17 @@ class ModelRunner:
     Args:
         spec: the model shape.
         config: build options.
+        tp: this rank's tensor-parallel group (every rank builds a runner and runs the same batches); None: no TP.
     """
 
-    def __init__(self, spec: ModelSpec, config: RunnerConfig) -> None:
-        self.spec, self.config = spec, config
+    def __init__(self, spec: ModelSpec, config: RunnerConfig, tp: TPGroup | None = None) -> None:
+        self.spec, self.config, self.tp = spec, config, tp
         self.device = torch.device(config.device)
-        self.model = Transformer(spec, self.device, seed=config.seed)
+        self.model = Transformer(spec, self.device, seed=config.seed, tp=tp)
         self.model.decode_backend = config.decode_backend
         num_blocks = config.num_kv_blocks or self._blocks_from_memory()
+        if tp is not None:
+            num_blocks = agree_min(tp, num_blocks)  # every rank must hold the same blocks
         if num_blocks < 2:
             raise ValueError(f"no room for a KV cache: {num_blocks} blocks fit (raise gpu_memory_utilization?)")
         self.model.setup_kv_cache(num_blocks, config.block_size)
@@ -108,8 +112,9 @@ class ModelRunner:
             return CPU_KV_BLOCKS
         torch.cuda.synchronize(self.device)
         free_bytes, total_bytes = torch.cuda.mem_get_info(self.device)
-        bytes_per_block = self.spec.kv_bytes_per_token * self.config.block_size
-        reserve = activation_reserve_bytes(self.spec, self.config.max_batched_tokens, self.config.max_batch_seqs)
+        local = self.model.local_spec  # this rank's KV heads and widths under TP
+        bytes_per_block = local.kv_bytes_per_token * self.config.block_size
+        reserve = activation_reserve_bytes(local, self.config.max_batched_tokens, self.config.max_batch_seqs)
         return kv_capacity_blocks(total_bytes, total_bytes - free_bytes, self.config.gpu_memory_utilization,
                                   reserve, bytes_per_block)
 

@@ -1,0 +1,437 @@
+r"""Multi-GPU entry for tensor parallelism: TP logits check, TP calibration, and the batch-1 request benchmark.
+
+Run one process per GPU with torchrun (NVLink multicast must stay off; `main` forces these variables as well):
+
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    torchrun --standalone --nproc-per-node 2 -m tokenjoule.kernels.tp_device check --model llama-3.1-8b --out "$OUT"
+    torchrun --standalone --nproc-per-node 2 -m tokenjoule.kernels.tp_device calibrate --model llama-3.1-8b \\
+        --runs tokenjoule:cudagraph --out "$OUT" [--quick]
+    torchrun --standalone --nproc-per-node 2 -m tokenjoule.kernels.tp_device bench --model llama-3.1-8b --out "$OUT"
+
+`check` compares TP logits (prefill, chunked prefill mixed with decode, decode; eager and CUDA-graph) with one
+process's logits of the same weights, on a few-layer copy of the model. `calibrate` writes profiles named
+`<gpu>x<tp>-<model>-<engine>-<mode>.json` with energy summed over the participating GPUs only. `bench` times
+whole batch-1 requests (the paper's TP comparison); run it with `--nproc-per-node 1` too for the TP1 baseline.
+Rank r uses GPU `--gpus[r]` (PCI bus order, the same numbering as NVML). `--cpu --world-size N` runs any command
+on CPU processes over gloo instead (no torchrun; for smoke tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tokenjoule.kernels.iteration import TPIterationRunner, build_runner
+from tokenjoule.kernels.runner import ModelRunner, RunnerConfig
+from tokenjoule.kernels.scheduler import ScheduledBatch
+from tokenjoule.kernels.sequence import Sequence as Seq
+from tokenjoule.kernels.sequence import SequenceStatus
+from tokenjoule.kernels.shape import IterationShape
+from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.tp import TPGroup, init_tp, multicast_off_env, shutdown_tp
+
+logger = logging.getLogger(__name__)
+
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}  # max |diff| / max |reference logit|
+
+
+# ---- (a) logits check ------------------------------------------------------------------------------------------------
+def _scenario() -> list[tuple[str, Callable[[list[Seq]], ScheduledBatch]]]:
+    """Three iterations over two sequences: prefill (one chunked), prefill-after-context mixed with decode, decode."""
+    return [
+        ("prefill", lambda s: ScheduledBatch(prefill=((s[0], 23), (s[1], 24)))),
+        ("mixed", lambda s: ScheduledBatch(prefill=((s[1], 16),), decode=(s[0],))),
+        ("decode", lambda s: ScheduledBatch(decode=(s[0], s[1]))),
+    ]
+
+
+def _commit(batch: ScheduledBatch, step: int, vocab: int) -> None:
+    """Advance the sequences with fixed sampled tokens (same on every rank, whatever the logits)."""
+    for i, (seq, n) in enumerate(batch.prefill):
+        done = seq.num_computed_tokens + n == seq.num_tokens
+        seq.commit(n, (7 * step + i) % vocab if done else None, 0.0)
+    for i, seq in enumerate(batch.decode):
+        seq.commit(1, (11 * step + i + 3) % vocab, 0.0)
+
+
+def _compare(got: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    diff = (got.float() - ref.float()).abs().max().item()
+    scale = ref.float().abs().max().item()
+    agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    return {"rows": int(ref.shape[0]), "max_abs_diff": diff, "ref_max_abs": scale,
+            "rel_diff": diff / max(scale, 1e-12), "top1_agreement": agree}
+
+
+def check_logits(tp: TPGroup, spec: ModelSpec, device: str, mode: str = "eager", seed: int = 0) -> dict[str, Any]:
+    """Run the scenario on every rank's shard; rank 0 also runs it unsharded and compares logits.
+
+    Args:
+        tp: this rank's group (every rank calls this).
+        spec: the model (use few layers: rank 0 holds a full copy too).
+        device: this rank's torch device.
+        mode: "eager" or "cudagraph" for the TP runner (the reference runs eager).
+        seed: weight seed.
+
+    Returns:
+        On rank 0: per phase, rows compared, max |diff|, max |reference|, their ratio, top-1 agreement; plus
+        `passed`, `tolerance`, and the fraction of the block weights each rank holds. On other ranks: {}.
+    """
+    config = RunnerConfig(mode=mode, device=device, max_batch_seqs=4, max_batched_tokens=256, max_model_len=256,
+                          num_kv_blocks=64, seed=seed)
+    runner = ModelRunner(spec, config, tp)
+    ref = ModelRunner(spec, dataclasses.replace(config, mode="eager"), None) if tp.is_driver else None
+    prompt = [(5 * i + 1) % spec.vocab_size for i in range(40)]
+    seqs = [Seq(seq_id=i, token_ids=prompt[:n], prompt_len=n, max_output_tokens=8, status=SequenceStatus.RUNNING)
+            for i, n in enumerate((23, 40))]
+    for r in (runner, ref) if ref is not None else (runner,):
+        for seq in seqs:
+            r.block_manager.allocate(seq.seq_id, seq.num_tokens + 8)
+    result: dict[str, Any] = {}
+    for step, (phase, make) in enumerate(_scenario()):
+        batch = make(seqs)
+        got = runner.execute(batch)
+        if ref is not None:
+            result[phase] = _compare(got, ref.execute(batch))
+        _commit(batch, step, spec.vocab_size)
+    if ref is None:
+        return {}
+    local = sum(p.numel() for p in runner.model.layers.parameters())
+    full = sum(p.numel() for p in ref.model.layers.parameters())
+    dtype = runner.model.dtype
+    tol = TOLERANCE[dtype]
+    phases = [result[p] for p, _ in _scenario()]
+    # In float32 the argmax must agree too; in bf16 a near-tie may flip under a different summation order.
+    passed = all(r["rel_diff"] <= tol and (dtype != torch.float32 or r["top1_agreement"] == 1.0) for r in phases)
+    result.update(tp=tp.world_size, mode=mode, dtype=str(dtype).removeprefix("torch."), tolerance=tol,
+                  block_weight_fraction=local / full, passed=passed)
+    return result
+
+
+def engine_tokens(tp: TPGroup | None, spec: ModelSpec, device: str, prompt_tokens: int = 20,
+                  output_tokens: int = 6, batch: int = 2) -> list[list[int]]:
+    """Greedy output tokens of `batch` requests served together by the Engine (every rank calls it under TP)."""
+    from tokenjoule.kernels.engine import Engine
+
+    config = RunnerConfig(mode="eager", device=device, max_batch_seqs=4, max_batched_tokens=256, max_model_len=256,
+                          num_kv_blocks=64)
+    engine = Engine(spec, config, seed=1, tp=tp)
+    seqs = [engine.make_sequence(i, prompt_tokens, output_tokens) for i in range(batch)]
+    for seq in seqs:
+        engine.scheduler.add(seq)
+    engine.run_until_done()
+    return [seq.token_ids[prompt_tokens:] for seq in seqs]
+
+
+def drive_protocol(tp: TPGroup, spec: ModelSpec, device: str, mode: str = "eager") -> dict[str, Any]:
+    """Rank 0 drives a TPIterationRunner through prepare/step/refusal/release/close; the others serve.
+
+    Returns:
+        {"steps": steps per rank (prepare's run counted), "refused": whether rank 0 got the oversize shape's
+        ValueError, "kv_capacity_tokens": per rank}; every rank returns it.
+    """
+    runner = build_runner(spec, mode=mode, device=device, max_batch_seqs=8, max_batched_tokens=128, tp=tp)
+    if not isinstance(runner, TPIterationRunner):
+        raise TypeError("build_runner with tp did not give a TPIterationRunner")
+    refused = False
+    if tp.is_driver:
+        runner.prepare(IterationShape(prefill=((20, 0), (7, 33)), decode=(5, 64, 17)))
+        runner.step()
+        runner.step()
+        try:
+            runner.prepare(IterationShape(prefill=((129, 0),)))
+        except ValueError:
+            refused = True
+        runner.prepare(IterationShape(decode=(40, 3)))
+        runner.step()
+        runner.close()
+        steps = 5
+    else:
+        steps = runner.serve()
+    gathered: list[Any] = [None] * tp.world_size
+    dist.all_gather_object(gathered, (steps, runner.kv_capacity_tokens), group=tp.control_group)
+    flags: list[Any] = [None] * tp.world_size
+    dist.all_gather_object(flags, refused, group=tp.control_group)
+    return {"steps": [g[0] for g in gathered], "kv_capacity_tokens": [g[1] for g in gathered], "refused": flags[0]}
+
+
+# ---- (b) calibration at TP -------------------------------------------------------------------------------------------
+def _gpu_tag(gpu_indices: Sequence[int]) -> str:
+    from tokenjoule.calibrate.calibration import datasheet_name
+    from tokenjoule.calibrate.meters import NVMLMeter, make_meter
+
+    meter = make_meter(gpu_indices)
+    try:
+        name = meter.devices.describe(gpu_indices[0])["name"] if isinstance(meter, NVMLMeter) else None
+    finally:
+        meter.close()
+    key = datasheet_name(name)
+    tag = key.split("-")[0].lower() if key else "gpu"
+    return tag if len(gpu_indices) == 1 else f"{tag}x{len(gpu_indices)}"
+
+
+def calibrate_tp(tp: TPGroup | None, spec: ModelSpec, engine: str, mode: str, device: str, out: Path,
+                 gpu_indices: Sequence[int], quick: bool, gpu_memory_utilization: float = 0.9) -> dict | None:
+    """Every rank builds its shard; rank 0 runs the calibration sweep (energy over `gpu_indices`) and saves it.
+
+    Returns:
+        On rank 0: {"profile": path, "seconds": wall time, "idle_power_w", "fit_errors"}; elsewhere None.
+    """
+    from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
+    from tokenjoule.calibrate.grid import GridConfig
+    from tokenjoule.calibrate.meters import NVMLMeter, make_meter
+    from tokenjoule.calibrate.sampler import PowerSampler
+
+    world = tp.world_size if tp is not None else 1
+    if len(gpu_indices) != world:
+        raise ValueError(f"--gpus names {len(gpu_indices)} GPUs but {world} processes run")
+    runner = build_runner(spec, engine=engine, mode=mode, device=device, seed=0, tp=tp,
+                          gpu_memory_utilization=gpu_memory_utilization)
+    if tp is not None and not tp.is_driver:
+        runner.serve()
+        return None
+    try:
+        stem = f"{_gpu_tag(gpu_indices)}-{spec.name.replace('/', '_')}-{engine}-{mode}" + ("-quick" if quick else "")
+        config = CalibrationConfig(engine=engine, mode=mode, gpu_indices=tuple(gpu_indices),
+                                   grid=GridConfig.quick() if quick else GridConfig(),
+                                   gpu_memory_utilization=gpu_memory_utilization)
+        meter = make_meter(config.gpu_indices)  # energy of the participating GPUs, summed
+        sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock) if isinstance(
+            meter, NVMLMeter) else None
+        start = time.perf_counter()
+        try:
+            if sampler is not None:
+                sampler.start()
+            profile = calibrate(spec, config, out / f"{stem}.json", runner=runner, meter=meter, progress=False)
+        finally:
+            if sampler is not None:
+                _write_timeline(sampler.stop(), out / f"{stem}.timeline.parquet")
+            meter.close()
+    finally:
+        if isinstance(runner, TPIterationRunner):
+            runner.close()  # lets the other ranks' serve() return, also after an error here
+    return {"profile": str(out / f"{stem}.json"), "seconds": time.perf_counter() - start,
+            "idle_power_w": profile.idle_power_w, "fit_errors": profile.fit_errors}
+
+
+def _write_timeline(samples: list, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([s.to_row() for s in samples]), path)
+
+
+# ---- (c) batch-1 requests: the paper's TP latency / energy comparison ----------------------------------------------
+def bench_requests(tp: TPGroup | None, spec: ModelSpec, device: str, mode: str, gpu_indices: Sequence[int],
+                   prompt_tokens: int, output_tokens: int, batch: int, repeats: int) -> dict | None:
+    """Time (and meter, on rank 0) whole static batches through the Engine; every rank makes the same calls.
+
+    Returns:
+        On rank 0: per-repeat and median request latency (s) and energy (J, summed over `gpu_indices`), with
+        per-GPU energy of the median repeat; elsewhere None.
+    """
+    from tokenjoule.kernels.engine import Engine
+
+    engine = Engine(spec, RunnerConfig(mode=mode, device=device, max_batch_seqs=max(batch, 8)), seed=0, tp=tp)
+    engine.generate_static(prompt_tokens, output_tokens, batch)  # warm-up: Triton compiles, graphs captured
+    driver = tp is None or tp.is_driver
+    meter = None
+    if driver:
+        from tokenjoule.calibrate.meters import make_meter
+
+        meter = make_meter(gpu_indices)
+    runs = []
+    try:
+        for i in range(repeats):
+            if tp is not None:
+                dist.barrier(group=tp.control_group)  # start together: no rank's idle wait inside the window
+            if meter is not None:
+                meter.begin_window(f"req{i}")
+            engine.generate_static(prompt_tokens, output_tokens, batch)
+            if meter is not None:
+                m = meter.end_window(f"req{i}")
+                runs.append({"time_s": m.time_s, "energy_j": m.energy_j, "per_gpu_energy_j": m.per_gpu_energy_j})
+    finally:
+        if meter is not None:
+            meter.close()
+    if not driver:
+        return None
+    times = [r["time_s"] for r in runs]
+    energies = [r["energy_j"] for r in runs if r["energy_j"] is not None]
+    return {"tp": tp.world_size if tp is not None else 1, "mode": mode, "model": spec.name, "batch": batch,
+            "prompt_tokens": prompt_tokens, "output_tokens": output_tokens, "gpus": list(gpu_indices),
+            "time_s_median": statistics.median(times),
+            "energy_j_median": statistics.median(energies) if energies else None, "runs": runs}
+
+
+# ---- launching -------------------------------------------------------------------------------------------------------
+def _cpu_rank(rank: int, world_size: int, path: str, fn: Callable[..., Any], args: tuple, out: str | None) -> None:
+    torch.set_num_threads(1)  # N processes on a small CI machine: no thread oversubscription
+    os.environ.pop("TRITON_INTERPRET", None)  # torch decode attention: Triton's CPU interpreter is slow
+    store = dist.FileStore(path, world_size)
+    tp = init_tp("gloo", store=store, rank=rank, world_size=world_size, local_rank=0, timeout_s=60.0)
+    try:
+        result = fn(tp, *args)
+        if out is not None and tp.is_driver:
+            Path(out).write_text(json.dumps(result))
+        dist.barrier(group=tp.control_group)
+    finally:
+        shutdown_tp()
+    # Exit only once every rank has torn gloo down: a peer closing its sockets mid-teardown can abort a rank.
+    store.add("down", 1)
+    deadline = time.monotonic() + 30.0
+    while store.add("down", 0) < world_size and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def spawn_cpu(fn: Callable[..., Any], world_size: int, args: tuple = (), timeout_s: float = 120.0) -> Any:
+    """Run `fn(tp, *args)` in `world_size` fresh CPU processes joined over gloo; returns rank 0's result (JSON).
+
+    The rendezvous is a file store in a temporary directory (no port to pick); a rank that fails stops the others,
+    and all of them are terminated after `timeout_s` (TimeoutError).
+    """
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        ctx = mp.start_processes(_cpu_rank, args=(world_size, os.path.join(tmp, "store"), fn, args, out),
+                                 nprocs=world_size, join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout_s
+        while not ctx.join(timeout=0.5):
+            if time.monotonic() > deadline:
+                for proc in ctx.processes:
+                    if proc.is_alive():
+                        proc.terminate()
+                raise TimeoutError(f"{world_size} CPU ranks did not finish within {timeout_s:.0f} s")
+        return json.loads(Path(out).read_text()) if os.path.exists(out) else None
+
+
+def _command(args: argparse.Namespace) -> tuple[Callable[..., Any], tuple]:
+    """The function each rank runs for the command, and its arguments after `tp` (device is filled per rank)."""
+    from tokenjoule.calibrate.run_device import load_spec
+
+    spec = load_spec(args.model)
+    if args.command == "check":
+        spec = dataclasses.replace(spec, n_layers=args.layers)
+        return _run_check, (spec, args.modes.split(","), args.gpus, args.cpu)
+    if args.command == "calibrate":
+        return _run_calibrate, (spec, args.runs.split(","), args.gpus, args.cpu, str(args.out), args.quick,
+                                args.gpu_memory_utilization)
+    return _run_bench, (spec, args.mode, args.gpus, args.cpu, args.prompt_tokens, args.output_tokens, args.batch,
+                        args.repeats)
+
+
+def _device(tp: TPGroup | None, gpus: Sequence[int], cpu: bool) -> str:
+    if cpu:
+        return "cpu"
+    return f"cuda:{gpus[tp.rank if tp is not None else 0]}"
+
+
+def _run_check(tp, spec, modes, gpus, cpu) -> dict:
+    device = _device(tp, gpus, cpu)
+    out: dict[str, Any] = {m: check_logits(tp, spec, device, m) for m in modes}
+    out["engine_tokens"] = engine_tokens(tp, spec, device)
+    out["protocol"] = drive_protocol(tp, spec, device, modes[-1])
+    if tp.is_driver:
+        out["engine_tokens_equal"] = out["engine_tokens"] == engine_tokens(None, spec, device)
+    return out
+
+
+def _run_calibrate(tp, spec, runs, gpus, cpu, out, quick, utilization) -> list:
+    if not cpu:  # every rank checks, so a refusal stops all of them alike
+        from tokenjoule.calibrate.run_device import check_device
+
+        check_device(gpus)
+    results = []
+    for run in runs:
+        engine, mode = run.split(":")
+        results.append(calibrate_tp(tp, spec, engine, mode, _device(tp, gpus, cpu), Path(out), gpus, quick,
+                                    utilization))
+        _free_memory(tp)
+    return results
+
+
+def _run_bench(tp, spec, mode, gpus, cpu, prompt_tokens, output_tokens, batch, repeats) -> dict | None:
+    return bench_requests(tp, spec, _device(tp, gpus, cpu), mode, gpus, prompt_tokens, output_tokens, batch,
+                          repeats)
+
+
+def _free_memory(tp: TPGroup | None) -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if tp is not None:
+        dist.barrier(group=tp.control_group)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("check", "calibrate", "bench"))
+    parser.add_argument("--out", type=Path, default=Path("."), help="output directory")
+    parser.add_argument("--model", default="llama-3.1-8b", help="registry name or a config.json path")
+    parser.add_argument("--gpus", default=None, help="GPU per rank, e.g. 0,1 (default: 0..world-1)")
+    parser.add_argument("--layers", type=int, default=2, help="check: layers of the model copy compared")
+    parser.add_argument("--modes", default="eager,cudagraph", help="check: runner modes of the TP side")
+    parser.add_argument("--runs", default="tokenjoule:cudagraph", help="calibrate: engine:mode[,engine:mode...]")
+    parser.add_argument("--quick", action="store_true", help="calibrate: the quick grid")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--mode", default="cudagraph", help="bench: runner mode")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--output-tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cpu", action="store_true", help="run on CPU processes over gloo (no torchrun)")
+    parser.add_argument("--world-size", type=int, default=2, help="with --cpu: how many processes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command on this rank (or spawn CPU ranks with --cpu); rank 0 writes `<command>_tp<N>.json`."""
+    multicast_off_env()
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA numbering = NVML numbering
+    args = _parser().parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    world = args.world_size if args.cpu else int(os.environ.get("WORLD_SIZE", "1"))
+    args.gpus = tuple(int(i) for i in args.gpus.split(",")) if args.gpus else tuple(range(world))
+    if args.command == "check" and args.cpu:
+        args.modes = "eager"
+    fn, fn_args = _command(args)
+    if args.cpu:
+        result = spawn_cpu(fn, world, fn_args, timeout_s=600.0)
+        rank0 = True
+    else:
+        tp = init_tp(local_rank=args.gpus[int(os.environ.get("LOCAL_RANK", "0"))]) if world > 1 else None
+        if tp is None and args.command == "check":
+            print("error: check needs 2 or more processes (torchrun --nproc-per-node N)", file=sys.stderr)
+            return 2
+        try:
+            result = fn(tp, *fn_args)
+        finally:
+            shutdown_tp()
+        rank0 = tp is None or tp.is_driver
+    if rank0:
+        path = args.out / f"{args.command}_tp{world}.json"
+        path.write_text(json.dumps(result, indent=1, default=str))
+        print(json.dumps(result, default=str), flush=True)
+        if args.command == "check" and not all(result[m]["passed"] for m in args.modes.split(",")):
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
