@@ -1,0 +1,337 @@
+r"""One-command validation run on a GPU: calibrate, then replay trace scenarios on the same engine with the meter on.
+
+    python3 -m tokenjoule.calibrate.validate_device --out "$OUT"
+
+One engine (llama-3.1-8b, tokenjoule, CUDA graphs) is built once; a reduced-grid calibration measures its profile,
+then the same engine (same weights, same KV cache) replays each scenario of `SCENARIOS` in real time. Files in
+`--out` (at most 8, for the device tool): the profile JSON and its raw Parquet, `requests.parquet` (one row per
+request per scenario, unfinished ones with NaN times), `iterations.parquet` (one row per engine iteration),
+`timeline.parquet` (instantaneous power every 100 ms over the whole run, meter clock), `validation.json` (machine,
+software, engine config, and per scenario its spec, measured totals and where it sits on the timeline) and
+`validate.log`. The simulation of each scenario runs later, on a CPU, in `tests/bench/validation_report.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, gpu_info, host_info, software_info
+from tokenjoule.calibrate.grid import GridConfig
+from tokenjoule.calibrate.meters import EnergyMeter, NVMLMeter, make_meter
+from tokenjoule.calibrate.replay import ReplayRequest, ReplayResult, build_engine, replay, use_policy
+from tokenjoule.kernels.shape import IterationShape
+from tokenjoule.kernels.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+MAX_TOTAL_TOKENS = 8192  # requests with prompt + output above the continuous token budget are left out (both sides)
+GRID = GridConfig(prefill_batches=(1, 4, 16, 32), prefill_lengths_tokens=(64, 256, 1024, 4096, 8192),
+                  prefill_chunks=((512, 1024), (1024, 4096), (2048, 2048), (2048, 6144)),
+                  decode_batches=(1, 8, 32, 64, 128, 256), decode_contexts_tokens=(256, 1024, 4096),
+                  mixed=False, target_s=0.5, repeats=2, warmup_steps=2, idle_s=3.0, settle_s=5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One replayed scenario.
+
+    Attributes:
+        name: unique name.
+        policy: "continuous" (prefill-first) or "chunked" (token budget).
+        max_num_seqs: most sequences per iteration.
+        max_batched_tokens: token budget per iteration.
+        trace: bundled trace name (online), or "" for a synthetic offline batch.
+        start_s: slice start in the original trace (s).
+        window_s: slice length in the original trace (s).
+        rate_scale: arrival-rate multiplier applied after slicing.
+        static_batch: offline: requests per static batch (0 for online).
+        static_batches: offline: number of batches.
+        static_input_tokens: offline: prompt length.
+        static_output_tokens: offline: output length.
+    """
+
+    name: str
+    policy: str
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+    trace: str = ""
+    start_s: float = 0.0
+    window_s: float = 0.0
+    rate_scale: float = 1.0
+    static_batch: int = 0
+    static_batches: int = 0
+    static_input_tokens: int = 0
+    static_output_tokens: int = 0
+
+    @property
+    def offline(self) -> bool:
+        """Whether this is an offline static-batching scenario."""
+        return self.static_batch > 0
+
+    @property
+    def expected_s(self) -> float:
+        """A rough wall-time guess (trace time, plus drain), for the run's time guard."""
+        return 12.0 if self.offline else self.window_s / self.rate_scale * 1.3 + 4.0
+
+
+SCENARIOS = (  # in priority order: a short device budget skips the last ones
+    Scenario("conv_continuous_x3", "continuous", trace="azure-conv-2023", start_s=600.0, window_s=60.0,
+             rate_scale=3.0),
+    Scenario("code_chunked_x1", "chunked", max_batched_tokens=2048, trace="azure-code-2023", start_s=600.0,
+             window_s=20.0, rate_scale=1.0),
+    Scenario("conv_chunked_x1", "chunked", max_batched_tokens=2048, trace="azure-conv-2023", start_s=900.0,
+             window_s=20.0, rate_scale=1.0),
+    Scenario("code_continuous_x0.5", "continuous", trace="azure-code-2023", start_s=600.0, window_s=10.0,
+             rate_scale=0.5),
+    Scenario("static_b8_i1024_o256", "continuous", static_batch=8, static_batches=4, static_input_tokens=1024,
+             static_output_tokens=256),
+    Scenario("conv_continuous_x0.5", "continuous", trace="azure-conv-2023", start_s=600.0, window_s=10.0,
+             rate_scale=0.5),
+    Scenario("conv_chunked_x3", "chunked", max_batched_tokens=2048, trace="azure-conv-2023", start_s=1200.0,
+             window_s=60.0, rate_scale=3.0),
+    Scenario("static_b64_i128_o512", "continuous", static_batch=64, static_batches=2, static_input_tokens=128,
+             static_output_tokens=512),
+    Scenario("code_continuous_x1", "continuous", trace="azure-code-2023", start_s=1400.0, window_s=20.0,
+             rate_scale=1.0),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one validation run does (tests pass a tiny one).
+
+    Attributes:
+        spec: the model.
+        mode: engine mode.
+        device: torch device.
+        grid: calibration grid.
+        scenarios: the scenarios, in order.
+        max_batch_seqs: the runner's sequence limit (largest CUDA graph).
+        max_batched_tokens: the runner's token limit.
+        gpu_memory_utilization: engine memory fraction.
+        budget_s: skip a scenario that would end after this many seconds of the run.
+        num_kv_blocks: force the KV cache size (None: from memory).
+        warmup_requests: requests per policy in the unmeasured warm-up replay.
+        idle_end_s: a last idle-power window after the scenarios (0 to skip).
+    """
+
+    spec: ModelSpec
+    mode: str = "cudagraph"
+    device: str = "cuda"
+    grid: GridConfig = GRID
+    scenarios: tuple[Scenario, ...] = SCENARIOS
+    max_batch_seqs: int = 256
+    max_batched_tokens: int = 8192
+    gpu_memory_utilization: float = 0.9
+    budget_s: float = 320.0
+    num_kv_blocks: int | None = None
+    warmup_requests: int = 48
+    idle_end_s: float = 3.0
+
+
+def scenario_requests(s: Scenario) -> list[ReplayRequest]:
+    """The scenario's requests: a sliced, rate-scaled trace (long requests left out), or uniform offline batches."""
+    if s.offline:
+        return [ReplayRequest(i, 0.0, s.static_input_tokens, s.static_output_tokens)
+                for i in range(s.static_batch * s.static_batches)]
+    from tokenjoule.traces.loaders import load_trace
+    from tokenjoule.traces.transforms import scale_rate, slice_window
+
+    trace, _ = slice_window(load_trace(s.trace), s.start_s, s.start_s + s.window_s)
+    trace, _ = scale_rate(trace, s.rate_scale)
+    cols = [trace.column(c) for c in ("request_id", "arrival_s", "input_tokens", "output_tokens")]
+    return [ReplayRequest(int(i), float(a), int(n), int(o)) for i, a, n, o in zip(*cols, strict=True)
+            if n + o <= MAX_TOTAL_TOKENS and n >= 1 and o >= 1]
+
+
+def _warm_graphs(runner: Any) -> None:
+    """Run one decode step of every CUDA-graph bucket (captures them) and one mixed step, outside any window."""
+    from tokenjoule.kernels.runner import graph_buckets
+
+    shapes = [IterationShape(decode=(64,) * b) for b in graph_buckets(runner.config.max_batch_seqs)]
+    shapes.append(IterationShape(prefill=((512, 256),), decode=(64,) * 16))
+    for shape in shapes:
+        runner.prepare(shape)
+    runner.release()
+
+
+def _warm_policies(engine: Any, meter: EnergyMeter, plan: Plan) -> list[tuple[Scenario, list, ReplayResult]]:
+    """Requests of varied lengths through each policy, all at t=0, before the scenarios (warm-up).
+
+    Their iterations are kept: they time the engine's host work per iteration apart from any scenario.
+    """
+    n = plan.warmup_requests
+    out = []
+    for policy, budget in (("continuous", 8192), ("chunked", 2048)):
+        s = Scenario(f"warmup_{policy}", policy, max_num_seqs=min(256, plan.max_batch_seqs),
+                     max_batched_tokens=min(budget, plan.max_batched_tokens))
+        cap = s.max_batched_tokens // 2
+        warm = [ReplayRequest(i, 0.0, min(cap, 100 + (i * 137) % 900), min(cap, 16 + (i * 29) % 112))
+                for i in range(n)]
+        if n:
+            use_policy(engine, policy, s.max_num_seqs, s.max_batched_tokens)
+            out.append((s, warm, replay(engine, warm, meter, name=s.name, max_wall_s=60.0)))
+    return out
+
+
+def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) -> dict[str, Any]:
+    """Calibrate and replay every scenario; write the raw files into `out`; return the validation.json content."""
+    from tokenjoule.kernels.iteration import TokenjouleIterationRunner
+    from tokenjoule.kernels.runner import RunnerConfig
+
+    start = time.perf_counter()
+    config = RunnerConfig(mode=plan.mode, device=plan.device, gpu_memory_utilization=plan.gpu_memory_utilization,
+                          max_batch_seqs=plan.max_batch_seqs, max_batched_tokens=plan.max_batched_tokens,
+                          num_kv_blocks=plan.num_kv_blocks)
+    engine = build_engine(plan.spec, config)
+    print(f"[{time.perf_counter() - start:5.0f} s] engine built: {engine.runner.kv_capacity_tokens} KV tokens",
+          flush=True)
+    cal = CalibrationConfig(engine="tokenjoule", mode=plan.mode, grid=plan.grid, device=plan.device,
+                            gpu_memory_utilization=plan.gpu_memory_utilization, max_batch_seqs=plan.max_batch_seqs,
+                            max_batched_tokens=plan.max_batched_tokens)
+    profile_path = out / f"profile-{plan.spec.name.replace('/', '_')}-tokenjoule-{plan.mode}.json"
+    iteration_runner = TokenjouleIterationRunner(plan.spec, config, runner=engine.runner)  # shares weights and KV
+    profile = calibrate(plan.spec, cal, profile_path, meter=meter, progress=progress, runner=iteration_runner)
+    iteration_runner.release()
+    print(f"[{time.perf_counter() - start:5.0f} s] calibrated: idle {profile.idle_power_w:.1f} W, latency CV median "
+          f"{profile.fit_errors['latency']['cv_median']:.2%}, energy CV median "
+          f"{profile.fit_errors['energy']['cv_median']:.2%}", flush=True)
+    if plan.mode == "cudagraph":
+        _warm_graphs(iteration_runner)
+    warmups = _warm_policies(engine, meter, plan)
+    print(f"[{time.perf_counter() - start:5.0f} s] warmed up", flush=True)
+    results: list[tuple[Scenario, list[ReplayRequest], ReplayResult]] = []
+    for s in plan.scenarios:
+        elapsed = time.perf_counter() - start
+        if elapsed + s.expected_s > plan.budget_s:
+            print(f"[{elapsed:5.0f} s] skipping {s.name}: would pass the {plan.budget_s:.0f} s budget", flush=True)
+            continue
+        reqs = scenario_requests(s)
+        if not reqs:
+            print(f"[{elapsed:5.0f} s] skipping {s.name}: no requests in its slice", flush=True)
+            continue
+        use_policy(engine, s.policy, s.max_num_seqs, s.max_batched_tokens)
+        result = replay(engine, reqs, meter, name=s.name, static_batch=s.static_batch or None,
+                        max_wall_s=1.5 * s.expected_s + 10.0)
+        results.append((s, reqs, result))
+        print(f"[{time.perf_counter() - start:5.0f} s] {_summary_line(s, result)}", flush=True)
+    doc = _document(plan, meter, profile_path, engine, results, start)
+    doc["warmups"] = _document(plan, meter, profile_path, engine, warmups, start)["scenarios"]
+    doc["idle_power_end_w"] = _idle_power_w(meter, plan.idle_end_s)
+    _write_tables(out, warmups + results)
+    return doc
+
+
+def _idle_power_w(meter: EnergyMeter, window_s: float) -> float | None:
+    """Idle power with the model resident, after the scenarios (1 s of settling, then a `window_s` window)."""
+    if window_s <= 0:
+        return None
+    time.sleep(1.0)
+    meter.begin_window("idle_end")
+    time.sleep(window_s)
+    m = meter.end_window("idle_end")
+    return m.power_w
+
+
+def _summary_line(s: Scenario, r: ReplayResult) -> str:
+    power = f"{r.energy_j / r.duration_s:6.1f} W" if r.energy_j is not None and r.duration_s > 0 else "  no energy"
+    energy = f"{r.energy_j:9.0f} J" if r.energy_j is not None else "        - J"
+    return (f"{s.name:24s} {len(r.requests):5d} req {len(r.iterations):6d} it {r.duration_s:6.1f} s {energy} "
+            f"{power} idle {r.idle_s:5.1f} s{'' if r.completed else ' INCOMPLETE'}")
+
+
+def _document(plan: Plan, meter: EnergyMeter, profile_path: Path, engine: Any,
+              results: list[tuple[Scenario, list[ReplayRequest], ReplayResult]], start: float) -> dict[str, Any]:
+    scenarios = []
+    for s, reqs, r in results:
+        host = sum(i["host_s"] for i in r.iterations)
+        run = sum(i["run_s"] for i in r.iterations)
+        scenarios.append({"scenario": dataclasses.asdict(s), "n_requests": len(reqs), "n_finished": len(r.requests),
+                          "completed": r.completed, "duration_s": r.duration_s, "energy_j": r.energy_j,
+                          "last_finish_s": r.meta["window_end_s"], "idle_sleep_s": r.idle_s,
+                          "iterations": len(r.iterations), "iteration_run_s": run, "iteration_host_s": host,
+                          "clock_start_s": r.clock_start_s, "max_total_tokens": MAX_TOTAL_TOKENS})
+    config = dataclasses.asdict(engine.runner.config)
+    return {"kind": "tokenjoule-validation-run", "schema_version": 1,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": plan.spec.name,
+            "gpu": gpu_info(meter), "host": host_info(), "software": software_info(), "meter": meter.metadata(),
+            "runner_config": config, "kv_capacity_tokens": int(engine.runner.kv_capacity_tokens),
+            "kv_block_tokens": int(config["block_size"]), "profile": profile_path.name,
+            "run_wall_s": time.perf_counter() - start, "scenarios": scenarios}
+
+
+def _write_tables(out: Path, results: list[tuple[Scenario, list[ReplayRequest], ReplayResult]]) -> None:
+    req_rows, it_rows = [], []
+    nan = float("nan")
+    for s, reqs, r in results:
+        done = {row["request_id"]: row for row in r.requests}
+        for q in reqs:
+            row = done.get(q.request_id, {})
+            req_rows.append({"scenario": s.name, "request_id": q.request_id, "arrival_s": q.arrival_s,
+                             "input_tokens": q.input_tokens, "output_tokens": q.output_tokens,
+                             "first_token_s": row.get("first_token_s", nan), "finish_s": row.get("finish_s", nan)})
+        it_rows += [{"scenario": s.name, **it} for it in r.iterations]
+    pq.write_table(pa.Table.from_pylist(req_rows), out / "requests.parquet")
+    pq.write_table(pa.Table.from_pylist(it_rows), out / "iterations.parquet")
+
+
+def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
+    """Run the validation into `--out`; exit 2 (one line) when the machine cannot measure energy."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--model", default="llama-3.1-8b")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=[logging.FileHandler(args.out / "validate.log")], force=True)
+    logging.captureWarnings(True)  # the sweep's per-point warnings go to the log, not the console
+    plan = plan or Plan(ModelSpec.from_name(args.model))
+    if plan.device.startswith("cuda"):
+        from tokenjoule.calibrate.run_device import check_device
+
+        try:
+            check_device((0,))
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    meter = make_meter((0,))
+    sampler = None
+    if isinstance(meter, NVMLMeter):
+        from tokenjoule.calibrate.sampler import PowerSampler
+
+        sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock).start()
+    try:
+        doc = run_plan(plan, args.out, meter)
+    finally:
+        if sampler is not None:
+            pq.write_table(pa.Table.from_pylist([x.to_row() for x in sampler.stop()]), args.out / "timeline.parquet")
+        meter.close()
+    (args.out / "validation.json").write_text(json.dumps(doc, indent=1, default=str))
+    _print_table(doc["scenarios"])
+    return 0
+
+
+def _print_table(rows: Sequence[dict[str, Any]]) -> None:
+    print(f"{'scenario':24s} {'req':>5s} {'fin':>5s} {'dur s':>7s} {'energy J':>9s} {'W':>6s} {'J/req':>7s}")
+    for r in rows:
+        e = r["energy_j"]
+        print(f"{r['scenario']['name']:24s} {r['n_requests']:5d} {r['n_finished']:5d} {r['duration_s']:7.1f} "
+              f"{e if e is None else round(e):>9} {'-' if e is None else round(e / r['duration_s']):>6} "
+              f"{'-' if e is None or not r['n_finished'] else round(e / r['n_finished'], 1):>7}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
