@@ -89,7 +89,8 @@ def _free_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _gpu_tag(gpu_indices: Sequence[int]) -> str:
+def gpu_tag(gpu_indices: Sequence[int]) -> str:
+    """Short file-name tag of the GPUs measured: 'h100', or 'h100x2' for two."""
     meter = make_meter(gpu_indices)
     try:
         name = meter.devices.describe(gpu_indices[0])["name"] if isinstance(meter, NVMLMeter) else None
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    tag, model = _gpu_tag(indices), load_spec(args.model).name.replace("/", "_")
+    tag, model = gpu_tag(indices), load_spec(args.model).name.replace("/", "_")
     for run in args.runs.split(","):
         engine, mode = run.split(":")
         # the shipped-profile naming: h100-llama-3.1-8b-tokenjoule-cudagraph

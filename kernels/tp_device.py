@@ -168,20 +168,6 @@ def drive_protocol(tp: TPGroup, spec: ModelSpec, device: str, mode: str = "eager
 
 
 # ---- (b) calibration at TP -------------------------------------------------------------------------------------------
-def _gpu_tag(gpu_indices: Sequence[int]) -> str:
-    from tokenjoule.calibrate.calibration import datasheet_name
-    from tokenjoule.calibrate.meters import NVMLMeter, make_meter
-
-    meter = make_meter(gpu_indices)
-    try:
-        name = meter.devices.describe(gpu_indices[0])["name"] if isinstance(meter, NVMLMeter) else None
-    finally:
-        meter.close()
-    key = datasheet_name(name)
-    tag = key.split("-")[0].lower() if key else "gpu"
-    return tag if len(gpu_indices) == 1 else f"{tag}x{len(gpu_indices)}"
-
-
 def calibrate_tp(tp: TPGroup | None, spec: ModelSpec, engine: str, mode: str, device: str, out: Path,
                  gpu_indices: Sequence[int], quick: bool, gpu_memory_utilization: float = 0.9) -> dict | None:
     """Every rank builds its shard; rank 0 runs the calibration sweep (energy over `gpu_indices`) and saves it.
@@ -192,6 +178,7 @@ def calibrate_tp(tp: TPGroup | None, spec: ModelSpec, engine: str, mode: str, de
     from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
     from tokenjoule.calibrate.grid import GridConfig
     from tokenjoule.calibrate.meters import NVMLMeter, make_meter
+    from tokenjoule.calibrate.run_device import gpu_tag
     from tokenjoule.calibrate.sampler import PowerSampler
 
     world = tp.world_size if tp is not None else 1
@@ -203,7 +190,7 @@ def calibrate_tp(tp: TPGroup | None, spec: ModelSpec, engine: str, mode: str, de
         runner.serve()
         return None
     try:
-        stem = f"{_gpu_tag(gpu_indices)}-{spec.name.replace('/', '_')}-{engine}-{mode}" + ("-quick" if quick else "")
+        stem = f"{gpu_tag(gpu_indices)}-{spec.name.replace('/', '_')}-{engine}-{mode}" + ("-quick" if quick else "")
         config = CalibrationConfig(engine=engine, mode=mode, gpu_indices=tuple(gpu_indices),
                                    grid=GridConfig.quick() if quick else GridConfig(),
                                    gpu_memory_utilization=gpu_memory_utilization)

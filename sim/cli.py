@@ -67,7 +67,7 @@ def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed:
     return load_trace(trace or DEFAULT_TRACE, fmt)
 
 
-def _load_profile(name: str | None, cost: str):
+def resolve_profile(name: str | None, cost: str):
     """The profile (None for roofline without one); a missing default names itself and the alternatives."""
     from tokenjoule.calibrate.profile import ProfileError, load_profile
 
@@ -191,7 +191,7 @@ def simulate(
                            host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
                            window_s=_parse_window(window),
                            seed=seed, **_parse_carbon(carbon))
-        prof = _load_profile(profile, cost)
+        prof = resolve_profile(profile, cost)
         tr = _load_trace(trace, fmt, synthetic, seed)
         with progress("simulating", len(tr) > 50_000) as tick:
             result = run(config, tr, prof, on_progress=tick)
@@ -247,7 +247,7 @@ def compare(
         with progress("what-ifs", len(cells) > 1) as tick:
             for i, (label, prof_name, config) in enumerate(cells):
                 if prof_name not in loaded:
-                    loaded[prof_name] = _load_profile(prof_name, config.cost)
+                    loaded[prof_name] = resolve_profile(prof_name, config.cost)
                 rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
                              "summary": run(config, tr, loaded[prof_name]).summary})
                 if tick:

@@ -9,9 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tokenjoule.sim.cli import DEFAULT_PROFILE, resolve_profile
 from tokenjoule.traces.console import progress, user_errors
-
-DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
 
 
 def _edges(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -21,20 +20,6 @@ def _edges(text: str | None, name: str) -> tuple[int, ...] | None:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as err:
         raise ValueError(f"{name}: {text!r} must be comma-separated integers, e.g. 32,128,512") from err
-
-
-def _load_profile(name: str | None, cost: str):
-    from tokenjoule.calibrate.profile import ProfileError, load_profile
-
-    if name is None and cost != "calibrated":
-        return None
-    try:
-        return load_profile(name or DEFAULT_PROFILE)
-    except ProfileError as err:
-        if name is None:
-            raise ProfileError(f"default profile {DEFAULT_PROFILE!r} is not installed ({err}); pass --profile FILE "
-                               "or use --cost roofline") from err
-        raise
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -123,7 +108,7 @@ def project(
                         max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
         config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
                                tuple(e.strip() for e in estimators.split(",") if e.strip()))
-        prof = _load_profile(profile, cost)
+        prof = resolve_profile(profile, cost)
         with progress("projecting", not as_json) as tick:
             result = run_projection(trace, prof, config, fmt=fmt, progress=tick)
     data = result.to_dict()

@@ -13,8 +13,6 @@ Run: python3 tests/bench/agreement.py [--out docs/agreement.md] [--requests 2000
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +23,7 @@ from tokenjoule.calibrate.profile import load_profile, shipped_profiles
 from tokenjoule.sim.policies import CONTINUOUS_MAX_BATCHED_TOKENS
 from tokenjoule.sim.projection import ProjectConfig, project
 from tokenjoule.sim.run import SimConfig, run
+from tokenjoule.traces.files import write_atomic
 from tokenjoule.traces.loaders import load_trace
 from tokenjoule.traces.synth import SynthSpec, synthesize
 
@@ -113,19 +112,6 @@ def render(sections: list[tuple[str, list[dict]]], n_requests: int) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main() -> None:
     """Run every (profile, trace) pair, print the rows, write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -146,7 +132,7 @@ def main() -> None:
                   f"theoretical {r['theory_j']:>10,.0f}", flush=True)
             rows.append(r)
         sections.append((f"{title} ({profile.label})", rows))
-    write_atomic(args.out, render(sections, args.requests))
+    write_atomic(args.out, lambda tmp: Path(tmp).write_text(render(sections, args.requests)))
     print(f"wrote {args.out}")
 
 

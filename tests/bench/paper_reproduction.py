@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from tokenjoule.sim.project_theory import request_flops
 from tokenjoule.sim.projection import ProjectConfig, project
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.binning import PAPER_INPUT_EDGES, PAPER_OUTPUT_EDGES, BinSpec
+from tokenjoule.traces.files import write_atomic
 from tokenjoule.traces.loaders import load_trace
 from tokenjoule.traces.schema import Trace
 from tokenjoule.traces.synth import gamma_arrivals
@@ -526,7 +525,7 @@ def plot_all(r: dict[str, Any], folder: Path) -> list[Path]:
     def save(fig, name: str) -> None:
         path = folder / name
         fig.tight_layout()
-        _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
         plt.close(fig)
         written.append(path)
 
@@ -578,17 +577,6 @@ def plot_all(r: dict[str, Any], folder: Path) -> list[Path]:
     return written
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main() -> None:
     """Compute, then write the Markdown report and the plots."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -599,7 +587,7 @@ def main() -> None:
     report = build_report()
     text = render(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(args.out, lambda tmp: Path(tmp).write_text(text))
+    write_atomic(args.out, lambda tmp: Path(tmp).write_text(text))
     plots = [] if args.no_plots else plot_all(report, args.plots)
     print(text)
     print(f"wrote {args.out}" + "".join(f", {p}" for p in plots))

@@ -21,9 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import pyarrow.parquet as pq
 
 from tokenjoule.calibrate.profile import GPUProfile, load_profile
 from tokenjoule.sim.run import SimConfig, run
+from tokenjoule.traces.files import write_atomic
 from tokenjoule.traces.schema import Trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -412,21 +411,8 @@ def plot_power(run_dir: Path, scenario: str, path: Path) -> None:
     ax.set_title(f"{scenario} on {doc['gpu']['name']}")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def report_json(report: dict[str, Any]) -> str:
@@ -442,8 +428,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     report = build_report(tuple(args.runs))
-    _atomic(args.docs / "validation.json", lambda tmp: Path(tmp).write_text(report_json(report)))
-    _atomic(args.docs / "validation.md", lambda tmp: Path(tmp).write_text(render_markdown(report)))
+    write_atomic(args.docs / "validation.json", lambda tmp: Path(tmp).write_text(report_json(report)))
+    write_atomic(args.docs / "validation.md", lambda tmp: Path(tmp).write_text(render_markdown(report)))
     plot_power(args.runs[0], PLOT_SCENARIO, args.docs / "validation_power.png")
     print(render_markdown(report))
 

@@ -79,9 +79,9 @@ def test_user_errors_are_one_line(trace_csv, args, message):
 
 
 def test_missing_default_profile_says_what_to_do(trace_csv, monkeypatch):
-    from tokenjoule.sim import project_cli
+    from tokenjoule.sim import cli as sim_cli
 
-    monkeypatch.setattr(project_cli, "DEFAULT_PROFILE", "no-such-shipped-profile")
+    monkeypatch.setattr(sim_cli, "DEFAULT_PROFILE", "no-such-shipped-profile")  # simulate and project share it
     result = _run(str(trace_csv))
     assert result.exit_code == 2
     assert "--profile" in result.stderr and "no-such-shipped-profile" in result.stderr
