@@ -28,7 +28,6 @@ import numpy as np
 
 from tokenjoule.calibrate.meters import EnergyMeter
 from tokenjoule.kernels.scheduler import ScheduledBatch, Scheduler
-from tokenjoule.kernels.sequence import SequenceStatus
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +52,7 @@ class PrefillFirstScheduler(Scheduler):
             n = seq.num_uncached_tokens
             if n > budget or not self.block_manager.can_allocate(n):
                 break
-            self.waiting.popleft()
-            self.block_manager.allocate(seq.seq_id, n)
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
+            self._admit(seq, n)
             prefill.append((seq, n))
             budget, seats = budget - n, seats - 1
         if prefill:

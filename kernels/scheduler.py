@@ -93,13 +93,17 @@ class Scheduler:
             n = min(seq.num_uncached_tokens, budget)
             if not self.block_manager.can_allocate(n):
                 break
-            self.waiting.popleft()
-            self.block_manager.allocate(seq.seq_id, n)
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
+            self._admit(seq, n)
             prefill.append((seq, n))
             budget, seats = budget - n, seats - 1
         return ScheduledBatch(prefill=tuple(prefill), decode=tuple(decode))
+
+    def _admit(self, seq: Sequence, n: int) -> None:
+        """Move the first waiting sequence into the running batch with KV blocks for its first `n` tokens."""
+        self.waiting.popleft()
+        self.block_manager.allocate(seq.seq_id, n)
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
 
     def finish(self, seq: Sequence) -> None:
         """Drop a finished sequence and free its blocks."""
