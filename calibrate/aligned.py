@@ -24,6 +24,7 @@ identical back-to-back steps; every result carries its computed `error_bound`, w
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,3 +154,90 @@ def _result(meter: EnergyMeter, times: list[float], t0: float, t_end: float, tic
                       "lengthen target_s or poll the counter faster", stacklevel=3)
     per_step = None if power is None else power * time_s / len(times)
     return AlignedMeasurement(len(times), time_s, tuple(times), per_step, power, span, bound, window_j)
+
+
+# Windows that start at a counter tick (`measure_from_tick`).
+TICK_POLL_S = 2e-4  # how often the host looks for the counter tick a window starts at
+MAX_WINDOW_S = 60.0  # stop adding calls to a window past this, even without two ticks in it
+
+
+def _ticked(ticks: list[Tick], gpus: tuple[int, ...]) -> bool:
+    return {t.gpu for t in ticks} >= set(gpus)
+
+
+def _mid(tick: Tick) -> float:
+    return tick.time_s - tick.uncertainty_s / 2
+
+
+def _energy_from_tick(ticks: list[Tick], gpu: int, t0: float, t_end: float) -> tuple[float, float, float] | None:
+    """(energy J, tick span s, timing error J) of one GPU over [t0, t_end], or None without the ticks it needs.
+
+    Energy = counter at the last tick inside the window - counter at the tick the window started at, plus the
+    remainder after the last tick at the power of the counter period before it.
+    """
+    starts = [t for t in ticks if t.gpu == gpu and t.time_s <= t0]
+    inside = _usable_ticks(ticks, gpu, t0, t_end)
+    if not starts or len(inside) < 2:
+        return None
+    start, prev, last = starts[-1], inside[-2], inside[-1]
+    tail_w = (last.energy_j - prev.energy_j) / (_mid(last) - _mid(prev))
+    energy = last.energy_j - start.energy_j + tail_w * (t_end - _mid(last))
+    # the start tick's timing, the host's delay before the first call and the last tick's timing, at the tail power
+    timing_j = tail_w * (start.uncertainty_s / 2 + (t0 - start.time_s) + last.uncertainty_s / 2)
+    return energy, _mid(last) - _mid(start), timing_j
+
+
+def measure_from_tick(meter: EnergyMeter, call: Callable[[], None], target_s: float,
+                      wait: Callable[[float], None] = time.sleep, max_calls: int | None = None) -> AlignedMeasurement:
+    """Whole calls back to back from an energy-counter tick until >= `target_s` and two more ticks (or `max_calls`).
+
+    Why not `measure_aligned`: see the module docstring (a call's power is not steady, and a window holds few calls).
+    Assumes the counter reports each tick's energy without delay; `error_bound` covers the tick timing and the
+    host's delay between the tick and the first call, not the tail's power changing within its last period. A
+    counter without ticks (continuous, or no energy at all) uses `measure_aligned`, exact for it.
+
+    Args:
+        meter: the energy meter (one GPU: the wait is for every metered GPU's tick, then the calls start).
+        call: one synchronized call, repeatable.
+        target_s: least window.
+        wait: sleeps this many seconds while waiting for the tick (tests pass the fake timeline's `idle`).
+        max_calls: stop after this many calls even without two ticks (the energy is then None).
+
+    Returns:
+        The measurement: `energy_per_step_j` and `power_w` per call, over the whole window.
+    """
+    if not meter.has_energy or meter.update_period_s is None:
+        return measure_aligned(meter, call, target_s=0.0 if max_calls else target_s, min_steps=1, warmup_steps=0)
+    meter.sync()
+    meter.start_ticks()
+    try:
+        for _ in range(int((3 * meter.update_period_s + 0.1) / TICK_POLL_S)):  # bounded even if `wait` is off
+            if _ticked(meter.ticks(), meter.gpu_indices):
+                break
+            wait(TICK_POLL_S)
+        e_begin = meter.read_energy_j()
+        t0 = prev = meter.clock()
+        times: list[float] = []
+        while True:
+            call()
+            now = meter.clock()
+            times.append(now - prev)
+            prev = now
+            if now - t0 >= MAX_WINDOW_S or len(times) == max_calls or (now - t0 >= target_s and all(
+                    len(_usable_ticks(meter.ticks(), g, t0, now)) >= 2 for g in meter.gpu_indices)):
+                break
+        e_end = meter.read_energy_j()
+    finally:
+        ticks = meter.stop_ticks()
+    found = [_energy_from_tick(ticks, g, t0, prev) for g in meter.gpu_indices]
+    window_j = sum(e_end[g] - e_begin[g] for g in meter.gpu_indices)
+    time_s = prev - t0
+    if any(f is None for f in found):
+        warnings.warn(f"no start tick or fewer than two ticks in a {time_s:.2f} s window; energy left as None",
+                      stacklevel=2)
+        return AlignedMeasurement(len(times), time_s, tuple(times), None, None, None, None, window_j)
+    energy = sum(f[0] for f in found if f is not None)
+    bound = sum(f[2] for f in found if f is not None) / energy
+    span = min(f[1] for f in found if f is not None)
+    return AlignedMeasurement(len(times), time_s, tuple(times), energy / len(times), energy / time_s, span, bound,
+                              window_j)

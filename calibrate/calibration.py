@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from tokenjoule.calibrate.aligned import METHOD_SUMMARY
 from tokenjoule.calibrate.fit import choose_knots, fit_curve
+from tokenjoule.calibrate.generate_sweep import GenerateGrid, GenerateRunner, derive_fit_rows, run_generate_sweep
 from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter, mw_to_w
 from tokenjoule.calibrate.profile import FEATURES, REGIME, GPUProfile, save_profile
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 RUNNER_MODULE = "tokenjoule.kernels.iteration"
 TIME_METHOD = ("host perf_counter around back-to-back IterationRunner.step() calls, each synchronized at its end "
                "(serving-loop latency: host scheduling and launch overhead included)")
+GENERATE_TIME_METHOD = ("generate()-based: host perf_counter around whole Hugging Face generate() calls, each "
+                        "synchronized at its end (GenerateGrid); per (batch, prompt) the prefill point costs "
+                        "generate(max_new_tokens=1) and each decode step (generate(1 + N) - generate(1)) / N "
+                        "(rows derived from the raw generate rows, see calibrate/generate_sweep.py)")
 
 
 def datasheet_name(gpu_name: str | None) -> str | None:
@@ -131,16 +136,16 @@ def _columns(points: list[dict[str, Any]], key: str) -> tuple[np.ndarray, dict[s
 
 
 def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
-    """Fit latency and energy curves to raw sweep rows (prefill + decode fitted, mixed held out).
+    """Fit latency and energy curves to raw sweep rows (prefill, decode and mixed points alike).
 
     Returns:
         {"latency": CostCurve, "energy": CostCurve, "fit_errors": {...}, "idle_power_w": float}.
     """
-    fit_points = _aggregate(rows, ("prefill", "decode"))
-    mixed_points = _aggregate(rows, ("mixed",))
+    rows = derive_fit_rows(rows)  # raw generate() rows -> the prefill/decode rows they imply; other rows as they are
+    fit_points = _aggregate(rows, ("prefill", "decode", "mixed"))
     if len(fit_points) < 4:
-        raise ValueError(f"only {len(fit_points)} measured prefill/decode points; a fit needs >= 4")
-    if any(p["energy_j"] is None for p in fit_points + mixed_points):
+        raise ValueError(f"only {len(fit_points)} measured points; a fit needs >= 4")
+    if any(p["energy_j"] is None for p in fit_points):
         raise ValueError("some points lack energy (no energy counter?); a profile needs energy for every point")
     decode_x = [p["shape"].new_tokens for p in fit_points if not p["shape"].prefill]
     prefill_x = [p["shape"].new_tokens for p in fit_points if p["shape"].prefill]
@@ -148,11 +153,12 @@ def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
     two_regimes = len(decode_x) >= 2 and len(prefill_x) >= 2
     knots = choose_knots(decode_x if two_regimes else decode_x + prefill_x)
     prefill_knots = choose_knots(prefill_x) if two_regimes else ()
+    is_mixed = [p["kind"] == "mixed" for p in fit_points]
     out: dict[str, Any] = {"fit_errors": {}}
     for name, key, unit in (("latency", "time_s", "s"), ("energy", "energy_j", "J")):
         x, feats, y = _columns(fit_points, key)
-        mixed = _columns(mixed_points, key) if mixed_points else None
-        curve, stats = fit_curve(x, feats, y, knots, unit, folds=folds, mixed=mixed, prefill_knots=prefill_knots)
+        curve, stats = fit_curve(x, feats, y, knots, unit, folds=folds, mixed_mask=is_mixed,
+                                 prefill_knots=prefill_knots)
         out[name] = curve
         out["fit_errors"][name] = stats.to_dict()
     spreads = [p["time_spread"] for p in fit_points]
@@ -270,6 +276,15 @@ def _sweep(runner: IterationRunner, meter: EnergyMeter, config: CalibrationConfi
         first = meter.gpu_indices[0]
         read_temp = lambda: float(meter.devices.temperature_c(first))  # noqa: E731
     sweep_kwargs = {"wait": wait} if wait is not None else {}
+    if isinstance(config.grid, GenerateGrid):
+        if config.engine != "hf" or not hasattr(runner, "generate"):
+            raise ValueError(f"a GenerateGrid calibrates engine 'hf' through generate(); engine {config.engine!r} "
+                             f"with a {type(runner).__name__} cannot run it")
+        return run_generate_sweep(cast(GenerateRunner, runner), meter, config.grid, raw_path,
+                                  read_temperature_c=read_temp, progress=progress, **sweep_kwargs)
+    if config.engine == "hf":
+        logger.warning("engine 'hf' with a plain GridConfig times single forward passes, which leave out "
+                       "generate()'s per-step work; pass grid=GenerateGrid() to calibrate through generate()")
     return run_sweep(runner, meter, config.grid, raw_path, max_batched_tokens=config.max_batched_tokens,
                      max_batch_seqs=config.max_batch_seqs, uniform_only=config.engine == "hf",
                      read_temperature_c=read_temp, progress=progress, **sweep_kwargs)
@@ -277,6 +292,7 @@ def _sweep(runner: IterationRunner, meter: EnergyMeter, config: CalibrationConfi
 
 def _method(meter: EnergyMeter, config: CalibrationConfig) -> dict[str, Any]:
     grid = json.loads(json.dumps(dataclasses.asdict(config.grid)))  # tuples -> lists, as the file holds them
-    return {"time": TIME_METHOD, **meter.metadata(), "aligned": METHOD_SUMMARY,
+    time_method = GENERATE_TIME_METHOD if isinstance(config.grid, GenerateGrid) else TIME_METHOD
+    return {"time": time_method, **meter.metadata(), "aligned": METHOD_SUMMARY,
             "grid": grid, "gpu_memory_utilization": config.gpu_memory_utilization,
             "max_batch_seqs": config.max_batch_seqs, "max_batched_tokens": config.max_batched_tokens}

@@ -32,9 +32,9 @@ class FitStats:
         cv_median: median error on held-out points (k-fold cross-validation).
         cv_p95: 95th percentile on held-out points.
         folds: folds used.
-        mixed_median: median error on the mixed iterations (never fitted), or None without them.
-        mixed_p95: 95th percentile on the mixed iterations, or None.
-        n_mixed: mixed iterations evaluated.
+        mixed_median: median held-out (cross-validated) error on the mixed iterations, or None without them.
+        mixed_p95: 95th percentile of the same, or None.
+        n_mixed: mixed iterations among the points.
     """
 
     n_points: int
@@ -126,9 +126,13 @@ def _kfold_errors(a: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.nda
 
 def fit_curve(new_tokens: Sequence[float], features: Mapping[str, Sequence[float]], y: Sequence[float],
               knots: Sequence[float], unit: str, folds: int = 5, seed: int = 0,
-              mixed: tuple[Sequence[float], Mapping[str, Sequence[float]], Sequence[float]] | None = None,
+              mixed_mask: Sequence[bool] | None = None,
               prefill_knots: Sequence[float] = ()) -> tuple[CostCurve, FitStats]:
     """Fit a CostCurve to measured points and report its errors.
+
+    Mixed iterations (prefill chunks beside decodes) are fitted like any other point: a serving loop runs mostly
+    those, and they cost more than their parts measured alone (the decodes leave the CUDA graph). Their own
+    cross-validated error is reported apart, so the file still says how well the form composes.
 
     Args:
         new_tokens: tokens pushed through the weights per iteration, one per point.
@@ -138,7 +142,7 @@ def fit_curve(new_tokens: Sequence[float], features: Mapping[str, Sequence[float
         unit: "s" or "J".
         folds: cross-validation folds (at most one per point).
         seed: shuffles the folds.
-        mixed: optional held-out (new_tokens, features, y) of mixed iterations, scored but never fitted.
+        mixed_mask: True for the points that are mixed iterations (their CV errors are reported apart).
         prefill_knots: knots of a separate curve for iterations with prefill; empty fits one curve for all.
 
     Returns:
@@ -153,18 +157,17 @@ def fit_curve(new_tokens: Sequence[float], features: Mapping[str, Sequence[float
     unknown = sorted(set(features) - set(FEATURES) - {REGIME})
     if unknown:
         raise ValueError(f"unknown feature(s) {unknown}; known: {list(FEATURES)}")
+    mixed = np.zeros(x.shape, dtype=bool) if mixed_mask is None else np.asarray(mixed_mask, dtype=bool)
+    if mixed.shape != x.shape:
+        raise ValueError(f"mixed_mask {mixed.shape} must match new_tokens {x.shape}")
     cols = {name: np.asarray(v, dtype=np.float64) for name, v in features.items()}
     a = design_matrix(x, cols, knots, prefill_knots)
     curve = _curve(_solve(a, target), knots, prefill_knots, unit)
     train = relative_errors(curve, x, cols, target)
     k = max(2, min(folds, target.size))
     cv = _kfold_errors(a, target, k, seed)
-    stats = FitStats(int(target.size), float(np.median(train)), float(np.percentile(train, 95)),
-                     float(np.median(cv)), float(np.percentile(cv, 95)), k)
-    if mixed is not None and len(mixed[2]):
-        mx = np.asarray(mixed[0], dtype=np.float64)
-        mcols = {name: np.asarray(v, dtype=np.float64) for name, v in mixed[1].items()}
-        err = relative_errors(curve, mx, mcols, np.asarray(mixed[2], dtype=np.float64))
-        stats = FitStats(stats.n_points, stats.train_median, stats.train_p95, stats.cv_median, stats.cv_p95, k,
-                         float(np.median(err)), float(np.percentile(err, 95)), int(err.size))
-    return curve, stats
+    n_mixed = int(mixed.sum())
+    return curve, FitStats(int(target.size), float(np.median(train)), float(np.percentile(train, 95)),
+                           float(np.median(cv)), float(np.percentile(cv, 95)), k,
+                           float(np.median(cv[mixed])) if n_mixed else None,
+                           float(np.percentile(cv[mixed], 95)) if n_mixed else None, n_mixed)

@@ -21,9 +21,11 @@ class GridConfig:
             a prefill reading its own earlier chunks (as continuous and chunked batching run it).
         decode_batches: sequences per decode iteration.
         decode_contexts_tokens: cached tokens per decoding sequence.
-        mixed: include mixed iterations (chunked prefills beside decodes) to check that costs compose.
+        mixed: include mixed iterations (chunked prefills beside decodes); fitted, their error reported apart.
+        mixed_chunks: (chunk tokens, tokens cached before it) of the mixed iterations' prefill chunk.
+        mixed_decodes: (decoding sequences, context tokens each) beside each chunk.
         target_s: least window per repeat (the aligned measurement extends it to two counter ticks).
-        repeats: measured windows per point (>= 2; their spread is recorded).
+        repeats: measured windows per point, one per pass over the grid (>= 2; median fitted, spread recorded).
         warmup_steps: steps right before each window.
         idle_s: window for idle power with the model resident.
         settle_s: most time spent on thermal settling before the sweep.
@@ -36,9 +38,13 @@ class GridConfig:
     decode_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     decode_contexts_tokens: tuple[int, ...] = (128, 512, 2048, 8192, 16384)
     mixed: bool = True
-    # 0.8 s spans ~7 counter ticks on an H100, so the tick-timing bound stays near 1% (0.25 s gave 3-8%).
-    target_s: float = 0.8
-    repeats: int = 2
+    mixed_chunks: tuple[tuple[int, int], ...] = ((64, 0), (256, 0), (512, 4096), (1024, 1024), (2048, 0),
+                                                 (2048, 2048), (4096, 0))
+    mixed_decodes: tuple[tuple[int, int], ...] = ((1, 1024), (8, 1024), (64, 2048), (256, 512))
+    # 0.5 s spans ~5 counter ticks on an H100 (tick-timing bound ~1.5% per window; 0.25 s gave 3-8%); the median of
+    # three interleaved windows then beats two back-to-back 0.8 s ones, whose error was host drift, not the counter.
+    target_s: float = 0.5
+    repeats: int = 3
     warmup_steps: int = 2
     idle_s: float = 3.0
     settle_s: float = 20.0
@@ -57,9 +63,9 @@ class GridConfig:
     def quick(cls) -> GridConfig:
         """A smoke-test grid: a few points per kind, short windows, no settling."""
         return cls(prefill_batches=(1, 4), prefill_lengths_tokens=(128, 1024), prefill_chunks=((512, 1024),),
-                   decode_batches=(1, 16, 128),
-                   decode_contexts_tokens=(256, 2048), target_s=0.15, repeats=2, warmup_steps=1, idle_s=1.0,
-                   settle_s=0.0)
+                   decode_batches=(1, 16, 128), decode_contexts_tokens=(256, 2048),
+                   mixed_chunks=((256, 0), (512, 1024)), mixed_decodes=((8, 256), (64, 512)), target_s=0.15,
+                   repeats=2, warmup_steps=1, idle_s=1.0, settle_s=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +106,13 @@ def decode_points(cfg: GridConfig, kv_capacity_tokens: int, max_batch_seqs: int)
 
 def mixed_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: int,
                  max_batch_seqs: int) -> list[GridPoint]:
-    """Chunked prefills beside decodes (what a continuous-batching step runs); held out of the fit."""
+    """Chunked prefills beside decodes: what continuous and chunked batching run most of the time."""
     if not cfg.mixed:
         return []
     limit = int(kv_capacity_tokens * KV_HEADROOM)
     out = []
-    for chunk, before in ((256, 0), (2048, 0), (512, 4096), (2048, 2048)):
-        for n_dec, ctx in ((8, 1024), (64, 2048), (256, 512)):
+    for chunk, before in cfg.mixed_chunks:
+        for n_dec, ctx in cfg.mixed_decodes:
             kv = chunk + before + n_dec * (ctx + 1)
             if chunk + n_dec > max_batched_tokens or kv > limit or n_dec + 1 > max_batch_seqs:
                 continue

@@ -148,14 +148,16 @@ class NVMLDevices:
         return int(self.nvml.nvmlDeviceGetClockInfo(self._handles[index], self.nvml.NVML_CLOCK_SM))
 
     def describe(self, index: int) -> dict[str, Any]:
-        """Static metadata of one GPU (name, memory bytes, power limit mW, clocks MHz); unsupported fields are None."""
+        """Static metadata of one GPU (name, UUID, memory, power limit mW, clocks MHz); unsupported fields are None."""
         nv, handle = self.nvml, self._handles[index]
         name = self._optional(nv.nvmlDeviceGetName, handle)
         memory = self._optional(nv.nvmlDeviceGetMemoryInfo, handle)
         limit_mw = self._optional(nv.nvmlDeviceGetEnforcedPowerLimit, handle)
+        uuid = self._optional(nv.nvmlDeviceGetUUID, handle)  # tells one card (and so one machine) from another
         return {
             "index": index,
             "name": name.decode() if isinstance(name, bytes) else name,
+            "uuid": uuid.decode() if isinstance(uuid, bytes) else uuid,
             "memory_bytes": int(memory.total) if memory is not None else None,
             "power_limit_mw": limit_mw,
             "max_sm_clock_mhz": self._optional(nv.nvmlDeviceGetMaxClockInfo, handle, nv.NVML_CLOCK_SM),

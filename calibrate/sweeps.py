@@ -1,9 +1,12 @@
 """Drive an IterationRunner over the calibration grid and write tidy rows to Parquet as they come (resumable).
 
-Per point: `runner.prepare(shape)`, then `repeats` tick-aligned windows (`aligned.measure_aligned`), each
-preceded by warm-up steps, one row per window. Before the grid, the GPU is brought to a steady temperature; after
-it, idle power is measured with the model resident. The Parquet file is rewritten atomically after every point,
-so an interrupted sweep resumes where it stopped: points whose rows are already in the file are skipped.
+Repeats are interleaved: pass r measures one tick-aligned window (`aligned.measure_aligned`) of every point, after
+`runner.prepare(shape)` and warm-up steps, then pass r + 1 goes over the grid again in the opposite direction. A
+host that slows down for a minute (launch-bound engines on shared VMs drift by tens of percent) then spoils one
+repeat of the points it overlaps, not every repeat of them, and the median over repeats drops it. Before the grid,
+the GPU is brought to a steady temperature; after it, idle power is measured with the model resident. The Parquet
+file is rewritten atomically after every window, so an interrupted sweep resumes where it stopped: (point, repeat)
+pairs already in the file are skipped.
 
 The runner contract (implemented in `tokenjoule.kernels`): `kv_capacity_tokens`, `prepare(shape)` (ValueError if
 the shape cannot run), `step()` (one iteration as the serving loop runs it, synchronized at its end, repeatable),
@@ -44,7 +47,10 @@ RAW_SCHEMA = pa.schema([
     ("step_median_s", pa.float64()), ("step_p10_s", pa.float64()), ("step_p90_s", pa.float64()),
     ("energy_per_step_j", pa.float64()), ("power_w", pa.float64()), ("error_bound", pa.float64()),
     ("tick_span_s", pa.float64()), ("window_energy_j", pa.float64()), ("unix_time_s", pa.float64()),
+    ("output_tokens", pa.int64()),  # new tokens a generate() call produced (kind "generate"); None for other kinds
 ])
+# Columns added after raw files were first shipped: an older file lacking them reads as None there.
+OPTIONAL_COLUMNS = ("output_tokens",)
 
 
 class IterationRunner(Protocol):
@@ -68,9 +74,13 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     table = pq.read_table(path)
-    missing = sorted(set(RAW_SCHEMA.names) - set(table.column_names))
+    missing = sorted(set(RAW_SCHEMA.names) - set(table.column_names) - set(OPTIONAL_COLUMNS))
     if missing:
         raise ValueError(f"{path}: not a tokenjoule raw sweep file (missing columns {missing})")
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.column_names:
+            field = RAW_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     return table.select(RAW_SCHEMA.names).to_pylist()
 
 
@@ -106,28 +116,23 @@ def _base_row(point_id: str, kind: str, shape: IterationShape, repeat: int) -> d
     return row
 
 
-def measure_point(runner: IterationRunner, meter: EnergyMeter, point: GridPoint, cfg: GridConfig) -> list[dict]:
-    """Rows for one point: `cfg.repeats` aligned windows, or one "skipped" row if the runner cannot run it."""
+def measure_point(runner: IterationRunner, meter: EnergyMeter, point: GridPoint, cfg: GridConfig,
+                  repeat: int = 0) -> dict[str, Any]:
+    """One row for one point: a tick-aligned window after warm-up, or a "skipped" row if the runner cannot run it."""
+    row = _base_row(point.point_id, point.kind, point.shape, repeat)
     try:
         runner.prepare(point.shape)
     except ValueError as err:
         logger.info("skipping %s: %s", point.point_id, err)
-        row = _base_row(point.point_id, point.kind, point.shape, 0)
         row.update(status="skipped", reason=str(err))
-        return [row]
-    rows = []
-    for repeat in range(cfg.repeats):
-        # later repeats follow the previous window back to back: the GPU is already warm at this point's power
-        warmup = cfg.warmup_steps if repeat == 0 else 0
-        m = measure_aligned(meter, runner.step, target_s=cfg.target_s, warmup_steps=warmup)
-        stats = summarize(m.step_times_s)
-        row = _base_row(point.point_id, point.kind, point.shape, repeat)
-        row.update(steps=m.steps, window_s=m.time_s, step_time_s=m.step_time_s, step_median_s=stats.median_s,
-                   step_p10_s=stats.p10_s, step_p90_s=stats.p90_s, energy_per_step_j=m.energy_per_step_j,
-                   power_w=m.power_w, error_bound=m.error_bound, tick_span_s=m.tick_span_s,
-                   window_energy_j=m.window_energy_j)
-        rows.append(row)
-    return rows
+        return row
+    m = measure_aligned(meter, runner.step, target_s=cfg.target_s, warmup_steps=cfg.warmup_steps)
+    stats = summarize(m.step_times_s)
+    row.update(steps=m.steps, window_s=m.time_s, step_time_s=m.step_time_s, step_median_s=stats.median_s,
+               step_p10_s=stats.p10_s, step_p90_s=stats.p90_s, energy_per_step_j=m.energy_per_step_j,
+               power_w=m.power_w, error_bound=m.error_bound, tick_span_s=m.tick_span_s,
+               window_energy_j=m.window_energy_j)
+    return row
 
 
 def measure_idle(meter: EnergyMeter, cfg: GridConfig, wait: Callable[[float], None]) -> dict[str, Any]:
@@ -182,23 +187,30 @@ def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_
         All raw rows.
     """
     rows = read_rows(out_path)
-    done = {r["point_id"] for r in rows}
+    done = {(r["point_id"], r["repeat"]) for r in rows}
+    skipped = {r["point_id"] for r in rows if r["status"] == "skipped"}
     points = grid_points(cfg, max_batched_tokens, runner.kv_capacity_tokens, max_batch_seqs, uniform_only)
-    todo = [p for p in points if p.point_id not in done]
+    passes = [(repeat, point) for repeat in range(cfg.repeats)
+              for point in (points if repeat % 2 == 0 else points[::-1])]
+    todo = [(r, p) for r, p in passes if (p.point_id, r) not in done]
     if done:
-        logger.info("resuming %s: %d points done, %d to go", out_path, len(done), len(todo))
+        logger.info("resuming %s: %d windows done, %d to go", out_path, len(done), len(todo))
     if todo:
-        settle(runner, meter, todo, cfg, read_temperature_c)
+        settle(runner, meter, [p for _, p in todo], cfg, read_temperature_c)
     with _progress(progress) as bar:
-        task = bar.add_task("calibrating", total=len(todo) + ("idle" not in done))
-        for point in todo:
-            bar.update(task, description=point.point_id)
-            new_rows = measure_point(runner, meter, point, cfg)
-            rows.extend(new_rows)
-            write_rows(rows, out_path)
-            _log_point(new_rows)
+        task = bar.add_task("calibrating", total=len(todo) + (("idle", 0) not in done))
+        for repeat, point in todo:
             bar.advance(task)
-        if "idle" not in done:
+            if point.point_id in skipped:
+                continue
+            bar.update(task, description=f"{point.point_id} #{repeat}")
+            row = measure_point(runner, meter, point, cfg, repeat)
+            if row["status"] == "skipped":
+                skipped.add(point.point_id)
+            rows.append(row)
+            write_rows(rows, out_path)
+            _log_point([row])
+        if ("idle", 0) not in done:
             bar.update(task, description="idle power")
             rows.append(measure_idle(meter, cfg, wait))
             write_rows(rows, out_path)

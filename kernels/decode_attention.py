@@ -32,6 +32,33 @@ MAX_SPLITS = 32
 BLOCK_N = 64  # context tokens per inner-loop tile (64 beat 32 by 5-12% on H100, NOTES.md)
 
 
+def split_counts(max_batch: int, n_kv_heads: int) -> list[int]:
+    """Every split count `num_splits_for` gives a batch of 1..`max_batch` sequences (each is one kernel variant)."""
+    return sorted({num_splits_for(b, n_kv_heads) for b in range(1, max_batch + 1)})
+
+
+def precompile(kv_layer: torch.Tensor, n_heads: int, max_batch: int) -> int:
+    """Compile the decode kernels for every split count up to `max_batch` sequences, before serving starts.
+
+    The split count is a compile-time constant, so the first iteration with a new one compiled a variant while it
+    ran: 0.4-0.8 s stalls of mixed iterations in the validation replays (validation/README.md). A serving engine
+    compiles at start-up instead. Runs each variant once on the scratch block 0 of `kv_layer` (shape (2,
+    num_blocks, block_size, n_kv_heads, head_dim)), so strides and dtypes match the real calls.
+
+    Returns:
+        The number of split counts compiled.
+    """
+    k_cache, v_cache = kv_layer[0], kv_layer[1]
+    device, head_dim = kv_layer.device, kv_layer.shape[-1]
+    q = torch.zeros(1, n_heads, head_dim, device=device, dtype=kv_layer.dtype)
+    tables = torch.zeros(1, 1, device=device, dtype=torch.int32)
+    lens = torch.ones(1, device=device, dtype=torch.int32)
+    counts = split_counts(max_batch, kv_layer.shape[-2])
+    for splits in counts:
+        paged_decode_attention(q, k_cache, v_cache, tables, lens, n_splits=splits)
+    return len(counts)
+
+
 def triton_available(device: torch.device | str) -> bool:
     """Whether the Triton kernel can run for tensors on `device` (CUDA, or CPU with TRITON_INTERPRET=1)."""
     if triton is None:
@@ -48,7 +75,9 @@ def num_splits_for(batch: int, n_kv_heads: int) -> int:
 
 if triton is not None:
 
-    @triton.jit
+    # The block table's row stride changes with the longest sequence of each eager (mixed) iteration; left
+    # specialized, each new divisibility class would compile a kernel variant in the middle of serving.
+    @triton.jit(do_not_specialize=["stride_btb"])
     def _paged_decode_kernel(
         q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, m_ptr, l_ptr, acc_ptr,
         stride_qb, stride_qh,

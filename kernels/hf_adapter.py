@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -128,11 +129,24 @@ class HFAdapter:
         Returns:
             (batch, prompt_tokens + output_tokens) token ids.
         """
-        ids = self.random_ids(batch, prompt_tokens)
+        return self.generate_ids(self.random_ids(batch, prompt_tokens), output_tokens)
+
+    @torch.no_grad()
+    def generate_ids(self, ids: torch.Tensor, output_tokens: int, streamer: Any = None) -> torch.Tensor:
+        """`model.generate()` on given prompts (B, L): greedy, exactly `output_tokens` new tokens, static batch.
+
+        Args:
+            ids: prompt token ids on the model's device.
+            output_tokens: new tokens per sequence (no early stop: there is no EOS).
+            streamer: a transformers streamer; its `put` gets the prompt first, then each step's new tokens.
+
+        Returns:
+            (B, L + output_tokens) token ids.
+        """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return self.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=output_tokens,
                 min_new_tokens=output_tokens, do_sample=False, pad_token_id=0, eos_token_id=None,
-                past_key_values=self.new_cache(),
+                past_key_values=self.new_cache(), streamer=streamer,
             )

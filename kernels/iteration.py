@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from typing import Any
 
 import torch
 
@@ -238,6 +239,7 @@ class HFIterationRunner(IterationRunner):
         self.dtype = str(self.adapter.model.dtype).removeprefix("torch.")
         self.kv_capacity_tokens = self._capacity(gpu_memory_utilization)
         self._run = None
+        self._prompt: torch.Tensor | None = None  # the prompt `generate` reuses for its shape
 
     def _capacity(self, utilization: float) -> int:
         dev = self.adapter.device
@@ -291,6 +293,22 @@ class HFIterationRunner(IterationRunner):
     def release(self) -> None:
         """Drop the prepared inputs and cache."""
         self._run = None
+
+    def generate(self, batch: int, prompt_tokens: int, new_tokens: int, streamer: Any = None) -> None:
+        """One whole `model.generate()` call on a (batch, prompt_tokens) prompt, synchronized at its end.
+
+        The prompt is drawn once per shape and reused, so repeated calls do the same work and no token drawing sits
+        inside a measured window. Running out of GPU memory is a ValueError (the shape cannot run), as in `prepare`.
+        """
+        if self._prompt is None or tuple(self._prompt.shape) != (batch, prompt_tokens):
+            self._prompt = self.adapter.random_ids(batch, prompt_tokens)
+        try:
+            self.adapter.generate_ids(self._prompt, new_tokens, streamer)
+        except torch.cuda.OutOfMemoryError as err:
+            self._prompt = None
+            torch.cuda.empty_cache()
+            raise ValueError(f"generate({batch}, {prompt_tokens}, {new_tokens}) ran out of GPU memory") from err
+        _sync(self.adapter.device)
 
 
 def build_runner(spec: ModelSpec, engine: str = "tokenjoule", mode: str = "eager", device: str = "cuda",

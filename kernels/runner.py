@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tokenjoule.kernels.block_manager import BlockManager, kv_capacity_blocks
+from tokenjoule.kernels.decode_attention import precompile, triton_available
 from tokenjoule.kernels.model import AttentionMetadata, Transformer
 from tokenjoule.kernels.scheduler import ScheduledBatch
 from tokenjoule.kernels.spec import ModelSpec
@@ -93,6 +94,9 @@ class ModelRunner:
         if num_blocks < 2:
             raise ValueError(f"no room for a KV cache: {num_blocks} blocks fit (raise gpu_memory_utilization?)")
         self.model.setup_kv_cache(num_blocks, config.block_size)
+        if self.device.type == "cuda" and config.decode_backend != "torch" and triton_available(self.device):
+            n = precompile(self.model.kv_cache[0], self.model.local_spec.n_heads, config.max_batch_seqs)
+            logger.info("decode attention: %d kernel variants compiled before serving", n)
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.max_blocks_per_seq = -(-config.max_model_len // config.block_size)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,19 +68,15 @@ def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed:
     return load_trace(trace or DEFAULT_TRACE, fmt)
 
 
-def resolve_profile(name: str | None, cost: str):
-    """The profile (None for roofline without one); a missing default names itself and the alternatives."""
-    from tokenjoule.calibrate.profile import ProfileError, load_profile
+def resolve_profile(name: str | None, cost: str, tp: int = 1):
+    """The profile for `tp` GPUs per replica (None for roofline without one).
 
-    if name is None and cost != "calibrated":
-        return None
-    try:
-        return load_profile(name or DEFAULT_PROFILE)
-    except ProfileError as err:
-        if name is None:
-            raise ProfileError(f"default profile {DEFAULT_PROFILE!r} is not installed ({err}); pass --profile FILE "
-                               "or use --cost roofline") from err
-        raise
+    A measured TP profile of the same setup when one exists, else the tp=1 profile; `tp_profiles.choose_profile`
+    also says which. A missing default names itself and the alternatives.
+    """
+    from tokenjoule.sim.tp_profiles import choose_profile
+
+    return choose_profile(name, cost, tp, DEFAULT_PROFILE).profile
 
 
 def _parse_window(text: str | None) -> tuple[float, float] | None:
@@ -182,6 +179,7 @@ def simulate(
     """
     from tokenjoule.sim.report import dumps, write_run
     from tokenjoule.sim.run import SimConfig, run
+    from tokenjoule.sim.tp_profiles import choose_profile
 
     with user_errors():
         config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
@@ -191,10 +189,12 @@ def simulate(
                            host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
                            window_s=_parse_window(window),
                            seed=seed, **_parse_carbon(carbon))
-        prof = resolve_profile(profile, cost)
+        choice = choose_profile(profile, cost, tp, DEFAULT_PROFILE)
+        prof = choice.profile
         tr = _load_trace(trace, fmt, synthetic, seed)
         with progress("simulating", len(tr) > 50_000) as tick:
             result = run(config, tr, prof, on_progress=tick)
+        result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})
         if out is not None:
             write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)})
     if as_json:
@@ -204,6 +204,8 @@ def simulate(
     console.print(_summary_table(result.summary, f"tokenjoule simulate: {tr.source}"))
     if result.summary["modeled"]:
         console.print("[yellow]note:[/] tensor parallelism is modeled from a tp=1 profile (not measured)")
+    if result.summary["profile_source"]:
+        console.print(f"costs: {result.summary['profile_source']}", markup=False, highlight=False)
     if out is not None:
         console.print(f"wrote {out}/ (requests.parquet, summary.json, run.json, power.png, energy_breakdown.png, "
                       "latency_cdf.png)")
@@ -235,6 +237,7 @@ def compare(
     from tokenjoule.sim.compare import grid_from_flags, load_grid
     from tokenjoule.sim.report import dumps, pareto_front, plot_pareto, write_folder_atomically
     from tokenjoule.sim.run import run
+    from tokenjoule.sim.tp_profiles import choose_profile
 
     with user_errors():
         if config_file is not None:
@@ -246,10 +249,12 @@ def compare(
         rows = []
         with progress("what-ifs", len(cells) > 1) as tick:
             for i, (label, prof_name, config) in enumerate(cells):
-                if prof_name not in loaded:
-                    loaded[prof_name] = resolve_profile(prof_name, config.cost)
+                key = (prof_name, config.cost, config.tp)
+                if key not in loaded:
+                    loaded[key] = choose_profile(prof_name, config.cost, config.tp, DEFAULT_PROFILE)
+                summary = run(config, tr, loaded[key].profile).summary
                 rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
-                             "summary": run(config, tr, loaded[prof_name]).summary})
+                             "summary": {**summary, "profile_source": loaded[key].source}})
                 if tick:
                     tick(i + 1, len(cells))
         energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]

@@ -12,6 +12,13 @@ from tokenjoule.calibrate.profile import GPUProfile, load_profile
 TOY_PROFILE_PATH = Path(__file__).parent.parent / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json"
 
 
+@pytest.fixture(autouse=True)
+def _torch_decode_attention(monkeypatch):
+    """Engines built here use the torch decode attention: tests/kernels' conftest turns Triton's CPU interpreter on
+    for the whole session, and it is minutes slower on a calibration sweep; the kernel is tested in tests/kernels."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture
 def toy_profile_path() -> Path:
     """Path of the synthetic toy H100 x Llama-3.1-8B profile (marked synthetic in its notes and method)."""

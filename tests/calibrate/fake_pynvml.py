@@ -47,6 +47,7 @@ def make_pynvml(energy_mj: Callable[[int], int] | None = None, init_error: int |
     nv.nvmlDeviceGetClockInfo = lambda h, clock: 1980
     nv.nvmlDeviceGetMaxClockInfo = lambda h, clock: 1980 if clock == 1 else 2619
     nv.nvmlDeviceGetName = lambda h: "NVIDIA H100 80GB HBM3"
+    nv.nvmlDeviceGetUUID = lambda h: f"GPU-0000000{h}-fake"
     nv.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=85_520_809_984)
     nv.nvmlDeviceGetEnforcedPowerLimit = lambda h: 700_000
     nv.nvmlSystemGetDriverVersion = lambda: "570.86.15"

@@ -57,19 +57,24 @@ def test_cross_validation_exposes_a_wrong_form(rng):
     assert stats.cv_median > 0.1
 
 
-def test_mixed_points_are_scored_not_fitted(toy_profile):
+def test_mixed_points_are_fitted_and_scored_apart(toy_profile):
     truth = toy_profile.latency
-    shapes = _grid()
+    mixed = [IterationShape(prefill=((chunk, before),), decode=(1024,) * n)
+             for chunk, before in ((256, 0), (512, 4096), (2048, 2048)) for n in (8, 64)]
+    shapes = _grid() + mixed
     x, feats = _columns(shapes)
     y = np.array([truth.of_shape(s) for s in shapes])
-    mixed = [IterationShape(prefill=((512, 4096),), decode=(1024,) * 64)]
-    mx, mfeats = _columns(mixed)
-    wrong = np.array([2 * truth.of_shape(mixed[0])])
-    _, stats = fit_curve(x, feats, y, truth.knots_tokens, "s", mixed=(mx, mfeats, wrong),
+    is_mixed = [s.prefill != () and s.decode != () for s in shapes]
+    _, stats = fit_curve(x, feats, y, truth.knots_tokens, "s", mixed_mask=is_mixed,
                          prefill_knots=truth.prefill_knots_tokens)
-    assert stats.n_mixed == 1
-    assert stats.mixed_median == pytest.approx(0.5, rel=0.02)
-    assert stats.cv_median < 1e-6
+    assert stats.n_mixed == len(mixed) and stats.mixed_median < 1e-6 and stats.cv_median < 1e-6
+    # one mixed point twice as costly as the form allows: held out, it cannot be predicted, and it says so
+    y[-1] *= 2
+    _, stats = fit_curve(x, feats, y, truth.knots_tokens, "s", mixed_mask=is_mixed,
+                         prefill_knots=truth.prefill_knots_tokens)
+    assert stats.mixed_p95 > 0.2 and stats.cv_median < 0.05
+    with pytest.raises(ValueError, match="mixed_mask"):
+        fit_curve(x, feats, y, truth.knots_tokens, "s", mixed_mask=is_mixed[:-1])
 
 
 def test_fit_rejects_bad_input():

@@ -83,6 +83,21 @@ def test_sweep_resumes_where_it_stopped(toy_profile, tmp_path):
     assert runner3.steps == 0
 
 
+def test_repeats_are_interleaved_passes_and_resume_per_window(toy_profile, tmp_path):
+    path = tmp_path / "raw.parquet"
+    rows, _, _ = _sweep(toy_profile, path)
+    points = [p.point_id for p in grid_points(SMALL, 16384, toy_profile.kv_capacity_tokens, 512)]
+    windows = [(r["point_id"], r["repeat"]) for r in rows if r["kind"] != "idle"]
+    # pass 0 forward, pass 1 backward, ...: no point's repeats sit back to back except at a turn
+    assert SMALL.repeats >= 2
+    assert windows == [(p, r) for r in range(SMALL.repeats) for p in (points if r % 2 == 0 else points[::-1])]
+    lost = ("decode_b8_c256", 1)
+    write_rows([r for r in rows if (r["point_id"], r["repeat"]) != lost], path)
+    again, runner2, _ = _sweep(toy_profile, path)
+    assert [(r["point_id"], r["repeat"]) for r in again][-1] == lost and runner2.steps > 0
+    assert sorted((r["point_id"], r["repeat"]) for r in again) == sorted((r["point_id"], r["repeat"]) for r in rows)
+
+
 def test_uniform_only_engine_skips_mixed_and_records_refusals(toy_profile, tmp_path):
     rows, _, _ = _sweep(toy_profile, tmp_path / "raw.parquet", uniform_only=True)
     assert not any(r["kind"] == "mixed" for r in rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenjoule.kernels.decode_attention import decode_attention_ref, merge_splits, num_splits_for
+from tokenjoule.kernels.decode_attention import decode_attention_ref, merge_splits, num_splits_for, split_counts
 
 
 def ragged_case(seed, batch=6, n_heads=8, n_kv_heads=2, head_dim=32, block_size=16, num_blocks=80):
@@ -85,3 +85,19 @@ def test_merge_splits_equals_one_softmax():
 
 def test_num_splits_depends_only_on_batch_shape():
     assert num_splits_for(1, 8) == 32 and num_splits_for(64, 8) == 2 and num_splits_for(512, 8) == 1
+
+
+def test_split_counts_cover_every_batch_the_engine_can_run():
+    counts = split_counts(512, 8)
+    assert {num_splits_for(b, 8) for b in range(1, 513)} == set(counts)
+    assert counts[0] == 1 and counts[-1] == 32 and len(counts) < 20  # a few variants, compiled once at start-up
+
+
+def test_precompile_runs_each_split_count_once(monkeypatch):
+    import tokenjoule.kernels.decode_attention as da
+
+    seen = []
+    monkeypatch.setattr(da, "paged_decode_attention", lambda *a, n_splits: seen.append(n_splits))
+    kv_layer = torch.zeros(2, 3, 16, 8, 64)
+    assert da.precompile(kv_layer, n_heads=32, max_batch=64) == len(seen)
+    assert seen == split_counts(64, 8)

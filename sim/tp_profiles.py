@@ -1,0 +1,159 @@
+"""Which profile prices a what-if with `tp` GPUs per replica: a measured one of that TP degree, else a tp=1 one.
+
+Without a measured TP profile, the tp=1 profile is stretched by `ModeledTPCost` (a model, labelled so in every
+output). A measured TP profile (`torchrun ... -m tokenjoule.kernels.tp_device calibrate`, saved as
+`<gpu>x<tp>-<model>-<engine>-<mode>.json`) stands in for a tp=1 profile when both measured the same GPU type, model,
+engine and mode. Candidates are the profiles beside the given file (a device run writes its tp=1 and TP profiles into
+one folder) and the shipped profiles. When several match, the most recently measured one wins: superseded
+calibrations belong in `profiles/archive/`, which is not searched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenjoule.calibrate.profile import (
+    PROFILE_KIND,
+    GPUProfile,
+    ProfileError,
+    load_profile,
+    resolve_profile_path,
+    shipped_profiles,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChoice:
+    """The profile a run uses, its file, and the TP degree it was chosen for.
+
+    Attributes:
+        profile: the profile (None: a roofline run without one).
+        path: the profile's file (None without a profile).
+        tp: GPUs per replica asked for.
+        calibrated: whether the run prices iterations with this profile's curves (False for the roofline models,
+            which read only its model and GPU).
+    """
+
+    profile: GPUProfile | None
+    path: Path | None
+    tp: int = 1
+    calibrated: bool = True
+
+    @property
+    def modeled_tp(self) -> bool:
+        """Whether the run's TP costs are modeled from a tp=1 profile rather than measured."""
+        return self.calibrated and self.profile is not None and self.profile.tp != self.tp
+
+    @property
+    def source(self) -> str | None:
+        """Where the calibrated costs come from, naming the file; None when no profile prices the run."""
+        if self.profile is None or not self.calibrated:
+            return None
+        if self.modeled_tp:
+            return f"modeled from tp=1 {self.path}"
+        return f"measured tp profile {self.path}" if self.tp > 1 else f"profile {self.path}"
+
+
+def same_setup(a: GPUProfile, b: GPUProfile) -> bool:
+    """Whether two profiles measured the same GPU type, model, engine and mode (their TP degrees may differ)."""
+    def key(p: GPUProfile) -> tuple[Any, ...]:
+        return p.gpu.get("name"), p.gpu.get("datasheet"), p.model, p.engine, p.mode
+
+    return key(a) == key(b)
+
+
+def _read_profile(path: Path) -> GPUProfile | None:
+    """The profile in `path`; None for JSON files of another kind (a device run's check and bench results)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        logger.warning("skipping %s while looking for TP profiles: %s", path, err)
+        return None
+    if not isinstance(data, dict) or data.get("kind") != PROFILE_KIND:
+        return None
+    try:
+        return GPUProfile.from_dict(data, source=str(path))
+    except ProfileError as err:
+        logger.warning("skipping %s while looking for TP profiles: %s", path, err)
+        return None
+
+
+def candidates(path: Path) -> list[Path]:
+    """Where a profile's TP siblings may be: the JSON files beside `path`, then the shipped profiles."""
+    return [*sorted(path.parent.glob("*.json")), *shipped_profiles().values()]
+
+
+def profiles_by_tp(base: GPUProfile, paths: Iterable[Path]) -> dict[int, tuple[GPUProfile, Path]]:
+    """Per TP degree, the newest profile among `paths` with `base`'s setup (see `same_setup`), and its file.
+
+    Args:
+        base: the profile whose GPU, model, engine and mode must match.
+        paths: candidate JSON files (files of another kind and unreadable ones are skipped; duplicates count once).
+
+    Returns:
+        {tp: (profile, path)}; `base`'s own degree is included when its file is among `paths`.
+    """
+    found: dict[int, tuple[str, str, GPUProfile, Path]] = {}
+    seen: set[Path] = set()
+    for path in paths:
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        profile = _read_profile(path)
+        if profile is None or not same_setup(profile, base):
+            continue
+        best = found.get(profile.tp)
+        if best is not None:
+            logger.info("two tp=%d profiles match %s: %s and %s; using the newer", profile.tp, base.label, best[1],
+                        path)
+        if best is None or (profile.date, str(path)) > best[:2]:
+            found[profile.tp] = (profile.date, str(path), profile, path)
+    return {tp: (entry[2], entry[3]) for tp, entry in sorted(found.items())}
+
+
+def find_tp_profile(base: GPUProfile, tp: int, paths: Iterable[Path]) -> tuple[GPUProfile, Path] | None:
+    """The newest profile among `paths` with `base`'s setup measured at `tp` GPUs, and its file (None: no match)."""
+    return profiles_by_tp(base, paths).get(tp)
+
+
+def choose_profile(name: str | None, cost: str, tp: int, default: str) -> ProfileChoice:
+    """The profile a run with `tp` GPUs per replica uses (see the module docstring).
+
+    Args:
+        name: a profile file or shipped name (None: `default`, or no profile for the roofline models).
+        cost: the cost model ("calibrated" searches for a measured TP profile; the roofline models do not).
+        tp: GPUs per replica.
+        default: the shipped profile used when `name` is None.
+
+    Returns:
+        The choice; its `source` says whether TP is measured or modeled, and from which file.
+
+    Raises:
+        ProfileError: the profile cannot be read (a missing default names itself and the alternatives), or it was
+            measured at a TP degree other than 1 and `tp`.
+    """
+    calibrated = cost == "calibrated"
+    if name is None and not calibrated:
+        return ProfileChoice(None, None, tp, calibrated)
+    try:
+        path = resolve_profile_path(name or default)
+        profile = load_profile(path)
+    except ProfileError as err:
+        if name is None:
+            raise ProfileError(f"default profile {default!r} is not installed ({err}); pass --profile FILE "
+                               "or use --cost roofline") from err
+        raise
+    if not calibrated or profile.tp == tp:
+        return ProfileChoice(profile, path, tp, calibrated)
+    if profile.tp != 1:
+        raise ProfileError(f"{path}: a tp={profile.tp} profile cannot price --tp {tp}; pass a tp={tp} profile, or a "
+                           f"tp=1 profile to model tp={tp} from")
+    found = find_tp_profile(profile, tp, candidates(path))
+    return ProfileChoice(*found, tp) if found else ProfileChoice(profile, path, tp)
