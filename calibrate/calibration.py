@@ -72,10 +72,11 @@ def _pkg_version(name: str) -> str | None:
 
 
 def software_info() -> dict[str, Any]:
-    """Versions that shape the measurement: tokenjoule, torch, CUDA, transformers, driver-side pynvml, git sha."""
+    """Versions that shape the measurement: tokenjoule, torch, CUDA, transformers, triton, pynvml, git sha."""
     info: dict[str, Any] = {"tokenjoule": _pkg_version("tokenjoule"), "python": platform.python_version(),
                             "torch": _pkg_version("torch"), "cuda": None,
-                            "transformers": _pkg_version("transformers"), "nvidia-ml-py": _pkg_version("nvidia-ml-py")}
+                            "transformers": _pkg_version("transformers"), "triton": _pkg_version("triton"),
+                            "nvidia-ml-py": _pkg_version("nvidia-ml-py")}
     try:
         import torch
 

@@ -49,9 +49,9 @@ from tokenjoule.calibrate.sweeps import (
     read_rows,
     settle,
     shape_from_row,
+    window_fields,
     write_rows,
 )
-from tokenjoule.calibrate.timing import summarize
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
 
@@ -272,11 +272,7 @@ def measure_call(runner: GenerateRunner, meter: EnergyMeter, grid: GenerateGrid,
         logger.info("skipping %s: %s", row["point_id"], err)
         row.update(status="skipped", reason=str(err))
         return row
-    stats = summarize(m.step_times_s)
-    row.update(steps=m.steps, window_s=m.time_s, step_time_s=m.step_time_s, step_median_s=stats.median_s,
-               step_p10_s=stats.p10_s, step_p90_s=stats.p90_s, energy_per_step_j=m.energy_per_step_j,
-               power_w=m.power_w, error_bound=m.error_bound, tick_span_s=m.tick_span_s,
-               window_energy_j=m.window_energy_j)
+    row.update(window_fields(m))
     return row
 
 

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -118,19 +117,12 @@ def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quic
 CHECK_RUN = (4, 1024, 128)  # batch, prompt tokens, new tokens: the run issue 4 asks the HF profile to predict
 
 
-def _pkg(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def _provenance(meter: EnergyMeter) -> dict[str, Any]:
     """The keys of the shipped H100 check's provenance block, from the calibration's own metadata helpers."""
     gpu, host, software = gpu_info(meter), host_info(), software_info()
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gpu": gpu.get("name"),
             "torch": software["torch"], "cuda": software["cuda"], "python": software["python"],
-            "host_cpu": host["cpu_model"], "triton": _pkg("triton"), "transformers": software["transformers"],
+            "host_cpu": host["cpu_model"], "triton": software["triton"], "transformers": software["transformers"],
             "driver": gpu.get("driver"), "power_limit_w": gpu.get("power_limit_w"),
             "sm_clock_max_mhz": gpu.get("max_sm_clock_mhz"), "git_sha": software.get("git_sha")}
 

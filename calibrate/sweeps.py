@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tokenjoule.calibrate.aligned import measure_aligned
+from tokenjoule.calibrate.aligned import AlignedMeasurement, measure_aligned
 from tokenjoule.calibrate.grid import GridConfig, GridPoint, grid_points
 from tokenjoule.calibrate.meters import EnergyMeter
 from tokenjoule.calibrate.profile import shape_features
@@ -127,12 +127,17 @@ def measure_point(runner: IterationRunner, meter: EnergyMeter, point: GridPoint,
         row.update(status="skipped", reason=str(err))
         return row
     m = measure_aligned(meter, runner.step, target_s=cfg.target_s, warmup_steps=cfg.warmup_steps)
-    stats = summarize(m.step_times_s)
-    row.update(steps=m.steps, window_s=m.time_s, step_time_s=m.step_time_s, step_median_s=stats.median_s,
-               step_p10_s=stats.p10_s, step_p90_s=stats.p90_s, energy_per_step_j=m.energy_per_step_j,
-               power_w=m.power_w, error_bound=m.error_bound, tick_span_s=m.tick_span_s,
-               window_energy_j=m.window_energy_j)
+    row.update(window_fields(m))
     return row
+
+
+def window_fields(m: AlignedMeasurement) -> dict[str, Any]:
+    """The raw-row columns of one measured window: steps, time and its spread, energy, power, error bound."""
+    stats = summarize(m.step_times_s)
+    return {"steps": m.steps, "window_s": m.time_s, "step_time_s": m.step_time_s, "step_median_s": stats.median_s,
+            "step_p10_s": stats.p10_s, "step_p90_s": stats.p90_s, "energy_per_step_j": m.energy_per_step_j,
+            "power_w": m.power_w, "error_bound": m.error_bound, "tick_span_s": m.tick_span_s,
+            "window_energy_j": m.window_energy_j}
 
 
 def measure_idle(meter: EnergyMeter, cfg: GridConfig, wait: Callable[[float], None]) -> dict[str, Any]:

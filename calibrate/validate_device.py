@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,10 +30,11 @@ import pyarrow.parquet as pq
 
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, gpu_info, host_info, software_info
 from tokenjoule.calibrate.grid import GridConfig
-from tokenjoule.calibrate.meters import EnergyMeter, NVMLMeter, make_meter
+from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter
 from tokenjoule.calibrate.replay import ReplayRequest, ReplayResult, build_engine, replay, use_policy
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.traces.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -288,20 +289,21 @@ def _write_tables(out: Path, results: list[tuple[Scenario, list[ReplayRequest], 
     pq.write_table(pa.Table.from_pylist(it_rows), out / "iterations.parquet")
 
 
-def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
-    """Run the validation into `--out`; exit 2 (one line) when the machine cannot measure energy."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--model", default="llama-3.1-8b")
-    parser.add_argument("--budget-s", type=float, default=BUDGET_S,
-                        help="skip scenarios that would end after this many seconds of the run")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+def log_to(out: Path) -> None:
+    """Send the run's log (and the sweep's per-point warnings) to `out/validate.log`, not the console."""
+    out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=[logging.FileHandler(args.out / "validate.log")], force=True)
-    logging.captureWarnings(True)  # the sweep's per-point warnings go to the log, not the console
-    plan = plan or Plan(ModelSpec.from_name(args.model), budget_s=args.budget_s)
-    if plan.device.startswith("cuda"):
+                        handlers=[logging.FileHandler(out / "validate.log")], force=True)
+    logging.captureWarnings(True)
+
+
+def run_metered(out: Path, device: str, run: Callable[[EnergyMeter], dict[str, Any]]) -> int:
+    """The frame of a validation entry: meter GPU 0 with a power timeline around `run`, then write its document.
+
+    Refuses (exit 2, one line) without a usable GPU or energy counter; writes `timeline.parquet` even when `run`
+    fails, and `validation.json` atomically only when it succeeds; prints the scenario table.
+    """
+    if device.startswith("cuda"):
         from tokenjoule.calibrate.run_device import check_device
 
         try:
@@ -316,14 +318,40 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
 
         sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock).start()
     try:
-        doc = run_plan(plan, args.out, meter)
+        doc = run(meter)
+    except MeterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         if sampler is not None:
-            pq.write_table(pa.Table.from_pylist([x.to_row() for x in sampler.stop()]), args.out / "timeline.parquet")
+            pq.write_table(pa.Table.from_pylist([x.to_row() for x in sampler.stop()]), out / "timeline.parquet")
         meter.close()
-    (args.out / "validation.json").write_text(json.dumps(doc, indent=1, default=str))
+    write_atomic(out / "validation.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
     _print_table(doc["scenarios"])
     return 0
+
+
+def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
+    """Run the validation into `--out`; exit 2 (one line) when the machine cannot measure energy."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--model", default="llama-3.1-8b")
+    parser.add_argument("--budget-s", type=float, default=BUDGET_S,
+                        help="skip scenarios that would end after this many seconds of the run")
+    parser.add_argument("--quick", action="store_true", help="the smoke-test calibration grid (a check, not a profile)")
+    parser.add_argument("--scenarios", default="", help="comma list of scenario names (default: all)")
+    args = parser.parse_args(argv)
+    log_to(args.out)
+    if plan is None:
+        names = [n for n in args.scenarios.split(",") if n]
+        unknown = sorted(set(names) - {s.name for s in SCENARIOS})
+        if unknown:
+            print(f"error: --scenarios: unknown {unknown}; known: {[s.name for s in SCENARIOS]}", file=sys.stderr)
+            return 2
+        plan = Plan(ModelSpec.from_name(args.model), budget_s=args.budget_s,
+                    grid=GridConfig.quick() if args.quick else GRID,
+                    scenarios=tuple(s for s in SCENARIOS if not names or s.name in names))
+    return run_metered(args.out, plan.device, lambda meter: run_plan(plan, args.out, meter))
 
 
 def _print_table(rows: Sequence[dict[str, Any]]) -> None:

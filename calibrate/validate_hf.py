@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -31,13 +30,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from tokenjoule.calibrate.aligned import measure_from_tick
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
 from tokenjoule.calibrate.generate_sweep import WARMUP_NEW_TOKENS, GenerateGrid, GenerateRunner
-from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter
+from tokenjoule.calibrate.meters import EnergyMeter, MeterError
 from tokenjoule.calibrate.profile import GPUProfile
 from tokenjoule.calibrate.replay import ReplayResult
 from tokenjoule.calibrate.summary import static_batch_cost
@@ -45,14 +41,14 @@ from tokenjoule.calibrate.validate_device import (
     Scenario,
     _document,
     _idle_power_w,
-    _print_table,
     _summary_line,
     _write_tables,
+    log_to,
+    run_metered,
     scenario_requests,
 )
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
-from tokenjoule.traces.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -287,40 +283,13 @@ def main(argv: list[str] | None = None, plan: HFPlan | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a 2-layer toy model, tiny grid and scenarios")
     parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="the whole call's time budget")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=[logging.FileHandler(args.out / "validate.log")], force=True)
-    logging.captureWarnings(True)  # the sweep's per-window warnings go to the log, not the console
-    from tokenjoule.calibrate.run_device import check_device, load_spec
+    log_to(args.out)
+    from tokenjoule.calibrate.run_device import load_spec
 
     if plan is None:
         plan = tiny_plan(args.device) if args.tiny else HFPlan(load_spec(args.model), device=args.device,
                                                                  budget_s=args.budget_s)
-    if plan.device.startswith("cuda"):
-        try:
-            check_device((0,))
-        except RuntimeError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    meter = make_meter((0,))
-    sampler = None
-    if isinstance(meter, NVMLMeter):
-        from tokenjoule.calibrate.sampler import PowerSampler
-
-        sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock).start()
-    try:
-        doc = run_plan(plan, args.out, meter)
-    except MeterError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if sampler is not None:
-            pq.write_table(pa.Table.from_pylist([x.to_row() for x in sampler.stop()]), args.out / "timeline.parquet")
-        meter.close()
-    write_atomic(args.out / "validation.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
-    _print_table(doc["scenarios"])
-    return 0
-
+    return run_metered(args.out, plan.device, lambda meter: run_plan(plan, args.out, meter))
 
 if __name__ == "__main__":
     sys.exit(main())

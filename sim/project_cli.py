@@ -108,7 +108,7 @@ def project(
                         max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
         config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
                                tuple(e.strip() for e in estimators.split(",") if e.strip()))
-        prof = resolve_profile(profile, cost)
+        prof = resolve_profile(profile, cost, tp)
         with progress("projecting", not as_json) as tick:
             result = run_projection(trace, prof, config, fmt=fmt, progress=tick)
     data = result.to_dict()

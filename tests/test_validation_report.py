@@ -103,7 +103,13 @@ def test_measured_values_errors_and_summaries_follow_from_the_raw_files(committe
         assert run["summary"]["energy_total_j"]["max_abs"] == pytest.approx(max(energy))
         assert run["summary"]["energy_total_j"]["met"] == (np.median(energy) <= 0.05 and max(energy) <= 0.10)
         assert run["summary"]["ttft_p50_s"]["met"] == (max(abs(e["error"]["ttft_p50_s"]) for e in entries) <= 0.10)
-    energy = sorted(abs(e["error"]["energy_total_j"]) for e in committed["scenarios"])
+    # check runs (smoke-grid profiles) stay out of the all-runs summary
+    checks = set(committed["check_runs"])
+    for name in checks:
+        grid = json.loads((ROOT / "validation" / name / next(r["profile"] for r in committed["runs"]
+                                                              if r["run"] == name)).read_text())["method"]["grid"]
+        assert grid["target_s"] == 0.15 and grid["prefill_batches"] == [1, 4]  # GridConfig.quick()
+    energy = sorted(abs(e["error"]["energy_total_j"]) for e in committed["scenarios"] if e["run"] not in checks)
     summary = committed["summary"]["energy_total_j"]
     assert summary["max_abs"] == pytest.approx(energy[-1]) and summary["median_abs"] == pytest.approx(
         float(np.median(energy)))

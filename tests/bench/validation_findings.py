@@ -96,8 +96,10 @@ def _stalls(report: dict[str, Any]) -> list[str]:
                   + ", ".join(f"`{name}` {n} of {total}" for name, n, total in new)
                   + ". The others may come from the block-table stride, which Triton also specialized on (not "
                   "checked). The engine now compiles every split count at start-up and no longer specializes on "
-                  "that stride (kernels/NOTES.md); replays with the fix are still to be run. The simulator has no "
-                  "one-off costs by design.")
+                  "that stride (kernels/NOTES.md); "
+                  + ("the check run below replays the chunked scenarios with the fix. " if report["check_runs"] else
+                     "replays with the fix are still to be run. ")
+                  + "The simulator has no one-off costs by design.")
     lines[-1] += _knee(report)
     return lines
 
@@ -216,10 +218,34 @@ def _carry(report: dict[str, Any]) -> list[str]:
     parts = [f"`{c['run']}` with {c['source']}: energy {_p(c['summary']['energy_total_j']['median_abs'])} / "
              f"{_p(c['summary']['energy_total_j']['max_abs'])}" for c in report["carry_over"]]
     one_gpu = [{"run": c["run"]} for c in report["carry_over"] if c["facts"]["same_uuid"]]
-    same = f", and the pairs of {_names(one_gpu)} are one GPU (same UUID)" if one_gpu else ""
+    two_gpus = [c for c in report["carry_over"] if c["facts"]["uuid_a"] and c["facts"]["uuid_b"]
+                and not c["facts"]["same_uuid"]]
+    same = f"; the pairs of {_names(one_gpu)} are one GPU (same UUID), calibration-to-calibration drift" if one_gpu \
+        else ""
+    other = (f"; {len(two_gpus)} pair(s) are two GPUs of the type (different UUIDs, different device leases): the "
+             "error of carrying a profile to another machine") if two_gpus else ""
     return ["- **Carry-over between calibrations of one GPU type** (median / max |energy error|): " + "; ".join(parts)
-            + f". Every pair is one machine type{same}: they bound calibration-to-calibration drift, not the error "
-            "on another host, GPU model or vendor."]
+            + f". Every pair is one GPU model{same}{other}; none crosses GPU models or vendors."]
+
+
+def _fix_check(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for name in report["check_runs"]:
+        run = next(r for r in report["runs"] if r["run"] == name)
+        carried = [c for c in report["carry_over"] if c["run"] == name]
+        if not carried:
+            continue
+        errs = "; ".join(f"with {c['source']}: " + ", ".join(
+            f"{m} {_p(c['summary'][m]['median_abs'])} / {_p(c['summary'][m]['max_abs'])}"
+            for m in ("energy_total_j", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s") if m in c["summary"])
+            for c in carried)
+        scenarios = ", ".join(s["scenario"] for s in report["scenarios"] if s["run"] == name)
+        lines.append(f"- **After the compile-at-start-up fix** (`{name}`: {run['gpu']} UUID {run['gpu_uuid']}, a fresh "
+                     f"machine, so an empty Triton cache; scenarios {scenarios}): "
+                     f"{run['stalls']['warmups'] + run['stalls']['scenarios']} stalls "
+                     f"(warm-ups included), and simulated with the full profiles of the other H200 runs (median / "
+                     f"max |error|): {errs}.")
+    return lines
 
 
 def _thermal(report: dict[str, Any]) -> list[str]:
@@ -258,5 +284,6 @@ def _first_batches(report: dict[str, Any]) -> list[str]:
 def findings(report: dict[str, Any]) -> list[str]:
     """The Findings section's lines."""
     return (["## Findings", ""] + _energy(report) + _latency(report) + _stalls(report) + _mixed(report)
-            + _decode(report) + _first_batches(report) + _repeatability(report) + _carry(report) + _thermal(report)
+            + _decode(report) + _first_batches(report) + _repeatability(report) + _carry(report)
+            + _fix_check(report) + _thermal(report)
             + [""])

@@ -45,6 +45,7 @@ from validation_diagnostics import (
     stall_counts,
 )
 
+from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, shipped_profiles
 from tokenjoule.sim.run import SimConfig, SimResult
 from tokenjoule.sim.run import run as run_simulation
@@ -53,6 +54,7 @@ from tokenjoule.traces.schema import Trace
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATION = ROOT / "validation"
+QUICK_GRID = json.loads(json.dumps(dataclasses.asdict(GridConfig.quick())))  # as a profile's method.grid
 METRICS = ("energy_total_j", "j_per_request", "duration_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "e2e_p50_s")
 TARGETS = {"energy_total_j": ("median", 0.05, "max", 0.10), "tpot_p50_s": ("max", 0.05, None, None),
            "ttft_p50_s": ("max", 0.10, None, None), "e2e_p50_s": ("max", 0.05, None, None)}
@@ -195,6 +197,15 @@ def run_header(run: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, 
             "iteration_bins": iteration_bins(_scenario_iterations(run), profile)}
 
 
+def is_check_run(run: dict[str, Any]) -> bool:
+    """A run calibrated on a smoke grid (`--quick`): its profile is a check, not a calibration to judge or lend.
+
+    Such a run (e.g. the stall check after the engine fix) is judged by the other runs' profiles (carry-over); its
+    own profile is not used for other runs, and its own-profile errors stay out of the all-runs summary.
+    """
+    return run["profile"].method.get("grid") == QUICK_GRID
+
+
 def _same_setup(a: GPUProfile, b: GPUProfile) -> bool:
     return (a.gpu.get("name"), a.engine, a.mode, a.model.name, a.tp) == (b.gpu.get("name"), b.engine, b.mode,
                                                                           b.model.name, b.tp)
@@ -219,7 +230,8 @@ def calibration_pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], 
     """(run, source label, other profile, other run or None): sibling runs' profiles first, else shipped ones."""
     pairs = []
     for run in runs:
-        siblings = [o for o in runs if o is not run and _same_setup(o["profile"], run["profile"])]
+        siblings = [o for o in runs if o is not run and not is_check_run(o)
+                    and _same_setup(o["profile"], run["profile"])]
         if siblings:
             pairs += [(run, f"run {o['name']}", o["profile"], o) for o in siblings]
         else:
@@ -301,9 +313,16 @@ def build_report(run_dirs: tuple[Path, ...] | None = None, sims: Simulations | N
         entries += mine
     plot_run, plot_sc = plot_choice(runs)
     return {"kind": "tokenjoule-validation-report", "runs": headers, "scenarios": entries,
-            "summary": summarize([e["error"] for e in entries]), "targets": TARGETS, "metrics": list(METRICS),
+            "summary": summarize([e["error"] for e, run in zip(entries, _run_of(runs, entries), strict=True)
+                                  if not is_check_run(run)]),
+            "check_runs": [r["name"] for r in runs if is_check_run(r)], "targets": TARGETS, "metrics": list(METRICS),
             "carry_over": carry_over(runs, entries, sims), "repeatability": repeat_pairs(runs, entries),
             "plot": {"run": plot_run["name"], "scenario": plot_sc["scenario"]["name"]}}
+
+
+def _run_of(runs: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_name = {r["name"]: r for r in runs}
+    return [by_name[e["run"]] for e in entries]
 
 
 def report_json(report: dict[str, Any]) -> str:

@@ -183,3 +183,12 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
         assert len(rows) == s["n_requests"] == s["n_finished"] == (2 if s["scenario"]["name"] == "online" else 4)
         assert s["completed"]
         assert s["energy_j"] == pytest.approx(100.0 * s["duration_s"], abs=2.0)  # the fake counter's 100 W
+
+
+def test_device_entry_refuses_unknown_scenarios_in_one_line(tmp_path, capsys):
+    from tokenjoule.calibrate import validate_device as vd
+
+    assert vd.main(["--out", str(tmp_path), "--quick", "--scenarios", "code_chunked_x1,nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --scenarios: unknown ['nope']") and "code_chunked_x1" in err and "\n" not in err
+    assert not (tmp_path / "validation.json").exists()
