@@ -359,7 +359,7 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
     for r in rows:
         e = r["energy_j"]
         print(f"{r['scenario']['name']:24s} {r['n_requests']:5d} {r['n_finished']:5d} {r['duration_s']:7.1f} "
-              f"{e if e is None else round(e):>9} {'-' if e is None else round(e / r['duration_s']):>6} "
+              f"{'-' if e is None else round(e):>9} {'-' if e is None else round(e / r['duration_s']):>6} "
               f"{'-' if e is None or not r['n_finished'] else round(e / r['n_finished'], 1):>7}")
 
 

@@ -192,3 +192,10 @@ def test_device_entry_refuses_unknown_scenarios_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --scenarios: unknown ['nope']") and "code_chunked_x1" in err and "\n" not in err
     assert not (tmp_path / "validation.json").exists()
+
+
+def test_scenario_table_prints_a_window_without_energy(capsys):
+    from tokenjoule.calibrate.validate_device import _print_table
+
+    _print_table([{"scenario": {"name": "s"}, "n_requests": 2, "n_finished": 2, "duration_s": 1.5, "energy_j": None}])
+    assert capsys.readouterr().out.splitlines()[1].split()[-3:] == ["-", "-", "-"]
