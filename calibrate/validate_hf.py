@@ -106,7 +106,8 @@ def tiny_plan(device: str = "cpu") -> HFPlan:
                                dtype="float32" if device == "cpu" else "bfloat16")
     grid = GenerateGrid(prefill_batches=(1, 4), prefill_lengths_tokens=(16, 64), new_tokens=4, target_s=0.05,
                         repeats=2, idle_s=0.2, settle_s=0.0, budget_s=30.0)
-    scenarios = (static_scenario(2, 2, 32, 8), static_scenario(4, 1, 16, 6))
+    # long enough (~0.1 s each on a CPU) for a 10 ms fake counter to tick inside every window
+    scenarios = (static_scenario(2, 2, 32, 48), static_scenario(4, 1, 16, 48))
     return HFPlan(spec, device=device, grid=grid, scenarios=scenarios, budget_s=90.0, idle_end_s=0.2)
 
 

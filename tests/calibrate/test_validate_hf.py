@@ -94,7 +94,7 @@ def test_device_entry_end_to_end_on_a_tiny_cpu_model(tmp_path, monkeypatch, caps
         assert entry["completed"] and entry["energy_j"] == pytest.approx(100.0 * entry["duration_s"], abs=2.0)
         rows = [r for r in reqs if r["scenario"] == entry["scenario"]["name"]]
         assert len(rows) == entry["n_requests"] and all(0 < r["first_token_s"] <= r["finish_s"] for r in rows)
-    assert "hf_static_b2_i32_o8" in capsys.readouterr().out
+    assert "hf_static_b2_i32_o48" in capsys.readouterr().out
 
 
 def test_device_entry_refuses_in_one_line_without_an_energy_counter(tmp_path, monkeypatch, capsys):
