@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import numpy as np
 from tokenjoule.calibrate.profile import GPUProfile
 from tokenjoule.calibrate.summary import DECODE_CONTEXT_TOKENS
 from tokenjoule.kernels.shape import IterationShape
+from tokenjoule.traces.files import write_atomic
 
 
 def _curves(profile: GPUProfile) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -77,14 +76,8 @@ def _save_png(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
     return path

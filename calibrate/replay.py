@@ -136,7 +136,9 @@ def _shape_row(batch: ScheduledBatch) -> dict[str, Any]:
     return {"prefill_tokens": shape.prefill_tokens, "prefill_seqs": shape.prefill_seqs,
             "decode_seqs": shape.decode_seqs, "new_tokens": shape.new_tokens,
             "prefill_attn_pairs": shape.prefill_attn_pairs, "prefill_ctx_tokens": shape.prefill_ctx_tokens,
-            "decode_ctx_tokens": shape.decode_ctx_tokens}
+            "decode_ctx_tokens": shape.decode_ctx_tokens,
+            # the longest decode context: with the sum, it tells a ragged batch from a uniform one (docs/validation.md)
+            "decode_max_ctx_tokens": max(shape.decode, default=0)}
 
 
 def _token_ids(requests: Sequence[ReplayRequest], vocab_size: int, seed: int) -> list[list[int]]:

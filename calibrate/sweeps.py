@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +33,7 @@ from tokenjoule.calibrate.meters import EnergyMeter
 from tokenjoule.calibrate.profile import shape_features
 from tokenjoule.calibrate.timing import summarize
 from tokenjoule.kernels.shape import IterationShape
+from tokenjoule.traces.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +88,7 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def shape_from_row(row: dict[str, Any]) -> IterationShape:

@@ -102,6 +102,10 @@ def test_online_replay_honours_arrivals_and_policy(engine, clock, policy):
     first_12 = min(i["start_s"] for i in result.iterations if i["prefill_tokens"] == 20)
     assert first_12 >= 1.0  # not fed before its arrival time
     assert sum(i["new_tokens"] for i in result.iterations) == 100 + 30 + 20 + (5 + 3 + 2)
+    for i in result.iterations:  # the longest decode context sits between the mean and the sum
+        n = i["decode_seqs"]
+        assert (i["decode_max_ctx_tokens"] == 0) if n == 0 else (
+            i["decode_ctx_tokens"] / n <= i["decode_max_ctx_tokens"] <= i["decode_ctx_tokens"])
     mixed = [i for i in result.iterations if i["prefill_seqs"] and i["decode_seqs"]]
     if policy == "continuous":
         assert not mixed  # prefill-first: an iteration prefills or decodes, never both
