@@ -223,8 +223,8 @@ def measure_from_tick(meter: EnergyMeter, call: Callable[[], None], target_s: fl
             now = meter.clock()
             times.append(now - prev)
             prev = now
-            if now - t0 >= MAX_WINDOW_S or len(times) == max_calls or (now - t0 >= target_s and all(
-                    len(_usable_ticks(meter.ticks(), g, t0, now)) >= 2 for g in meter.gpu_indices)):
+            if now - t0 >= MAX_WINDOW_S or len(times) == max_calls or (
+                    now - t0 >= target_s and _enough_ticks(meter, t0, now)):
                 break
         e_end = meter.read_energy_j()
     finally:

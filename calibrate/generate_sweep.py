@@ -45,7 +45,7 @@ from tokenjoule.calibrate.sweeps import (
     _base_row,
     _log_point,
     _progress,
-    measure_idle,
+    finish_with_idle,
     read_rows,
     settle,
     shape_from_row,
@@ -339,11 +339,7 @@ def run_generate_sweep(runner: GenerateRunner, meter: EnergyMeter, grid: Generat
                     skipped.add((b, length))
                     break
             write_rows(rows, out_path)
-        if ("idle", 0) not in done:
-            bar.update(task, description="idle power")
-            rows.append(measure_idle(meter, grid, wait))
-            write_rows(rows, out_path)
-            bar.advance(task)
+        finish_with_idle(rows, done, out_path, meter, grid, wait, bar, task)
     return rows
 
 

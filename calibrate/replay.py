@@ -28,6 +28,7 @@ import numpy as np
 
 from tokenjoule.calibrate.meters import EnergyMeter
 from tokenjoule.kernels.scheduler import ScheduledBatch, Scheduler
+from tokenjoule.kernels.shape import IterationShape
 
 logger = logging.getLogger(__name__)
 
@@ -131,14 +132,18 @@ class ReplayResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _shape_row(batch: ScheduledBatch) -> dict[str, Any]:
-    shape = batch.to_shape()
+def shape_columns(shape: IterationShape) -> dict[str, int]:
+    """An iteration's shape features as `iterations.parquet` columns (what the cost model prices)."""
     return {"prefill_tokens": shape.prefill_tokens, "prefill_seqs": shape.prefill_seqs,
             "decode_seqs": shape.decode_seqs, "new_tokens": shape.new_tokens,
             "prefill_attn_pairs": shape.prefill_attn_pairs, "prefill_ctx_tokens": shape.prefill_ctx_tokens,
-            "decode_ctx_tokens": shape.decode_ctx_tokens,
-            # the longest decode context: with the sum, it tells a ragged batch from a uniform one (docs/validation.md)
-            "decode_max_ctx_tokens": max(shape.decode, default=0)}
+            "decode_ctx_tokens": shape.decode_ctx_tokens}
+
+
+def _shape_row(batch: ScheduledBatch) -> dict[str, Any]:
+    shape = batch.to_shape()
+    # the longest decode context: with the sum, it tells a ragged batch from a uniform one (docs/validation.md)
+    return {**shape_columns(shape), "decode_max_ctx_tokens": max(shape.decode, default=0)}
 
 
 def _token_ids(requests: Sequence[ReplayRequest], vocab_size: int, seed: int) -> list[list[int]]:

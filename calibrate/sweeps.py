@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from tokenjoule.calibrate.aligned import AlignedMeasurement, measure_aligned
 from tokenjoule.calibrate.grid import GridConfig, GridPoint, grid_points
@@ -207,12 +207,20 @@ def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_
             rows.append(row)
             write_rows(rows, out_path)
             _log_point([row])
-        if ("idle", 0) not in done:
-            bar.update(task, description="idle power")
-            rows.append(measure_idle(meter, cfg, wait))
-            write_rows(rows, out_path)
-            bar.advance(task)
+        finish_with_idle(rows, done, out_path, meter, cfg, wait, bar, task)
     return rows
+
+
+def finish_with_idle(rows: list[dict[str, Any]], done: set[tuple[str, int]], out_path: str | Path,
+                     meter: EnergyMeter, cfg: GridConfig, wait: Callable[[float], None], bar: Progress,
+                     task: TaskID) -> None:
+    """Close a sweep: measure idle power (unless the file already has it) and write the rows."""
+    if ("idle", 0) in done:
+        return
+    bar.update(task, description="idle power")
+    rows.append(measure_idle(meter, cfg, wait))
+    write_rows(rows, out_path)
+    bar.advance(task)
 
 
 def _log_point(rows: list[dict[str, Any]]) -> None:

@@ -35,7 +35,7 @@ from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
 from tokenjoule.calibrate.generate_sweep import WARMUP_NEW_TOKENS, GenerateGrid, GenerateRunner
 from tokenjoule.calibrate.meters import EnergyMeter, MeterError
 from tokenjoule.calibrate.profile import GPUProfile
-from tokenjoule.calibrate.replay import ReplayResult
+from tokenjoule.calibrate.replay import ReplayResult, shape_columns
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.calibrate.validate_device import (
     Scenario,
@@ -164,11 +164,8 @@ def _step_rows(times: list[float], t0: float, s: Scenario) -> list[dict[str, Any
     for k in range(1, len(times)):
         b, n = s.static_batch, s.static_input_tokens
         shape = IterationShape(prefill=((n, 0),) * b) if k == 1 else IterationShape(decode=(n + k - 2,) * b)
-        rows.append({"prefill_tokens": shape.prefill_tokens, "prefill_seqs": shape.prefill_seqs,
-                     "decode_seqs": shape.decode_seqs, "new_tokens": shape.new_tokens,
-                     "prefill_attn_pairs": shape.prefill_attn_pairs, "prefill_ctx_tokens": shape.prefill_ctx_tokens,
-                     "decode_ctx_tokens": shape.decode_ctx_tokens, "start_s": times[k - 1] - t0,
-                     "run_s": times[k] - times[k - 1], "host_s": 0.0})
+        rows.append({**shape_columns(shape), "start_s": times[k - 1] - t0, "run_s": times[k] - times[k - 1],
+                     "host_s": 0.0})
     return rows
 
 

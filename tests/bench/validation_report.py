@@ -49,6 +49,7 @@ from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, shipped_profiles
 from tokenjoule.sim.run import SimConfig, SimResult
 from tokenjoule.sim.run import run as run_simulation
+from tokenjoule.sim.tp_profiles import same_setup
 from tokenjoule.traces.files import write_atomic
 from tokenjoule.traces.schema import Trace
 
@@ -207,8 +208,7 @@ def is_check_run(run: dict[str, Any]) -> bool:
 
 
 def _same_setup(a: GPUProfile, b: GPUProfile) -> bool:
-    return (a.gpu.get("name"), a.engine, a.mode, a.model.name, a.tp) == (b.gpu.get("name"), b.engine, b.mode,
-                                                                          b.model.name, b.tp)
+    return same_setup(a, b) and a.tp == b.tp
 
 
 def _shipped_for(profile: GPUProfile) -> list[tuple[str, GPUProfile]]:
