@@ -26,10 +26,22 @@ from tokenjoule.calibrate.aligned import METHOD_SUMMARY
 from tokenjoule.calibrate.fit import choose_knots, fit_curve
 from tokenjoule.calibrate.generate_sweep import GenerateGrid, GenerateRunner, derive_fit_rows, run_generate_sweep
 from tokenjoule.calibrate.grid import GridConfig
+from tokenjoule.calibrate.host_cost import binned_points, fit_host_overhead, measure_serving_host, synthetic_requests
 from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter, mw_to_w
-from tokenjoule.calibrate.profile import FEATURES, REGIME, GPUProfile, save_profile
+from tokenjoule.calibrate.profile import (
+    FEATURES,
+    REGIME,
+    DecodeSplitRule,
+    GPUProfile,
+    HostOverhead,
+    save_profile,
+    shape_features,
+)
+from tokenjoule.calibrate.replay import PrefillFirstScheduler
 from tokenjoule.calibrate.sweeps import IterationRunner, run_sweep, shape_from_row
+from tokenjoule.kernels.scheduler import Scheduler
 from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.splits import MAX_SPLITS, TARGET_PROGRAMS
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +121,7 @@ def gpu_info(meter: EnergyMeter) -> dict[str, Any]:
     return info
 
 
-def _aggregate(rows: Sequence[dict[str, Any]], kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+def aggregate_points(rows: Sequence[dict[str, Any]], kinds: tuple[str, ...]) -> list[dict[str, Any]]:
     """One record per ok point of `kinds`: median latency and energy over repeats, and their relative spread."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -127,23 +139,27 @@ def _aggregate(rows: Sequence[dict[str, Any]], kinds: tuple[str, ...]) -> list[d
     return out
 
 
-def _columns(points: list[dict[str, Any]], key: str) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    from tokenjoule.calibrate.profile import shape_features
-
-    feats = [shape_features(p["shape"]) for p in points]
+def _columns(points: list[dict[str, Any]], key: str,
+             rule: DecodeSplitRule | None) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    feats = [shape_features(p["shape"], rule) for p in points]
     x = np.array([p["shape"].new_tokens for p in points], dtype=np.float64)
     names = (*FEATURES, REGIME)
+    if not any(len(set(p["shape"].decode)) > 1 for p in points):
+        # only ragged batches tell the longest context from the summed one; a grid without them leaves it unfitted
+        names = tuple(n for n in names if n != "decode_tail_ctx_tokens")
     return x, {f: np.array([d[f] for d in feats]) for f in names}, np.array([p[key] for p in points], float)
 
 
-def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
+def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5, rule: DecodeSplitRule | None = None) -> dict[str, Any]:
     """Fit latency and energy curves to raw sweep rows (prefill, decode and mixed points alike).
+
+    `rule` is the engine's decode split rule, which prices the longest decode context (see `DecodeSplitRule`).
 
     Returns:
         {"latency": CostCurve, "energy": CostCurve, "fit_errors": {...}, "idle_power_w": float}.
     """
     rows = derive_fit_rows(rows)  # raw generate() rows -> the prefill/decode rows they imply; other rows as they are
-    fit_points = _aggregate(rows, ("prefill", "decode", "mixed"))
+    fit_points = aggregate_points(rows, ("prefill", "decode", "mixed"))
     if len(fit_points) < 4:
         raise ValueError(f"only {len(fit_points)} measured points; a fit needs >= 4")
     if any(p["energy_j"] is None for p in fit_points):
@@ -157,7 +173,7 @@ def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
     is_mixed = [p["kind"] == "mixed" for p in fit_points]
     out: dict[str, Any] = {"fit_errors": {}}
     for name, key, unit in (("latency", "time_s", "s"), ("energy", "energy_j", "J")):
-        x, feats, y = _columns(fit_points, key)
+        x, feats, y = _columns(fit_points, key, rule)
         curve, stats = fit_curve(x, feats, y, knots, unit, folds=folds, mixed_mask=is_mixed,
                                  prefill_knots=prefill_knots)
         out[name] = curve
@@ -177,14 +193,42 @@ def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
 
 def build_profile(rows: Sequence[dict[str, Any]], *, spec: ModelSpec, engine: str, mode: str, tp: int,
                   kv_capacity_tokens: int, gpu: dict[str, Any], host: dict[str, Any], software: dict[str, Any],
-                  method: dict[str, Any], raw_path: str | None, notes: str = "", folds: int = 5) -> GPUProfile:
+                  method: dict[str, Any], raw_path: str | None, notes: str = "", folds: int = 5,
+                  host_overhead: HostOverhead | None = None,
+                  decode_split_rule: DecodeSplitRule | None = None) -> GPUProfile:
     """Fit the rows and assemble the GPUProfile (dated now, UTC)."""
-    fitted = fit_rows(rows, folds=folds)
+    fitted = fit_rows(rows, folds=folds, rule=decode_split_rule)
     return GPUProfile(gpu=gpu, host=host, software=software, method=method,
                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"), engine=engine, mode=mode,
                       model=spec, tp=tp, idle_power_w=fitted["idle_power_w"], kv_capacity_tokens=kv_capacity_tokens,
                       latency=fitted["latency"], energy=fitted["energy"], fit_errors=fitted["fit_errors"],
-                      raw_path=raw_path, notes=notes)
+                      raw_path=raw_path, notes=notes, host_overhead=host_overhead,
+                      decode_split_rule=decode_split_rule)
+
+
+def serving_host_overhead(runner: IterationRunner, spec: ModelSpec, config: CalibrationConfig) -> HostOverhead | None:
+    """The host-overhead model from synthetic requests served under both policies (None without a model runner).
+
+    Each policy serves 1.5x as many requests as it has seats, all arriving at once, so batches fill up to the
+    sequence limit and drain: the host time is measured across the batch sizes serving meets, on the engine's loop.
+    """
+    model_runner = getattr(runner, "runner", None)
+    if model_runner is None or not hasattr(model_runner, "block_manager"):
+        logger.warning("%s has no model runner: host overhead not measured", type(runner).__name__)
+        return None
+    runner.release()
+    seqs = min(256, config.max_batch_seqs)
+    rows = []
+    for scheduler in (PrefillFirstScheduler(model_runner.block_manager, seqs, min(8192, config.max_batched_tokens)),
+                      Scheduler(model_runner.block_manager, seqs, min(2048, config.max_batched_tokens))):
+        rows += measure_serving_host(model_runner, scheduler, synthetic_requests(seqs + seqs // 2, config.seed),
+                                     spec.vocab_size, config.seed)
+    return fit_host_overhead(binned_points(rows))
+
+
+def tokenjoule_split_rule(spec: ModelSpec, tp: int) -> DecodeSplitRule:
+    """The tokenjoule decode kernel's split rule for `spec` with its KV heads over `tp` GPUs."""
+    return DecodeSplitRule(TARGET_PROGRAMS, MAX_SPLITS, max(1, spec.n_kv_heads // tp))
 
 
 def resolve_build_runner() -> Callable[..., IterationRunner]:
@@ -256,13 +300,17 @@ def calibrate(spec: ModelSpec, config: CalibrationConfig, out_path: str | Path, 
         try:
             rows = _sweep(runner, meter, config, raw_path, wait, progress)
             kv_capacity = int(runner.kv_capacity_tokens)
+            # this engine's serving loop schedules on the host between iterations (generate() times its own loop)
+            host_overhead = serving_host_overhead(runner, spec, config) if config.engine == "tokenjoule" else None
         finally:
             if own_runner:
                 runner.release()
+        rule = tokenjoule_split_rule(spec, len(config.gpu_indices)) if config.engine == "tokenjoule" else None
         profile = build_profile(rows, spec=spec, engine=config.engine, mode=config.mode, tp=len(config.gpu_indices),
                                 kv_capacity_tokens=kv_capacity, gpu=gpu_info(meter), host=host_info(),
                                 software=software_info(), method=_method(meter, config), raw_path=raw_path.name,
-                                notes=f"measured by tokenjoule calibrate; random weights (seed {config.seed})")
+                                notes=f"measured by tokenjoule calibrate; random weights (seed {config.seed})",
+                                host_overhead=host_overhead, decode_split_rule=rule)
     finally:
         if own_meter:
             meter.close()

@@ -44,6 +44,14 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _host_text(host: dict[str, Any] | None) -> str:
+    """The serving loop's measured host time per iteration, in words."""
+    if host is None:
+        return "not measured (the simulator adds none)"
+    return (f"{host['per_iteration_s'] * 1e6:.0f} us + {host['per_seq_s'] * 1e6:.1f} us/sequence + "
+            f"{host['per_prefill_seq_s'] * 1e6:.1f} us/prefill chunk per iteration")
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     console = Console()
     meta = Table(title=summary["label"], show_header=False)
@@ -51,7 +59,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for key, value in (("date", summary["date"]), ("gpu", gpu.get("name")), ("driver", gpu.get("driver")),
                        ("power limit (W)", gpu.get("power_limit_w")), ("torch", software.get("torch")),
                        ("energy method", summary["method"].get("energy")), ("idle power (W)", summary["idle_power_w"]),
-                       ("KV capacity (tokens)", summary["kv_capacity_tokens"]), ("raw data", summary["raw_path"])):
+                       ("KV capacity (tokens)", summary["kv_capacity_tokens"]), ("raw data", summary["raw_path"]),
+                       ("host overhead", _host_text(summary["host_overhead"]))):
         meta.add_row(key, _fmt(value, 4))
     console.print(meta)
     errors = Table(title="fit errors (relative)")

@@ -10,7 +10,7 @@ counts as much as a 500 ms prefill. Non-negativity (costs grow with work) keeps 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +91,7 @@ def design_matrix(new_tokens: np.ndarray, features: Mapping[str, np.ndarray], kn
     return np.column_stack(cols)
 
 
-def _solve(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+def solve_relative(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     """NNLS of a @ p ~= y in relative terms, with columns scaled to unit max so tiny features are not ignored."""
     weighted = a / y[:, None]
     scale = np.abs(weighted).max(axis=0)
@@ -100,9 +100,10 @@ def _solve(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     return params / scale
 
 
-def _curve(params: np.ndarray, knots: Sequence[float], prefill_knots: Sequence[float], unit: str) -> CostCurve:
+def _curve(params: np.ndarray, knots: Sequence[float], prefill_knots: Sequence[float], unit: str,
+           fitted: Collection[str]) -> CostCurve:
     n, m = len(knots), len(prefill_knots)
-    coef = {name: float(params[n + m + i]) for i, name in enumerate(FEATURES)}
+    coef = {name: float(params[n + m + i]) for i, name in enumerate(FEATURES) if name in fitted}
     return CostCurve(tuple(float(k) for k in knots), tuple(float(v) for v in params[:n]), coef, unit,
                      tuple(float(k) for k in prefill_knots), tuple(float(v) for v in params[n:n + m]))
 
@@ -119,7 +120,7 @@ def _kfold_errors(a: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.nda
     errors = np.empty(len(y))
     for held in np.array_split(order, folds):
         train = np.setdiff1d(order, held)
-        params = _solve(a[train], y[train])
+        params = solve_relative(a[train], y[train])
         errors[held] = np.abs(a[held] @ params - y[held]) / y[held]
     return errors
 
@@ -136,7 +137,8 @@ def fit_curve(new_tokens: Sequence[float], features: Mapping[str, Sequence[float
 
     Args:
         new_tokens: tokens pushed through the weights per iteration, one per point.
-        features: FEATURES columns by name (missing ones are zero), plus the regime indicator "has_prefill".
+        features: FEATURES columns by name, plus the regime indicator "has_prefill". A missing feature is zero and
+            gets no coefficient in the curve (the data cannot tell it).
         y: measured latency (s) or energy (J) per iteration; all > 0.
         knots: the curve's knots in `new_tokens` (see `choose_knots`).
         unit: "s" or "J".
@@ -162,7 +164,7 @@ def fit_curve(new_tokens: Sequence[float], features: Mapping[str, Sequence[float
         raise ValueError(f"mixed_mask {mixed.shape} must match new_tokens {x.shape}")
     cols = {name: np.asarray(v, dtype=np.float64) for name, v in features.items()}
     a = design_matrix(x, cols, knots, prefill_knots)
-    curve = _curve(_solve(a, target), knots, prefill_knots, unit)
+    curve = _curve(solve_relative(a, target), knots, prefill_knots, unit, cols)
     train = relative_errors(curve, x, cols, target)
     k = max(2, min(folds, target.size))
     cv = _kfold_errors(a, target, k, seed)

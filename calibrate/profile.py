@@ -18,6 +18,7 @@ large prefills hide — an additive constant cannot express that, a curve of its
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -33,9 +34,11 @@ from tokenjoule.traces.files import write_atomic
 SCHEMA_VERSION = 1
 PROFILE_KIND = "tokenjoule-profile"
 
-# Linear terms beside the piecewise-linear token curves; names match IterationShape properties.
-# No per-decode-sequence term: for decode-only iterations new_tokens == decode sequences, so the decode curve is it.
-FEATURES = ("prefill_attn_pairs", "prefill_ctx_tokens", "prefill_seqs", "decode_ctx_tokens")
+# Linear terms beside the piecewise-linear token curves; names match IterationShape properties, except
+# decode_tail_ctx_tokens (see `tail_ctx_tokens`). No per-decode-sequence term: for decode-only iterations new_tokens
+# == decode sequences, so the decode curve is it. Profiles written before decode_tail_ctx_tokens have no coefficient
+# for it, which reads as 0.
+FEATURES = ("prefill_attn_pairs", "prefill_ctx_tokens", "prefill_seqs", "decode_ctx_tokens", "decode_tail_ctx_tokens")
 # The regime indicator (1.0 when the iteration has any prefill chunk) picks the token curve; it has no coefficient.
 REGIME = "has_prefill"
 
@@ -129,9 +132,9 @@ class CostCurve:
                 total = total + c * np.asarray(features[name], dtype=np.float64)
         return total
 
-    def of_shape(self, shape: IterationShape) -> float:
-        """Cost of one IterationShape."""
-        return float(self.evaluate(shape.new_tokens, **shape_features(shape)))
+    def of_shape(self, shape: IterationShape, rule: DecodeSplitRule | None = None) -> float:
+        """Cost of one IterationShape (`rule`: the engine's decode splits, see `DecodeSplitRule`)."""
+        return float(self.evaluate(shape.new_tokens, **shape_features(shape, rule)))
 
 
 def _check_knots(knots: tuple[float, ...], values: tuple[float, ...], name: str) -> None:
@@ -150,15 +153,105 @@ def piecewise_linear(x: Any, knots: tuple[float, ...], values: tuple[float, ...]
     return np.where(x > k[-1], v[-1] + slope * (x - k[-1]), np.interp(x, k, v))
 
 
-def shape_features(shape: IterationShape) -> dict[str, float]:
-    """The FEATURES of one iteration, and its regime indicator, by name."""
+@dataclass(frozen=True, slots=True)
+class DecodeSplitRule:
+    """How the engine's decode kernel splits each context, which decides how long the longest program runs.
+
+    Each sequence gets ceil(target_programs / (batch x kv_heads)) programs, at most max_splits (`kernels/splits.py`).
+
+    Attributes:
+        target_programs: programs the kernel aims for.
+        max_splits: most splits per sequence.
+        kv_heads: KV heads per GPU (one program per sequence, KV head and split).
+    """
+
+    target_programs: int
+    max_splits: int
+    kv_heads: int
+
+    def __post_init__(self) -> None:
+        if min(self.target_programs, self.max_splits, self.kv_heads) < 1:
+            raise ProfileError(f"decode_split_rule {self} needs positive integers")
+
+    def splits(self, batch: Any) -> Any:
+        """Splits per sequence for decode batches of `batch` sequences (scalar or array)."""
+        b = np.maximum(np.asarray(batch, dtype=np.int64), 1)
+        out = np.clip(-(-self.target_programs // (b * self.kv_heads)), 1, self.max_splits)
+        return int(out) if out.ndim == 0 else out
+
+
+def tail_ctx_tokens(max_ctx: Any, sum_ctx: Any, decode_seqs: Any, rule: DecodeSplitRule | None) -> Any:
+    """Context tokens the longest decode program streams beyond an average one (0 for a uniform batch).
+
+    The summed context prices the average program; a ragged batch's longest context (over its splits; the whole of
+    it without a rule) keeps one program running after the rest have finished, and sets the kernel's time.
+    """
+    seqs = np.maximum(np.asarray(decode_seqs, dtype=np.float64), 1.0)
+    excess = np.asarray(max_ctx, dtype=np.float64) - np.asarray(sum_ctx, dtype=np.float64) / seqs
+    value = np.maximum(excess, 0.0) / (1 if rule is None else rule.splits(decode_seqs))
+    return float(value) if value.ndim == 0 else value
+
+
+def shape_features(shape: IterationShape, rule: DecodeSplitRule | None = None) -> dict[str, float]:
+    """The FEATURES of one iteration, and its regime indicator, by name (`rule`: the engine's decode splits)."""
     return {
         "prefill_attn_pairs": float(shape.prefill_attn_pairs),
         "prefill_ctx_tokens": float(shape.prefill_ctx_tokens),
         "prefill_seqs": float(shape.prefill_seqs),
         "decode_ctx_tokens": float(shape.decode_ctx_tokens),
+        "decode_tail_ctx_tokens": tail_ctx_tokens(shape.decode_max_ctx_tokens, shape.decode_ctx_tokens,
+                                                  shape.decode_seqs, rule),
         REGIME: 1.0 if shape.prefill else 0.0,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class HostOverhead:
+    """The serving loop's host work between iterations (schedule, then commit sampled tokens), in seconds.
+
+    The GPU curves time `runner.run` alone; a serving loop also plans each iteration and books its tokens on the
+    host, serially, so an iteration lasts its curve plus `seconds(...)`. Measured on the calibrating machine
+    (`calibrate/host_cost.py`), since it scales with CPU speed. A prefill chunk costs more host work than a decode
+    (admission allocates its blocks, its prompt is copied).
+
+    Attributes:
+        per_iteration_s: fixed cost of one iteration.
+        per_seq_s: cost per sequence in the iteration (prefill chunks plus decodes).
+        per_seq_sq_s: cost per squared sequence count (list work that grows with the batch; 0 in current fits).
+        points: the measured points, {"seqs", "prefill_seqs", "median_s", ...} each.
+        method: how it was measured.
+        per_prefill_seq_s: extra cost per prefill chunk.
+    """
+
+    per_iteration_s: float
+    per_seq_s: float
+    per_seq_sq_s: float = 0.0
+    points: tuple[dict[str, Any], ...] = ()
+    method: str = ""
+    per_prefill_seq_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.per_iteration_s, self.per_seq_s, self.per_seq_sq_s, self.per_prefill_seq_s) < 0:
+            raise ProfileError(f"host_overhead coefficients ({self.per_iteration_s}, {self.per_seq_s}, "
+                               f"{self.per_seq_sq_s}, {self.per_prefill_seq_s}) must be >= 0")
+
+    def seconds(self, seqs: Any, prefill_seqs: Any = 0) -> Any:
+        """Host time of iterations of `seqs` sequences, `prefill_seqs` of them prefill chunks (scalars or arrays)."""
+        return (self.per_iteration_s + self.per_seq_s * seqs + self.per_seq_sq_s * seqs * seqs
+                + self.per_prefill_seq_s * prefill_seqs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"per_iteration_s": self.per_iteration_s, "per_seq_s": self.per_seq_s,
+                "per_seq_sq_s": self.per_seq_sq_s, "per_prefill_seq_s": self.per_prefill_seq_s,
+                "points": [dict(p) for p in self.points], "method": self.method}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HostOverhead:
+        """Build from `to_dict`'s form."""
+        return cls(float(data["per_iteration_s"]), float(data["per_seq_s"]), float(data.get("per_seq_sq_s", 0.0)),
+                   tuple(dict(p) for p in data.get("points") or ()), str(data.get("method", "")),
+                   float(data.get("per_prefill_seq_s", 0.0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +275,10 @@ class GPUProfile:
         fit_errors: cross-validated and mixed-iteration relative errors, by curve.
         raw_path: raw sweep file, relative to the profile file.
         notes: free text (what is modeled, caveats).
+        host_overhead: the serving loop's host time per iteration, or None where it was not measured (profiles
+            from before it was; the simulator then adds none).
+        decode_split_rule: the engine's decode split rule (prices the longest context), or None: an engine without
+            one (HF) or a profile from before it was recorded.
     """
 
     gpu: dict[str, Any]
@@ -200,6 +297,8 @@ class GPUProfile:
     fit_errors: dict[str, Any] = field(default_factory=dict)
     raw_path: str | None = None
     notes: str = ""
+    host_overhead: HostOverhead | None = None
+    decode_split_rule: DecodeSplitRule | None = None
 
     def __post_init__(self) -> None:
         if self.tp < 1:
@@ -221,13 +320,16 @@ class GPUProfile:
 
     def cost(self, shape: IterationShape) -> tuple[float, float]:
         """(seconds, joules) of one iteration."""
-        return self.latency.of_shape(shape), self.energy.of_shape(shape)
+        return self.latency.of_shape(shape, self.decode_split_rule), self.energy.of_shape(shape, self.decode_split_rule)
 
     @property
     def content_sha256(self) -> str:
         """Hash of what the simulator reads (curves, idle power, capacity, model): identifies a calibration."""
         core = {k: v for k, v in self.to_dict().items() if k in ("model", "tp", "idle_power_w", "kv_capacity_tokens",
                                                                   "latency", "energy", "engine", "mode")}
+        for name in ("host_overhead", "decode_split_rule"):  # absent from older profiles, whose hashes stay as were
+            if name in self.to_dict():
+                core[name] = self.to_dict()[name]
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,6 +341,10 @@ class GPUProfile:
         out["model"] = self.model.to_dict()
         out["latency"] = _curve_to_dict(self.latency)
         out["energy"] = _curve_to_dict(self.energy)
+        if self.host_overhead is not None:
+            out["host_overhead"] = self.host_overhead.to_dict()
+        if self.decode_split_rule is not None:
+            out["decode_split_rule"] = dataclasses.asdict(self.decode_split_rule)
         return out
 
     @classmethod
@@ -259,6 +365,9 @@ class GPUProfile:
                 latency=_curve_from_dict(data["latency"], "s"), energy=_curve_from_dict(data["energy"], "J"),
                 fit_errors=dict(data.get("fit_errors") or {}), raw_path=data.get("raw_path"),
                 notes=str(data.get("notes", "")),
+                host_overhead=HostOverhead.from_dict(data["host_overhead"]) if data.get("host_overhead") else None,
+                decode_split_rule=DecodeSplitRule(**{k: int(v) for k, v in data["decode_split_rule"].items()})
+                if data.get("decode_split_rule") else None,
             )
         except KeyError as err:
             raise ProfileError(f"{source}: missing field {err.args[0]!r}") from err

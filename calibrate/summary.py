@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from tokenjoule.calibrate.profile import GPUProfile
@@ -90,6 +91,10 @@ def profile_summary(profile: GPUProfile, path: str | None = None) -> dict[str, A
         "idle_power_w": profile.idle_power_w,
         "kv_capacity_tokens": profile.kv_capacity_tokens,
         "raw_path": profile.raw_path,
+        "host_overhead": None if profile.host_overhead is None else {
+            k: v for k, v in profile.host_overhead.to_dict().items() if k != "points"},
+        "decode_split_rule": None if profile.decode_split_rule is None
+        else dataclasses.asdict(profile.decode_split_rule),
         "fit_errors": profile.fit_errors,
         "targets_met": targets_met(profile.fit_errors),
         "prefill": prefill_figures(profile),

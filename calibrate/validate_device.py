@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, gpu_info, host_info, software_info
 from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter
+from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
 from tokenjoule.calibrate.replay import ReplayRequest, ReplayResult, build_engine, replay, use_policy
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
@@ -108,6 +110,20 @@ SCENARIOS = (  # in priority order: a short device budget skips the last ones
     Scenario("code_continuous_x1", "continuous", trace="azure-code-2023", start_s=1400.0, window_s=20.0,
              rate_scale=1.0),
 )
+# Longer slices (about 90 s of wall time each, 1.5-4.5 minutes of trace), for a second device call that replays
+# with the profile the first one measured (`--profile`): two loaded conversation slices, one coding slice near
+# saturation, one at lighter load.
+LONG_SCENARIOS = (
+    Scenario("conv_continuous_x3_long", "continuous", trace="azure-conv-2023", start_s=2400.0, window_s=270.0,
+             rate_scale=3.0),
+    Scenario("code_chunked_x1_long", "chunked", max_batched_tokens=2048, trace="azure-code-2023", start_s=1440.0,
+             window_s=90.0, rate_scale=1.0),
+    Scenario("conv_chunked_x2_long", "chunked", max_batched_tokens=2048, trace="azure-conv-2023", start_s=3000.0,
+             window_s=180.0, rate_scale=2.0),
+    Scenario("code_continuous_x0.7_long", "continuous", trace="azure-code-2023", start_s=600.0, window_s=63.0,
+             rate_scale=0.7),
+)
+SCENARIO_SETS = {"short": SCENARIOS, "long": LONG_SCENARIOS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +143,8 @@ class Plan:
         num_kv_blocks: force the KV cache size (None: from memory).
         warmup_requests: requests per policy in the unmeasured warm-up replay.
         idle_end_s: a last idle-power window after the scenarios (0 to skip).
+        profile: a profile measured earlier (by this entry, on the same GPU) to replay against instead of
+            calibrating; it is copied into the output folder with its raw file, and its GPU UUID is checked.
     """
 
     spec: ModelSpec
@@ -141,6 +159,7 @@ class Plan:
     num_kv_blocks: int | None = None
     warmup_requests: int = 48
     idle_end_s: float = 3.0
+    profile: Path | None = None
 
 
 def scenario_requests(s: Scenario) -> list[ReplayRequest]:
@@ -205,11 +224,17 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
                             max_batched_tokens=plan.max_batched_tokens)
     profile_path = out / f"profile-{plan.spec.name.replace('/', '_')}-tokenjoule-{plan.mode}.json"
     iteration_runner = TokenjouleIterationRunner(plan.spec, config, runner=engine.runner)  # shares weights and KV
-    profile = calibrate(plan.spec, cal, profile_path, meter=meter, progress=progress, runner=iteration_runner)
-    iteration_runner.release()
-    print(f"[{time.perf_counter() - start:5.0f} s] calibrated: idle {profile.idle_power_w:.1f} W, latency CV median "
-          f"{profile.fit_errors['latency']['cv_median']:.2%}, energy CV median "
-          f"{profile.fit_errors['energy']['cv_median']:.2%}", flush=True)
+    if plan.profile is not None:
+        profile_path = out / plan.profile.name
+        profile = _reuse_profile(plan.profile, out, gpu_info(meter))
+        print(f"[{time.perf_counter() - start:5.0f} s] reusing {plan.profile.name} (calibrated {profile.date})",
+              flush=True)
+    else:
+        profile = calibrate(plan.spec, cal, profile_path, meter=meter, progress=progress, runner=iteration_runner)
+        iteration_runner.release()
+        print(f"[{time.perf_counter() - start:5.0f} s] calibrated: idle {profile.idle_power_w:.1f} W, latency CV "
+              f"median {profile.fit_errors['latency']['cv_median']:.2%}, energy CV median "
+              f"{profile.fit_errors['energy']['cv_median']:.2%}", flush=True)
     if plan.mode == "cudagraph":
         _warm_graphs(iteration_runner)
     warmups = _warm_policies(engine, meter, plan)
@@ -230,10 +255,23 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
         results.append((s, reqs, result))
         print(f"[{time.perf_counter() - start:5.0f} s] {_summary_line(s, result)}", flush=True)
     doc = _document(plan, meter, profile_path, engine, results, start)
+    doc["profile_reused"] = plan.profile is not None
     doc["warmups"] = _document(plan, meter, profile_path, engine, warmups, start)["scenarios"]
     doc["idle_power_end_w"] = _idle_power_w(meter, plan.idle_end_s)
     _write_tables(out, warmups + results)
     return doc
+
+
+def _reuse_profile(path: Path, out: Path, gpu: dict[str, Any]) -> GPUProfile:
+    """Copy an earlier profile and its raw file into `out`; refuse one measured on another GPU."""
+    profile = load_profile(path)
+    if profile.gpu.get("uuid") != gpu.get("uuid"):
+        raise ProfileError(f"{path}: calibrated on GPU {profile.gpu.get('uuid')}, this is {gpu.get('uuid')}; "
+                         "a validation compares against a profile of the same GPU")
+    for src in (path, path.parent / (profile.raw_path or "")):
+        if src.is_file() and src.resolve() != (out / src.name).resolve():
+            shutil.copyfile(src, out / src.name)
+    return profile
 
 
 def _idle_power_w(meter: EnergyMeter, window_s: float) -> float | None:
@@ -319,7 +357,7 @@ def run_metered(out: Path, device: str, run: Callable[[EnergyMeter], dict[str, A
         sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock).start()
     try:
         doc = run(meter)
-    except MeterError as err:
+    except (MeterError, ProfileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
@@ -339,18 +377,23 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=BUDGET_S,
                         help="skip scenarios that would end after this many seconds of the run")
     parser.add_argument("--quick", action="store_true", help="the smoke-test calibration grid (a check, not a profile)")
-    parser.add_argument("--scenarios", default="", help="comma list of scenario names (default: all)")
+    parser.add_argument("--scenario-set", choices=sorted(SCENARIO_SETS), default="short",
+                        help="short slices (after calibrating) or long ones (usually with --profile)")
+    parser.add_argument("--scenarios", default="", help="comma list of scenario names of the set (default: all)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="replay against this earlier profile of the same GPU instead of calibrating")
     args = parser.parse_args(argv)
     log_to(args.out)
     if plan is None:
+        chosen = SCENARIO_SETS[args.scenario_set]
         names = [n for n in args.scenarios.split(",") if n]
-        unknown = sorted(set(names) - {s.name for s in SCENARIOS})
+        unknown = sorted(set(names) - {s.name for s in chosen})
         if unknown:
-            print(f"error: --scenarios: unknown {unknown}; known: {[s.name for s in SCENARIOS]}", file=sys.stderr)
+            print(f"error: --scenarios: unknown {unknown}; known: {[s.name for s in chosen]}", file=sys.stderr)
             return 2
         plan = Plan(ModelSpec.from_name(args.model), budget_s=args.budget_s,
-                    grid=GridConfig.quick() if args.quick else GRID,
-                    scenarios=tuple(s for s in SCENARIOS if not names or s.name in names))
+                    grid=GridConfig.quick() if args.quick else GRID, profile=args.profile,
+                    scenarios=tuple(s for s in chosen if not names or s.name in names))
     return run_metered(args.out, plan.device, lambda meter: run_plan(plan, args.out, meter))
 
 

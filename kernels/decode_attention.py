@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from tokenjoule.kernels.splits import num_splits_for
+
 try:  # Triton is optional on CPU; it runs there only in interpreter mode (TRITON_INTERPRET=1).
     import triton
     import triton.language as tl
@@ -27,8 +29,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
 
-TARGET_PROGRAMS = 528  # about 4 waves of programs on a 132-SM H100
-MAX_SPLITS = 32
 BLOCK_N = 64  # context tokens per inner-loop tile (64 beat 32 by 5-12% on H100, NOTES.md)
 
 
@@ -66,11 +66,6 @@ def triton_available(device: torch.device | str) -> bool:
     if torch.device(device).type == "cuda":
         return True
     return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def num_splits_for(batch: int, n_kv_heads: int) -> int:
-    """Context splits per sequence: enough programs to fill the GPU, depending only on the batch shape."""
-    return max(1, min(MAX_SPLITS, -(-TARGET_PROGRAMS // max(1, batch * n_kv_heads))))
 
 
 if triton is not None:

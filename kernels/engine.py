@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tokenjoule.kernels.runner import ModelRunner, RunnerConfig
 from tokenjoule.kernels.scheduler import ScheduledBatch, Scheduler
-from tokenjoule.kernels.sequence import Sequence, SequenceStatus
+from tokenjoule.kernels.sequence import Sequence
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.kernels.tp import TPGroup
 
@@ -93,20 +93,8 @@ class Engine:
 
     def postprocess(self, batch: ScheduledBatch, tokens: list[int]) -> list[FinishedRequest]:
         """Commit an iteration's tokens to its sequences; free and report the ones that finished."""
-        now = self.now_s()
-        sampled = iter(tokens)
-        finished = []
-        for seq, n in batch.prefill:
-            done = seq.num_computed_tokens + n == seq.num_tokens
-            seq.commit(n, next(sampled) if done else None, now)
-        for seq in batch.decode:
-            seq.commit(1, next(sampled), now)
-        for seq in [s for s, _ in batch.prefill] + list(batch.decode):
-            if seq.status is SequenceStatus.FINISHED:
-                self.scheduler.finish(seq)
-                finished.append(FinishedRequest(seq.seq_id, seq.prompt_len, seq.num_output_tokens, seq.arrival_s,
-                                                seq.first_token_s, seq.finish_s))
-        return finished
+        return [FinishedRequest(seq.seq_id, seq.prompt_len, seq.num_output_tokens, seq.arrival_s, seq.first_token_s,
+                                seq.finish_s) for seq in self.scheduler.commit(batch, tokens, self.now_s())]
 
     def run_until_done(self) -> list[FinishedRequest]:
         """Step until every queued request finished."""

@@ -105,6 +105,24 @@ class Scheduler:
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
 
+    def commit(self, batch: ScheduledBatch, tokens: list[int], now_s: float) -> list[Sequence]:
+        """Book an iteration's sampled tokens on its sequences; drop and return the ones that finished.
+
+        `tokens` holds one sampled token per sequence that samples: each decode, and each prefill chunk that
+        completes its prompt, in the batch's order (prefill chunks first).
+        """
+        sampled = iter(tokens)
+        for seq, n in batch.prefill:
+            done = seq.num_computed_tokens + n == seq.num_tokens
+            seq.commit(n, next(sampled) if done else None, now_s)
+        for seq in batch.decode:
+            seq.commit(1, next(sampled), now_s)
+        finished = [seq for seq in [s for s, _ in batch.prefill] + list(batch.decode)
+                    if seq.status is SequenceStatus.FINISHED]
+        for seq in finished:
+            self.finish(seq)
+        return finished
+
     def finish(self, seq: Sequence) -> None:
         """Drop a finished sequence and free its blocks."""
         self.running.remove(seq)
@@ -113,7 +131,8 @@ class Scheduler:
     def _schedule_decodes(self) -> list[Sequence]:
         decode: list[Sequence] = []
         for seq in list(self.running):
-            if not seq.is_decoding or seq not in self.running:
+            # a sequence preempted earlier in this loop is WAITING again (a status check, not an O(n) list search)
+            if not seq.is_decoding or seq.status is not SequenceStatus.RUNNING:
                 continue
             if len(decode) >= min(self.max_batch_seqs, self.max_batched_tokens):
                 break
@@ -122,7 +141,7 @@ class Scheduler:
                 self._preempt(victim)
                 if victim is seq:
                     break
-            if seq in self.running:
+            if seq.status is SequenceStatus.RUNNING:
                 self._reserve(seq, 1)
                 decode.append(seq)
         return decode

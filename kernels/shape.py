@@ -66,6 +66,11 @@ class IterationShape:
         return sum(self.decode)
 
     @property
+    def decode_max_ctx_tokens(self) -> int:
+        """The longest decode context: one program streams it alone when a batch is too wide to split contexts."""
+        return max(self.decode, default=0)
+
+    @property
     def is_empty(self) -> bool:
         """True when the iteration has nothing to do."""
         return not self.prefill and not self.decode

@@ -10,8 +10,8 @@ Pure functions and small frozen classes; no SimPy. Three models share one interf
   ring all-reduces per layer). It is a model, not a measurement, and says so (`modeled=True`) in every output.
 
 Every per-iteration cost here is linear in the iteration's aggregate features, so while a replica's batch stays
-constant the cost of decode step j is `a + d*j` (the KV context grows by the batch size each step): the sum over k
-steps is an arithmetic series, which `StretchCost` evaluates and inverts in O(1).
+constant the cost of decode step j is `a + d*j` (the summed KV context grows by the batch size each step, the longest
+context by one): the sum over k steps is an arithmetic series, which `StretchCost` evaluates and inverts in O(1).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tokenjoule.calibrate.profile import CostCurve, GPUProfile, GPUSpec
+from tokenjoule.calibrate.profile import CostCurve, DecodeSplitRule, GPUProfile, GPUSpec
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.splits import num_splits_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class IterFeatures:
         decode_ctx_tokens: KV entries the decode sequences read.
         decode_seqs: sequences decoding one token each.
         prefill_seqs: prefill chunks (one per sequence being prefilled).
+        decode_max_ctx_tokens: the longest context among the decode sequences (0 without decodes).
     """
 
     new_tokens: int
@@ -46,12 +48,13 @@ class IterFeatures:
     decode_ctx_tokens: int = 0
     decode_seqs: int = 0
     prefill_seqs: int = 0
+    decode_max_ctx_tokens: int = 0
 
     @classmethod
     def of_shape(cls, shape: IterationShape) -> IterFeatures:
         """Features of an IterationShape."""
         return cls(shape.new_tokens, shape.prefill_attn_pairs, shape.prefill_ctx_tokens,
-                   shape.decode_ctx_tokens, shape.decode_seqs, shape.prefill_seqs)
+                   shape.decode_ctx_tokens, shape.decode_seqs, shape.prefill_seqs, shape.decode_max_ctx_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,38 +158,63 @@ class _Pwl:
         return vals[i - 1] + t * (vals[i] - vals[i - 1])
 
 
-_COEF_NAMES = ("prefill_attn_pairs", "prefill_ctx_tokens", "prefill_seqs", "decode_ctx_tokens")
+# The profile's FEATURES in the order _Curve reads them (a test checks that none is missing).
+_COEF_NAMES = ("prefill_attn_pairs", "prefill_ctx_tokens", "prefill_seqs", "decode_ctx_tokens",
+               "decode_tail_ctx_tokens")
 
 
 @dataclass(frozen=True, slots=True)
 class _Curve:
-    """A CostCurve (both regimes) evaluated for scalars, as `CostCurve.evaluate` does."""
+    """A CostCurve (both regimes) evaluated for scalars, as `CostCurve.evaluate` does.
+
+    The longest decode context enters as the tokens its program streams beyond an average one (`calibrate.profile.
+    tail_ctx_tokens`), over the splits the profile's rule gives the batch (all of it without a rule).
+    """
 
     decode: _Pwl
     prefill: _Pwl
-    coef: tuple[float, float, float, float]  # in _COEF_NAMES order
+    coef: tuple[float, float, float, float, float]  # in _COEF_NAMES order; a profile without one reads 0
+    rule: DecodeSplitRule | None = None
 
     @classmethod
-    def of(cls, curve: CostCurve) -> _Curve:
+    def of(cls, curve: CostCurve, rule: DecodeSplitRule | None = None) -> _Curve:
         decode = _Pwl.of(curve.knots_tokens, curve.knot_values)
         prefill = _Pwl.of(curve.prefill_knots_tokens, curve.prefill_knot_values) if curve.prefill_knots_tokens \
             else decode
-        return cls(decode, prefill, tuple(curve.coef.get(n, 0.0) for n in _COEF_NAMES))
+        return cls(decode, prefill, tuple(curve.coef.get(n, 0.0) for n in _COEF_NAMES), rule)
+
+    def _splits(self, batch: int) -> int:
+        r = self.rule
+        return 1 if r is None else num_splits_for(batch, r.kv_heads, r.target_programs, r.max_splits)
 
     def iteration(self, f: IterFeatures) -> float:
         c = self.coef
         tokens = self.prefill if (f.prefill_seqs or f.prefill_attn_pairs) else self.decode
+        tail = 0.0
+        if c[4] and f.decode_seqs:
+            excess = f.decode_max_ctx_tokens - f.decode_ctx_tokens / f.decode_seqs
+            tail = c[4] * max(0.0, excess) / self._splits(f.decode_seqs)
         return (tokens(f.new_tokens) + c[0] * f.prefill_attn_pairs + c[1] * f.prefill_ctx_tokens
-                + c[2] * f.prefill_seqs + c[3] * f.decode_ctx_tokens)
+                + c[2] * f.prefill_seqs + c[3] * f.decode_ctx_tokens + tail)
 
-    def decode_line(self, batch: int, ctx_sum: float) -> Line:
+    def decode_line(self, batch: int, ctx_sum: float, max_ctx: float) -> Line:
+        """Step j of a constant batch: the summed context grows by `batch` a step and the longest by one.
+
+        So the longest context's excess over the mean, and its tail term, stay as they were.
+        """
         c = self.coef
-        return Line(self.decode(batch) + c[3] * ctx_sum, c[3] * batch)
+        tail = c[4] * max(0.0, max_ctx - ctx_sum / batch) / self._splits(batch) if c[4] and batch else 0.0
+        return Line(self.decode(batch) + c[3] * ctx_sum + tail, c[3] * batch)
 
 
 @dataclass(frozen=True, slots=True)
 class CalibratedCost:
-    """Costs from a measured profile's fitted curves (both per replica, all its GPUs summed).
+    """Costs from a measured profile's fitted curves (both per replica, all its GPUs summed), plus its host time.
+
+    The curves time the forward pass alone. Where the profile measured the serving loop's host work per iteration
+    (`GPUProfile.host_overhead`: scheduling and committing tokens, serial with the GPU), an iteration lasts its curve
+    plus that host time, and the GPUs draw idle power while they wait on the host. That energy is modeled (idle power
+    x host time), not measured per iteration. Profiles without host_overhead add nothing.
 
     Attributes:
         profile: the calibrated GPUProfile.
@@ -197,8 +225,8 @@ class CalibratedCost:
     _en: _Curve = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_lat", _Curve.of(self.profile.latency))
-        object.__setattr__(self, "_en", _Curve.of(self.profile.energy))
+        object.__setattr__(self, "_lat", _Curve.of(self.profile.latency, self.profile.decode_split_rule))
+        object.__setattr__(self, "_en", _Curve.of(self.profile.energy, self.profile.decode_split_rule))
 
     name = "calibrated"
     modeled = False
@@ -218,18 +246,52 @@ class CalibratedCost:
         """KV-cache capacity measured by the engine."""
         return self.profile.kv_capacity_tokens
 
-    def iteration(self, f: IterFeatures) -> tuple[float, float]:
-        """(seconds, joules) of one iteration."""
+    def host_s(self, seqs: int, prefill_seqs: int = 0) -> float:
+        """Host seconds of an iteration of `seqs` sequences, `prefill_seqs` of them chunks (0 if not measured)."""
+        host = self.profile.host_overhead
+        return 0.0 if host is None else host.seconds(seqs, prefill_seqs)
+
+    def gpu_iteration(self, f: IterFeatures) -> tuple[float, float]:
+        """(seconds, joules) of one iteration's forward pass: the fitted curves alone, without host time."""
         return self._lat.iteration(f), self._en.iteration(f)
 
-    def decode_stretch(self, batch: int, ctx_sum_tokens: float) -> StretchCost:
-        """Closed-form cost of decode steps for `batch` sequences whose contexts sum to `ctx_sum_tokens` at step 0."""
-        return StretchCost((self._lat.decode_line(batch, ctx_sum_tokens),), self._en.decode_line(batch, ctx_sum_tokens))
+    def iteration(self, f: IterFeatures) -> tuple[float, float]:
+        """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
+        t, e = self._lat.iteration(f), self._en.iteration(f)
+        if self.profile.host_overhead is None:
+            return t, e
+        host = self.profile.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
+        return t + host, e + self.profile.idle_power_w * host
+
+    def gpu_decode_lines(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float) -> tuple[Line, Line]:
+        """(time, energy) lines of the decode steps' forward passes, without host time."""
+        return (self._lat.decode_line(batch, ctx_sum_tokens, max_ctx_tokens),
+                self._en.decode_line(batch, ctx_sum_tokens, max_ctx_tokens))
+
+    def decode_stretch(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float) -> StretchCost:
+        """Closed-form cost of decode steps of `batch` sequences, each step with its iteration's host time.
+
+        At step 0 the contexts sum to `ctx_sum_tokens` and the longest is `max_ctx_tokens`.
+        """
+        lt, le = self.gpu_decode_lines(batch, ctx_sum_tokens, max_ctx_tokens)
+        if self.profile.host_overhead is None:
+            return StretchCost((lt,), le)
+        host = self.profile.host_overhead.seconds(batch)
+        return StretchCost((Line(lt.a + host, lt.d),), Line(le.a + self.profile.idle_power_w * host, le.d))
 
     def evaluate(self, new_tokens, **features) -> tuple[np.ndarray, np.ndarray]:
-        """Vectorised (seconds, joules) over arrays of FEATURES (as `CostCurve.evaluate`)."""
+        """Vectorised (seconds, joules) over arrays of FEATURES (as `CostCurve.evaluate`) plus host time.
+
+        The host time's sequences are the decode_seqs plus prefill_seqs arrays, as in `iteration`.
+        """
         p = self.profile
-        return p.latency.evaluate(new_tokens, **features), p.energy.evaluate(new_tokens, **features)
+        t, e = p.latency.evaluate(new_tokens, **features), p.energy.evaluate(new_tokens, **features)
+        if p.host_overhead is None:
+            return t, e
+        prefill = np.asarray(features.get("prefill_seqs", 0.0), dtype=np.float64)
+        host = p.host_overhead.seconds(np.asarray(features.get("decode_seqs", 0.0), dtype=np.float64) + prefill,
+                                       prefill)
+        return t + host, e + p.idle_power_w * host
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +322,11 @@ class AllReduce:
 class ModeledTPCost:
     """A tp=1 calibrated profile scaled to `tp` GPUs per replica (modeled, not measured).
 
-    Time: the single-GPU iteration time divided by `tp` (weights and KV heads are split evenly) plus the all-reduces.
+    Time: the single-GPU forward-pass time divided by `tp` (weights and KV heads are split evenly) plus the
+    all-reduces, plus the profile's host time per iteration, unsplit (one serving loop schedules for all tp GPUs).
     Energy: the single-GPU energy above idle (the work) is unchanged; each of the `tp` GPUs adds its idle power for
-    the iteration's (shorter) time. KV capacity grows by the freed weight memory: tp*C1 + (tp-1)*W/kv_bytes_per_token.
+    the iteration's (shorter) time, host wait included. KV capacity grows by the freed weight memory:
+    tp*C1 + (tp-1)*W/kv_bytes_per_token.
 
     Attributes:
         base: the single-GPU calibrated cost.
@@ -297,18 +361,19 @@ class ModeledTPCost:
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration on the tp GPUs."""
-        t1, e1 = self.base.iteration(f)
+        t1, e1 = self.base.gpu_iteration(f)
         p1 = self.base.idle_power_w
-        t = t1 / self.tp + self.allreduce.iteration_s(self.base.profile.model, self.tp, f.new_tokens)
+        t = (t1 / self.tp + self.allreduce.iteration_s(self.base.profile.model, self.tp, f.new_tokens)
+             + self.base.host_s(f.decode_seqs + f.prefill_seqs, f.prefill_seqs))
         return t, (e1 - p1 * t1) + self.tp * p1 * t
 
-    def decode_stretch(self, batch: int, ctx_sum_tokens: float) -> StretchCost:
-        """Closed-form decode stretch (the same transformation applied to the base lines)."""
-        base = self.base.decode_stretch(batch, ctx_sum_tokens)
-        lt, le, p1 = base.time_lines[0], base.energy_line, self.base.idle_power_w
+    def decode_stretch(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float) -> StretchCost:
+        """Closed-form decode stretch (the same transformation applied to the base's forward-pass lines)."""
+        lt, le = self.base.gpu_decode_lines(batch, ctx_sum_tokens, max_ctx_tokens)
+        p1 = self.base.idle_power_w
         ar = self.allreduce.iteration_s(self.base.profile.model, self.tp, batch)
-        return StretchCost((Line(lt.a / self.tp + ar, lt.d / self.tp),), Line(le.a - p1 * lt.a, le.d - p1 * lt.d),
-                           self.tp * p1)
+        a = lt.a / self.tp + ar + self.base.host_s(batch)
+        return StretchCost((Line(a, lt.d / self.tp),), Line(le.a - p1 * lt.a, le.d - p1 * lt.d), self.tp * p1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,8 +441,8 @@ class RooflineCost:
         t = max(line.a for line in self._lines(Line(flops), Line(kv_tokens), f.new_tokens))
         return t, t * self.gpu.tdp_w * self.tp
 
-    def decode_stretch(self, batch: int, ctx_sum_tokens: float) -> StretchCost:
-        """Closed-form decode stretch: FLOPs and bytes grow linearly with the context."""
+    def decode_stretch(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float) -> StretchCost:
+        """Closed-form decode stretch: FLOPs and bytes grow linearly with the context (the longest one adds none)."""
         per_token, per_pair = self._flop_terms()
         flops = Line(per_token * batch + per_pair * (ctx_sum_tokens + batch), per_pair * batch)
         kv_tokens = Line(ctx_sum_tokens + batch, batch)

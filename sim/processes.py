@@ -102,7 +102,7 @@ def replica(env: simpy.Environment, rep: Replica):
 def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
     """Decode the constant batch with one timeout, up to the next completion (or cut short by an arrival)."""
     batch = len(rep.running)
-    cost = rep.cost.decode_stretch(batch, rep.ctx_sum)
+    cost = rep.cost.decode_stretch(batch, rep.ctx_sum, rep.max_ctx())
     steps = min(plan.max_steps, rep.steps_to_next_finish())
     start = env.now
     rep.stretch = (start, cost, steps)
@@ -130,7 +130,7 @@ def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
         pairs += c * s.prefilled + c * (c + 1) // 2
         ctx += s.prefilled
     time_s, energy_j = rep.cost.iteration(IterFeatures(new, pairs, ctx, rep.ctx_sum if batch else 0, batch,
-                                                             len(plan.chunks)))
+                                                       len(plan.chunks), rep.max_ctx() if batch else 0))
     start = env.now
     yield env.timeout(time_s)
     rep.charge(start, time_s, energy_j)
@@ -174,7 +174,7 @@ def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
         s.energy_j += energy_j / n
         s.first_token_s = env.now
     if max_out > 1:
-        cost = rep.cost.decode_stretch(n, n * max_in)
+        cost = rep.cost.decode_stretch(n, n * max_in, max_in)  # padded: every context is max_in at step 0
         start, time_s, energy_j = env.now, cost.time_s(max_out - 1), cost.energy_j(max_out - 1)
         yield env.timeout(time_s)
         rep.charge(start, time_s, energy_j)

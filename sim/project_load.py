@@ -30,7 +30,8 @@ Scenario:
 Per request with I prompt and O output tokens (continuous batching: prefill emits the first token):
     E_request ~= P_j(I) + c_j x C + u_j x D,   D = O - 1 decode steps,   C = D I + D (D - 1) / 2 context tokens read
 where P_j is the prefill alone and c_j the per-context-token decode cost, both from the cost model, and u_j is the
-measured per-decode-token base cost at the window's load (the same form with seconds gives the busy time).
+measured per-decode-token base cost at the window's load (the same form with seconds gives the busy time). A step's
+longest-context term (`decode_max_ctx_tokens`) is shared by its batch like the base cost, so it is part of u_j.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ class SeatModel:
         grid_tokens: prompt lengths where the prefill is tabulated (interpolated between).
         prefill_j: energy of a prefill of that many tokens alone (J).
         prefill_s: its time (s).
-        seat_j: (a, c): energy of one decode step of one sequence with context x is a + c x (J).
+        seat_j: (a, c): energy of one decode step of one sequence with context x is a + c x (J), without the step's
+            longest-context term: that one is paid once per step by the whole batch, like the step's base cost, so
+            the simulations measure it in u_j (in a seat's line it would be charged once per sequence).
         seat_s: (a, c) for the time (s).
         full_batch_s: base time per decode token when the batch is full (s): the fastest the server can decode.
     """
@@ -126,10 +129,12 @@ class SeatModel:
                                          np.geomspace(max_exact, max_tokens, 512).round()])).astype(np.int64)
         pre = np.array([cost.iteration(IterFeatures(int(n), int(n * (n + 1) // 2), 0, 0, 0, 1)) for n in grid])
         x0, x1 = 1, 1 + 1024
-        t0, e0 = cost.iteration(IterFeatures(1, 0, 0, x0, 1))
-        t1, e1 = cost.iteration(IterFeatures(1, 0, 0, x1, 1))
+        # decode_max_ctx_tokens stays 0: the batch's longest context is a per-step term (see seat_j)
+        t0, e0 = cost.iteration(IterFeatures(1, 0, 0, x0, 1, decode_max_ctx_tokens=0))
+        t1, e1 = cost.iteration(IterFeatures(1, 0, 0, x1, 1, decode_max_ctx_tokens=0))
         cj, cs = (e1 - e0) / (x1 - x0), (t1 - t0) / (x1 - x0)
-        full_s = cost.iteration(IterFeatures(full_batch, 0, 0, 0, full_batch))[0] / full_batch
+        full = IterFeatures(full_batch, 0, 0, 0, full_batch, decode_max_ctx_tokens=0)
+        full_s = cost.iteration(full)[0] / full_batch
         return cls(grid, pre[:, 1].copy(), pre[:, 0].copy(), (e0 - cj * x0, cj), (t0 - cs * x0, cs), full_s)
 
     def terms(self, input_tokens: np.ndarray, output_tokens: np.ndarray) -> dict[str, np.ndarray]:

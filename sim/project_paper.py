@@ -123,7 +123,7 @@ def batch_energy_j(cost: CostModel, batch: int, input_tokens: int, output_tokens
         raise ValueError(f"batch={batch}, input_tokens={input_tokens} and output_tokens={output_tokens} must be >= 1")
     pairs = batch * input_tokens * (input_tokens + 1) // 2
     _, prefill_j = cost.iteration(IterFeatures(batch * input_tokens, pairs, 0, 0, 0, batch))
-    decode_j = cost.decode_stretch(batch, batch * input_tokens).energy_j(output_tokens - 1)
+    decode_j = cost.decode_stretch(batch, batch * input_tokens, input_tokens).energy_j(output_tokens - 1)
     return prefill_j + decode_j
 
 

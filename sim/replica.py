@@ -1,7 +1,9 @@
 """Mutable simulation state: one RequestState per live request, one Replica per model instance (queue, batch, KV).
 
 The bookkeeping is lazy so that a decode stretch costs O(1) however large the batch: a decoding request records the
-replica's step counter and per-seat energy counter when it joins, and settles the difference when it leaves.
+replica's step counter and per-seat energy counter when it joins, and settles the difference when it leaves. Every
+decoding context grows by one a step, as the step counter does, so a request's context minus the counter is fixed
+while it decodes: the longest context is a heap of those offsets, O(log n) a change.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Replica:
         self.prefilling: list[RequestState] = []
         self.running: dict[int, RequestState] = {}  # decode phase, in admission order (last = preemption victim)
         self._heap: list[tuple[int, int, RequestState]] = []  # (finish step, stamp, state)
+        self._ctx_heap: list[tuple[int, int, RequestState]] = []  # (g - context, stamp, state): longest context first
         self._stamps = 0
         self.g = 0  # decode steps taken
         self.ctx_sum = 0  # KV tokens of the decoding requests at step g
@@ -174,6 +177,13 @@ class Replica:
             heapq.heappop(heap)
         return heap[0][0] - self.g
 
+    def max_ctx(self) -> int:
+        """The longest context among the decoding requests at step g (0 when none decodes)."""
+        heap = self._ctx_heap
+        while heap and heap[0][2].stamp != heap[0][1]:
+            heapq.heappop(heap)
+        return self.g - heap[0][0] if heap else 0
+
     def start_decoding(self, s: RequestState) -> None:
         """Move a request whose prefill just produced a token into the decode set (or finish it)."""
         ctx = s.input_tokens + s.generated - 1  # its blocks were reserved at admission
@@ -187,6 +197,7 @@ class Replica:
         self.ctx_sum += ctx
         self._phase[(ctx - self.g) % self.block_tokens] += 1
         heapq.heappush(self._heap, (self.g + s.output_tokens - s.generated, s.stamp, s))
+        heapq.heappush(self._ctx_heap, (self.g - ctx, s.stamp, s))
 
     def _leave_decoding(self, s: RequestState) -> None:
         del self.running[s.stamp]
@@ -197,6 +208,9 @@ class Replica:
         self.blocks_used -= self.blocks_for(ctx)
         self._phase[(ctx - self.g) % self.block_tokens] -= 1
         s.stamp = -1
+        if len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale entries below the top never surface: drop them
+            self._ctx_heap = [e for e in self._ctx_heap if e[2].stamp == e[1]]
+            heapq.heapify(self._ctx_heap)
 
     def decode_steps_done(self, k: int, energy_j: float, tokens: int) -> None:
         """Advance the decode set by k steps; each seat gets energy_j / tokens; finish those that are done."""

@@ -184,7 +184,9 @@ def _hf_run(run_dir: Path, scale_energy: float, rng) -> None:
     profile = load_profile(HF_PROFILE)
     raw = pq.read_table(HF_PROFILE.with_name(profile.raw_path))
     pq.write_table(raw, run_dir / "profile-llama-3.1-8b-hf-eager.raw.parquet")
-    profile = dataclasses.replace(profile, raw_path="profile-llama-3.1-8b-hf-eager.raw.parquet")
+    # each run its own calibration (another idle reading), as two device runs would have
+    profile = dataclasses.replace(profile, raw_path="profile-llama-3.1-8b-hf-eager.raw.parquet",
+                                  idle_power_w=profile.idle_power_w + 10 * (scale_energy - 1.0))
     save_profile(profile, run_dir / "profile-llama-3.1-8b-hf-eager.json")
     scenarios, reqs, its, clock = [], [], [], 100.0
     for s in (static_scenario(4, 2, 1024, 16), static_scenario(8, 1, 256, 24)):
@@ -248,5 +250,7 @@ def test_an_hf_generate_run_goes_through_the_report_with_its_own_policy_and_prof
     for s in pair["scenarios"]:
         assert s["difference"]["energy_total_j"] == pytest.approx(0.02) and s["difference"]["ttft_p50_s"] == 0.0
     assert sorted(c["source"] for c in report["carry_over"]) == ["run hf_a", "run hf_b"]
+    # both runs hold the shipped HF sweep, whose points include the short re-calibration's: that variant is there
+    assert all(c["summary_short_recal"]["energy_total_j"]["n"] == 2 for c in report["carry_over"])
     text = _module("validation_render").render_markdown(report)
     assert "hf/eager" in text and "## Findings" in text and "hf_static_b4_i1024_o16" in text

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -23,10 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tokenjoule.calibrate.profile import GPUProfile
-from tokenjoule.kernels.decode_attention import num_splits_for
+from tokenjoule.calibrate.profile import FEATURES, GPUProfile, tail_ctx_tokens
+from tokenjoule.kernels.splits import num_splits_for
 
-FEATURES = ("prefill_attn_pairs", "prefill_ctx_tokens", "prefill_seqs", "decode_ctx_tokens")
 DECODE_BATCH_BINS = ((1, 8), (8, 32), (32, 64), (64, 128), (128, 256), (256, 513))  # [lo, hi) sequences
 MIXED_CHUNK_BINS = ((1, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 1 << 30))  # [lo, hi) prefill tokens
 REPEAT_METRICS = ("energy_total_j", "duration_s", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s")
@@ -44,8 +44,12 @@ def rel_error(sim: float | None, measured: float | None) -> float | None:
 
 
 def _predicted_run_s(its: pa.Table, profile: GPUProfile) -> tuple[np.ndarray, np.ndarray]:
-    """Per iteration: the profile's predicted seconds and joules."""
-    feats = {f: its.column(f).to_numpy().astype(np.float64) for f in FEATURES}
+    """Per iteration: the profile's predicted forward-pass seconds and joules (no host time)."""
+    feats = {f: its.column(f).to_numpy().astype(np.float64) for f in FEATURES if f in its.column_names}
+    if "decode_max_ctx_tokens" in its.column_names:  # recorded since the 2026-12-02 run3; older runs lack it
+        feats["decode_tail_ctx_tokens"] = tail_ctx_tokens(
+            its.column("decode_max_ctx_tokens").to_numpy(), its.column("decode_ctx_tokens").to_numpy(),
+            its.column("decode_seqs").to_numpy(), profile.decode_split_rule)
     new = its.column("new_tokens").to_numpy().astype(np.float64)
     has_prefill = (feats["prefill_seqs"] > 0).astype(np.float64)
     return (profile.latency.evaluate(new, has_prefill=has_prefill, **feats),
@@ -75,6 +79,9 @@ def iteration_check(its: pa.Table, profile: GPUProfile, duration_s: float) -> di
     energy_pred = float(np.sum(e_pred)) + profile.idle_power_w * max(0.0, duration_s - busy_pred)
     stall = _stalls(run_col, t_pred)
     chunk = its.column("prefill_tokens").to_numpy()
+    prefill_seqs = its.column("prefill_seqs").to_numpy()
+    host_pred = None if profile.host_overhead is None else profile.host_overhead.seconds(
+        its.column("decode_seqs").to_numpy() + prefill_seqs, prefill_seqs)
     kinds = {}
     for kind, m in _kinds(its).items():
         if m.any():
@@ -83,8 +90,11 @@ def iteration_check(its: pa.Table, profile: GPUProfile, duration_s: float) -> di
                            "run_time_error": rel_error(float(t_pred[m].sum()), float(run_col[m].sum())),
                            "stalls": int((m & stall).sum()), "prefill_tokens_median": float(np.median(chunk[m])),
                            "run_time_error_without_stalls": rel_error(float(t_pred[k].sum()), float(run_col[k].sum())),
-                           "host_ms_per_iteration": float(host_col[m].mean() * 1e3)}
+                           "host_ms_per_iteration": float(host_col[m].mean() * 1e3),
+                           "pred_host_ms_per_iteration": float(host_pred[m].mean() * 1e3) if host_pred is not None
+                           else None}
     return {"iterations": int(its.num_rows), "run_s": run_s, "host_s": host_s, "pred_run_s": busy_pred,
+            "pred_host_s": None if host_pred is None else float(host_pred.sum()),
             "run_time_error": rel_error(busy_pred, run_s), "host_share": host_s / duration_s,
             "stalls": int(stall.sum()), "stall_excess_s": float(np.sum((run_col - t_pred)[stall])),
             "pred_energy_j": energy_pred, "by_kind": kinds}
@@ -225,6 +235,22 @@ def protocol(profile: GPUProfile, profile_dir: Path) -> dict[str, Any]:
     return {"points_by_kind": dict(sorted(points.items())), "fitted_points": fitted, "mixed": mixed,
             "repeats": grid.get("repeats"), "repeat_order": _repeat_order(ok), "target_s": grid.get("target_s"),
             "time_method": profile.method.get("time")}
+
+
+def ragged_points(profile: GPUProfile, profile_dir: Path) -> list[dict[str, Any]]:
+    """The sweep's ragged decode points (a few long contexts among short ones): measured step time, the profile's
+    prediction, and the same prediction without the longest context's tail term (what uniform points alone give)."""
+    if not profile.raw_path or "decode_tail_ctx_tokens" not in profile.latency.coef:
+        return []
+    from tokenjoule.calibrate.calibration import aggregate_points
+
+    blind = dataclasses.replace(profile.latency, coef={**profile.latency.coef, "decode_tail_ctx_tokens": 0.0})
+    points = aggregate_points(pq.read_table(profile_dir / profile.raw_path).to_pylist(), ("decode",))
+    rule = profile.decode_split_rule
+    return [{"point_id": p["point_id"], "measured_ms": p["time_s"] * 1e3,
+             "pred_ms": profile.latency.of_shape(p["shape"], rule) * 1e3,
+             "pred_without_tail_ms": blind.of_shape(p["shape"], rule) * 1e3}
+            for p in points if len(set(p["shape"].decode)) > 1]
 
 
 def _uuid(gpu: dict[str, Any]) -> str | None:

@@ -168,30 +168,44 @@ def _mixed(report: dict[str, Any]) -> list[str]:
 
 
 def _decode(report: dict[str, Any]) -> list[str]:
-    parts = []
+    before, after = [], []
     for r in report["runs"]:
         bins = [b for b in r["iteration_bins"]["decode_by_batch"] if b["n"] >= 100]
         if len(bins) >= 2:
-            worst = min(bins, key=lambda b: b["run_time_error"])
-            parts.append(f"`{r['run']}` {_s(bins[0]['run_time_error'])} at [{bins[0]['lo']}, {bins[0]['hi']}) "
-                         f"sequences to {_s(worst['run_time_error'])} at [{worst['lo']}, {worst['hi']})")
-    if not parts:
+            worst = max(bins, key=lambda b: abs(b["run_time_error"]))
+            text = (f"`{r['run']}` {_s(bins[0]['run_time_error'])} at [{bins[0]['lo']}, {bins[0]['hi']}) sequences, "
+                    f"worst {_s(worst['run_time_error'])} at [{worst['lo']}, {worst['hi']})")
+            (after if r.get("prices_ragged_decodes") else before).append(text)
+    if not before and not after:
         return []
+    ragged = next((r for r in report["runs"] if r.get("ragged_points")), None)
+    cause = ""
+    if ragged:
+        pts = ", ".join(f"{p['point_id']} {p['measured_ms']:.1f} ms measured vs {p['pred_without_tail_ms']:.1f} ms "
+                        f"from the uniform points (with the tail term {p['pred_ms']:.1f} ms)"
+                        for p in ragged["ragged_points"] if "_b128_" in p["point_id"] or "_b256_" in p["point_id"])
+        cause = (f" Cause, established by ragged calibration points (`{ragged['run']}`: {pts}): served batches hold a "
+                 "few long contexts among short ones, and the split-KV decode kernel gives every sequence the same "
+                 "number of programs, so the longest context keeps one program running after the rest finish. "
+                 "Profiles since then price that tail (`decode_tail_ctx_tokens`: the longest context's excess over "
+                 "the mean, over the batch's splits).")
     online = [s for s in report["scenarios"] if _policy_class(s["spec"]) == "continuous"
               and s["error"]["tpot_p50_s"] is not None]
     tail = ""
     if online:
         worst = max(online, key=lambda s: abs(s["error"]["tpot_p50_s"]))
         same = [s for s in online if s["scenario"] == worst["scenario"]]
-        tail = (f" It shows where decode batches are large: {worst['scenario']} has TPOT p50 errors "
+        host = {r["run"]: r.get("host_overhead_method") for r in report["runs"]}
+        tail = (f" TPOT p50 of {worst['scenario']}, where decode batches are largest: "
                 + ", ".join(f"{_s(s['error']['tpot_p50_s'])} (`{s['run']}`: decode iterations "
-                            f"{_s(s['iteration_check']['by_kind']['decode']['run_time_error'])}, host work between "
-                            f"iterations, not in the profile, {_p(s['iteration_check']['host_share'])} of the time)"
+                            f"{_s(s['iteration_check']['by_kind']['decode']['run_time_error'])}; host work between "
+                            f"iterations {_p(s['iteration_check']['host_share'])} of the time, "
+                            + ("in the profile" if host.get(s["run"]) else "not in the profile") + ")"
                             for s in same if "decode" in s["iteration_check"]["by_kind"]) + ".")
-    return ["- **Decode-only iterations fall behind the prediction as batches grow** (bins of >= 100 iterations: "
-            + "; ".join(parts) + "). Leading hypothesis, not established: the calibration's decode points have "
-            "uniform contexts while served batches are ragged (iterations.parquet records only the sum of contexts, "
-            "so the spread within a batch cannot be checked from these files)." + tail]
+    groups = ([f"profiles without the ragged-batch term: {'; '.join(before)}"] if before else []) + \
+        ([f"with it: {'; '.join(after)}"] if after else [])
+    return ["- **Decode-only iterations by batch size** (bins of >= 100 iterations; " + " — ".join(groups) + ")."
+            + cause + tail]
 
 
 def _repeatability(report: dict[str, Any]) -> list[str]:

@@ -143,22 +143,30 @@ def _repeatability(report: dict[str, Any]) -> list[str]:
 def _carry_over(report: dict[str, Any]) -> list[str]:
     lines = ["## Carry-over: each run simulated with another calibration of its GPU type", "",
              "Each run's scenarios simulated with a profile from another calibration of the same GPU type and engine "
-             "(a sibling run's, else the shipped profile refitted from its raw sweep with today's fitter), as is and "
-             "with the run's own idle power. KV capacity is the run's.", ""]
+             "(the newest one of each other GPU; the shipped profile, refitted, where no other run exists), as is and "
+             "after a short re-calibration on the run's machine (`calibrate/recalibrate.py`: the run's idle power and "
+             "host overhead, and the curves scaled by the median measured/predicted ratio over a few of the run's own "
+             "grid points). KV capacity is the run's.", ""]
     if not report["carry_over"]:
         return lines + ["No run has another calibration of its GPU type and setup.", ""]
     for c in report["carry_over"]:
+        recal = f"; short re-calibration: {c['short_recal_notes']}" if c.get("short_recal_notes") else ""
         lines.append(f"- `{c['run']}` with {c['source']} (idle {c['source_idle_power_w']:.1f} W vs the run's "
-                     f"{c['run_idle_power_w']:.1f} W): {_relation(c['facts'])}")
-    lines += ["", "Median / max |relative error| (as is; with the run's idle power):", "",
-              "| metric | " + " | ".join(f"`{c['run']}` with {c['source']}" for c in report["carry_over"]) + " |",
-              "|---|" + "---|" * len(report["carry_over"])]
-    for m in [m for m in report["metrics"] if m in report["summary"]]:
-        cells = [f"{c['summary'][m]['median_abs']:.1%} / {c['summary'][m]['max_abs']:.1%}; "
-                 f"{c['summary_local_idle'][m]['median_abs']:.1%} / {c['summary_local_idle'][m]['max_abs']:.1%}"
-                 if m in c["summary"] else "–" for c in report["carry_over"]]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                     f"{c['run_idle_power_w']:.1f} W{recal}): {_relation(c['facts'])}")
+    metrics = [m for m in ("energy_total_j", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s") if m in report["summary"]]
+    lines += ["", "Median / max |relative error|, as is → after the short re-calibration (– where the run's sweep "
+              "lacks the points):", "", "| run | profile from | " + " | ".join(metrics) + " |",
+              "|---|---|" + "---|" * len(metrics)]
+    for c in report["carry_over"]:
+        lines.append(f"| `{c['run']}` | {c['source']} | " + " | ".join(_carry_cell(c, m) for m in metrics) + " |")
     return lines + [""]
+
+
+def _carry_cell(c: dict[str, Any], metric: str) -> str:
+    """'median / max' as is, then after the short re-calibration."""
+    a, b = c["summary"].get(metric), (c.get("summary_short_recal") or {}).get(metric)
+    first = f"{a['median_abs']:.1%} / {a['max_abs']:.1%}" if a else "–"
+    return first + (f" → {b['median_abs']:.1%} / {b['max_abs']:.1%}" if b else " → –")
 
 
 def _iterations(report: dict[str, Any]) -> list[str]:

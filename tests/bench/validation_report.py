@@ -39,14 +39,18 @@ from validation_diagnostics import (
     iteration_check,
     pair_facts,
     protocol,
+    ragged_points,
     rel_error,
     repeatability,
     repeatability_summary,
     stall_counts,
 )
 
+from tokenjoule.calibrate.calibration import aggregate_points
 from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, shipped_profiles
+from tokenjoule.calibrate.recalibrate import SHORT_POINTS, short_recalibration
+from tokenjoule.calibrate.sweeps import read_rows
 from tokenjoule.sim.run import SimConfig, SimResult
 from tokenjoule.sim.run import run as run_simulation
 from tokenjoule.sim.tp_profiles import same_setup
@@ -195,7 +199,10 @@ def run_header(run: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, 
             "calibration_temperature_median_c": calibration_temperature(doc, run["timeline"]),
             "summary": summarize([e["error"] for e in entries]),
             "stalls": stall_counts(run["iterations"], profile, [e["scenario"] for e in entries]),
-            "iteration_bins": iteration_bins(_scenario_iterations(run), profile)}
+            "iteration_bins": iteration_bins(_scenario_iterations(run), profile),
+            "prices_ragged_decodes": "decode_tail_ctx_tokens" in profile.latency.coef,
+            "host_overhead_method": profile.host_overhead.method if profile.host_overhead else None,
+            "ragged_points": ragged_points(profile, run["dir"])}
 
 
 def is_check_run(run: dict[str, Any]) -> bool:
@@ -204,7 +211,9 @@ def is_check_run(run: dict[str, Any]) -> bool:
     Such a run (e.g. the stall check after the engine fix) is judged by the other runs' profiles (carry-over); its
     own profile is not used for other runs, and its own-profile errors stay out of the all-runs summary.
     """
-    return run["profile"].method.get("grid") == QUICK_GRID
+    grid = run["profile"].method.get("grid") or {}
+    return bool(grid) and all(QUICK_GRID.get(k) == v for k, v in grid.items() if k in QUICK_GRID) \
+        and all(k in grid for k in ("target_s", "repeats"))  # grids gained fields since; compare those it holds
 
 
 def _same_setup(a: GPUProfile, b: GPUProfile) -> bool:
@@ -226,36 +235,71 @@ def _shipped_for(profile: GPUProfile) -> list[tuple[str, GPUProfile]]:
     return out
 
 
+def _uuid(run: dict[str, Any]) -> str | None:
+    return (run["doc"]["gpu"].get("devices") or [{}])[0].get("uuid")
+
+
 def calibration_pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str, GPUProfile, dict | None]]:
-    """(run, source label, other profile, other run or None): sibling runs' profiles first, else shipped ones."""
+    """(run, source label, other profile, other run or None) for the carry-over.
+
+    Sources are sibling runs (same GPU type and setup, not check runs) whose profile is another calibration than
+    the run's own, the newest one per GPU (UUID); without any, the shipped profiles of the setup.
+    """
     pairs = []
     for run in runs:
-        siblings = [o for o in runs if o is not run and not is_check_run(o)
+        own = run["profile"].content_sha256
+        siblings = [o for o in runs if o is not run and not is_check_run(o) and o["profile"].content_sha256 != own
                     and _same_setup(o["profile"], run["profile"])]
-        if siblings:
-            pairs += [(run, f"run {o['name']}", o["profile"], o) for o in siblings]
-        else:
+        newest: dict[str | None, dict[str, Any]] = {}
+        for o in sorted(siblings, key=lambda o: (o["profile"].date, not o["doc"].get("profile_reused"))):
+            newest[_uuid(o) or o["name"]] = o
+        chosen = sorted({id(o): o for o in newest.values()}.values(), key=lambda o: o["name"])
+        if chosen:
+            pairs += [(run, f"run {o['name']}", o["profile"], o) for o in chosen]
+        elif not siblings:
             pairs += [(run, label, prof, None) for label, prof in _shipped_for(run["profile"])]
     return pairs
 
 
+def short_recalibrated(other: GPUProfile, run: dict[str, Any]) -> GPUProfile | None:
+    """`other` carried to the run's machine by a short re-calibration from the run's own measurements there.
+
+    The few points are taken from the run's full sweep (SHORT_POINTS, median over repeats), with its idle power and
+    host overhead: what `short_recalibration` would make of a short sweep on that machine. None when the run's
+    sweep lacks those points.
+    """
+    raw = run["dir"] / (run["profile"].raw_path or "")
+    if not raw.is_file():
+        return None
+    points = [p for p in aggregate_points(read_rows(raw), ("prefill", "decode", "mixed"))
+              if p["point_id"] in SHORT_POINTS]
+    if len(points) < 3:
+        return None
+    return short_recalibration(other, points, run["profile"].idle_power_w, run["profile"].host_overhead,
+                               f"{len(points)} points of {run['name']}'s sweep")
+
+
 def carry_over(runs: list[dict[str, Any]], entries: list[dict[str, Any]], sims: Simulations) -> list[dict[str, Any]]:
-    """Each run simulated with another calibration of its GPU type, as is and with the run's own idle power."""
+    """Each run simulated with another calibration of its GPU type, as is and after a short re-calibration."""
     out = []
     for run, label, other, other_run in calibration_pairs(runs):
         other = dataclasses.replace(other, kv_capacity_tokens=run["doc"]["kv_capacity_tokens"])
+        recal = short_recalibrated(other, run)
         mine = [e for e in entries if e["run"] == run["name"]]
         for sc, entry in zip(run["doc"]["scenarios"], mine, strict=True):
             as_is, _ = sims.get(run, sc, other)
-            local, _ = sims.get(run, sc, other, run["profile"].idle_power_w)
-            entry["carry_over"][label] = {
-                "error": {m: rel_error(as_is[m], entry["measured"][m]) for m in METRICS},
-                "error_local_idle": {m: rel_error(local[m], entry["measured"][m]) for m in METRICS}}
+            entry["carry_over"][label] = {"error": {m: rel_error(as_is[m], entry["measured"][m]) for m in METRICS}}
+            if recal is not None:
+                short, _ = sims.get(run, sc, recal)
+                entry["carry_over"][label]["error_short_recal"] = {
+                    m: rel_error(short[m], entry["measured"][m]) for m in METRICS}
         out.append({"run": run["name"], "source": label, "source_run": other_run["name"] if other_run else None,
                     "source_idle_power_w": other.idle_power_w, "run_idle_power_w": run["profile"].idle_power_w,
                     "facts": pair_facts(run, other, other_run),
                     "summary": summarize([e["carry_over"][label]["error"] for e in mine]),
-                    "summary_local_idle": summarize([e["carry_over"][label]["error_local_idle"] for e in mine])})
+                    "summary_short_recal": summarize([e["carry_over"][label]["error_short_recal"] for e in mine])
+                    if recal is not None else None,
+                    "short_recal_notes": recal.notes.rsplit("; short re-calibration ", 1)[-1] if recal else None})
     return out
 
 
@@ -264,11 +308,13 @@ def repeat_pairs(runs: list[dict[str, Any]], entries: list[dict[str, Any]]) -> l
     out = []
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
-            uuids = [(r["doc"]["gpu"].get("devices") or [{}])[0].get("uuid") for r in (a, b)]
+            uuids = [_uuid(r) for r in (a, b)]
             if uuids[0] is None or uuids[0] != uuids[1] or not _same_setup(a["profile"], b["profile"]):
                 continue
             rows = repeatability([e for e in entries if e["run"] == a["name"]],
                                  [e for e in entries if e["run"] == b["name"]], a["requests"], b["requests"])
+            if not rows:  # e.g. a run replaying other scenarios against the same calibration
+                continue
             out.append({"run_a": a["name"], "run_b": b["name"], "facts": pair_facts(a, b["profile"], b),
                         "scenarios": rows, "summary": repeatability_summary(rows)})
     return out

@@ -94,3 +94,25 @@ def test_choose_knots_cover_the_data():
     knots = choose_knots([1, 16, 16, 100])
     assert knots == (1.0, 16.0, 100.0)
     CostCurve(knots, (1.0,) * len(knots), {}, "s")  # valid for a CostCurve
+
+
+def test_fit_recovers_the_critical_context_from_ragged_points(toy_profile, rng):
+    import dataclasses
+
+    from tokenjoule.calibrate.profile import DecodeSplitRule
+
+    rule = DecodeSplitRule(528, 32, 8)
+    truth = dataclasses.replace(toy_profile.latency, coef={**toy_profile.latency.coef, "decode_tail_ctx_tokens": 1e-6})
+    shapes = _grid() + [IterationShape(decode=(long,) + (256,) * (b - 1)) for b in (16, 32, 64, 128, 256)
+                        for long in (4096, 16384)]
+    x = np.array([s.new_tokens for s in shapes], float)
+    feats = {f: np.array([shape_features(s, rule)[f] for s in shapes]) for f in (*FEATURES, REGIME)}
+    clean = np.array([truth.of_shape(s, rule) for s in shapes])
+    noisy = clean * (1 + 0.01 * rng.standard_normal(clean.size))
+    curve, stats = fit_curve(x, feats, noisy, truth.knots_tokens, "s", prefill_knots=truth.prefill_knots_tokens)
+    assert curve.coef["decode_tail_ctx_tokens"] == pytest.approx(1e-6, rel=0.1)
+    assert stats.cv_median < 0.02
+    # without the feature the ragged points are missed by far more than the noise
+    blind = {k: v for k, v in feats.items() if k != "decode_tail_ctx_tokens"}
+    blind_curve, worse = fit_curve(x, blind, noisy, truth.knots_tokens, "s", prefill_knots=truth.prefill_knots_tokens)
+    assert "decode_tail_ctx_tokens" not in blind_curve.coef and worse.cv_p95 > 3 * stats.cv_p95

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -6,6 +7,7 @@ from tokenjoule.calibrate.profile import (
     SCHEMA_VERSION,
     CostCurve,
     GPUProfile,
+    HostOverhead,
     ProfileError,
     load_profile,
     save_profile,
@@ -103,3 +105,28 @@ def test_static_batch_cost_sums_prefill_and_decodes(toy_profile):
     assert got["j_per_output_token"] == pytest.approx(got["energy_j"] / 6)
     with pytest.raises(ValueError):
         static_batch_cost(toy_profile, 0, 100, 3)
+
+
+def test_host_overhead_round_trips_and_joins_the_content_hash(toy_profile, tmp_path):
+    assert toy_profile.host_overhead is None and "host_overhead" not in toy_profile.to_dict()
+    measured = dataclasses.replace(toy_profile, host_overhead=HostOverhead(2e-5, 4e-6, 1e-9, ({"seqs": 8},), "m"))
+    back = load_profile(save_profile(measured, tmp_path / "h.json"))
+    assert back.host_overhead == measured.host_overhead and back.host_overhead.seconds(8) == pytest.approx(
+        2e-5 + 8 * 4e-6 + 64 * 1e-9)
+    assert back.content_sha256 == measured.content_sha256 != toy_profile.content_sha256
+
+
+def test_tail_context_is_the_longest_ones_excess_over_the_mean_per_split(toy_profile, tmp_path):
+    from tokenjoule.calibrate.profile import DecodeSplitRule, shape_features
+
+    ragged = IterationShape(decode=(8192,) + (256,) * 63)  # mean context 380
+    rule = DecodeSplitRule(528, 32, 8)  # 64 sequences x 8 KV heads: 2 splits each
+    assert shape_features(ragged)["decode_tail_ctx_tokens"] == 8192 - 380  # no rule: the whole excess
+    assert shape_features(ragged, rule)["decode_tail_ctx_tokens"] == (8192 - 380) / 2
+    assert shape_features(IterationShape(decode=(4096,) * 8), rule)["decode_tail_ctx_tokens"] == 0.0  # uniform
+    assert shape_features(IterationShape(prefill=((64, 0),)), rule)["decode_tail_ctx_tokens"] == 0.0
+    with pytest.raises(ProfileError, match="positive"):
+        DecodeSplitRule(528, 0, 8)
+    ruled = dataclasses.replace(toy_profile, decode_split_rule=rule)
+    back = load_profile(save_profile(ruled, tmp_path / "r.json"))
+    assert back.decode_split_rule == rule and back.content_sha256 != toy_profile.content_sha256

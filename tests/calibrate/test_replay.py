@@ -187,6 +187,21 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
         assert len(rows) == s["n_requests"] == s["n_finished"] == (2 if s["scenario"]["name"] == "online" else 4)
         assert s["completed"]
         assert s["energy_j"] == pytest.approx(100.0 * s["duration_s"], abs=2.0)  # the fake counter's 100 W
+    profile = json.loads((out / doc["profile"]).read_text())
+    assert profile["host_overhead"]["per_seq_s"] > 0 and not doc["profile_reused"]
+
+    # a second call replays against the first call's profile (copied beside its files, raw data too)...
+    again = tmp_path.parent / "again"
+    assert vd.main(["--out", str(again)], plan=dataclasses.replace(plan, profile=out / doc["profile"])) == 0
+    doc2 = json.loads((again / "validation.json").read_text())
+    assert doc2["profile_reused"] and doc2["profile"] == doc["profile"]
+    assert (again / doc["profile"]).read_text() == (out / doc["profile"]).read_text()
+    assert (again / profile["raw_path"]).exists()
+    # ...but not one calibrated on another GPU
+    profile["gpu"]["uuid"] = "GPU-someone-else"
+    other = tmp_path.parent / "other.json"
+    other.write_text(json.dumps(profile))
+    assert vd.main(["--out", str(tmp_path.parent / "x")], plan=dataclasses.replace(plan, profile=other)) == 2
 
 
 def test_device_entry_refuses_unknown_scenarios_in_one_line(tmp_path, capsys):

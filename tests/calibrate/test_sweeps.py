@@ -44,6 +44,19 @@ def test_grid_is_pruned_to_limits():
         cfg, 16384, 10**6, 512, uniform_only=True)})
 
 
+def test_ragged_points_hold_a_few_long_contexts_among_short_ones():
+    cfg = GridConfig(decode_ragged=((128, 1, 8192, 256), (4, 2, 1024, 64), (600, 1, 64, 64)),
+                     mixed_chunks=((512, 0),), mixed_decodes=((64, 256, 1, 8192),))
+    ragged = {p.point_id: p.shape for p in decode_points(cfg, 10**6, 512) if "_l" in p.point_id}
+    assert set(ragged) == {"decode_b128_c256_l1x8192", "decode_b4_c64_l2x1024"}  # b600 is over the batch limit
+    shape = ragged["decode_b128_c256_l1x8192"]
+    assert shape.decode_max_ctx_tokens == 8192 and shape.decode_ctx_tokens == 8192 + 127 * 256
+    (mixed,) = mixed_points(cfg, 16384, 10**6, 512)
+    assert mixed.point_id == "mixed_p512_b0_d64_c256_l1x8192" and mixed.shape.decode_max_ctx_tokens == 8192
+    with pytest.raises(ValueError, match="do not fit"):
+        decode_points(GridConfig(decode_ragged=((4, 5, 64, 32),)), 10**6, 512)
+
+
 def test_grid_config_validates():
     with pytest.raises(ValueError, match="repeats"):
         GridConfig(repeats=1)
@@ -105,9 +118,11 @@ def test_uniform_only_engine_skips_mixed_and_records_refusals(toy_profile, tmp_p
     rows = run_sweep(runner, meter, SMALL, tmp_path / "raw2.parquet", max_batched_tokens=16384, max_batch_seqs=512,
                      wait=timeline.idle, progress=False)
     skipped = [r for r in rows if r["status"] == "skipped"]
-    # mixed iterations and chunked prefills (a chunk after a cached prefix) are what a uniform-only engine refuses
+    # mixed iterations, chunked prefills (a chunk after a cached prefix) and ragged decodes are what a uniform-only
+    # engine refuses
     assert skipped and all("uniform" in r["reason"] for r in skipped)
-    assert {r["kind"] for r in skipped} <= {"mixed", "prefill"} and any(r["kind"] == "mixed" for r in skipped)
+    assert {r["kind"] for r in skipped} <= {"mixed", "prefill", "decode"} and any(r["kind"] == "mixed" for r in skipped)
+    assert all("_l" in r["point_id"] for r in skipped if r["kind"] == "decode")
     assert fit_rows(rows)["fit_errors"]["latency"]["n_mixed"] == 0
 
 

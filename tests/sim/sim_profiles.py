@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from tokenjoule.calibrate.profile import CostCurve, GPUProfile
+from tokenjoule.calibrate.profile import CostCurve, GPUProfile, HostOverhead
 from tokenjoule.kernels.spec import ModelSpec
 
 
 def make_profile(lat=(0.01, 1e-5), en=(5.0, 5e-3), lat_coef=None, en_coef=None, idle_power_w=100.0,
-                 kv_capacity_tokens=100_000, tp=1, model="llama-3.1-8b", datasheet="H100-SXM") -> GPUProfile:
-    """A synthetic profile: latency = lat[0] + lat[1] * new_tokens (+ features), energy likewise.
+                 kv_capacity_tokens=100_000, tp=1, model="llama-3.1-8b", datasheet="H100-SXM",
+                 host_overhead: HostOverhead | None = None) -> GPUProfile:
+    """A synthetic profile: latency = lat[0] + lat[1] * new_tokens (+ features), energy likewise; optional host time.
 
     A "has_prefill" entry in a coef dict is a constant added to iterations with prefill: it becomes the prefill
     regime's token curve (the decode-only curve shifted up by that constant). A "decode_seqs" entry is a cost per
@@ -22,7 +23,7 @@ def make_profile(lat=(0.01, 1e-5), en=(5.0, 5e-3), lat_coef=None, en_coef=None, 
         kv_capacity_tokens=kv_capacity_tokens,
         latency=_curve(knots, lat, lat_coef, "s"),
         energy=_curve(knots, en, en_coef, "J"),
-        notes="synthetic, hand-set curves for tests")
+        notes="synthetic, hand-set curves for tests", host_overhead=host_overhead)
 
 
 def _curve(knots, line, coef, unit) -> CostCurve:

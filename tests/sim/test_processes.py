@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sim_profiles import make_profile
 
+from tokenjoule.calibrate.profile import HostOverhead
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.schema import Trace
 
@@ -55,6 +56,50 @@ def test_static_batch_pays_padding(simple_profile):
     assert r.summary["gpu_busy_j"] > 0.0
     # padding costs: the short request alone would take en(100) + 4 * en(1)
     assert r.requests.column("energy_j")[0].as_py() > unpadded.requests.column("energy_j")[0].as_py()
+
+
+def test_host_overhead_lengthens_every_iteration_at_idle_power():
+    host = HostOverhead(1e-3, 1e-4)  # 1.1 ms for one sequence
+    h = 1.1e-3
+    trace = Trace.from_columns([1.0], [100], [10])
+    r = run(SimConfig(record_events=True), trace, make_profile(host_overhead=host))
+    assert r.requests.column("ttft_s")[0].as_py() == pytest.approx(lat(100) + h)
+    assert events(r, "decode") == [(pytest.approx(1.0 + lat(100) + h), 9)]
+    assert r.summary["e2e_p50_s"] == pytest.approx(lat(100) + 9 * lat(1) + 10 * h)
+    busy = en(100) + 9 * en(1) + 10 * 100.0 * h  # the GPU idles (100 W) while the host works
+    assert r.requests.column("energy_j")[0].as_py() == pytest.approx(busy)
+
+
+def test_static_decode_has_no_tail_since_padding_evens_the_contexts():
+    # every padded context is 300, so the longest runs no further than the mean: the tail term adds nothing
+    profile = make_profile(lat_coef={"decode_tail_ctx_tokens": 1e-5})
+    trace = Trace.from_columns([0.0, 0.0], [100, 300], [5, 10])
+    r = run(SimConfig(policy="static", max_batch=2), trace, profile)
+    end = lat(600) + sum(lat(2) for _ in range(9))
+    assert r.requests.column("e2e_s").to_pylist() == [pytest.approx(end)] * 2
+
+
+def test_ragged_decodes_pay_the_longest_contexts_tail():
+    # A (1000-token prompt) and C (10 tokens) prefill together, then decode twice side by side: contexts 1000 and
+    # 10 (mean 505), so each step pays 10 us for each of the longest context's 495 tokens beyond the mean
+    trace = Trace.from_columns([0.0, 0.0], [1000, 10], [3, 3])
+    plain = run(SimConfig(policy="chunked"), trace, make_profile())
+    tailed = run(SimConfig(policy="chunked"), trace, make_profile(lat_coef={"decode_tail_ctx_tokens": 1e-5}))
+    gap = np.array(tailed.requests.column("e2e_s").to_pylist()) - np.array(plain.requests.column("e2e_s").to_pylist())
+    assert gap == pytest.approx([2 * 1e-5 * 495] * 2, rel=1e-9)
+
+
+def test_chunked_iteration_passes_its_decodes_longest_context(monkeypatch):
+    # A (1000-token prompt) decodes alone until B arrives; the next iteration carries A's decode at context 1001
+    # beside B's prompt, and must hand the cost model that longest context
+    from tokenjoule.sim.cost import CalibratedCost
+
+    seen = []
+    original = CalibratedCost.iteration
+    monkeypatch.setattr(CalibratedCost, "iteration", lambda self, f: seen.append(f) or original(self, f))
+    run(SimConfig(policy="chunked"), Trace.from_columns([0.0, 0.025], [1000, 50], [5, 2]), make_profile())
+    joint = [f for f in seen if f.prefill_seqs and f.decode_seqs]
+    assert joint and joint[0].decode_max_ctx_tokens == 1001 and joint[0].decode_ctx_tokens == 1001
 
 
 def test_static_waits_for_a_full_batch_until_timeout(simple_profile):

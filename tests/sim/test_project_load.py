@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sim_profiles import make_profile
 
+from tokenjoule.calibrate.profile import HostOverhead
 from tokenjoule.sim.cost import CalibratedCost
 from tokenjoule.sim.project_load import LoadAwareConfig, LoadAwareProjector, SeatModel, cover_s, rejected_mask
 from tokenjoule.sim.projection import ProjectConfig, project
@@ -34,6 +35,26 @@ def test_seat_terms_by_hand(simple_profile):
     assert t["prefill_j"].tolist() == pytest.approx([5.05, 5.035], rel=1e-9)
     assert seats.seat_j == pytest.approx((5.005, 0.0), abs=1e-9)
 
+
+def test_seat_line_leaves_the_longest_context_to_the_batch():
+    """The longest-context term is paid once per step by the whole batch: in u_j, not in a seat's context slope."""
+    profile = make_profile(en_coef={"decode_ctx_tokens": 2e-5, "decode_tail_ctx_tokens": 1e-3},
+                           host_overhead=HostOverhead(1e-3, 1e-5))
+    seats = SeatModel.of(CalibratedCost(profile))
+    assert seats.seat_j[1] == pytest.approx(2e-5, rel=1e-9)
+    assert seats.seat_j[0] == pytest.approx(5.005 + 100.0 * 1.01e-3, rel=1e-9)  # host time of one sequence at idle
+
+
+def test_isolated_requests_match_exactly_with_the_new_terms():
+    """A longest-context term and host overhead: the simulations still price each lone request exactly."""
+    profile = make_profile(lat_coef={"decode_ctx_tokens": 4e-8, "decode_tail_ctx_tokens": 3e-7},
+                           en_coef={"decode_ctx_tokens": 2e-5, "decode_tail_ctx_tokens": 4e-4},
+                           host_overhead=HostOverhead(1e-3, 1e-5, 1e-8))
+    trace = Trace.from_columns([0.0, 100.0, 250.0], [100, 2000, 30], [50, 10, 400])
+    replay = run(SimConfig(), trace, profile).summary
+    est = _load_aware(trace, profile)
+    assert est.energy_j == pytest.approx(_gpu_j(replay), rel=1e-9)
+    assert est.duration_s == pytest.approx(replay["duration_s"], rel=1e-9)
 
 def test_rejected_mask_mirrors_the_simulator():
     config = SimConfig(max_batched_tokens=100, kv_block_tokens=16)

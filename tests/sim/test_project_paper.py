@@ -34,6 +34,12 @@ def test_batch_energy_by_hand():
     assert batch_energy_j(_cost(), 2, 4, 3) == pytest.approx(expected, rel=1e-12)
 
 
+def test_batch_decode_of_equal_prompts_has_no_tail():
+    # as above, with 0.1 J per tail token: the batch's contexts are all equal, so the longest has no tail
+    cost = CalibratedCost(make_profile(en=(1.0, 0.0), en_coef={**EN_COEF, "decode_tail_ctx_tokens": 0.1},
+                                       kv_capacity_tokens=12))
+    assert batch_energy_j(cost, 2, 4, 3) == pytest.approx(batch_energy_j(_cost(), 2, 4, 3), rel=1e-12)
+
 def test_one_output_token_is_prefill_only():
     assert batch_energy_j(_cost(), 1, 4, 1) == pytest.approx(1 + 1e-4 * 10 + 0.5, rel=1e-12)
 

@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim_profiles import make_profile
 
+from tokenjoule.calibrate.profile import HostOverhead
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.schema import Trace
 
@@ -14,6 +15,12 @@ PROFILE = make_profile(lat=(0.007, 3e-5), en=(2.5, 0.02), lat_coef={"decode_ctx_
                                                                   "prefill_attn_pairs": 1e-9},
                        en_coef={"decode_ctx_tokens": 2e-5, "has_prefill": 0.2}, idle_power_w=80.0,
                        kv_capacity_tokens=3000)
+# The same with a longest-context term and host overhead (a profile written after both were added).
+NEW_TERMS = make_profile(lat=(0.007, 3e-5), en=(2.5, 0.02), lat_coef={"decode_ctx_tokens": 4e-8,
+                                                                    "decode_tail_ctx_tokens": 2e-6,
+                                                                    "prefill_attn_pairs": 1e-9},
+                         en_coef={"decode_ctx_tokens": 2e-5, "decode_tail_ctx_tokens": 1e-3, "has_prefill": 0.2},
+                         idle_power_w=80.0, kv_capacity_tokens=3000, host_overhead=HostOverhead(5e-4, 8e-6, 1e-8))
 
 requests = st.lists(st.tuples(st.floats(0, 5), st.integers(0, 1500), st.integers(0, 400)), min_size=1, max_size=40)
 configs = st.fixed_dictionaries({
@@ -34,12 +41,12 @@ def _trace(rows):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=requests, kwargs=configs)
-def test_books_balance_and_everyone_finishes(rows, kwargs):
+@given(rows=requests, kwargs=configs, profile=st.sampled_from([PROFILE, NEW_TERMS]))
+def test_books_balance_and_everyone_finishes(rows, kwargs, profile):
     if kwargs["policy"] == "chunked":
         kwargs["max_batched_tokens"] = max(kwargs["max_batched_tokens"], kwargs["max_num_seqs"] + 1)
     trace = _trace(rows)
-    r = run(SimConfig(**kwargs), trace, PROFILE)
+    r = run(SimConfig(**kwargs), trace, profile)
     s, t = r.summary, r.requests
     status = t.column("status").to_numpy(zero_copy_only=False)
     assert set(status) <= {"finished", "rejected"}
@@ -53,5 +60,5 @@ def test_books_balance_and_everyone_finishes(rows, kwargs):
     ttft, e2e, queue = (t.column(c).to_numpy()[done] for c in ("ttft_s", "e2e_s", "queue_s"))
     assert np.all(queue >= 0) and np.all(queue <= ttft + 1e-12) and np.all(ttft <= e2e + 1e-12)
     assert np.all(t.column("energy_j").to_numpy()[done] > 0)
-    again = run(SimConfig(**kwargs), trace, PROFILE)
+    again = run(SimConfig(**kwargs), trace, profile)
     assert again.summary == s

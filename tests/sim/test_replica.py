@@ -10,7 +10,7 @@ from sim_profiles import make_profile
 from tokenjoule.sim.accounting import Ledger
 from tokenjoule.sim.cost import CalibratedCost
 from tokenjoule.sim.policies import ContinuousBatching
-from tokenjoule.sim.replica import Replica
+from tokenjoule.sim.replica import Replica, RequestState
 
 COST = CalibratedCost(make_profile())
 
@@ -44,3 +44,80 @@ def test_capacity_in_blocks():
     rep = Replica(0, simpy.Environment(), ContinuousBatching(), COST, Ledger(1, 1.0), 16)
     assert rep.capacity_blocks == 100_000 // 16
     assert (rep.blocks_for(16), rep.blocks_for(17), rep.blocks_for(1)) == (1, 2, 1)
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("join"), st.integers(1, 3000), st.integers(1, 300), st.integers(1, 50)),
+    st.tuples(st.just("step"), st.floats(0.0, 1.0)),
+    st.tuples(st.just("preempt")),
+    st.tuples(st.just("rejoin")),
+), max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=ops)
+def test_max_ctx_matches_a_brute_force_max(ops):
+    """Joins, decode steps (finishing requests), preemptions and re-joins: max_ctx is the live contexts' max."""
+    rep = Replica(0, simpy.Environment(), ContinuousBatching(), CalibratedCost(make_profile(kv_capacity_tokens=10**9)),
+                  Ledger(len(ops), 1.0), 16)
+    live: dict[int, int] = {}  # request idx -> context, in join order (the last one is the preemption victim)
+    requests, preempted = [], []
+    for op in ops:
+        if op[0] == "join":
+            _, inp, out, gen = op
+            s = RequestState(len(requests), 0.0, inp, max(out, gen))
+            requests.append(s)
+            s.generated = gen  # a prefill (maybe a recompute) just emitted token `gen`
+            rep.blocks_used += rep.blocks_for(s.input_tokens + gen - 1)
+            rep.start_decoding(s)
+            if gen < s.output_tokens:
+                live[s.idx] = inp + gen - 1
+        elif op[0] == "step" and live:
+            k = max(1, round(op[1] * rep.steps_to_next_finish()))
+            rep.decode_steps_done(k, 1.0, len(live))
+            last_ctx = {i: requests[i].input_tokens + requests[i].output_tokens - 1 for i in live}
+            live = {i: c + k for i, c in live.items() if c + k < last_ctx[i]}  # at its last context it is done
+        elif op[0] == "preempt" and live:
+            rep.preempt_last()
+            preempted.append(rep.waiting.popleft())
+            del live[preempted[-1].idx]
+        elif op[0] == "rejoin" and preempted:
+            s = preempted.pop(0)
+            s.generated += 1  # its recompute prefill emits the next token
+            rep.blocks_used += rep.blocks_for(s.input_tokens + s.generated - 1)
+            rep.start_decoding(s)
+            if s.generated < s.output_tokens:
+                live[s.idx] = s.input_tokens + s.generated - 1
+        assert sorted(s.idx for s in rep.running.values()) == sorted(live)
+        assert rep.max_ctx() == max(live.values(), default=0)
+        assert rep.ctx_sum == sum(live.values())
+        assert len(rep._ctx_heap) <= 2 * len(rep.running) + 65  # stale entries are dropped, not hoarded
+
+
+def test_max_ctx_follows_the_longest_through_a_stretch():
+    rep = Replica(0, simpy.Environment(), ContinuousBatching(), COST, Ledger(2, 1.0), 16)
+    assert rep.max_ctx() == 0
+    for idx, (inp, out) in enumerate([(1000, 5), (10, 50)]):
+        s = RequestState(idx, 0.0, inp, out)
+        s.generated = 1
+        rep.blocks_used += rep.blocks_for(inp)
+        rep.start_decoding(s)
+    assert rep.max_ctx() == 1000
+    rep.decode_steps_done(3, 1.0, 2)
+    assert rep.max_ctx() == 1003
+    rep.decode_steps_done(1, 1.0, 2)  # the long one emits its 5th token and leaves
+    assert len(rep.running) == 1 and rep.max_ctx() == 14
+
+
+def test_ctx_heap_drops_stale_entries_under_a_long_lived_request():
+    """Short requests churn under one long context: their finished entries never reach the top, yet are dropped."""
+    rep = Replica(0, simpy.Environment(), ContinuousBatching(), COST, Ledger(501, 1.0), 16)
+    for idx in range(501):
+        s = RequestState(idx, 0.0, 5000 if idx == 0 else 10, 10**6 if idx == 0 else 2)
+        s.generated = 1
+        rep.blocks_used += rep.blocks_for(s.input_tokens)
+        rep.start_decoding(s)
+        if idx:
+            rep.decode_steps_done(1, 1.0, 2)  # the short one emits its 2nd token and leaves
+        assert rep.max_ctx() == 5000 + idx
+    assert len(rep.running) == 1 and len(rep._ctx_heap) <= 2 + 64
