@@ -115,13 +115,40 @@ def relative_errors(curve: CostCurve, new_tokens: np.ndarray, features: Mapping[
     return np.abs(curve.evaluate(new_tokens, **features) - y) / y
 
 
-def _kfold_errors(a: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+def _fold_knots(knots: Sequence[float], x_train: np.ndarray) -> tuple[float, ...]:
+    """The knots a fold can pin: those inside its training range, with the range's ends added where one was cut.
+
+    A knot beyond every training point has no data under it, so a fit would leave its value at zero; the fitted
+    curve extrapolates the last supported slope instead, as the full fit does past its last knot.
+    """
+    if len(knots) < 2 or len(np.unique(x_train)) < 2:
+        return tuple(knots)
+    lo, hi = float(x_train.min()), float(x_train.max())
+    inside = [k for k in knots if lo <= k <= hi]
+    kept = ([] if inside and inside[0] == knots[0] else [lo]) + inside + ([] if inside and inside[-1] == knots[-1]
+                                                                          else [hi])
+    return tuple(sorted(set(kept)))
+
+
+def _kfold_errors(x: np.ndarray, cols: Mapping[str, np.ndarray], y: np.ndarray, knots: Sequence[float],
+                  prefill_knots: Sequence[float], folds: int, seed: int) -> np.ndarray:
+    """Held-out relative errors; each fold places its knots where its own training points are (`_fold_knots`)."""
     order = np.random.default_rng(seed).permutation(len(y))
+    has_prefill = np.asarray(cols.get(REGIME, np.zeros_like(x))) > 0
     errors = np.empty(len(y))
     for held in np.array_split(order, folds):
         train = np.setdiff1d(order, held)
-        params = solve_relative(a[train], y[train])
-        errors[held] = np.abs(a[held] @ params - y[held]) / y[held]
+        if len(prefill_knots):
+            k_dec = _fold_knots(knots, x[train][~has_prefill[train]])
+            k_pre = _fold_knots(prefill_knots, x[train][has_prefill[train]])
+        else:
+            k_dec, k_pre = _fold_knots(knots, x[train]), ()
+
+        def rows(idx: np.ndarray) -> np.ndarray:
+            return design_matrix(x[idx], {n: v[idx] for n, v in cols.items()}, k_dec, k_pre)  # noqa: B023
+
+        params = solve_relative(rows(train), y[train])
+        errors[held] = np.abs(rows(held) @ params - y[held]) / y[held]
     return errors
 
 
@@ -167,7 +194,7 @@ def fit_curve(new_tokens: Sequence[float], features: Mapping[str, Sequence[float
     curve = _curve(solve_relative(a, target), knots, prefill_knots, unit, cols)
     train = relative_errors(curve, x, cols, target)
     k = max(2, min(folds, target.size))
-    cv = _kfold_errors(a, target, k, seed)
+    cv = _kfold_errors(x, cols, target, knots, prefill_knots, k, seed)
     n_mixed = int(mixed.sum())
     return curve, FitStats(int(target.size), float(np.median(train)), float(np.percentile(train, 95)),
                            float(np.median(cv)), float(np.percentile(cv, 95)), k,

@@ -380,6 +380,8 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     parser.add_argument("--scenario-set", choices=sorted(SCENARIO_SETS), default="short",
                         help="short slices (after calibrating) or long ones (usually with --profile)")
     parser.add_argument("--scenarios", default="", help="comma list of scenario names of the set (default: all)")
+    parser.add_argument("--mode", choices=("cudagraph", "eager"), default="cudagraph",
+                        help="engine mode (eager: every iteration launched from Python, no CUDA graphs)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="replay against this earlier profile of the same GPU instead of calibrating")
     args = parser.parse_args(argv)
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
         if unknown:
             print(f"error: --scenarios: unknown {unknown}; known: {[s.name for s in chosen]}", file=sys.stderr)
             return 2
-        plan = Plan(ModelSpec.from_name(args.model), budget_s=args.budget_s,
+        plan = Plan(ModelSpec.from_name(args.model), mode=args.mode, budget_s=args.budget_s,
                     grid=GridConfig.quick() if args.quick else GRID, profile=args.profile,
                     scenarios=tuple(s for s in chosen if not names or s.name in names))
     return run_metered(args.out, plan.device, lambda meter: run_plan(plan, args.out, meter))
