@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tokenjoule.calibrate.calibration import fit_rows
-from tokenjoule.calibrate.host_cost import fit_host_overhead
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, resolve_profile_path
 from tokenjoule.calibrate.sweeps import read_rows
 
@@ -20,7 +19,7 @@ from tokenjoule.calibrate.sweeps import read_rows
 def refit_profile(path: str | Path) -> GPUProfile:
     """The profile at `path` with curves, fit errors and idle power refitted from its `raw_path` file.
 
-    A measured host-overhead model is refitted from the points the profile holds.
+    The host-overhead model is kept as measured (it has its own fit, named in its method).
 
     Args:
         path: a profile JSON (or a shipped profile's short name).
@@ -36,9 +35,7 @@ def refit_profile(path: str | Path) -> GPUProfile:
     if not raw.exists():
         raise ProfileError(f"{path}: its raw sweep file {raw} is missing")
     fitted = fit_rows(read_rows(raw), rule=profile.decode_split_rule)
-    host = profile.host_overhead and fit_host_overhead(profile.host_overhead.points, profile.host_overhead.method)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     notes = "; ".join(n for n in (profile.notes, f"curves refitted from {profile.raw_path} on {stamp}") if n)
     return dataclasses.replace(profile, latency=fitted["latency"], energy=fitted["energy"],
-                               fit_errors=fitted["fit_errors"], idle_power_w=fitted["idle_power_w"], notes=notes,
-                               host_overhead=host)
+                               fit_errors=fitted["fit_errors"], idle_power_w=fitted["idle_power_w"], notes=notes)

@@ -32,6 +32,17 @@ def test_refit_reproduces_the_fit_and_keeps_measured_fields(toy_profile, tmp_pat
     assert "refitted from h100.raw.parquet" in refitted.notes
 
 
+def test_refit_keeps_a_measured_host_overhead_as_it_is(toy_profile, tmp_path):
+    import dataclasses
+
+    from tokenjoule.calibrate.profile import HostOverhead
+
+    path = _calibrated(toy_profile, tmp_path)
+    host = HostOverhead(1e-5, 2e-6, 3e-9, ({"seqs": 8, "prefill_seqs": 0, "median_s": 4e-5},), "an older form")
+    save_profile(dataclasses.replace(load_profile(path), host_overhead=host), path)
+    assert refit_profile(path).host_overhead == host
+
+
 def test_refit_cli_writes_and_refuses_without_raw(toy_profile, tmp_path, capsys):
     path = _calibrated(toy_profile, tmp_path)
     out = tmp_path / "refit.json"
