@@ -37,6 +37,7 @@ from tokenjoule.calibrate.profile import (
     save_profile,
     shape_features,
 )
+from tokenjoule.calibrate.recalibrate import short_recalibration
 from tokenjoule.calibrate.replay import PrefillFirstScheduler
 from tokenjoule.calibrate.sweeps import IterationRunner, run_sweep, shape_from_row
 from tokenjoule.kernels.scheduler import Scheduler
@@ -184,11 +185,16 @@ def fit_rows(rows: Sequence[dict[str, Any]], folds: int = 5, rule: DecodeSplitRu
     out["fit_errors"]["repeats"] = {"time_spread_median": float(np.median(spreads)),
                                     "energy_spread_median": float(np.median(e_spreads)) if e_spreads else None,
                                     "energy_error_bound_max": float(max(bounds)) if bounds else None}
+    out["idle_power_w"] = idle_power(rows)
+    return out
+
+
+def idle_power(rows: Sequence[dict[str, Any]]) -> float:
+    """Median idle power (W) of a sweep's idle windows; ValueError when it has none."""
     idle = [r["power_w"] for r in rows if r["kind"] == "idle" and r["power_w"] is not None]
     if not idle:
         raise ValueError("the sweep has no idle-power measurement")
-    out["idle_power_w"] = float(statistics.median(idle))
-    return out
+    return float(statistics.median(idle))
 
 
 def build_profile(rows: Sequence[dict[str, Any]], *, spec: ModelSpec, engine: str, mode: str, tp: int,
@@ -270,8 +276,13 @@ class CalibrationConfig:
 
 def calibrate(spec: ModelSpec, config: CalibrationConfig, out_path: str | Path, *,
               runner: IterationRunner | None = None, meter: EnergyMeter | None = None,
-              wait: Callable[[float], None] | None = None, progress: bool = True) -> GPUProfile:
+              wait: Callable[[float], None] | None = None, progress: bool = True,
+              base: GPUProfile | None = None) -> GPUProfile:
     """Measure, fit and save a profile to `out_path`; the raw sweep goes beside it as `<stem>.raw.parquet`.
+
+    With `base` (a profile of the same model, engine, mode and TP from another machine of this GPU type), the sweep
+    is `config.grid` (use `recalibrate.SHORT_GRID`) and the saved profile is `base` re-scaled to this machine
+    (`recalibrate.short_recalibration`) instead of a new fit.
 
     Args:
         spec: the model.
@@ -281,12 +292,15 @@ def calibrate(spec: ModelSpec, config: CalibrationConfig, out_path: str | Path, 
         meter: an energy meter (tests); `make_meter(config.gpu_indices)` when None.
         wait: sleep function for the idle window (tests pass a fake timeline's `idle`).
         progress: show a progress bar on stderr.
+        base: a profile to carry here by a short re-calibration instead of fitting (see above).
 
     Returns:
         The saved GPUProfile. Raises MeterError when energy cannot be measured.
     """
     out_path = Path(out_path)
     raw_path = out_path.with_name(out_path.stem + ".raw.parquet")
+    if base is not None:
+        check_base(base, spec, config)
     own_meter, own_runner = meter is None, runner is None
     meter = meter if meter is not None else make_meter(config.gpu_indices)
     try:
@@ -306,16 +320,43 @@ def calibrate(spec: ModelSpec, config: CalibrationConfig, out_path: str | Path, 
             if own_runner:
                 runner.release()
         rule = tokenjoule_split_rule(spec, len(config.gpu_indices)) if config.engine == "tokenjoule" else None
-        profile = build_profile(rows, spec=spec, engine=config.engine, mode=config.mode, tp=len(config.gpu_indices),
-                                kv_capacity_tokens=kv_capacity, gpu=gpu_info(meter), host=host_info(),
-                                software=software_info(), method=_method(meter, config), raw_path=raw_path.name,
-                                notes=f"measured by tokenjoule calibrate; random weights (seed {config.seed})",
-                                host_overhead=host_overhead, decode_split_rule=rule)
+        if base is not None:
+            profile = _short_recalibrated(base, rows, host_overhead, meter, config, raw_path, kv_capacity)
+        else:
+            profile = build_profile(rows, spec=spec, engine=config.engine, mode=config.mode, tp=len(config.gpu_indices),
+                                    kv_capacity_tokens=kv_capacity, gpu=gpu_info(meter), host=host_info(),
+                                    software=software_info(), method=_method(meter, config), raw_path=raw_path.name,
+                                    notes=f"measured by tokenjoule calibrate; random weights (seed {config.seed})",
+                                    host_overhead=host_overhead, decode_split_rule=rule)
     finally:
         if own_meter:
             meter.close()
     save_profile(profile, out_path)
     return profile
+
+
+def check_base(base: GPUProfile, spec: ModelSpec, config: CalibrationConfig) -> None:
+    """A short re-calibration carries `base` only to the same model, engine, mode and TP degree."""
+    mine = (spec.name, config.engine, config.mode, len(config.gpu_indices))
+    theirs = (base.model.name, base.engine, base.mode, base.tp)
+    if mine != theirs:
+        raise ValueError(f"base profile is {theirs[0]} / {theirs[1]} / {theirs[2]} / tp{theirs[3]}, this calibration "
+                         f"is {mine[0]} / {mine[1]} / {mine[2]} / tp{mine[3]}: a short re-calibration keeps all four")
+    if base.method.get("short_recalibration_of"):
+        raise ValueError("base profile is itself a short re-calibration; start from a fully calibrated profile")
+
+
+def _short_recalibrated(base: GPUProfile, rows: list[dict[str, Any]], host: HostOverhead | None,
+                        meter: EnergyMeter, config: CalibrationConfig, raw_path: Path,
+                        kv_capacity_tokens: int) -> GPUProfile:
+    """`base` re-scaled by this machine's short sweep, with this machine's metadata and raw file."""
+    points = aggregate_points(rows, ("prefill", "decode", "mixed"))
+    carried = short_recalibration(base, points, idle_power(rows), host, f"{len(points)} points on this machine")
+    method = {**_method(meter, config), "short_recalibration_of": {"date": base.date, "gpu": base.gpu.get("name"),
+                                                                   "content_sha256": base.content_sha256}}
+    return dataclasses.replace(carried, gpu=gpu_info(meter), host=host_info(), software=software_info(),
+                               method=method, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               raw_path=raw_path.name, kv_capacity_tokens=kv_capacity_tokens)
 
 
 def _sweep(runner: IterationRunner, meter: EnergyMeter, config: CalibrationConfig, raw_path: Path,

@@ -192,6 +192,8 @@ def calibrate_cmd(
     max_batch_seqs: int = typer.Option(512, help="Most sequences per iteration."),
     max_batched_tokens: int = typer.Option(16384, help="Most tokens per iteration."),
     json_out: bool = typer.Option(False, "--json", help="Print the new profile's summary as one JSON object."),
+    short_from: str = typer.Option(None, "--short-from", help="Carry this profile (same model, engine, mode, "
+                                   "TP; another machine of this GPU type) here from a short sweep instead."),
 ) -> None:
     """Measure a model on this machine's GPU and write a calibration profile (needs CUDA and NVML).
 
@@ -201,15 +203,17 @@ def calibrate_cmd(
 
     Example:
         tokenjoule calibrate --model llama-3.1-8b --engine tokenjoule --mode cudagraph --out h100_8b.json
+        tokenjoule calibrate --model llama-3.1-8b --short-from h200-llama-3.1-8b-tokenjoule-cudagraph --out mine.json
     """
     from tokenjoule.calibrate.run_device import check_device, run_calibration
 
+    base = _load(short_from)[0] if short_from else None
     try:
         indices = tuple(int(i) for i in gpus.split(","))
         check_device(indices)
         profile = run_calibration(model, engine, mode, out, quick=quick, gpu_indices=indices,
                                   gpu_memory_utilization=gpu_memory_utilization, max_batch_seqs=max_batch_seqs,
-                                  max_batched_tokens=max_batched_tokens)
+                                  max_batched_tokens=max_batched_tokens, base=base)
     except (ValueError, RuntimeError) as err:
         raise _fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
     summary = profile_summary(profile, str(out))

@@ -2,9 +2,9 @@
 
 Two H200s here drew up to 7% different energy for the same replay, and hosts differ in CPU speed (validation/
 README.md). A full sweep takes minutes; this keeps the base profile's shape (its fitted curves) and takes from the
-new machine what differs between machines: idle power, the serving loop's host overhead, and one scale each for
-the latency and energy curves, the median ratio of measured to predicted cost over a few grid points
-(`SHORT_POINTS`) measured there.
+new machine what differs between machines: idle power, the serving loop's host overhead, and scales for the
+latency and energy curves (one for decode-only iterations, one for those with prefill), each the median ratio of
+measured to predicted cost over a few grid points (`SHORT_GRID`) measured there: `tokenjoule calibrate --short-from`.
 """
 
 from __future__ import annotations
@@ -14,23 +14,47 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from tokenjoule.calibrate.grid import GridConfig, grid_points
 from tokenjoule.calibrate.profile import CostCurve, GPUProfile, HostOverhead
 
-# One point per regime the curves cover: small and large decode batches, a ragged decode, prefills, a mixed step.
-SHORT_POINTS = ("decode_b1_c512", "decode_b64_c512", "decode_b256_c512", "decode_b128_c256_l1x8192",
-                "prefill_b1_l1024", "prefill_b4_l2048", "mixed_p2048_b0_d64_c2048")
+# A few points per regime the curves cover: small and large decode batches, a ragged decode, prefills, a mixed
+# step (9 points against the full grid's 133).
+SHORT_GRID = GridConfig(prefill_batches=(1, 4), prefill_lengths_tokens=(1024, 2048), prefill_chunks=(),
+                        decode_batches=(1, 64, 256), decode_contexts_tokens=(512,),
+                        decode_ragged=((128, 1, 8192, 256),), mixed_chunks=((2048, 0),), mixed_decodes=((64, 2048),),
+                        settle_s=10.0)
+SHORT_POINTS = tuple(p.point_id for p in grid_points(SHORT_GRID, 1 << 20, 1 << 30, 1 << 16))
 
 
-def scaled(curve: CostCurve, factor: float) -> CostCurve:
-    """The curve times `factor` (knot values and coefficients alike)."""
-    return dataclasses.replace(curve, knot_values=tuple(v * factor for v in curve.knot_values),
-                               prefill_knot_values=tuple(v * factor for v in curve.prefill_knot_values),
-                               coef={k: v * factor for k, v in curve.coef.items()})
+def scaled(curve: CostCurve, decode: float, prefill: float) -> CostCurve:
+    """The curve with its decode-only regime (knots and decode terms) times `decode`, the rest times `prefill`.
+
+    A curve without a prefill regime of its own serves both, and takes `decode`.
+    """
+    def factor(name: str) -> float:
+        return decode if name.startswith("decode_") or not curve.prefill_knots_tokens else prefill
+
+    return dataclasses.replace(curve, knot_values=tuple(v * decode for v in curve.knot_values),
+                               prefill_knot_values=tuple(v * prefill for v in curve.prefill_knot_values),
+                               coef={k: v * factor(k) for k, v in curve.coef.items()})
+
+
+def _ratios(base: GPUProfile, points: Sequence[dict[str, Any]], key: str) -> tuple[float, float]:
+    """Median measured / predicted over the decode-only points, and over the rest (one median if a kind is absent)."""
+    curve = base.latency if key == "time_s" else base.energy
+    ratio = {id(p): p[key] / curve.of_shape(p["shape"], base.decode_split_rule) for p in points}
+    decode = [ratio[id(p)] for p in points if not p["shape"].prefill]
+    rest = [ratio[id(p)] for p in points if p["shape"].prefill]
+    overall = statistics.median(ratio.values())
+    return (statistics.median(decode) if decode else overall, statistics.median(rest) if rest else overall)
 
 
 def short_recalibration(base: GPUProfile, points: Sequence[dict[str, Any]], idle_power_w: float,
                         host_overhead: HostOverhead | None, note: str) -> GPUProfile:
     """`base` rescaled to a new machine from a few points measured there.
+
+    Decode-only iterations and iterations with prefill get a scale each: two GPUs of one type here differed by 13%
+    in decode energy and 2% in prefill energy, where both run at the 700 W power limit (validation/README.md).
 
     Args:
         base: the profile to carry.
@@ -41,10 +65,9 @@ def short_recalibration(base: GPUProfile, points: Sequence[dict[str, Any]], idle
     """
     if not points:
         raise ValueError("a short re-calibration needs at least one measured point")
-    lat = statistics.median(p["time_s"] / base.latency.of_shape(p["shape"], base.decode_split_rule) for p in points)
-    en = statistics.median(p["energy_j"] / base.energy.of_shape(p["shape"], base.decode_split_rule) for p in points)
-    notes = (f"{base.notes}; short re-calibration ({note}): latency x{lat:.4f}, energy x{en:.4f}, idle power and "
-             "host overhead re-measured")
-    return dataclasses.replace(base, latency=scaled(base.latency, lat), energy=scaled(base.energy, en),
+    (lat_d, lat_p), (en_d, en_p) = _ratios(base, points, "time_s"), _ratios(base, points, "energy_j")
+    notes = (f"{base.notes}; short re-calibration ({note}): latency x{lat_d:.4f} decode / x{lat_p:.4f} prefill, "
+             f"energy x{en_d:.4f} / x{en_p:.4f}, idle power and host overhead re-measured")
+    return dataclasses.replace(base, latency=scaled(base.latency, lat_d, lat_p), energy=scaled(base.energy, en_d, en_p),
                                idle_power_w=idle_power_w, host_overhead=host_overhead or base.host_overhead,
                                notes=notes)

@@ -29,6 +29,9 @@ def refit_profile(path: str | Path) -> GPUProfile:
     """
     path = resolve_profile_path(path)
     profile = load_profile(path)
+    if profile.method.get("short_recalibration_of"):
+        raise ProfileError(f"{path}: a short re-calibration (its raw file holds a few points, not a grid to fit); "
+                           "refit its base profile instead")
     if not profile.raw_path:
         raise ProfileError(f"{path}: the profile names no raw sweep file (raw_path), so it cannot be refitted")
     raw = path.parent / profile.raw_path

@@ -40,6 +40,7 @@ from tokenjoule.calibrate.generate_sweep import GenerateGrid, GenerateRunner, me
 from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.meters import EnergyMeter, NVMLMeter, make_meter
 from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.recalibrate import SHORT_GRID
 from tokenjoule.calibrate.sampler import PowerSampler
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.kernels.spec import ModelSpec
@@ -74,15 +75,21 @@ def load_spec(model: str) -> ModelSpec:
 def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quick: bool = False,
                     gpu_indices: Sequence[int] = (0,), gpu_memory_utilization: float = 0.9,
                     max_batch_seqs: int = 512, max_batched_tokens: int = 16384, timeline_path: Path | None = None,
-                    check_path: Path | None = None, progress: bool = True) -> GPUProfile:
+                    check_path: Path | None = None, progress: bool = True,
+                    base: GPUProfile | None = None) -> GPUProfile:
     """Calibrate one (model, engine, mode) on real GPUs and save the profile at `out`.
+
+    With `base`, a short re-calibration: the few points of `recalibrate.SHORT_GRID`, and `base` re-scaled to them.
 
     Engine "hf" is calibrated through generate() (a GenerateGrid); with `check_path`, one generate(4, 1024, 128)
     run is then measured on the same model and written there with the profile's prediction of it.
     """
     hf = engine == "hf"
     grid_cls = GenerateGrid if hf else GridConfig
-    grid = grid_cls.quick() if quick else grid_cls()
+    if base is not None and (quick or hf):
+        raise ValueError("--short-from re-scales a tokenjoule-engine profile from its own short grid; it takes neither "
+                         "--quick nor engine hf")
+    grid = SHORT_GRID if base is not None else grid_cls.quick() if quick else grid_cls()
     config = CalibrationConfig(engine=engine, mode=mode, gpu_indices=tuple(gpu_indices), grid=grid,
                                gpu_memory_utilization=gpu_memory_utilization, max_batch_seqs=max_batch_seqs,
                                max_batched_tokens=max_batched_tokens)
@@ -97,7 +104,7 @@ def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quic
         if hf and check_path is not None:  # built here, not inside calibrate(), so the check reuses the model
             runner = resolve_build_runner()(spec, engine=engine, mode=mode, device=config.device,
                                             gpu_memory_utilization=gpu_memory_utilization, seed=config.seed)
-        profile = calibrate(spec, config, out, meter=meter, progress=progress, runner=runner)
+        profile = calibrate(spec, config, out, meter=meter, progress=progress, runner=runner, base=base)
         if runner is not None and check_path is not None:
             check = generate_check(runner, meter, profile, Path(out).name)
             write_atomic(check_path, lambda tmp: Path(tmp).write_text(json.dumps(check, indent=2) + "\n"))
