@@ -68,6 +68,14 @@ def short_recalibration(base: GPUProfile, points: Sequence[dict[str, Any]], idle
     (lat_d, lat_p), (en_d, en_p) = _ratios(base, points, "time_s"), _ratios(base, points, "energy_j")
     notes = (f"{base.notes}; short re-calibration ({note}): latency x{lat_d:.4f} decode / x{lat_p:.4f} prefill, "
              f"energy x{en_d:.4f} / x{en_p:.4f}, idle power and host overhead re-measured")
-    return dataclasses.replace(base, latency=scaled(base.latency, lat_d, lat_p), energy=scaled(base.energy, en_d, en_p),
-                               idle_power_w=idle_power_w, host_overhead=host_overhead or base.host_overhead,
-                               notes=notes)
+    carried = dataclasses.replace(base, latency=scaled(base.latency, lat_d, lat_p),
+                                  energy=scaled(base.energy, en_d, en_p), idle_power_w=idle_power_w,
+                                  host_overhead=host_overhead or base.host_overhead, notes=notes)
+    # the base's cross-validated errors still describe the curves' shape; these say how the re-scaled curves meet
+    # the points measured here
+    residual = {name: float(statistics.median(
+        abs(curve.of_shape(p["shape"], base.decode_split_rule) / p[key] - 1) for p in points))
+        for name, curve, key in (("latency", carried.latency, "time_s"), ("energy", carried.energy, "energy_j"))}
+    fit_errors = {**base.fit_errors, "short_recalibration": {"points": len(points), **{
+        f"{k}_median_abs_error": v for k, v in residual.items()}}}
+    return dataclasses.replace(carried, fit_errors=fit_errors)

@@ -24,6 +24,9 @@ def test_a_machine_that_draws_7_percent_more_is_recovered_exactly(toy_profile):
     assert "short re-calibration (4 points): latency x0.9500 decode / x0.9500 prefill, energy x1.0700 / x1.0700" \
         in carried.notes
     assert carried.model == toy_profile.model and carried.kv_capacity_tokens == toy_profile.kv_capacity_tokens
+    assert carried.fit_errors["latency"] == toy_profile.fit_errors["latency"]  # the shape's CV, as the base had it
+    assert carried.fit_errors["short_recalibration"] == {"points": 4, "latency_median_abs_error": pytest.approx(0.0),
+                                                         "energy_median_abs_error": pytest.approx(0.0)}
 
 
 def test_the_median_ratio_ignores_one_outlier_point(toy_profile):
