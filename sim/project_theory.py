@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenjoule.calibrate.profile import GPUSpec
+from tokenjoule.calibrate.datasheets import GPUSpec
 from tokenjoule.kernels.spec import ModelSpec
 
 

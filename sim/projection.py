@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
+from tokenjoule.calibrate.datasheets import gpu_spec
+from tokenjoule.calibrate.profile import GPUProfile
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim.cost import CostModel
 from tokenjoule.sim.project_load import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector

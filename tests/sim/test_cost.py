@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim_profiles import make_profile
 
-from tokenjoule.calibrate.profile import DATASHEETS, FEATURES, DecodeSplitRule, HostOverhead
+from tokenjoule.calibrate.datasheets import DATASHEETS
+from tokenjoule.calibrate.profile import FEATURES, DecodeSplitRule, HostOverhead
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim.cost import (
-    _COEF_NAMES,
     CalibratedCost,
     IterFeatures,
     Line,
@@ -24,6 +24,7 @@ from tokenjoule.sim.cost import (
     StretchCost,
     shape_cost,
 )
+from tokenjoule.sim.cost_terms import _COEF_NAMES
 
 SPEC = ModelSpec.from_name("llama-3.1-8b")
 

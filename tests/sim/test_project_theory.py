@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenjoule.calibrate.profile import DATASHEETS
+from tokenjoule.calibrate.datasheets import DATASHEETS
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim.project_theory import TheoryAccumulator, TheoryInputs, request_flops
 from tokenjoule.sim.projection import ProjectConfig, project
