@@ -222,6 +222,9 @@ def serving_host_overhead(runner: IterationRunner, spec: ModelSpec, config: Cali
     if model_runner is None or not hasattr(model_runner, "block_manager"):
         logger.warning("%s has no model runner: host overhead not measured", type(runner).__name__)
         return None
+    if len(config.gpu_indices) > 1:  # the other ranks step only through the runner's commands; serving here would hang
+        logger.warning("host overhead is not measured under tensor parallelism (tp=%d)", len(config.gpu_indices))
+        return None
     runner.release()
     seqs = min(256, config.max_batch_seqs)
     rows = []

@@ -83,3 +83,19 @@ def test_host_overhead_round_trips_and_reads_older_files():
     assert HostOverhead.from_dict(host.to_dict()) == host
     older = {"per_iteration_s": 1e-5, "per_seq_s": 2e-6, "per_seq_sq_s": 0.0, "points": [], "method": "m"}
     assert HostOverhead.from_dict(older).per_prefill_seq_s == 0.0
+
+
+def test_calibration_measures_host_overhead_on_one_gpu_and_skips_it_under_tp():
+    from types import SimpleNamespace
+
+    from tokenjoule.calibrate.calibration import CalibrationConfig, serving_host_overhead
+    from tokenjoule.kernels.spec import ModelSpec
+
+    wrapped = SimpleNamespace(runner=TokenRunner(), release=lambda: None)
+    spec = ModelSpec.from_name("llama-3.1-8b")
+    small = CalibrationConfig(max_batch_seqs=16, max_batched_tokens=4096)
+    host = serving_host_overhead(wrapped, spec, small)
+    assert host is not None and max(p["seqs"] for p in host.points) >= 8 and "synthetic requests" in host.method
+    # tensor parallel: the other ranks only follow rank 0's runner commands, so serving on rank 0 alone would hang
+    assert serving_host_overhead(wrapped, spec, CalibrationConfig(gpu_indices=(0, 1))) is None
+    assert serving_host_overhead(SimpleNamespace(release=lambda: None), spec, small) is None  # no model runner
