@@ -38,8 +38,10 @@ def _run_header(r: dict[str, Any]) -> list[str]:
               f"{r['kv_capacity_tokens']} tokens")
     kinds = ", ".join(f"{k} {n}" for k, n in p["points_by_kind"].items())
     mixed_cv = fit["latency"].get("mixed_median")
+    origin = ("calibrated in an earlier device call on the same GPU (UUID checked) and reused"
+              if r.get("profile_reused") else "calibrated in the same device call on the same engine instance")
     calibration = (
-        f"Profile `{r['profile']}`, calibrated in the same device call on the same engine instance: "
+        f"Profile `{r['profile']}`, {origin}: "
         f"{p['fitted_points']} fitted grid points (raw points: {kinds}), mixed iterations {p['mixed']}, "
         f"{p['repeats']} repeats ({p['repeat_order']}), {_f(p['target_s'], 1)} s windows; fit CV median latency "
         f"{fit['latency']['cv_median']:.1%}" + (f" (mixed points {mixed_cv:.1%})" if mixed_cv is not None else "")

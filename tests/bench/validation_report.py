@@ -200,6 +200,7 @@ def run_header(run: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, 
             "summary": summarize([e["error"] for e in entries]),
             "stalls": stall_counts(run["iterations"], profile, [e["scenario"] for e in entries]),
             "iteration_bins": iteration_bins(_scenario_iterations(run), profile),
+            "profile_reused": bool(doc.get("profile_reused")),
             "prices_ragged_decodes": "decode_tail_ctx_tokens" in profile.latency.coef,
             "host_overhead_method": profile.host_overhead.method if profile.host_overhead else None,
             "ragged_points": ragged_points(profile, run["dir"])}
