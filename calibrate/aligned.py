@@ -118,21 +118,32 @@ def measure_aligned(meter: EnergyMeter, step: Callable[[], None], target_s: floa
     if tick_based:
         meter.start_ticks()
     try:
-        e_begin = meter.read_energy_j()
-        t0 = prev = meter.clock()
-        times: list[float] = []
-        while True:
-            step()
-            now = meter.clock()
-            times.append(now - prev)
-            prev = now
-            if now - t0 >= target_s and len(times) >= min_steps:
-                if not tick_based or _enough_ticks(meter, t0, now) or now - t0 >= max_s:
-                    break
-        e_end = meter.read_energy_j()
+        def done(t0: float, now: float, steps: int) -> bool:
+            return now - t0 >= target_s and steps >= min_steps and (
+                not tick_based or _enough_ticks(meter, t0, now) or now - t0 >= max_s)
+
+        times, t0, prev, e_begin, e_end = _back_to_back(meter, step, done)
     finally:
         ticks = meter.stop_ticks() if tick_based else []
     return _result(meter, times, t0, prev, ticks, e_begin, e_end, tick_based)
+
+
+def _back_to_back(meter: EnergyMeter, step: Callable[[], None], done: Callable[[float, float, int], bool],
+                  ) -> tuple[list[float], float, float, dict[int, float] | None, dict[int, float] | None]:
+    """Run `step` back to back between two energy reads until `done(t0, now, steps)`.
+
+    Returns (per-step seconds, window start, window end, energy read at the start, energy read at the end).
+    """
+    e_begin = meter.read_energy_j()
+    t0 = prev = meter.clock()
+    times: list[float] = []
+    while True:
+        step()
+        now = meter.clock()
+        times.append(now - prev)
+        prev = now
+        if done(t0, now, len(times)):
+            return times, t0, prev, e_begin, meter.read_energy_j()
 
 
 def _result(meter: EnergyMeter, times: list[float], t0: float, t_end: float, ticks: list[Tick],
@@ -215,18 +226,11 @@ def measure_from_tick(meter: EnergyMeter, call: Callable[[], None], target_s: fl
             if _ticked(meter.ticks(), meter.gpu_indices):
                 break
             wait(TICK_POLL_S)
-        e_begin = meter.read_energy_j()
-        t0 = prev = meter.clock()
-        times: list[float] = []
-        while True:
-            call()
-            now = meter.clock()
-            times.append(now - prev)
-            prev = now
-            if now - t0 >= MAX_WINDOW_S or len(times) == max_calls or (
-                    now - t0 >= target_s and _enough_ticks(meter, t0, now)):
-                break
-        e_end = meter.read_energy_j()
+        def done(t0: float, now: float, calls: int) -> bool:
+            return now - t0 >= MAX_WINDOW_S or calls == max_calls or (
+                now - t0 >= target_s and _enough_ticks(meter, t0, now))
+
+        times, t0, prev, e_begin, e_end = _back_to_back(meter, call, done)
     finally:
         ticks = meter.stop_ticks()
     found = [_energy_from_tick(ticks, g, t0, prev) for g in meter.gpu_indices]

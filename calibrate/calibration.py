@@ -145,7 +145,7 @@ def _columns(points: list[dict[str, Any]], key: str,
     feats = [shape_features(p["shape"], rule) for p in points]
     x = np.array([p["shape"].new_tokens for p in points], dtype=np.float64)
     names = (*FEATURES, REGIME)
-    if not any(len(set(p["shape"].decode)) > 1 for p in points):
+    if not any(p["shape"].ragged_decode for p in points):
         # only ragged batches tell the longest context from the summed one; a grid without them leaves it unfitted
         names = tuple(n for n in names if n != "decode_tail_ctx_tokens")
     return x, {f: np.array([d[f] for d in feats]) for f in names}, np.array([p[key] for p in points], float)

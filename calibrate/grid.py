@@ -152,7 +152,7 @@ def grid_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: in
     if uniform_only:  # an engine without chunked prefill (HF generate) cannot run a chunk with a cached prefix
         points = [p for p in points if not p.shape.prefill_ctx_tokens]
     decode = decode_points(cfg, kv_capacity_tokens, max_batch_seqs)
-    points += [p for p in decode if len(set(p.shape.decode)) == 1] if uniform_only else decode
+    points += [p for p in decode if not p.shape.ragged_decode] if uniform_only else decode
     if not uniform_only:
         points += mixed_points(cfg, max_batched_tokens, kv_capacity_tokens, max_batch_seqs)
     return points

@@ -31,6 +31,7 @@ from tokenjoule.calibrate.datasheets import GPUSpec, gpu_spec
 from tokenjoule.calibrate.errors import ProfileError
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.splits import num_splits_for
 from tokenjoule.traces.files import write_atomic
 
 SCHEMA_VERSION = 1
@@ -134,10 +135,11 @@ class DecodeSplitRule:
             raise ProfileError(f"decode_split_rule {self} needs positive integers")
 
     def splits(self, batch: Any) -> Any:
-        """Splits per sequence for decode batches of `batch` sequences (scalar or array)."""
-        b = np.maximum(np.asarray(batch, dtype=np.int64), 1)
-        out = np.clip(-(-self.target_programs // (b * self.kv_heads)), 1, self.max_splits)
-        return int(out) if out.ndim == 0 else out
+        """Splits per sequence for decode batches of `batch` sequences (scalar or array): `kernels.splits`' rule."""
+        def one(b: Any) -> int:
+            return num_splits_for(int(b), self.kv_heads, self.target_programs, self.max_splits)
+
+        return one(batch) if np.ndim(batch) == 0 else np.vectorize(one, otypes=[np.int64])(batch)
 
 
 def tail_ctx_tokens(max_ctx: Any, sum_ctx: Any, decode_seqs: Any, rule: DecodeSplitRule | None) -> Any:
@@ -146,9 +148,12 @@ def tail_ctx_tokens(max_ctx: Any, sum_ctx: Any, decode_seqs: Any, rule: DecodeSp
     The summed context prices the average program; a ragged batch's longest context (over its splits; the whole of
     it without a rule) keeps one program running after the rest have finished, and sets the kernel's time.
     """
+    splits = 1 if rule is None else rule.splits(decode_seqs)
+    if isinstance(decode_seqs, int | float):  # one iteration (the simulator's hot path): no arrays
+        return max(0.0, max_ctx - sum_ctx / max(decode_seqs, 1)) / splits
     seqs = np.maximum(np.asarray(decode_seqs, dtype=np.float64), 1.0)
     excess = np.asarray(max_ctx, dtype=np.float64) - np.asarray(sum_ctx, dtype=np.float64) / seqs
-    value = np.maximum(excess, 0.0) / (1 if rule is None else rule.splits(decode_seqs))
+    value = np.maximum(excess, 0.0) / splits
     return float(value) if value.ndim == 0 else value
 
 
@@ -285,11 +290,10 @@ class GPUProfile:
     @property
     def content_sha256(self) -> str:
         """Hash of what the simulator reads (curves, idle power, capacity, model): identifies a calibration."""
+        # host_overhead and decode_split_rule are absent from older profiles' dicts, whose hashes stay as they were
         core = {k: v for k, v in self.to_dict().items() if k in ("model", "tp", "idle_power_w", "kv_capacity_tokens",
-                                                                  "latency", "energy", "engine", "mode")}
-        for name in ("host_overhead", "decode_split_rule"):  # absent from older profiles, whose hashes stay as were
-            if name in self.to_dict():
-                core[name] = self.to_dict()[name]
+                                                                  "latency", "energy", "engine", "mode",
+                                                                  "host_overhead", "decode_split_rule")}
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:

@@ -42,10 +42,10 @@ def scaled(curve: CostCurve, decode: float, prefill: float) -> CostCurve:
 def _ratios(base: GPUProfile, points: Sequence[dict[str, Any]], key: str) -> tuple[float, float]:
     """Median measured / predicted over the decode-only points, and over the rest (one median if a kind is absent)."""
     curve = base.latency if key == "time_s" else base.energy
-    ratio = {id(p): p[key] / curve.of_shape(p["shape"], base.decode_split_rule) for p in points}
-    decode = [ratio[id(p)] for p in points if not p["shape"].prefill]
-    rest = [ratio[id(p)] for p in points if p["shape"].prefill]
-    overall = statistics.median(ratio.values())
+    pairs = [(bool(p["shape"].prefill), p[key] / curve.of_shape(p["shape"], base.decode_split_rule)) for p in points]
+    decode = [r for prefill, r in pairs if not prefill]
+    rest = [r for prefill, r in pairs if prefill]
+    overall = statistics.median(decode + rest)
     return (statistics.median(decode) if decode else overall, statistics.median(rest) if rest else overall)
 
 

@@ -143,7 +143,7 @@ def shape_columns(shape: IterationShape) -> dict[str, int]:
 def _shape_row(batch: ScheduledBatch) -> dict[str, Any]:
     shape = batch.to_shape()
     # the longest decode context: with the sum, it tells a ragged batch from a uniform one (docs/validation.md)
-    return {**shape_columns(shape), "decode_max_ctx_tokens": max(shape.decode, default=0)}
+    return {**shape_columns(shape), "decode_max_ctx_tokens": shape.decode_max_ctx_tokens}
 
 
 def _token_ids(requests: Sequence[ReplayRequest], vocab_size: int, seed: int) -> list[list[int]]:

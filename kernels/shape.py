@@ -71,6 +71,11 @@ class IterationShape:
         return max(self.decode, default=0)
 
     @property
+    def ragged_decode(self) -> bool:
+        """Whether the decode contexts differ (only such batches tell the longest context from the summed one)."""
+        return len(set(self.decode)) > 1
+
+    @property
     def is_empty(self) -> bool:
         """True when the iteration has nothing to do."""
         return not self.prefill and not self.decode

@@ -76,10 +76,10 @@ class CalibratedCost:
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
-        t, e = self._lat.iteration(f), self._en.iteration(f)
+        t, e = self.gpu_iteration(f)
         if self.profile.host_overhead is None:
             return t, e
-        host = self.profile.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
+        host = self.host_s(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
         return t + host, e + self.profile.idle_power_w * host
 
     def gpu_decode_lines(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float) -> tuple[Line, Line]:
@@ -95,7 +95,7 @@ class CalibratedCost:
         lt, le = self.gpu_decode_lines(batch, ctx_sum_tokens, max_ctx_tokens)
         if self.profile.host_overhead is None:
             return StretchCost((lt,), le)
-        host = self.profile.host_overhead.seconds(batch)
+        host = self.host_s(batch)
         return StretchCost((Line(lt.a + host, lt.d),), Line(le.a + self.profile.idle_power_w * host, le.d))
 
     def evaluate(self, new_tokens, **features) -> tuple[np.ndarray, np.ndarray]:

@@ -13,9 +13,8 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from tokenjoule.calibrate.profile import CostCurve, DecodeSplitRule
+from tokenjoule.calibrate.profile import CostCurve, DecodeSplitRule, tail_ctx_tokens
 from tokenjoule.kernels.shape import IterationShape
-from tokenjoule.kernels.splits import num_splits_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,17 +172,11 @@ class _Curve:
             else decode
         return cls(decode, prefill, tuple(curve.coef.get(n, 0.0) for n in _COEF_NAMES), rule)
 
-    def _splits(self, batch: int) -> int:
-        r = self.rule
-        return 1 if r is None else num_splits_for(batch, r.kv_heads, r.target_programs, r.max_splits)
-
     def iteration(self, f: IterFeatures) -> float:
         c = self.coef
         tokens = self.prefill if (f.prefill_seqs or f.prefill_attn_pairs) else self.decode
-        tail = 0.0
-        if c[4] and f.decode_seqs:
-            excess = f.decode_max_ctx_tokens - f.decode_ctx_tokens / f.decode_seqs
-            tail = c[4] * max(0.0, excess) / self._splits(f.decode_seqs)
+        tail = c[4] * tail_ctx_tokens(f.decode_max_ctx_tokens, f.decode_ctx_tokens, f.decode_seqs, self.rule) \
+            if c[4] else 0.0
         return (tokens(f.new_tokens) + c[0] * f.prefill_attn_pairs + c[1] * f.prefill_ctx_tokens
                 + c[2] * f.prefill_seqs + c[3] * f.decode_ctx_tokens + tail)
 
@@ -193,5 +186,5 @@ class _Curve:
         So the longest context's excess over the mean, and its tail term, stay as they were.
         """
         c = self.coef
-        tail = c[4] * max(0.0, max_ctx - ctx_sum / batch) / self._splits(batch) if c[4] and batch else 0.0
+        tail = c[4] * tail_ctx_tokens(max_ctx, ctx_sum, batch, self.rule) if c[4] else 0.0
         return Line(self.decode(batch) + c[3] * ctx_sum + tail, c[3] * batch)

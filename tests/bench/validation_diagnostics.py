@@ -250,10 +250,10 @@ def ragged_points(profile: GPUProfile, profile_dir: Path) -> list[dict[str, Any]
     return [{"point_id": p["point_id"], "measured_ms": p["time_s"] * 1e3,
              "pred_ms": profile.latency.of_shape(p["shape"], rule) * 1e3,
              "pred_without_tail_ms": blind.of_shape(p["shape"], rule) * 1e3}
-            for p in points if len(set(p["shape"].decode)) > 1]
+            for p in points if p["shape"].ragged_decode]
 
 
-def _uuid(gpu: dict[str, Any]) -> str | None:
+def gpu_uuid(gpu: dict[str, Any]) -> str | None:
     devices = gpu.get("devices") or [{}]
     return devices[0].get("uuid")
 
@@ -265,7 +265,7 @@ def _when(stamp: str) -> datetime:
 def pair_facts(run: dict[str, Any], other: GPUProfile, other_run: dict[str, Any] | None) -> dict[str, Any]:
     """What the run's calibration and another calibration have in common (the carry-over pair's identity)."""
     mine = run["profile"]
-    uuid_a, uuid_b = _uuid(run["doc"]["gpu"]), _uuid(other_run["doc"]["gpu"] if other_run else other.gpu)
+    uuid_a, uuid_b = gpu_uuid(run["doc"]["gpu"]), gpu_uuid(other_run["doc"]["gpu"] if other_run else other.gpu)
     facts = {"gpu_a": mine.gpu.get("name"), "gpu_b": other.gpu.get("name"), "uuid_a": uuid_a, "uuid_b": uuid_b,
              "same_uuid": None if uuid_a is None or uuid_b is None else uuid_a == uuid_b,
              "driver_a": mine.gpu.get("driver"), "driver_b": other.gpu.get("driver"),

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from validation_diagnostics import (
     batch_warmth,
     calibration_temperature,
+    gpu_uuid,
     idle_gap_power,
     iteration_bins,
     iteration_check,
@@ -188,8 +189,7 @@ def scenario_entry(run: dict[str, Any], sc: dict[str, Any], sims: Simulations) -
 def run_header(run: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
     """What a run was (machine, software, calibration protocol and fit errors) and how its scenarios came out."""
     doc, profile = run["doc"], run["profile"]
-    devices = doc["gpu"].get("devices") or [{}]
-    return {"run": run["name"], "date": doc["date"], "gpu": doc["gpu"]["name"], "gpu_uuid": devices[0].get("uuid"),
+    return {"run": run["name"], "date": doc["date"], "gpu": doc["gpu"]["name"], "gpu_uuid": gpu_uuid(doc["gpu"]),
             "driver": doc["gpu"]["driver"], "power_limit_w": doc["gpu"].get("power_limit_w"),
             "host_cpu": doc["host"]["cpu_model"], "torch": doc["software"].get("torch"), "model": doc["model"],
             "engine": profile.engine, "mode": profile.mode, "profile": doc["profile"],
@@ -236,10 +236,6 @@ def _shipped_for(profile: GPUProfile) -> list[tuple[str, GPUProfile]]:
     return out
 
 
-def _uuid(run: dict[str, Any]) -> str | None:
-    return (run["doc"]["gpu"].get("devices") or [{}])[0].get("uuid")
-
-
 def calibration_pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str, GPUProfile, dict | None]]:
     """(run, source label, other profile, other run or None) for the carry-over.
 
@@ -253,8 +249,8 @@ def calibration_pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], 
                     and _same_setup(o["profile"], run["profile"])]
         newest: dict[str | None, dict[str, Any]] = {}
         for o in sorted(siblings, key=lambda o: (o["profile"].date, not o["doc"].get("profile_reused"))):
-            newest[_uuid(o) or o["name"]] = o
-        chosen = sorted({id(o): o for o in newest.values()}.values(), key=lambda o: o["name"])
+            newest[gpu_uuid(o["doc"]["gpu"]) or o["name"]] = o
+        chosen = sorted(newest.values(), key=lambda o: o["name"])
         if chosen:
             pairs += [(run, f"run {o['name']}", o["profile"], o) for o in chosen]
         elif not siblings:
@@ -309,7 +305,7 @@ def repeat_pairs(runs: list[dict[str, Any]], entries: list[dict[str, Any]]) -> l
     out = []
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
-            uuids = [_uuid(r) for r in (a, b)]
+            uuids = [gpu_uuid(r["doc"]["gpu"]) for r in (a, b)]
             if uuids[0] is None or uuids[0] != uuids[1] or not _same_setup(a["profile"], b["profile"]):
                 continue
             rows = repeatability([e for e in entries if e["run"] == a["name"]],
