@@ -33,6 +33,7 @@ from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, gpu_i
 from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
+from tokenjoule.calibrate.recalibrate import SHORT_GRID
 from tokenjoule.calibrate.replay import ReplayRequest, ReplayResult, build_engine, replay, use_policy
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
@@ -84,10 +85,15 @@ class Scenario:
         """Whether this is an offline static-batching scenario."""
         return self.static_batch > 0
 
-    @property
-    def expected_s(self) -> float:
-        """A rough wall-time guess (trace time, plus drain), for the run's time guard."""
-        return 12.0 if self.offline else self.window_s / self.rate_scale * 1.3 + 4.0
+    def expected_s(self, mode: str = "cudagraph") -> float:
+        """A rough wall-time guess (trace time, plus drain), for the run's time guard.
+
+        Eager steps are launched from Python: small decode batches run about 3x slower than with CUDA graphs (the
+        offline batches), loaded online slices about 1.5x (simulated with the H100 eager profile).
+        """
+        if self.offline:
+            return 30.0 if mode == "eager" else 12.0
+        return (self.window_s / self.rate_scale * 1.3 + 4.0) * (1.5 if mode == "eager" else 1.0)
 
 
 SCENARIOS = (  # in priority order: a short device budget skips the last ones
@@ -145,6 +151,9 @@ class Plan:
         idle_end_s: a last idle-power window after the scenarios (0 to skip).
         profile: a profile measured earlier (by this entry, on the same GPU) to replay against instead of
             calibrating; it is copied into the output folder with its raw file, and its GPU UUID is checked.
+        short_from: a full profile of another machine of this GPU type to carry here by a short re-calibration
+            over `short_grid` and replay against, instead of the full sweep.
+        short_grid: the short re-calibration's grid.
     """
 
     spec: ModelSpec
@@ -160,6 +169,8 @@ class Plan:
     warmup_requests: int = 48
     idle_end_s: float = 3.0
     profile: Path | None = None
+    short_from: Path | None = None
+    short_grid: GridConfig = SHORT_GRID
 
 
 def scenario_requests(s: Scenario) -> list[ReplayRequest]:
@@ -219,10 +230,13 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
     engine = build_engine(plan.spec, config)
     print(f"[{time.perf_counter() - start:5.0f} s] engine built: {engine.runner.kv_capacity_tokens} KV tokens",
           flush=True)
-    cal = CalibrationConfig(engine="tokenjoule", mode=plan.mode, grid=plan.grid, device=plan.device,
+    base = load_profile(plan.short_from) if plan.short_from is not None else None
+    cal = CalibrationConfig(engine="tokenjoule", mode=plan.mode, grid=plan.short_grid if base else plan.grid,
+                            device=plan.device,
                             gpu_memory_utilization=plan.gpu_memory_utilization, max_batch_seqs=plan.max_batch_seqs,
                             max_batched_tokens=plan.max_batched_tokens)
-    profile_path = out / f"profile-{plan.spec.name.replace('/', '_')}-tokenjoule-{plan.mode}.json"
+    profile_path = out / (f"profile-{plan.spec.name.replace('/', '_')}-tokenjoule-{plan.mode}"
+                          f"{'-short' if base else ''}.json")
     iteration_runner = TokenjouleIterationRunner(plan.spec, config, runner=engine.runner)  # shares weights and KV
     if plan.profile is not None:
         profile_path = out / plan.profile.name
@@ -230,10 +244,12 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
         print(f"[{time.perf_counter() - start:5.0f} s] reusing {plan.profile.name} (calibrated {profile.date})",
               flush=True)
     else:
-        profile = calibrate(plan.spec, cal, profile_path, meter=meter, progress=progress, runner=iteration_runner)
+        profile = calibrate(plan.spec, cal, profile_path, meter=meter, progress=progress, runner=iteration_runner,
+                            base=base)
         iteration_runner.release()
-        print(f"[{time.perf_counter() - start:5.0f} s] calibrated: idle {profile.idle_power_w:.1f} W, latency CV "
-              f"median {profile.fit_errors['latency']['cv_median']:.2%}, energy CV median "
+        how = f" (short, from {plan.short_from.name})" if plan.short_from is not None else ""
+        print(f"[{time.perf_counter() - start:5.0f} s] calibrated{how}: idle {profile.idle_power_w:.1f} W, latency "
+              f"CV median {profile.fit_errors['latency']['cv_median']:.2%}, energy CV median "
               f"{profile.fit_errors['energy']['cv_median']:.2%}", flush=True)
     if plan.mode == "cudagraph":
         _warm_graphs(iteration_runner)
@@ -242,7 +258,7 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
     results: list[tuple[Scenario, list[ReplayRequest], ReplayResult]] = []
     for s in plan.scenarios:
         elapsed = time.perf_counter() - start
-        if elapsed + s.expected_s > plan.budget_s:
+        if elapsed + s.expected_s(plan.mode) > plan.budget_s:
             print(f"[{elapsed:5.0f} s] skipping {s.name}: would pass the {plan.budget_s:.0f} s budget", flush=True)
             continue
         reqs = scenario_requests(s)
@@ -251,11 +267,12 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
             continue
         use_policy(engine, s.policy, s.max_num_seqs, s.max_batched_tokens)
         result = replay(engine, reqs, meter, name=s.name, static_batch=s.static_batch or None,
-                        max_wall_s=1.5 * s.expected_s + 10.0)
+                        max_wall_s=min(1.5 * s.expected_s(plan.mode) + 10.0, plan.budget_s - elapsed))
         results.append((s, reqs, result))
         print(f"[{time.perf_counter() - start:5.0f} s] {_summary_line(s, result)}", flush=True)
     doc = _document(plan, meter, profile_path, engine, results, start)
     doc["profile_reused"] = plan.profile is not None
+    doc["profile_short_from"] = None if plan.short_from is None else plan.short_from.name
     doc["warmups"] = _document(plan, meter, profile_path, engine, warmups, start)["scenarios"]
     doc["idle_power_end_w"] = _idle_power_w(meter, plan.idle_end_s)
     _write_tables(out, warmups + results)
@@ -379,23 +396,32 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the smoke-test calibration grid (a check, not a profile)")
     parser.add_argument("--scenario-set", choices=sorted(SCENARIO_SETS), default="short",
                         help="short slices (after calibrating) or long ones (usually with --profile)")
-    parser.add_argument("--scenarios", default="", help="comma list of scenario names of the set (default: all)")
+    parser.add_argument("--scenarios", default="",
+                        help="comma list of scenario names of the set, run in this order (default: all, in order)")
     parser.add_argument("--mode", choices=("cudagraph", "eager"), default="cudagraph",
                         help="engine mode (eager: every iteration launched from Python, no CUDA graphs)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="replay against this earlier profile of the same GPU instead of calibrating")
+    parser.add_argument("--short-from", type=Path, default=None,
+                        help="carry this full profile of another machine of this GPU type here by a short "
+                             "re-calibration, and replay against that")
     args = parser.parse_args(argv)
+    if args.profile is not None and args.short_from is not None:
+        print("error: --profile and --short-from: give one", file=sys.stderr)
+        return 2
     log_to(args.out)
     if plan is None:
         chosen = SCENARIO_SETS[args.scenario_set]
         names = [n for n in args.scenarios.split(",") if n]
-        unknown = sorted(set(names) - {s.name for s in chosen})
+        by_name = {s.name: s for s in chosen}
+        unknown = sorted(set(names) - set(by_name))
         if unknown:
             print(f"error: --scenarios: unknown {unknown}; known: {[s.name for s in chosen]}", file=sys.stderr)
             return 2
         plan = Plan(ModelSpec.from_name(args.model), mode=args.mode, budget_s=args.budget_s,
                     grid=GridConfig.quick() if args.quick else GRID, profile=args.profile,
-                    scenarios=tuple(s for s in chosen if not names or s.name in names))
+                    short_from=args.short_from,
+                    scenarios=tuple(by_name[n] for n in names) if names else chosen)
     return run_metered(args.out, plan.device, lambda meter: run_plan(plan, args.out, meter))
 
 

@@ -11,6 +11,7 @@ from fake_pynvml import make_pynvml
 
 from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.meters import TimeOnlyMeter
+from tokenjoule.calibrate.profile import load_profile
 from tokenjoule.calibrate.replay import PrefillFirstScheduler, ReplayRequest, replay, use_policy
 from tokenjoule.kernels.block_manager import BlockManager
 from tokenjoule.kernels.sequence import Sequence, SequenceStatus
@@ -202,6 +203,18 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
     other = tmp_path.parent / "other.json"
     other.write_text(json.dumps(profile))
     assert vd.main(["--out", str(tmp_path.parent / "x")], plan=dataclasses.replace(plan, profile=other)) == 2
+    # a short re-calibration carries a full profile here and replays against the carried one
+    short = tmp_path.parent / "short"
+    small = dataclasses.replace(grid, prefill_batches=(1,), prefill_lengths_tokens=(64,), decode_batches=(4,),
+                                decode_contexts_tokens=(128,))
+    assert vd.main(["--out", str(short)], plan=dataclasses.replace(plan, short_from=out / doc["profile"],
+                                                                   short_grid=small)) == 0
+    doc3 = json.loads((short / "validation.json").read_text())
+    carried = json.loads((short / doc3["profile"]).read_text())
+    assert doc3["profile_short_from"] == doc["profile"] and doc3["profile"] != doc["profile"]
+    base_sha = load_profile(out / doc["profile"]).content_sha256
+    assert carried["method"]["short_recalibration_of"]["content_sha256"] == base_sha
+    assert len(pq.read_table(short / carried["raw_path"])) < len(pq.read_table(out / profile["raw_path"]))
 
 
 def test_device_entry_refuses_unknown_scenarios_in_one_line(tmp_path, capsys):
