@@ -129,7 +129,7 @@ LONG_SCENARIOS = (
     Scenario("code_continuous_x0.7_long", "continuous", trace="azure-code-2023", start_s=600.0, window_s=63.0,
              rate_scale=0.7),
 )
-SCENARIO_SETS = {"short": SCENARIOS, "long": LONG_SCENARIOS}
+SCENARIO_SETS = {"short": SCENARIOS, "long": LONG_SCENARIOS, "all": SCENARIOS + LONG_SCENARIOS}
 
 
 @dataclass(frozen=True, slots=True)
