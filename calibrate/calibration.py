@@ -122,6 +122,11 @@ def gpu_info(meter: EnergyMeter) -> dict[str, Any]:
     return info
 
 
+def gpu_uuids(gpu: dict[str, Any]) -> tuple[str | None, ...]:
+    """The UUIDs of the GPUs `gpu_info` described (None where it could not read one)."""
+    return tuple(d.get("uuid") for d in gpu.get("devices") or [{}])
+
+
 def aggregate_points(rows: Sequence[dict[str, Any]], kinds: tuple[str, ...]) -> list[dict[str, Any]]:
     """One record per ok point of `kinds`: median latency and energy over repeats, and their relative spread."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -355,8 +360,9 @@ def _short_recalibrated(base: GPUProfile, rows: list[dict[str, Any]], host: Host
     """`base` re-scaled by this machine's short sweep, with this machine's metadata and raw file."""
     points = aggregate_points(rows, ("prefill", "decode", "mixed"))
     carried = short_recalibration(base, points, idle_power(rows), host, f"{len(points)} points on this machine")
-    method = {**_method(meter, config), "short_recalibration_of": {"date": base.date, "gpu": base.gpu.get("name"),
-                                                                   "content_sha256": base.content_sha256}}
+    method = {**_method(meter, config), "short_recalibration_of": {
+        "date": base.date, "gpu": base.gpu.get("name"), "gpu_uuids": list(gpu_uuids(base.gpu)),
+        "content_sha256": base.content_sha256}}
     return dataclasses.replace(carried, gpu=gpu_info(meter), host=host_info(), software=software_info(),
                                method=method, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                raw_path=raw_path.name, kv_capacity_tokens=kv_capacity_tokens)

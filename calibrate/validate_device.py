@@ -29,7 +29,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, gpu_info, host_info, software_info
+from tokenjoule.calibrate.calibration import (
+    CalibrationConfig,
+    calibrate,
+    gpu_info,
+    gpu_uuids,
+    host_info,
+    software_info,
+)
 from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
@@ -282,9 +289,10 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
 def _reuse_profile(path: Path, out: Path, gpu: dict[str, Any]) -> GPUProfile:
     """Copy an earlier profile and its raw file into `out`; refuse one measured on another GPU."""
     profile = load_profile(path)
-    if profile.gpu.get("uuid") != gpu.get("uuid"):
-        raise ProfileError(f"{path}: calibrated on GPU {profile.gpu.get('uuid')}, this is {gpu.get('uuid')}; "
-                         "a validation compares against a profile of the same GPU")
+    theirs, mine = gpu_uuids(profile.gpu), gpu_uuids(gpu)
+    if theirs != mine:
+        raise ProfileError(f"{path}: calibrated on GPU {', '.join(map(str, theirs))}, this is "
+                           f"{', '.join(map(str, mine))}; a validation compares against a profile of the same GPU")
     for src in (path, path.parent / (profile.raw_path or "")):
         if src.is_file() and src.resolve() != (out / src.name).resolve():
             shutil.copyfile(src, out / src.name)

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tokenjoule.calibrate.profile import FEATURES, GPUProfile, tail_ctx_tokens
+from tokenjoule.calibrate.calibration import gpu_uuids
+from tokenjoule.calibrate.profile import (
+    FEATURES,
+    GPUProfile,
+    ProfileError,
+    load_profile,
+    shipped_profiles,
+    tail_ctx_tokens,
+)
 from tokenjoule.kernels.splits import num_splits_for
 
 DECODE_BATCH_BINS = ((1, 8), (8, 32), (32, 64), (64, 128), (128, 256), (256, 513))  # [lo, hi) sequences
@@ -220,6 +228,34 @@ def _repeat_order(rows: list[dict[str, Any]]) -> str:
     return "back-to-back" if adjacent == sum(n - 1 for n in repeats.values()) else "interleaved"
 
 
+def short_recal_base(profile: GPUProfile) -> tuple[Path, GPUProfile] | None:
+    """(path, profile) of the shipped profile a short re-calibration was made from (matched by content)."""
+    want = (profile.method.get("short_recalibration_of") or {}).get("content_sha256")
+    for path in shipped_profiles().values() if want else ():
+        try:
+            shipped = load_profile(path)
+        except ProfileError:
+            continue
+        if shipped.content_sha256 == want:
+            return path, shipped
+    return None
+
+
+def _mixed_fit(profile: GPUProfile, profile_dir: Path) -> str:
+    """Whether the profile's curves fitted mixed points: "fitted", "held out (scored, not fitted)" or "not
+    measured"; a short re-calibration answers for the shipped profile it re-scaled."""
+    base = short_recal_base(profile)
+    if base is not None:
+        return _mixed_fit(base[1], base[0].parent)
+    raw = pq.read_table(profile_dir / profile.raw_path).to_pylist() if profile.raw_path else []
+    points = {r["point_id"]: r["kind"] for r in raw if r["status"] == "ok" and r["kind"] != "idle"}
+    if "mixed" not in points.values():
+        return "not measured"
+    # the fitter that held mixed points out fitted only the other kinds
+    fitted = profile.fit_errors.get("latency", {}).get("n_points") == len(points)
+    return "fitted" if fitted else "held out (scored, not fitted)"
+
+
 def protocol(profile: GPUProfile, profile_dir: Path) -> dict[str, Any]:
     """How the profile was calibrated: its grid's points by kind (from the raw file), mixed fitted, repeats."""
     grid = profile.method.get("grid", {})
@@ -227,11 +263,7 @@ def protocol(profile: GPUProfile, profile_dir: Path) -> dict[str, Any]:
     ok = [r for r in raw if r["status"] == "ok"]
     points = Counter(kind for kind, _ in {(r["kind"], r["point_id"]) for r in ok if r["kind"] != "idle"})
     lat = profile.fit_errors.get("latency", {})
-    fitted, n_mixed = lat.get("n_points"), points.get("mixed", 0)
-    if not n_mixed:
-        mixed = "not measured"
-    else:  # the fitter that held mixed points out fitted only the other kinds
-        mixed = "fitted" if fitted == sum(points.values()) else "held out (scored, not fitted)"
+    fitted, mixed = lat.get("n_points"), _mixed_fit(profile, profile_dir)
     return {"points_by_kind": dict(sorted(points.items())), "fitted_points": fitted, "mixed": mixed,
             "repeats": grid.get("repeats"), "repeat_order": _repeat_order(ok), "target_s": grid.get("target_s"),
             "time_method": profile.method.get("time")}
@@ -253,9 +285,56 @@ def ragged_points(profile: GPUProfile, profile_dir: Path) -> list[dict[str, Any]
             for p in points if p["shape"].ragged_decode]
 
 
+SMALL_DECODE_SEQS = 16  # decode-only steps this narrow are launch-bound in eager mode: host speed sets their time
+
+
+def small_decode_steps(profile: GPUProfile, profile_dir: Path, its: pa.Table) -> dict[str, Any] | None:
+    """Decode-only steps of <= SMALL_DECODE_SEQS sequences: calibrated per repeat, and as served per scenario.
+
+    Calibration: the median over those points of each repeat's step time. Serving: each scenario's median step
+    and the share of its steps slower than 1.3x the fastest repeat's median. None without such points.
+    """
+    if not profile.raw_path:
+        return None
+    raw = [r for r in pq.read_table(profile_dir / profile.raw_path).to_pylist()
+           if r["status"] == "ok" and r["kind"] == "decode" and r["decode_seqs"] <= SMALL_DECODE_SEQS]
+    if not raw:
+        return None
+    by_repeat: dict[int, list[float]] = defaultdict(list)
+    for r in raw:
+        by_repeat[int(r["repeat"])].append(r["step_time_s"] * 1e3)
+    repeats = {k: float(np.median(v)) for k, v in sorted(by_repeat.items())}
+    slow_ms = 1.3 * min(repeats.values())
+    col = {c: its.column(c).to_numpy(zero_copy_only=False)
+           for c in ("scenario", "prefill_tokens", "decode_seqs", "run_s")}
+    small = (col["prefill_tokens"] == 0) & (col["decode_seqs"] > 0) & (col["decode_seqs"] <= SMALL_DECODE_SEQS)
+    serving = []
+    for name in dict.fromkeys(col["scenario"][small]):
+        steps = col["run_s"][small & (col["scenario"] == name)] * 1e3
+        serving.append({"scenario": str(name), "steps": int(steps.size), "median_ms": float(np.median(steps)),
+                        "slow_share": float(np.mean(steps > slow_ms))})
+    return {"calibration_median_ms_by_repeat": repeats, "slow_over_ms": slow_ms, "serving": serving}
+
+
+def short_recal_facts(profile: GPUProfile, profile_dir: Path) -> dict[str, Any] | None:
+    """For a profile made by a short re-calibration: its base, its scales, how it met its points, the sweep's length.
+
+    None for a fully calibrated profile.
+    """
+    base = profile.method.get("short_recalibration_of")
+    if not base:
+        return None
+    raw = pq.read_table(profile_dir / profile.raw_path).to_pylist() if profile.raw_path else []
+    stamps = [r["unix_time_s"] for r in raw]
+    return {"base_sha256": base["content_sha256"], "base_date": base["date"], "base_gpu": base["gpu"],
+            "scales": profile.notes.rsplit("short re-calibration ", 1)[-1].split("): ", 1)[-1],
+            "errors": profile.fit_errors.get("short_recalibration"),
+            "points": len({r["point_id"] for r in raw if r["status"] == "ok" and r["kind"] != "idle"}),
+            "sweep_span_s": max(stamps) - min(stamps) if stamps else None}
+
+
 def gpu_uuid(gpu: dict[str, Any]) -> str | None:
-    devices = gpu.get("devices") or [{}]
-    return devices[0].get("uuid")
+    return gpu_uuids(gpu)[0]
 
 
 def _when(stamp: str) -> datetime:

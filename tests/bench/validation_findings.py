@@ -242,6 +242,56 @@ def _carry(report: dict[str, Any]) -> list[str]:
             + f". Every pair is one GPU model{same}{other}; none crosses GPU models or vendors."]
 
 
+def _errs(summary: dict[str, Any]) -> str:
+    return ", ".join(f"{m.removesuffix('_s').removesuffix('_total_j')} {_p(summary[m]['median_abs'])} / "
+                     f"{_p(summary[m]['max_abs'])}" for m in ("energy_total_j", *LATENCY) if m in summary)
+
+
+def _short_recal(report: dict[str, Any]) -> list[str]:
+    """A run replayed against a short re-calibration made on its own GPU: as is -> re-scaled -> full calibration."""
+    lines = []
+    for r in report["runs"]:
+        short = r.get("short_recal")
+        if not short:
+            continue
+        carried = [c for c in report["carry_over"] if c["run"] == r["run"]]
+        as_is = next((c for c in carried if "the base of its short re-calibration" in c["source"]), None)
+        full = next((c for c in carried if c["facts"]["same_uuid"]), None)
+        parts = []
+        if as_is:
+            parts.append(f"the {as_is['source'].split(' (')[0]} profile (calibrated {short['base_date']} on another "
+                         f"{short['base_gpu']}), carried as is: {_errs(as_is['summary'])}")
+        parts.append(f"re-scaled by {short['points']} points, idle power and host overhead measured on this GPU "
+                     f"(windows ending within {short['sweep_span_s']:.0f} s): {_errs(r['summary'])}")
+        if full:
+            parts.append(f"with this GPU's own full calibration (`{full['source_run']}`, a separate device call "
+                         f"on the same GPU): {_errs(full['summary'])}")
+        lines.append(f"- **A short re-calibration, measured on another machine** (`{r['run']}`, GPU {r['gpu_uuid']}; "
+                     "median / max |error| over its scenarios): " + "; ".join(parts) + ".")
+    return lines
+
+
+def _eager(report: dict[str, Any]) -> list[str]:
+    """Eager runs: launch-bound decode steps whose time follows the host's speed, in calibration and in serving."""
+    lines = []
+    for r in report["runs"]:
+        small = r.get("small_decode_steps")
+        if r["mode"] != "eager" or not small:
+            continue
+        reps = ", ".join(f"{v:.1f}" for v in small["calibration_median_ms_by_repeat"].values())
+        served = ", ".join(f"{s['scenario']} {s['median_ms']:.1f} ms ({s['slow_share']:.0%})"
+                           for s in small["serving"])
+        lines.append(
+            f"- **Eager mode** (`{r['run']}`, median / max |error|): {_errs(r['summary'])}. Decode-only steps "
+            f"of <= 16 sequences are launch-bound: the calibration measured them at a median {reps} ms in its "
+            "successive repeats (the profile takes each point's median over repeats), while serving ran them at "
+            f"(median, and the share of steps over {small['slow_over_ms']:.1f} ms, 1.3x the fastest repeat) "
+            f"{served}. These steps run in a fast or a slow state lasting tens of seconds, in calibration and in "
+            "serving alike; the simulator prices one state per point, so latency follows whichever state the "
+            "calibration caught. The cause is not established (the host's speed is the leading hypothesis).")
+    return lines
+
+
 def _fix_check(report: dict[str, Any]) -> list[str]:
     lines = []
     for name in report["check_runs"]:
@@ -299,5 +349,5 @@ def findings(report: dict[str, Any]) -> list[str]:
     """The Findings section's lines."""
     return (["## Findings", ""] + _energy(report) + _latency(report) + _stalls(report) + _mixed(report)
             + _decode(report) + _first_batches(report) + _repeatability(report) + _carry(report)
-            + _fix_check(report) + _thermal(report)
+            + _short_recal(report) + _eager(report) + _fix_check(report) + _thermal(report)
             + [""])

@@ -40,14 +40,29 @@ def _run_header(r: dict[str, Any]) -> list[str]:
     mixed_cv = fit["latency"].get("mixed_median")
     origin = ("calibrated in an earlier device call on the same GPU (UUID checked) and reused"
               if r.get("profile_reused") else "calibrated in the same device call on the same engine instance")
-    calibration = (
-        f"Profile `{r['profile']}`, {origin}: "
-        f"{p['fitted_points']} fitted grid points (raw points: {kinds}), mixed iterations {p['mixed']}, "
-        f"{p['repeats']} repeats ({p['repeat_order']}), {_f(p['target_s'], 1)} s windows; fit CV median latency "
-        f"{fit['latency']['cv_median']:.1%}" + (f" (mixed points {mixed_cv:.1%})" if mixed_cv is not None else "")
-        + f", energy {fit['energy']['cv_median']:.1%}; sweep repeat spread median time "
-        f"{fit['repeats']['time_spread_median']:.1%}, energy {fit['repeats']['energy_spread_median']:.1%}; idle "
-        f"{r['idle_power_w']:.1f} W (re-measured after the scenarios: {_f(r['idle_power_end_w'])} W)")
+    cv = (f"fit CV median latency {fit['latency']['cv_median']:.1%}"
+          + (f" (mixed points {mixed_cv:.1%})" if mixed_cv is not None else "")
+          + f", energy {fit['energy']['cv_median']:.1%}")
+    short = r.get("short_recal")
+    if short:
+        errs = short["errors"] or {}
+        calibration = (
+            f"Profile `{r['profile']}`, a SHORT RE-CALIBRATION measured in this device call: {short['points']} grid "
+            f"points ({kinds}), idle power and the serving loop's host overhead, the points' windows ending within "
+            f"{_f(short['sweep_span_s'], 0)} s, re-scale the full profile calibrated {short['base_date']} on another "
+            f"{short['base_gpu']} (content sha256 {short['base_sha256'][:12]}): {short['scales']}; the re-scaled "
+            f"curves meet the points measured here within median latency "
+            f"{_f(errs.get('latency_median_abs_error'), 1, 100)}%, energy "
+            f"{_f(errs.get('energy_median_abs_error'), 1, 100)}%; the base's {cv}; idle "
+            f"{r['idle_power_w']:.1f} W (re-measured after the scenarios: {_f(r['idle_power_end_w'])} W)")
+    else:
+        calibration = (
+            f"Profile `{r['profile']}`, {origin}: "
+            f"{p['fitted_points']} fitted grid points (raw points: {kinds}), mixed iterations {p['mixed']}, "
+            f"{p['repeats']} repeats ({p['repeat_order']}), {_f(p['target_s'], 1)} s windows; {cv}; sweep repeat "
+            f"spread median time {fit['repeats']['time_spread_median']:.1%}, energy "
+            f"{fit['repeats']['energy_spread_median']:.1%}; idle "
+            f"{r['idle_power_w']:.1f} W (re-measured after the scenarios: {_f(r['idle_power_end_w'])} W)")
     stalls = (f"Stalls (see Diagnostics): {r['stalls']['warmups']} in the warm-up replays, "
               f"{r['stalls']['scenarios']} in the scenarios ({r['stalls']['scenario_excess_s']:.1f} s beyond their "
               "predicted time)")

@@ -44,6 +44,9 @@ from validation_diagnostics import (
     rel_error,
     repeatability,
     repeatability_summary,
+    short_recal_base,
+    short_recal_facts,
+    small_decode_steps,
     stall_counts,
 )
 
@@ -203,7 +206,9 @@ def run_header(run: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, 
             "profile_reused": bool(doc.get("profile_reused")),
             "prices_ragged_decodes": "decode_tail_ctx_tokens" in profile.latency.coef,
             "host_overhead_method": profile.host_overhead.method if profile.host_overhead else None,
-            "ragged_points": ragged_points(profile, run["dir"])}
+            "ragged_points": ragged_points(profile, run["dir"]),
+            "short_recal": short_recal_facts(profile, run["dir"]), "profile_sha256": profile.content_sha256,
+            "small_decode_steps": small_decode_steps(profile, run["dir"], run["iterations"])}
 
 
 def is_check_run(run: dict[str, Any]) -> bool:
@@ -255,6 +260,9 @@ def calibration_pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], 
             pairs += [(run, f"run {o['name']}", o["profile"], o) for o in chosen]
         elif not siblings:
             pairs += [(run, label, prof, None) for label, prof in _shipped_for(run["profile"])]
+        base = short_recal_base(run["profile"])
+        if base is not None:
+            pairs.append((run, f"shipped {base[0].name} (the base of its short re-calibration)", base[1], None))
     return pairs
 
 
@@ -266,7 +274,7 @@ def short_recalibrated(other: GPUProfile, run: dict[str, Any]) -> GPUProfile | N
     sweep lacks those points.
     """
     raw = run["dir"] / (run["profile"].raw_path or "")
-    if not raw.is_file():
+    if not raw.is_file() or other.method.get("short_recalibration_of"):  # `calibrate` refuses to carry a carried one
         return None
     points = [p for p in aggregate_points(read_rows(raw), ("prefill", "decode", "mixed"))
               if p["point_id"] in SHORT_POINTS]

@@ -199,7 +199,7 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
     assert (again / doc["profile"]).read_text() == (out / doc["profile"]).read_text()
     assert (again / profile["raw_path"]).exists()
     # ...but not one calibrated on another GPU
-    profile["gpu"]["uuid"] = "GPU-someone-else"
+    profile["gpu"]["devices"] = [{"uuid": "GPU-someone-else"}]
     other = tmp_path.parent / "other.json"
     other.write_text(json.dumps(profile))
     assert vd.main(["--out", str(tmp_path.parent / "x")], plan=dataclasses.replace(plan, profile=other)) == 2
