@@ -36,16 +36,15 @@ from tokenjoule.calibrate.generate_sweep import WARMUP_NEW_TOKENS, GenerateGrid,
 from tokenjoule.calibrate.meters import EnergyMeter, MeterError
 from tokenjoule.calibrate.profile import GPUProfile
 from tokenjoule.calibrate.replay import ReplayResult, shape_columns
+from tokenjoule.calibrate.scenarios import Scenario, scenario_requests
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.calibrate.validate_device import (
-    Scenario,
     _document,
     _idle_power_w,
     _summary_line,
     _write_tables,
     log_to,
     run_metered,
-    scenario_requests,
 )
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec

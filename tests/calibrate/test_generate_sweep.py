@@ -1,5 +1,6 @@
 """The generate()-based HF sweep: derived fit rows, planning, resume, and a whole calibration on a fake engine."""
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -130,7 +131,17 @@ def test_old_forward_pass_hf_raw_file_refits_unchanged():
     rows = read_rows(path.parent / shipped.raw_path)  # written before the output_tokens column existed
     assert derive_fit_rows(rows) == rows and all(r["output_tokens"] is None for r in rows)
     refitted = refit_profile(path)
-    assert refitted.latency == shipped.latency and refitted.energy == shipped.energy
+    for mine, theirs in ((refitted.latency, shipped.latency), (refitted.energy, shipped.energy)):
+        # the shipped curves were fitted on another machine: BLAS kernels differ there in the last bits
+        a, b = dataclasses.asdict(mine), dataclasses.asdict(theirs)
+        assert a.keys() == b.keys() and a["coef"].keys() == b["coef"].keys()
+        for key in a:
+            if key == "coef":
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-15)
+            elif isinstance(a[key], tuple | list):
+                assert list(a[key]) == pytest.approx(list(b[key]), rel=1e-9, abs=1e-15)
+            else:
+                assert a[key] == b[key]
 
 
 def test_generate_grid_is_a_grid_config_with_its_own_checks():

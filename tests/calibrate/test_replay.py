@@ -141,7 +141,7 @@ def test_use_policy_refuses_limits_beyond_the_runner_and_busy_engines(engine):
 
 
 def test_scenario_requests_slice_scale_and_offline():
-    from tokenjoule.calibrate.validate_device import MAX_TOTAL_TOKENS, SCENARIOS, Scenario, scenario_requests
+    from tokenjoule.calibrate.scenarios import MAX_TOTAL_TOKENS, SCENARIOS, Scenario, scenario_requests
 
     s = Scenario("c", "chunked", trace="azure-code-2023", start_s=600.0, window_s=10.0, rate_scale=2.0)
     reqs = scenario_requests(s)
@@ -155,6 +155,7 @@ def test_scenario_requests_slice_scale_and_offline():
 
 @pytest.mark.filterwarnings("ignore:tick timing bounds")
 def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
+    from tokenjoule.calibrate import scenarios as scenario_data
     from tokenjoule.calibrate import validate_device as vd
 
     start = time.perf_counter()
@@ -172,7 +173,7 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
                              static_batches=2, static_input_tokens=16, static_output_tokens=4))
     plan = vd.Plan(TINY, mode="eager", device="cpu", grid=grid, scenarios=scenarios, max_batch_seqs=8,
                    max_batched_tokens=256, num_kv_blocks=512, warmup_requests=3, idle_end_s=0.05)
-    monkeypatch.setattr(vd, "MAX_TOTAL_TOKENS", 256)
+    monkeypatch.setattr(scenario_data, "MAX_TOTAL_TOKENS", 256)
     out = tmp_path / "out"
     assert vd.main(["--out", str(out)], plan=plan) == 0
     tmp_path = out
