@@ -33,6 +33,7 @@ from tokenjoule.calibrate import scenarios as scenario_data
 from tokenjoule.calibrate.calibration import (
     CalibrationConfig,
     calibrate,
+    check_base,
     gpu_info,
     gpu_uuids,
     host_info,
@@ -136,14 +137,19 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
     config = RunnerConfig(mode=plan.mode, device=plan.device, gpu_memory_utilization=plan.gpu_memory_utilization,
                           max_batch_seqs=plan.max_batch_seqs, max_batched_tokens=plan.max_batched_tokens,
                           num_kv_blocks=plan.num_kv_blocks)
-    engine = build_engine(plan.spec, config)
-    print(f"[{time.perf_counter() - start:5.0f} s] engine built: {engine.runner.kv_capacity_tokens} KV tokens",
-          flush=True)
     base = load_profile(plan.short_from) if plan.short_from is not None else None
     cal = CalibrationConfig(engine="tokenjoule", mode=plan.mode, grid=plan.short_grid if base else plan.grid,
                             device=plan.device,
                             gpu_memory_utilization=plan.gpu_memory_utilization, max_batch_seqs=plan.max_batch_seqs,
                             max_batched_tokens=plan.max_batched_tokens)
+    if base is not None:  # refuse a base of another setup before minutes of engine build
+        try:
+            check_base(base, plan.spec, cal)
+        except ValueError as err:
+            raise ProfileError(f"{plan.short_from}: {err}") from err
+    engine = build_engine(plan.spec, config)
+    print(f"[{time.perf_counter() - start:5.0f} s] engine built: {engine.runner.kv_capacity_tokens} KV tokens",
+          flush=True)
     profile_path = out / (f"profile-{plan.spec.name.replace('/', '_')}-tokenjoule-{plan.mode}"
                           f"{'-short' if base else ''}.json")
     iteration_runner = TokenjouleIterationRunner(plan.spec, config, runner=engine.runner)  # shares weights and KV

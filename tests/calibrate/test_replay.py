@@ -216,6 +216,13 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
     base_sha = load_profile(out / doc["profile"]).content_sha256
     assert carried["method"]["short_recalibration_of"]["content_sha256"] == base_sha
     assert len(pq.read_table(short / carried["raw_path"])) < len(pq.read_table(out / profile["raw_path"]))
+    # a base of another mode is refused in one line, before the engine is built
+    graphs = json.loads((out / doc["profile"]).read_text())
+    graphs["mode"] = "cudagraph"
+    (tmp_path.parent / "graphs.json").write_text(json.dumps(graphs))
+    assert vd.main(["--out", str(tmp_path.parent / "y")], plan=dataclasses.replace(
+        plan, short_from=tmp_path.parent / "graphs.json", short_grid=small)) == 2
+    assert not (tmp_path.parent / "y" / "validation.json").exists()
 
 
 def test_device_entry_refuses_unknown_scenarios_in_one_line(tmp_path, capsys):
