@@ -276,7 +276,7 @@ def _eager(report: dict[str, Any]) -> list[str]:
     lines = []
     for r in report["runs"]:
         small = r.get("small_decode_steps")
-        if r["mode"] != "eager" or not small:
+        if r["engine"] != "tokenjoule" or r["mode"] != "eager" or not small:
             continue
         reps = ", ".join(f"{v:.1f}" for v in small["calibration_median_ms_by_repeat"].values())
         served = ", ".join(f"{s['scenario']} {s['median_ms']:.1f} ms ({s['slow_share']:.0%})"
