@@ -17,7 +17,7 @@ from tokenjoule.calibrate.summary import static_batch_cost
 def test_fit_scenario_runs_the_batches_that_fit_or_none(toy_profile):
     s = vh.static_scenario(4, 3, 1024, 128)
     per_batch = static_batch_cost(toy_profile, 4, 1024, 128)["time_s"] * vh.MARGIN
-    warm = static_batch_cost(toy_profile, 4, 1024, 1 + vh.WARMUP_NEW_TOKENS)["time_s"] * vh.MARGIN
+    warm = per_batch  # the warm-up is one whole batch of the shape
     assert vh.fit_scenario(s, toy_profile, 1e6) == s
     assert vh.fit_scenario(s, toy_profile, warm + 2.5 * per_batch).static_batches == 2
     assert vh.fit_scenario(s, toy_profile, warm + 1.01 * per_batch).static_batches == 1
@@ -62,6 +62,12 @@ def test_run_plan_on_the_fake_engine_measures_what_the_profile_predicts(toy_prof
         b, n_in, n_out = s["static_batch"], s["static_input_tokens"], s["static_output_tokens"]
         assert entry["energy_j"] == pytest.approx(runner.expected(b, n_in, n_out)[1] * s["static_batches"], rel=0.02)
     assert "profile predicts" in capsys.readouterr().out
+    # each scenario first runs one whole unmeasured batch of its shape, then its measured batches
+    assert doc["scenario_warmup"] == vh.SCENARIO_WARMUP
+    for entry in doc["scenarios"]:
+        s = entry["scenario"]
+        shape = (s["static_batch"], s["static_input_tokens"], s["static_output_tokens"])
+        assert runner.calls.count(shape) == s["static_batches"] + 1
 
 
 def test_run_plan_skips_scenarios_past_the_budget(toy_profile, tmp_path, capsys):
