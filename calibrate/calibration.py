@@ -24,7 +24,8 @@ import numpy as np
 
 from tokenjoule.calibrate.aligned import METHOD_SUMMARY
 from tokenjoule.calibrate.fit import choose_knots, fit_curve
-from tokenjoule.calibrate.generate_sweep import GenerateGrid, GenerateRunner, derive_fit_rows, run_generate_sweep
+from tokenjoule.calibrate.generate_rows import derive_fit_rows
+from tokenjoule.calibrate.generate_sweep import GenerateGrid, GenerateRunner, run_generate_sweep
 from tokenjoule.calibrate.grid import GridConfig
 from tokenjoule.calibrate.host_cost import binned_points, fit_host_overhead, measure_serving_host, synthetic_requests
 from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter, mw_to_w

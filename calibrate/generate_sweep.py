@@ -9,9 +9,9 @@ Method. For each (batch B, prompt L) of the grid, two calls are measured, each i
 call: G1 = generate(B, L, max_new_tokens=1), the prefill plus generate's per-call setup, and GN = generate(B, L,
 1 + N), the same plus N decode steps. Repeats are interleaved (pass r over every point, pass r + 1 back the other
 way), so host drift spoils one repeat of a point, not all. Raw rows (kind "generate") keep each call as measured;
-`derive_fit_rows` turns the pair of each repeat into the rows the profile's cost form takes: a prefill point B x L
-costing G1, and a decode point (B sequences at the mean context of the N steps) costing (GN - G1) / N per step,
-labelled as derived.
+`generate_rows.derive_fit_rows` turns the pair of each repeat into the rows the profile's cost form takes: a
+prefill point B x L costing G1, and a decode point (B sequences at the mean context of the N steps) costing
+(GN - G1) / N per step, labelled as derived.
 
 Windows start at an energy-counter tick (`aligned.measure_from_tick`). `aligned.measure_aligned` assumes the power is
 steady across its window, which holds for many identical short steps but not for one or two whole calls: a call
@@ -32,13 +32,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from tokenjoule.calibrate.aligned import AlignedMeasurement, measure_from_tick
+from tokenjoule.calibrate.generate_rows import point_of
 from tokenjoule.calibrate.grid import KV_HEADROOM, GridConfig, GridPoint
 from tokenjoule.calibrate.meters import EnergyMeter
 from tokenjoule.calibrate.sweeps import (
@@ -48,7 +48,6 @@ from tokenjoule.calibrate.sweeps import (
     finish_with_idle,
     read_rows,
     settle,
-    shape_from_row,
     window_fields,
     write_rows,
 )
@@ -276,11 +275,6 @@ def measure_call(runner: GenerateRunner, meter: EnergyMeter, grid: GenerateGrid,
     return row
 
 
-def _point_of(row: dict[str, Any]) -> tuple[int, int]:
-    shape = shape_from_row(row)
-    return len(shape.prefill), shape.prefill[0][0]
-
-
 def run_generate_sweep(runner: GenerateRunner, meter: EnergyMeter, grid: GenerateGrid, out_path: str | Path, *,
                        wait: Callable[[float], None] = time.sleep,
                        read_temperature_c: Callable[[], float] | None = None,
@@ -303,8 +297,8 @@ def run_generate_sweep(runner: GenerateRunner, meter: EnergyMeter, grid: Generat
     _ = meter.update_period_s  # infer the counter period now, not between a warm-up call and its window
     rows = read_rows(out_path)
     done = {(r["point_id"], r["repeat"]) for r in rows}
-    skipped = {_point_of(r) for r in rows if r["kind"] == "generate" and r["status"] == "skipped"}
-    kept = sorted({_point_of(r) for r in rows if r["kind"] == "generate"} - skipped)
+    skipped = {point_of(r) for r in rows if r["kind"] == "generate" and r["status"] == "skipped"}
+    kept = sorted({point_of(r) for r in rows if r["kind"] == "generate"} - skipped)
     calls = (1, 1 + grid.new_tokens)
     model = probe(runner, grid, meter.clock)
     budget = grid.budget_s - (meter.clock() - start) - grid.settle_s - grid.idle_s - 1.0
@@ -341,63 +335,6 @@ def run_generate_sweep(runner: GenerateRunner, meter: EnergyMeter, grid: Generat
             write_rows(rows, out_path)
         finish_with_idle(rows, done, out_path, meter, grid, wait, bar, task)
     return rows
-
-
-def _derived(source: dict[str, Any], point_id: str, kind: str, shape: IterationShape, time_s: float,
-             energy_j: float | None, bound: float | None, steps: int, reason: str) -> dict[str, Any]:
-    row = _base_row(point_id, kind, shape, source["repeat"])
-    row.update(reason=reason, steps=steps, step_time_s=time_s, energy_per_step_j=energy_j, error_bound=bound,
-               power_w=None if energy_j is None else energy_j / time_s, unix_time_s=source["unix_time_s"])
-    return row
-
-
-def _decode_row(short: dict[str, Any], long_: dict[str, Any], batch: int, prompt: int) -> dict[str, Any] | None:
-    n = long_["output_tokens"] - 1
-    time_s = (long_["step_time_s"] - short["step_time_s"]) / n
-    e1, en = short["energy_per_step_j"], long_["energy_per_step_j"]
-    energy = None if e1 is None or en is None else (en - e1) / n
-    if time_s <= 0 or (energy is not None and energy <= 0):
-        logger.warning("%s #%d: the long call is not dearer than the short one; no decode point derived",
-                       long_["point_id"], long_["repeat"])
-        return None
-    bound = None
-    if energy is not None and short["error_bound"] is not None and long_["error_bound"] is not None:
-        # each call's energy is off by at most its bound; the difference carries both absolute errors
-        bound = (long_["error_bound"] * en + short["error_bound"] * e1) / (en - e1)
-    ctx = prompt + n // 2  # the N steps read contexts L .. L + N - 1
-    return _derived(long_, f"gen_b{batch}_l{prompt}_n{n + 1}_decode", "decode", IterationShape(decode=(ctx,) * batch),
-                    time_s, energy, bound, n,
-                    f"derived from generate({batch}, {prompt}, {n + 1}) - generate({batch}, {prompt}, 1), / {n} steps")
-
-
-def derive_fit_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows a fit uses: generate() rows become derived prefill and decode rows; other rows pass through.
-
-    Per point (B, L) and repeat r: a prefill row costing generate(B, L, 1), and for each longer call of the same
-    repeat a decode row of B sequences at the mean context of its N steps, costing (GN - G1) / N per step. Rows
-    without generate rows come back unchanged, so raw files of forward-pass sweeps fit exactly as before.
-    """
-    if not any(r["kind"] == "generate" for r in rows):
-        return list(rows)
-    out = [r for r in rows if r["kind"] != "generate"]
-    calls: dict[tuple[int, int, int], dict[int, dict[str, Any]]] = defaultdict(dict)
-    for r in rows:
-        if r["kind"] == "generate" and r["status"] == "ok":
-            b, length = _point_of(r)
-            calls[(b, length, r["repeat"])][int(r["output_tokens"])] = r
-    for (b, length, _), by_n in sorted(calls.items()):
-        short = by_n.get(1)
-        if short is None:
-            continue
-        out.append(_derived(short, f"gen_b{b}_l{length}_prefill", "prefill",
-                            IterationShape(prefill=((length, 0),) * b), short["step_time_s"],
-                            short["energy_per_step_j"], short["error_bound"], 1,
-                            f"derived from generate({b}, {length}, 1)"))
-        for n in sorted(k for k in by_n if k > 1):
-            decode = _decode_row(short, by_n[n], b, length)
-            if decode is not None:
-                out.append(decode)
-    return out
 
 
 def measure_generate_run(runner: GenerateRunner, meter: EnergyMeter, batch: int, prompt_tokens: int,

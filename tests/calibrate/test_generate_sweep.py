@@ -10,12 +10,12 @@ from tokenjoule.calibrate import aligned, generate_sweep
 from tokenjoule.calibrate.aligned import measure_aligned
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, fit_rows
 from tokenjoule.calibrate.fake import FakeMeter, FakeRunner, FakeTimeline
+from tokenjoule.calibrate.generate_rows import derive_fit_rows
 from tokenjoule.calibrate.generate_sweep import (
     POINT_SHARE,
     GenerateGrid,
     TimeModel,
     call_id,
-    derive_fit_rows,
     plan_points,
     run_generate_sweep,
 )
