@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tokenjoule.calibrate.calibration import gpu_uuids
 from tokenjoule.calibrate.profile import (
@@ -33,6 +32,7 @@ from tokenjoule.calibrate.profile import (
     shipped_profiles,
     tail_ctx_tokens,
 )
+from tokenjoule.calibrate.sweeps import read_rows
 from tokenjoule.kernels.splits import num_splits_for
 
 DECODE_BATCH_BINS = ((1, 8), (8, 32), (32, 64), (64, 128), (128, 256), (256, 513))  # [lo, hi) sequences
@@ -241,43 +241,45 @@ def short_recal_base(profile: GPUProfile) -> tuple[Path, GPUProfile] | None:
     return None
 
 
-def _mixed_fit(profile: GPUProfile, profile_dir: Path) -> str:
+def _measured_points(raw: list[dict[str, Any]]) -> dict[str, str]:
+    """point_id -> kind of every point a sweep measured (ok rows, idle left out)."""
+    return {r["point_id"]: r["kind"] for r in raw if r["status"] == "ok" and r["kind"] != "idle"}
+
+
+def _mixed_fit(profile: GPUProfile, measured: dict[str, str]) -> str:
     """Whether the profile's curves fitted mixed points: "fitted", "held out (scored, not fitted)" or "not
     measured"; a short re-calibration answers for the shipped profile it re-scaled."""
     base = short_recal_base(profile)
     if base is not None:
-        return _mixed_fit(base[1], base[0].parent)
-    raw = pq.read_table(profile_dir / profile.raw_path).to_pylist() if profile.raw_path else []
-    points = {r["point_id"]: r["kind"] for r in raw if r["status"] == "ok" and r["kind"] != "idle"}
-    if "mixed" not in points.values():
+        path, shipped = base
+        return _mixed_fit(shipped, _measured_points(read_rows(path.parent / (shipped.raw_path or ""))))
+    if "mixed" not in measured.values():
         return "not measured"
     # the fitter that held mixed points out fitted only the other kinds
-    fitted = profile.fit_errors.get("latency", {}).get("n_points") == len(points)
+    fitted = profile.fit_errors.get("latency", {}).get("n_points") == len(measured)
     return "fitted" if fitted else "held out (scored, not fitted)"
 
 
-def protocol(profile: GPUProfile, profile_dir: Path) -> dict[str, Any]:
-    """How the profile was calibrated: its grid's points by kind (from the raw file), mixed fitted, repeats."""
+def protocol(profile: GPUProfile, raw: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the profile was calibrated: its grid's points by kind (from its raw rows), mixed fitted, repeats."""
     grid = profile.method.get("grid", {})
-    raw = pq.read_table(profile_dir / profile.raw_path).to_pylist() if profile.raw_path else []
-    ok = [r for r in raw if r["status"] == "ok"]
-    points = Counter(kind for kind, _ in {(r["kind"], r["point_id"]) for r in ok if r["kind"] != "idle"})
+    measured = _measured_points(raw)
     lat = profile.fit_errors.get("latency", {})
-    fitted, mixed = lat.get("n_points"), _mixed_fit(profile, profile_dir)
-    return {"points_by_kind": dict(sorted(points.items())), "fitted_points": fitted, "mixed": mixed,
-            "repeats": grid.get("repeats"), "repeat_order": _repeat_order(ok), "target_s": grid.get("target_s"),
+    return {"points_by_kind": dict(sorted(Counter(measured.values()).items())), "fitted_points": lat.get("n_points"),
+            "mixed": _mixed_fit(profile, measured), "repeats": grid.get("repeats"),
+            "repeat_order": _repeat_order([r for r in raw if r["status"] == "ok"]), "target_s": grid.get("target_s"),
             "time_method": profile.method.get("time")}
 
 
-def ragged_points(profile: GPUProfile, profile_dir: Path) -> list[dict[str, Any]]:
+def ragged_points(profile: GPUProfile, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The sweep's ragged decode points (a few long contexts among short ones): measured step time, the profile's
     prediction, and the same prediction without the longest context's tail term (what uniform points alone give)."""
-    if not profile.raw_path or "decode_tail_ctx_tokens" not in profile.latency.coef:
+    if not raw or "decode_tail_ctx_tokens" not in profile.latency.coef:
         return []
     from tokenjoule.calibrate.calibration import aggregate_points
 
     blind = dataclasses.replace(profile.latency, coef={**profile.latency.coef, "decode_tail_ctx_tokens": 0.0})
-    points = aggregate_points(pq.read_table(profile_dir / profile.raw_path).to_pylist(), ("decode",))
+    points = aggregate_points(raw, ("decode",))
     rule = profile.decode_split_rule
     return [{"point_id": p["point_id"], "measured_ms": p["time_s"] * 1e3,
              "pred_ms": profile.latency.of_shape(p["shape"], rule) * 1e3,
@@ -288,20 +290,18 @@ def ragged_points(profile: GPUProfile, profile_dir: Path) -> list[dict[str, Any]
 SMALL_DECODE_SEQS = 16  # decode-only steps this narrow are launch-bound in eager mode: host speed sets their time
 
 
-def small_decode_steps(profile: GPUProfile, profile_dir: Path, its: pa.Table) -> dict[str, Any] | None:
+def small_decode_steps(raw: list[dict[str, Any]], its: pa.Table) -> dict[str, Any] | None:
     """Decode-only steps of <= SMALL_DECODE_SEQS sequences: calibrated per repeat, and as served per scenario.
 
     Calibration: the median over those points of each repeat's step time. Serving: each scenario's median step
     and the share of its steps slower than 1.3x the fastest repeat's median. None without such points.
     """
-    if not profile.raw_path:
-        return None
-    raw = [r for r in pq.read_table(profile_dir / profile.raw_path).to_pylist()
-           if r["status"] == "ok" and r["kind"] == "decode" and r["decode_seqs"] <= SMALL_DECODE_SEQS]
-    if not raw:
+    small_points = [r for r in raw
+                    if r["status"] == "ok" and r["kind"] == "decode" and r["decode_seqs"] <= SMALL_DECODE_SEQS]
+    if not small_points:
         return None
     by_repeat: dict[int, list[float]] = defaultdict(list)
-    for r in raw:
+    for r in small_points:
         by_repeat[int(r["repeat"])].append(r["step_time_s"] * 1e3)
     repeats = {k: float(np.median(v)) for k, v in sorted(by_repeat.items())}
     slow_ms = 1.3 * min(repeats.values())
@@ -316,7 +316,7 @@ def small_decode_steps(profile: GPUProfile, profile_dir: Path, its: pa.Table) ->
     return {"calibration_median_ms_by_repeat": repeats, "slow_over_ms": slow_ms, "serving": serving}
 
 
-def short_recal_facts(profile: GPUProfile, profile_dir: Path) -> dict[str, Any] | None:
+def short_recal_facts(profile: GPUProfile, raw: list[dict[str, Any]]) -> dict[str, Any] | None:
     """For a profile made by a short re-calibration: its base, its scales, how it met its points, the sweep's length.
 
     None for a fully calibrated profile.
@@ -324,12 +324,10 @@ def short_recal_facts(profile: GPUProfile, profile_dir: Path) -> dict[str, Any] 
     base = profile.method.get("short_recalibration_of")
     if not base:
         return None
-    raw = pq.read_table(profile_dir / profile.raw_path).to_pylist() if profile.raw_path else []
     stamps = [r["unix_time_s"] for r in raw]
     return {"base_sha256": base["content_sha256"], "base_date": base["date"], "base_gpu": base["gpu"],
             "scales": profile.notes.rsplit("short re-calibration ", 1)[-1].split("): ", 1)[-1],
-            "errors": profile.fit_errors.get("short_recalibration"),
-            "points": len({r["point_id"] for r in raw if r["status"] == "ok" and r["kind"] != "idle"}),
+            "errors": profile.fit_errors.get("short_recalibration"), "points": len(_measured_points(raw)),
             "sweep_span_s": max(stamps) - min(stamps) if stamps else None}
 
 

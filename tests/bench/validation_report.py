@@ -160,7 +160,9 @@ class Simulations:
 def load_run(run_dir: Path) -> dict[str, Any]:
     """The raw files of one device run."""
     doc = json.loads((run_dir / "validation.json").read_text())
-    return {"name": run_dir.name, "dir": run_dir, "doc": doc, "profile": load_profile(run_dir / doc["profile"]),
+    profile = load_profile(run_dir / doc["profile"])
+    return {"name": run_dir.name, "dir": run_dir, "doc": doc, "profile": profile,
+            "raw": read_rows(run_dir / profile.raw_path) if profile.raw_path else [],  # the profile's sweep
             "requests": pq.read_table(run_dir / "requests.parquet"),
             "iterations": pq.read_table(run_dir / "iterations.parquet"),
             "timeline": pq.read_table(run_dir / "timeline.parquet")}
@@ -198,7 +200,7 @@ def run_header(run: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, 
             "engine": profile.engine, "mode": profile.mode, "profile": doc["profile"],
             "idle_power_w": profile.idle_power_w, "idle_power_end_w": doc.get("idle_power_end_w"),
             "kv_capacity_tokens": doc["kv_capacity_tokens"], "fit_errors": profile.fit_errors,
-            "protocol": protocol(profile, run["dir"]),
+            "protocol": protocol(profile, run["raw"]),
             "calibration_temperature_median_c": calibration_temperature(doc, run["timeline"]),
             "summary": summarize([e["error"] for e in entries]),
             "stalls": stall_counts(run["iterations"], profile, [e["scenario"] for e in entries]),
@@ -206,9 +208,9 @@ def run_header(run: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, 
             "profile_reused": bool(doc.get("profile_reused")),
             "prices_ragged_decodes": "decode_tail_ctx_tokens" in profile.latency.coef,
             "host_overhead_method": profile.host_overhead.method if profile.host_overhead else None,
-            "ragged_points": ragged_points(profile, run["dir"]),
-            "short_recal": short_recal_facts(profile, run["dir"]), "profile_sha256": profile.content_sha256,
-            "small_decode_steps": small_decode_steps(profile, run["dir"], run["iterations"])}
+            "ragged_points": ragged_points(profile, run["raw"]),
+            "short_recal": short_recal_facts(profile, run["raw"]), "profile_sha256": profile.content_sha256,
+            "small_decode_steps": small_decode_steps(run["raw"], run["iterations"])}
 
 
 def is_check_run(run: dict[str, Any]) -> bool:
@@ -273,11 +275,9 @@ def short_recalibrated(other: GPUProfile, run: dict[str, Any]) -> GPUProfile | N
     host overhead: what `short_recalibration` would make of a short sweep on that machine. None when the run's
     sweep lacks those points.
     """
-    raw = run["dir"] / (run["profile"].raw_path or "")
-    if not raw.is_file() or other.method.get("short_recalibration_of"):  # `calibrate` refuses to carry a carried one
+    if other.method.get("short_recalibration_of"):  # `calibrate` refuses to carry a carried one
         return None
-    points = [p for p in aggregate_points(read_rows(raw), ("prefill", "decode", "mixed"))
-              if p["point_id"] in SHORT_POINTS]
+    points = [p for p in aggregate_points(run["raw"], ("prefill", "decode", "mixed")) if p["point_id"] in SHORT_POINTS]
     if len(points) < 3:
         return None
     return short_recalibration(other, points, run["profile"].idle_power_w, run["profile"].host_overhead,
