@@ -154,7 +154,7 @@ SCENARIO_WARMUP = "one whole batch of the scenario's shape, unmeasured"  # recor
 def fit_scenario(s: Scenario, profile: GPUProfile, left_s: float) -> Scenario | None:
     """The scenario with as many of its batches as fit in `left_s` (the warm-up batch included), or None."""
     per_batch = static_batch_cost(profile, s.static_batch, s.static_input_tokens, s.static_output_tokens)["time_s"]
-    n = min(s.static_batches, int((left_s - MARGIN * per_batch) // (MARGIN * per_batch)))
+    n = min(s.static_batches, int(left_s // (MARGIN * per_batch)) - 1)  # one batch's time goes to the warm-up
     return dataclasses.replace(s, static_batches=n) if n >= 1 else None
 
 
