@@ -3,7 +3,8 @@
 Repeats are interleaved: pass r measures one tick-aligned window (`aligned.measure_aligned`) of every point, after
 `runner.prepare(shape)` and warm-up steps, then pass r + 1 goes over the grid again in the opposite direction. A
 host that slows down for a minute (launch-bound engines on shared VMs drift by tens of percent) then spoils one
-repeat of the points it overlaps, not every repeat of them, and the median over repeats drops it. Before the grid,
+repeat of the points it overlaps, not every repeat of them, and the median over repeats drops it. Points whose
+main repeats still disagree get `extra_repeats` more passes at the end (`noisy_points`). Before the grid,
 the GPU is brought to a steady temperature; after it, idle power is measured with the model resident. The Parquet
 file is rewritten atomically after every window, so an interrupted sweep resumes where it stopped: (point, repeat)
 pairs already in the file are skipped.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -185,30 +187,65 @@ def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_
     """
     rows = read_rows(out_path)
     done = {(r["point_id"], r["repeat"]) for r in rows}
-    skipped = {r["point_id"] for r in rows if r["status"] == "skipped"}
     points = grid_points(cfg, max_batched_tokens, runner.kv_capacity_tokens, max_batch_seqs, uniform_only)
-    passes = [(repeat, point) for repeat in range(cfg.repeats)
-              for point in (points if repeat % 2 == 0 else points[::-1])]
-    todo = [(r, p) for r, p in passes if (p.point_id, r) not in done]
+    todo = [(r, p) for r, p in _passes(points, range(cfg.repeats)) if (p.point_id, r) not in done]
     if done:
-        logger.info("resuming %s: %d windows done, %d to go", out_path, len(done), len(todo))
+        logger.info("resuming %s: %d windows done, %d to go (before any extra passes)", out_path, len(done),
+                    len(todo))
     if todo:
         settle(runner, meter, [p for _, p in todo], cfg, read_temperature_c)
     with _progress(progress) as bar:
         task = bar.add_task("calibrating", total=len(todo) + (("idle", 0) not in done))
-        for repeat, point in todo:
-            bar.advance(task)
-            if point.point_id in skipped:
-                continue
-            bar.update(task, description=f"{point.point_id} #{repeat}")
-            row = measure_point(runner, meter, point, cfg, repeat)
-            if row["status"] == "skipped":
-                skipped.add(point.point_id)
-            rows.append(row)
-            write_rows(rows, out_path)
-            _log_point([row])
+        _measure_passes(runner, meter, cfg, todo, rows, out_path, bar, task)
+        noisy = noisy_points(rows, points, cfg)
+        extra = [(r, p) for r, p in _passes(noisy, range(cfg.repeats, cfg.repeats + cfg.extra_repeats))
+                 if (p.point_id, r) not in done]
+        if extra:
+            logger.info("%d of %d points disagree by more than %.0f%% over their first %d repeats: %d more windows",
+                        len(noisy), len(points), 100 * cfg.noisy_spread, cfg.repeats, len(extra))
+            bar.update(task, total=bar.tasks[task].total + len(extra))
+            if not todo:  # resumed after the main passes: the GPU has not been warmed yet
+                settle(runner, meter, [p for _, p in extra], cfg, read_temperature_c)
+            _measure_passes(runner, meter, cfg, extra, rows, out_path, bar, task)
         finish_with_idle(rows, done, out_path, meter, cfg, wait, bar, task)
     return rows
+
+
+def _passes(points: list[GridPoint], repeats: range) -> list[tuple[int, GridPoint]]:
+    """(repeat, point) in measuring order: one pass over `points` per repeat, every other pass backwards."""
+    return [(r, p) for r in repeats for p in (points if r % 2 == 0 else points[::-1])]
+
+
+def noisy_points(rows: list[dict[str, Any]], points: list[GridPoint], cfg: GridConfig) -> list[GridPoint]:
+    """Points whose main repeats' step times spread by more than `cfg.noisy_spread` of their median.
+
+    None when `cfg.extra_repeats` is 0.
+    """
+    if not cfg.extra_repeats:
+        return []
+    times: dict[str, list[float]] = {}
+    for r in rows:
+        if r["status"] == "ok" and r["kind"] != "idle" and r["repeat"] < cfg.repeats:
+            times.setdefault(r["point_id"], []).append(r["step_time_s"])
+    return [p for p in points if len(t := times.get(p.point_id, [])) >= 2
+            and (max(t) - min(t)) > cfg.noisy_spread * statistics.median(t)]
+
+
+def _measure_passes(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, todo: list[tuple[int, GridPoint]],
+                    rows: list[dict[str, Any]], out_path: str | Path, bar: Progress, task: TaskID) -> None:
+    """Measure each (repeat, point) of `todo`, appending its row and rewriting the raw file after each."""
+    skipped = {r["point_id"] for r in rows if r["status"] == "skipped"}
+    for repeat, point in todo:
+        bar.advance(task)
+        if point.point_id in skipped:
+            continue
+        bar.update(task, description=f"{point.point_id} #{repeat}")
+        row = measure_point(runner, meter, point, cfg, repeat)
+        if row["status"] == "skipped":
+            skipped.add(point.point_id)
+        rows.append(row)
+        write_rows(rows, out_path)
+        _log_point([row])
 
 
 def finish_with_idle(rows: list[dict[str, Any]], done: set[tuple[str, int]], out_path: str | Path,

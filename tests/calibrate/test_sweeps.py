@@ -111,6 +111,52 @@ def test_repeats_are_interleaved_passes_and_resume_per_window(toy_profile, tmp_p
     assert sorted((r["point_id"], r["repeat"]) for r in again) == sorted((r["point_id"], r["repeat"]) for r in rows)
 
 
+class _PhasedRunner(FakeRunner):
+    """A fake engine whose 8-sequence decode steps run 1.5x slower in their 1st and 3rd windows (slow host phases)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prepares = {}
+
+    def prepare(self, shape):
+        super().prepare(shape)
+        self.prepares[shape] = self.prepares.get(shape, 0) + 1
+
+    def step(self):
+        time_s, energy_j = self.cost(self.shape)
+        slow = 1.5 if self.shape.decode_seqs == 8 and self.prepares[self.shape] in (1, 3) else 1.0
+        self.timeline.run(time_s * slow, energy_j / time_s)
+        self.steps += 1
+
+
+def test_points_whose_repeats_disagree_get_extra_passes(toy_profile, tmp_path):
+    timeline, meter, _ = _setup(toy_profile)
+    runner = _PhasedRunner(timeline, toy_profile.cost, toy_profile.kv_capacity_tokens)
+    path = tmp_path / "raw.parquet"
+    rows = run_sweep(runner, meter, SMALL, path, max_batched_tokens=16384, max_batch_seqs=512, wait=timeline.idle,
+                     progress=False)
+    points = grid_points(SMALL, 16384, toy_profile.kv_capacity_tokens, 512)
+    extra = [(r["point_id"], r["repeat"]) for r in rows if r["kind"] != "idle" and r["repeat"] >= SMALL.repeats]
+    noisy = [p.point_id for p in points if p.shape.decode_seqs == 8]
+    assert noisy and SMALL.extra_repeats == 2
+    # one more pass per extra repeat over the noisy points only, every other one backwards, then idle last
+    assert extra == [(p, 3) for p in noisy[::-1]] + [(p, 4) for p in noisy]
+    assert rows[-1]["kind"] == "idle" and len(rows) == len(points) * SMALL.repeats + len(extra) + 1
+    # the main three windows ran slow, fast, slow; the extra two fast: the median moves to the fast time
+    decode8 = [r for r in rows if r["point_id"] == noisy[0]]
+    fast_s = toy_profile.cost(shape_from_row(decode8[0]))[0]
+    assert sorted(r["step_time_s"] for r in decode8[:3])[1] == pytest.approx(1.5 * fast_s)
+    assert sorted(r["step_time_s"] for r in decode8)[2] == pytest.approx(fast_s)
+    # resuming a sweep that stopped inside the extra passes measures only the missing window
+    write_rows([r for r in rows if (r["point_id"], r["repeat"]) != (noisy[0], 4)], path)
+    runner2 = _PhasedRunner(timeline, toy_profile.cost, toy_profile.kv_capacity_tokens)
+    again = run_sweep(runner2, meter, SMALL, path, max_batched_tokens=16384, max_batch_seqs=512, wait=timeline.idle,
+                      progress=False)
+    assert sorted((r["point_id"], r["repeat"]) for r in again) == sorted((r["point_id"], r["repeat"]) for r in rows)
+    with pytest.raises(ValueError, match="extra_repeats"):
+        GridConfig(extra_repeats=-1)
+
+
 def test_uniform_only_engine_skips_mixed_and_records_refusals(toy_profile, tmp_path):
     rows, _, _ = _sweep(toy_profile, tmp_path / "raw.parquet", uniform_only=True)
     assert not any(r["kind"] == "mixed" for r in rows)
