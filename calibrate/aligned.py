@@ -6,7 +6,8 @@ edges can be off by up to one step's worth of energy. Instead:
 1. run `warmup_steps` of the same step right before the window, so the GPU is already drawing the point's
    power when the window opens (a counter that reports with a fixed delay then still measures this point);
 2. open the window at t0 and run steps back to back (each synchronized at its end, as a serving loop runs them)
-   until the window is >= `target_s` long AND every GPU's counter has stepped at least twice inside it;
+   until the window is >= `target_s` long AND every GPU's counter has stepped at least twice inside it, far
+   enough apart that the bound below is <= 2% (or `max_s` passes);
 3. take, per GPU, the first and last counter steps seen inside the window, at estimated times T1 < T2 with
    values E1 < E2: the GPU's power over the repeated step is (E2 - E1) / (T2 - T1) -- both edges lie on counter
    ticks, so no partial period enters;
@@ -17,9 +18,12 @@ interval is lowered meanwhile so a host-bound engine thread cannot delay it by m
 timestamps each step at the end of the read that saw it, with the time back to the start of the previous
 read as its uncertainty u (the step happened inside that span). Estimating each tick at the
 middle of that interval, the relative error of the power (hence of energy per step) from timing is at most
-(u1 + u2) / (2 (T2 - T1)): with u ~ 0.6 ms and T2 - T1 >= 100 ms, about 0.6%. The counter's own resolution
-(1 mJ) adds < 0.01% at >= 100 W over 100 ms. The method assumes the steps' power is steady, which holds for
-identical back-to-back steps; every result carries its computed `error_bound`, with a warning above 2%.
+(u1 + u2) / (2 (T2 - T1)). u is two counter reads plus a poll gap, and a read's cost depends on the host: about
+0.6 ms in all (0.6% at T2 - T1 = 100 ms) where the H100 calibrations ran, but on an H200 host (2026-12-02) the
+energy read alone took 3.0 ms median (p90 5.7 ms; power and temperature reads 2 us), so u ~ 7.7 ms and the
+window grows until T2 - T1 >~ 0.4 s (step 2). The counter's own resolution (1 mJ) adds < 0.01% at >= 100 W over
+100 ms. The method assumes the steps' power is steady, which holds for identical back-to-back steps; every
+result carries its computed `error_bound`, with a warning above 2%.
 """
 
 from __future__ import annotations
@@ -77,6 +81,12 @@ def _enough_ticks(meter: EnergyMeter, t0: float, t_end: float) -> bool:
     return all(len(_usable_ticks(ticks, g, t0, t_end)) >= 2 for g in meter.gpu_indices)
 
 
+def _bound_met(meter: EnergyMeter, t0: float, t_end: float) -> bool:
+    """Two ticks inside the window per GPU, and their timing bounds the energy within MAX_ERROR."""
+    found = _power_from_ticks(meter.ticks(), meter.gpu_indices, t0, t_end)
+    return found is not None and found[2] <= MAX_ERROR
+
+
 def _power_from_ticks(ticks: list[Tick], gpus: tuple[int, ...], t0: float,
                       t_end: float) -> tuple[float, float, float] | None:
     """(summed power W, smallest tick span s, worst relative bound) or None when a GPU lacks two ticks."""
@@ -120,7 +130,7 @@ def measure_aligned(meter: EnergyMeter, step: Callable[[], None], target_s: floa
     try:
         def done(t0: float, now: float, steps: int) -> bool:
             return now - t0 >= target_s and steps >= min_steps and (
-                not tick_based or _enough_ticks(meter, t0, now) or now - t0 >= max_s)
+                not tick_based or _bound_met(meter, t0, now) or now - t0 >= max_s)
 
         times, t0, prev, e_begin, e_end = _back_to_back(meter, step, done)
     finally:

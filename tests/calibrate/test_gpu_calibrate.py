@@ -24,9 +24,8 @@ def test_quick_calibration_on_gpu(tmp_path):
     meter.close()
     rows = [r for r in read_rows(tmp_path / "gpu.raw.parquet") if r["status"] == "ok" and r["kind"] != "idle"]
     assert rows and all(r["energy_per_step_j"] > 0 for r in rows)
-    # the quick grid's 0.15 s windows hold two counter ticks: most points stay under the full grid's 2% bound, but a
-    # host-bound eager step can delay the tick poller (5 of 24 rows read 7.1-7.8% on an H200 host, 2026-12-02)
-    bounds = sorted(r["error_bound"] for r in rows)
-    assert bounds[len(bounds) // 2] < 0.02 and bounds[-1] < 0.10
+    # a window runs on until its ticks bound the energy within 2%: on an H200 host whose energy reads take ~3 ms,
+    # the quick grid's 0.15 s windows used to stop at two ticks with bounds of 7.6% (median, 2026-12-02)
+    assert max(r["error_bound"] for r in rows) <= 0.02
     assert 20 < profile.idle_power_w < 300
     assert load_profile(tmp_path / "gpu.json").gpu["datasheet"] in ("H100-SXM", "H200-SXM", "A100-SXM-80GB", None)
