@@ -136,6 +136,31 @@ def test_calibration_protocol_follows_from_the_raw_sweeps(committed):
     assert by_name["h100_2026-11-25"]["repeat_order"] == "back-to-back"
     assert by_name["h200_2026-12-02_run1"]["mixed"] == "fitted"
     assert by_name["h200_2026-12-02_run1"]["repeat_order"] == "interleaved"
+    # extra passes: counted from the windows past the main repeats, independently of the report's code
+    for run in committed["runs"]:
+        run_dir = ROOT / "validation" / run["run"]
+        profile = json.loads((run_dir / run["profile"]).read_text())
+        raw = pq.read_table(run_dir / profile["raw_path"]).to_pylist()
+        main = profile["method"]["grid"]["repeats"]
+        extra = {r["point_id"] for r in raw if r["status"] == "ok" and r["kind"] != "idle" and r["repeat"] >= main}
+        assert run["protocol"]["extra_points"] == len(extra)
+    assert by_name["h200_2026-12-02_run6eager"]["extra_points"] == 68 and by_name["h200_2026-12-02_run5"][
+        "extra_points"] == 0
+
+
+def test_host_phase_summary_follows_from_the_check_file(committed):
+    hp = _module("host_phases")
+    (check,) = committed["host_phases"]
+    runs = json.loads((ROOT / "calibrate" / "profiles" / "checks" / check["file"]).read_text())["runs"]
+    eager = check["engines"]["tokenjoule-eager"]
+    plain = [r["median_ms"] for r in runs if r["engine"] == "tokenjoule-eager" and r["condition"] == "plain"]
+    assert eager["plain_median_ms_by_round"] == pytest.approx(plain)
+    # one round by hand: the counter readers' mean median over the others'
+    r0 = {r["condition"]: r["median_ms"] for r in runs if r["engine"] == "tokenjoule-eager" and r["round"] == 0}
+    readers = [r0[c] for c in hp.READS_COUNTER]
+    rest = [v for c, v in r0.items() if c not in hp.READS_COUNTER]
+    assert eager["counter_readers_over_rest_by_round"][0] == pytest.approx(np.mean(readers) / np.mean(rest))
+    assert eager["median_ms_range"][0] <= min(plain) and eager["median_ms_range"][1] >= max(plain)
 
 
 def test_run_to_run_differences_follow_from_the_raw_files(committed):

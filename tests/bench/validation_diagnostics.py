@@ -265,8 +265,12 @@ def protocol(profile: GPUProfile, raw: list[dict[str, Any]]) -> dict[str, Any]:
     grid = profile.method.get("grid", {})
     measured = _measured_points(raw)
     lat = profile.fit_errors.get("latency", {})
+    main = grid.get("repeats") or 0
+    extra = {r["point_id"] for r in raw if r["status"] == "ok" and r["kind"] != "idle" and r["repeat"] >= main}
     return {"points_by_kind": dict(sorted(Counter(measured.values()).items())), "fitted_points": lat.get("n_points"),
             "mixed": _mixed_fit(profile, measured), "repeats": grid.get("repeats"),
+            "extra_repeats": grid.get("extra_repeats", 0), "noisy_spread": grid.get("noisy_spread"),
+            "extra_points": len(extra),
             "repeat_order": _repeat_order([r for r in raw if r["status"] == "ok"]), "target_s": grid.get("target_s"),
             "time_method": profile.method.get("time")}
 

@@ -59,7 +59,8 @@ def _run_header(r: dict[str, Any]) -> list[str]:
         calibration = (
             f"Profile `{r['profile']}`, {origin}: "
             f"{p['fitted_points']} fitted grid points (raw points: {kinds}), mixed iterations {p['mixed']}, "
-            f"{p['repeats']} repeats ({p['repeat_order']}), {_f(p['target_s'], 1)} s windows; {cv}; sweep repeat "
+            f"{p['repeats']} repeats ({p['repeat_order']}){_extra_passes(p)}, {_f(p['target_s'], 1)} s windows; "
+            f"{cv}; sweep repeat "
             f"spread median time {fit['repeats']['time_spread_median']:.1%}, energy "
             f"{fit['repeats']['energy_spread_median']:.1%}; idle "
             f"{r['idle_power_w']:.1f} W (re-measured after the scenarios: {_f(r['idle_power_end_w'])} W)")
@@ -67,6 +68,14 @@ def _run_header(r: dict[str, Any]) -> list[str]:
               f"{r['stalls']['scenarios']} in the scenarios ({r['stalls']['scenario_excess_s']:.1f} s beyond their "
               "predicted time)")
     return [f"**Run `{r['run']}`**: {machine}. {engine}. {calibration}. {stalls}.", ""]
+
+
+def _extra_passes(p: dict[str, Any]) -> str:
+    """', plus N more for the K points ...' when the sweep gave its noisy points extra passes, else ''."""
+    if not p.get("extra_points"):
+        return ""
+    return (f", plus {p['extra_repeats']} more for the {p['extra_points']} points whose first {p['repeats']} "
+            f"spread by over {_f(p['noisy_spread'], 0, 100)}%")
 
 
 def _scenario_table(entries: list[dict[str, Any]]) -> list[str]:

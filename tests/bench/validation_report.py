@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from host_phases import host_phase_checks
 from validation_diagnostics import (
     batch_warmth,
     calibration_temperature,
@@ -210,7 +211,8 @@ def run_header(run: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, 
             "host_overhead_method": profile.host_overhead.method if profile.host_overhead else None,
             "ragged_points": ragged_points(profile, run["raw"]),
             "short_recal": short_recal_facts(profile, run["raw"]), "profile_sha256": profile.content_sha256,
-            "small_decode_steps": small_decode_steps(run["raw"], run["iterations"])}
+            "small_decode_steps": small_decode_steps(run["raw"], run["iterations"]),
+            "scenario_warmup": doc.get("scenario_warmup")}
 
 
 def is_check_run(run: dict[str, Any]) -> bool:
@@ -368,7 +370,8 @@ def build_report(run_dirs: tuple[Path, ...] | None = None, sims: Simulations | N
                                   if not is_check_run(run)]),
             "check_runs": [r["name"] for r in runs if is_check_run(r)], "targets": TARGETS, "metrics": list(METRICS),
             "carry_over": carry_over(runs, entries, sims), "repeatability": repeat_pairs(runs, entries),
-            "plot": {"run": plot_run["name"], "scenario": plot_sc["scenario"]["name"]}}
+            "plot": {"run": plot_run["name"], "scenario": plot_sc["scenario"]["name"]},
+            "host_phases": host_phase_checks(ROOT / "calibrate" / "profiles" / "checks")}
 
 
 def _run_of(runs: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
