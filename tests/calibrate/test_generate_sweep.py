@@ -221,6 +221,38 @@ def test_sweep_records_refused_shapes_and_stops_at_its_deadline(toy_profile, tmp
     assert [r["kind"] for r in rows] == ["idle"] and "stopping before" in caplog.text
 
 
+class _PhasedGenerate(FakeGenerateRunner):
+    """Batch-4 calls take 1.6x longer in the 1st and 3rd run of back-to-back calls of their shape (a slow phase)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.runs = {}
+
+    def generate(self, batch, prompt, new, streamer=None):
+        key = (batch, prompt, new)
+        if not self.calls or self.calls[-1] != key:
+            self.runs[key] = self.runs.get(key, 0) + 1
+        if batch == 4 and self.runs[key] in (1, 3):
+            self.timeline.run(0.6 * self.expected(batch, prompt, new)[0], 100.0)
+        super().generate(batch, prompt, new, streamer)
+
+
+def test_points_whose_calls_disagree_get_extra_passes_in_the_budget_left(toy_profile, tmp_path):
+    timeline, meter, _ = _fakes(toy_profile)
+    runner = _PhasedGenerate(timeline, toy_profile)
+    rows = run_generate_sweep(runner, meter, SMALL, tmp_path / "raw.parquet", wait=timeline.idle, progress=False)
+    gen = [r for r in rows if r["kind"] == "generate"]
+    extra = {(r["point_id"], r["repeat"]) for r in gen if r["repeat"] >= SMALL.repeats}
+    # only the batch-4 points disagreed; each got both calls in each of the two extra passes
+    assert extra == {(call_id(4, length, n), r) for length in (128, 1024) for n in (1, 9) for r in (2, 3)}
+    assert rows[-1]["kind"] == "idle" and len(gen) == 6 * 2 * SMALL.repeats + len(extra)
+    # with no budget left after the main passes, the extra passes are not started
+    timeline, meter, _ = _fakes(toy_profile)
+    rows = run_generate_sweep(_PhasedGenerate(timeline, toy_profile), meter, dataclasses.replace(SMALL, budget_s=1.0),
+                              tmp_path / "late.parquet", wait=timeline.idle, progress=False)
+    assert not any(r["repeat"] >= SMALL.repeats for r in rows if r["kind"] == "generate")
+
+
 @pytest.fixture(scope="module")
 def whole_grid(tmp_path_factory):
     """A generate() calibration of the whole default grid on the fake engine: (profile, runner, raw path)."""
