@@ -32,7 +32,7 @@ class GridConfig:
         repeats: measured windows per point, one per pass over the grid (>= 2; median fitted, spread recorded).
         extra_repeats: more passes, after the main ones, over the points whose main repeats disagree by more than
             `noisy_spread` (relative max - min of their step times). Launch-bound steps follow the host's speed,
-            which on these VMs shifts between phases seconds apart (the same eager step at 16 or 29 ms,
+            which on these VMs shifts between phases seconds apart (the same eager step at 16 or 32 ms,
             `tests/bench/bench_host_contention_gpu.py`); more windows spread over the sweep move their median
             towards the long-run one a replay sees, at little cost, since such steps are short.
         noisy_spread: the repeat spread above which a point gets the extra passes.
