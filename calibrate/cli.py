@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tokenjoule.calibrate.profile import ProfileError, load_profile, resolve_profile_path, shipped_profiles
+from tokenjoule.calibrate.profile import ProfileError, load_profile
+from tokenjoule.calibrate.shipped import resolve_profile_path, shipped_profiles
 from tokenjoule.calibrate.summary import profile_summary
 
 profile_app = typer.Typer(help="Inspect calibration profiles: summary, J/token figures, fit errors, plots.",
@@ -143,7 +144,7 @@ def refit(
     Example:
         tokenjoule profile refit calibrate/profiles/h100-llama-3.1-8b-tokenjoule-cudagraph.json
     """
-    from tokenjoule.calibrate.profile import resolve_profile_path, save_profile
+    from tokenjoule.calibrate.profile import save_profile
     from tokenjoule.calibrate.refit import refit_profile
 
     refitted = refit_profile(profile)

@@ -357,7 +357,9 @@ def _curve_from_dict(data: dict[str, Any], unit: str) -> CostCurve:
 
 
 def load_profile(path: str | Path) -> GPUProfile:
-    """Read and validate a profile JSON file (or a shipped profile's short name, see `shipped_profiles`)."""
+    """Read and validate a profile JSON file (or a shipped profile's short name, see `shipped.shipped_profiles`)."""
+    from tokenjoule.calibrate.shipped import resolve_profile_path  # shipped.py reads PROFILE_KIND from here
+
     path = resolve_profile_path(path)
     try:
         data = json.loads(path.read_text())
@@ -377,35 +379,3 @@ def save_profile(profile: GPUProfile, path: str | Path) -> Path:
     text = json.dumps(profile.to_dict(), indent=1, sort_keys=False) + "\n"
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
     return path
-
-
-SHIPPED_DIR = Path(__file__).parent / "profiles"
-
-
-def shipped_profiles() -> dict[str, Path]:
-    """Short name (file stem) -> path of each profile shipped as package data.
-
-    JSON files of another kind beside them (measurement checks) are skipped; unreadable ones are kept, so that
-    listing them reports them as invalid rather than hiding them.
-    """
-    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.json")) if _may_be_profile(p)}
-
-
-def _may_be_profile(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return True
-    return not isinstance(data, dict) or data.get("kind", PROFILE_KIND) == PROFILE_KIND
-
-
-def resolve_profile_path(name_or_path: str | Path) -> Path:
-    """A path as given if it exists, else a shipped profile's short name; the error lists shipped names."""
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    shipped = shipped_profiles()
-    if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
-    names = ", ".join(shipped) or "none"
-    raise ProfileError(f"{name_or_path}: no such profile file or shipped profile (shipped: {names})")

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tokenjoule.calibrate.profile import GPUProfile, load_profile, resolve_profile_path
+from tokenjoule.calibrate.profile import GPUProfile, load_profile
+from tokenjoule.calibrate.shipped import resolve_profile_path
 from tokenjoule.calibrate.sweeps import read_rows, shape_from_row
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.sim.cost import AllReduce, CalibratedCost, IterFeatures, ModeledTPCost

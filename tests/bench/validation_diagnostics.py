@@ -29,9 +29,9 @@ from tokenjoule.calibrate.profile import (
     GPUProfile,
     ProfileError,
     load_profile,
-    shipped_profiles,
     tail_ctx_tokens,
 )
+from tokenjoule.calibrate.shipped import shipped_profiles
 from tokenjoule.calibrate.sweeps import read_rows
 from tokenjoule.kernels.splits import num_splits_for
 

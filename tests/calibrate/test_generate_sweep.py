@@ -20,8 +20,9 @@ from tokenjoule.calibrate.generate_sweep import (
     run_generate_sweep,
 )
 from tokenjoule.calibrate.grid import GridConfig
-from tokenjoule.calibrate.profile import load_profile, resolve_profile_path
+from tokenjoule.calibrate.profile import load_profile
 from tokenjoule.calibrate.refit import refit_profile
+from tokenjoule.calibrate.shipped import resolve_profile_path
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.calibrate.sweeps import _base_row, read_rows, shape_from_row, write_rows
 from tokenjoule.kernels.shape import IterationShape
