@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from tokenjoule.kernels.cpu_spawn import spawn_cpu
 from tokenjoule.kernels.iteration import TPIterationRunner, decode_shape, encode_shape
 from tokenjoule.kernels.model import Transformer
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.tp import MULTICAST_OFF_ENV, TPGroup, multicast_off_env, split_spec
-from tokenjoule.kernels.tp_device import _run_check, spawn_cpu
+from tokenjoule.kernels.tp_device import _run_check
 
 
 def test_split_spec_divides_heads_and_width(tiny_spec):
@@ -149,7 +150,7 @@ def test_calibration_drives_both_ranks(tiny_spec, tmp_path):
     """calibrate() on rank 0 with a TP runner: rank 1 runs every step; energy is summed over both GPUs."""
     import json
 
-    from tokenjoule.kernels.tp_device import spawn_cpu as spawn
+    from tokenjoule.kernels.cpu_spawn import spawn_cpu as spawn
 
     out = spawn(_calibrate_at_tp, 2, (tiny_spec, str(tmp_path)), timeout_s=120.0)
     assert out["tp"] == 2 and out["points"] >= 4
