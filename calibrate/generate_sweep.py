@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,7 +49,10 @@ from tokenjoule.calibrate.sweeps import (
     _base_row,
     _log_point,
     _progress,
+    disagree,
     finish_with_idle,
+    main_repeat_times,
+    passes,
     read_rows,
     settle,
     window_fields,
@@ -308,7 +310,7 @@ def run_generate_sweep(runner: GenerateRunner, meter: EnergyMeter, grid: Generat
     model = probe(runner, grid, meter.clock)
     budget = grid.budget_s - (meter.clock() - start) - grid.settle_s - grid.idle_s - 1.0
     points = [p for p in plan_points(grid, runner.kv_capacity_tokens, model, budget, kept) if p not in skipped]
-    todo = [(r, p) for r in range(grid.repeats) for p in (points if r % 2 == 0 else points[::-1])
+    todo = [(r, p) for r, p in passes(points, range(grid.repeats))
             if any((call_id(*p, n), r) not in done for n in calls)]
     if done:
         logger.info("resuming %s: %d windows done, %d point passes to go", out_path, len(done), len(todo))
@@ -321,8 +323,8 @@ def run_generate_sweep(runner: GenerateRunner, meter: EnergyMeter, grid: Generat
         task = bar.add_task("calibrating generate()", total=len(todo) + (("idle", 0) not in done))
         sweep.measure(todo, start + OVERRUN * grid.budget_s, bar, task)
         # extra passes over the points whose main repeats disagree, only in what is left of the planned budget
-        extra = [(r, p) for r in range(grid.repeats, grid.repeats + grid.extra_repeats)
-                 for p in (noisy_calls(rows, points, grid)[::1 if r % 2 == 0 else -1])
+        extra = [(r, p) for r, p in passes(noisy_calls(rows, points, grid),
+                                            range(grid.repeats, grid.repeats + grid.extra_repeats))
                  if any((call_id(*p, n), r) not in done for n in calls)]
         if extra:
             logger.info("%d generate() points disagree by more than %.0f%% over their first %d repeats: %d more "
@@ -338,15 +340,8 @@ def noisy_calls(rows: list[dict[str, Any]], points: list[tuple[int, int]], grid:
     """(batch, prompt) points either of whose calls' main repeats spread by more than `grid.noisy_spread`."""
     if not grid.extra_repeats:
         return []
-    times: dict[str, list[float]] = {}
-    for r in rows:
-        if r["kind"] == "generate" and r["status"] == "ok" and r["repeat"] < grid.repeats:
-            times.setdefault(r["point_id"], []).append(r["step_time_s"])
-
-    def noisy(t: list[float]) -> bool:
-        return len(t) >= 2 and max(t) - min(t) > grid.noisy_spread * statistics.median(t)
-
-    return [p for p in points if any(noisy(times.get(call_id(*p, n), [])) for n in (1, 1 + grid.new_tokens))]
+    times = main_repeat_times(rows, grid)
+    return [p for p in points if any(disagree(times.get(call_id(*p, n), []), grid) for n in (1, 1 + grid.new_tokens))]
 
 
 @dataclass

@@ -22,7 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -188,7 +188,7 @@ def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_
     rows = read_rows(out_path)
     done = {(r["point_id"], r["repeat"]) for r in rows}
     points = grid_points(cfg, max_batched_tokens, runner.kv_capacity_tokens, max_batch_seqs, uniform_only)
-    todo = [(r, p) for r, p in _passes(points, range(cfg.repeats)) if (p.point_id, r) not in done]
+    todo = [(r, p) for r, p in passes(points, range(cfg.repeats)) if (p.point_id, r) not in done]
     if done:
         logger.info("resuming %s: %d windows done, %d to go (before any extra passes)", out_path, len(done),
                     len(todo))
@@ -198,7 +198,7 @@ def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_
         task = bar.add_task("calibrating", total=len(todo) + (("idle", 0) not in done))
         _measure_passes(runner, meter, cfg, todo, rows, out_path, bar, task)
         noisy = noisy_points(rows, points, cfg)
-        extra = [(r, p) for r, p in _passes(noisy, range(cfg.repeats, cfg.repeats + cfg.extra_repeats))
+        extra = [(r, p) for r, p in passes(noisy, range(cfg.repeats, cfg.repeats + cfg.extra_repeats))
                  if (p.point_id, r) not in done]
         if extra:
             logger.info("%d of %d points disagree by more than %.0f%% over their first %d repeats: %d more windows",
@@ -211,24 +211,34 @@ def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_
     return rows
 
 
-def _passes(points: list[GridPoint], repeats: range) -> list[tuple[int, GridPoint]]:
+P = TypeVar("P")
+
+
+def passes(points: list[P], repeats: range) -> list[tuple[int, P]]:
     """(repeat, point) in measuring order: one pass over `points` per repeat, every other pass backwards."""
     return [(r, p) for r in repeats for p in (points if r % 2 == 0 else points[::-1])]
 
 
-def noisy_points(rows: list[dict[str, Any]], points: list[GridPoint], cfg: GridConfig) -> list[GridPoint]:
-    """Points whose main repeats' step times spread by more than `cfg.noisy_spread` of their median.
-
-    None when `cfg.extra_repeats` is 0.
-    """
-    if not cfg.extra_repeats:
-        return []
+def main_repeat_times(rows: list[dict[str, Any]], cfg: GridConfig) -> dict[str, list[float]]:
+    """point_id -> step times of its ok windows from the main repeats (extra passes left out)."""
     times: dict[str, list[float]] = {}
     for r in rows:
         if r["status"] == "ok" and r["kind"] != "idle" and r["repeat"] < cfg.repeats:
             times.setdefault(r["point_id"], []).append(r["step_time_s"])
-    return [p for p in points if len(t := times.get(p.point_id, [])) >= 2
-            and (max(t) - min(t)) > cfg.noisy_spread * statistics.median(t)]
+    return times
+
+
+def disagree(times: list[float], cfg: GridConfig) -> bool:
+    """Whether two or more windows' step times spread by more than `cfg.noisy_spread` of their median."""
+    return len(times) >= 2 and max(times) - min(times) > cfg.noisy_spread * statistics.median(times)
+
+
+def noisy_points(rows: list[dict[str, Any]], points: list[GridPoint], cfg: GridConfig) -> list[GridPoint]:
+    """Points whose main repeats disagree (`disagree`); none when `cfg.extra_repeats` is 0."""
+    if not cfg.extra_repeats:
+        return []
+    times = main_repeat_times(rows, cfg)
+    return [p for p in points if disagree(times.get(p.point_id, []), cfg)]
 
 
 def _measure_passes(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, todo: list[tuple[int, GridPoint]],
