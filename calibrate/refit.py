@@ -38,8 +38,13 @@ def refit_profile(path: str | Path) -> GPUProfile:
     raw = path.parent / profile.raw_path
     if not raw.exists():
         raise ProfileError(f"{path}: its raw sweep file {raw} is missing")
-    fitted = fit_rows(read_rows(raw), rule=profile.decode_split_rule)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     notes = "; ".join(n for n in (profile.notes, f"curves refitted from {profile.raw_path} on {stamp}") if n)
+    return dataclasses.replace(refit_from_rows(profile, read_rows(raw)), notes=notes)
+
+
+def refit_from_rows(profile: GPUProfile, rows: list[dict]) -> GPUProfile:
+    """`profile` with curves, fit errors and idle power fitted to `rows` (raw sweep rows), the rest as it was."""
+    fitted = fit_rows(rows, rule=profile.decode_split_rule)
     return dataclasses.replace(profile, latency=fitted["latency"], energy=fitted["energy"],
-                               fit_errors=fitted["fit_errors"], idle_power_w=fitted["idle_power_w"], notes=notes)
+                               fit_errors=fitted["fit_errors"], idle_power_w=fitted["idle_power_w"])

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from host_phases import summarize_check
 
 from tokenjoule.calibrate.calibration import gpu_info, host_info, software_info
 from tokenjoule.calibrate.meters import GIL_SWITCH_S, NVMLMeter, make_meter
@@ -48,6 +49,7 @@ from tokenjoule.calibrate.sampler import PowerSampler
 from tokenjoule.kernels.iteration import build_runner
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.traces.files import write_atomic
 
 POLLER = """
 import sys, time, pynvml
@@ -138,17 +140,14 @@ def engines(spec: ModelSpec) -> dict[str, Callable[[], None]]:
     return out
 
 
-def print_effects(runs: list[dict[str, Any]]) -> None:
-    """Per engine and condition: the median over rounds of (its median step / the round's mean of medians)."""
-    for engine in dict.fromkeys(r["engine"] for r in runs):
-        rounds: dict[int, dict[str, float]] = {}
-        for r in runs:
-            if r["engine"] == engine:
-                rounds.setdefault(r["round"], {})[r["condition"]] = r["median_ms"]
-        for cond in dict.fromkeys(c for medians in rounds.values() for c in medians):
-            ratios = [m[cond] / statistics.mean(m.values()) for m in rounds.values() if cond in m]
-            print(f"{engine:16s} {cond:24s} x{statistics.median(ratios):.3f} of the round mean "
-                  f"(rounds: {' '.join(f'{x:.2f}' for x in ratios)})", flush=True)
+def print_effects(doc: dict[str, Any]) -> None:
+    """Per engine and condition: the median over rounds of (its median step / the round's mean of medians), as the
+    validation report summarizes the committed file (`host_phases.summarize_check`)."""
+    for engine, e in summarize_check(doc)["engines"].items():
+        for cond, ratio in e["over_round_mean"].items():
+            print(f"{engine:16s} {cond:24s} x{ratio:.3f} of the round mean", flush=True)
+        readers = " ".join("-" if v is None else f"x{v:.2f}" for v in e["counter_readers_over_rest_by_round"])
+        print(f"{engine:16s} counter readers over the rest, by round: {readers}", flush=True)
 
 
 def main() -> None:
@@ -179,17 +178,15 @@ def main() -> None:
                 print(f"round {r} {engine:16s} {c.name:24s} median {res['median_ms']:7.2f} ms p90 "
                       f"{res['p90_ms']:7.2f} ms  runq wait {res['main_thread_runqueue_wait_s']:.3f} s  "
                       f"invol {res['involuntary_switches']}  steal {res['steal_ticks']}", flush=True)
-    print_effects(runs)
     doc = {"kind": "tokenjoule-host-contention-check", "seed": args.seed, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "gpu": gpu_info(meter), "host": host_info(), "software": software_info(),
            "gil_switch_s_default": sys.getswitchinterval(), "gil_switch_s_lowered": GIL_SWITCH_S,
            "seconds_per_run": args.seconds, "runs": runs}
     meter.close()
+    print_effects(doc)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "host_contention.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(out / "host_contention.json")
+    write_atomic(out / "host_contention.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
 
 
 if __name__ == "__main__":

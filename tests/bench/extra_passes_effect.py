@@ -11,15 +11,14 @@ that used that calibration, and this prints each metric's median / max |relative
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 from validation_diagnostics import rel_error
 from validation_report import Simulations, _rows, default_runs, load_run, measured_metrics
 
-from tokenjoule.calibrate.calibration import fit_rows
 from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.refit import refit_from_rows
 
 SHOWN = ("energy_total_j", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s")
 
@@ -28,11 +27,7 @@ def main_repeats_only(profile: GPUProfile, raw: list[dict]) -> GPUProfile | None
     """`profile` refitted from its main repeats' windows, or None when its sweep has no extra windows."""
     main = profile.method.get("grid", {}).get("repeats") or 0
     kept = [r for r in raw if r["kind"] == "idle" or r["repeat"] < main]
-    if len(kept) == len(raw):
-        return None
-    fitted = fit_rows(kept, rule=profile.decode_split_rule)
-    return dataclasses.replace(profile, latency=fitted["latency"], energy=fitted["energy"],
-                               fit_errors=fitted["fit_errors"], idle_power_w=fitted["idle_power_w"])
+    return None if len(kept) == len(raw) else refit_from_rows(profile, kept)
 
 
 def errors(runs: list[dict], profile: GPUProfile, sims: Simulations) -> dict[str, list[float]]:

@@ -32,7 +32,7 @@ def summarize_check(doc: dict[str, Any]) -> dict[str, Any]:
             "median_ms_range": [min(r["median_ms"] for r in runs), max(r["median_ms"] for r in runs)],
             "runqueue_wait_s_max": max(r["main_thread_runqueue_wait_s"] for r in runs),
             "steal_s_total": sum(r["steal_ticks"] / r["clock_ticks_per_s"] for r in runs),
-            "seconds_timed": sum(doc["seconds_per_run"] for _ in runs),
+            "seconds_timed": doc["seconds_per_run"] * len(runs),
             "over_round_mean": {c: statistics.median(m[c] / statistics.mean(m.values()) for m in rounds.values()
                                                      if c in m) for c in conditions},
             "counter_readers_over_rest_by_round": [_group_ratio(m) for m in rounds.values()]}

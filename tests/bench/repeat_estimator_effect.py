@@ -16,7 +16,6 @@ fastest window misses energy by up to 18%. The median stays.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +24,7 @@ import numpy as np
 from extra_passes_effect import SHOWN, errors
 from validation_report import Simulations, default_runs, load_run
 
-from tokenjoule.calibrate.calibration import fit_rows
-from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.refit import refit_from_rows
 
 
 def _trimmed(values: list[float]) -> float:
@@ -54,13 +52,6 @@ def with_estimate(raw: list[dict], estimate: Callable[[list[float]], float]) -> 
     return out
 
 
-def refitted(profile: GPUProfile, raw: list[dict]) -> GPUProfile:
-    """`profile` with curves, fit errors and idle power refitted from `raw`."""
-    f = fit_rows(raw, rule=profile.decode_split_rule)
-    return dataclasses.replace(profile, latency=f["latency"], energy=f["energy"], fit_errors=f["fit_errors"],
-                               idle_power_w=f["idle_power_w"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*", type=Path)
@@ -73,7 +64,7 @@ def main() -> None:
         if p.engine != "tokenjoule" or p.method.get("short_recalibration_of") or "fixcheck" in run["name"]:
             continue
         for name, estimate in ESTIMATORS.items():
-            errs = errors([run], refitted(p, with_estimate(run["raw"], estimate)), sims)
+            errs = errors([run], refit_from_rows(p, with_estimate(run["raw"], estimate)), sims)
             cells = " | ".join(f"{100 * np.median(v):.1f}% / {100 * max(v):.1f}%" for v in errs.values())
             print(f"| `{run['name']}` | {name} | {cells} |", flush=True)
 
