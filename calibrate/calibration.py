@@ -22,13 +22,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from tokenjoule.calibrate.aligned import METHOD_SUMMARY
+from tokenjoule.calibrate.measure.aligned import METHOD_SUMMARY
 from tokenjoule.calibrate.fit import choose_knots, fit_curve
-from tokenjoule.calibrate.generate_rows import derive_fit_rows
-from tokenjoule.calibrate.generate_sweep import GenerateGrid, GenerateRunner, run_generate_sweep
-from tokenjoule.calibrate.grid import GridConfig
-from tokenjoule.calibrate.host_cost import binned_points, fit_host_overhead, measure_serving_host, synthetic_requests
-from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter, mw_to_w
+from tokenjoule.calibrate.sweep.generate_rows import derive_fit_rows
+from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner, run_generate_sweep
+from tokenjoule.calibrate.sweep.grid import GridConfig
+from tokenjoule.calibrate.sweep.host_cost import binned_points, fit_host_overhead, measure_serving_host, synthetic_requests
+from tokenjoule.calibrate.measure.meters import EnergyMeter, MeterError, NVMLMeter, make_meter, mw_to_w
 from tokenjoule.calibrate.profile import (
     FEATURES,
     REGIME,
@@ -39,11 +39,11 @@ from tokenjoule.calibrate.profile import (
     shape_features,
 )
 from tokenjoule.calibrate.recalibrate import short_recalibration
-from tokenjoule.calibrate.replay import PrefillFirstScheduler
-from tokenjoule.calibrate.sweeps import IterationRunner, run_sweep, shape_from_row
+from tokenjoule.calibrate.validate.replay import PrefillFirstScheduler
+from tokenjoule.calibrate.sweep.iterations import IterationRunner, run_sweep, shape_from_row
 from tokenjoule.kernels.scheduler import Scheduler
 from tokenjoule.kernels.spec import ModelSpec
-from tokenjoule.kernels.splits import MAX_SPLITS, TARGET_PROGRAMS
+from tokenjoule.kernels.shape import MAX_SPLITS, TARGET_PROGRAMS
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ TIME_METHOD = ("host perf_counter around back-to-back IterationRunner.step() cal
 GENERATE_TIME_METHOD = ("generate()-based: host perf_counter around whole Hugging Face generate() calls, each "
                         "synchronized at its end (GenerateGrid); per (batch, prompt) the prefill point costs "
                         "generate(max_new_tokens=1) and each decode step (generate(1 + N) - generate(1)) / N "
-                        "(rows derived from the raw generate rows, see calibrate/generate_sweep.py)")
+                        "(rows derived from the raw generate rows, see calibrate/sweep/generate.py)")
 
 
 def datasheet_name(gpu_name: str | None) -> str | None:

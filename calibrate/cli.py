@@ -120,7 +120,7 @@ def plot(
         tokenjoule profile plot my_h100.json --out my_h100.png
     """
     from tokenjoule.calibrate.plots import plot_profile
-    from tokenjoule.calibrate.sweeps import read_rows
+    from tokenjoule.calibrate.sweep.iterations import read_rows
 
     loaded, path = _load(profile)
     rows = None

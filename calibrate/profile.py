@@ -31,7 +31,7 @@ from tokenjoule.calibrate.datasheets import GPUSpec, gpu_spec
 from tokenjoule.calibrate.errors import ProfileError
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
-from tokenjoule.kernels.splits import num_splits_for
+from tokenjoule.kernels.shape import num_splits_for
 from tokenjoule.traces.files import write_atomic
 
 SCHEMA_VERSION = 1
@@ -118,7 +118,7 @@ def piecewise_linear(x: Any, knots: tuple[float, ...], values: tuple[float, ...]
 class DecodeSplitRule:
     """How the engine's decode kernel splits each context, which decides how long the longest program runs.
 
-    Each sequence gets ceil(target_programs / (batch x kv_heads)) programs, at most max_splits (`kernels/splits.py`).
+    Each sequence gets ceil(target_programs / (batch x kv_heads)) programs, at most max_splits (`kernels/shape.py`).
 
     Attributes:
         target_programs: programs the kernel aims for.
@@ -176,7 +176,7 @@ class HostOverhead:
 
     The GPU curves time `runner.run` alone; a serving loop also plans each iteration and books its tokens on the
     host, serially, so an iteration lasts its curve plus `seconds(...)`. Measured on the calibrating machine
-    (`calibrate/host_cost.py`), since it scales with CPU speed. A prefill chunk costs more host work than a decode
+    (`calibrate/sweep/host_cost.py`), since it scales with CPU speed. A prefill chunk costs more host work than a decode
     (admission allocates its blocks, its prompt is copied).
 
     Attributes:

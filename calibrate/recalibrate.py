@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from tokenjoule.calibrate.grid import GridConfig, grid_points
+from tokenjoule.calibrate.sweep.grid import GridConfig, grid_points
 from tokenjoule.calibrate.profile import CostCurve, GPUProfile, HostOverhead
 
 # A few points per regime the curves cover: small and large decode batches, a ragged decode, prefills, a mixed

@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenjoule.calibrate.calibration import fit_rows
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
 from tokenjoule.calibrate.shipped import resolve_profile_path
-from tokenjoule.calibrate.sweeps import read_rows
+from tokenjoule.calibrate.sweep.iterations import read_rows
 
 
 def refit_profile(path: str | Path) -> GPUProfile:

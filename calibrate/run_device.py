@@ -36,12 +36,12 @@ from tokenjoule.calibrate.calibration import (
     resolve_build_runner,
     software_info,
 )
-from tokenjoule.calibrate.generate_sweep import GenerateGrid, GenerateRunner, measure_generate_run
-from tokenjoule.calibrate.grid import GridConfig
-from tokenjoule.calibrate.meters import EnergyMeter, NVMLMeter, make_meter
+from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner, measure_generate_run
+from tokenjoule.calibrate.sweep.grid import GridConfig
+from tokenjoule.calibrate.measure.meters import EnergyMeter, NVMLMeter, make_meter
 from tokenjoule.calibrate.profile import GPUProfile
 from tokenjoule.calibrate.recalibrate import SHORT_GRID
-from tokenjoule.calibrate.sampler import PowerSampler
+from tokenjoule.calibrate.measure.sampler import PowerSampler
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.traces.files import write_atomic

@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from tokenjoule.kernels.splits import num_splits_for
+from tokenjoule.kernels.shape import num_splits_for
 
 try:  # Triton is optional on CPU; it runs there only in interpreter mode (TRITON_INTERPRET=1).
     import triton

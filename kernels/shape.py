@@ -79,3 +79,19 @@ class IterationShape:
     def is_empty(self) -> bool:
         """True when the iteration has nothing to do."""
         return not self.prefill and not self.decode
+
+
+# How the paged decode kernel splits each sequence's context into programs (`decode_attention.py` launches with it).
+# The split count depends only on the batch (so a CUDA graph captured for one batch size replays for any contexts):
+# enough programs to fill the GPU, each sequence getting the same number. A batch too wide to split runs each
+# sequence's whole context in one program, so one long context among short ones sets the kernel's time; calibration
+# and the simulator price that critical path with the same rule. It lives here, torch-free, beside the shape it
+# splits, because the cost form reads it on machines without torch.
+TARGET_PROGRAMS = 528  # about 4 waves of programs on a 132-SM H100
+MAX_SPLITS = 32
+
+
+def num_splits_for(batch: int, n_kv_heads: int, target_programs: int = TARGET_PROGRAMS,
+                   max_splits: int = MAX_SPLITS) -> int:
+    """Context splits per sequence: enough programs to fill the GPU, depending only on the batch shape."""
+    return max(1, min(max_splits, -(-target_programs // max(1, batch * n_kv_heads))))

@@ -176,10 +176,10 @@ def calibrate_tp(tp: TPGroup | None, spec: ModelSpec, engine: str, mode: str, de
         On rank 0: {"profile": path, "seconds": wall time, "idle_power_w", "fit_errors"}; elsewhere None.
     """
     from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-    from tokenjoule.calibrate.grid import GridConfig
-    from tokenjoule.calibrate.meters import NVMLMeter, make_meter
+    from tokenjoule.calibrate.sweep.grid import GridConfig
+    from tokenjoule.calibrate.measure.meters import NVMLMeter, make_meter
     from tokenjoule.calibrate.run_device import gpu_tag
-    from tokenjoule.calibrate.sampler import PowerSampler
+    from tokenjoule.calibrate.measure.sampler import PowerSampler
 
     world = tp.world_size if tp is not None else 1
     if len(gpu_indices) != world:
@@ -236,7 +236,7 @@ def bench_requests(tp: TPGroup | None, spec: ModelSpec, device: str, mode: str, 
     driver = tp is None or tp.is_driver
     meter = None
     if driver:
-        from tokenjoule.calibrate.meters import make_meter
+        from tokenjoule.calibrate.measure.meters import make_meter
 
         meter = make_meter(gpu_indices)
     runs = []

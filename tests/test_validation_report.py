@@ -20,7 +20,7 @@ import pytest
 
 from tokenjoule.calibrate.profile import load_profile, save_profile
 from tokenjoule.calibrate.summary import static_batch_cost
-from tokenjoule.calibrate.validate_hf import static_scenario
+from tokenjoule.calibrate.validate.hf import static_scenario
 from tokenjoule.kernels.shape import IterationShape
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from tokenjoule.traces import transforms
 from tokenjoule.traces.binning import PAPER_INPUT_EDGES, PAPER_OUTPUT_EDGES, BinCounts, BinSpec
-from tokenjoule.traces.console import progress, user_errors
+from tokenjoule.console import progress, user_errors
 from tokenjoule.traces.files import save_trace, write_atomic
 from tokenjoule.traces.loaders import FORMAT_NAMES, LoadOptions, read_trace
 from tokenjoule.traces.stream import ScanResult, TraceStats, scan

@@ -3,7 +3,7 @@
 For each profile (the synthetic toy profile in tests/fixtures, plus every shipped profile in calibrate/profiles/)
 and each trace (the bundled Azure conversation and code 2023 traces, synthetic traces at three load levels with
 lengths resampled from the conversation trace, a bursty one and an 8-replica one), it replays the trace event by
-event with `tokenjoule.sim.run.run` (continuous batching) and projects it with `tokenjoule.sim.projection.project`
+event with `tokenjoule.sim.run.run` (continuous batching) and projects it with `tokenjoule.sim.project.projection.project`
 (same server), then tabulates GPU energy (busy + idle): replay, load-aware with its error bar, the relative error,
 and the paper's binned and theoretical estimates beside them.
 
@@ -22,7 +22,7 @@ import numpy as np
 from tokenjoule.calibrate.profile import load_profile
 from tokenjoule.calibrate.shipped import shipped_profiles
 from tokenjoule.sim.policies import CONTINUOUS_MAX_BATCHED_TOKENS
-from tokenjoule.sim.projection import ProjectConfig, project
+from tokenjoule.sim.project.projection import ProjectConfig, project
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.files import write_atomic
 from tokenjoule.traces.loaders import load_trace

@@ -171,7 +171,7 @@ def attention_backends(bw: float) -> None:
 def measure_energy(name: str, fn):
     """Run `fn` inside an energy window; returns (seconds, joules or None)."""
     try:
-        from tokenjoule.calibrate.meters import make_meter
+        from tokenjoule.calibrate.measure.meters import make_meter
 
         meter = make_meter([0])
         meter.begin_window(name)

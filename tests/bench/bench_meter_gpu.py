@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from tokenjoule.calibrate.aligned import measure_aligned
-from tokenjoule.calibrate.meters import NVMLMeter, make_meter
+from tokenjoule.calibrate.measure.aligned import measure_aligned
+from tokenjoule.calibrate.measure.meters import NVMLMeter, make_meter
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """GPU check: how long NVML reads take on this host, and how precisely a 0.5 ms poller times an energy-counter tick.
 
 Why: the tick-aligned meter's per-point bound is (u1 + u2) / (2 tick span), with u the time from the start of the
-read before a tick to the end of the read that saw it. `calibrate/aligned.py` assumed u ~ 0.6 ms; this prints
+read before a tick to the end of the read that saw it. `calibrate/measure/aligned.py` assumed u ~ 0.6 ms; this prints
 what it is here. Needs NVML (pynvml), not torch.
 
     python3 tests/bench/bench_nvml_read_gpu.py

@@ -72,7 +72,7 @@ def main() -> None:
         rows = write_trace(path, args.requests)
         gen_s = time.perf_counter() - t0
         print(f"trace: {rows:,} requests, {path.stat().st_size / 1e9:.2f} GB, written in {gen_s:.1f} s")
-        cmd = [sys.executable, "-c", "import sys; from tokenjoule.sim.app import main; sys.exit(main())",
+        cmd = [sys.executable, "-c", "import sys; from tokenjoule.cli import main; sys.exit(main())",
                "project", str(path), "--profile", str(TOY), "--replicas", str(args.replicas), "--json"]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -82,7 +82,7 @@ def main() -> None:
               f"output p99 {figures['output_p99']}, CV {figures['cv']:.3f}, dispersion {figures['dispersion']:.3f}, "
               f"binned {figures['binned']:,} + excluded {figures['excluded']:,}, {figures['windows']} windows")
         for command in ("stats", "bin"):
-            wall, _ = run_child(["-m", "tokenjoule.sim.app", "trace", command, str(path), "--json"])
+            wall, _ = run_child(["-m", "tokenjoule.cli", "trace", command, str(path), "--json"])
             print(f"tokenjoule trace {command} (CLI, separate pass): {wall:.1f} s")
         rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"peak RSS over all three children: {rss_mib:,.0f} MiB")

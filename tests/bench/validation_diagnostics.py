@@ -32,8 +32,8 @@ from tokenjoule.calibrate.profile import (
     tail_ctx_tokens,
 )
 from tokenjoule.calibrate.shipped import shipped_profiles
-from tokenjoule.calibrate.sweeps import read_rows
-from tokenjoule.kernels.splits import num_splits_for
+from tokenjoule.calibrate.sweep.iterations import read_rows
+from tokenjoule.kernels.shape import num_splits_for
 
 DECODE_BATCH_BINS = ((1, 8), (8, 32), (32, 64), (64, 128), (128, 256), (256, 513))  # [lo, hi) sequences
 MIXED_CHUNK_BINS = ((1, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 1 << 30))  # [lo, hi) prefill tokens

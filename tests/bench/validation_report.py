@@ -1,6 +1,6 @@
 """Validation report: simulate every replayed scenario of every device run and compare it with what the GPU measured.
 
-Reads the raw files each device run wrote (`python3 -m tokenjoule.calibrate.validate_device`, or
+Reads the raw files each device run wrote (`python3 -m tokenjoule.calibrate.validate.device`, or
 `calibrate.validate_hf` for Hugging Face `generate()` runs), committed under `validation/<run>/`: the profile
 calibrated in that same run, `requests.parquet`, `iterations.parquet`, `timeline.parquet` and `validation.json`. For
 each scenario it rebuilds the exact request list (arrival times and lengths as replayed), simulates it with
@@ -52,11 +52,11 @@ from validation_diagnostics import (
 )
 
 from tokenjoule.calibrate.calibration import aggregate_points
-from tokenjoule.calibrate.grid import GridConfig
+from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
 from tokenjoule.calibrate.recalibrate import SHORT_POINTS, short_recalibration
 from tokenjoule.calibrate.shipped import shipped_profiles
-from tokenjoule.calibrate.sweeps import read_rows
+from tokenjoule.calibrate.sweep.iterations import read_rows
 from tokenjoule.sim.run import SimConfig, SimResult
 from tokenjoule.sim.run import run as run_simulation
 from tokenjoule.sim.tp_profiles import same_setup

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenjoule.calibrate.fake import FakeMeter, FakeTimeline
+from tokenjoule.calibrate.measure.fake import FakeMeter, FakeTimeline
 from tokenjoule.calibrate.profile import GPUProfile, load_profile
 
 TOY_PROFILE_PATH = Path(__file__).parent.parent / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json"

@@ -5,9 +5,9 @@ import time
 import pytest
 from fake_pynvml import make_pynvml
 
-from tokenjoule.calibrate.aligned import measure_aligned
-from tokenjoule.calibrate.fake import FakeMeter
-from tokenjoule.calibrate.meters import EnergyMeter, NVMLMeter, Tick, TimeOnlyMeter, make_meter
+from tokenjoule.calibrate.measure.aligned import measure_aligned
+from tokenjoule.calibrate.measure.fake import FakeMeter
+from tokenjoule.calibrate.measure.meters import EnergyMeter, NVMLMeter, Tick, TimeOnlyMeter, make_meter
 
 
 @pytest.mark.parametrize("phase_s", [0.0, 0.013, 0.037, 0.099])

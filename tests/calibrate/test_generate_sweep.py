@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tokenjoule.calibrate import aligned, generate_sweep
-from tokenjoule.calibrate.aligned import measure_aligned
+from tokenjoule.calibrate.measure import aligned
+from tokenjoule.calibrate.sweep import generate as generate_sweep
+from tokenjoule.calibrate.measure.aligned import measure_aligned
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, fit_rows
-from tokenjoule.calibrate.fake import FakeMeter, FakeRunner, FakeTimeline
-from tokenjoule.calibrate.generate_rows import derive_fit_rows
-from tokenjoule.calibrate.generate_sweep import (
+from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
+from tokenjoule.calibrate.sweep.generate_rows import derive_fit_rows
+from tokenjoule.calibrate.sweep.generate import (
     POINT_SHARE,
     GenerateGrid,
     TimeModel,
@@ -19,12 +20,12 @@ from tokenjoule.calibrate.generate_sweep import (
     plan_points,
     run_generate_sweep,
 )
-from tokenjoule.calibrate.grid import GridConfig
+from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.profile import load_profile
 from tokenjoule.calibrate.refit import refit_profile
 from tokenjoule.calibrate.shipped import resolve_profile_path
 from tokenjoule.calibrate.summary import static_batch_cost
-from tokenjoule.calibrate.sweeps import _base_row, read_rows, shape_from_row, write_rows
+from tokenjoule.calibrate.sweep.iterations import _base_row, read_rows, shape_from_row, write_rows
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
 

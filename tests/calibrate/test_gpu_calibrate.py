@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-from tokenjoule.calibrate.grid import GridConfig
-from tokenjoule.calibrate.meters import NVMLMeter, make_meter
+from tokenjoule.calibrate.sweep.grid import GridConfig
+from tokenjoule.calibrate.measure.meters import NVMLMeter, make_meter
 from tokenjoule.calibrate.profile import load_profile
-from tokenjoule.calibrate.sweeps import read_rows
+from tokenjoule.calibrate.sweep.iterations import read_rows
 from tokenjoule.kernels.spec import ModelSpec
 
 

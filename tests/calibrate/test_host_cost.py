@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from tokenjoule.calibrate.host_cost import binned_points, fit_host_overhead, measure_serving_host, synthetic_requests
+from tokenjoule.calibrate.sweep.host_cost import binned_points, fit_host_overhead, measure_serving_host, synthetic_requests
 from tokenjoule.calibrate.profile import HostOverhead, ProfileError
-from tokenjoule.calibrate.replay import PrefillFirstScheduler
+from tokenjoule.calibrate.validate.replay import PrefillFirstScheduler
 from tokenjoule.kernels.block_manager import BlockManager
 from tokenjoule.kernels.scheduler import Scheduler
 

@@ -8,10 +8,10 @@ import pytest
 from fake_pynvml import make_pynvml
 
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-from tokenjoule.calibrate.grid import GridConfig
-from tokenjoule.calibrate.meters import NVMLMeter, make_meter
+from tokenjoule.calibrate.sweep.grid import GridConfig
+from tokenjoule.calibrate.measure.meters import NVMLMeter, make_meter
 from tokenjoule.calibrate.profile import load_profile
-from tokenjoule.calibrate.sweeps import read_rows
+from tokenjoule.calibrate.sweep.iterations import read_rows
 from tokenjoule.kernels.spec import ModelSpec
 
 torch = pytest.importorskip("torch")

@@ -65,7 +65,7 @@ def test_calibrate_short_from_a_base_measures_the_short_grid_and_rescales(toy_pr
     from tokenjoule.calibrate.profile import ProfileError
     from tokenjoule.calibrate.recalibrate import SHORT_GRID, SHORT_POINTS
     from tokenjoule.calibrate.refit import refit_profile
-    from tokenjoule.calibrate.sweeps import read_rows
+    from tokenjoule.calibrate.sweep.iterations import read_rows
     from tokenjoule.kernels.spec import ModelSpec
 
     timeline, meter, runner = _setup(toy_profile)  # a machine that runs exactly as the toy profile says

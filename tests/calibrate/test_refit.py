@@ -4,11 +4,11 @@ import pytest
 from test_sweeps import _setup
 
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-from tokenjoule.calibrate.grid import GridConfig
+from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.profile import ProfileError, load_profile, save_profile
 from tokenjoule.calibrate.refit import refit_profile
 from tokenjoule.kernels.spec import ModelSpec
-from tokenjoule.sim.app import main
+from tokenjoule.cli import main
 
 
 def _calibrated(toy_profile, tmp_path):

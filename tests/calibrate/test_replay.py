@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from fake_pynvml import make_pynvml
 
-from tokenjoule.calibrate.grid import GridConfig
-from tokenjoule.calibrate.meters import TimeOnlyMeter
+from tokenjoule.calibrate.sweep.grid import GridConfig
+from tokenjoule.calibrate.measure.meters import TimeOnlyMeter
 from tokenjoule.calibrate.profile import load_profile
-from tokenjoule.calibrate.replay import PrefillFirstScheduler, ReplayRequest, replay, use_policy
+from tokenjoule.calibrate.validate.replay import PrefillFirstScheduler, ReplayRequest, replay, use_policy
 from tokenjoule.kernels.block_manager import BlockManager
 from tokenjoule.kernels.sequence import Sequence, SequenceStatus
 from tokenjoule.kernels.spec import ModelSpec
@@ -76,7 +76,7 @@ def clock():
 
 @pytest.fixture(scope="module")
 def engine(clock):
-    from tokenjoule.calibrate.replay import build_engine
+    from tokenjoule.calibrate.validate.replay import build_engine
     from tokenjoule.kernels.runner import RunnerConfig
 
     return build_engine(TINY, RunnerConfig(mode="eager", device="cpu", max_batch_seqs=8, max_batched_tokens=256,
@@ -141,7 +141,7 @@ def test_use_policy_refuses_limits_beyond_the_runner_and_busy_engines(engine):
 
 
 def test_scenario_requests_slice_scale_and_offline():
-    from tokenjoule.calibrate.scenarios import MAX_TOTAL_TOKENS, SCENARIOS, Scenario, scenario_requests
+    from tokenjoule.calibrate.validate.scenarios import MAX_TOTAL_TOKENS, SCENARIOS, Scenario, scenario_requests
 
     s = Scenario("c", "chunked", trace="azure-code-2023", start_s=600.0, window_s=10.0, rate_scale=2.0)
     reqs = scenario_requests(s)
@@ -155,8 +155,8 @@ def test_scenario_requests_slice_scale_and_offline():
 
 @pytest.mark.filterwarnings("ignore:tick timing bounds")
 def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
-    from tokenjoule.calibrate import scenarios as scenario_data
-    from tokenjoule.calibrate import validate_device as vd
+    from tokenjoule.calibrate.validate import scenarios as scenario_data
+    from tokenjoule.calibrate.validate import device as vd
 
     start = time.perf_counter()
     monkeypatch.setitem(sys.modules, "pynvml", make_pynvml(
@@ -226,7 +226,7 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
 
 
 def test_device_entry_refuses_unknown_scenarios_in_one_line(tmp_path, capsys):
-    from tokenjoule.calibrate import validate_device as vd
+    from tokenjoule.calibrate.validate import device as vd
 
     assert vd.main(["--out", str(tmp_path), "--quick", "--scenarios", "code_chunked_x1,nope"]) == 2
     err = capsys.readouterr().err.strip()
@@ -235,7 +235,7 @@ def test_device_entry_refuses_unknown_scenarios_in_one_line(tmp_path, capsys):
 
 
 def test_scenario_table_prints_a_window_without_energy(capsys):
-    from tokenjoule.calibrate.validate_device import _print_table
+    from tokenjoule.calibrate.validate.device import _print_table
 
     _print_table([{"scenario": {"name": "s"}, "n_requests": 2, "n_finished": 2, "duration_s": 1.5, "energy_j": None}])
     assert capsys.readouterr().out.splitlines()[1].split()[-3:] == ["-", "-", "-"]

@@ -2,11 +2,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, datasheet_name, fit_rows, host_info
-from tokenjoule.calibrate.fake import FakeMeter, FakeRunner, FakeTimeline
-from tokenjoule.calibrate.grid import GridConfig, decode_points, grid_points, mixed_points, prefill_points
-from tokenjoule.calibrate.meters import MeterError, TimeOnlyMeter
+from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
+from tokenjoule.calibrate.sweep.grid import GridConfig, decode_points, grid_points, mixed_points, prefill_points
+from tokenjoule.calibrate.measure.meters import MeterError, TimeOnlyMeter
 from tokenjoule.calibrate.profile import load_profile
-from tokenjoule.calibrate.sweeps import read_rows, run_sweep, shape_from_row, write_rows
+from tokenjoule.calibrate.sweep.iterations import read_rows, run_sweep, shape_from_row, write_rows
 from tokenjoule.kernels.spec import ModelSpec
 
 SMALL = GridConfig(prefill_batches=(1, 2, 4), prefill_lengths_tokens=(128, 512, 1024, 4096),

@@ -1,9 +1,9 @@
 import pytest
 from fake_pynvml import make_pynvml
 
-from tokenjoule.calibrate.nvml import NVMLDevices
-from tokenjoule.calibrate.sampler import PowerSampler, wait_thermal_settled
-from tokenjoule.calibrate.timing import summarize, time_fn
+from tokenjoule.calibrate.measure.nvml import NVMLDevices
+from tokenjoule.calibrate.measure.sampler import PowerSampler, wait_thermal_settled
+from tokenjoule.calibrate.measure.timing import summarize, time_fn
 
 
 def test_summarize_median_and_spread():

@@ -10,7 +10,7 @@ import pytest
 from fake_pynvml import make_pynvml
 from test_generate_sweep import SMALL, SPEC, _fakes
 
-from tokenjoule.calibrate import validate_hf as vh
+from tokenjoule.calibrate.validate import hf as vh
 from tokenjoule.calibrate.summary import static_batch_cost
 
 

@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tokenjoule.calibrate import run_device
-from tokenjoule.calibrate.fake import FakeMeter, FakeRunner, FakeTimeline
+from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
 from tokenjoule.calibrate.profile import load_profile
-from tokenjoule.sim.app import app
+from tokenjoule.cli import app
 
 TOY = Path(__file__).parent.parent / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json"
 runner = CliRunner()
@@ -59,7 +59,7 @@ def test_calibrate_runs_and_prints_summary(tmp_path, monkeypatch):
 
     def fake_run(model, engine, mode, out, quick, **kwargs):
         from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-        from tokenjoule.calibrate.grid import GridConfig
+        from tokenjoule.calibrate.sweep.grid import GridConfig
 
         timeline = FakeTimeline(toy.idle_power_w)
         meter = FakeMeter(timeline, (0,), 0.1)

@@ -6,7 +6,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tokenjoule.sim.app import app
+from tokenjoule.cli import app
 
 
 def _leaf_commands(group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

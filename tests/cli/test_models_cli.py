@@ -9,7 +9,7 @@ import sys
 from typer.testing import CliRunner
 
 from tokenjoule.kernels.spec import PRESETS, ModelSpec
-from tokenjoule.sim.app import app, main
+from tokenjoule.cli import app, main
 
 runner = CliRunner()
 

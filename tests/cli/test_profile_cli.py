@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tokenjoule.calibrate import shipped as shipped_mod
-from tokenjoule.sim.app import app, main
+from tokenjoule.cli import app, main
 
 TOY = Path(__file__).parent.parent / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json"
 runner = CliRunner()

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from tokenjoule.sim.app import app
+from tokenjoule.cli import app
 
 TOY = str(Path(__file__).parents[1] / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json")
 SMALL = ["--synthetic", "n=40,input=512,output=64,rate=20"]

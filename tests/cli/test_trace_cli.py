@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from tokenjoule.sim.app import app
+from tokenjoule.cli import app
 from tokenjoule.traces.binning import BinSpec, bin_trace
 from tokenjoule.traces.loaders import load_trace
 
@@ -149,7 +149,7 @@ def test_synth_bad_arguments(runner, tmp_path):
 
 
 def test_console_entry_point_exit_codes(capsys):
-    from tokenjoule.sim.app import main
+    from tokenjoule.cli import main
 
     assert main(["trace", "stats", "/no/such/file.csv"]) == 2
     assert main(["trace", "stats", "azure-code-2023", "--no-such-flag"]) == 2

@@ -118,8 +118,8 @@ class _SimulatedCost:
 
 def _calibrate_at_tp(tp, spec, out_dir):
     from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-    from tokenjoule.calibrate.fake import FakeMeter, FakeTimeline
-    from tokenjoule.calibrate.grid import GridConfig
+    from tokenjoule.calibrate.measure.fake import FakeMeter, FakeTimeline
+    from tokenjoule.calibrate.sweep.grid import GridConfig
     from tokenjoule.kernels.iteration import build_runner
 
     runner = build_runner(spec, device="cpu", max_batch_seqs=16, max_batched_tokens=1024, tp=tp)

@@ -7,7 +7,7 @@ import sys
 
 CODE = """
 import sys
-import tokenjoule.sim.app, tokenjoule.sim.run, tokenjoule.sim.report, tokenjoule.sim.compare
+import tokenjoule.cli, tokenjoule.sim.run, tokenjoule.sim.report, tokenjoule.sim.compare
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.schema import Trace
 run(SimConfig(cost="roofline"), Trace.from_columns([0.0], [10], [2]))

@@ -9,8 +9,8 @@ from sim_profiles import make_profile
 
 from tokenjoule.calibrate.profile import HostOverhead
 from tokenjoule.sim.cost import CalibratedCost
-from tokenjoule.sim.project_load import LoadAwareConfig, LoadAwareProjector, SeatModel, cover_s, rejected_mask
-from tokenjoule.sim.projection import ProjectConfig, project
+from tokenjoule.sim.project.load_aware import LoadAwareConfig, LoadAwareProjector, SeatModel, cover_s, rejected_mask
+from tokenjoule.sim.project.projection import ProjectConfig, project
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.schema import Trace
 from tokenjoule.traces.synth import SynthSpec, synthesize

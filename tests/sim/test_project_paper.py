@@ -7,7 +7,7 @@ import pytest
 from sim_profiles import make_profile
 
 from tokenjoule.sim.cost import CalibratedCost
-from tokenjoule.sim.project_paper import batch_energy_j, batch_size, paper_estimate
+from tokenjoule.sim.project.binned import batch_energy_j, batch_size, paper_estimate
 from tokenjoule.traces.binning import BinSpec, bin_arrays
 
 # Energy: 1 J per iteration (flat token curve) + 1e-4 J per prefill pair + 1e-3 J per decode context token

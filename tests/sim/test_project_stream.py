@@ -8,7 +8,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tokenjoule.sim.projection import ProjectConfig, project
+from tokenjoule.sim.project.projection import ProjectConfig, project
 from tokenjoule.traces.schema import Trace, TraceFormatError
 from tokenjoule.traces.synth import SynthSpec, synthesize
 

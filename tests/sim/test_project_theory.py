@@ -7,8 +7,8 @@ import pytest
 
 from tokenjoule.calibrate.datasheets import DATASHEETS
 from tokenjoule.kernels.spec import ModelSpec
-from tokenjoule.sim.project_theory import TheoryAccumulator, TheoryInputs, request_flops
-from tokenjoule.sim.projection import ProjectConfig, project
+from tokenjoule.sim.project.theoretical import TheoryAccumulator, TheoryInputs, request_flops
+from tokenjoule.sim.project.projection import ProjectConfig, project
 from tokenjoule.sim.run import SimConfig, run
 
 

@@ -15,7 +15,7 @@ import pytest
 from sim_profiles import make_profile
 
 from tokenjoule.calibrate.profile import save_profile
-from tokenjoule.calibrate.sweeps import RAW_SCHEMA, write_rows
+from tokenjoule.calibrate.sweep.iterations import RAW_SCHEMA, write_rows
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.sim.cost import CalibratedCost, IterFeatures, ModeledTPCost
 

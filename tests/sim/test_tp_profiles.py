@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import tokenjoule.calibrate.shipped as shipped_mod
 import tokenjoule.sim.cli as sim_cli
 from tokenjoule.calibrate.profile import ProfileError, save_profile
-from tokenjoule.sim.app import app
+from tokenjoule.cli import app
 from tokenjoule.sim.tp_profiles import choose_profile, profiles_by_tp, same_setup
 
 SMALL = ["--synthetic", "n=20,input=256,output=16,rate=20"]

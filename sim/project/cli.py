@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenjoule.sim.cli import DEFAULT_PROFILE, resolve_profile
-from tokenjoule.traces.console import progress, user_errors
+from tokenjoule.console import progress, user_errors
 
 
 def _edges(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -92,9 +92,9 @@ def project(
         tokenjoule project week.parquet --profile my.json --replicas 8 --json
         tokenjoule project trace.csv --profile my.json --out-of-range clamp --max-batch 128
     """
-    from tokenjoule.sim.project_load import LoadAwareConfig
-    from tokenjoule.sim.projection import ProjectConfig
-    from tokenjoule.sim.projection import project as run_projection
+    from tokenjoule.sim.project.load_aware import LoadAwareConfig
+    from tokenjoule.sim.project.projection import ProjectConfig
+    from tokenjoule.sim.project.projection import project as run_projection
     from tokenjoule.sim.report import dumps
     from tokenjoule.sim.run import SimConfig
     from tokenjoule.traces.binning import BinSpec

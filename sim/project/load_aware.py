@@ -47,7 +47,7 @@ import numpy as np
 from tokenjoule.sim.cost import CostModel
 from tokenjoule.sim.policies import CONTINUOUS_MAX_BATCHED_TOKENS
 from tokenjoule.sim.run import SimConfig, run
-from tokenjoule.sim.seat_model import SeatModel, base_per_decode_step
+from tokenjoule.sim.project.seats import SeatModel, base_per_decode_step
 from tokenjoule.traces.schema import Trace
 
 logger = logging.getLogger(__name__)

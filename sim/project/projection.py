@@ -24,10 +24,10 @@ from tokenjoule.calibrate.datasheets import gpu_spec
 from tokenjoule.calibrate.profile import GPUProfile
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim.cost import CostModel
-from tokenjoule.sim.project_load import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector
-from tokenjoule.sim.project_paper import PaperEstimate, paper_estimate
-from tokenjoule.sim.project_stream import Batch, FileStream, StreamInfo, run_stream, trace_batches
-from tokenjoule.sim.project_theory import TheoryAccumulator, TheoryEstimate, TheoryInputs
+from tokenjoule.sim.project.load_aware import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector
+from tokenjoule.sim.project.binned import PaperEstimate, paper_estimate
+from tokenjoule.sim.project.stream import Batch, FileStream, StreamInfo, run_stream, trace_batches
+from tokenjoule.sim.project.theoretical import TheoryAccumulator, TheoryEstimate, TheoryInputs
 from tokenjoule.sim.run import SimConfig, build_cost_model
 from tokenjoule.traces.binning import BinSpec, bin_arrays, empty_counts, merge
 from tokenjoule.traces.loaders import LoadOptions

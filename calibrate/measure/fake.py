@@ -12,7 +12,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from tokenjoule.calibrate.meters import EnergyMeter, Measurement, Tick
+from tokenjoule.calibrate.measure.meters import EnergyMeter, Measurement, Tick
 from tokenjoule.kernels.shape import IterationShape
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenjoule.calibrate.meters import EnergyMeter
+from tokenjoule.calibrate.measure.meters import EnergyMeter
 from tokenjoule.kernels.scheduler import ScheduledBatch, Scheduler
 from tokenjoule.kernels.shape import IterationShape
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tokenjoule.calibrate.meters import mw_to_w
-from tokenjoule.calibrate.nvml import MeterError, NVMLDevices
+from tokenjoule.calibrate.measure.meters import mw_to_w
+from tokenjoule.calibrate.measure.nvml import MeterError, NVMLDevices
 
 logger = logging.getLogger(__name__)
 

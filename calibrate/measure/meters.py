@@ -8,7 +8,7 @@
 Both ends synchronize CUDA (when torch and a GPU are present) so the window covers the GPU work. NVML's counter
 (`nvmlDeviceGetTotalEnergyConsumption`, mJ) is converted to joules here and nowhere else. It advances in steps
 (about every 100 ms on H100), so a plain window is only good to about one step's energy at each edge; for
-per-point errors under 2% use `tokenjoule.calibrate.aligned.measure_aligned`, which reads the counter's tick log
+per-point errors under 2% use `tokenjoule.calibrate.measure.aligned.measure_aligned`, which reads the counter's tick log
 (`start_ticks` / `ticks` / `stop_ticks`). Without NVML a meter measures time and reports energy as None, with the
 reason logged: it never invents energy. `FakeMeter` and `ReplayMeter` (in `fake.py`) share this API.
 """
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenjoule.calibrate.nvml import MeterError, NVMLDevices
+from tokenjoule.calibrate.measure.nvml import MeterError, NVMLDevices
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenjoule.calibrate.replay import ReplayRequest
+from tokenjoule.calibrate.validate.replay import ReplayRequest
 
 MAX_TOTAL_TOKENS = 8192  # requests with prompt + output above the continuous token budget are left out (both sides)
 

@@ -1,7 +1,7 @@
 """What every `tokenjoule` command shares at the terminal: the user-error guard and the progress bar.
 
-It lives in `traces/` because every package with commands already imports it (sim reads traces); it imports
-neither torch nor any tokenjoule package outside `traces/`.
+It sits at the package root beside `cli.py`, for the commands of every subpackage; it imports neither torch nor any
+tokenjoule subpackage but `traces.files` (the progress callback's type).
 """
 
 from __future__ import annotations

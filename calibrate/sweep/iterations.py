@@ -29,11 +29,11 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from tokenjoule.calibrate.aligned import AlignedMeasurement, measure_aligned
-from tokenjoule.calibrate.grid import GridConfig, GridPoint, grid_points
-from tokenjoule.calibrate.meters import EnergyMeter
+from tokenjoule.calibrate.measure.aligned import AlignedMeasurement, measure_aligned
+from tokenjoule.calibrate.sweep.grid import GridConfig, GridPoint, grid_points
+from tokenjoule.calibrate.measure.meters import EnergyMeter
 from tokenjoule.calibrate.profile import shape_features
-from tokenjoule.calibrate.timing import summarize
+from tokenjoule.calibrate.measure.timing import summarize
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.traces.files import write_atomic
 
@@ -156,7 +156,7 @@ def settle(runner: IterationRunner, meter: EnergyMeter, points: list[GridPoint],
         while meter.clock() - start < cfg.settle_s:
             runner.step()
         return meter.clock() - start
-    from tokenjoule.calibrate.sampler import wait_thermal_settled
+    from tokenjoule.calibrate.measure.sampler import wait_thermal_settled
 
     spent, temp = wait_thermal_settled(read_temperature_c, runner.step, window_s=min(5.0, cfg.settle_s / 2),
                                        max_s=cfg.settle_s, clock=meter.clock)

@@ -41,11 +41,11 @@ from typing import Any, Protocol
 
 from rich.progress import Progress, TaskID
 
-from tokenjoule.calibrate.aligned import AlignedMeasurement, measure_from_tick
-from tokenjoule.calibrate.generate_rows import point_of
-from tokenjoule.calibrate.grid import KV_HEADROOM, GridConfig, GridPoint
-from tokenjoule.calibrate.meters import EnergyMeter
-from tokenjoule.calibrate.sweeps import (
+from tokenjoule.calibrate.measure.aligned import AlignedMeasurement, measure_from_tick
+from tokenjoule.calibrate.sweep.generate_rows import point_of
+from tokenjoule.calibrate.sweep.grid import KV_HEADROOM, GridConfig, GridPoint
+from tokenjoule.calibrate.measure.meters import EnergyMeter
+from tokenjoule.calibrate.sweep.iterations import (
     _base_row,
     _log_point,
     _progress,

@@ -1,21 +1,21 @@
 """The `tokenjoule` command: mounts each package's commands and turns user errors into one line.
 
-It lives in `sim/` because sim is the top of the import graph (it reads traces and profiles). Each package's
-`cli.py` imports torch only inside the commands that need a GPU, so `tokenjoule simulate` never loads torch.
+It sits at the package root, above the four subpackages whose commands it mounts. Each package's `cli.py` imports
+torch only inside the commands that need a GPU, so `tokenjoule simulate` never loads torch.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from tokenjoule import __version__
 from tokenjoule.calibrate import cli as calibrate_cli
 from tokenjoule.kernels import cli as kernels_cli
 from tokenjoule.sim import cli as sim_cli
-from tokenjoule.sim import project_cli
+from tokenjoule.sim.project import cli as project_cli
 from tokenjoule.traces import cli as traces_cli
 
 app = typer.Typer(
@@ -29,16 +29,9 @@ app = typer.Typer(
 )
 
 
-def _package_version() -> str:
-    try:
-        return version("tokenjoule")
-    except PackageNotFoundError:  # running from a source tree without install
-        return "0+unknown"
-
-
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"tokenjoule {_package_version()}")
+        typer.echo(f"tokenjoule {__version__}")
         raise typer.Exit()
 
 

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tokenjoule.calibrate.meters import EnergyMeter, Tick
+from tokenjoule.calibrate.measure.meters import EnergyMeter, Tick
 
 MAX_ERROR = 0.02
 METHOD_SUMMARY = ("tick-aligned: warm-up steps, then back-to-back steps until >= target_s and two counter ticks "

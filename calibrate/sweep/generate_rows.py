@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from tokenjoule.calibrate.sweeps import _base_row, shape_from_row
+from tokenjoule.calibrate.sweep.iterations import _base_row, shape_from_row
 from tokenjoule.kernels.shape import IterationShape
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 r"""One-command HF validation on a GPU: calibrate HF through generate(), then run offline static batches through it.
 
-    python3 -m tokenjoule.calibrate.validate_hf --out "$OUT" [--model llama-3.1-8b]
-    python3 -m tokenjoule.calibrate.validate_hf --out /tmp/hf --tiny [--device cpu]   # smoke run, tiny model
+    python3 -m tokenjoule.calibrate.validate.hf --out "$OUT" [--model llama-3.1-8b]
+    python3 -m tokenjoule.calibrate.validate.hf --out /tmp/hf --tiny [--device cpu]   # smoke run, tiny model
 
 One Hugging Face model (random weights, eager, DynamicCache) is built once; the generate()-based sweep
 (`generate_sweep.py`) calibrates its profile, then each scenario of `SCENARIOS` runs `static_batches` batches of
@@ -30,15 +30,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tokenjoule.calibrate.aligned import measure_from_tick
+from tokenjoule.calibrate.measure.aligned import measure_from_tick
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-from tokenjoule.calibrate.generate_sweep import GenerateGrid, GenerateRunner
-from tokenjoule.calibrate.meters import EnergyMeter, MeterError
+from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner
+from tokenjoule.calibrate.measure.meters import EnergyMeter, MeterError
 from tokenjoule.calibrate.profile import GPUProfile
-from tokenjoule.calibrate.replay import ReplayResult, shape_columns
-from tokenjoule.calibrate.scenarios import Scenario, scenario_requests
+from tokenjoule.calibrate.validate.replay import ReplayResult, shape_columns
+from tokenjoule.calibrate.validate.scenarios import Scenario, scenario_requests
 from tokenjoule.calibrate.summary import static_batch_cost
-from tokenjoule.calibrate.validate_device import (
+from tokenjoule.calibrate.validate.device import (
     _document,
     _idle_power_w,
     _summary_line,

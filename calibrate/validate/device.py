@@ -1,6 +1,6 @@
 r"""One-command validation run on a GPU: calibrate, then replay trace scenarios on the same engine with the meter on.
 
-    python3 -m tokenjoule.calibrate.validate_device --out "$OUT"
+    python3 -m tokenjoule.calibrate.validate.device --out "$OUT"
 
 One engine (llama-3.1-8b, tokenjoule, CUDA graphs) is built once; a full-grid calibration measures its profile,
 then the same engine (same weights, same KV cache) replays each scenario of `SCENARIOS` in real time. Files in
@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenjoule.calibrate import scenarios as scenario_data
+from tokenjoule.calibrate.validate import scenarios as scenario_data
 from tokenjoule.calibrate.calibration import (
     CalibrationConfig,
     calibrate,
@@ -39,12 +39,12 @@ from tokenjoule.calibrate.calibration import (
     host_info,
     software_info,
 )
-from tokenjoule.calibrate.grid import GridConfig
-from tokenjoule.calibrate.meters import EnergyMeter, MeterError, NVMLMeter, make_meter
+from tokenjoule.calibrate.sweep.grid import GridConfig
+from tokenjoule.calibrate.measure.meters import EnergyMeter, MeterError, NVMLMeter, make_meter
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
 from tokenjoule.calibrate.recalibrate import SHORT_GRID
-from tokenjoule.calibrate.replay import ReplayRequest, ReplayResult, build_engine, replay, use_policy
-from tokenjoule.calibrate.scenarios import SCENARIO_SETS, SCENARIOS, Scenario, scenario_requests
+from tokenjoule.calibrate.validate.replay import ReplayRequest, ReplayResult, build_engine, replay, use_policy
+from tokenjoule.calibrate.validate.scenarios import SCENARIO_SETS, SCENARIOS, Scenario, scenario_requests
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.traces.files import write_atomic
@@ -285,7 +285,7 @@ def run_metered(out: Path, device: str, run: Callable[[EnergyMeter], dict[str, A
     meter = make_meter((0,))
     sampler = None
     if isinstance(meter, NVMLMeter):
-        from tokenjoule.calibrate.sampler import PowerSampler
+        from tokenjoule.calibrate.measure.sampler import PowerSampler
 
         sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock).start()
     try:

@@ -1,0 +1,7 @@
+"""`python -m tokenjoule`: the same command as the `tokenjoule` script."""
+
+import sys
+
+from tokenjoule.cli import main
+
+sys.exit(main())
