@@ -13,6 +13,7 @@ import typer
 
 from tokenjoule import __version__
 from tokenjoule.calibrate import cli as calibrate_cli
+from tokenjoule.calibrate.validate import cli as validate_cli
 from tokenjoule.kernels import cli as kernels_cli
 from tokenjoule.sim import cli as sim_cli
 from tokenjoule.sim.project import cli as project_cli
@@ -48,6 +49,7 @@ app.add_typer(kernels_cli.app, name="models")
 calibrate_cli.register(app)
 sim_cli.register(app)
 project_cli.register(app)
+validate_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
