@@ -29,15 +29,8 @@ from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner, ru
 from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.sweep.host_cost import binned_points, fit_host_overhead, measure_serving_host, synthetic_requests
 from tokenjoule.calibrate.measure.meters import EnergyMeter, MeterError, NVMLMeter, make_meter, mw_to_w
-from tokenjoule.calibrate.profile import (
-    FEATURES,
-    REGIME,
-    DecodeSplitRule,
-    GPUProfile,
-    HostOverhead,
-    save_profile,
-    shape_features,
-)
+from tokenjoule.calibrate.cost_form import FEATURES, REGIME, DecodeSplitRule, shape_features
+from tokenjoule.calibrate.profile import GPUProfile, HostOverhead, save_profile
 from tokenjoule.calibrate.recalibrate import short_recalibration
 from tokenjoule.calibrate.validate.replay import PrefillFirstScheduler
 from tokenjoule.calibrate.sweep.iterations import IterationRunner, run_sweep, shape_from_row

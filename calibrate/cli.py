@@ -11,8 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tokenjoule.calibrate.profile import ProfileError, load_profile
-from tokenjoule.calibrate.shipped import resolve_profile_path, shipped_profiles
+from tokenjoule.calibrate.profile import ProfileError, load_profile, resolve_profile_path, shipped_profiles
 from tokenjoule.calibrate.summary import profile_summary
 
 profile_app = typer.Typer(help="Inspect calibration profiles: summary, J/token figures, fit errors, plots.",

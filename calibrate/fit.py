@@ -2,8 +2,9 @@
 
 Pure: arrays in, a CostCurve plus error statistics out. scipy is imported here and nowhere else in tokenjoule.
 
-The form (see `calibrate/profile.py`) is linear in its parameters: the piecewise-linear token curve is a sum of
-"hat" basis functions, one per knot, weighted by the curve's value at that knot; the FEATURES enter linearly.
+The form (`calibrate/cost_form.py`, which also builds the design matrix) is linear in its parameters: the
+piecewise-linear token curve is a sum of "hat" basis functions, one per knot, weighted by the curve's value at that
+knot; the FEATURES enter linearly.
 Dividing each row by its measured value makes least squares minimise relative error, so a 5 ms decode step
 counts as much as a 500 ms prefill. Non-negativity (costs grow with work) keeps extrapolation sane.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import nnls
 
-from tokenjoule.calibrate.profile import FEATURES, REGIME, CostCurve, piecewise_linear
+from tokenjoule.calibrate.cost_form import FEATURES, REGIME, CostCurve, design_matrix
 
 CANDIDATE_KNOTS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
@@ -67,28 +68,6 @@ def choose_knots(new_tokens: Sequence[float], candidates: Sequence[int] = CANDID
     lo, hi = float(x.min()), float(x.max())
     near = [float(c) for c in candidates if lo < c < hi and np.sum(np.abs(np.log2(x / c)) <= 0.5) >= min_support]
     return tuple([lo, *near, hi]) if hi > lo else (lo, lo + 1.0)
-
-
-def design_matrix(new_tokens: np.ndarray, features: Mapping[str, np.ndarray], knots: Sequence[float],
-                  prefill_knots: Sequence[float] = ()) -> np.ndarray:
-    """Columns: a hat basis function per knot of each regime's curve (as CostCurve evaluates it), then FEATURES.
-
-    With `prefill_knots`, the decode-only curve's columns are zero on iterations with prefill (`features["has_prefill"]`
-    > 0) and the prefill curve's columns are zero elsewhere.
-    """
-    x = np.asarray(new_tokens, dtype=np.float64)
-    has_prefill = np.asarray(features.get(REGIME, np.zeros_like(x)), dtype=np.float64) > 0
-    regimes = [(knots, ~has_prefill if len(prefill_knots) else np.ones_like(has_prefill))]
-    if len(prefill_knots):
-        regimes.append((prefill_knots, has_prefill))
-    cols = []
-    for regime_knots, mask in regimes:
-        for j in range(len(regime_knots)):
-            unit_values = tuple(1.0 if i == j else 0.0 for i in range(len(regime_knots)))
-            cols.append(np.where(mask, piecewise_linear(x, tuple(regime_knots), unit_values), 0.0))
-    for name in FEATURES:
-        cols.append(np.asarray(features.get(name, np.zeros_like(x)), dtype=np.float64))
-    return np.column_stack(cols)
 
 
 def solve_relative(a: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -1,19 +1,10 @@
 """Profile files: a GPU x model x engine x dtype x TP calibration, its raw data's path and its fitted curves.
 
 Torch-free: the simulator loads profiles on machines without a GPU. The file is versioned JSON; a wrong or old
-schema fails with a ProfileError that says what to do.
-
-Cost form (shared by the fitter and the simulator): for an iteration with `new_tokens` tokens pushed through the
-weights, the latency (or energy) is
-
-    curve_regime(new_tokens) + sum_f coef[f] * feature_f
-
-where `curve_regime` is piecewise linear over fixed knots in `new_tokens` (flat where weight streaming or host-side
-launch overhead dominates, then linear once matrix units saturate; the paper's "flat below ~128-256 tokens, then
-linear") and the features are the attention and per-sequence terms named in FEATURES. There are two regimes with a
-curve each: decode-only iterations and iterations with any prefill. They differ because an engine runs them
-differently (CUDA graphs replay decode-only steps; prefill runs eagerly, so its host launch cost is a floor that
-large prefills hide — an additive constant cannot express that, a curve of its own can).
+schema fails with a ProfileError that says what to do. Also here: the profiles shipped as package data and how a
+short name finds one (the CLI, the simulator's TP chooser and the benchmark scripts share that lookup; tests point
+`SHIPPED_DIR` elsewhere), and the GPU datasheet numbers a profile names (peak FLOP/s, bandwidth, TDP, each with its
+source), which the roofline model and KV sizing read. The cost form the curves follow is `calibrate/cost_form.py`.
 """
 
 from __future__ import annotations
@@ -25,149 +16,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tokenjoule.calibrate.datasheets import GPUSpec, gpu_spec
-from tokenjoule.calibrate.errors import ProfileError
+from tokenjoule.calibrate.cost_form import CostCurve, DecodeSplitRule, ProfileError
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
-from tokenjoule.kernels.shape import num_splits_for
 from tokenjoule.traces.files import write_atomic
 
 SCHEMA_VERSION = 1
 PROFILE_KIND = "tokenjoule-profile"
-
-# Linear terms beside the piecewise-linear token curves; names match IterationShape properties, except
-# decode_tail_ctx_tokens (see `tail_ctx_tokens`). No per-decode-sequence term: for decode-only iterations new_tokens
-# == decode sequences, so the decode curve is it. Profiles written before decode_tail_ctx_tokens have no coefficient
-# for it, which reads as 0.
-FEATURES = ("prefill_attn_pairs", "prefill_ctx_tokens", "prefill_seqs", "decode_ctx_tokens", "decode_tail_ctx_tokens")
-# The regime indicator (1.0 when the iteration has any prefill chunk) picks the token curve; it has no coefficient.
-REGIME = "has_prefill"
+SHIPPED_DIR = Path(__file__).parent / "profiles"
 
 
 @dataclass(frozen=True, slots=True)
-class CostCurve:
-    """Fitted per-iteration latency (seconds) or energy (joules) as a function of an iteration's shape.
+class GPUSpec:
+    """Datasheet numbers for a GPU, each with its source. Used by the roofline model and KV sizing.
 
     Attributes:
-        knots_tokens: increasing `new_tokens` values where the decode-only curve bends.
-        knot_values: that curve's value at each knot (s or J).
-        coef: coefficient per FEATURES name (s or J per unit of the feature).
-        unit: "s" or "J".
-        prefill_knots_tokens: knots of the curve for iterations with any prefill; empty means "use the decode-only
-            curve for every iteration".
-        prefill_knot_values: that curve's values.
+        name: short name, e.g. "H100-SXM".
+        memory_bytes: HBM capacity.
+        peak_flops: dense (not sparse) bf16 tensor FLOP/s.
+        hbm_bytes_per_s: memory bandwidth.
+        tdp_w: board power limit (TDP).
+        source: where the numbers come from.
     """
 
-    knots_tokens: tuple[float, ...]
-    knot_values: tuple[float, ...]
-    coef: dict[str, float]
-    unit: str
-    prefill_knots_tokens: tuple[float, ...] = ()
-    prefill_knot_values: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        _check_knots(self.knots_tokens, self.knot_values, "knots_tokens")
-        if self.prefill_knots_tokens or self.prefill_knot_values:
-            _check_knots(self.prefill_knots_tokens, self.prefill_knot_values, "prefill_knots_tokens")
-        unknown = sorted(set(self.coef) - set(FEATURES))
-        if unknown:
-            raise ProfileError(f"cost curve has unknown feature(s) {unknown}; known: {list(FEATURES)}")
-        if self.unit not in ("s", "J"):
-            raise ProfileError(f"cost curve unit {self.unit!r} must be 's' or 'J'")
-
-    def token_curve(self, new_tokens: np.ndarray | float, has_prefill: np.ndarray | float = 0.0) -> np.ndarray:
-        """The piecewise-linear term of the iteration's regime; past the last knot it keeps the last slope."""
-        decode = piecewise_linear(new_tokens, self.knots_tokens, self.knot_values)
-        if not self.prefill_knots_tokens:
-            return decode
-        prefill = piecewise_linear(new_tokens, self.prefill_knots_tokens, self.prefill_knot_values)
-        return np.where(np.asarray(has_prefill) > 0, prefill, decode)
-
-    def evaluate(self, new_tokens: Any, has_prefill: Any = 0.0, **features: Any) -> np.ndarray:
-        """Vectorised cost: the regime's token curve plus linear feature terms (missing features count as 0)."""
-        total = self.token_curve(new_tokens, has_prefill)
-        for name, c in self.coef.items():
-            if name in features:
-                total = total + c * np.asarray(features[name], dtype=np.float64)
-        return total
-
-    def of_shape(self, shape: IterationShape, rule: DecodeSplitRule | None = None) -> float:
-        """Cost of one IterationShape (`rule`: the engine's decode splits, see `DecodeSplitRule`)."""
-        return float(self.evaluate(shape.new_tokens, **shape_features(shape, rule)))
+    name: str
+    memory_bytes: int
+    peak_flops: float
+    hbm_bytes_per_s: float
+    tdp_w: float
+    source: str
 
 
-def _check_knots(knots: tuple[float, ...], values: tuple[float, ...], name: str) -> None:
-    if len(knots) < 2 or len(knots) != len(values):
-        raise ProfileError(f"cost curve {name} needs >= 2 knots and one value per knot")
-    if any(b <= a for a, b in zip(knots, knots[1:], strict=False)):
-        raise ProfileError(f"cost curve {name} must increase strictly")
+DATASHEETS: dict[str, GPUSpec] = {
+    "H100-SXM": GPUSpec("H100-SXM", 80 * 10**9, 989.4e12, 3.35e12, 700.0,
+                        "NVIDIA H100 Tensor Core GPU datasheet (SXM5: 989 TFLOPS dense BF16, 3.35 TB/s, 700 W)"),
+    "H200-SXM": GPUSpec("H200-SXM", 141 * 10**9, 989.4e12, 4.8e12, 700.0,
+                        "NVIDIA H200 Tensor Core GPU datasheet (SXM: 989 TFLOPS dense BF16, 4.8 TB/s, 700 W)"),
+    "A100-SXM-80GB": GPUSpec("A100-SXM-80GB", 80 * 10**9, 312e12, 2.039e12, 400.0,
+                             "NVIDIA A100 datasheet (SXM 80GB: 312 TFLOPS dense BF16, 2,039 GB/s, 400 W)"),
+}
 
 
-def piecewise_linear(x: Any, knots: tuple[float, ...], values: tuple[float, ...]) -> np.ndarray:
-    """Linear interpolation through (knots, values), flat below the first knot, last slope past the last."""
-    x = np.asarray(x, dtype=np.float64)
-    k = np.asarray(knots)
-    v = np.asarray(values)
-    slope = (v[-1] - v[-2]) / (k[-1] - k[-2])
-    return np.where(x > k[-1], v[-1] + slope * (x - k[-1]), np.interp(x, k, v))
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeSplitRule:
-    """How the engine's decode kernel splits each context, which decides how long the longest program runs.
-
-    Each sequence gets ceil(target_programs / (batch x kv_heads)) programs, at most max_splits (`kernels/shape.py`).
-
-    Attributes:
-        target_programs: programs the kernel aims for.
-        max_splits: most splits per sequence.
-        kv_heads: KV heads per GPU (one program per sequence, KV head and split).
-    """
-
-    target_programs: int
-    max_splits: int
-    kv_heads: int
-
-    def __post_init__(self) -> None:
-        if min(self.target_programs, self.max_splits, self.kv_heads) < 1:
-            raise ProfileError(f"decode_split_rule {self} needs positive integers")
-
-    def splits(self, batch: Any) -> Any:
-        """Splits per sequence for decode batches of `batch` sequences (scalar or array): `kernels.splits`' rule."""
-        def one(b: Any) -> int:
-            return num_splits_for(int(b), self.kv_heads, self.target_programs, self.max_splits)
-
-        return one(batch) if np.ndim(batch) == 0 else np.vectorize(one, otypes=[np.int64])(batch)
-
-
-def tail_ctx_tokens(max_ctx: Any, sum_ctx: Any, decode_seqs: Any, rule: DecodeSplitRule | None) -> Any:
-    """Context tokens the longest decode program streams beyond an average one (0 for a uniform batch).
-
-    The summed context prices the average program; a ragged batch's longest context (over its splits; the whole of
-    it without a rule) keeps one program running after the rest have finished, and sets the kernel's time.
-    """
-    splits = 1 if rule is None else rule.splits(decode_seqs)
-    if isinstance(decode_seqs, int | float):  # one iteration (the simulator's hot path): no arrays
-        return max(0.0, max_ctx - sum_ctx / max(decode_seqs, 1)) / splits
-    seqs = np.maximum(np.asarray(decode_seqs, dtype=np.float64), 1.0)
-    excess = np.asarray(max_ctx, dtype=np.float64) - np.asarray(sum_ctx, dtype=np.float64) / seqs
-    value = np.maximum(excess, 0.0) / splits
-    return float(value) if value.ndim == 0 else value
-
-
-def shape_features(shape: IterationShape, rule: DecodeSplitRule | None = None) -> dict[str, float]:
-    """The FEATURES of one iteration, and its regime indicator, by name (`rule`: the engine's decode splits)."""
-    return {
-        "prefill_attn_pairs": float(shape.prefill_attn_pairs),
-        "prefill_ctx_tokens": float(shape.prefill_ctx_tokens),
-        "prefill_seqs": float(shape.prefill_seqs),
-        "decode_ctx_tokens": float(shape.decode_ctx_tokens),
-        "decode_tail_ctx_tokens": tail_ctx_tokens(shape.decode_max_ctx_tokens, shape.decode_ctx_tokens,
-                                                  shape.decode_seqs, rule),
-        REGIME: 1.0 if shape.prefill else 0.0,
-    }
+def gpu_spec(name: str) -> GPUSpec:
+    """Datasheet entry by exact name; the error lists the known names."""
+    if name not in DATASHEETS:
+        raise ProfileError(f"unknown GPU {name!r}; known GPUs: {', '.join(sorted(DATASHEETS))}")
+    return DATASHEETS[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,9 +251,7 @@ def _curve_from_dict(data: dict[str, Any], unit: str) -> CostCurve:
 
 
 def load_profile(path: str | Path) -> GPUProfile:
-    """Read and validate a profile JSON file (or a shipped profile's short name, see `shipped.shipped_profiles`)."""
-    from tokenjoule.calibrate.shipped import resolve_profile_path  # shipped.py reads PROFILE_KIND from here
-
+    """Read and validate a profile JSON file (or a shipped profile's short name, see `shipped_profiles`)."""
     path = resolve_profile_path(path)
     try:
         data = json.loads(path.read_text())
@@ -379,3 +271,32 @@ def save_profile(profile: GPUProfile, path: str | Path) -> Path:
     text = json.dumps(profile.to_dict(), indent=1, sort_keys=False) + "\n"
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
     return path
+
+
+def shipped_profiles() -> dict[str, Path]:
+    """Short name (file stem) -> path of each profile shipped as package data.
+
+    JSON files of another kind beside them (measurement checks) are skipped; unreadable ones are kept, so that
+    listing them reports them as invalid rather than hiding them.
+    """
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.json")) if _may_be_profile(p)}
+
+
+def _may_be_profile(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return True
+    return not isinstance(data, dict) or data.get("kind", PROFILE_KIND) == PROFILE_KIND
+
+
+def resolve_profile_path(name_or_path: str | Path) -> Path:
+    """A path as given if it exists, else a shipped profile's short name; the error lists shipped names."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = shipped_profiles()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    names = ", ".join(shipped) or "none"
+    raise ProfileError(f"{name_or_path}: no such profile file or shipped profile (shipped: {names})")

@@ -14,8 +14,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from tokenjoule.calibrate.cost_form import CostCurve
+from tokenjoule.calibrate.profile import GPUProfile, HostOverhead
 from tokenjoule.calibrate.sweep.grid import GridConfig, grid_points
-from tokenjoule.calibrate.profile import CostCurve, GPUProfile, HostOverhead
 
 # A few points per regime the curves cover: small and large decode batches, a ragged decode, prefills, a mixed
 # step (9 points against the full grid's 133).

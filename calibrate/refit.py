@@ -12,8 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tokenjoule.calibrate.calibration import fit_rows
-from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
-from tokenjoule.calibrate.shipped import resolve_profile_path
+from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, resolve_profile_path
 from tokenjoule.calibrate.sweep.iterations import read_rows
 
 

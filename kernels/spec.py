@@ -117,12 +117,25 @@ class ModelSpec:
         """Weights every token multiplies through: all blocks plus the LM head (embedding lookup is free)."""
         return self.n_layers * self.layer_params + self.vocab_size * self.hidden_size
 
-    def flops_per_token(self, context_tokens: float = 0.0) -> float:
-        """Forward FLOPs for one token attending to `context_tokens` earlier tokens.
+    @property
+    def matmul_flops_per_token(self) -> float:
+        """Forward FLOPs of one token through the weights: 2 per weight (multiply + add)."""
+        return 2.0 * self.matmul_params_per_token
 
-        2 FLOPs per weight per token (multiply + add), plus attention scores and the weighted sum of values,
-        2 * 2 * n_layers * n_heads * head_dim per attended token (Kaplan et al. 2020, "Scaling Laws for Neural
-        Language Models", Table 1; PaLM, Chowdhery et al. 2022, Appendix B).
+    @property
+    def attn_flops_per_context_token(self) -> float:
+        """Forward FLOPs of one token per token it attends to: scores and the weighted sum of values.
+
+        2 * 2 * n_layers * n_heads * head_dim (Kaplan et al. 2020, "Scaling Laws for Neural Language Models",
+        Table 1; PaLM, Chowdhery et al. 2022, Appendix B).
+        """
+        return 4.0 * self.n_layers * self.q_size
+
+    def flops_per_token(self, context_tokens: float = 0.0) -> float:
+        """Forward FLOPs for one token attending to `context_tokens` earlier tokens (and itself).
+
+        `matmul_flops_per_token + attn_flops_per_context_token * (context_tokens + 1)`: the one FLOP count the
+        roofline cost model, the theoretical projection and the sweep planner use.
 
         Args:
             context_tokens: tokens already in the KV cache that this token attends to.
@@ -130,7 +143,7 @@ class ModelSpec:
         Returns:
             FLOPs (not FLOP/s).
         """
-        return 2.0 * self.matmul_params_per_token + 4.0 * self.n_layers * self.q_size * (context_tokens + 1)
+        return self.matmul_flops_per_token + self.attn_flops_per_context_token * (context_tokens + 1)
 
     # ---- construction --------------------------------------------------------------------------------------------
     @classmethod

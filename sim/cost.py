@@ -10,7 +10,8 @@ Pure functions and small frozen classes; no SimPy. Three models share one interf
   ring all-reduces per layer). It is a model, not a measurement, and says so (`modeled=True`) in every output.
 
 Every cost here is linear in an iteration's aggregate features, so a constant batch's decode steps are priced in
-closed form (`sim.cost_terms.StretchCost`).
+closed form (`sim.stretch.StretchCost`). The calibrated curves are evaluated by `tokenjoule.calibrate.cost_form`,
+the one implementation the fitter and the profile file use too.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tokenjoule.calibrate.datasheets import GPUSpec
-from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.cost_form import CurveTable, IterFeatures
+from tokenjoule.calibrate.profile import GPUProfile, GPUSpec
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
-from tokenjoule.sim.cost_terms import IterFeatures, Line, StretchCost, _Curve
+from tokenjoule.sim.stretch import Line, StretchCost
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +41,12 @@ class CalibratedCost:
     """
 
     profile: GPUProfile
-    _lat: _Curve = field(init=False, repr=False)
-    _en: _Curve = field(init=False, repr=False)
+    _lat: CurveTable = field(init=False, repr=False)
+    _en: CurveTable = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_lat", _Curve.of(self.profile.latency, self.profile.decode_split_rule))
-        object.__setattr__(self, "_en", _Curve.of(self.profile.energy, self.profile.decode_split_rule))
+        object.__setattr__(self, "_lat", self.profile.latency.table())
+        object.__setattr__(self, "_en", self.profile.energy.table())
 
     name = "calibrated"
     modeled = False
@@ -72,7 +73,8 @@ class CalibratedCost:
 
     def gpu_iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration's forward pass: the fitted curves alone, without host time."""
-        return self._lat.iteration(f), self._en.iteration(f)
+        rule = self.profile.decode_split_rule
+        return self._lat.iteration(f, rule), self._en.iteration(f, rule)
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
@@ -84,8 +86,9 @@ class CalibratedCost:
 
     def gpu_decode_lines(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float) -> tuple[Line, Line]:
         """(time, energy) lines of the decode steps' forward passes, without host time."""
-        return (self._lat.decode_line(batch, ctx_sum_tokens, max_ctx_tokens),
-                self._en.decode_line(batch, ctx_sum_tokens, max_ctx_tokens))
+        rule = self.profile.decode_split_rule
+        return (Line(*self._lat.decode_step(batch, ctx_sum_tokens, max_ctx_tokens, rule)),
+                Line(*self._en.decode_step(batch, ctx_sum_tokens, max_ctx_tokens, rule)))
 
     def decode_stretch(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float) -> StretchCost:
         """Closed-form cost of decode steps of `batch` sequences, each step with its iteration's host time.
@@ -104,7 +107,7 @@ class CalibratedCost:
         The host time's sequences are the decode_seqs plus prefill_seqs arrays, as in `iteration`.
         """
         p = self.profile
-        t, e = p.latency.evaluate(new_tokens, **features), p.energy.evaluate(new_tokens, **features)
+        t, e = self._lat.evaluate(new_tokens, **features), self._en.evaluate(new_tokens, **features)
         if p.host_overhead is None:
             return t, e
         prefill = np.asarray(features.get("prefill_seqs", 0.0), dtype=np.float64)
@@ -249,8 +252,8 @@ class RooflineCost:
         return (compute, memory)
 
     def _flop_terms(self) -> tuple[float, float]:
-        # FLOPs: 2 per weight per token, 4 x n_layers x q_size per attended (query, key) pair (as flops_per_token)
-        return 2.0 * self.spec.matmul_params_per_token, 4.0 * self.spec.n_layers * self.spec.q_size
+        # FLOPs: per token through the weights, and per attended (query, key) pair (`ModelSpec.flops_per_token`)
+        return self.spec.matmul_flops_per_token, self.spec.attn_flops_per_context_token
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import simpy
 
-from tokenjoule.sim.cost import IterFeatures
+from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.sim.policies import DecodeStretch, Iteration, StaticBatch, Wait
 from tokenjoule.sim.replica import Replica, RequestState
 from tokenjoule.traces.schema import Request

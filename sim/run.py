@@ -13,8 +13,7 @@ import numpy as np
 import pyarrow as pa
 import simpy
 
-from tokenjoule.calibrate.datasheets import gpu_spec
-from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim import processes
 from tokenjoule.sim.accounting import Ledger, energy_breakdown, pick_bin_s

@@ -17,8 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenjoule.calibrate.profile import PROFILE_KIND, GPUProfile, ProfileError, load_profile
-from tokenjoule.calibrate.shipped import resolve_profile_path, shipped_profiles
+from tokenjoule.calibrate.profile import (
+    PROFILE_KIND,
+    GPUProfile,
+    ProfileError,
+    load_profile,
+    resolve_profile_path,
+    shipped_profiles,
+)
 
 logger = logging.getLogger(__name__)
 

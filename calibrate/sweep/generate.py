@@ -42,9 +42,9 @@ from typing import Any, Protocol
 from rich.progress import Progress, TaskID
 
 from tokenjoule.calibrate.measure.aligned import AlignedMeasurement, measure_from_tick
+from tokenjoule.calibrate.measure.meters import EnergyMeter
 from tokenjoule.calibrate.sweep.generate_rows import point_of
 from tokenjoule.calibrate.sweep.grid import KV_HEADROOM, GridConfig, GridPoint
-from tokenjoule.calibrate.measure.meters import EnergyMeter
 from tokenjoule.calibrate.sweep.iterations import (
     _base_row,
     _log_point,
@@ -158,7 +158,7 @@ class TimeModel:
     @classmethod
     def from_spec(cls, spec: ModelSpec, call_s: float, step_s: float) -> TimeModel:
         """Probe floors plus the spec's per-token costs (`ModelSpec.flops_per_token`'s two terms)."""
-        return cls(call_s, step_s, 2.0 * spec.matmul_params_per_token, 4.0 * spec.n_layers * spec.q_size,
+        return cls(call_s, step_s, spec.matmul_flops_per_token, spec.attn_flops_per_context_token,
                    float(spec.kv_bytes_per_token))
 
     def call(self, batch: int, prompt_tokens: int, new_tokens: int) -> float:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tokenjoule.sim.cost import CostModel, IterFeatures
+from tokenjoule.calibrate.cost_form import IterFeatures
+from tokenjoule.sim.cost import CostModel
 from tokenjoule.traces.binning import BinCounts
 
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenjoule.calibrate.datasheets import gpu_spec
-from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim.cost import CostModel
-from tokenjoule.sim.project.load_aware import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector
 from tokenjoule.sim.project.binned import PaperEstimate, paper_estimate
+from tokenjoule.sim.project.load_aware import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector
 from tokenjoule.sim.project.stream import Batch, FileStream, StreamInfo, run_stream, trace_batches
 from tokenjoule.sim.project.theoretical import TheoryAccumulator, TheoryEstimate, TheoryInputs
 from tokenjoule.sim.run import SimConfig, build_cost_model

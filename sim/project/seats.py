@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tokenjoule.sim.cost import CostModel, IterFeatures
+from tokenjoule.calibrate.cost_form import IterFeatures
+from tokenjoule.sim.cost import CostModel
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,9 @@
 Per request, E = TDP x FLOPs / peak FLOP/s (Fernandez et al., ACL 2025, Sec. 3). FLOPs are those of the forward
 passes the request needs: its prompt tokens (prefill, which emits the first output token) and one decode pass for
 each further output token, i.e. N = input + max(output, 1) - 1 tokens whose contexts run 0, 1, ..., N - 1. With
-`ModelSpec.flops_per_token(c) = a + d c`, the request's FLOPs are N a + d N (N - 1) / 2: the same count the
-simulator's roofline cost model charges, so a roofline replay's busy energy equals this estimate. Peak FLOP/s and
-TDP default to the GPU's datasheet (dense, not sparse) and can be overridden.
+`ModelSpec.flops_per_token(c) = a + d c` (d: `ModelSpec.attn_flops_per_context_token`), the request's FLOPs are
+N a + d N (N - 1) / 2: the same count the simulator's roofline cost model charges, so a roofline replay's busy energy
+equals this estimate. Peak FLOP/s and TDP default to the GPU's datasheet (dense, not sparse) and can be overridden.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenjoule.calibrate.datasheets import GPUSpec
+from tokenjoule.calibrate.profile import GPUSpec
 from tokenjoule.kernels.spec import ModelSpec
 
 
@@ -76,7 +76,7 @@ def request_flops(spec: ModelSpec, input_tokens: np.ndarray, output_tokens: np.n
     """Forward FLOPs of each request (prompt plus output - 1 decode passes), float64."""
     n = np.asarray(input_tokens, np.float64) + np.maximum(np.asarray(output_tokens, np.float64), 1.0) - 1.0
     a = spec.flops_per_token(0.0)
-    d = spec.flops_per_token(1.0) - a  # FLOPs per attended context token
+    d = spec.attn_flops_per_context_token
     return n * a + d * n * (n - 1.0) / 2.0
 
 

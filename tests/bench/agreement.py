@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenjoule.calibrate.profile import load_profile
-from tokenjoule.calibrate.shipped import shipped_profiles
+from tokenjoule.calibrate.profile import load_profile, shipped_profiles
 from tokenjoule.sim.policies import CONTINUOUS_MAX_BATCHED_TOKENS
 from tokenjoule.sim.project.projection import ProjectConfig, project
 from tokenjoule.sim.run import SimConfig, run

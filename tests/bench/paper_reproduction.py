@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.calibrate.profile import GPUProfile, load_profile
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.kernels.shape import IterationShape
-from tokenjoule.sim.cost import IterFeatures, RooflineCost
-from tokenjoule.sim.project.theoretical import request_flops
+from tokenjoule.sim.cost import RooflineCost
 from tokenjoule.sim.project.projection import ProjectConfig, project
+from tokenjoule.sim.project.theoretical import request_flops
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.binning import PAPER_INPUT_EDGES, PAPER_OUTPUT_EDGES, BinSpec
 from tokenjoule.traces.files import write_atomic

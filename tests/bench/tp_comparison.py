@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from tokenjoule.calibrate.profile import GPUProfile, load_profile
-from tokenjoule.calibrate.shipped import resolve_profile_path
+from tokenjoule.calibrate.cost_form import IterFeatures
+from tokenjoule.calibrate.profile import GPUProfile, load_profile, resolve_profile_path
 from tokenjoule.calibrate.sweep.iterations import read_rows, shape_from_row
 from tokenjoule.kernels.shape import IterationShape
-from tokenjoule.sim.cost import AllReduce, CalibratedCost, IterFeatures, ModeledTPCost
+from tokenjoule.sim.cost import AllReduce, CalibratedCost, ModeledTPCost
 from tokenjoule.sim.tp_profiles import candidates, profiles_by_tp, same_setup
 from tokenjoule.traces.files import write_atomic
 

@@ -24,14 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tokenjoule.calibrate.calibration import gpu_uuids
-from tokenjoule.calibrate.profile import (
-    FEATURES,
-    GPUProfile,
-    ProfileError,
-    load_profile,
-    tail_ctx_tokens,
-)
-from tokenjoule.calibrate.shipped import shipped_profiles
+from tokenjoule.calibrate.cost_form import FEATURES, tail_ctx_tokens
+from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, shipped_profiles
 from tokenjoule.calibrate.sweep.iterations import read_rows
 from tokenjoule.kernels.shape import num_splits_for
 

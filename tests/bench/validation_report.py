@@ -52,10 +52,9 @@ from validation_diagnostics import (
 )
 
 from tokenjoule.calibrate.calibration import aggregate_points
-from tokenjoule.calibrate.sweep.grid import GridConfig
-from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
+from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, shipped_profiles
 from tokenjoule.calibrate.recalibrate import SHORT_POINTS, short_recalibration
-from tokenjoule.calibrate.shipped import shipped_profiles
+from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.sweep.iterations import read_rows
 from tokenjoule.sim.run import SimConfig, SimResult
 from tokenjoule.sim.run import run as run_simulation

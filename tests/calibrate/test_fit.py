@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tokenjoule.calibrate.fit import choose_knots, design_matrix, fit_curve
-from tokenjoule.calibrate.profile import FEATURES, REGIME, CostCurve, shape_features
+from tokenjoule.calibrate.cost_form import FEATURES, REGIME, CostCurve, design_matrix, shape_features
+from tokenjoule.calibrate.fit import choose_knots, fit_curve
 from tokenjoule.kernels.shape import IterationShape
 
 
@@ -99,7 +99,7 @@ def test_choose_knots_cover_the_data():
 def test_fit_recovers_the_critical_context_from_ragged_points(toy_profile, rng):
     import dataclasses
 
-    from tokenjoule.calibrate.profile import DecodeSplitRule
+    from tokenjoule.calibrate.cost_form import DecodeSplitRule
 
     rule = DecodeSplitRule(528, 32, 8)
     truth = dataclasses.replace(toy_profile.latency, coef={**toy_profile.latency.coef, "decode_tail_ctx_tokens": 1e-6})

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tokenjoule.calibrate.measure import aligned
-from tokenjoule.calibrate.sweep import generate as generate_sweep
-from tokenjoule.calibrate.measure.aligned import measure_aligned
 from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, fit_rows
+from tokenjoule.calibrate.measure import aligned
+from tokenjoule.calibrate.measure.aligned import measure_aligned
 from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
-from tokenjoule.calibrate.sweep.generate_rows import derive_fit_rows
+from tokenjoule.calibrate.profile import load_profile, resolve_profile_path
+from tokenjoule.calibrate.refit import refit_profile
+from tokenjoule.calibrate.summary import static_batch_cost
+from tokenjoule.calibrate.sweep import generate as generate_sweep
 from tokenjoule.calibrate.sweep.generate import (
     POINT_SHARE,
     GenerateGrid,
@@ -20,11 +22,8 @@ from tokenjoule.calibrate.sweep.generate import (
     plan_points,
     run_generate_sweep,
 )
+from tokenjoule.calibrate.sweep.generate_rows import derive_fit_rows
 from tokenjoule.calibrate.sweep.grid import GridConfig
-from tokenjoule.calibrate.profile import load_profile
-from tokenjoule.calibrate.refit import refit_profile
-from tokenjoule.calibrate.shipped import resolve_profile_path
-from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.calibrate.sweep.iterations import _base_row, read_rows, shape_from_row, write_rows
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
+from tokenjoule.calibrate.cost_form import CostCurve
 from tokenjoule.calibrate.profile import (
     SCHEMA_VERSION,
-    CostCurve,
     GPUProfile,
     HostOverhead,
     ProfileError,
@@ -117,7 +117,7 @@ def test_host_overhead_round_trips_and_joins_the_content_hash(toy_profile, tmp_p
 
 
 def test_tail_context_is_the_longest_ones_excess_over_the_mean_per_split(toy_profile, tmp_path):
-    from tokenjoule.calibrate.profile import DecodeSplitRule, shape_features
+    from tokenjoule.calibrate.cost_form import DecodeSplitRule, shape_features
 
     ragged = IterationShape(decode=(8192,) + (256,) * 63)  # mean context 380
     rule = DecodeSplitRule(528, 32, 8)  # 64 sequences x 8 KV heads: 2 splits each

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tokenjoule.calibrate import shipped as shipped_mod
+from tokenjoule.calibrate import profile as profile_mod
 from tokenjoule.cli import app, main
 
 TOY = Path(__file__).parent.parent / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json"
@@ -52,7 +52,7 @@ def test_main_returns_nonzero_for_missing_profile(capsys):
 
 
 def test_list_and_show_by_name(tmp_path, monkeypatch):
-    monkeypatch.setattr(shipped_mod, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(profile_mod, "SHIPPED_DIR", tmp_path)
     result = runner.invoke(app, ["profile", "list"])
     assert result.exit_code == 0 and "no shipped profiles" in result.output
     shutil.copy(TOY, tmp_path / "toy.json")

@@ -70,7 +70,7 @@ def test_simulate_bundled_trace_with_window(cli):
 
 
 def test_default_without_shipped_profile_names_it(cli):
-    from tokenjoule.calibrate.shipped import shipped_profiles
+    from tokenjoule.calibrate.profile import shipped_profiles
 
     if "h100-llama-3.1-8b-tokenjoule-cudagraph" in shipped_profiles():
         pytest.skip("the default profile is shipped")

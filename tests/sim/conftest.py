@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from sim_profiles import make_profile
 
-from tokenjoule.calibrate.profile import CostCurve, GPUProfile, load_profile
+from tokenjoule.calibrate.cost_form import CostCurve
+from tokenjoule.calibrate.profile import GPUProfile, load_profile
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.traces.schema import Trace
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tokenjoule.calibrate.profile import CostCurve, GPUProfile, HostOverhead
+from tokenjoule.calibrate.cost_form import CostCurve
+from tokenjoule.calibrate.profile import GPUProfile, HostOverhead
 from tokenjoule.kernels.spec import ModelSpec
 
 

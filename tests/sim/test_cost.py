@@ -11,20 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim_profiles import make_profile
 
-from tokenjoule.calibrate.datasheets import DATASHEETS
-from tokenjoule.calibrate.profile import FEATURES, DecodeSplitRule, HostOverhead
+from tokenjoule.calibrate.cost_form import DecodeSplitRule, IterFeatures
+from tokenjoule.calibrate.profile import DATASHEETS, HostOverhead
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
-from tokenjoule.sim.cost import (
-    CalibratedCost,
-    IterFeatures,
-    Line,
-    ModeledTPCost,
-    RooflineCost,
-    StretchCost,
-    shape_cost,
-)
-from tokenjoule.sim.cost_terms import _COEF_NAMES
+from tokenjoule.sim.cost import CalibratedCost, Line, ModeledTPCost, RooflineCost, StretchCost, shape_cost
 
 SPEC = ModelSpec.from_name("llama-3.1-8b")
 
@@ -134,10 +125,6 @@ def test_roofline_kv_capacity_from_memory():
     assert math.isclose(expected, 426_000, rel_tol=0.02)  # ~56 GB of 128 KiB tokens
     with pytest.raises(ValueError, match="no KV memory"):
         RooflineCost(ModelSpec.from_name("llama-3.1-70b"), DATASHEETS["H100-SXM"])
-
-
-def test_every_profile_feature_is_read():
-    assert sorted(_COEF_NAMES) == sorted(FEATURES)
 
 
 def test_longest_context_term_by_hand():

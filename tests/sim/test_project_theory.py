@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenjoule.calibrate.datasheets import DATASHEETS
+from tokenjoule.calibrate.profile import DATASHEETS
 from tokenjoule.kernels.spec import ModelSpec
-from tokenjoule.sim.project.theoretical import TheoryAccumulator, TheoryInputs, request_flops
 from tokenjoule.sim.project.projection import ProjectConfig, project
+from tokenjoule.sim.project.theoretical import TheoryAccumulator, TheoryInputs, request_flops
 from tokenjoule.sim.run import SimConfig, run
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from sim_profiles import make_profile
 
+from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.calibrate.profile import save_profile
 from tokenjoule.calibrate.sweep.iterations import RAW_SCHEMA, write_rows
 from tokenjoule.kernels.shape import IterationShape
-from tokenjoule.sim.cost import CalibratedCost, IterFeatures, ModeledTPCost
+from tokenjoule.sim.cost import CalibratedCost, ModeledTPCost
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "tp_comparison.py"
 LAT, EN = 1.25, 0.8  # measured tp=2 / modeled tp=2

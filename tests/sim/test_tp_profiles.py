@@ -12,7 +12,7 @@ import pytest
 from sim_profiles import make_profile
 from typer.testing import CliRunner
 
-import tokenjoule.calibrate.shipped as shipped_mod
+import tokenjoule.calibrate.profile as profile_mod
 import tokenjoule.sim.cli as sim_cli
 from tokenjoule.calibrate.profile import ProfileError, save_profile
 from tokenjoule.cli import app
@@ -29,7 +29,7 @@ def shipped(tmp_path, monkeypatch):
     folder = tmp_path / "shipped"
     save_profile(TP1, folder / "h100-synth.json")
     save_profile(TP2, folder / "h100x2-synth.json")
-    monkeypatch.setattr(shipped_mod, "SHIPPED_DIR", folder)
+    monkeypatch.setattr(profile_mod, "SHIPPED_DIR", folder)
     monkeypatch.setattr(sim_cli, "DEFAULT_PROFILE", "h100-synth")
     return folder
 

@@ -1,0 +1,91 @@
+"""Closed-form decode stretches: k steps of a constant batch priced and inverted in O(1).
+
+Every cost model prices an iteration linearly in its aggregate features, so while a replica's batch stays constant
+the cost of decode step j is `a + d*j` (the summed KV context grows by the batch size each step; the longest
+context's tail over the mean stays as it is): the sum over k steps is an arithmetic series, which `StretchCost`
+evaluates and inverts. The roofline's step time is the larger of two such lines (compute vs memory bound). Pure and
+SimPy-free.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """Per-step cost `a + d*j` for step j = 0, 1, ... of a stretch."""
+
+    a: float
+    d: float = 0.0
+
+    def at(self, j: float) -> float:
+        """Cost of step j."""
+        return self.a + self.d * j
+
+    def total(self, k: int) -> float:
+        """Sum over steps 0..k-1 (arithmetic series)."""
+        return k * self.a + self.d * k * (k - 1) / 2.0
+
+
+def _sum_max(lines: tuple[Line, ...], k: int) -> float:
+    """Sum over steps 0..k-1 of the larger of one or two lines (they cross at most once)."""
+    if len(lines) == 1:
+        return lines[0].total(k)
+    l1, l2 = lines
+    cross = (l2.a - l1.a) / (l1.d - l2.d) if l1.d != l2.d else math.inf  # where l1 == l2
+    if not math.isfinite(cross):  # parallel (or numerically so)
+        return max(l1.total(k), l2.total(k))
+    split = min(k, max(0, math.ceil(cross)))
+    first, second = (l2, l1) if l1.d > l2.d else (l1, l2)  # `first` leads before the crossing
+    head = first.total(split)
+    tail = second.total(k) - second.total(split)
+    return head + tail
+
+
+@dataclass(frozen=True, slots=True)
+class StretchCost:
+    """k decode steps of a constant batch: step j takes max(time_lines)(j) s and energy_line(j) + energy_per_s * t J.
+
+    Attributes:
+        time_lines: one line, or two whose maximum is the step time (roofline's compute vs memory bound).
+        energy_line: the energy not proportional to time, per step (J).
+        energy_per_s: energy proportional to the step's time (W), e.g. TDP for the roofline.
+    """
+
+    time_lines: tuple[Line, ...]
+    energy_line: Line = Line(0.0)
+    energy_per_s: float = 0.0
+
+    def time_s(self, k: int) -> float:
+        """Seconds of the first k steps."""
+        return _sum_max(self.time_lines, k)
+
+    def energy_j(self, k: int) -> float:
+        """Joules of the first k steps."""
+        return self.energy_line.total(k) + self.energy_per_s * self.time_s(k)
+
+    def steps_within(self, dt_s: float) -> int:
+        """Smallest k >= 0 whose k steps end at or after `dt_s` (the first iteration boundary not before it)."""
+        if dt_s <= 0.0:
+            return 0
+        if len(self.time_lines) == 1:
+            a, d = self.time_lines[0].a, self.time_lines[0].d
+            # Solve d/2 k^2 + (a - d/2) k = dt for k, then fix rounding by checking neighbours.
+            b = a - d / 2.0
+            k = dt_s / a if d == 0.0 else (-b + math.sqrt(b * b + 2.0 * d * dt_s)) / d
+            k = max(0, math.ceil(k - 1e-9))
+        else:
+            lo, hi = 0, 1
+            while self.time_s(hi) < dt_s:
+                lo, hi = hi, hi * 2
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if self.time_s(mid) < dt_s else (lo, mid)
+            k = hi
+        while self.time_s(k) < dt_s:
+            k += 1
+        while k > 0 and self.time_s(k - 1) >= dt_s:
+            k -= 1
+        return k
