@@ -11,7 +11,7 @@ import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tokenjoule.calibrate.calibration import fit_rows
+from tokenjoule.calibrate.fit_sweep import fit_rows
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
 from tokenjoule.calibrate.shipped import resolve_profile_path
 from tokenjoule.calibrate.sweep.iterations import read_rows

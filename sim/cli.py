@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tokenjoule.console import progress, user_errors
+from tokenjoule.console import progress
 
 DEFAULT_TRACE = "azure-conv-2023"
 DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
@@ -181,22 +181,21 @@ def simulate(
     from tokenjoule.sim.run import SimConfig, run
     from tokenjoule.sim.tp_profiles import choose_profile
 
-    with user_errors():
-        config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
-                           max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens, max_batch=max_batch,
-                           kv_block_tokens=kv_block_tokens,
-                           batch_timeout_s=batch_timeout_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
-                           host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
-                           window_s=_parse_window(window),
-                           seed=seed, **_parse_carbon(carbon))
-        choice = choose_profile(profile, cost, tp, DEFAULT_PROFILE)
-        prof = choice.profile
-        tr = _load_trace(trace, fmt, synthetic, seed)
-        with progress("simulating", len(tr) > 50_000) as tick:
-            result = run(config, tr, prof, on_progress=tick)
-        result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})
-        if out is not None:
-            write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)})
+    config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
+                       max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens, max_batch=max_batch,
+                       kv_block_tokens=kv_block_tokens,
+                       batch_timeout_s=batch_timeout_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
+                       host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
+                       window_s=_parse_window(window),
+                       seed=seed, **_parse_carbon(carbon))
+    choice = choose_profile(profile, cost, tp, DEFAULT_PROFILE)
+    prof = choice.profile
+    tr = _load_trace(trace, fmt, synthetic, seed)
+    with progress("simulating", len(tr) > 50_000) as tick:
+        result = run(config, tr, prof, on_progress=tick)
+    result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})
+    if out is not None:
+        write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)})
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
@@ -239,33 +238,32 @@ def compare(
     from tokenjoule.sim.run import run
     from tokenjoule.sim.tp_profiles import choose_profile
 
-    with user_errors():
-        if config_file is not None:
-            grid = load_grid(config_file)
-        else:
-            grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
-        tr = _load_trace(trace or grid.trace, fmt, synthetic or grid.synthetic, seed)
-        cells, loaded = grid.cells(), {}
-        rows = []
-        with progress("what-ifs", len(cells) > 1) as tick:
-            for i, (label, prof_name, config) in enumerate(cells):
-                key = (prof_name, config.cost, config.tp)
-                if key not in loaded:
-                    loaded[key] = choose_profile(prof_name, config.cost, config.tp, DEFAULT_PROFILE)
-                summary = run(config, tr, loaded[key].profile).summary
-                rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
-                             "summary": {**summary, "profile_source": loaded[key].source}})
-                if tick:
-                    tick(i + 1, len(cells))
-        energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]
-        p99 = [r["summary"]["e2e_p99_s"] or float("nan") for r in rows]
-        front = pareto_front(energy, p99)
-        if out is not None:
-            def fill(tmp: Path) -> None:
-                (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
-                plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
+    if config_file is not None:
+        grid = load_grid(config_file)
+    else:
+        grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
+    tr = _load_trace(trace or grid.trace, fmt, synthetic or grid.synthetic, seed)
+    cells, loaded = grid.cells(), {}
+    rows = []
+    with progress("what-ifs", len(cells) > 1) as tick:
+        for i, (label, prof_name, config) in enumerate(cells):
+            key = (prof_name, config.cost, config.tp)
+            if key not in loaded:
+                loaded[key] = choose_profile(prof_name, config.cost, config.tp, DEFAULT_PROFILE)
+            summary = run(config, tr, loaded[key].profile).summary
+            rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
+                         "summary": {**summary, "profile_source": loaded[key].source}})
+            if tick:
+                tick(i + 1, len(cells))
+    energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]
+    p99 = [r["summary"]["e2e_p99_s"] or float("nan") for r in rows]
+    front = pareto_front(energy, p99)
+    if out is not None:
+        def fill(tmp: Path) -> None:
+            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
+            plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
-            write_folder_atomically(out, fill)
+        write_folder_atomically(out, fill)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
                                                 "pareto": [rows[i]["label"] for i in front]}))))

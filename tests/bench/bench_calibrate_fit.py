@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenjoule.calibrate.calibration import fit_rows
+from tokenjoule.calibrate.fit_sweep import fit_rows
 from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
 from tokenjoule.calibrate.sweep.grid import GridConfig, grid_points
 from tokenjoule.calibrate.profile import load_profile

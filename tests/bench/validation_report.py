@@ -51,7 +51,7 @@ from validation_diagnostics import (
     stall_counts,
 )
 
-from tokenjoule.calibrate.calibration import aggregate_points
+from tokenjoule.calibrate.fit_sweep import aggregate_points
 from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
 from tokenjoule.calibrate.recalibrate import SHORT_POINTS, short_recalibration

@@ -9,7 +9,8 @@ import pytest
 from tokenjoule.calibrate.measure import aligned
 from tokenjoule.calibrate.sweep import generate as generate_sweep
 from tokenjoule.calibrate.measure.aligned import measure_aligned
-from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, fit_rows
+from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
+from tokenjoule.calibrate.fit_sweep import fit_rows
 from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
 from tokenjoule.calibrate.sweep.generate_rows import derive_fit_rows
 from tokenjoule.calibrate.sweep.generate import (
@@ -324,7 +325,7 @@ def test_a_window_from_a_tick_counts_a_non_steady_call_exactly(timeline):
 
 
 def test_generate_check_keeps_the_shipped_keys_and_labels_the_prediction(whole_grid, toy_profile):
-    from tokenjoule.calibrate.run_device import check_line, generate_check
+    from tokenjoule.calibrate.gpu_run import check_line, generate_check
 
     profile, _, _ = whole_grid
     timeline, meter, runner = _fakes(toy_profile)

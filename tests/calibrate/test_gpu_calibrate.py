@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
+from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
 from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.measure.meters import NVMLMeter, make_meter
 from tokenjoule.calibrate.profile import load_profile

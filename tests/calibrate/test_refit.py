@@ -3,7 +3,7 @@ import json
 import pytest
 from test_sweeps import _setup
 
-from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
+from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
 from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.profile import ProfileError, load_profile, save_profile
 from tokenjoule.calibrate.refit import refit_profile
