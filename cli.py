@@ -27,10 +27,10 @@ from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim import cli as sim_cli
 from tokenjoule.sim.project import cli as project_cli
 from tokenjoule.traces import cli as traces_cli
-from tokenjoule.traces.schema import TraceFormatError
+from tokenjoule.traces.schema import TraceFormatError, TraceOptionError
 
-# Errors a user can fix (a bad trace, profile, GPU setup or flag value); each message names the file, field or flag.
-USER_ERRORS: tuple[type[Exception], ...] = (TraceFormatError, ProfileError, MeterError, ConfigError)
+# Errors a user can fix (a bad trace or trace option, profile, GPU setup or setting); each names its file or flag.
+USER_ERRORS: tuple[type[Exception], ...] = (TraceFormatError, TraceOptionError, ProfileError, MeterError, ConfigError)
 # Input files that are missing or unreadable: user errors when they name the file (a bug otherwise).
 FILE_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 

@@ -67,7 +67,7 @@ class ModelSpec:
                 raise ConfigError(f"ModelSpec {self.name!r}: {field}={value!r} must be a positive integer")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"ModelSpec {self.name!r}: n_kv_heads={self.n_kv_heads} "
-                             f"must divide n_heads={self.n_heads}")
+                              f"must divide n_heads={self.n_heads}")
         if self.dtype not in DTYPE_BYTES:
             raise ConfigError(f"ModelSpec {self.name!r}: dtype={self.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
 

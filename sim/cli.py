@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenjoule.console import progress
+from tokenjoule.kernels.spec import ConfigError
 
 DEFAULT_TRACE = "azure-conv-2023"
 DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
@@ -40,19 +41,19 @@ def _parse_synthetic(text: str, seed: int):
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep:
-            raise ValueError(f"--synthetic: {part!r} is not key=value")
+            raise ConfigError(f"--synthetic: {part!r} is not key=value")
         fields[key.strip()] = value.strip()
     names = {"n": "n_requests", "input": "input_tokens", "output": "output_tokens", "rate": "rate_per_s",
              "process": "process", "cv": "cv"}
     unknown = sorted(set(fields) - set(names))
     if unknown:
-        raise ValueError(f"--synthetic: unknown key {unknown[0]!r} (keys: {', '.join(names)})")
+        raise ConfigError(f"--synthetic: unknown key {unknown[0]!r} (keys: {', '.join(names)})")
     kwargs: dict[str, Any] = {}
     for key, value in fields.items():
         try:
             kwargs[names[key]] = value if key == "process" else (float(value) if key in ("rate", "cv") else int(value))
         except ValueError as err:
-            raise ValueError(f"--synthetic: {key}={value!r} is not a number") from err
+            raise ConfigError(f"--synthetic: {key}={value!r} is not a number") from err
     kwargs.setdefault("n_requests", 256)
     kwargs.setdefault("process", "poisson" if "rate_per_s" in kwargs else "zero")
     return synthesize(SynthSpec(**kwargs), np.random.default_rng(seed))
@@ -61,7 +62,7 @@ def _parse_synthetic(text: str, seed: int):
 def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed: int):
     if synthetic:
         if trace:
-            raise ValueError("give --trace or --synthetic, not both")
+            raise ConfigError("give --trace or --synthetic, not both")
         return _parse_synthetic(synthetic, seed)
     from tokenjoule.traces.loaders import load_trace
 
@@ -86,7 +87,7 @@ def _parse_window(text: str | None) -> tuple[float, float] | None:
     try:
         return float(start or 0), float(end)
     except ValueError as err:
-        raise ValueError(f"--window: {text!r} must be START:END in seconds, e.g. 0:600") from err
+        raise ConfigError(f"--window: {text!r} must be START:END in seconds, e.g. 0:600") from err
 
 
 def _parse_carbon(text: str | None) -> dict[str, Any]:

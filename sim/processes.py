@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import simpy
 
+from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cost import IterFeatures
 from tokenjoule.sim.policies import DecodeStretch, Iteration, StaticBatch, Wait
 from tokenjoule.sim.replica import Replica, RequestState
@@ -38,7 +39,7 @@ class Router:
 
     def __init__(self, replicas: list[Replica], kind: str, rng: np.random.Generator) -> None:
         if kind not in ROUTERS:
-            raise ValueError(f"unknown router {kind!r}; choose one of {', '.join(ROUTERS)}")
+            raise ConfigError(f"unknown router {kind!r}; choose one of {', '.join(ROUTERS)}")
         self.replicas = replicas
         self.kind = kind
         self.rng = rng

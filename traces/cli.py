@@ -17,6 +17,7 @@ from tokenjoule.traces import transforms
 from tokenjoule.traces.binning import PAPER_INPUT_EDGES, PAPER_OUTPUT_EDGES, BinCounts, BinSpec
 from tokenjoule.traces.files import save_trace, write_atomic
 from tokenjoule.traces.loaders import FORMAT_NAMES, LoadOptions, read_trace
+from tokenjoule.traces.schema import TraceOptionError
 from tokenjoule.traces.stream import ScanResult, TraceStats, scan
 from tokenjoule.traces.synth import ARRIVAL_PROCESSES, SynthSpec, synthesize
 
@@ -52,7 +53,7 @@ def _parse_mapping(text: str | None) -> dict[str, str] | None:
         return None
     pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
     if any(len(p) != 2 for p in pairs):
-        raise ValueError(f"--map {text!r}: expected field=column pairs separated by commas")
+        raise TraceOptionError(f"--map {text!r}: expected field=column pairs separated by commas")
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -62,7 +63,7 @@ def _edges(text: str | None, default: tuple[int, ...], flag: str) -> tuple[int, 
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError as err:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 32,128,512") from err
+        raise TraceOptionError(f"{flag} {text!r}: expected comma-separated integers, e.g. 32,128,512") from err
 
 
 def _num(value: float | None, digits: int = 0) -> str:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenjoule.console import progress
+from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cli import DEFAULT_PROFILE, resolve_profile
 
 
@@ -19,7 +20,7 @@ def _edges(text: str | None, name: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as err:
-        raise ValueError(f"{name}: {text!r} must be comma-separated integers, e.g. 32,128,512") from err
+        raise ConfigError(f"{name}: {text!r} must be comma-separated integers, e.g. 32,128,512") from err
 
 
 def _fmt(value: Any, spec: str) -> str:
