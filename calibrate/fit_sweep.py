@@ -16,7 +16,7 @@ import numpy as np
 
 from tokenjoule.calibrate.fit import choose_knots, fit_curve
 from tokenjoule.calibrate.profile import FEATURES, REGIME, DecodeSplitRule, GPUProfile, HostOverhead, shape_features
-from tokenjoule.calibrate.sweep.generate_rows import derive_fit_rows
+from tokenjoule.calibrate.sweep.generate import derive_fit_rows
 from tokenjoule.calibrate.sweep.iterations import shape_from_row
 from tokenjoule.kernels.shape import MAX_SPLITS, TARGET_PROGRAMS
 from tokenjoule.kernels.spec import ModelSpec

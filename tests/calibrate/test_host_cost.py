@@ -6,8 +6,13 @@ import itertools
 
 import pytest
 
-from tokenjoule.calibrate.sweep.host_cost import binned_points, fit_host_overhead, measure_serving_host, synthetic_requests
 from tokenjoule.calibrate.profile import HostOverhead, ProfileError
+from tokenjoule.calibrate.sweep.host_cost import (
+    binned_points,
+    fit_host_overhead,
+    measure_serving_host,
+    synthetic_requests,
+)
 from tokenjoule.calibrate.validate.replay import PrefillFirstScheduler
 from tokenjoule.kernels.block_manager import BlockManager
 from tokenjoule.kernels.scheduler import Scheduler

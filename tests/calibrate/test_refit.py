@@ -4,11 +4,11 @@ import pytest
 from test_sweeps import _setup
 
 from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
-from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.profile import ProfileError, load_profile, save_profile
 from tokenjoule.calibrate.refit import refit_profile
-from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.cli import main
+from tokenjoule.kernels.spec import ModelSpec
 
 
 def _calibrated(toy_profile, tmp_path):
