@@ -1,35 +1,18 @@
-"""What every `tokenjoule` command shares at the terminal: the user-error guard and the progress bar.
+"""The progress bar every `tokenjoule` command that streams a file shows on stderr.
 
-It sits at the package root beside `cli.py`, for the commands of every subpackage; it imports neither torch nor any
-tokenjoule subpackage but `traces.files` (the progress callback's type).
+It sits at the package root beside `cli.py` (where user errors become one line), for the commands of every
+subpackage; it imports neither torch nor any tokenjoule subpackage but `traces.files` (the progress callback's type).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tokenjoule.traces.files import ProgressFn
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Known user errors become one line on stderr and exit code 2 (TOKENJOULE_DEBUG=1 re-raises).
-
-    TraceFormatError, ProfileError and pyarrow's ArrowInvalid are ValueErrors; missing files are OSErrors.
-    """
-    try:
-        yield
-    except (ValueError, OSError) as err:
-        if os.environ.get("TOKENJOULE_DEBUG"):
-            raise
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
 
 
 @contextmanager

@@ -1,4 +1,7 @@
-"""`tokenjoule calibrate` and `tokenjoule profile ...`. torch is imported only inside `calibrate`."""
+"""`tokenjoule calibrate` and `tokenjoule profile ...`. torch is imported only inside `calibrate`.
+
+User errors (ProfileError, MeterError, ConfigError) go up to the root app, which prints them as one line.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +14,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tokenjoule.calibrate.profile import ProfileError, load_profile, resolve_profile_path, shipped_profiles
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.profile import load_profile, resolve_profile_path, shipped_profiles
 from tokenjoule.calibrate.summary import profile_summary
+from tokenjoule.kernels.spec import ConfigError
 
 profile_app = typer.Typer(help="Inspect calibration profiles: summary, J/token figures, fit errors, plots.",
                           no_args_is_help=True)
 
 
-def _fail(message: str) -> typer.Exit:
-    """Print a one-line user error on stderr and return the Exit(2) to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
 def _load(name_or_path: str) -> tuple[Any, Path]:
-    try:
-        path = resolve_profile_path(name_or_path)
-        return load_profile(path), path
-    except ProfileError as err:
-        raise _fail(str(err).splitlines()[0]) from err
+    path = resolve_profile_path(name_or_path)
+    return load_profile(path), path
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -181,11 +177,23 @@ def list_profiles(json_out: bool = typer.Option(False, "--json", help="Print one
     Console().print(table)
 
 
+def _gpu_indices(gpus: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(i) for i in gpus.split(","))
+    except ValueError as err:
+        raise ConfigError(f"--gpus: {gpus!r} is not a comma-separated list of GPU indices (e.g. 0 or 0,1)") from err
+
+
 def calibrate_cmd(
     model: str = typer.Option(..., "--model", help="Registry name (see `tokenjoule models`) or a config.json path."),
     engine: str = typer.Option("tokenjoule", "--engine", help="Engine: tokenjoule or hf."),
     mode: str = typer.Option("cudagraph", "--mode", help="Engine mode: eager, cudagraph or compile."),
-    out: Path = typer.Option(..., "--out", help="Profile JSON to write (raw Parquet beside it)."),  # noqa: B008
+    out: Path = typer.Option(None, "--out", help="Profile JSON to write (raw Parquet beside it)."),  # noqa: B008
+    out_dir: Path = typer.Option(None, "--out-dir", help="Instead of --out: a folder for one or more runs "  # noqa: B008
+                                 "(--runs), each profile named as the shipped ones with its raw and power-timeline "
+                                 "Parquet, plus calibrate.log (and for engine hf the generate() check)."),
+    runs: str = typer.Option(None, "--runs", help="With --out-dir: engine:mode[,engine:mode...] "
+                             "(default: --engine:--mode)."),
     quick: bool = typer.Option(False, "--quick", help="Small grid, short windows: a smoke run."),
     gpus: str = typer.Option("0", "--gpus", help="Comma-separated GPU indices of the replica (TP degree = count)."),
     gpu_memory_utilization: float = typer.Option(0.9, help="Fraction of GPU memory the engine may use."),
@@ -199,23 +207,39 @@ def calibrate_cmd(
 
     Runs prefill, decode and mixed iterations over a grid, reads time around back-to-back steps and energy from
     NVML's counter between its ticks, fits latency and energy curves, and saves the profile with its raw data.
-    Interrupted runs resume from the raw Parquet file.
+    Interrupted runs resume from the raw Parquet file. With --out-dir, calibrates each engine:mode of --runs in
+    turn into one folder (the shipped profiles were made so) and prints one line per profile.
 
     Example:
         tokenjoule calibrate --model llama-3.1-8b --engine tokenjoule --mode cudagraph --out h100_8b.json
         tokenjoule calibrate --model llama-3.1-8b --short-from h200-llama-3.1-8b-tokenjoule-cudagraph --out mine.json
+        tokenjoule calibrate --model llama-3.1-8b --out-dir runs/h100 --runs tokenjoule:cudagraph,hf:eager
     """
-    from tokenjoule.calibrate.run_device import check_device, run_calibration
+    from tokenjoule.calibrate import gpu_run
+    from tokenjoule.calibrate.measure import machine
 
+    if (out is None) == (out_dir is None):
+        raise ConfigError("give --out (one profile) or --out-dir (a folder of runs), not both or neither")
+    if out is None and (short_from or json_out or max_batch_seqs != 512 or max_batched_tokens != 16384):
+        raise ConfigError("--out-dir takes neither --short-from, --json nor the engine limits; use --out for those")
+    if runs is not None and out_dir is None:
+        raise ConfigError("--runs goes with --out-dir")
     base = _load(short_from)[0] if short_from else None
-    try:
-        indices = tuple(int(i) for i in gpus.split(","))
-        check_device(indices)
-        profile = run_calibration(model, engine, mode, out, quick=quick, gpu_indices=indices,
-                                  gpu_memory_utilization=gpu_memory_utilization, max_batch_seqs=max_batch_seqs,
-                                  max_batched_tokens=max_batched_tokens, base=base)
-    except (ValueError, RuntimeError) as err:
-        raise _fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
+    indices = _gpu_indices(gpus)
+    if out_dir is not None:
+        pairs = gpu_run.parse_runs(runs or f"{engine}:{mode}")
+        machine.check_device(indices)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                            handlers=[logging.FileHandler(out_dir / "calibrate.log"), logging.StreamHandler()])
+        for line in gpu_run.calibrate_runs(out_dir, model, pairs, indices, quick=quick,
+                                           gpu_memory_utilization=gpu_memory_utilization):
+            typer.echo(line)
+        return
+    machine.check_device(indices)
+    profile = gpu_run.run_calibration(model, engine, mode, out, quick=quick, gpu_indices=indices,
+                                      gpu_memory_utilization=gpu_memory_utilization, max_batch_seqs=max_batch_seqs,
+                                      max_batched_tokens=max_batched_tokens, base=base)
     summary = profile_summary(profile, str(out))
     if json_out:
         typer.echo(json.dumps(summary))

@@ -12,11 +12,15 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
-from tokenjoule.calibrate.cost_form import CostCurve
+from tokenjoule.calibrate.cost_form import CostCurve, ProfileError
+from tokenjoule.calibrate.fit_sweep import aggregate_points, idle_power
+from tokenjoule.calibrate.measure.machine import gpu_uuids, host_info, software_info
 from tokenjoule.calibrate.profile import GPUProfile, HostOverhead
 from tokenjoule.calibrate.sweep.grid import GridConfig, grid_points
+from tokenjoule.kernels.spec import ModelSpec
 
 # A few points per regime the curves cover: small and large decode batches, a ragged decode, prefills, a mixed
 # step (9 points against the full grid's 133).
@@ -80,3 +84,39 @@ def short_recalibration(base: GPUProfile, points: Sequence[dict[str, Any]], idle
     fit_errors = {**base.fit_errors, "short_recalibration": {"points": len(points), **{
         f"{k}_median_abs_error": v for k, v in residual.items()}}}
     return dataclasses.replace(carried, fit_errors=fit_errors)
+
+
+def check_base(base: GPUProfile, spec: ModelSpec, engine: str, mode: str, tp: int) -> None:
+    """ProfileError unless `base` is of the same model, engine, mode and TP degree, and itself fully calibrated."""
+    mine = (spec.name, engine, mode, tp)
+    theirs = (base.model.name, base.engine, base.mode, base.tp)
+    if mine != theirs:
+        raise ProfileError(f"base profile is {theirs[0]} / {theirs[1]} / {theirs[2]} / tp{theirs[3]}, this "
+                           f"calibration is {mine[0]} / {mine[1]} / {mine[2]} / tp{mine[3]}: a short "
+                           "re-calibration keeps all four")
+    if base.method.get("short_recalibration_of"):
+        raise ProfileError("base profile is itself a short re-calibration; start from a fully calibrated profile")
+
+
+def recalibrated_profile(base: GPUProfile, rows: list[dict[str, Any]], host: HostOverhead | None, *,
+                         gpu: dict[str, Any], method: dict[str, Any], raw_file: str,
+                         kv_capacity_tokens: int) -> GPUProfile:
+    """`base` re-scaled by this machine's short sweep `rows`, with this machine's metadata and raw file name.
+
+    Args:
+        base: the profile to carry (checked with `check_base`).
+        rows: the short sweep's raw rows.
+        host: host overhead measured here (None keeps the base's).
+        gpu: `machine.gpu_info` of the GPUs measured here.
+        method: this calibration's method block; `short_recalibration_of` (the base's identity) is added.
+        raw_file: the raw Parquet's file name, beside the profile.
+        kv_capacity_tokens: the engine's KV capacity here.
+    """
+    points = aggregate_points(rows, ("prefill", "decode", "mixed"))
+    carried = short_recalibration(base, points, idle_power(rows), host, f"{len(points)} points on this machine")
+    method = {**method, "short_recalibration_of": {
+        "date": base.date, "gpu": base.gpu.get("name"), "gpu_uuids": list(gpu_uuids(base.gpu)),
+        "content_sha256": base.content_sha256}}
+    return dataclasses.replace(carried, gpu=gpu, host=host_info(), software=software_info(), method=method,
+                               date=datetime.now(timezone.utc).isoformat(timespec="seconds"), raw_path=raw_file,
+                               kv_capacity_tokens=kv_capacity_tokens)

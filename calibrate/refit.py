@@ -11,8 +11,9 @@ import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tokenjoule.calibrate.calibration import fit_rows
-from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, resolve_profile_path
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.fit_sweep import fit_rows
+from tokenjoule.calibrate.profile import GPUProfile, load_profile, resolve_profile_path
 from tokenjoule.calibrate.sweep.iterations import read_rows
 
 

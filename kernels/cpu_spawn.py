@@ -1,7 +1,7 @@
 """Run a function on N fresh CPU processes joined over gloo: the TP code paths without GPUs (tests, smoke runs).
 
-Apart from `tp_device.py` (the torchrun entry on GPUs): this is only the launcher, a file-store rendezvous and a
-clean teardown, shared by the TP tests and `tp_device --cpu`.
+Apart from `calibrate/tp_run.py` (the torchrun entry on GPUs): this is only the launcher, a file-store rendezvous and a
+clean teardown, shared by the TP tests and `tp_run --cpu`.
 """
 
 from __future__ import annotations

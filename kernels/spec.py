@@ -15,6 +15,14 @@ from typing import Any
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
+class ConfigError(ValueError):
+    """An impossible configuration or a bad setting: a model shape, a simulator config, a command's flag value.
+
+    Declared here, in the lowest layer that validates user settings (kernels, calibrate and sim all read it); the
+    `tokenjoule` command prints it as one line. Being a ValueError, callers that catch ValueError still do.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """The shape of a Llama-style decoder (GQA, RoPE, RMSNorm, SwiGLU).
@@ -56,12 +64,12 @@ class ModelSpec:
         for field in sizes:
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ModelSpec {self.name!r}: {field}={value!r} must be a positive integer")
+                raise ConfigError(f"ModelSpec {self.name!r}: {field}={value!r} must be a positive integer")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"ModelSpec {self.name!r}: n_kv_heads={self.n_kv_heads} "
-                             f"must divide n_heads={self.n_heads}")
+            raise ConfigError(f"ModelSpec {self.name!r}: n_kv_heads={self.n_kv_heads} "
+                              f"must divide n_heads={self.n_heads}")
         if self.dtype not in DTYPE_BYTES:
-            raise ValueError(f"ModelSpec {self.name!r}: dtype={self.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
+            raise ConfigError(f"ModelSpec {self.name!r}: dtype={self.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
 
     # ---- derived sizes -------------------------------------------------------------------------------------------
     @property
@@ -151,7 +159,7 @@ class ModelSpec:
         """Look a registry name up exactly (case-insensitive); the error lists the valid names."""
         key = name.lower()
         if key not in PRESETS:
-            raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(PRESETS))}")
+            raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(PRESETS))}")
         return cls(name=key, **PRESETS[key])
 
     @classmethod
@@ -163,18 +171,18 @@ class ModelSpec:
             name: the spec's name; defaults to the config's `_name_or_path` or "custom".
 
         Returns:
-            The ModelSpec. Missing required fields raise ValueError naming the field.
+            The ModelSpec. Missing required fields raise ConfigError naming the field.
         """
         if not isinstance(config, dict):
             path = Path(config)
             try:
                 config = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"{path}: cannot read a JSON model config ({err})") from err
+                raise ConfigError(f"{path}: cannot read a JSON model config ({err})") from err
         required = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
         missing = [key for key in required if key not in config]
         if missing:
-            raise ValueError(f"model config lacks required field(s): {', '.join(missing)}")
+            raise ConfigError(f"model config lacks required field(s): {', '.join(missing)}")
         n_heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
         dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
@@ -201,11 +209,11 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        """Inverse of `to_dict`; unknown keys raise ValueError naming them."""
+        """Inverse of `to_dict`; unknown keys raise ConfigError naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown ModelSpec field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown ModelSpec field(s): {', '.join(unknown)}")
         return cls(**data)
 
 
@@ -232,3 +240,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                        intermediate_size=14336, vocab_size=32768, rope_theta=1000000.0,
                        max_position_embeddings=32768),
 }
+
+
+def load_spec(model: str) -> ModelSpec:
+    """A registry name (`ModelSpec.from_name`), or the path of a Hugging Face config.json (named for its folder)."""
+    path = Path(model)
+    return ModelSpec.from_hf_config(path, name=path.parent.name or None) if path.is_file() else ModelSpec.from_name(
+        model)

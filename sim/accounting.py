@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tokenjoule.kernels.spec import ConfigError
+
 if TYPE_CHECKING:
     from tokenjoule.sim.replica import RequestState
 
@@ -184,7 +186,7 @@ def load_carbon_csv(path: str | Path) -> tuple[float, ...]:
     try:
         rows = list(csv.reader(path.read_text().splitlines()))
     except OSError as err:
-        raise ValueError(f"{path}: cannot read carbon CSV ({err.strerror or err})") from err
+        raise ConfigError(f"{path}: cannot read carbon CSV ({err.strerror or err})") from err
     values = []
     for line, row in enumerate(rows[1:], start=2):
         if not row:
@@ -192,10 +194,10 @@ def load_carbon_csv(path: str | Path) -> tuple[float, ...]:
         try:
             value = float(row[-1])
         except ValueError as err:
-            raise ValueError(f"{path}: row {line}: intensity {row[-1]!r} is not a number") from err
+            raise ConfigError(f"{path}: row {line}: intensity {row[-1]!r} is not a number") from err
         if value < 0 or not math.isfinite(value):
-            raise ValueError(f"{path}: row {line}: intensity {value} must be finite and >= 0")
+            raise ConfigError(f"{path}: row {line}: intensity {value} must be finite and >= 0")
         values.append(value)
     if not values:
-        raise ValueError(f"{path}: carbon CSV has no data rows (expected a header, then one row per hour)")
+        raise ConfigError(f"{path}: carbon CSV has no data rows (expected a header, then one row per hour)")
     return tuple(values)

@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tokenjoule.console import progress, user_errors
+from tokenjoule.console import progress
+from tokenjoule.kernels.spec import ConfigError
 
 DEFAULT_TRACE = "azure-conv-2023"
 DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
@@ -40,19 +41,19 @@ def _parse_synthetic(text: str, seed: int):
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep:
-            raise ValueError(f"--synthetic: {part!r} is not key=value")
+            raise ConfigError(f"--synthetic: {part!r} is not key=value")
         fields[key.strip()] = value.strip()
     names = {"n": "n_requests", "input": "input_tokens", "output": "output_tokens", "rate": "rate_per_s",
              "process": "process", "cv": "cv"}
     unknown = sorted(set(fields) - set(names))
     if unknown:
-        raise ValueError(f"--synthetic: unknown key {unknown[0]!r} (keys: {', '.join(names)})")
+        raise ConfigError(f"--synthetic: unknown key {unknown[0]!r} (keys: {', '.join(names)})")
     kwargs: dict[str, Any] = {}
     for key, value in fields.items():
         try:
             kwargs[names[key]] = value if key == "process" else (float(value) if key in ("rate", "cv") else int(value))
         except ValueError as err:
-            raise ValueError(f"--synthetic: {key}={value!r} is not a number") from err
+            raise ConfigError(f"--synthetic: {key}={value!r} is not a number") from err
     kwargs.setdefault("n_requests", 256)
     kwargs.setdefault("process", "poisson" if "rate_per_s" in kwargs else "zero")
     return synthesize(SynthSpec(**kwargs), np.random.default_rng(seed))
@@ -61,7 +62,7 @@ def _parse_synthetic(text: str, seed: int):
 def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed: int):
     if synthetic:
         if trace:
-            raise ValueError("give --trace or --synthetic, not both")
+            raise ConfigError("give --trace or --synthetic, not both")
         return _parse_synthetic(synthetic, seed)
     from tokenjoule.traces.loaders import load_trace
 
@@ -86,7 +87,7 @@ def _parse_window(text: str | None) -> tuple[float, float] | None:
     try:
         return float(start or 0), float(end)
     except ValueError as err:
-        raise ValueError(f"--window: {text!r} must be START:END in seconds, e.g. 0:600") from err
+        raise ConfigError(f"--window: {text!r} must be START:END in seconds, e.g. 0:600") from err
 
 
 def _parse_carbon(text: str | None) -> dict[str, Any]:
@@ -181,22 +182,21 @@ def simulate(
     from tokenjoule.sim.run import SimConfig, run
     from tokenjoule.sim.tp_profiles import choose_profile
 
-    with user_errors():
-        config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
-                           max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens, max_batch=max_batch,
-                           kv_block_tokens=kv_block_tokens,
-                           batch_timeout_s=batch_timeout_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
-                           host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
-                           window_s=_parse_window(window),
-                           seed=seed, **_parse_carbon(carbon))
-        choice = choose_profile(profile, cost, tp, DEFAULT_PROFILE)
-        prof = choice.profile
-        tr = _load_trace(trace, fmt, synthetic, seed)
-        with progress("simulating", len(tr) > 50_000) as tick:
-            result = run(config, tr, prof, on_progress=tick)
-        result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})
-        if out is not None:
-            write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)})
+    config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
+                       max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens, max_batch=max_batch,
+                       kv_block_tokens=kv_block_tokens,
+                       batch_timeout_s=batch_timeout_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
+                       host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
+                       window_s=_parse_window(window),
+                       seed=seed, **_parse_carbon(carbon))
+    choice = choose_profile(profile, cost, tp, DEFAULT_PROFILE)
+    prof = choice.profile
+    tr = _load_trace(trace, fmt, synthetic, seed)
+    with progress("simulating", len(tr) > 50_000) as tick:
+        result = run(config, tr, prof, on_progress=tick)
+    result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})
+    if out is not None:
+        write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)})
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
@@ -239,33 +239,32 @@ def compare(
     from tokenjoule.sim.run import run
     from tokenjoule.sim.tp_profiles import choose_profile
 
-    with user_errors():
-        if config_file is not None:
-            grid = load_grid(config_file)
-        else:
-            grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
-        tr = _load_trace(trace or grid.trace, fmt, synthetic or grid.synthetic, seed)
-        cells, loaded = grid.cells(), {}
-        rows = []
-        with progress("what-ifs", len(cells) > 1) as tick:
-            for i, (label, prof_name, config) in enumerate(cells):
-                key = (prof_name, config.cost, config.tp)
-                if key not in loaded:
-                    loaded[key] = choose_profile(prof_name, config.cost, config.tp, DEFAULT_PROFILE)
-                summary = run(config, tr, loaded[key].profile).summary
-                rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
-                             "summary": {**summary, "profile_source": loaded[key].source}})
-                if tick:
-                    tick(i + 1, len(cells))
-        energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]
-        p99 = [r["summary"]["e2e_p99_s"] or float("nan") for r in rows]
-        front = pareto_front(energy, p99)
-        if out is not None:
-            def fill(tmp: Path) -> None:
-                (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
-                plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
+    if config_file is not None:
+        grid = load_grid(config_file)
+    else:
+        grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
+    tr = _load_trace(trace or grid.trace, fmt, synthetic or grid.synthetic, seed)
+    cells, loaded = grid.cells(), {}
+    rows = []
+    with progress("what-ifs", len(cells) > 1) as tick:
+        for i, (label, prof_name, config) in enumerate(cells):
+            key = (prof_name, config.cost, config.tp)
+            if key not in loaded:
+                loaded[key] = choose_profile(prof_name, config.cost, config.tp, DEFAULT_PROFILE)
+            summary = run(config, tr, loaded[key].profile).summary
+            rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
+                         "summary": {**summary, "profile_source": loaded[key].source}})
+            if tick:
+                tick(i + 1, len(cells))
+    energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]
+    p99 = [r["summary"]["e2e_p99_s"] or float("nan") for r in rows]
+    front = pareto_front(energy, p99)
+    if out is not None:
+        def fill(tmp: Path) -> None:
+            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
+            plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
-            write_folder_atomically(out, fill)
+        write_folder_atomically(out, fill)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
                                                 "pareto": [rows[i]["label"] for i in front]}))))

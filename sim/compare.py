@@ -24,6 +24,7 @@ from typing import Any
 
 import tomllib
 
+from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.run import SimConfig
 
 AXES = ("policy", "profile", "gpu", "replicas", "tp")
@@ -48,14 +49,14 @@ class Grid:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.axes) - set(AXES))
         if unknown:
-            raise ValueError(f"unknown grid axis {unknown[0]!r}; axes: {', '.join(AXES)}")
+            raise ConfigError(f"unknown grid axis {unknown[0]!r}; axes: {', '.join(AXES)}")
         fields = {f.name for f in dataclasses.fields(SimConfig)} | {"profile"}
         bad = sorted(set(self.base) - fields)
         if bad:
-            raise ValueError(f"unknown [base] setting {bad[0]!r}; settings are SimConfig fields and 'profile'")
+            raise ConfigError(f"unknown [base] setting {bad[0]!r}; settings are SimConfig fields and 'profile'")
         for name, values in self.axes.items():
             if not values:
-                raise ValueError(f"grid axis {name!r} is empty")
+                raise ConfigError(f"grid axis {name!r} is empty")
 
     def cells(self) -> list[tuple[str, str | None, SimConfig]]:
         """(label, profile name or None, config) per combination, in axis order."""
@@ -89,20 +90,20 @@ def load_grid(path: str | Path) -> Grid:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as err:
-        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from err
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from err
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: malformed TOML ({err})") from err
+        raise ConfigError(f"{path}: malformed TOML ({err})") from err
     unknown = sorted(set(data) - {"trace", "synthetic", "grid", "base"})
     if unknown:
-        raise ValueError(f"{path}: unknown top-level key {unknown[0]!r} (expected trace, synthetic, grid, base)")
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (expected trace, synthetic, grid, base)")
     grid = data.get("grid", {})
     if not isinstance(grid, dict) or not isinstance(data.get("base", {}), dict):
-        raise ValueError(f"{path}: [grid] and [base] must be tables")
+        raise ConfigError(f"{path}: [grid] and [base] must be tables")
     axes = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in grid.items()}
     try:
         return Grid(axes, dict(data.get("base", {})), data.get("trace"), data.get("synthetic"))
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise ConfigError(f"{path}: {err}") from err
 
 
 def grid_from_flags(policies: str | None, profiles: str | None, gpus: str | None, replicas: str | None,
@@ -115,5 +116,5 @@ def grid_from_flags(policies: str | None, profiles: str | None, gpus: str | None
             try:
                 axes[name] = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
             except ValueError as err:
-                raise ValueError(f"--{name}: {text!r} is not a comma-separated list of {kind.__name__}") from err
+                raise ConfigError(f"--{name}: {text!r} is not a comma-separated list of {kind.__name__}") from err
     return Grid(axes, base)

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tokenjoule.kernels.spec import ConfigError
+
 if TYPE_CHECKING:
     from tokenjoule.sim.replica import Replica, RequestState
 
@@ -80,9 +82,9 @@ class StaticBatching:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
-            raise ValueError(f"max_batch={self.max_batch} must be >= 1")
+            raise ConfigError(f"max_batch={self.max_batch} must be >= 1")
         if self.batch_timeout_s < 0:
-            raise ValueError(f"batch_timeout_s={self.batch_timeout_s} must be >= 0")
+            raise ConfigError(f"batch_timeout_s={self.batch_timeout_s} must be >= 0")
 
     def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
         """Why a request can never run here (None when it can)."""
@@ -135,8 +137,8 @@ class ContinuousBatching:
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise ValueError(f"max_num_seqs={self.max_num_seqs} and max_num_batched_tokens="
-                             f"{self.max_num_batched_tokens} must be >= 1")
+            raise ConfigError(f"max_num_seqs={self.max_num_seqs} and max_num_batched_tokens="
+                              f"{self.max_num_batched_tokens} must be >= 1")
 
     def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
         """Why a request can never run here (None when it can)."""
@@ -190,11 +192,11 @@ class ChunkedPrefill:
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 2:
-            raise ValueError(f"max_num_seqs={self.max_num_seqs} must be >= 1 and max_num_batched_tokens="
-                             f"{self.max_num_batched_tokens} >= 2")
+            raise ConfigError(f"max_num_seqs={self.max_num_seqs} must be >= 1 and max_num_batched_tokens="
+                              f"{self.max_num_batched_tokens} >= 2")
         if self.max_num_batched_tokens <= self.max_num_seqs:
-            raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens} must exceed max_num_seqs="
-                             f"{self.max_num_seqs} so that prefill chunks can make progress")
+            raise ConfigError(f"max_num_batched_tokens={self.max_num_batched_tokens} must exceed max_num_seqs="
+                              f"{self.max_num_seqs} so that prefill chunks can make progress")
 
     def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
         """Why a request can never run here (None when it can)."""

@@ -20,6 +20,7 @@ import numpy as np
 import simpy
 
 from tokenjoule.calibrate.cost_form import IterFeatures
+from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.policies import DecodeStretch, Iteration, StaticBatch, Wait
 from tokenjoule.sim.replica import Replica, RequestState
 from tokenjoule.traces.schema import Request
@@ -38,7 +39,7 @@ class Router:
 
     def __init__(self, replicas: list[Replica], kind: str, rng: np.random.Generator) -> None:
         if kind not in ROUTERS:
-            raise ValueError(f"unknown router {kind!r}; choose one of {', '.join(ROUTERS)}")
+            raise ConfigError(f"unknown router {kind!r}; choose one of {', '.join(ROUTERS)}")
         self.replicas = replicas
         self.kind = kind
         self.rng = rng

@@ -14,7 +14,7 @@ import pyarrow as pa
 import simpy
 
 from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
-from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.spec import ConfigError, ModelSpec
 from tokenjoule.sim import processes
 from tokenjoule.sim.accounting import Ledger, energy_breakdown, pick_bin_s
 from tokenjoule.sim.cost import AllReduce, CalibratedCost, CostModel, ModeledTPCost, RooflineCost, check_tp
@@ -97,22 +97,22 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ValueError(f"policy={self.policy!r} must be one of {', '.join(POLICIES)}")
+            raise ConfigError(f"policy={self.policy!r} must be one of {', '.join(POLICIES)}")
         if self.cost not in COST_MODELS:
-            raise ValueError(f"cost={self.cost!r} must be one of {', '.join(COST_MODELS)}")
+            raise ConfigError(f"cost={self.cost!r} must be one of {', '.join(COST_MODELS)}")
         if self.router not in processes.ROUTERS:
-            raise ValueError(f"router={self.router!r} must be one of {', '.join(processes.ROUTERS)}")
+            raise ConfigError(f"router={self.router!r} must be one of {', '.join(processes.ROUTERS)}")
         for name in ("replicas", "tp", "kv_block_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.pue < 1.0:
-            raise ValueError(f"pue={self.pue} must be >= 1")
+            raise ConfigError(f"pue={self.pue} must be >= 1")
         if self.rate_scale <= 0 or not math.isfinite(self.rate_scale):
-            raise ValueError(f"rate_scale={self.rate_scale} must be a positive number")
+            raise ConfigError(f"rate_scale={self.rate_scale} must be a positive number")
         if self.host_power_w < 0 or (self.idle_power_w is not None and self.idle_power_w < 0):
-            raise ValueError(f"host_power_w={self.host_power_w} and idle_power_w={self.idle_power_w} must be >= 0")
+            raise ConfigError(f"host_power_w={self.host_power_w} and idle_power_w={self.idle_power_w} must be >= 0")
         if self.window_s is not None and not 0 <= self.window_s[0] < self.window_s[1]:
-            raise ValueError(f"window_s={self.window_s} must be (start, end) with 0 <= start < end")
+            raise ConfigError(f"window_s={self.window_s} must be (start, end) with 0 <= start < end")
 
     def make_policy(self) -> StaticBatching | ContinuousBatching | ChunkedPrefill:
         """The policy object this config names."""
@@ -147,15 +147,28 @@ class SimResult:
 
 
 def build_cost_model(config: SimConfig, profile: GPUProfile | None) -> CostModel:
-    """The cost model for `config`, checking that the profile matches the asked model, GPU and TP."""
+    """The cost model for `config`, checking that the profile matches the asked model, GPU and TP.
+
+    An impossible combination (a TP degree that does not divide the heads, weights that leave no KV memory; the cost
+    models check these) raises ConfigError.
+    """
+    try:
+        return _cost_model(config, profile)
+    except ConfigError:
+        raise
+    except ValueError as err:  # the cost models' own checks of the configuration they are built for
+        raise ConfigError(str(err)) from err
+
+
+def _cost_model(config: SimConfig, profile: GPUProfile | None) -> CostModel:
     if profile is not None and config.model and profile.model.name != config.model.lower():
-        raise ValueError(f"profile {profile.label} is for model {profile.model.name!r}, not {config.model!r}")
+        raise ConfigError(f"profile {profile.label} is for model {profile.model.name!r}, not {config.model!r}")
     if config.cost == "calibrated":
         if profile is None:
-            raise ValueError("cost model 'calibrated' needs a profile (or use --cost roofline)")
+            raise ConfigError("cost model 'calibrated' needs a profile (or use --cost roofline)")
         if config.gpu and config.gpu != profile.gpu.get("datasheet") and config.gpu != profile.gpu.get("name"):
-            raise ValueError(f"profile {profile.label} was measured on {profile.gpu.get('name')!r} "
-                             f"(datasheet {profile.gpu.get('datasheet')!r}), not {config.gpu!r}")
+            raise ConfigError(f"profile {profile.label} was measured on {profile.gpu.get('name')!r} "
+                              f"(datasheet {profile.gpu.get('datasheet')!r}), not {config.gpu!r}")
         base = CalibratedCost(profile)
         if config.tp == profile.tp:
             check_tp(profile.model, config.tp)
@@ -194,10 +207,10 @@ def run(config: SimConfig, trace: Trace, profile: GPUProfile | CostModel | None 
                                                                                                          profile)
     trace = prepare_trace(trace, config)
     if len(trace) == 0:
-        raise ValueError(f"{trace.source}: no requests to simulate (empty trace or window)")
+        raise ConfigError(f"{trace.source}: no requests to simulate (empty trace or window)")
     arrival = trace.column("arrival_s")
     if arrival[0] < 0:
-        raise ValueError(f"{trace.source}: arrivals must be >= 0")
+        raise ConfigError(f"{trace.source}: arrivals must be >= 0")
     env = simpy.Environment()
     ledger = Ledger(len(trace), pick_bin_s(float(arrival[-1]) * 1.5 + 60.0))
     log: list | None = [] if config.record_events else None

@@ -1,7 +1,7 @@
 """Which profile prices a what-if with `tp` GPUs per replica: a measured one of that TP degree, else a tp=1 one.
 
 Without a measured TP profile, the tp=1 profile is stretched by `ModeledTPCost` (a model, labelled so in every
-output). A measured TP profile (`torchrun ... -m tokenjoule.kernels.tp_device calibrate`, saved as
+output). A measured TP profile (`torchrun ... -m tokenjoule.calibrate.tp_run calibrate`, saved as
 `<gpu>x<tp>-<model>-<engine>-<mode>.json`) stands in for a tp=1 profile when both measured the same GPU type, model,
 engine and mode. Candidates are the profiles beside the given file (a device run writes its tp=1 and TP profiles into
 one folder) and the shipped profiles. When several match, the most recently measured one wins: superseded
@@ -17,14 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenjoule.calibrate.profile import (
-    PROFILE_KIND,
-    GPUProfile,
-    ProfileError,
-    load_profile,
-    resolve_profile_path,
-    shipped_profiles,
-)
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.profile import PROFILE_KIND, GPUProfile, load_profile, resolve_profile_path, shipped_profiles
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from tokenjoule.traces.schema import Trace
+from tokenjoule.traces.schema import Trace, TraceOptionError
 
 PAPER_INPUT_EDGES = (32, 128, 256, 512, 1024, 2048, 4096, 8192)
 PAPER_OUTPUT_EDGES = (8, 16, 32, 64, 128, 256, 512)
@@ -38,9 +38,10 @@ class BinSpec:
         for name in ("input_edges", "output_edges"):
             edges = np.asarray(getattr(self, name))
             if edges.ndim != 1 or len(edges) == 0 or not bool(np.all(np.diff(edges) > 0)) or edges[0] < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be non-empty, non-negative, strictly increasing")
+                raise TraceOptionError(f"{name}={getattr(self, name)} must be non-empty, non-negative, strictly "
+                                       "increasing")
         if self.out_of_range not in OUT_OF_RANGE:
-            raise ValueError(f"out_of_range={self.out_of_range!r} must be one of {', '.join(OUT_OF_RANGE)}")
+            raise TraceOptionError(f"out_of_range={self.out_of_range!r} must be one of {', '.join(OUT_OF_RANGE)}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -144,12 +145,12 @@ def _window_index(arrival_s: np.ndarray | None, window_s: float | None, drop: np
     if window_s is None:
         return np.zeros(n, np.int64)
     if arrival_s is None:
-        raise ValueError("window_s needs arrival_s")
+        raise TraceOptionError("window_s needs arrival_s")
     if not window_s > 0:
-        raise ValueError(f"window_s={window_s} must be > 0")
+        raise TraceOptionError(f"window_s={window_s} must be > 0")
     arrival = np.asarray(arrival_s) if drop is None else np.asarray(arrival_s)[~drop]
     if len(arrival) and arrival.min() < 0:
-        raise ValueError(f"arrival_s must be >= 0 for windows (got {arrival.min()})")
+        raise TraceOptionError(f"arrival_s must be >= 0 for windows (got {arrival.min()})")
     return np.floor(arrival / window_s).astype(np.int64)
 
 

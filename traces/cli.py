@@ -12,11 +12,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from tokenjoule.console import progress
 from tokenjoule.traces import transforms
 from tokenjoule.traces.binning import PAPER_INPUT_EDGES, PAPER_OUTPUT_EDGES, BinCounts, BinSpec
-from tokenjoule.console import progress, user_errors
 from tokenjoule.traces.files import save_trace, write_atomic
 from tokenjoule.traces.loaders import FORMAT_NAMES, LoadOptions, read_trace
+from tokenjoule.traces.schema import TraceOptionError
 from tokenjoule.traces.stream import ScanResult, TraceStats, scan
 from tokenjoule.traces.synth import ARRIVAL_PROCESSES, SynthSpec, synthesize
 
@@ -52,7 +53,7 @@ def _parse_mapping(text: str | None) -> dict[str, str] | None:
         return None
     pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
     if any(len(p) != 2 for p in pairs):
-        raise ValueError(f"--map {text!r}: expected field=column pairs separated by commas")
+        raise TraceOptionError(f"--map {text!r}: expected field=column pairs separated by commas")
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -62,7 +63,7 @@ def _edges(text: str | None, default: tuple[int, ...], flag: str) -> tuple[int, 
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError as err:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 32,128,512") from err
+        raise TraceOptionError(f"{flag} {text!r}: expected comma-separated integers, e.g. 32,128,512") from err
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -106,10 +107,9 @@ def stats(source: Source, fmt: Fmt = None, mapping: Mapping = None, time_unit: T
         tokenjoule trace stats burstgpt.csv --json
         tokenjoule trace stats my.csv --map arrival_s=t,input_tokens=i,output_tokens=o
     """
-    with user_errors():
-        options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
-        with progress("reading") as tick:
-            result = scan(source, fmt, options=options, progress=tick)
+    options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
+    with progress("reading") as tick:
+        result = scan(source, fmt, options=options, progress=tick)
     if as_json:
         payload = {**result.stats.to_dict(), "rows_read": result.rows_read, "rows_dropped": result.rows_dropped,
                    "notes": list(result.notes)}
@@ -156,17 +156,16 @@ def bin_(source: Source, fmt: Fmt = None, input_edges: Annotated[str | None, typ
         tokenjoule trace bin azure-conv-2023
         tokenjoule trace bin big.parquet --clamp --window-s 60 --json
     """
-    with user_errors():
-        options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
-        spec = BinSpec(_edges(input_edges, PAPER_INPUT_EDGES, "--input-edges"),
-                       _edges(output_edges, PAPER_OUTPUT_EDGES, "--output-edges"), "clamp" if clamp else "exclude")
-        with progress("binning") as tick:
-            result = scan(source, fmt, spec=spec, window_s=window_s, options=options, progress=tick)
-        bins = result.bins
-        if out is not None:
-            import pyarrow.parquet as pq
+    options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
+    spec = BinSpec(_edges(input_edges, PAPER_INPUT_EDGES, "--input-edges"),
+                   _edges(output_edges, PAPER_OUTPUT_EDGES, "--output-edges"), "clamp" if clamp else "exclude")
+    with progress("binning") as tick:
+        result = scan(source, fmt, spec=spec, window_s=window_s, options=options, progress=tick)
+    bins = result.bins
+    if out is not None:
+        import pyarrow.parquet as pq
 
-            write_atomic(out, lambda tmp: pq.write_table(bins.to_table(), tmp))
+        write_atomic(out, lambda tmp: pq.write_table(bins.to_table(), tmp))
     if as_json:
         typer.echo(json.dumps({"source": source, **bins.to_dict()}))
     else:
@@ -191,11 +190,10 @@ def synth(out: Annotated[Path, typer.Argument(help="Parquet file to write.", sho
         tokenjoule trace synth p.parquet -n 5000 --rate 8 --lengths-from azure-conv-2023
         tokenjoule trace synth batch.parquet -n 256 --process zero --input-tokens 1024
     """
-    with user_errors():
-        spec = SynthSpec(requests, rate, process, cv, input_tokens, output_tokens)
-        source = read_trace(lengths_from)[0] if lengths_from else None
-        trace = synthesize(spec, np.random.default_rng(seed), source)
-        save_trace(trace, out)
+    spec = SynthSpec(requests, rate, process, cv, input_tokens, output_tokens)
+    source = read_trace(lengths_from)[0] if lengths_from else None
+    trace = synthesize(spec, np.random.default_rng(seed), source)
+    save_trace(trace, out)
     summary = {"path": str(out), "rows": len(trace), "span_s": trace.span_s, "process": process, "rate_per_s": rate,
                "cv": cv, "seed": seed, "lengths_from": lengths_from}
     typer.echo(json.dumps(summary) if as_json else f"wrote {out}: {len(trace):,} requests over {trace.span_s:,.1f} s")
@@ -217,20 +215,19 @@ def convert(source: Source, out: Annotated[Path, typer.Argument(help="Parquet fi
         tokenjoule trace convert burstgpt.csv burst.parquet --zero-output drop
         tokenjoule trace convert azure-conv-2023 peak.parquet --start-s 600 --end-s 1200
     """
-    with user_errors():
-        options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
-        trace, report = read_trace(source, fmt, options=options)
-        notes = [report.summary()]
-        if start_s is not None or end_s is not None:
-            trace, step = transforms.slice_window(trace, start_s or 0.0, end_s if end_s is not None else np.inf)
-            notes.append(step.summary())
-        if head is not None:
-            trace, step = transforms.head(trace, head)
-            notes.append(step.summary())
-        if scale_rate is not None:
-            trace, step = transforms.scale_rate(trace, scale_rate)
-            notes.append(step.summary())
-        save_trace(trace, out)
+    options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
+    trace, report = read_trace(source, fmt, options=options)
+    notes = [report.summary()]
+    if start_s is not None or end_s is not None:
+        trace, step = transforms.slice_window(trace, start_s or 0.0, end_s if end_s is not None else np.inf)
+        notes.append(step.summary())
+    if head is not None:
+        trace, step = transforms.head(trace, head)
+        notes.append(step.summary())
+    if scale_rate is not None:
+        trace, step = transforms.scale_rate(trace, scale_rate)
+        notes.append(step.summary())
+    save_trace(trace, out)
     if as_json:
         typer.echo(json.dumps({"path": str(out), "rows": len(trace), "span_s": trace.span_s, "format": report.fmt,
                                "rows_read": report.rows_read, "rows_dropped": report.rows_dropped, "notes": notes}))

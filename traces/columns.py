@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tokenjoule.traces.schema import TraceFormatError
+from tokenjoule.traces.schema import TraceFormatError, TraceOptionError
 
 NUMERIC_UNITS_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit of a numeric arrival column
 DATETIME_UNITS = ("datetime", "datetime-naive", "datetime-tz")  # any / no zone offset / with zone offset
@@ -52,7 +52,7 @@ class ColumnMap:
 
     def __post_init__(self) -> None:
         if self.time_unit not in TIME_UNITS:
-            raise ValueError(f"time_unit={self.time_unit!r} is not one of {', '.join(TIME_UNITS)}")
+            raise TraceOptionError(f"time_unit={self.time_unit!r} is not one of {', '.join(TIME_UNITS)}")
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, str], time_unit: str = "s", rezero: bool = True) -> ColumnMap:
@@ -71,11 +71,11 @@ class ColumnMap:
         """
         unknown = sorted(set(mapping) - set(CANONICAL_KEYS))
         if unknown:
-            raise ValueError(f"column mapping: unknown field(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(CANONICAL_KEYS)})")
+            raise TraceOptionError(f"column mapping: unknown field(s) {', '.join(unknown)} "
+                                   f"(known: {', '.join(CANONICAL_KEYS)})")
         for key in ("input_tokens", "output_tokens"):
             if key not in mapping:
-                raise ValueError(f"column mapping: {key!r} is required (e.g. {key}=<source column>)")
+                raise TraceOptionError(f"column mapping: {key!r} is required (e.g. {key}=<source column>)")
         return cls(time_unit=time_unit, rezero=rezero, **mapping)
 
     @property

@@ -8,6 +8,7 @@ CSV columns are read as strings so that `columns.convert` owns every parse and e
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -59,7 +60,7 @@ def sniff(path: Path) -> Sniffed:
         FileNotFoundError: no such file.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
     with open(path, "rb") as raw:
         if raw.read(4) == b"PAR1":
             return Sniffed(path, "parquet", tuple(pq.read_schema(path).names))

@@ -10,6 +10,7 @@ failed requests) are dropped by default, because the simulator generates at leas
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import pyarrow as pa
 from tokenjoule.traces import synth
 from tokenjoule.traces.columns import ColumnMap, Converted, convert, has_zone_offset
 from tokenjoule.traces.files import Sniffed, read_table, sniff
-from tokenjoule.traces.schema import Trace, TraceFormatError
+from tokenjoule.traces.schema import Trace, TraceFormatError, TraceOptionError
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +66,16 @@ class LoadOptions:
 
     def __post_init__(self) -> None:
         if self.zero_output not in ("drop", "keep"):
-            raise ValueError(f"zero_output={self.zero_output!r} must be 'drop' or 'keep'")
+            raise TraceOptionError(f"zero_output={self.zero_output!r} must be 'drop' or 'keep'")
         if self.unsorted not in ("sort", "refuse"):
-            raise ValueError(f"unsorted={self.unsorted!r} must be 'sort' or 'refuse'")
+            raise TraceOptionError(f"unsorted={self.unsorted!r} must be 'sort' or 'refuse'")
         if self.spread_buckets_s is not None and not self.spread_buckets_s > 0:
-            raise ValueError(f"spread_buckets_s={self.spread_buckets_s} must be > 0")
+            raise TraceOptionError(f"spread_buckets_s={self.spread_buckets_s} must be > 0")
         if self.arrivals is not None:
             if self.arrivals not in synth.ARRIVAL_PROCESSES:
-                raise ValueError(f"arrivals={self.arrivals!r} is not one of {', '.join(synth.ARRIVAL_PROCESSES)}")
+                raise TraceOptionError(f"arrivals={self.arrivals!r} is not one of {', '.join(synth.ARRIVAL_PROCESSES)}")
             if self.arrivals != "zero" and not (self.rate_per_s or 0) > 0:
-                raise ValueError(f"arrivals={self.arrivals!r} needs rate_per_s > 0 (got {self.rate_per_s})")
+                raise TraceOptionError(f"arrivals={self.arrivals!r} needs rate_per_s > 0 (got {self.rate_per_s})")
 
     @property
     def whole_table(self) -> bool:
@@ -164,7 +165,8 @@ def plan_load(path_or_name: str | Path, fmt: str | None = None, options: LoadOpt
     if name in BUNDLED_TRACES and not path.exists():
         path = bundled_path(name)
     elif not path.is_file():
-        raise FileNotFoundError(f"{name}: no such file or bundled trace (bundled: {', '.join(BUNDLED_TRACES)})")
+        bundled = ", ".join(BUNDLED_TRACES)
+        raise FileNotFoundError(errno.ENOENT, f"no such file or bundled trace (bundled: {bundled})", name)
     sniffed = sniff(path)
     fmt = fmt or ("generic" if options.mapping else detect_format(sniffed))
     cmap = _column_map(sniffed, fmt, options)
@@ -323,8 +325,8 @@ def _arrivals(conv: Converted, n: int, plan: LoadPlan, opts: LoadOptions,
               rng: np.random.Generator) -> tuple[np.ndarray, str]:
     if conv.arrival_s is not None:
         if opts.arrivals is not None:
-            raise ValueError(f"{plan.source}: arrivals={opts.arrivals!r} applies only to traces without timestamps "
-                             f"(this one has {plan.cmap.arrival_s!r})")
+            raise TraceOptionError(f"{plan.source}: arrivals={opts.arrivals!r} applies only to traces without "
+                                   f"timestamps (this one has {plan.cmap.arrival_s!r})")
         return conv.arrival_s, f"source column {plan.cmap.arrival_s!r} ({plan.cmap.time_unit})"
     if opts.arrivals is None:
         raise TraceFormatError(f"{plan.source}: format {plan.fmt!r} has no arrival times; choose how to synthesize "

@@ -31,6 +31,10 @@ class TraceFormatError(ValueError):
     """A trace file or table does not fit the schema; the message names the file, row and field."""
 
 
+class TraceOptionError(ValueError):
+    """A bad option for loading, transforming, binning or synthesizing a trace (names the option and its value)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One request, as the simulator sees it.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tokenjoule.traces.schema import Trace
+from tokenjoule.traces.schema import Trace, TraceOptionError
 
 ARRIVAL_PROCESSES = ("poisson", "gamma", "zero")
 
@@ -38,16 +38,16 @@ class SynthSpec:
 
     def __post_init__(self) -> None:
         if self.n_requests < 1:
-            raise ValueError(f"n_requests={self.n_requests} must be >= 1")
+            raise TraceOptionError(f"n_requests={self.n_requests} must be >= 1")
         if self.process not in ARRIVAL_PROCESSES:
-            raise ValueError(f"process={self.process!r} is not one of {', '.join(ARRIVAL_PROCESSES)}")
+            raise TraceOptionError(f"process={self.process!r} is not one of {', '.join(ARRIVAL_PROCESSES)}")
         if self.process != "zero" and not self.rate_per_s > 0:
-            raise ValueError(f"rate_per_s={self.rate_per_s} must be > 0")
+            raise TraceOptionError(f"rate_per_s={self.rate_per_s} must be > 0")
         if not self.cv > 0:
-            raise ValueError(f"cv={self.cv} must be > 0")
+            raise TraceOptionError(f"cv={self.cv} must be > 0")
         if self.input_tokens < 0 or self.output_tokens < 1:
-            raise ValueError(f"input_tokens={self.input_tokens} must be >= 0 and output_tokens="
-                             f"{self.output_tokens} >= 1")
+            raise TraceOptionError(f"input_tokens={self.input_tokens} must be >= 0 and output_tokens="
+                                   f"{self.output_tokens} >= 1")
 
 
 def poisson_arrivals(n: int, rate_per_s: float, rng: np.random.Generator) -> np.ndarray:
@@ -99,7 +99,7 @@ def arrivals(n: int, process: str, rng: np.random.Generator, rate_per_s: float =
         return gamma_arrivals(n, rate_per_s, cv, rng)
     if process == "zero":
         return np.zeros(n)
-    raise ValueError(f"process={process!r} is not one of {', '.join(ARRIVAL_PROCESSES)}")
+    raise TraceOptionError(f"process={process!r} is not one of {', '.join(ARRIVAL_PROCESSES)}")
 
 
 def resample_lengths(trace: Trace, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +116,7 @@ def resample_lengths(trace: Trace, n: int, rng: np.random.Generator) -> tuple[np
         (input_tokens, output_tokens) int32 arrays.
     """
     if len(trace) == 0:
-        raise ValueError(f"{trace.source}: cannot resample lengths from an empty trace")
+        raise TraceOptionError(f"{trace.source}: cannot resample lengths from an empty trace")
     rows = rng.integers(0, len(trace), size=n)
     return trace.column("input_tokens")[rows], trace.column("output_tokens")[rows]
 

@@ -9,7 +9,7 @@ Method. For each (batch B, prompt L) of the grid, two calls are measured, each i
 call: G1 = generate(B, L, max_new_tokens=1), the prefill plus generate's per-call setup, and GN = generate(B, L,
 1 + N), the same plus N decode steps. Repeats are interleaved (pass r over every point, pass r + 1 back the other
 way), so host drift spoils one repeat of a point, not all. Raw rows (kind "generate") keep each call as measured;
-`generate_rows.derive_fit_rows` turns the pair of each repeat into the rows the profile's cost form takes: a
+`derive_fit_rows` (below) turns the pair of each repeat into the rows the profile's cost form takes: a
 prefill point B x L costing G1, and a decode point (B sequences at the mean context of the N steps) costing
 (GN - G1) / N per step, labelled as derived.
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,18 +44,18 @@ from rich.progress import Progress, TaskID
 
 from tokenjoule.calibrate.measure.aligned import AlignedMeasurement, measure_from_tick
 from tokenjoule.calibrate.measure.meters import EnergyMeter
-from tokenjoule.calibrate.sweep.generate_rows import point_of
 from tokenjoule.calibrate.sweep.grid import KV_HEADROOM, GridConfig, GridPoint
 from tokenjoule.calibrate.sweep.iterations import (
-    _base_row,
-    _log_point,
-    _progress,
+    base_row,
     disagree,
     finish_with_idle,
+    log_point,
     main_repeat_times,
     passes,
     read_rows,
     settle,
+    shape_from_row,
+    sweep_progress,
     window_fields,
     write_rows,
 )
@@ -266,7 +267,7 @@ def measure_call(runner: GenerateRunner, meter: EnergyMeter, grid: GenerateGrid,
     A long call's warm-up asks for `1 + WARMUP_NEW_TOKENS` new tokens: it runs the same prefill and decode path
     without spending N steps. A shape that cannot run gives a "skipped" row.
     """
-    row = _base_row(call_id(batch, prompt_tokens, new_tokens), "generate",
+    row = base_row(call_id(batch, prompt_tokens, new_tokens), "generate",
                     IterationShape(prefill=((prompt_tokens, 0),) * batch), repeat)
     row["output_tokens"] = new_tokens
     warm_tokens = 1 + min(new_tokens - 1, WARMUP_NEW_TOKENS)
@@ -319,7 +320,7 @@ def run_generate_sweep(runner: GenerateRunner, meter: EnergyMeter, grid: Generat
                   for b, length in points]
         settle(_PrefillCalls(runner), meter, shapes, grid, read_temperature_c)
     sweep = _Sweep(runner, meter, grid, out_path, rows, done, skipped, calls, wait)
-    with _progress(progress) as bar:
+    with sweep_progress(progress) as bar:
         task = bar.add_task("calibrating generate()", total=len(todo) + (("idle", 0) not in done))
         sweep.measure(todo, start + OVERRUN * grid.budget_s, bar, task)
         # extra passes over the points whose main repeats disagree, only in what is left of the planned budget
@@ -374,7 +375,7 @@ class _Sweep:
                     continue
                 row = measure_call(self.runner, self.meter, self.grid, b, length, n, repeat, self.wait)
                 self.rows.append(row)
-                _log_point([row])
+                log_point([row])
                 if row["status"] == "skipped":
                     self.skipped.add((b, length))
                     break
@@ -388,3 +389,67 @@ def measure_generate_run(runner: GenerateRunner, meter: EnergyMeter, batch: int,
     runner.generate(batch, prompt_tokens, 1 + min(new_tokens - 1, WARMUP_NEW_TOKENS))
     return [measure_from_tick(meter, lambda: runner.generate(batch, prompt_tokens, new_tokens), 0.25, wait)
             for _ in range(repeats)]
+
+
+# ---- raw generate() rows -> the prefill and decode rows a fit uses ----------------------------------------------
+def point_of(row: dict[str, Any]) -> tuple[int, int]:
+    """(batch, prompt tokens) of a generate() row."""
+    shape = shape_from_row(row)
+    return len(shape.prefill), shape.prefill[0][0]
+
+
+def _derived(source: dict[str, Any], point_id: str, kind: str, shape: IterationShape, time_s: float,
+             energy_j: float | None, bound: float | None, steps: int, reason: str) -> dict[str, Any]:
+    row = base_row(point_id, kind, shape, source["repeat"])
+    row.update(reason=reason, steps=steps, step_time_s=time_s, energy_per_step_j=energy_j, error_bound=bound,
+               power_w=None if energy_j is None else energy_j / time_s, unix_time_s=source["unix_time_s"])
+    return row
+
+
+def _decode_row(short: dict[str, Any], long_: dict[str, Any], batch: int, prompt: int) -> dict[str, Any] | None:
+    n = long_["output_tokens"] - 1
+    time_s = (long_["step_time_s"] - short["step_time_s"]) / n
+    e1, en = short["energy_per_step_j"], long_["energy_per_step_j"]
+    energy = None if e1 is None or en is None else (en - e1) / n
+    if time_s <= 0 or (energy is not None and energy <= 0):
+        logger.warning("%s #%d: the long call is not dearer than the short one; no decode point derived",
+                       long_["point_id"], long_["repeat"])
+        return None
+    bound = None
+    if energy is not None and short["error_bound"] is not None and long_["error_bound"] is not None:
+        # each call's energy is off by at most its bound; the difference carries both absolute errors
+        bound = (long_["error_bound"] * en + short["error_bound"] * e1) / (en - e1)
+    ctx = prompt + n // 2  # the N steps read contexts L .. L + N - 1
+    return _derived(long_, f"gen_b{batch}_l{prompt}_n{n + 1}_decode", "decode", IterationShape(decode=(ctx,) * batch),
+                    time_s, energy, bound, n,
+                    f"derived from generate({batch}, {prompt}, {n + 1}) - generate({batch}, {prompt}, 1), / {n} steps")
+
+
+def derive_fit_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows a fit uses: generate() rows become derived prefill and decode rows; other rows pass through.
+
+    Per point (B, L) and repeat r: a prefill row costing generate(B, L, 1), and for each longer call of the same
+    repeat a decode row of B sequences at the mean context of its N steps, costing (GN - G1) / N per step. Rows
+    without generate rows come back unchanged, so raw files of forward-pass sweeps fit exactly as before.
+    """
+    if not any(r["kind"] == "generate" for r in rows):
+        return list(rows)
+    out = [r for r in rows if r["kind"] != "generate"]
+    calls: dict[tuple[int, int, int], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        if r["kind"] == "generate" and r["status"] == "ok":
+            b, length = point_of(r)
+            calls[(b, length, r["repeat"])][int(r["output_tokens"])] = r
+    for (b, length, _), by_n in sorted(calls.items()):
+        short = by_n.get(1)
+        if short is None:
+            continue
+        out.append(_derived(short, f"gen_b{b}_l{length}_prefill", "prefill",
+                            IterationShape(prefill=((length, 0),) * b), short["step_time_s"],
+                            short["energy_per_step_j"], short["error_bound"], 1,
+                            f"derived from generate({b}, {length}, 1)"))
+        for n in sorted(k for k in by_n if k > 1):
+            decode = _decode_row(short, by_n[n], b, length)
+            if decode is not None:
+                out.append(decode)
+    return out

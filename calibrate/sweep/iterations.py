@@ -99,7 +99,8 @@ def shape_from_row(row: dict[str, Any]) -> IterationShape:
     return IterationShape(prefill=prefill, decode=tuple(int(c) for c in json.loads(row["decode_json"] or "[]")))
 
 
-def _base_row(point_id: str, kind: str, shape: IterationShape, repeat: int) -> dict[str, Any]:
+def base_row(point_id: str, kind: str, shape: IterationShape, repeat: int) -> dict[str, Any]:
+    """A raw row of `RAW_SCHEMA` for one repeat of a point: its shape and features filled, measurements empty."""
     feats = shape_features(shape)
     row = dict.fromkeys(RAW_SCHEMA.names)
     row.update(point_id=point_id, kind=kind, repeat=repeat, status="ok", reason="",
@@ -113,7 +114,7 @@ def _base_row(point_id: str, kind: str, shape: IterationShape, repeat: int) -> d
 def measure_point(runner: IterationRunner, meter: EnergyMeter, point: GridPoint, cfg: GridConfig,
                   repeat: int = 0) -> dict[str, Any]:
     """One row for one point: a tick-aligned window after warm-up, or a "skipped" row if the runner cannot run it."""
-    row = _base_row(point.point_id, point.kind, point.shape, repeat)
+    row = base_row(point.point_id, point.kind, point.shape, repeat)
     try:
         runner.prepare(point.shape)
     except ValueError as err:
@@ -138,7 +139,7 @@ def measure_idle(meter: EnergyMeter, cfg: GridConfig, wait: Callable[[float], No
     """One row of idle power (model resident, nothing running), measured between counter ticks."""
     wait(1.0)  # let the last kernels' power tail decay
     m = measure_aligned(meter, lambda: wait(0.05), target_s=cfg.idle_s, warmup_steps=0)
-    row = _base_row("idle", "idle", IterationShape(), 0)
+    row = base_row("idle", "idle", IterationShape(), 0)
     row.update(steps=m.steps, window_s=m.time_s, power_w=m.power_w, error_bound=m.error_bound,
                tick_span_s=m.tick_span_s, window_energy_j=m.window_energy_j)
     return row
@@ -194,7 +195,7 @@ def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_
                     len(todo))
     if todo:
         settle(runner, meter, [p for _, p in todo], cfg, read_temperature_c)
-    with _progress(progress) as bar:
+    with sweep_progress(progress) as bar:
         task = bar.add_task("calibrating", total=len(todo) + (("idle", 0) not in done))
         _measure_passes(runner, meter, cfg, todo, rows, out_path, bar, task)
         noisy = noisy_points(rows, points, cfg)
@@ -255,7 +256,7 @@ def _measure_passes(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig
             skipped.add(point.point_id)
         rows.append(row)
         write_rows(rows, out_path)
-        _log_point([row])
+        log_point([row])
 
 
 def finish_with_idle(rows: list[dict[str, Any]], done: set[tuple[str, int]], out_path: str | Path,
@@ -270,7 +271,8 @@ def finish_with_idle(rows: list[dict[str, Any]], done: set[tuple[str, int]], out
     bar.advance(task)
 
 
-def _log_point(rows: list[dict[str, Any]]) -> None:
+def log_point(rows: list[dict[str, Any]]) -> None:
+    """Log each row of a point at INFO: its steps, step time, energy, power and bound, or why it was skipped."""
     for r in rows:
         if r["status"] != "ok":
             logger.info("%s: skipped (%s)", r["point_id"], r["reason"])
@@ -283,6 +285,7 @@ def _g(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def _progress(enabled: bool) -> Progress:
+def sweep_progress(enabled: bool) -> Progress:
+    """The sweep's progress bar on stderr (points done of all; disabled when `enabled` is False)."""
     return Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=Console(stderr=True), disable=not enabled, transient=False)

@@ -1,6 +1,6 @@
 r"""One-command validation run on a GPU: calibrate, then replay trace scenarios on the same engine with the meter on.
 
-    python3 -m tokenjoule.calibrate.validate.device --out "$OUT"
+    tokenjoule validate run --out "$OUT"
 
 One engine (llama-3.1-8b, tokenjoule, CUDA graphs) is built once; a full-grid calibration measures its profile,
 then the same engine (same weights, same KV cache) replays each scenario of `SCENARIOS` in real time. Files in
@@ -13,12 +13,10 @@ software, engine config, and per scenario its spec, measured totals and where it
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,24 +27,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenjoule.calibrate.validate import scenarios as scenario_data
-from tokenjoule.calibrate.calibration import (
-    CalibrationConfig,
-    calibrate,
-    check_base,
-    gpu_info,
-    gpu_uuids,
-    host_info,
-    software_info,
-)
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.measure.machine import check_device, gpu_info, gpu_uuids, host_info, software_info
+from tokenjoule.calibrate.measure.meters import EnergyMeter, NVMLMeter, make_meter
+from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
+from tokenjoule.calibrate.profile import GPUProfile, load_profile
+from tokenjoule.calibrate.recalibrate import SHORT_GRID, check_base
 from tokenjoule.calibrate.sweep.grid import GridConfig
-from tokenjoule.calibrate.measure.meters import EnergyMeter, MeterError, NVMLMeter, make_meter
-from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
-from tokenjoule.calibrate.recalibrate import SHORT_GRID
+from tokenjoule.calibrate.validate import scenarios as scenario_data
 from tokenjoule.calibrate.validate.replay import ReplayRequest, ReplayResult, build_engine, replay, use_policy
 from tokenjoule.calibrate.validate.scenarios import SCENARIO_SETS, SCENARIOS, Scenario, scenario_requests
 from tokenjoule.kernels.shape import IterationShape
-from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.spec import ConfigError, ModelSpec
 from tokenjoule.traces.files import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -144,8 +136,8 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
                             max_batched_tokens=plan.max_batched_tokens)
     if base is not None:  # refuse a base of another setup before minutes of engine build
         try:
-            check_base(base, plan.spec, cal)
-        except ValueError as err:
+            check_base(base, plan.spec, cal.engine, cal.mode, len(cal.gpu_indices))
+        except ProfileError as err:
             raise ProfileError(f"{plan.short_from}: {err}") from err
     engine = build_engine(plan.spec, config)
     print(f"[{time.perf_counter() - start:5.0f} s] engine built: {engine.runner.kv_capacity_tokens} KV tokens",
@@ -184,13 +176,13 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
         result = replay(engine, reqs, meter, name=s.name, static_batch=s.static_batch or None,
                         max_wall_s=min(1.5 * s.expected_s(plan.mode) + 10.0, plan.budget_s - elapsed))
         results.append((s, reqs, result))
-        print(f"[{time.perf_counter() - start:5.0f} s] {_summary_line(s, result)}", flush=True)
-    doc = _document(plan, meter, profile_path, engine, results, start)
+        print(f"[{time.perf_counter() - start:5.0f} s] {summary_line(s, result)}", flush=True)
+    doc = validation_document(plan, meter, profile_path, engine, results, start)
     doc["profile_reused"] = plan.profile is not None
     doc["profile_short_from"] = None if plan.short_from is None else plan.short_from.name
-    doc["warmups"] = _document(plan, meter, profile_path, engine, warmups, start)["scenarios"]
-    doc["idle_power_end_w"] = _idle_power_w(meter, plan.idle_end_s)
-    _write_tables(out, warmups + results)
+    doc["warmups"] = validation_document(plan, meter, profile_path, engine, warmups, start)["scenarios"]
+    doc["idle_power_end_w"] = idle_power_end_w(meter, plan.idle_end_s)
+    write_tables(out, warmups + results)
     return doc
 
 
@@ -207,7 +199,7 @@ def _reuse_profile(path: Path, out: Path, gpu: dict[str, Any]) -> GPUProfile:
     return profile
 
 
-def _idle_power_w(meter: EnergyMeter, window_s: float) -> float | None:
+def idle_power_end_w(meter: EnergyMeter, window_s: float) -> float | None:
     """Idle power with the model resident, after the scenarios (1 s of settling, then a `window_s` window)."""
     if window_s <= 0:
         return None
@@ -218,15 +210,21 @@ def _idle_power_w(meter: EnergyMeter, window_s: float) -> float | None:
     return m.power_w
 
 
-def _summary_line(s: Scenario, r: ReplayResult) -> str:
+def summary_line(s: Scenario, r: ReplayResult) -> str:
+    """One scenario's replay in one line: requests, iterations, duration, energy, power, idle time."""
     power = f"{r.energy_j / r.duration_s:6.1f} W" if r.energy_j is not None and r.duration_s > 0 else "  no energy"
     energy = f"{r.energy_j:9.0f} J" if r.energy_j is not None else "        - J"
     return (f"{s.name:24s} {len(r.requests):5d} req {len(r.iterations):6d} it {r.duration_s:6.1f} s {energy} "
             f"{power} idle {r.idle_s:5.1f} s{'' if r.completed else ' INCOMPLETE'}")
 
 
-def _document(plan: Plan, meter: EnergyMeter, profile_path: Path, engine: Any,
-              results: list[tuple[Scenario, list[ReplayRequest], ReplayResult]], start: float) -> dict[str, Any]:
+def validation_document(plan: Plan, meter: EnergyMeter, profile_path: Path, engine: Any,
+                        results: list[tuple[Scenario, list[ReplayRequest], ReplayResult]],
+                        start: float) -> dict[str, Any]:
+    """`validation.json`'s content: machine, software, meter, engine config, and each scenario's measured totals.
+
+    `engine` needs `runner.config` (a dataclass with `block_size`) and `runner.kv_capacity_tokens`.
+    """
     scenarios = []
     for s, reqs, r in results:
         host = sum(i["host_s"] for i in r.iterations)
@@ -245,7 +243,8 @@ def _document(plan: Plan, meter: EnergyMeter, profile_path: Path, engine: Any,
             "run_wall_s": time.perf_counter() - start, "scenarios": scenarios}
 
 
-def _write_tables(out: Path, results: list[tuple[Scenario, list[ReplayRequest], ReplayResult]]) -> None:
+def write_tables(out: Path, results: list[tuple[Scenario, list[ReplayRequest], ReplayResult]]) -> None:
+    """Write `requests.parquet` (one row per request per scenario, NaN times if unfinished) and `iterations.parquet`."""
     req_rows, it_rows = [], []
     nan = float("nan")
     for s, reqs, r in results:
@@ -268,20 +267,17 @@ def log_to(out: Path) -> None:
     logging.captureWarnings(True)
 
 
-def run_metered(out: Path, device: str, run: Callable[[EnergyMeter], dict[str, Any]]) -> int:
-    """The frame of a validation entry: meter GPU 0 with a power timeline around `run`, then write its document.
+def run_metered(out: Path, device: str, run: Callable[[EnergyMeter], dict[str, Any]]) -> dict[str, Any]:
+    """The frame of a validation run: meter GPU 0 with a power timeline around `run`, then write its document.
 
-    Refuses (exit 2, one line) without a usable GPU or energy counter; writes `timeline.parquet` even when `run`
-    fails, and `validation.json` atomically only when it succeeds; prints the scenario table.
+    Raises MeterError without a usable GPU or energy counter; writes `timeline.parquet` even when `run` fails, and
+    `validation.json` atomically only when it succeeds.
+
+    Returns:
+        The validation document `run` returned (as written to `validation.json`).
     """
     if device.startswith("cuda"):
-        from tokenjoule.calibrate.run_device import check_device
-
-        try:
-            check_device((0,))
-        except RuntimeError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        check_device((0,))
     meter = make_meter((0,))
     sampler = None
     if isinstance(meter, NVMLMeter):
@@ -290,65 +286,41 @@ def run_metered(out: Path, device: str, run: Callable[[EnergyMeter], dict[str, A
         sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock).start()
     try:
         doc = run(meter)
-    except (MeterError, ProfileError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     finally:
         if sampler is not None:
             pq.write_table(pa.Table.from_pylist([x.to_row() for x in sampler.stop()]), out / "timeline.parquet")
         meter.close()
     write_atomic(out / "validation.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1, default=str)))
-    _print_table(doc["scenarios"])
-    return 0
+    return doc
 
 
-def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
-    """Run the validation into `--out`; exit 2 (one line) when the machine cannot measure energy."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--model", default="llama-3.1-8b")
-    parser.add_argument("--budget-s", type=float, default=BUDGET_S,
-                        help="skip scenarios that would end after this many seconds of the run")
-    parser.add_argument("--quick", action="store_true", help="the smoke-test calibration grid (a check, not a profile)")
-    parser.add_argument("--scenario-set", choices=sorted(SCENARIO_SETS), default="short",
-                        help="short slices (after calibrating) or long ones (usually with --profile)")
-    parser.add_argument("--scenarios", default="",
-                        help="comma list of scenario names of the set, run in this order (default: all, in order)")
-    parser.add_argument("--mode", choices=("cudagraph", "eager"), default="cudagraph",
-                        help="engine mode (eager: every iteration launched from Python, no CUDA graphs)")
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="replay against this earlier profile of the same GPU instead of calibrating")
-    parser.add_argument("--short-from", type=Path, default=None,
-                        help="carry this full profile of another machine of this GPU type here by a short "
-                             "re-calibration, and replay against that")
-    args = parser.parse_args(argv)
-    if args.profile is not None and args.short_from is not None:
-        print("error: --profile and --short-from: give one", file=sys.stderr)
-        return 2
-    log_to(args.out)
-    if plan is None:
-        chosen = SCENARIO_SETS[args.scenario_set]
-        names = [n for n in args.scenarios.split(",") if n]
-        by_name = {s.name: s for s in chosen}
-        unknown = sorted(set(names) - set(by_name))
-        if unknown:
-            print(f"error: --scenarios: unknown {unknown}; known: {[s.name for s in chosen]}", file=sys.stderr)
-            return 2
-        plan = Plan(ModelSpec.from_name(args.model), mode=args.mode, budget_s=args.budget_s,
-                    grid=GridConfig.quick() if args.quick else GRID, profile=args.profile,
-                    short_from=args.short_from,
-                    scenarios=tuple(by_name[n] for n in names) if names else chosen)
-    return run_metered(args.out, plan.device, lambda meter: run_plan(plan, args.out, meter))
+def make_plan(model: str = "llama-3.1-8b", *, mode: str = "cudagraph", budget_s: float = BUDGET_S,
+              quick: bool = False, scenario_set: str = "short", scenarios: str = "", profile: Path | None = None,
+              short_from: Path | None = None) -> Plan:
+    """The plan of `tokenjoule validate run`'s flags; ConfigError naming the flag for a bad combination or name."""
+    if profile is not None and short_from is not None:
+        raise ConfigError("--profile and --short-from: give one")
+    if scenario_set not in SCENARIO_SETS:
+        raise ConfigError(f"--scenario-set: unknown {scenario_set!r}; known: {sorted(SCENARIO_SETS)}")
+    if mode not in ("cudagraph", "eager"):
+        raise ConfigError(f"--mode: {mode!r} must be cudagraph or eager")
+    chosen = SCENARIO_SETS[scenario_set]
+    names = [n for n in scenarios.split(",") if n]
+    by_name = {s.name: s for s in chosen}
+    unknown = sorted(set(names) - set(by_name))
+    if unknown:
+        raise ConfigError(f"--scenarios: unknown {unknown}; known: {[s.name for s in chosen]}")
+    return Plan(ModelSpec.from_name(model), mode=mode, budget_s=budget_s, grid=GridConfig.quick() if quick else GRID,
+                profile=profile, short_from=short_from,
+                scenarios=tuple(by_name[n] for n in names) if names else chosen)
 
 
-def _print_table(rows: Sequence[dict[str, Any]]) -> None:
-    print(f"{'scenario':24s} {'req':>5s} {'fin':>5s} {'dur s':>7s} {'energy J':>9s} {'W':>6s} {'J/req':>7s}")
+def scenario_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The scenarios' measured totals as text lines: requests, finished, duration, energy, power, J per request."""
+    lines = [f"{'scenario':24s} {'req':>5s} {'fin':>5s} {'dur s':>7s} {'energy J':>9s} {'W':>6s} {'J/req':>7s}"]
     for r in rows:
         e = r["energy_j"]
-        print(f"{r['scenario']['name']:24s} {r['n_requests']:5d} {r['n_finished']:5d} {r['duration_s']:7.1f} "
-              f"{'-' if e is None else round(e):>9} {'-' if e is None else round(e / r['duration_s']):>6} "
-              f"{'-' if e is None or not r['n_finished'] else round(e / r['n_finished'], 1):>7}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        lines.append(f"{r['scenario']['name']:24s} {r['n_requests']:5d} {r['n_finished']:5d} {r['duration_s']:7.1f} "
+                     f"{'-' if e is None else round(e):>9} {'-' if e is None else round(e / r['duration_s']):>6} "
+                     f"{'-' if e is None or not r['n_finished'] else round(e / r['n_finished'], 1):>7}")
+    return lines

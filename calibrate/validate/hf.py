@@ -1,13 +1,13 @@
 r"""One-command HF validation on a GPU: calibrate HF through generate(), then run offline static batches through it.
 
-    python3 -m tokenjoule.calibrate.validate.hf --out "$OUT" [--model llama-3.1-8b]
-    python3 -m tokenjoule.calibrate.validate.hf --out /tmp/hf --tiny [--device cpu]   # smoke run, tiny model
+    tokenjoule validate hf --out "$OUT" [--model llama-3.1-8b]
+    tokenjoule validate hf --out /tmp/hf --tiny [--device cpu]   # smoke run, tiny model
 
 One Hugging Face model (random weights, eager, DynamicCache) is built once; the generate()-based sweep
-(`generate_sweep.py`) calibrates its profile, then each scenario of `SCENARIOS` runs `static_batches` batches of
+(`sweep/generate.py`) calibrates its profile, then each scenario of `SCENARIOS` runs `static_batches` batches of
 `static_batch` requests back to back through `model.generate()`, in one energy window per scenario that starts at a
 counter tick (`aligned.measure_from_tick`: not quantized to the counter's period at its start). Files in
-`--out` are those of `validate_device.py` (at most 8): the profile JSON and its raw Parquet, `requests.parquet` (one
+`--out` are those of `validate run` (at most 8): the profile JSON and its raw Parquet, `requests.parquet` (one
 row per request: arrival 0, first token when generate()'s streamer received it, finish at its batch's end; seconds
 from the scenario start), `iterations.parquet` (one row per generate() step, streamer put to put: `run_s` is the
 whole step, host work inside generate() included, so `host_s` is 0), `timeline.parquet`, `validation.json` and
@@ -19,10 +19,8 @@ profile's own prediction (with a margin) says fit in the time left, or is skippe
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,23 +29,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from tokenjoule.calibrate.measure.aligned import measure_from_tick
-from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner
 from tokenjoule.calibrate.measure.meters import EnergyMeter, MeterError
+from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
 from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.summary import static_batch_cost
+from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner
+from tokenjoule.calibrate.validate.device import idle_power_end_w, summary_line, validation_document, write_tables
 from tokenjoule.calibrate.validate.replay import ReplayResult, shape_columns
 from tokenjoule.calibrate.validate.scenarios import Scenario, scenario_requests
-from tokenjoule.calibrate.summary import static_batch_cost
-from tokenjoule.calibrate.validate.device import (
-    _document,
-    _idle_power_w,
-    _summary_line,
-    _write_tables,
-    log_to,
-    run_metered,
-)
 from tokenjoule.kernels.shape import IterationShape
-from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.spec import ModelSpec, load_spec
 
 logger = logging.getLogger(__name__)
 
@@ -261,38 +252,26 @@ def run_plan(plan: HFPlan, out: Path, meter: EnergyMeter, runner: GenerateRunner
         pred = _prediction(run, result, profile)
         predictions.append(pred)
         err = "-" if pred["energy_error"] is None else f"{pred['energy_error']:+.1%}"
-        print(f"[{meter.clock() - start:5.0f} s] {_summary_line(run, result)} x{run.static_batches}; profile "
+        print(f"[{meter.clock() - start:5.0f} s] {summary_line(run, result)} x{run.static_batches}; profile "
               f"predicts {pred['energy_j']:.0f} J ({err}), {pred['time_s']:.1f} s ({pred['time_error']:+.1%})",
               flush=True)
     config = HFRunConfig("hf", "eager", plan.device, str(getattr(runner, "dtype", plan.spec.dtype)),
                          plan.gpu_memory_utilization)
-    # `_document` reads engine.runner.config (a dataclass with block_size) and engine.runner.kv_capacity_tokens
+    # `validation_document` reads engine.runner.config (a dataclass with block_size) and .kv_capacity_tokens
     engine = SimpleNamespace(runner=SimpleNamespace(config=config, kv_capacity_tokens=runner.kv_capacity_tokens))
-    doc = _document(plan, meter, profile_path, engine, results, start)  # reads plan.spec only
+    doc = validation_document(plan, meter, profile_path, engine, results, start)  # reads plan.spec only
     for entry, pred, (_, _, r) in zip(doc["scenarios"], predictions, results, strict=True):
         entry.update(modeled_prediction=pred, energy_error_bound=r.meta["energy_error_bound"])
     doc.update(engine="hf", scenario_warmup=SCENARIO_WARMUP, run_wall_s=meter.clock() - start,
-               idle_power_end_w=_idle_power_w(meter, plan.idle_end_s))
-    _write_tables(out, results)
+               idle_power_end_w=idle_power_end_w(meter, plan.idle_end_s))
+    write_tables(out, results)
     return doc
 
 
-def main(argv: list[str] | None = None, plan: HFPlan | None = None) -> int:
-    """Run the HF validation into `--out`; exit 2 (one line) when the machine cannot measure energy."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--model", default="llama-3.1-8b")
-    parser.add_argument("--device", default="cuda", help="torch device (cpu only with --tiny, for a smoke run)")
-    parser.add_argument("--tiny", action="store_true", help="a 2-layer toy model, tiny grid and scenarios")
-    parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="the whole call's time budget")
-    args = parser.parse_args(argv)
-    log_to(args.out)
-    from tokenjoule.calibrate.run_device import load_spec
-
-    if plan is None:
-        plan = tiny_plan(args.device) if args.tiny else HFPlan(load_spec(args.model), device=args.device,
-                                                                 budget_s=args.budget_s)
-    return run_metered(args.out, plan.device, lambda meter: run_plan(plan, args.out, meter))
-
-if __name__ == "__main__":
-    sys.exit(main())
+def make_plan(model: str = "llama-3.1-8b", *, device: str = "cuda", tiny: bool = False,
+              budget_s: float | None = None) -> HFPlan:
+    """The plan of `tokenjoule validate hf`'s flags: `tiny_plan` with --tiny, else the model's full plan."""
+    if tiny:
+        plan = tiny_plan(device)
+        return plan if budget_s is None else dataclasses.replace(plan, budget_s=budget_s)
+    return HFPlan(load_spec(model), device=device, budget_s=BUDGET_S if budget_s is None else budget_s)

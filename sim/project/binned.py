@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenjoule.calibrate.cost_form import IterFeatures
+from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cost import CostModel
 from tokenjoule.traces.binning import BinCounts
 
@@ -104,7 +105,7 @@ class PaperEstimate:
 def batch_size(input_tokens: int, output_tokens: int, kv_capacity_tokens: int, max_batch: int) -> int:
     """B: the most requests of (input, output) tokens whose KV fits, at most `max_batch` (0 if none fits)."""
     if max_batch < 1:
-        raise ValueError(f"max_batch={max_batch} must be >= 1")
+        raise ConfigError(f"max_batch={max_batch} must be >= 1")
     return min(max_batch, kv_capacity_tokens // max(1, input_tokens + output_tokens))
 
 
@@ -121,7 +122,7 @@ def batch_energy_j(cost: CostModel, batch: int, input_tokens: int, output_tokens
         Joules of the batch.
     """
     if batch < 1 or input_tokens < 1 or output_tokens < 1:
-        raise ValueError(f"batch={batch}, input_tokens={input_tokens} and output_tokens={output_tokens} must be >= 1")
+        raise ConfigError(f"batch={batch}, input_tokens={input_tokens} and output_tokens={output_tokens} must be >= 1")
     pairs = batch * input_tokens * (input_tokens + 1) // 2
     _, prefill_j = cost.iteration(IterFeatures(batch * input_tokens, pairs, 0, 0, 0, batch))
     decode_j = cost.decode_stretch(batch, batch * input_tokens, input_tokens).energy_j(output_tokens - 1)

@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tokenjoule.console import progress
+from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cli import DEFAULT_PROFILE, resolve_profile
-from tokenjoule.console import progress, user_errors
 
 
 def _edges(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -19,7 +20,7 @@ def _edges(text: str | None, name: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as err:
-        raise ValueError(f"{name}: {text!r} must be comma-separated integers, e.g. 32,128,512") from err
+        raise ConfigError(f"{name}: {text!r} must be comma-separated integers, e.g. 32,128,512") from err
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -99,18 +100,17 @@ def project(
     from tokenjoule.sim.run import SimConfig
     from tokenjoule.traces.binning import BinSpec
 
-    with user_errors():
-        bins = BinSpec(out_of_range=out_of_range)
-        ins, outs = _edges(input_edges, "--input-edges"), _edges(output_edges, "--output-edges")
-        if ins or outs:
-            bins = BinSpec(ins or bins.input_edges, outs or bins.output_edges, out_of_range)
-        sim = SimConfig(policy=policy, replicas=replicas, tp=tp, cost=cost, gpu=gpu, model=model,
-                        max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
-        config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
-                               tuple(e.strip() for e in estimators.split(",") if e.strip()))
-        prof = resolve_profile(profile, cost, tp)
-        with progress("projecting", not as_json) as tick:
-            result = run_projection(trace, prof, config, fmt=fmt, progress=tick)
+    bins = BinSpec(out_of_range=out_of_range)
+    ins, outs = _edges(input_edges, "--input-edges"), _edges(output_edges, "--output-edges")
+    if ins or outs:
+        bins = BinSpec(ins or bins.input_edges, outs or bins.output_edges, out_of_range)
+    sim = SimConfig(policy=policy, replicas=replicas, tp=tp, cost=cost, gpu=gpu, model=model,
+                    max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
+    config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
+                           tuple(e.strip() for e in estimators.split(",") if e.strip()))
+    prof = resolve_profile(profile, cost, tp)
+    with progress("projecting", not as_json) as tick:
+        result = run_projection(trace, prof, config, fmt=fmt, progress=tick)
     data = result.to_dict()
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(data))))

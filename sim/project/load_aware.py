@@ -44,10 +44,11 @@ from typing import Any
 
 import numpy as np
 
+from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cost import CostModel
 from tokenjoule.sim.policies import CONTINUOUS_MAX_BATCHED_TOKENS
-from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.sim.project.seats import SeatModel, base_per_decode_step
+from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.schema import Trace
 
 logger = logging.getLogger(__name__)
@@ -88,17 +89,17 @@ class LoadAwareConfig:
 
     def __post_init__(self) -> None:
         if not self.window_s > 0 or self.pad_s < 0:
-            raise ValueError(f"window_s={self.window_s} must be > 0 and pad_s={self.pad_s} >= 0")
+            raise ConfigError(f"window_s={self.window_s} must be > 0 and pad_s={self.pad_s} >= 0")
         if not self.rate_ratio > 1 or not self.mix_ratio > 1:
-            raise ValueError(f"rate_ratio={self.rate_ratio} and mix_ratio={self.mix_ratio} must be > 1")
+            raise ConfigError(f"rate_ratio={self.rate_ratio} and mix_ratio={self.mix_ratio} must be > 1")
         if self.max_sim_requests < 8:
-            raise ValueError(f"max_sim_requests={self.max_sim_requests} must be >= 8")
+            raise ConfigError(f"max_sim_requests={self.max_sim_requests} must be >= 8")
         if self.max_pad_s < self.pad_s:
-            raise ValueError(f"max_pad_s={self.max_pad_s} must be >= pad_s={self.pad_s}")
+            raise ConfigError(f"max_pad_s={self.max_pad_s} must be >= pad_s={self.pad_s}")
         if not 0.0 < self.pad_coverage < 1.0:
-            raise ValueError(f"pad_coverage={self.pad_coverage} must be in (0, 1)")
+            raise ConfigError(f"pad_coverage={self.pad_coverage} must be in (0, 1)")
         if self.sims_per_signature < 1:
-            raise ValueError(f"sims_per_signature={self.sims_per_signature} must be >= 1")
+            raise ConfigError(f"sims_per_signature={self.sims_per_signature} must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +203,8 @@ class LoadAwareProjector:
         if not len(arrival_s):
             return
         if arrival_s[0] < 0 or arrival_s[0] < self.last_arrival_s:
-            raise ValueError(f"load-aware projection needs arrivals >= 0 in order (got {arrival_s[0]} after "
-                             f"{self.last_arrival_s})")
+            raise ConfigError(f"load-aware projection needs arrivals >= 0 in order (got {arrival_s[0]} after "
+                              f"{self.last_arrival_s})")
         w = self.config.window_s
         k = np.floor(np.asarray(arrival_s) / w).astype(np.int64)
         self._grow(int(k[-1]) + 1)
@@ -225,7 +226,7 @@ class LoadAwareProjector:
     def result(self) -> LoadAwareEstimate:
         """Finish the remaining windows and total the estimate."""
         if not len(self.sums):
-            raise ValueError("load-aware projection: no requests")
+            raise ConfigError("load-aware projection: no requests")
         while len(self.ops) < len(self.sums):
             self._finalize(len(self.ops), last=len(self.ops) == len(self.sums) - 1)
         return self._total()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
-from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.spec import ConfigError, ModelSpec
 from tokenjoule.sim.cost import CostModel
 from tokenjoule.sim.project.binned import PaperEstimate, paper_estimate
 from tokenjoule.sim.project.load_aware import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector
@@ -62,13 +62,13 @@ class ProjectConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.estimators) - set(ESTIMATORS))
         if unknown or not self.estimators:
-            raise ValueError(f"estimators={self.estimators} must be a non-empty subset of {', '.join(ESTIMATORS)}")
+            raise ConfigError(f"estimators={self.estimators} must be a non-empty subset of {', '.join(ESTIMATORS)}")
         if self.max_batch < 1:
-            raise ValueError(f"max_batch={self.max_batch} must be >= 1")
+            raise ConfigError(f"max_batch={self.max_batch} must be >= 1")
         for name in ("peak_flops", "tdp_w"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ValueError(f"{name}={value} must be > 0")
+                raise ConfigError(f"{name}={value} must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +168,7 @@ def project(source: str | Path | Trace, profile: GPUProfile | None, config: Proj
             if load is not None:
                 load.add(arrival, inp, out)
         if rows == 0:
-            raise ValueError("no requests to project")
+            raise ConfigError("no requests to project")
         paper = paper_estimate(counts, cost, config.max_batch) if "paper" in want else None
         return rows, paper, theory.result() if theory else None, load.result() if load else None
 

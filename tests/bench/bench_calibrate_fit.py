@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenjoule.calibrate.calibration import fit_rows
+from tokenjoule.calibrate.fit_sweep import fit_rows
 from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
-from tokenjoule.calibrate.sweep.grid import GridConfig, grid_points
 from tokenjoule.calibrate.profile import load_profile
+from tokenjoule.calibrate.sweep.grid import GridConfig, grid_points
 from tokenjoule.calibrate.sweep.iterations import run_sweep
 
 TOY = Path(__file__).parent.parent / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json"

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from host_phases import summarize_check
 
-from tokenjoule.calibrate.calibration import gpu_info, host_info, software_info
+from tokenjoule.calibrate.measure.machine import gpu_info, host_info, software_info
 from tokenjoule.calibrate.measure.meters import GIL_SWITCH_S, NVMLMeter, make_meter
 from tokenjoule.calibrate.measure.sampler import PowerSampler
 from tokenjoule.kernels.iteration import build_runner

@@ -1,6 +1,6 @@
 """Tensor parallelism: the modeled TP cost (a tp=1 profile stretched by ModeledTPCost) against measured TP profiles.
 
-Reads a tp=1 profile and one or more TP profiles (`torchrun ... -m tokenjoule.kernels.tp_device calibrate`), each
+Reads a tp=1 profile and one or more TP profiles (`torchrun ... -m tokenjoule.calibrate.tp_run calibrate`), each
 with its raw sweep beside it (`raw_path`). For every grid point of each TP raw file, with the measured per-iteration
 latency and energy as the median over repeats (as the fitter takes them), it reports the modeled cost and the TP
 profile's own fit. Per TP degree: the median and p95 relative error of the modeled cost (and of the fit, for scale).
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         names = args.tp or find_tp_profiles(args.tp1)
         if not names:
             print(f"no TP profile: none given with --tp and none of {args.tp1}'s setup found beside it or shipped; "
-                  "measure one with kernels/tp_device.py (see its docstring)", file=sys.stderr)
+                  "measure one with calibrate/tp_run.py (see its docstring)", file=sys.stderr)
             return 1
         report = build_report(args.tp1, names)
     except (ValueError, OSError) as err:

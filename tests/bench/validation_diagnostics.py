@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tokenjoule.calibrate.calibration import gpu_uuids
-from tokenjoule.calibrate.cost_form import FEATURES, tail_ctx_tokens
-from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, shipped_profiles
+from tokenjoule.calibrate.cost_form import FEATURES, ProfileError, tail_ctx_tokens
+from tokenjoule.calibrate.measure.machine import gpu_uuids
+from tokenjoule.calibrate.profile import GPUProfile, load_profile, shipped_profiles
 from tokenjoule.calibrate.sweep.iterations import read_rows
 from tokenjoule.kernels.shape import num_splits_for
 
@@ -274,7 +274,7 @@ def ragged_points(profile: GPUProfile, raw: list[dict[str, Any]]) -> list[dict[s
     prediction, and the same prediction without the longest context's tail term (what uniform points alone give)."""
     if not raw or "decode_tail_ctx_tokens" not in profile.latency.coef:
         return []
-    from tokenjoule.calibrate.calibration import aggregate_points
+    from tokenjoule.calibrate.fit_sweep import aggregate_points
 
     blind = dataclasses.replace(profile.latency, coef={**profile.latency.coef, "decode_tail_ctx_tokens": 0.0})
     points = aggregate_points(raw, ("decode",))

@@ -51,8 +51,9 @@ from validation_diagnostics import (
     stall_counts,
 )
 
-from tokenjoule.calibrate.calibration import aggregate_points
-from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, shipped_profiles
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.fit_sweep import aggregate_points
+from tokenjoule.calibrate.profile import GPUProfile, load_profile, shipped_profiles
 from tokenjoule.calibrate.recalibrate import SHORT_POINTS, short_recalibration
 from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.sweep.iterations import read_rows

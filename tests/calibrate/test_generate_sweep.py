@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, fit_rows
+from tokenjoule.calibrate.fit_sweep import fit_rows
 from tokenjoule.calibrate.measure import aligned
 from tokenjoule.calibrate.measure.aligned import measure_aligned
 from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
+from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
 from tokenjoule.calibrate.profile import load_profile, resolve_profile_path
 from tokenjoule.calibrate.refit import refit_profile
 from tokenjoule.calibrate.summary import static_batch_cost
@@ -19,12 +20,12 @@ from tokenjoule.calibrate.sweep.generate import (
     GenerateGrid,
     TimeModel,
     call_id,
+    derive_fit_rows,
     plan_points,
     run_generate_sweep,
 )
-from tokenjoule.calibrate.sweep.generate_rows import derive_fit_rows
 from tokenjoule.calibrate.sweep.grid import GridConfig
-from tokenjoule.calibrate.sweep.iterations import _base_row, read_rows, shape_from_row, write_rows
+from tokenjoule.calibrate.sweep.iterations import base_row, read_rows, shape_from_row, write_rows
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
 
@@ -85,13 +86,13 @@ def _fakes(toy_profile, **kwargs):
 
 
 def _gen_row(batch, prompt, new, repeat, time_s, energy_j, bound=0.01):
-    row = _base_row(call_id(batch, prompt, new), "generate", IterationShape(prefill=((prompt, 0),) * batch), repeat)
+    row = base_row(call_id(batch, prompt, new), "generate", IterationShape(prefill=((prompt, 0),) * batch), repeat)
     row.update(output_tokens=new, steps=1, step_time_s=time_s, energy_per_step_j=energy_j, error_bound=bound)
     return row
 
 
 def test_derive_fit_rows_recovers_per_step_costs_repeat_by_repeat():
-    idle = _base_row("idle", "idle", IterationShape(), 0)
+    idle = base_row("idle", "idle", IterationShape(), 0)
     idle.update(power_w=80.0)
     rows = [idle]
     for repeat, (step_s, step_j) in enumerate(((0.08, 25.0), (0.09, 27.0))):
@@ -323,7 +324,7 @@ def test_a_window_from_a_tick_counts_a_non_steady_call_exactly(timeline):
 
 
 def test_generate_check_keeps_the_shipped_keys_and_labels_the_prediction(whole_grid, toy_profile):
-    from tokenjoule.calibrate.run_device import check_line, generate_check
+    from tokenjoule.calibrate.gpu_run import check_line, generate_check
 
     profile, _, _ = whole_grid
     timeline, meter, runner = _fakes(toy_profile)

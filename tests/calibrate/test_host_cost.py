@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from tokenjoule.calibrate.profile import HostOverhead, ProfileError
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.profile import HostOverhead
 from tokenjoule.calibrate.sweep.host_cost import (
     binned_points,
     fit_host_overhead,
@@ -93,7 +94,7 @@ def test_host_overhead_round_trips_and_reads_older_files():
 def test_calibration_measures_host_overhead_on_one_gpu_and_skips_it_under_tp():
     from types import SimpleNamespace
 
-    from tokenjoule.calibrate.calibration import CalibrationConfig, serving_host_overhead
+    from tokenjoule.calibrate.pipeline import CalibrationConfig, serving_host_overhead
     from tokenjoule.kernels.spec import ModelSpec
 
     wrapped = SimpleNamespace(runner=TokenRunner(), release=lambda: None)

@@ -6,7 +6,12 @@ from fake_pynvml import make_pynvml
 
 from tokenjoule.calibrate.measure.fake import FakeMeter, ReplayMeter
 from tokenjoule.calibrate.measure.meters import Measurement, NVMLMeter, TimeOnlyMeter, infer_update_period_s, make_meter
-from tokenjoule.calibrate.measure.nvml import NVMLDevices, NVMLNotSupportedError, NVMLPermissionError, NVMLUnavailableError
+from tokenjoule.calibrate.measure.nvml import (
+    NVMLDevices,
+    NVMLNotSupportedError,
+    NVMLPermissionError,
+    NVMLUnavailableError,
+)
 
 
 def test_window_energy_is_counter_difference(timeline, fake_meter):

@@ -3,15 +3,8 @@ import json
 
 import pytest
 
-from tokenjoule.calibrate.cost_form import CostCurve
-from tokenjoule.calibrate.profile import (
-    SCHEMA_VERSION,
-    GPUProfile,
-    HostOverhead,
-    ProfileError,
-    load_profile,
-    save_profile,
-)
+from tokenjoule.calibrate.cost_form import CostCurve, ProfileError
+from tokenjoule.calibrate.profile import SCHEMA_VERSION, GPUProfile, HostOverhead, load_profile, save_profile
 from tokenjoule.calibrate.summary import profile_summary, targets_met
 from tokenjoule.kernels.shape import IterationShape
 

@@ -61,8 +61,8 @@ def test_calibrate_short_from_a_base_measures_the_short_grid_and_rescales(toy_pr
 
     from test_sweeps import _setup
 
-    from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-    from tokenjoule.calibrate.profile import ProfileError
+    from tokenjoule.calibrate.cost_form import ProfileError
+    from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
     from tokenjoule.calibrate.recalibrate import SHORT_GRID, SHORT_POINTS
     from tokenjoule.calibrate.refit import refit_profile
     from tokenjoule.calibrate.sweep.iterations import read_rows

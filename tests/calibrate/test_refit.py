@@ -3,12 +3,13 @@ import json
 import pytest
 from test_sweeps import _setup
 
-from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
-from tokenjoule.calibrate.sweep.grid import GridConfig
-from tokenjoule.calibrate.profile import ProfileError, load_profile, save_profile
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
+from tokenjoule.calibrate.profile import load_profile, save_profile
 from tokenjoule.calibrate.refit import refit_profile
-from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.cli import main
+from tokenjoule.kernels.spec import ModelSpec
 
 
 def _calibrated(toy_profile, tmp_path):

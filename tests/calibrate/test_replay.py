@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from fake_pynvml import make_pynvml
 
-from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.measure.meters import TimeOnlyMeter
 from tokenjoule.calibrate.profile import load_profile
+from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.validate.replay import PrefillFirstScheduler, ReplayRequest, replay, use_policy
 from tokenjoule.kernels.block_manager import BlockManager
 from tokenjoule.kernels.sequence import Sequence, SequenceStatus
@@ -153,10 +153,19 @@ def test_scenario_requests_slice_scale_and_offline():
     assert len({s.name for s in SCENARIOS}) == len(SCENARIOS) >= 6
 
 
+def _validate_run(monkeypatch, out, plan):
+    """`tokenjoule validate run --out OUT` with `plan` in place of the one its flags make; the exit code."""
+    from tokenjoule.calibrate.validate import device as vd
+    from tokenjoule.cli import main
+
+    monkeypatch.setattr(vd, "make_plan", lambda *args, **kwargs: plan)
+    return main(["validate", "run", "--out", out])
+
+
 @pytest.mark.filterwarnings("ignore:tick timing bounds")
 def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
-    from tokenjoule.calibrate.validate import scenarios as scenario_data
     from tokenjoule.calibrate.validate import device as vd
+    from tokenjoule.calibrate.validate import scenarios as scenario_data
 
     start = time.perf_counter()
     monkeypatch.setitem(sys.modules, "pynvml", make_pynvml(
@@ -175,7 +184,7 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
                    max_batched_tokens=256, num_kv_blocks=512, warmup_requests=3, idle_end_s=0.05)
     monkeypatch.setattr(scenario_data, "MAX_TOTAL_TOKENS", 256)
     out = tmp_path / "out"
-    assert vd.main(["--out", str(out)], plan=plan) == 0
+    assert _validate_run(monkeypatch, str(out), plan) == 0
     tmp_path = out
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and {"requests.parquet", "iterations.parquet", "timeline.parquet", "validation.json",
@@ -194,7 +203,7 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
 
     # a second call replays against the first call's profile (copied beside its files, raw data too)...
     again = tmp_path.parent / "again"
-    assert vd.main(["--out", str(again)], plan=dataclasses.replace(plan, profile=out / doc["profile"])) == 0
+    assert _validate_run(monkeypatch, str(again), dataclasses.replace(plan, profile=out / doc["profile"])) == 0
     doc2 = json.loads((again / "validation.json").read_text())
     assert doc2["profile_reused"] and doc2["profile"] == doc["profile"]
     assert (again / doc["profile"]).read_text() == (out / doc["profile"]).read_text()
@@ -203,12 +212,12 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
     profile["gpu"]["devices"] = [{"uuid": "GPU-someone-else"}]
     other = tmp_path.parent / "other.json"
     other.write_text(json.dumps(profile))
-    assert vd.main(["--out", str(tmp_path.parent / "x")], plan=dataclasses.replace(plan, profile=other)) == 2
+    assert _validate_run(monkeypatch, str(tmp_path.parent / "x"), dataclasses.replace(plan, profile=other)) == 2
     # a short re-calibration carries a full profile here and replays against the carried one
     short = tmp_path.parent / "short"
     small = dataclasses.replace(grid, prefill_batches=(1,), prefill_lengths_tokens=(64,), decode_batches=(4,),
                                 decode_contexts_tokens=(128,))
-    assert vd.main(["--out", str(short)], plan=dataclasses.replace(plan, short_from=out / doc["profile"],
+    assert _validate_run(monkeypatch, str(short), dataclasses.replace(plan, short_from=out / doc["profile"],
                                                                    short_grid=small)) == 0
     doc3 = json.loads((short / "validation.json").read_text())
     carried = json.loads((short / doc3["profile"]).read_text())
@@ -220,22 +229,23 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
     graphs = json.loads((out / doc["profile"]).read_text())
     graphs["mode"] = "cudagraph"
     (tmp_path.parent / "graphs.json").write_text(json.dumps(graphs))
-    assert vd.main(["--out", str(tmp_path.parent / "y")], plan=dataclasses.replace(
+    assert _validate_run(monkeypatch, str(tmp_path.parent / "y"), dataclasses.replace(
         plan, short_from=tmp_path.parent / "graphs.json", short_grid=small)) == 2
     assert not (tmp_path.parent / "y" / "validation.json").exists()
 
 
 def test_device_entry_refuses_unknown_scenarios_in_one_line(tmp_path, capsys):
-    from tokenjoule.calibrate.validate import device as vd
+    from tokenjoule.cli import main
 
-    assert vd.main(["--out", str(tmp_path), "--quick", "--scenarios", "code_chunked_x1,nope"]) == 2
+    assert main(["validate", "run", "--out", str(tmp_path), "--quick", "--scenarios", "code_chunked_x1,nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --scenarios: unknown ['nope']") and "code_chunked_x1" in err and "\n" not in err
     assert not (tmp_path / "validation.json").exists()
 
 
 def test_scenario_table_prints_a_window_without_energy(capsys):
-    from tokenjoule.calibrate.validate.device import _print_table
+    from tokenjoule.calibrate.validate.device import scenario_table
 
-    _print_table([{"scenario": {"name": "s"}, "n_requests": 2, "n_finished": 2, "duration_s": 1.5, "energy_j": None}])
-    assert capsys.readouterr().out.splitlines()[1].split()[-3:] == ["-", "-", "-"]
+    lines = scenario_table([{"scenario": {"name": "s"}, "n_requests": 2, "n_finished": 2, "duration_s": 1.5,
+                             "energy_j": None}])
+    assert lines[1].split()[-3:] == ["-", "-", "-"]

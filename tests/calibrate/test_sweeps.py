@@ -1,11 +1,13 @@
 import pyarrow.parquet as pq
 import pytest
 
-from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate, datasheet_name, fit_rows, host_info
+from tokenjoule.calibrate.fit_sweep import fit_rows
 from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
-from tokenjoule.calibrate.sweep.grid import GridConfig, decode_points, grid_points, mixed_points, prefill_points
+from tokenjoule.calibrate.measure.machine import datasheet_name, host_info
 from tokenjoule.calibrate.measure.meters import MeterError, TimeOnlyMeter
+from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
 from tokenjoule.calibrate.profile import load_profile
+from tokenjoule.calibrate.sweep.grid import GridConfig, decode_points, grid_points, mixed_points, prefill_points
 from tokenjoule.calibrate.sweep.iterations import read_rows, run_sweep, shape_from_row, write_rows
 from tokenjoule.kernels.spec import ModelSpec
 

@@ -10,8 +10,9 @@ import pytest
 from fake_pynvml import make_pynvml
 from test_generate_sweep import SMALL, SPEC, _fakes
 
-from tokenjoule.calibrate.validate import hf as vh
 from tokenjoule.calibrate.summary import static_batch_cost
+from tokenjoule.calibrate.validate import hf as vh
+from tokenjoule.cli import main
 
 
 def test_fit_scenario_runs_the_batches_that_fit_or_none(toy_profile):
@@ -87,7 +88,8 @@ def test_device_entry_end_to_end_on_a_tiny_cpu_model(tmp_path, monkeypatch, caps
     # a loaded CPU makes the tiny profile's predictions noisy: a large budget keeps the time guard out of the way
     plan = dataclasses.replace(vh.tiny_plan("cpu"), idle_end_s=0.05, budget_s=1e4)
     out = tmp_path / "out"
-    assert vh.main(["--out", str(out), "--tiny", "--device", "cpu"], plan=plan) == 0
+    monkeypatch.setattr(vh, "make_plan", lambda *args, **kwargs: plan)
+    assert main(["validate", "hf", "--out", str(out), "--tiny", "--device", "cpu"]) == 0
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and {"requests.parquet", "iterations.parquet", "timeline.parquet", "validation.json",
                                 "validate.log", "profile-tiny-llama-hf-eager.json"} <= set(files)
@@ -105,7 +107,7 @@ def test_device_entry_end_to_end_on_a_tiny_cpu_model(tmp_path, monkeypatch, caps
 
 def test_device_entry_refuses_in_one_line_without_an_energy_counter(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pynvml", make_pynvml(init_error=9))  # NVML absent: a time-only meter
-    assert vh.main(["--out", str(tmp_path), "--tiny", "--device", "cpu"]) == 2
+    assert main(["validate", "hf", "--out", str(tmp_path), "--tiny", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "energy counter" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["validate.log"]  # refused before building the model

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tokenjoule.calibrate import run_device
+from tokenjoule.calibrate import gpu_run
+from tokenjoule.calibrate.measure import machine
 from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
+from tokenjoule.calibrate.measure.nvml import MeterError
 from tokenjoule.calibrate.profile import load_profile
 from tokenjoule.cli import app
 
@@ -17,9 +19,9 @@ runner = CliRunner()
 
 def test_refuses_cleanly_without_a_gpu(tmp_path, monkeypatch):
     def no_gpu(indices):
-        raise RuntimeError("calibrate needs a CUDA GPU; torch.cuda.is_available() is False on this machine")
+        raise MeterError("calibrate needs a CUDA GPU; torch.cuda.is_available() is False on this machine")
 
-    monkeypatch.setattr(run_device, "check_device", no_gpu)
+    monkeypatch.setattr(machine, "check_device", no_gpu)
     result = runner.invoke(app, ["calibrate", "--model", "llama-3.1-8b", "--out", str(tmp_path / "p.json")])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
@@ -41,15 +43,15 @@ def test_check_device_refuses_without_cuda_or_nvml(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        run_device.check_device((0,))
+        machine.check_device((0,))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "pynvml", _pynvml_without_library())
     with pytest.raises(RuntimeError, match="needs NVML's energy counter: .*Library"):
-        run_device.check_device((0,))
+        machine.check_device((0,))
 
 
 def test_unknown_model_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_device, "check_device", lambda indices: None)
+    monkeypatch.setattr(machine, "check_device", lambda indices: None)
     result = runner.invoke(app, ["calibrate", "--model", "gpt-9", "--out", str(tmp_path / "p.json")])
     assert result.exit_code == 2 and "unknown model 'gpt-9'" in result.stderr
 
@@ -58,18 +60,19 @@ def test_calibrate_runs_and_prints_summary(tmp_path, monkeypatch):
     toy = load_profile(TOY)
 
     def fake_run(model, engine, mode, out, quick, **kwargs):
-        from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
+        from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
         from tokenjoule.calibrate.sweep.grid import GridConfig
+        from tokenjoule.kernels.spec import load_spec
 
         timeline = FakeTimeline(toy.idle_power_w)
         meter = FakeMeter(timeline, (0,), 0.1)
         fake_runner = FakeRunner(timeline, toy.cost, toy.kv_capacity_tokens)
         config = CalibrationConfig(engine=engine, mode=mode, grid=GridConfig.quick() if quick else GridConfig())
-        return calibrate(run_device.load_spec(model), config, out, runner=fake_runner, meter=meter,
+        return calibrate(load_spec(model), config, out, runner=fake_runner, meter=meter,
                          wait=timeline.idle, progress=False)
 
-    monkeypatch.setattr(run_device, "check_device", lambda indices: None)
-    monkeypatch.setattr(run_device, "run_calibration", fake_run)
+    monkeypatch.setattr(machine, "check_device", lambda indices: None)
+    monkeypatch.setattr(gpu_run, "run_calibration", fake_run)
     out = tmp_path / "p.json"
     result = runner.invoke(app, ["calibrate", "--model", "llama-3.1-8b", "--engine", "hf", "--mode", "eager",
                                  "--out", str(out), "--quick", "--json"])

@@ -8,8 +8,8 @@ import sys
 
 from typer.testing import CliRunner
 
-from tokenjoule.kernels.spec import PRESETS, ModelSpec
 from tokenjoule.cli import app, main
+from tokenjoule.kernels.spec import PRESETS, ModelSpec
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from tokenjoule.kernels.iteration import TPIterationRunner, decode_shape, encode
 from tokenjoule.kernels.model import Transformer
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.tp import MULTICAST_OFF_ENV, TPGroup, multicast_off_env, split_spec
-from tokenjoule.kernels.tp_device import _run_check
+from tokenjoule.kernels.tp_device import run_check
 
 
 def test_split_spec_divides_heads_and_width(tiny_spec):
@@ -81,7 +81,7 @@ def test_multicast_is_forced_off():
 
 def test_two_gloo_ranks_match_one_process(tiny_qwen_spec):
     """TP=2 over gloo: logits of prefill, chunked prefill + decode, and decode equal one process's (float32)."""
-    out = spawn_cpu(_run_check, 2, (tiny_qwen_spec, ["eager"], (0, 1), True), timeout_s=120.0)
+    out = spawn_cpu(run_check, 2, (tiny_qwen_spec, ["eager"], (0, 1), True), timeout_s=120.0)
     check = out["eager"]
     for phase in ("prefill", "mixed", "decode"):
         assert check[phase]["rows"] >= 1
@@ -117,8 +117,8 @@ class _SimulatedCost:
 
 
 def _calibrate_at_tp(tp, spec, out_dir):
-    from tokenjoule.calibrate.calibration import CalibrationConfig, calibrate
     from tokenjoule.calibrate.measure.fake import FakeMeter, FakeTimeline
+    from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
     from tokenjoule.calibrate.sweep.grid import GridConfig
     from tokenjoule.kernels.iteration import build_runner
 
@@ -171,7 +171,7 @@ def test_tp_logits_on_two_gpus(tmp_path):
         pytest.skip("needs 2 GPUs")
     env = {**os.environ, **MULTICAST_OFF_ENV}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-                    "tokenjoule.kernels.tp_device", "check", "--out", str(tmp_path)], env=env, check=True, timeout=900)
+                    "tokenjoule.calibrate.tp_run", "check", "--out", str(tmp_path)], env=env, check=True, timeout=900)
     out = json.loads((tmp_path / "check_tp2.json").read_text())
     assert out["eager"]["passed"] and out["cudagraph"]["passed"]
     assert out["protocol"]["steps"] == [5, 5] and out["protocol"]["refused"]

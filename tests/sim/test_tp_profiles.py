@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 import tokenjoule.calibrate.profile as profile_mod
 import tokenjoule.sim.cli as sim_cli
-from tokenjoule.calibrate.profile import ProfileError, save_profile
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.profile import save_profile
 from tokenjoule.cli import app
 from tokenjoule.sim.tp_profiles import choose_profile, profiles_by_tp, same_setup
 

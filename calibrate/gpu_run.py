@@ -1,25 +1,21 @@
-r"""One-command GPU calibration: profiles + raw Parquet + power timeline + log into a directory.
+"""Calibrating on real GPUs: one profile with its power timeline, a folder of runs, and the HF generate() check.
 
-    python3 -m tokenjoule.calibrate.run_device --out "$OUT" --model llama-3.1-8b \\
-        --runs tokenjoule:eager,tokenjoule:cudagraph,hf:eager [--quick]
-
-Each run writes `<gpu>_<model>_<engine>_<mode>.json` (profile), `.raw.parquet` (sweep rows, resumable: copy it
-back beside the profile path to continue an interrupted sweep) and `.timeline.parquet` (instantaneous power,
-temperature and SM clock every 100 ms); `calibrate.log` collects the log of all runs. Engine "hf" is calibrated
-through `generate()` itself (`generate_sweep.py`), and in the same lease one generate(4, 1,024 in, 128 out) run is
-measured into `<gpu>-<model>-hf-generate-check.json` beside the profile's prediction of it.
+`tokenjoule calibrate` calls `run_calibration` (one profile) or `calibrate_runs` (a folder: one profile per
+engine:mode, named as the shipped ones, `<gpu>-<model>-<engine>-<mode>.json`, each with its `.raw.parquet` and its
+`.timeline.parquet` of instantaneous power, temperature and SM clock every 100 ms). Engine "hf" is calibrated through
+`generate()` itself (`sweep/generate.py`), and in the same lease one generate(4, 1,024 in, 128 out) run is measured
+into `<gpu>-<model>-hf-generate-check.json` beside the profile's prediction of it. `calibrate_tp` is the same
+calibration with its model sharded over tensor-parallel ranks (`tp_run.py`, under torchrun).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import statistics
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,49 +23,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenjoule.calibrate.calibration import (
-    CalibrationConfig,
-    calibrate,
-    datasheet_name,
-    gpu_info,
-    host_info,
-    resolve_build_runner,
-    software_info,
-)
-from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner, measure_generate_run
-from tokenjoule.calibrate.sweep.grid import GridConfig
+from tokenjoule.calibrate.measure.machine import gpu_info, gpu_tag, host_info, software_info
 from tokenjoule.calibrate.measure.meters import EnergyMeter, NVMLMeter, make_meter
+from tokenjoule.calibrate.measure.sampler import PowerSampler
+from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate, resolve_build_runner
 from tokenjoule.calibrate.profile import GPUProfile
 from tokenjoule.calibrate.recalibrate import SHORT_GRID
-from tokenjoule.calibrate.measure.sampler import PowerSampler
 from tokenjoule.calibrate.summary import static_batch_cost
-from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner, measure_generate_run
+from tokenjoule.calibrate.sweep.grid import GridConfig
+from tokenjoule.kernels.spec import ConfigError, load_spec
 from tokenjoule.traces.files import write_atomic
 
 logger = logging.getLogger(__name__)
-
-
-def check_device(gpu_indices: Sequence[int]) -> None:
-    """RuntimeError (one line, saying why) unless torch sees CUDA and NVML reads the GPUs' energy counters."""
-    try:
-        import torch
-    except ImportError as err:
-        raise RuntimeError("calibrate needs torch with CUDA (pip install 'tokenjoule[calibrate]')") from err
-    if not torch.cuda.is_available():
-        raise RuntimeError("calibrate needs a CUDA GPU; torch.cuda.is_available() is False on this machine")
-    meter = make_meter(gpu_indices)
-    try:
-        if not meter.has_energy:
-            raise RuntimeError(f"calibrate needs NVML's energy counter: {getattr(meter, 'reason', 'unavailable')}")
-    finally:
-        meter.close()
-
-
-def load_spec(model: str) -> ModelSpec:
-    """A registry name, or the path of a Hugging Face config.json."""
-    path = Path(model)
-    return ModelSpec.from_hf_config(path, name=path.parent.name or None) if path.is_file() else ModelSpec.from_name(
-        model)
 
 
 def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quick: bool = False,
@@ -87,8 +53,8 @@ def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quic
     hf = engine == "hf"
     grid_cls = GenerateGrid if hf else GridConfig
     if base is not None and (quick or hf):
-        raise ValueError("--short-from re-scales a tokenjoule-engine profile from its own short grid; it takes neither "
-                         "--quick nor engine hf")
+        raise ConfigError("--short-from re-scales a tokenjoule-engine profile from its own short grid; it takes "
+                          "neither --quick nor engine hf")
     grid = SHORT_GRID if base is not None else grid_cls.quick() if quick else grid_cls()
     config = CalibrationConfig(engine=engine, mode=mode, gpu_indices=tuple(gpu_indices), grid=grid,
                                gpu_memory_utilization=gpu_memory_utilization, max_batch_seqs=max_batch_seqs,
@@ -188,58 +154,39 @@ def _free_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def gpu_tag(gpu_indices: Sequence[int]) -> str:
-    """Short file-name tag of the GPUs measured: 'h100', or 'h100x2' for two."""
-    meter = make_meter(gpu_indices)
-    try:
-        name = meter.devices.describe(gpu_indices[0])["name"] if isinstance(meter, NVMLMeter) else None
-    finally:
-        meter.close()
-    key = datasheet_name(name)
-    tag = key.split("-")[0].lower() if key else "gpu"
-    return tag if len(gpu_indices) == 1 else f"{tag}x{len(gpu_indices)}"
+def parse_runs(runs: str) -> list[tuple[str, str]]:
+    """`"tokenjoule:eager,hf:eager"` -> [("tokenjoule", "eager"), ("hf", "eager")]; ConfigError naming a bad entry."""
+    pairs = []
+    for run in runs.split(","):
+        engine, sep, mode = run.partition(":")
+        if not sep or not engine or not mode:
+            raise ConfigError(f"--runs: {run!r} is not engine:mode (e.g. tokenjoule:cudagraph,hf:eager)")
+        pairs.append((engine, mode))
+    return pairs
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run each requested calibration, report one line per profile; exit 2 on refusal."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--model", default="llama-3.1-8b")
-    parser.add_argument("--runs", default="tokenjoule:cudagraph", help="engine:mode[,engine:mode...]")
-    parser.add_argument("--gpus", default="0")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=[logging.FileHandler(args.out / "calibrate.log"), logging.StreamHandler()])
-    indices = tuple(int(i) for i in args.gpus.split(","))
-    try:
-        check_device(indices)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    tag, model = gpu_tag(indices), load_spec(args.model).name.replace("/", "_")
-    for run in args.runs.split(","):
-        engine, mode = run.split(":")
+def calibrate_runs(out_dir: Path, model: str, runs: Sequence[tuple[str, str]], gpu_indices: Sequence[int], *,
+                   quick: bool = False, gpu_memory_utilization: float = 0.9) -> Iterator[str]:
+    """Calibrate each (engine, mode) into `out_dir` under the shipped naming; yield one summary line per profile."""
+    tag, name = gpu_tag(gpu_indices), load_spec(model).name.replace("/", "_")
+    for engine, mode in runs:
         # the shipped-profile naming: h100-llama-3.1-8b-tokenjoule-cudagraph
-        stem = f"{tag}-{model}-{engine}-{mode}" + ("-quick" if args.quick else "")
+        stem = f"{tag}-{name}-{engine}-{mode}" + ("-quick" if quick else "")
         start = time.perf_counter()
-        check = args.out / f"{tag}-{model}-hf-generate-check.json" if engine == "hf" else None
-        profile = run_calibration(args.model, engine, mode, args.out / f"{stem}.json", quick=args.quick,
-                                  gpu_indices=indices, gpu_memory_utilization=args.gpu_memory_utilization,
-                                  timeline_path=args.out / f"{stem}.timeline.parquet", check_path=check,
+        check = out_dir / f"{tag}-{name}-hf-generate-check.json" if engine == "hf" else None
+        profile = run_calibration(model, engine, mode, out_dir / f"{stem}.json", quick=quick, gpu_indices=gpu_indices,
+                                  gpu_memory_utilization=gpu_memory_utilization,
+                                  timeline_path=out_dir / f"{stem}.timeline.parquet", check_path=check,
                                   progress=False)
-        errs = profile.fit_errors
-        bound = errs["repeats"]["energy_error_bound_max"]
-        print(f"{stem}: {time.perf_counter() - start:.0f} s, worst point bound {bound:.2%}, repeat spread median "
-              f"{errs['repeats']['time_spread_median']:.2%}, idle {profile.idle_power_w:.0f} W, latency CV "
-              f"median {errs['latency']['cv_median']:.2%} p95 {errs['latency']['cv_p95']:.2%}, energy CV median "
-              f"{errs['energy']['cv_median']:.2%} p95 {errs['energy']['cv_p95']:.2%}, mixed latency/energy median "
-              f"{errs['latency']['mixed_median']} / {errs['energy']['mixed_median']}", flush=True)
         logger.info("run %s done: %s", stem, dataclasses.asdict(profile.latency))
-    return 0
+        yield f"{stem}: {time.perf_counter() - start:.0f} s, {fit_line(profile)}"
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def fit_line(profile: GPUProfile) -> str:
+    """The profile's measurement quality in one line: worst energy bound, repeat spread, idle power, fit errors."""
+    errs = profile.fit_errors
+    return (f"worst point bound {errs['repeats']['energy_error_bound_max']:.2%}, repeat spread median "
+            f"{errs['repeats']['time_spread_median']:.2%}, idle {profile.idle_power_w:.0f} W, latency CV "
+            f"median {errs['latency']['cv_median']:.2%} p95 {errs['latency']['cv_p95']:.2%}, energy CV median "
+            f"{errs['energy']['cv_median']:.2%} p95 {errs['energy']['cv_p95']:.2%}, mixed latency/energy median "
+            f"{errs['latency']['mixed_median']} / {errs['energy']['mixed_median']}")
