@@ -10,16 +10,14 @@ latency by 40% and 61% and raise energy by 29% and 55%), at batch 1: decode of o
 at a few lengths. Measured change = measured TPk / measured TP1 - 1 (the raw points); modeled change = modeled TPk /
 fitted TP1 - 1 (what the simulator assumes). The paper's figures are per request; ours are per iteration.
 
-Run: python3 tests/bench/tp_comparison.py --tp1 PROFILE [--tp PROFILE ...] --out docs/tp.md [--json docs/tp.json]
+Command: `tokenjoule validate tp --tp1 PROFILE [--tp PROFILE ...] --out docs/tp.md [--json docs/tp.json]`.
 Without --tp, the TP profiles of the same setup beside --tp1 and among the shipped ones are used.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -267,31 +265,10 @@ def _render_points(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, build the report, write Markdown (and JSON) atomically; one-line errors, exit 2."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tp1", required=True, help="tp=1 profile (file or shipped name), raw sweep beside it")
-    parser.add_argument("--tp", action="append", default=[], help="a measured TP profile (repeat for each degree)")
-    parser.add_argument("--out", type=Path, required=True, help="Markdown report, e.g. docs/tp.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
-    args = parser.parse_args(argv)
-    try:
-        names = args.tp or find_tp_profiles(args.tp1)
-        if not names:
-            print(f"no TP profile: none given with --tp and none of {args.tp1}'s setup found beside it or shipped; "
-                  "measure one with kernels/tp_device.py (see its docstring)", file=sys.stderr)
-            return 1
-        report = build_report(args.tp1, names)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    write_atomic(args.out, lambda tmp: Path(tmp).write_text(render(report)))
-    if args.json is not None:
-        text = json.dumps(report, indent=1, default=str) + "\n"
-        write_atomic(args.json, lambda tmp: Path(tmp).write_text(text))
-    print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def write_tp_report(report: dict[str, Any], out: Path, json_path: Path | None = None) -> None:
+    """Write the report as Markdown to `out` and, if given, as JSON to `json_path` (each atomically)."""
+    text = render(report)
+    write_atomic(out, lambda tmp: Path(tmp).write_text(text))
+    if json_path is not None:
+        doc = json.dumps(report, indent=1, default=str) + "\n"
+        write_atomic(json_path, lambda tmp: Path(tmp).write_text(doc))

@@ -1,29 +1,20 @@
-"""The paper-reproduction generator (tests/bench/paper_reproduction.py): its pure computations and the doc's sync."""
+"""The paper reproduction (`calibrate/validate/paper.py`, `tokenjoule paper`): its computations and the doc's sync."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tokenjoule.calibrate.validate import paper as pr
 from tokenjoule.kernels.shape import IterationShape
 
-ROOT = Path(__file__).parents[1]
-SCRIPT = ROOT / "tests" / "bench" / "paper_reproduction.py"
+ROOT = Path(__file__).parents[3]
 DOC = ROOT / "docs" / "paper-reproduction.md"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("paper_reproduction", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pr = _load()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +34,7 @@ def _decode(batch: int, ctx: int, energy_j: float, step_s: float) -> dict:
 
 
 def test_doc_is_in_sync_with_the_generator(report):
-    assert DOC.read_text() == pr.render(report), "run: python3 tests/bench/paper_reproduction.py"
+    assert DOC.read_text() == pr.render(report), "run: tokenjoule paper"
 
 
 def test_prefill_knee_of_a_floor_then_line():
