@@ -94,8 +94,8 @@ def test_table4_rows_are_consistent(report):
         assert row["savings"] < row["savings_corrected"] < 1.0
 
 
-def test_burstgpt_like_trace_is_seeded_and_bursty():
-    a, b = pr.burstgpt_like(), pr.burstgpt_like()
+def test_bursty_synthetic_trace_is_seeded_and_bursty():
+    a, b = pr.bursty_synthetic(), pr.bursty_synthetic()
     assert np.array_equal(a.column("arrival_s"), b.column("arrival_s"))
     gaps = np.diff(a.column("arrival_s"))
     assert gaps.std() / gaps.mean() > 2.0
@@ -105,10 +105,12 @@ def test_burstgpt_like_trace_is_seeded_and_bursty():
 def test_verdicts_follow_their_criteria(report):
     v = pr.verdicts(report)
     assert v["compile"] == "not testable here"
-    assert set(v.values()) <= {"reproduced", "not reproduced", "not testable here"}
+    assert {s.split(" (")[0] for s in v.values()} <= {"reproduced", "not reproduced", "not testable here"}
+    assert v["online"].endswith("(a different comparison)")  # C10: arrival rates, not the paper's matched batches
+    assert v["flops"].endswith("(merged band, other baseline)")  # C11
     flat = copy.deepcopy(report)
     flat["batch"]["cg"][1] = flat["batch"]["cg"][128] * 3.0  # batch 1 only 3x worse than 128: not the paper's 10-25x
     assert pr.verdicts(flat)["batch"] == "not reproduced"
     worse = copy.deepcopy(report)
     worse["table4"][0]["cg_offline_j"] = worse["table4"][0]["theory_j"] * 7.0
-    assert pr.verdicts(worse)["flops"] == "not reproduced"
+    assert pr.verdicts(worse)["flops"].startswith("not reproduced")
