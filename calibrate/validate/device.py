@@ -8,7 +8,8 @@ then the same engine (same weights, same KV cache) replays each scenario of `SCE
 request per scenario, unfinished ones with NaN times), `iterations.parquet` (one row per engine iteration),
 `timeline.parquet` (instantaneous power every 100 ms over the whole run, meter clock), `validation.json` (machine,
 software, engine config, and per scenario its spec, measured totals and where it sits on the timeline) and
-`validate.log`. The simulation of each scenario runs later, on a CPU, in `tests/bench/validation_report.py`.
+`validate.log`. The simulation of each scenario runs later, on a CPU, in `tokenjoule validate report`
+(`calibrate/validate/report.py`).
 """
 
 from __future__ import annotations

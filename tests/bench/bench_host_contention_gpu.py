@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from host_phases import summarize_check
 
 from tokenjoule.calibrate.measure.machine import gpu_info, host_info, software_info
 from tokenjoule.calibrate.measure.meters import GIL_SWITCH_S, NVMLMeter, make_meter
 from tokenjoule.calibrate.measure.sampler import PowerSampler
+from tokenjoule.calibrate.validate.host_phases import summarize_check
 from tokenjoule.kernels.iteration import build_runner
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec

@@ -14,11 +14,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from validation_diagnostics import rel_error
-from validation_report import Simulations, _rows, default_runs, load_run, measured_metrics
 
 from tokenjoule.calibrate.profile import GPUProfile
 from tokenjoule.calibrate.refit import refit_from_rows
+from tokenjoule.calibrate.validate.diagnostics import rel_error
+from tokenjoule.calibrate.validate.report import Simulations, default_runs, load_run, measured_metrics, scenario_rows
 
 SHOWN = ("energy_total_j", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s")
 
@@ -35,7 +35,7 @@ def errors(runs: list[dict], profile: GPUProfile, sims: Simulations) -> dict[str
     out: dict[str, list[float]] = {m: [] for m in SHOWN}
     for run in runs:
         for sc in run["doc"]["scenarios"]:
-            measured = measured_metrics(sc, _rows(run["requests"], sc["scenario"]["name"]))
+            measured = measured_metrics(sc, scenario_rows(run["requests"], sc["scenario"]["name"]))
             sim, _ = sims.get(run, sc, profile)
             for m in SHOWN:
                 e = rel_error(sim[m], measured[m])

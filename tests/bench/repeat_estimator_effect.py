@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from extra_passes_effect import SHOWN, errors
-from validation_report import Simulations, default_runs, load_run
 
 from tokenjoule.calibrate.refit import refit_from_rows
+from tokenjoule.calibrate.validate.report import Simulations, default_runs, load_run
 
 
 def _trimmed(values: list[float]) -> float:

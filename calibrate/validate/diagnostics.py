@@ -241,8 +241,10 @@ def _measured_points(raw: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def _mixed_fit(profile: GPUProfile, measured: dict[str, str]) -> str:
-    """Whether the profile's curves fitted mixed points: "fitted", "held out (scored, not fitted)" or "not
-    measured"; a short re-calibration answers for the shipped profile it re-scaled."""
+    """Whether the profile's curves fitted mixed points: "fitted", "held out (scored, not fitted)", "not measured".
+
+    A short re-calibration answers for the shipped profile it re-scaled.
+    """
     base = short_recal_base(profile)
     if base is not None:
         path, shipped = base
@@ -270,8 +272,11 @@ def protocol(profile: GPUProfile, raw: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ragged_points(profile: GPUProfile, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The sweep's ragged decode points (a few long contexts among short ones): measured step time, the profile's
-    prediction, and the same prediction without the longest context's tail term (what uniform points alone give)."""
+    """The sweep's ragged decode points (a few long contexts among short ones), measured and predicted.
+
+    Each: the measured step time, the profile's prediction, and the same prediction without the longest context's
+    tail term (what uniform points alone give).
+    """
     if not raw or "decode_tail_ctx_tokens" not in profile.latency.coef:
         return []
     from tokenjoule.calibrate.fit_sweep import aggregate_points
@@ -330,6 +335,7 @@ def short_recal_facts(profile: GPUProfile, raw: list[dict[str, Any]]) -> dict[st
 
 
 def gpu_uuid(gpu: dict[str, Any]) -> str | None:
+    """The UUID of a run's first GPU, or None when the run did not record one."""
     return gpu_uuids(gpu)[0]
 
 

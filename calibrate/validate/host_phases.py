@@ -18,8 +18,11 @@ READS_COUNTER = ("recorder", "recorder_default_switch", "poll_process")  # condi
 
 
 def summarize_check(doc: dict[str, Any]) -> dict[str, Any]:
-    """Per engine: the `plain` medians by round, the range of every run's median, run-queue wait and steal, and per
-    condition the median over rounds of (its median / the round's mean of medians)."""
+    """One check file reduced to what the findings quote, per engine.
+
+    Per engine: the `plain` medians by round, the range of every run's median, run-queue wait and steal, and per
+    condition the median over rounds of (its median / the round's mean of medians).
+    """
     engines: dict[str, Any] = {}
     for engine in dict.fromkeys(r["engine"] for r in doc["runs"]):
         runs = [r for r in doc["runs"] if r["engine"] == engine]

@@ -6,10 +6,8 @@ scenarios, HF profile) goes through the same report unchanged, on synthetic run 
 """
 
 import dataclasses
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +18,14 @@ import pytest
 
 from tokenjoule.calibrate.profile import load_profile, save_profile
 from tokenjoule.calibrate.summary import static_batch_cost
+from tokenjoule.calibrate.validate import host_phases, render
+from tokenjoule.calibrate.validate import report as vr
 from tokenjoule.calibrate.validate.hf import static_scenario
 from tokenjoule.kernels.shape import IterationShape
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "validation.json"
-BENCH = ROOT / "tests" / "bench"
 HF_PROFILE = ROOT / "calibrate" / "profiles" / "h100-llama-3.1-8b-hf-eager.json"
-
-
-def _module(name):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))  # the report script imports its sibling modules by name
-    return importlib.import_module(name)
-
-
-@pytest.fixture(scope="module")
-def vr():
-    return _module("validation_report")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +53,7 @@ def _rows(table, name):
     return table.filter(pc.equal(table.column("scenario"), name))
 
 
-def test_report_covers_every_run_folder_and_matches_a_fresh_recomputation(vr, committed):
+def test_report_covers_every_run_folder_and_matches_a_fresh_recomputation(committed):
     assert [r["run"] for r in committed["runs"]] == [d.name for d in vr.default_runs()]
     fresh = json.loads(vr.report_json(vr.build_report()))
     _close(fresh, committed)
@@ -149,7 +137,7 @@ def test_calibration_protocol_follows_from_the_raw_sweeps(committed):
 
 
 def test_host_phase_summary_follows_from_the_check_file(committed):
-    hp = _module("host_phases")
+    hp = host_phases
     (check,) = committed["host_phases"]
     runs = json.loads((ROOT / "calibrate" / "profiles" / "checks" / check["file"]).read_text())["runs"]
     eager = check["engines"]["tokenjoule-eager"]
@@ -201,7 +189,7 @@ def test_iteration_bins_count_the_scenario_iterations(committed):
 
 def test_markdown_is_rendered_from_the_report(committed):
     text = (ROOT / "docs" / "validation.md").read_text()
-    assert text == _module("validation_render").render_markdown(committed)
+    assert text == render.render_markdown(committed)
     assert (ROOT / "docs" / "validation_power.png").stat().st_size > 1000
     assert "not fitted" not in text and "held out" not in text  # every profile here fits its mixed points or has none
 
@@ -256,7 +244,7 @@ def _hf_run(run_dir: Path, scale_energy: float, rng) -> None:
     (run_dir / "validation.json").write_text(json.dumps(doc))
 
 
-def test_an_hf_generate_run_goes_through_the_report_with_its_own_policy_and_profile(vr, tmp_path, rng):
+def test_an_hf_generate_run_goes_through_the_report_with_its_own_policy_and_profile(tmp_path, rng):
     """Static HF scenarios are simulated with the static policy and the run's HF profile; a run timed and metered by
     its own profile is simulated back to within a fraction of a percent, and two runs on one GPU pair up."""
     _hf_run(tmp_path / "hf_a", 1.0, rng)
@@ -280,5 +268,22 @@ def test_an_hf_generate_run_goes_through_the_report_with_its_own_policy_and_prof
     assert sorted(c["source"] for c in report["carry_over"]) == ["run hf_a", "run hf_b"]
     # both runs hold the shipped HF sweep, whose points include the short re-calibration's: that variant is there
     assert all(c["summary_short_recal"]["energy_total_j"]["n"] == 2 for c in report["carry_over"])
-    text = _module("validation_render").render_markdown(report)
+    text = render.render_markdown(report)
     assert "hf/eager" in text and "## Findings" in text and "hf_static_b4_i1024_o16" in text
+
+
+def test_report_command_writes_the_report_of_any_run_folders(tmp_path, rng):
+    """`tokenjoule validate report` on a user's run folders (given as their parent folder): Markdown, JSON, plot."""
+    from tokenjoule.cli import main
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _hf_run(runs / "hf_a", 1.0, rng)
+    _hf_run(runs / "hf_b", 1.02, rng)
+    out = tmp_path / "out" / "acc.md"
+    assert main(["validate", "report", str(runs), "--out", str(out)]) == 0
+    report = json.loads((tmp_path / "out" / "acc.json").read_text())
+    assert [r["run"] for r in report["runs"]] == ["hf_a", "hf_b"]
+    assert out.read_text() == render.render_markdown(report, "acc_power.png")
+    assert "](acc_power.png)" in out.read_text() and (tmp_path / "out" / "acc_power.png").stat().st_size > 1000
+    assert main(["validate", "report", str(tmp_path / "out"), "--out", str(tmp_path / "x.md")]) == 2  # no run there

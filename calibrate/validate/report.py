@@ -1,7 +1,7 @@
-"""Validation report: simulate every replayed scenario of every device run and compare it with what the GPU measured.
+"""The validation report: every replayed scenario of every device run, simulated and compared with the GPU's figures.
 
 Reads the raw files each device run wrote (`python3 -m tokenjoule.calibrate.validate.device`, or
-`calibrate.validate_hf` for Hugging Face `generate()` runs), committed under `validation/<run>/`: the profile
+`calibrate.validate.hf` for Hugging Face `generate()` runs), committed under `validation/<run>/`: the profile
 calibrated in that same run, `requests.parquet`, `iterations.parquet`, `timeline.parquet` and `validation.json`. For
 each scenario it rebuilds the exact request list (arrival times and lengths as replayed), simulates it with
 `tokenjoule.sim.run.run` under the scenario's own policy, limits and KV capacity, and writes `docs/validation.json`,
@@ -12,17 +12,14 @@ repeatability (scenarios measured in two runs on the same GPU), carry-over (each
 calibration of the same GPU type: a sibling run's profile, else the shipped profile refitted), and the cost model
 applied to the iterations the engine actually ran (by kind, by decode batch size, by mixed chunk size).
 
-Run: python3 tests/bench/validation_report.py [--runs validation/<run> ...] [--docs docs]
-(default: every folder under validation/ holding a validation.json, sorted). Modules beside it:
-validation_diagnostics.py (figures from one run's files), validation_render.py and validation_findings.py (text).
+Command: `tokenjoule validate report RUN_DIR... [--out docs/validation.md]`. Modules beside it: `diagnostics`
+(figures from one run's files), `render` and `findings` (text), `host_phases` (the host-contention checks).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import statistics
 from pathlib import Path
 from typing import Any
@@ -31,8 +28,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from host_phases import host_phase_checks
-from validation_diagnostics import (
+
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.fit_sweep import aggregate_points
+from tokenjoule.calibrate.profile import GPUProfile, load_profile, shipped_profiles
+from tokenjoule.calibrate.recalibrate import SHORT_POINTS, short_recalibration
+from tokenjoule.calibrate.sweep.grid import GridConfig
+from tokenjoule.calibrate.sweep.iterations import read_rows
+from tokenjoule.calibrate.validate.diagnostics import (
     batch_warmth,
     calibration_temperature,
     gpu_uuid,
@@ -50,21 +53,18 @@ from validation_diagnostics import (
     small_decode_steps,
     stall_counts,
 )
-
-from tokenjoule.calibrate.cost_form import ProfileError
-from tokenjoule.calibrate.fit_sweep import aggregate_points
-from tokenjoule.calibrate.profile import GPUProfile, load_profile, shipped_profiles
-from tokenjoule.calibrate.recalibrate import SHORT_POINTS, short_recalibration
-from tokenjoule.calibrate.sweep.grid import GridConfig
-from tokenjoule.calibrate.sweep.iterations import read_rows
+from tokenjoule.calibrate.validate.host_phases import host_phase_checks
+from tokenjoule.calibrate.validate.render import plot_power, render_markdown
+from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.run import SimConfig, SimResult
 from tokenjoule.sim.run import run as run_simulation
 from tokenjoule.sim.tp_profiles import same_setup
 from tokenjoule.traces.files import write_atomic
 from tokenjoule.traces.schema import Trace
 
-ROOT = Path(__file__).resolve().parents[2]
-VALIDATION = ROOT / "validation"
+ROOT = Path(__file__).resolve().parents[2]  # the package root: in a checkout, the repository
+VALIDATION = ROOT / "validation"  # the repository's committed runs (absent from an installed package)
+CHECKS = Path(__file__).resolve().parents[1] / "profiles" / "checks"  # the committed host-contention checks
 QUICK_GRID = json.loads(json.dumps(dataclasses.asdict(GridConfig.quick())))  # as a profile's method.grid
 METRICS = ("energy_total_j", "j_per_request", "duration_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "e2e_p50_s")
 TARGETS = {"energy_total_j": ("median", 0.05, "max", 0.10), "tpot_p50_s": ("max", 0.05, None, None),
@@ -125,7 +125,8 @@ def scenario_trace(name: str, rows: pa.Table) -> Trace:
     return Trace(table.take(pa.array(order)), name)
 
 
-def _rows(table: pa.Table, name: str) -> pa.Table:
+def scenario_rows(table: pa.Table, name: str) -> pa.Table:
+    """The rows of one scenario of a run's requests or iterations table."""
     return table.filter(pc.equal(table.column("scenario"), name))
 
 
@@ -154,7 +155,8 @@ class Simulations:
         name = scenario["scenario"]["name"]
         key = (run["name"], name, profile.content_sha256, idle_power_w)
         if key not in self._done:
-            self._done[key] = simulate(scenario, _rows(run["requests"], name), profile, run["doc"]["kv_block_tokens"],
+            self._done[key] = simulate(scenario, scenario_rows(run["requests"], name), profile,
+                                       run["doc"]["kv_block_tokens"],
                                        idle_power_w)
         return self._done[key]
 
@@ -180,7 +182,7 @@ def _scenario_iterations(run: dict[str, Any]) -> pa.Table:
 def scenario_entry(run: dict[str, Any], sc: dict[str, Any], sims: Simulations) -> dict[str, Any]:
     """One scenario of one run: measured, simulated with the run's own profile, errors, iteration diagnostics."""
     name, profile = sc["scenario"]["name"], run["profile"]
-    rows, its = _rows(run["requests"], name), _rows(run["iterations"], name)
+    rows, its = scenario_rows(run["requests"], name), scenario_rows(run["iterations"], name)
     measured = measured_metrics(sc, rows)
     sim, _ = sims.get(run, sc, profile)
     check = iteration_check(its, profile, sc["duration_s"])
@@ -372,7 +374,7 @@ def build_report(run_dirs: tuple[Path, ...] | None = None, sims: Simulations | N
             "check_runs": [r["name"] for r in runs if is_check_run(r)], "targets": TARGETS, "metrics": list(METRICS),
             "carry_over": carry_over(runs, entries, sims), "repeatability": repeat_pairs(runs, entries),
             "plot": {"run": plot_run["name"], "scenario": plot_sc["scenario"]["name"]},
-            "host_phases": host_phase_checks(ROOT / "calibrate" / "profiles" / "checks")}
+            "host_phases": host_phase_checks(CHECKS)}
 
 
 def _run_of(runs: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -385,24 +387,48 @@ def report_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=1, sort_keys=True, default=str) + "\n"
 
 
-def main() -> None:
-    """Build the report and write docs/validation.{json,md} and the power plot."""
-    from validation_render import plot_power, render_markdown
+def run_folders(paths: tuple[Path, ...]) -> tuple[Path, ...]:
+    """The run folders named by `paths`: each a run folder (holding validation.json) or a folder of them, sorted.
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="*", type=Path, default=None, help="run folders (default: all)")
-    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    Raises:
+        ValueError: a path that is neither a run folder nor holds any.
+    """
+    out: list[Path] = []
+    for path in paths:
+        if (path / "validation.json").is_file():
+            out.append(path)
+            continue
+        inner = sorted(p.parent for p in path.glob("*/validation.json"))
+        if not inner:
+            raise ConfigError(f"{path}: no validation.json in it or in its folders; give the folders a device run "
+                              "wrote (`tokenjoule validate run` or `tokenjoule validate hf`)")
+        out += inner
+    return tuple(out)
+
+
+def output_paths(md_path: Path) -> dict[str, Path]:
+    """Where the report's three files go: the Markdown, the JSON beside it, and the power plot beside it."""
+    return {"md": md_path, "json": md_path.with_suffix(".json"),
+            "png": md_path.with_name(f"{md_path.stem}_power.png")}
+
+
+def write_report(run_dirs: tuple[Path, ...], md_path: Path) -> dict[str, Any]:
+    """Build the report of `run_dirs` and write its Markdown, JSON and power plot (`output_paths(md_path)`).
+
+    Args:
+        run_dirs: device run folders, each holding validation.json and the raw files it names.
+        md_path: the Markdown file to write (e.g. docs/validation.md); the JSON and the plot go beside it.
+
+    Returns:
+        The report, as read back from its JSON text (what the Markdown was rendered from).
+    """
+    paths = output_paths(md_path)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
     sims = Simulations()
-    run_dirs = tuple(args.runs) if args.runs else default_runs()
     report = json.loads(report_json(build_report(run_dirs, sims)))  # rendered from what the file holds
-    write_atomic(args.docs / "validation.json", lambda tmp: Path(tmp).write_text(report_json(report)))
-    write_atomic(args.docs / "validation.md", lambda tmp: Path(tmp).write_text(render_markdown(report)))
+    write_atomic(paths["json"], lambda tmp: Path(tmp).write_text(report_json(report)))
+    text = render_markdown(report, paths["png"].name)
+    write_atomic(paths["md"], lambda tmp: Path(tmp).write_text(text))
     plot_run = load_run(next(d for d in run_dirs if d.name == report["plot"]["run"]))
-    plot_power(plot_run, report["plot"]["scenario"], sims, args.docs / "validation_power.png")
-    print(render_markdown(report))
-
-
-if __name__ == "__main__":
-    main()
+    plot_power(plot_run, report["plot"]["scenario"], sims, paths["png"])
+    return report

@@ -1,4 +1,5 @@
-"""tests/bench/tp_comparison.py on synthetic profiles and raw sweeps whose errors are known by construction.
+"""`calibrate/validate/tp_comparison.py` and `tokenjoule validate tp` on synthetic profiles and raw sweeps whose
+errors are known by construction.
 
 The "measured" tp=2 sweep is the modeled tp=2 cost times 1.25 (latency) and 0.8 (energy), so the modeled cost is off
 by exactly -20% and +25% at every point; the tp=2 profile's curves are that sweep's exact line (fit error 0).
@@ -7,9 +8,7 @@ by exactly -20% and +25% at every point; the tp=2 profile's curves are that swee
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from sim_profiles import make_profile
@@ -17,10 +16,11 @@ from sim_profiles import make_profile
 from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.calibrate.profile import save_profile
 from tokenjoule.calibrate.sweep.iterations import RAW_SCHEMA, write_rows
+from tokenjoule.calibrate.validate import tp_comparison as script
+from tokenjoule.cli import main
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.sim.cost import CalibratedCost, ModeledTPCost
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "tp_comparison.py"
 LAT, EN = 1.25, 0.8  # measured tp=2 / modeled tp=2
 SHAPES = {
     **{f"decode_b1_c{c}": ("decode", IterationShape(decode=(c,))) for c in (128, 512, 2048, 8192, 16384)},
@@ -29,14 +29,6 @@ SHAPES = {
     "decode_b16_c512": ("decode", IterationShape(decode=(512,) * 16)),
     "mixed_p256_d8_c1024": ("mixed", IterationShape(prefill=((256, 0),), decode=(1024,) * 8)),
 }
-
-
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("tp_comparison", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rows(cost, scale=(1.0, 1.0), skip=()) -> list[dict]:
@@ -82,7 +74,7 @@ def measured(tmp_path):
     return tmp_path, tp1, modeled
 
 
-def test_errors_of_the_modeled_cost_and_the_fit(script, measured):
+def test_errors_of_the_modeled_cost_and_the_fit(measured):
     folder, _, _ = measured
     report = script.build_report(folder / "h200.json", [folder / "h200x2.json"])
     (tp,) = report["tps"]
@@ -97,7 +89,7 @@ def test_errors_of_the_modeled_cost_and_the_fit(script, measured):
     assert point["measured_time_s"] == pytest.approx(point["modeled_time_s"] * LAT)
 
 
-def test_paper_check_at_batch_1(script, measured):
+def test_paper_check_at_batch_1(measured):
     folder, tp1, modeled = measured
     rows = script.build_report(folder / "h200.json", [folder / "h200x2.json"])["paper_check"]
     decode = [r["tokens"] for r in rows if r["kind"] == "decode"]
@@ -114,11 +106,12 @@ def test_paper_check_at_batch_1(script, measured):
     assert rows[1]["tp"][2]["measured"] is None  # decode_b1_c512 was not in the tp=2 sweep
 
 
-def test_main_writes_markdown_and_json(script, measured, capsys):
+def test_command_writes_markdown_and_json(measured, capsys):
     folder, _, _ = measured
     out, js = folder / "docs" / "tp.md", folder / "docs" / "tp.json"
     out.parent.mkdir()
-    assert script.main(["--tp1", str(folder / "h200.json"), "--out", str(out), "--json", str(js)]) == 0  # found
+    args = ["validate", "tp", "--tp1", str(folder / "h200.json"), "--out", str(out), "--json", str(js)]
+    assert main(args) == 0  # the tp=2 profile found beside --tp1
     text = out.read_text()
     assert "| 2 | 12 | 20.0% / 20.0% / -20.0% | 25.0% / 25.0% / +25.0% |" in text
     assert "TP2 latency -40.0%, energy +29.0%; TP4 latency -61.0%, energy +55.0%" in text
@@ -128,12 +121,12 @@ def test_main_writes_markdown_and_json(script, measured, capsys):
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
 
 
-def test_no_tp_profile_is_one_line(script, measured, capsys):
+def test_no_tp_profile_is_one_line(measured, capsys):
     folder, _, _ = measured
     (folder / "h200x2.json").unlink()
-    assert script.main(["--tp1", str(folder / "h200.json"), "--out", str(folder / "tp.md")]) == 1
+    assert main(["validate", "tp", "--tp1", str(folder / "h200.json"), "--out", str(folder / "tp.md")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("no TP profile") and not (folder / "tp.md").exists()
+    assert len(err) == 1 and err[0].startswith("error: no TP profile") and not (folder / "tp.md").exists()
 
 
 @pytest.mark.parametrize("spoil,needle", [
@@ -142,10 +135,10 @@ def test_no_tp_profile_is_one_line(script, measured, capsys):
      "is not the setup of --tp1"),
     (lambda f: save_profile(make_profile(tp=1), f / "h200x2.json"), "tp >= 2"),
 ])
-def test_bad_inputs_are_one_line(script, measured, capsys, spoil, needle):
+def test_bad_inputs_are_one_line(measured, capsys, spoil, needle):
     folder, _, _ = measured
     spoil(folder)
-    code = script.main(["--tp1", str(folder / "h200.json"), "--tp", str(folder / "h200x2.json"),
+    code = main(["validate", "tp", "--tp1", str(folder / "h200.json"), "--tp", str(folder / "h200x2.json"),
                         "--out", str(folder / "tp.md")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
