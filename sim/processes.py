@@ -90,12 +90,7 @@ def replica(env: simpy.Environment, rep: Replica):
         if plan is None:
             yield rep.sleep()
         elif isinstance(plan, DecodeStretch):
-            if plan.preempt:
-                rep.preempt_newest(plan.preempt)
-            if rep.running:
-                yield from decode_stretch(env, rep)
-            else:
-                yield rep.sleep()
+            yield from decode_stretch(env, rep, plan)
         elif isinstance(plan, Iteration):
             yield from iteration(env, rep, plan)
         elif isinstance(plan, Preempt):
@@ -107,8 +102,16 @@ def replica(env: simpy.Environment, rep: Replica):
             rep.end_sleep()
 
 
-def decode_stretch(env: simpy.Environment, rep: Replica):
-    """Decode the constant batch with one timeout, up to the next completion or KV limit (or cut by an arrival)."""
+def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
+    """Preempt as planned, then decode the constant batch with one timeout, to the next completion or KV limit.
+
+    An arrival that the policy would admit cuts the stretch at the first step boundary after it.
+    """
+    if plan.preempt:
+        rep.preempt_newest(plan.preempt)
+        if not rep.running:  # nothing left to decode: wait for an arrival, as an idle replica does
+            yield rep.sleep()
+            return
     batch = len(rep.running)
     cost = rep.cost.decode_stretch(batch, rep.ctx_sum, rep.max_ctx())
     steps = min(rep.max_decode_steps(rep.free_blocks), rep.steps_to_next_finish())
