@@ -190,8 +190,8 @@ def calibrate_cmd(
     quick: bool = typer.Option(False, "--quick", help="Small grid, short windows: a smoke run."),
     gpus: str = typer.Option("0", "--gpus", help="Comma-separated GPU indices of the replica (TP degree = count)."),
     gpu_memory_utilization: float = typer.Option(0.9, help="Fraction of GPU memory the engine may use."),
-    max_batch_seqs: int = typer.Option(512, help="Most sequences per iteration."),
-    max_batched_tokens: int = typer.Option(16384, help="Most tokens per iteration."),
+    max_num_seqs: int = typer.Option(512, "--max-batch-seqs", help="Most sequences per iteration."),
+    max_num_batched_tokens: int = typer.Option(16384, "--max-batched-tokens", help="Most tokens per iteration."),
     json_out: bool = typer.Option(False, "--json", help="Print the new profile's summary as one JSON object."),
     short_from: str = typer.Option(None, "--short-from", help="Carry this profile (same model, engine, mode, "
                                    "TP; another machine of this GPU type) here from a short sweep instead."),
@@ -213,8 +213,8 @@ def calibrate_cmd(
         indices = tuple(int(i) for i in gpus.split(","))
         check_device(indices)
         profile = run_calibration(model, engine, mode, out, quick=quick, gpu_indices=indices,
-                                  gpu_memory_utilization=gpu_memory_utilization, max_batch_seqs=max_batch_seqs,
-                                  max_batched_tokens=max_batched_tokens, base=base)
+                                  gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+                                  max_num_batched_tokens=max_num_batched_tokens, base=base)
     except (ValueError, RuntimeError) as err:
         raise _fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
     summary = profile_summary(profile, str(out))

@@ -125,7 +125,7 @@ class StaticBatching:
 
 # Default prompt-token budget of a continuous-batching iteration: the tokenjoule engine's default and the largest
 # iteration its calibration sweeps measure, so every default prefill stays inside the measured range.
-CONTINUOUS_MAX_BATCHED_TOKENS = 16384
+CONTINUOUS_MAX_NUM_BATCHED_TOKENS = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,7 @@ class ContinuousBatching:
     """
 
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = CONTINUOUS_MAX_BATCHED_TOKENS
+    max_num_batched_tokens: int = CONTINUOUS_MAX_NUM_BATCHED_TOKENS
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
