@@ -217,11 +217,10 @@ class ChunkedPrefill:
 
     def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | Preempt | None:
         """Preempt until a decode step fits; then decodes first, prefill chunks within the budget, or a stretch."""
-        victims = rep.victims_for_one_step() if rep.running else 0
-        if victims:
-            return Preempt(victims)
+        free = rep.free_blocks - rep.new_blocks(1)  # after this iteration's decode step takes its blocks
+        if free < 0:
+            return Preempt(rep.victims_for_one_step())
         budget = self.max_num_batched_tokens - len(rep.running)
-        free = rep.free_blocks - rep.new_blocks(1)
         chunks: list[tuple[RequestState, int]] = []
         for s in rep.prefilling:
             if budget <= 0:
