@@ -197,8 +197,8 @@ def calibrate_cmd(
     quick: bool = typer.Option(False, "--quick", help="Small grid, short windows: a smoke run."),
     gpus: str = typer.Option("0", "--gpus", help="Comma-separated GPU indices of the replica (TP degree = count)."),
     gpu_memory_utilization: float = typer.Option(0.9, help="Fraction of GPU memory the engine may use."),
-    max_batch_seqs: int = typer.Option(512, help="Most sequences per iteration."),
-    max_batched_tokens: int = typer.Option(16384, help="Most tokens per iteration."),
+    max_num_seqs: int = typer.Option(512, "--max-batch-seqs", help="Most sequences per iteration."),
+    max_num_batched_tokens: int = typer.Option(16384, "--max-batched-tokens", help="Most tokens per iteration."),
     json_out: bool = typer.Option(False, "--json", help="Print the new profile's summary as one JSON object."),
     short_from: str = typer.Option(None, "--short-from", help="Carry this profile (same model, engine, mode, "
                                    "TP; another machine of this GPU type) here from a short sweep instead."),
@@ -220,7 +220,7 @@ def calibrate_cmd(
 
     if (out is None) == (out_dir is None):
         raise ConfigError("give --out (one profile) or --out-dir (a folder of runs), not both or neither")
-    if out is None and (short_from or json_out or max_batch_seqs != 512 or max_batched_tokens != 16384):
+    if out is None and (short_from or json_out or max_num_seqs != 512 or max_num_batched_tokens != 16384):
         raise ConfigError("--out-dir takes neither --short-from, --json nor the engine limits; use --out for those")
     if runs is not None and out_dir is None:
         raise ConfigError("--runs goes with --out-dir")
@@ -238,8 +238,8 @@ def calibrate_cmd(
         return
     machine.check_device(indices)
     profile = gpu_run.run_calibration(model, engine, mode, out, quick=quick, gpu_indices=indices,
-                                      gpu_memory_utilization=gpu_memory_utilization, max_batch_seqs=max_batch_seqs,
-                                      max_batched_tokens=max_batched_tokens, base=base)
+                                      gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+                                      max_num_batched_tokens=max_num_batched_tokens, base=base)
     summary = profile_summary(profile, str(out))
     if json_out:
         typer.echo(json.dumps(summary))

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quick: bool = False,
                     gpu_indices: Sequence[int] = (0,), gpu_memory_utilization: float = 0.9,
-                    max_batch_seqs: int = 512, max_batched_tokens: int = 16384, timeline_path: Path | None = None,
+                    max_num_seqs: int = 512, max_num_batched_tokens: int = 16384, timeline_path: Path | None = None,
                     check_path: Path | None = None, progress: bool = True,
                     base: GPUProfile | None = None) -> GPUProfile:
     """Calibrate one (model, engine, mode) on real GPUs and save the profile at `out`.
@@ -57,8 +57,8 @@ def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quic
                           "neither --quick nor engine hf")
     grid = SHORT_GRID if base is not None else grid_cls.quick() if quick else grid_cls()
     config = CalibrationConfig(engine=engine, mode=mode, gpu_indices=tuple(gpu_indices), grid=grid,
-                               gpu_memory_utilization=gpu_memory_utilization, max_batch_seqs=max_batch_seqs,
-                               max_batched_tokens=max_batched_tokens)
+                               gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+                               max_num_batched_tokens=max_num_batched_tokens)
     meter = make_meter(config.gpu_indices)
     sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock) if (
         timeline_path is not None and isinstance(meter, NVMLMeter)) else None

@@ -59,10 +59,10 @@ def serving_host_overhead(runner: IterationRunner, spec: ModelSpec, config: Cali
         logger.warning("host overhead is not measured under tensor parallelism (tp=%d)", len(config.gpu_indices))
         return None
     runner.release()
-    seqs = min(256, config.max_batch_seqs)
+    seqs = min(256, config.max_num_seqs)
     rows = []
-    for scheduler in (PrefillFirstScheduler(model_runner.block_manager, seqs, min(8192, config.max_batched_tokens)),
-                      Scheduler(model_runner.block_manager, seqs, min(2048, config.max_batched_tokens))):
+    for scheduler in (PrefillFirstScheduler(model_runner.block_manager, seqs, min(8192, config.max_num_batched_tokens)),
+                      Scheduler(model_runner.block_manager, seqs, min(2048, config.max_num_batched_tokens))):
         rows += measure_serving_host(model_runner, scheduler, synthetic_requests(seqs + seqs // 2, config.seed),
                                      spec.vocab_size, config.seed)
     return fit_host_overhead(binned_points(rows))
@@ -88,8 +88,8 @@ class CalibrationConfig:
         gpu_indices: GPUs of the replica (tp = their number).
         grid: the sweep grid.
         gpu_memory_utilization: engine memory fraction.
-        max_batch_seqs: engine sequence limit per iteration.
-        max_batched_tokens: engine token budget per iteration.
+        max_num_seqs: engine sequence limit per iteration.
+        max_num_batched_tokens: engine token budget per iteration.
         seed: weight seed.
         device: torch device of the engine ("cuda"; "cpu" only for smoke tests of the pipeline).
     """
@@ -99,8 +99,8 @@ class CalibrationConfig:
     gpu_indices: tuple[int, ...] = (0,)
     grid: GridConfig = dataclasses.field(default_factory=GridConfig)
     gpu_memory_utilization: float = 0.9
-    max_batch_seqs: int = 512
-    max_batched_tokens: int = 16384
+    max_num_seqs: int = 512
+    max_num_batched_tokens: int = 16384
     seed: int = 0
     device: str = "cuda"
 
@@ -140,8 +140,8 @@ def calibrate(spec: ModelSpec, config: CalibrationConfig, out_path: str | Path, 
         if runner is None:
             runner = resolve_build_runner()(spec, engine=config.engine, mode=config.mode, device=config.device,
                                             gpu_memory_utilization=config.gpu_memory_utilization,
-                                            max_batch_seqs=config.max_batch_seqs,
-                                            max_batched_tokens=config.max_batched_tokens, seed=config.seed)
+                                            max_num_seqs=config.max_num_seqs,
+                                            max_num_batched_tokens=config.max_num_batched_tokens, seed=config.seed)
         try:
             rows = _sweep(runner, meter, config, raw_path, wait, progress)
             kv_capacity = int(runner.kv_capacity_tokens)
@@ -184,8 +184,8 @@ def _sweep(runner: IterationRunner, meter: EnergyMeter, config: CalibrationConfi
     if config.engine == "hf":
         logger.warning("engine 'hf' with a plain GridConfig times single forward passes, which leave out "
                        "generate()'s per-step work; pass grid=GenerateGrid() to calibrate through generate()")
-    return run_sweep(runner, meter, config.grid, raw_path, max_batched_tokens=config.max_batched_tokens,
-                     max_batch_seqs=config.max_batch_seqs, uniform_only=config.engine == "hf",
+    return run_sweep(runner, meter, config.grid, raw_path, max_num_batched_tokens=config.max_num_batched_tokens,
+                     max_num_seqs=config.max_num_seqs, uniform_only=config.engine == "hf",
                      read_temperature_c=read_temp, progress=progress, **sweep_kwargs)
 
 
@@ -194,4 +194,4 @@ def _method(meter: EnergyMeter, config: CalibrationConfig) -> dict[str, Any]:
     time_method = GENERATE_TIME_METHOD if isinstance(config.grid, GenerateGrid) else TIME_METHOD
     return {"time": time_method, **meter.metadata(), "aligned": METHOD_SUMMARY,
             "grid": grid, "gpu_memory_utilization": config.gpu_memory_utilization,
-            "max_batch_seqs": config.max_batch_seqs, "max_batched_tokens": config.max_batched_tokens}
+            "max_batch_seqs": config.max_num_seqs, "max_batched_tokens": config.max_num_batched_tokens}

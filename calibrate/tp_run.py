@@ -104,7 +104,7 @@ def bench_requests(tp: TPGroup | None, spec: ModelSpec, device: str, mode: str, 
         On rank 0: per-repeat and median request latency (s) and energy (J, summed over `gpu_indices`), with
         per-GPU energy of the median repeat; elsewhere None.
     """
-    engine = Engine(spec, RunnerConfig(mode=mode, device=device, max_batch_seqs=max(batch, 8)), seed=0, tp=tp)
+    engine = Engine(spec, RunnerConfig(mode=mode, device=device, max_num_seqs=max(batch, 8)), seed=0, tp=tp)
     engine.generate_static(prompt_tokens, output_tokens, batch)  # warm-up: Triton compiles, graphs captured
     driver = tp is None or tp.is_driver
     meter = None

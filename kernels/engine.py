@@ -58,7 +58,7 @@ class Engine:
                  tp: TPGroup | None = None) -> None:
         self.spec = spec
         self.runner = ModelRunner(spec, config, tp)
-        self.scheduler = Scheduler(self.runner.block_manager, config.max_batch_seqs, config.max_batched_tokens)
+        self.scheduler = Scheduler(self.runner.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self._rng = random.Random(seed)
         self._clock = clock
         self._t0 = clock()
@@ -107,7 +107,7 @@ class Engine:
         """Static batching: prefill `batch` prompts together, then decode them in lockstep until all are done.
 
         The whole batch is admitted at once (one prefill iteration, chunked only if it exceeds
-        `max_batched_tokens`), and no new request joins until it finishes.
+        `max_num_batched_tokens`), and no new request joins until it finishes.
         """
         if self.has_unfinished:
             raise RuntimeError("generate_static needs an idle engine")

@@ -90,11 +90,11 @@ class TokenjouleIterationRunner(IterationRunner):
         if shape.is_empty:
             raise ValueError("shape is empty")
         n_seqs = len(shape.prefill) + len(shape.decode)
-        if n_seqs > self.config.max_batch_seqs:
-            raise ValueError(f"shape has {n_seqs} sequences > max_batch_seqs={self.config.max_batch_seqs}")
-        if shape.new_tokens > self.config.max_batched_tokens:
+        if n_seqs > self.config.max_num_seqs:
+            raise ValueError(f"shape has {n_seqs} sequences > max_num_seqs={self.config.max_num_seqs}")
+        if shape.new_tokens > self.config.max_num_batched_tokens:
             raise ValueError(f"shape has {shape.new_tokens} tokens > "
-                             f"max_batched_tokens={self.config.max_batched_tokens}")
+                             f"max_num_batched_tokens={self.config.max_num_batched_tokens}")
         lengths = [new + before for new, before in shape.prefill] + [ctx + 1 for ctx in shape.decode]
         if max(lengths) > self.config.max_model_len:
             raise ValueError(f"a sequence of {max(lengths)} tokens exceeds max_model_len={self.config.max_model_len}")
@@ -312,7 +312,7 @@ class HFIterationRunner(IterationRunner):
 
 
 def build_runner(spec: ModelSpec, engine: str = "tokenjoule", mode: str = "eager", device: str = "cuda",
-                 gpu_memory_utilization: float = 0.9, max_batch_seqs: int = 512, max_batched_tokens: int = 16384,
+                 gpu_memory_utilization: float = 0.9, max_num_seqs: int = 512, max_num_batched_tokens: int = 16384,
                  seed: int = 0, tp: TPGroup | None = None) -> IterationRunner:
     """Build an IterationRunner.
 
@@ -322,8 +322,8 @@ def build_runner(spec: ModelSpec, engine: str = "tokenjoule", mode: str = "eager
         mode: "eager", "cudagraph" or "compile".
         device: "cuda" or "cpu".
         gpu_memory_utilization: fraction of GPU memory the engine may use.
-        max_batch_seqs: most sequences in one iteration.
-        max_batched_tokens: most tokens in one iteration.
+        max_num_seqs: most sequences in one iteration.
+        max_num_batched_tokens: most tokens in one iteration.
         seed: weight seed.
         tp: this rank's tensor-parallel group (tokenjoule engine only); every rank calls build_runner, and gets a
             TPIterationRunner (rank 0 drives it, the others call `serve()`). None: no tensor parallelism.
@@ -340,7 +340,7 @@ def build_runner(spec: ModelSpec, engine: str = "tokenjoule", mode: str = "eager
             raise ValueError("engine 'hf' has no tensor parallelism here; use engine 'tokenjoule'")
         return HFIterationRunner(spec, device, gpu_memory_utilization, seed)
     config = RunnerConfig(mode=mode, device=device, gpu_memory_utilization=gpu_memory_utilization,
-                          max_batch_seqs=max_batch_seqs, max_batched_tokens=max_batched_tokens, seed=seed)
+                          max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, seed=seed)
     if tp is None:
         return TokenjouleIterationRunner(spec, config)
     return TPIterationRunner(TokenjouleIterationRunner(spec, config, ModelRunner(spec, config, tp)), tp)

@@ -27,16 +27,16 @@ CPU_KV_BLOCKS = 1024
 GiB = 1 << 30
 
 
-def graph_buckets(max_batch_seqs: int) -> list[int]:
-    """Batch sizes that get a CUDA graph: 1, 2, 4, 8, then every 16 up to `max_batch_seqs` (and it)."""
-    buckets = [b for b in (1, 2, 4, 8) if b < max_batch_seqs] + list(range(16, max_batch_seqs, 16))
-    return buckets + [max_batch_seqs]
+def graph_buckets(max_num_seqs: int) -> list[int]:
+    """Batch sizes that get a CUDA graph: 1, 2, 4, 8, then every 16 up to `max_num_seqs` (and it)."""
+    buckets = [b for b in (1, 2, 4, 8) if b < max_num_seqs] + list(range(16, max_num_seqs, 16))
+    return buckets + [max_num_seqs]
 
 
-def activation_reserve_bytes(spec: ModelSpec, max_batched_tokens: int, max_batch_seqs: int) -> int:
+def activation_reserve_bytes(spec: ModelSpec, max_num_batched_tokens: int, max_num_seqs: int) -> int:
     """Memory kept free for one iteration's activations: a few live (tokens x widest layer) buffers plus logits."""
     widest = 2 * spec.intermediate_size + spec.q_size + 2 * spec.kv_size + 4 * spec.hidden_size
-    return GiB + 2 * max_batched_tokens * widest * spec.dtype_bytes + 2 * max_batch_seqs * spec.vocab_size * 4
+    return GiB + 2 * max_num_batched_tokens * widest * spec.dtype_bytes + 2 * max_num_seqs * spec.vocab_size * 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +47,8 @@ class RunnerConfig:
         mode: "eager", "cudagraph" or "compile".
         device: "cuda" or "cpu".
         gpu_memory_utilization: fraction of GPU memory the engine may use (weights + KV + activations).
-        max_batch_seqs: most sequences in one iteration (also the largest graph bucket).
-        max_batched_tokens: most tokens in one iteration.
+        max_num_seqs: most sequences in one iteration (also the largest graph bucket).
+        max_num_batched_tokens: most tokens in one iteration.
         max_model_len: longest sequence, in tokens (sets the static block-table width).
         block_size: tokens per KV block.
         seed: weight seed.
@@ -59,8 +59,8 @@ class RunnerConfig:
     mode: str = "eager"
     device: str = "cuda"
     gpu_memory_utilization: float = 0.9
-    max_batch_seqs: int = 512
-    max_batched_tokens: int = 16384
+    max_num_seqs: int = 512
+    max_num_batched_tokens: int = 16384
     max_model_len: int = 32768
     block_size: int = 16
     seed: int = 0
@@ -95,7 +95,7 @@ class ModelRunner:
             raise ValueError(f"no room for a KV cache: {num_blocks} blocks fit (raise gpu_memory_utilization?)")
         self.model.setup_kv_cache(num_blocks, config.block_size)
         if self.device.type == "cuda" and config.decode_backend != "torch" and triton_available(self.device):
-            n = precompile(self.model.kv_cache[0], self.model.local_spec.n_heads, config.max_batch_seqs)
+            n = precompile(self.model.kv_cache[0], self.model.local_spec.n_heads, config.max_num_seqs)
             logger.info("decode attention: %d kernel variants compiled before serving", n)
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.max_blocks_per_seq = -(-config.max_model_len // config.block_size)
@@ -118,7 +118,7 @@ class ModelRunner:
         free_bytes, total_bytes = torch.cuda.mem_get_info(self.device)
         local = self.model.local_spec  # this rank's KV heads and widths under TP
         bytes_per_block = local.kv_bytes_per_token * self.config.block_size
-        reserve = activation_reserve_bytes(local, self.config.max_batched_tokens, self.config.max_batch_seqs)
+        reserve = activation_reserve_bytes(local, self.config.max_num_batched_tokens, self.config.max_num_seqs)
         return kv_capacity_blocks(total_bytes, total_bytes - free_bytes, self.config.gpu_memory_utilization,
                                   reserve, bytes_per_block)
 
@@ -200,7 +200,7 @@ class ModelRunner:
     @torch.no_grad()
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:
         """Execute one non-empty iteration; returns the sampling rows' logits, (N, vocab) float32, in `run`'s order."""
-        if not batch.prefill and self.config.mode == "cudagraph" and len(batch.decode) <= self.config.max_batch_seqs:
+        if not batch.prefill and self.config.mode == "cudagraph" and len(batch.decode) <= self.config.max_num_seqs:
             logits = self._run_graph(batch)
         else:
             input_ids, positions, meta = self.prepare_inputs(batch)
@@ -210,7 +210,7 @@ class ModelRunner:
 
     def _run_graph(self, batch: ScheduledBatch) -> torch.Tensor:
         n = len(batch.decode)
-        bucket = next(b for b in graph_buckets(self.config.max_batch_seqs) if b >= n)
+        bucket = next(b for b in graph_buckets(self.config.max_num_seqs) if b >= n)
         graph, logits = self._graphs.get(bucket) or self._capture(bucket)
         st = self._static
         rows = self._decode_rows(batch.decode, None)
@@ -227,7 +227,7 @@ class ModelRunner:
 
     def _static_meta(self, bucket: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         if not self._static:
-            size, dev = self.config.max_batch_seqs, self.device
+            size, dev = self.config.max_num_seqs, self.device
             self._static = {
                 "input_ids": torch.zeros(size, dtype=torch.int64, device=dev),
                 "positions": torch.zeros(size, dtype=torch.int64, device=dev),

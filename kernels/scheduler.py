@@ -49,16 +49,17 @@ class Scheduler:
 
     Args:
         block_manager: KV block accounting.
-        max_batch_seqs: most sequences in one iteration.
-        max_batched_tokens: most tokens (prefill plus decode) in one iteration.
+        max_num_seqs: most sequences in one iteration.
+        max_num_batched_tokens: most tokens (prefill plus decode) in one iteration.
     """
 
-    def __init__(self, block_manager: BlockManager, max_batch_seqs: int, max_batched_tokens: int) -> None:
-        if max_batch_seqs <= 0 or max_batched_tokens <= 0:
-            raise ValueError(f"max_batch_seqs={max_batch_seqs} and max_batched_tokens={max_batched_tokens} must be > 0")
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        if max_num_seqs <= 0 or max_num_batched_tokens <= 0:
+            raise ValueError(f"max_num_seqs={max_num_seqs} and max_num_batched_tokens={max_num_batched_tokens} "
+                             "must be > 0")
         self.block_manager = block_manager
-        self.max_batch_seqs = max_batch_seqs
-        self.max_batched_tokens = max_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -76,8 +77,8 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         """Plan the next iteration; reserves the KV blocks its tokens will be written to."""
         decode = self._schedule_decodes()
-        budget = self.max_batched_tokens - len(decode)
-        seats = self.max_batch_seqs - len(decode)
+        budget = self.max_num_batched_tokens - len(decode)
+        seats = self.max_num_seqs - len(decode)
         prefill: list[tuple[Sequence, int]] = []
         for seq in [s for s in self.running if not s.is_decoding]:
             if budget <= 0 or seats <= 0:
@@ -134,7 +135,7 @@ class Scheduler:
             # a sequence preempted earlier in this loop is WAITING again (a status check, not an O(n) list search)
             if not seq.is_decoding or seq.status is not SequenceStatus.RUNNING:
                 continue
-            if len(decode) >= min(self.max_batch_seqs, self.max_batched_tokens):
+            if len(decode) >= min(self.max_num_seqs, self.max_num_batched_tokens):
                 break
             while not self.block_manager.can_append(seq.seq_id, self._growth(seq, 1)):
                 victim = self.running[-1]

@@ -71,7 +71,7 @@ def check_logits(tp: TPGroup, spec: ModelSpec, device: str, mode: str = "eager",
         On rank 0: per phase, rows compared, max |diff|, max |reference|, their ratio, top-1 agreement; plus
         `passed`, `tolerance`, and the fraction of the block weights each rank holds. On other ranks: {}.
     """
-    config = RunnerConfig(mode=mode, device=device, max_batch_seqs=4, max_batched_tokens=256, max_model_len=256,
+    config = RunnerConfig(mode=mode, device=device, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=256,
                           num_kv_blocks=64, seed=seed)
     runner = ModelRunner(spec, config, tp)
     ref = ModelRunner(spec, dataclasses.replace(config, mode="eager"), None) if tp.is_driver else None
@@ -107,7 +107,7 @@ def engine_tokens(tp: TPGroup | None, spec: ModelSpec, device: str, prompt_token
     """Greedy output tokens of `batch` requests served together by the Engine (every rank calls it under TP)."""
     from tokenjoule.kernels.engine import Engine
 
-    config = RunnerConfig(mode="eager", device=device, max_batch_seqs=4, max_batched_tokens=256, max_model_len=256,
+    config = RunnerConfig(mode="eager", device=device, max_num_seqs=4, max_num_batched_tokens=256, max_model_len=256,
                           num_kv_blocks=64)
     engine = Engine(spec, config, seed=1, tp=tp)
     seqs = [engine.make_sequence(i, prompt_tokens, output_tokens) for i in range(batch)]
@@ -124,7 +124,7 @@ def drive_protocol(tp: TPGroup, spec: ModelSpec, device: str, mode: str = "eager
         {"steps": steps per rank (prepare's run counted), "refused": whether rank 0 got the oversize shape's
         ValueError, "kv_capacity_tokens": per rank}; every rank returns it.
     """
-    runner = build_runner(spec, mode=mode, device=device, max_batch_seqs=8, max_batched_tokens=128, tp=tp)
+    runner = build_runner(spec, mode=mode, device=device, max_num_seqs=8, max_num_batched_tokens=128, tp=tp)
     if not isinstance(runner, TPIterationRunner):
         raise TypeError("build_runner with tp did not give a TPIterationRunner")
     refused = False

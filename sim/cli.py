@@ -150,10 +150,10 @@ def simulate(
     rate_scale: Annotated[float, typer.Option(help="Multiply the arrival rate.")] = 1.0,
     window: Annotated[str | None, typer.Option(help="Keep arrivals in START:END seconds.")] = None,
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
-    max_batched_tokens: Annotated[int | None, typer.Option(help="Tokens per iteration (default 16384 "
-                                                                "continuous, 2048 chunked).")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(
+        "--max-batched-tokens", help="Tokens per iteration (default 16384 continuous, 2048 chunked).")] = None,
     max_batch: Annotated[int, typer.Option(help="Static batch size.")] = 8,
-    kv_block_tokens: Annotated[int, typer.Option(help="Tokens per paged KV block.")] = 16,
+    block_size: Annotated[int, typer.Option("--kv-block-tokens", help="Tokens per paged KV block.")] = 16,
     batch_timeout_s: Annotated[float, typer.Option(help="Static: wait this long for a full batch.")] = 0.0,
     slo_ttft_s: Annotated[float | None, typer.Option(help="TTFT target, s.")] = None,
     slo_tpot_s: Annotated[float | None, typer.Option(help="TPOT target, s.")] = None,
@@ -183,11 +183,11 @@ def simulate(
     from tokenjoule.sim.tp_profiles import choose_profile
 
     config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
-                       max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens, max_batch=max_batch,
-                       kv_block_tokens=kv_block_tokens,
+                       max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_batch=max_batch,
+                       block_size=block_size,
                        batch_timeout_s=batch_timeout_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
                        host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
-                       window_s=_parse_window(window),
+                       arrival_window_s=_parse_window(window),
                        seed=seed, **_parse_carbon(carbon))
     choice = choose_profile(profile, cost, tp, DEFAULT_PROFILE)
     prof = choice.profile

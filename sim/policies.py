@@ -1,8 +1,10 @@
 """Batching policies: each a small class whose `next_batch(replica, now)` decides what the replica runs next.
 
-A decision is one of four plans: an `Iteration` (prefill chunks, optionally with one decode step of every decoding
-request), a `DecodeStretch` (decode steps of the whole, constant batch), a `StaticBatch` (a padded batch run start to
-end) or a `Wait` (nothing until a deadline or an arrival); `None` means sleep until an arrival.
+A policy only reads the replica; it returns a plan, and `processes` carries the plan out through the replica's
+actions. A plan is one of five: an `Iteration` (admit requests from the queue, prefill chunks, optionally with one
+decode step of every decoding request), a `DecodeStretch` (decode steps of the whole, constant batch), a `Preempt`
+(free KV blocks, then decide again), a `StaticBatch` (a padded batch run start to end) or a `Wait` (nothing until a
+deadline or an arrival); `None` means sleep until an arrival.
 
 KV memory is paged (vLLM's PagedAttention): a prompt's blocks are reserved when it is admitted, and a decoding
 request takes a new block whenever its last one is full. When a step cannot get its blocks, the most recently
@@ -23,17 +25,32 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Iteration:
-    """One forward pass: prefill chunks `(request, new_tokens)`, plus one decode step of every decoding request."""
+    """One forward pass: prefill chunks `(request, new_tokens)`, plus one decode step of every decoding request.
+
+    The last `admitted` chunks belong to requests taken from the head of the waiting queue for this pass (their
+    prompt KV is reserved then); the others continue a prefill started earlier.
+    """
 
     chunks: tuple[tuple[RequestState, int], ...]
     with_decodes: bool
+    admitted: int
 
 
 @dataclass(frozen=True, slots=True)
 class DecodeStretch:
-    """Decode steps of the whole batch, at most `max_steps` (KV memory), cut early by admissible arrivals."""
+    """Decode steps of the whole batch, as many as KV memory allows up to the next completion, cut early by arrivals.
 
-    max_steps: int
+    First the `preempt` most recently admitted decoding requests are preempted, so that one step's new KV blocks fit.
+    """
+
+    preempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Preempt the `count` most recently admitted decoding requests (recompute), then decide again."""
+
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +72,7 @@ def _kv_reject(s: RequestState, rep: Replica) -> str | None:
     return "kv_capacity" if rep.blocks_for(s.input_tokens + s.output_tokens) > rep.capacity_blocks else None
 
 
-def _decode_stretch_or_preempt(rep: Replica) -> DecodeStretch | None:
-    """A stretch for the decoding batch, preempting until one step's new KV blocks fit."""
-    while rep.running and rep.free_blocks < rep.new_blocks(1):
-        rep.preempt_last()
-    if not rep.running:
-        return None
-    return DecodeStretch(rep.max_decode_steps(rep.free_blocks))
+_DECODE = DecodeStretch(0)  # the common plan, allocated once
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +110,13 @@ class StaticBatching:
             return Wait(deadline)
         members: list[RequestState] = []
         max_in = max_out = 0
-        while rep.waiting and len(members) < self.max_batch:
-            s = rep.waiting[0]
+        for s in rep.waiting:
+            if len(members) == self.max_batch:
+                break
             i, o = max(max_in, s.input_tokens), max(max_out, s.output_tokens)
             if members and (len(members) + 1) * rep.blocks_for(i + o) > rep.capacity_blocks:
                 break  # the padded batch would not fit the KV cache
-            members.append(rep.waiting.popleft())
+            members.append(s)
             max_in, max_out = i, o
         return StaticBatch(tuple(members))
 
@@ -115,7 +127,7 @@ class StaticBatching:
 
 # Default prompt-token budget of a continuous-batching iteration: the tokenjoule engine's default and the largest
 # iteration its calibration sweeps measure, so every default prefill stays inside the measured range.
-CONTINUOUS_MAX_BATCHED_TOKENS = 16384
+CONTINUOUS_MAX_NUM_BATCHED_TOKENS = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +145,7 @@ class ContinuousBatching:
     """
 
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = CONTINUOUS_MAX_BATCHED_TOKENS
+    max_num_batched_tokens: int = CONTINUOUS_MAX_NUM_BATCHED_TOKENS
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
@@ -149,21 +161,24 @@ class ContinuousBatching:
         return None
 
     def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | None:
-        """Admit and prefill waiting requests if any fit; else decode the running batch."""
+        """Admit and prefill waiting requests if any fit; else decode the running batch (preempting to fit a step)."""
         chunks: list[tuple[RequestState, int]] = []
         tokens, free, seqs = 0, rep.free_blocks, len(rep.running)
-        while rep.waiting and seqs < self.max_num_seqs:
-            need = rep.waiting[0].prefill_target
+        for s in rep.waiting:
+            if seqs >= self.max_num_seqs:
+                break
+            need = s.prefill_target
             blocks = rep.blocks_for(need)
             if tokens + need > self.max_num_batched_tokens or blocks > free:
                 break
-            s = rep.waiting.popleft()
-            rep.blocks_used += blocks
             chunks.append((s, need))
             tokens, free, seqs = tokens + need, free - blocks, seqs + 1
         if chunks:
-            return Iteration(tuple(chunks), with_decodes=False)
-        return _decode_stretch_or_preempt(rep)
+            return Iteration(tuple(chunks), False, len(chunks))
+        if not rep.running:
+            return None
+        victims = rep.victims_for_one_step()
+        return DecodeStretch(victims) if victims else _DECODE
 
     def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
         """Would the next iteration boundary admit the head of the queue?"""
@@ -202,12 +217,12 @@ class ChunkedPrefill:
         """Why a request can never run here (None when it can)."""
         return _kv_reject(s, rep)
 
-    def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | None:
-        """Decodes first, then prefill chunks within the token budget; a stretch when no prefill is pending."""
-        while rep.running and rep.free_blocks < rep.new_blocks(1):
-            rep.preempt_last()
+    def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | Preempt | None:
+        """Preempt until a decode step fits; then decodes first, prefill chunks within the budget, or a stretch."""
+        free = rep.free_blocks - rep.new_blocks(1)  # after this iteration's decode step takes its blocks
+        if free < 0:
+            return Preempt(rep.victims_for_one_step())
         budget = self.max_num_batched_tokens - len(rep.running)
-        free = rep.free_blocks - rep.new_blocks(1)
         chunks: list[tuple[RequestState, int]] = []
         for s in rep.prefilling:
             if budget <= 0:
@@ -215,21 +230,22 @@ class ChunkedPrefill:
             c = min(s.prefill_target - s.prefilled, budget)
             chunks.append((s, c))
             budget -= c
-        while rep.waiting and budget > 0 and len(rep.running) + len(rep.prefilling) < self.max_num_seqs:
-            need = rep.waiting[0].prefill_target
+        admitted, seats = 0, self.max_num_seqs - len(rep.running) - len(rep.prefilling)
+        for s in rep.waiting:
+            if budget <= 0 or admitted >= seats:
+                break
+            need = s.prefill_target
             blocks = rep.blocks_for(need)
             if blocks > free:
                 break
-            s = rep.waiting.popleft()
-            rep.prefilling.append(s)
-            rep.blocks_used += blocks
             free -= blocks
             c = min(need, budget)
             chunks.append((s, c))
             budget -= c
+            admitted += 1
         if chunks:
-            return Iteration(tuple(chunks), with_decodes=True)
-        return _decode_stretch_or_preempt(rep)
+            return Iteration(tuple(chunks), True, admitted)
+        return _DECODE if rep.running else None
 
     def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
         """Would the next iteration boundary schedule a chunk of the head of the queue?"""

@@ -10,6 +10,7 @@ Scenario:
     outstanding requests, or seeded random). A replica asks its batching policy what to run next (a prefill
     iteration, a decode stretch, a padded static batch) and holds the GPU for the time the cost model gives,
     booking the energy to the requests that were processed. Idle replicas sleep until a request arrives.
+    The policy only decides; these processes carry its plan out through the replica's actions.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import simpy
 
 from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.kernels.spec import ConfigError
-from tokenjoule.sim.policies import DecodeStretch, Iteration, StaticBatch, Wait
+from tokenjoule.sim.policies import DecodeStretch, Iteration, Preempt, StaticBatch, Wait
 from tokenjoule.sim.replica import Replica, RequestState
 from tokenjoule.traces.schema import Request
 
@@ -93,26 +94,36 @@ def replica(env: simpy.Environment, rep: Replica):
             yield from decode_stretch(env, rep, plan)
         elif isinstance(plan, Iteration):
             yield from iteration(env, rep, plan)
+        elif isinstance(plan, Preempt):
+            rep.preempt_newest(plan.count)
         elif isinstance(plan, StaticBatch):
             yield from static_batch(env, rep, plan)
         elif isinstance(plan, Wait):
             yield env.any_of([rep.sleep(), env.timeout(plan.until_s - env.now)])
-            rep.wake = None
+            rep.end_sleep()
 
 
 def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
-    """Decode the constant batch with one timeout, up to the next completion (or cut short by an arrival)."""
+    """Preempt as planned, then decode the constant batch with one timeout, to the next completion or KV limit.
+
+    An arrival that the policy would admit cuts the stretch at the first step boundary after it.
+    """
+    if plan.preempt:
+        rep.preempt_newest(plan.preempt)
+        if not rep.running:  # nothing left to decode: wait for an arrival, as an idle replica does
+            yield rep.sleep()
+            return
     batch = len(rep.running)
     cost = rep.cost.decode_stretch(batch, rep.ctx_sum, rep.max_ctx())
-    steps = min(plan.max_steps, rep.steps_to_next_finish())
+    steps = min(rep.max_decode_steps(rep.free_blocks), rep.steps_to_next_finish())
     start = env.now
-    rep.stretch = (start, cost, steps)
+    rep.begin_stretch(start, cost, steps)
     try:
         yield env.timeout(cost.time_s(steps))
     except simpy.Interrupt:
         steps = rep.cut_steps
         yield env.timeout(max(0.0, start + cost.time_s(steps) - env.now))
-    rep.stretch, rep.cut_steps = None, None
+    rep.end_stretch()
     time_s, energy_j = cost.time_s(steps), cost.energy_j(steps)
     rep.charge(start, time_s, energy_j)
     if rep.log is not None:
@@ -121,12 +132,13 @@ def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
 
 
 def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
-    """One forward pass of prefill chunks (plus one decode token per running request when chunked)."""
+    """Admit the planned requests, then run one forward pass of prefill chunks (plus decodes when chunked)."""
+    chunks = plan.chunks
+    for s, _ in chunks[len(chunks) - plan.admitted:]:
+        rep.admit(s, env.now)
     batch = len(rep.running) if plan.with_decodes else 0
     new, pairs, ctx = batch, 0, 0
-    for s, c in plan.chunks:
-        if s.start_s != s.start_s:  # NaN: first time scheduled
-            s.start_s = env.now
+    for s, c in chunks:
         new += c
         pairs += c * s.prefilled + c * (c + 1) // 2
         ctx += s.prefilled
@@ -139,23 +151,9 @@ def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
         rep.log.append(("prefill", start, tuple((s.idx, c) for s, c in plan.chunks)))
     if batch:
         rep.decode_steps_done(1, energy_j, new)
-    for s, c in plan.chunks:
-        s.energy_j += energy_j * c / new
-        s.prefilled += c
-        if s.prefilled == s.prefill_target:
-            _prefill_done(rep, s, env.now, plan.with_decodes)
-
-
-def _prefill_done(rep: Replica, s: RequestState, now: float, chunked: bool) -> None:
-    if chunked:
-        rep.prefilling.remove(s)
-    s.prefilled = 0
-    s.generated += 1
-    if s.first_token_s != s.first_token_s:
-        s.first_token_s = now
-        if rep.log is not None:
-            rep.log.append(("first_token", now, s.idx))
-    rep.start_decoding(s)
+    now = env.now
+    for s, c in chunks:
+        rep.prefill_chunk_done(s, c, energy_j * c / new, now)
 
 
 def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
@@ -164,16 +162,13 @@ def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
     max_in = max(s.input_tokens for s in members)
     max_out = max(s.output_tokens for s in members)
     start = env.now
-    for s in members:
-        s.start_s = start
+    rep.admit_static(members, start)
     time_s, energy_j = rep.cost.iteration(IterFeatures(n * max_in, n * max_in * (max_in + 1) // 2, 0, 0, 0, n))
     yield env.timeout(time_s)
     rep.charge(start, time_s, energy_j)
     if rep.log is not None:
         rep.log.append(("prefill", start, tuple((s.idx, max_in) for s in members)))
-    for s in members:
-        s.energy_j += energy_j / n
-        s.first_token_s = env.now
+    rep.static_prefill_done(members, energy_j, env.now)
     if max_out > 1:
         cost = rep.cost.decode_stretch(n, n * max_in, max_in)  # padded: every context is max_in at step 0
         start, time_s, energy_j = env.now, cost.time_s(max_out - 1), cost.energy_j(max_out - 1)
@@ -181,8 +176,5 @@ def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
         rep.charge(start, time_s, energy_j)
         if rep.log is not None:
             rep.log.append(("decode", start, max_out - 1))
-        for s in members:
-            s.energy_j += energy_j / n
-    for s in members:
-        s.generated = s.output_tokens
-        rep.finish(s, env.now)
+        rep.static_decode_done(members, energy_j)
+    rep.finish_static(members, env.now)

@@ -1,9 +1,13 @@
 """Mutable simulation state: one RequestState per live request, one Replica per model instance (queue, batch, KV).
 
-The bookkeeping is lazy so that a decode stretch costs O(1) however large the batch: a decoding request records the
-replica's step counter and per-seat energy counter when it joins, and settles the difference when it leaves. Every
-decoding context grows by one a step, as the step counter does, so a request's context minus the counter is fixed
-while it decodes: the longest context is a heap of those offsets, O(log n) a change.
+The replica owns this state: policies read it to decide, and the processes change it only through the replica's
+actions (`admit`, `finish_prefill`, `start_decode`, `decode_steps_done`, `preempt_newest`, `finish`, ...).
+
+The decode bookkeeping is lazy so that a decode stretch costs O(1) however large the batch: advancing k steps only
+adds k to the replica's `decode_steps` and the per-seat energy to `seat_energy_j`; a request records both counters
+when it joins the decode set (`steps_at_join`, `seat_energy_at_join_j`) and settles the differences when it leaves
+(finish or preemption). Every decoding context grows by one a step, as `decode_steps` does, so a request's context
+minus that counter is fixed while it decodes: the longest context is a heap of those offsets, O(log n) a change.
 """
 
 from __future__ import annotations
@@ -24,25 +28,30 @@ if TYPE_CHECKING:
 class RequestState:
     """A request while it is simulated: progress counters plus a reference to its trace row.
 
+    The `*_at_join` fields are the lazy decode settlement (see the module docstring): while the request decodes, its
+    `generated` and `energy_j` lag behind, and `Replica` brings them up to date from these marks when it leaves.
+
     Attributes:
         idx: row index in the trace (the ledger's slot).
         arrival_s: arrival time (s).
         input_tokens: prompt length.
         output_tokens: tokens to generate.
-        generated: tokens generated so far (kept across a recompute preemption).
+        generated: tokens generated so far (kept across a recompute preemption; settled when it leaves decoding).
         prefilled: tokens of the current prefill target already computed (chunked prefill).
-        g_join: the replica's decode step counter when this request started decoding.
-        gen_join: `generated` at that moment.
-        seat_mark: the replica's per-seat energy counter at that moment (J).
-        energy_j: energy attributed so far (J).
+        steps_at_join: the replica's `decode_steps` when this request joined the decode set.
+        generated_at_join: `generated` at that moment.
+        seat_energy_at_join_j: the replica's `seat_energy_j` at that moment (J).
+        energy_j: energy attributed so far (J; settled when it leaves decoding).
         preemptions: times preempted (recompute).
         start_s: when it was first scheduled (NaN before).
         first_token_s: when its first output token was produced (NaN before).
-        stamp: decode-join counter, to discard stale heap entries after a preemption.
+        decode_join_id: which join to the decode set this is (-1 while not decoding); heap entries carry it, so
+            entries left behind by a finish or a preemption are recognised as stale and skipped.
     """
 
-    __slots__ = ("idx", "arrival_s", "input_tokens", "output_tokens", "generated", "prefilled", "g_join", "gen_join",
-                 "seat_mark", "energy_j", "preemptions", "start_s", "first_token_s", "stamp")
+    __slots__ = ("idx", "arrival_s", "input_tokens", "output_tokens", "generated", "prefilled", "steps_at_join",
+                 "generated_at_join", "seat_energy_at_join_j", "energy_j", "preemptions", "start_s", "first_token_s",
+                 "decode_join_id")
 
     def __init__(self, idx: int, arrival_s: float, input_tokens: int, output_tokens: int) -> None:
         self.idx = idx
@@ -51,14 +60,14 @@ class RequestState:
         self.output_tokens = output_tokens
         self.generated = 0
         self.prefilled = 0
-        self.g_join = 0
-        self.gen_join = 0
-        self.seat_mark = 0.0
+        self.steps_at_join = 0
+        self.generated_at_join = 0
+        self.seat_energy_at_join_j = 0.0
         self.energy_j = 0.0
         self.preemptions = 0
         self.start_s = float("nan")
         self.first_token_s = float("nan")
-        self.stamp = -1
+        self.decode_join_id = -1
 
     @property
     def prefill_target(self) -> int:
@@ -67,7 +76,7 @@ class RequestState:
 
 
 class Replica:
-    """One model instance (tp GPUs): waiting queue, prefilling and decoding sets, KV tokens, energy counters.
+    """One model instance (tp GPUs): waiting queue, prefilling and decoding sets, KV blocks, energy counters.
 
     Attributes:
         idx: replica number.
@@ -75,32 +84,43 @@ class Replica:
         policy: the batching policy (see `policies.POLICIES`).
         cost: the cost model.
         ledger: where finished requests and energy go.
-        block_tokens: tokens per KV block (vLLM's block_size).
-        capacity_blocks: KV blocks this replica holds (the cost model's token capacity // block_tokens).
+        block_size: tokens per KV block (vLLM's block_size).
+        capacity_blocks: KV blocks this replica holds (the cost model's token capacity // block_size).
         log: optional (event, time_s, request_id_or_detail) list for tests and debugging.
+        waiting: arrived requests not yet admitted, first come first served (preempted ones go back to the front).
+        prefilling: admitted requests whose prefill has not finished, in admission order.
+        running: the decode set by `decode_join_id`, in join order (the last one is the preemption victim).
+        decode_steps: decode steps the decode set has taken (the lazy settlement's clock).
+        seat_energy_j: cumulative energy of one decode seat over those steps (J): each step adds its energy divided by
+            the tokens it processed, so a request's decode energy is the difference since it joined.
+        ctx_sum: KV tokens of the decoding requests at step `decode_steps`.
+        blocks_used: KV blocks held (decoding requests, and prompts reserved when admitted to prefill).
+        busy_s: busy time so far (s).
+        busy_j: busy energy so far (J).
+        outstanding: requests submitted and not finished (the least-outstanding router reads it).
     """
 
     def __init__(self, idx: int, env: simpy.Environment, policy: Any, cost: CostModel, ledger: Ledger,
-                 block_tokens: int = 16, log: list | None = None) -> None:
+                 block_size: int = 16, log: list | None = None) -> None:
         self.idx = idx
         self.env = env
         self.policy = policy
         self.cost = cost
         self.ledger = ledger
         self.log = log
-        self.block_tokens = block_tokens
-        self.capacity_blocks = int(cost.kv_capacity_tokens) // block_tokens
+        self.block_size = block_size
+        self.capacity_blocks = int(cost.kv_capacity_tokens) // block_size
         self.waiting: deque[RequestState] = deque()
         self.prefilling: list[RequestState] = []
-        self.running: dict[int, RequestState] = {}  # decode phase, in admission order (last = preemption victim)
-        self._heap: list[tuple[int, int, RequestState]] = []  # (finish step, stamp, state)
-        self._ctx_heap: list[tuple[int, int, RequestState]] = []  # (g - context, stamp, state): longest context first
-        self._stamps = 0
-        self.g = 0  # decode steps taken
-        self.ctx_sum = 0  # KV tokens of the decoding requests at step g
-        self.blocks_used = 0  # KV blocks held (decoding requests and prompts reserved for prefill)
-        self._phase = [0] * block_tokens  # decoding requests by (context - g) mod block_tokens
-        self.seat_j = 0.0  # cumulative energy per decode seat
+        self.running: dict[int, RequestState] = {}
+        self._finish_heap: list[tuple[int, int, RequestState]] = []  # (step of its last token, join id, state)
+        self._ctx_heap: list[tuple[int, int, RequestState]] = []  # (steps - context, join id, state): longest first
+        self._decode_joins = 0
+        self.decode_steps = 0
+        self.ctx_sum = 0
+        self.blocks_used = 0
+        self._phase = [0] * block_size  # decoding requests by (context - decode_steps) mod block_size
+        self.seat_energy_j = 0.0
         self.busy_s = 0.0
         self.busy_j = 0.0
         self.outstanding = 0
@@ -109,7 +129,7 @@ class Replica:
         self.stretch: tuple[float, StretchCost, int] | None = None  # (start_s, cost, planned steps)
         self.cut_steps: int | None = None
 
-    # ---- paged KV blocks --------------------------------------------------------------------------------------
+    # ---- paged KV blocks (read-only questions the policies ask) ------------------------------------------------
     @property
     def free_blocks(self) -> int:
         """KV blocks not held by any request."""
@@ -117,16 +137,16 @@ class Replica:
 
     def blocks_for(self, tokens: int) -> int:
         """Blocks that hold `tokens` tokens."""
-        return -(-tokens // self.block_tokens)
+        return -(-tokens // self.block_size)
 
     def new_blocks(self, k: int) -> int:
         """Blocks the decoding batch allocates over its next k steps.
 
         A sequence whose cache is exactly full at a step's start needs a fresh block for that step's token; the
-        phase histogram says how many sequences are in that state at each step (it repeats every block_tokens steps).
+        phase histogram says how many sequences are in that state at each step (it repeats every block_size steps).
         """
-        bs, phase = self.block_tokens, self._phase
-        p0 = -self.g % bs  # phase index of step 0; step j reads index p0 - j (cyclically)
+        bs, phase = self.block_size, self._phase
+        p0 = -self.decode_steps % bs  # phase index of step 0; step j reads index p0 - j (cyclically)
         if k == 1:
             return phase[p0]
         full, rest = divmod(k, bs)
@@ -138,11 +158,29 @@ class Replica:
 
     def max_decode_steps(self, free_blocks: int) -> int:
         """The most decode steps the batch can take before it needs more than `free_blocks` new blocks."""
-        bs, phase = self.block_tokens, self._phase
+        bs, phase = self.block_size, self._phase
         full, left = divmod(free_blocks, len(self.running))
-        p0 = -self.g % bs
+        p0 = -self.decode_steps % bs
         needs = accumulate(phase[p0::-1] + phase[:p0:-1])  # new blocks by step, one period from step 0
         return full * bs + bisect_right(list(needs), left)
+
+    def victims_for_one_step(self) -> int:
+        """How many of the newest decoding requests must be preempted before one decode step's new blocks fit.
+
+        Preempting a request frees its blocks and, when its cache is exactly full, its need for a new one.
+        """
+        free, need = self.free_blocks, self.new_blocks(1)
+        if free >= need:
+            return 0
+        bs, steps, victims = self.block_size, self.decode_steps, 0
+        for s in reversed(self.running.values()):
+            if free >= need:
+                break
+            ctx = s.input_tokens + s.generated_at_join + steps - s.steps_at_join - 1
+            free += self.blocks_for(ctx)
+            need -= ctx % bs == 0
+            victims += 1
+        return victims
 
     # ---- queue and wake-ups ---------------------------------------------------------------------------------------
     def submit(self, s: RequestState, now: float) -> None:
@@ -169,74 +207,118 @@ class Replica:
         self.wake = self.env.event()
         return self.wake
 
+    def end_sleep(self) -> None:
+        """Stop listening for arrivals (a timeout, not an arrival, may have ended the sleep)."""
+        self.wake = None
+
+    def begin_stretch(self, start_s: float, cost: StretchCost, steps: int) -> None:
+        """A decode stretch of up to `steps` steps starts: arrivals may now cut it (see `submit`)."""
+        self.stretch = (start_s, cost, steps)
+
+    def end_stretch(self) -> None:
+        """The decode stretch is over (run out or cut at `cut_steps`)."""
+        self.stretch, self.cut_steps = None, None
+
+    # ---- admission and prefill ------------------------------------------------------------------------------------
+    def admit(self, s: RequestState, now: float) -> None:
+        """Take the head of the queue into prefill, reserving KV blocks for its whole prefill target."""
+        assert self.waiting[0] is s, "admissions follow the queue order"
+        self.waiting.popleft()
+        self.prefilling.append(s)
+        self.blocks_used += self.blocks_for(s.input_tokens + s.generated)
+        if s.start_s != s.start_s:  # NaN: first time scheduled
+            s.start_s = now
+
+    def prefill_chunk_done(self, s: RequestState, tokens: int, energy_j: float, now: float) -> None:
+        """Book a computed prefill chunk of `tokens` tokens and its energy share; the last chunk ends the prefill."""
+        s.energy_j += energy_j
+        s.prefilled += tokens
+        if s.prefilled == s.input_tokens + s.generated:
+            self.finish_prefill(s, now)
+
+    def finish_prefill(self, s: RequestState, now: float) -> None:
+        """The prefill emitted a token (the first, or the next after a preemption): start decoding, or finish."""
+        self.prefilling.remove(s)
+        s.prefilled = 0
+        s.generated += 1
+        if s.first_token_s != s.first_token_s:
+            s.first_token_s = now
+            if self.log is not None:
+                self.log.append(("first_token", now, s.idx))
+        self.start_decode(s)
+
     # ---- decoding set -------------------------------------------------------------------------------------------
     def steps_to_next_finish(self) -> int:
         """Decode steps until the first decoding request emits its last token."""
-        heap = self._heap
-        while heap[0][2].stamp != heap[0][1]:
+        heap = self._finish_heap
+        while heap[0][2].decode_join_id != heap[0][1]:
             heapq.heappop(heap)
-        return heap[0][0] - self.g
+        return heap[0][0] - self.decode_steps
 
     def max_ctx(self) -> int:
-        """The longest context among the decoding requests at step g (0 when none decodes)."""
+        """The longest context among the decoding requests at step `decode_steps` (0 when none decodes)."""
         heap = self._ctx_heap
-        while heap and heap[0][2].stamp != heap[0][1]:
+        while heap and heap[0][2].decode_join_id != heap[0][1]:
             heapq.heappop(heap)
-        return self.g - heap[0][0] if heap else 0
+        return self.decode_steps - heap[0][0] if heap else 0
 
-    def start_decoding(self, s: RequestState) -> None:
+    def start_decode(self, s: RequestState) -> None:
         """Move a request whose prefill just produced a token into the decode set (or finish it)."""
         ctx = s.input_tokens + s.generated - 1  # its blocks were reserved at admission
         if s.generated >= s.output_tokens:
             self.finish(s, self.env.now)
             self.blocks_used -= self.blocks_for(ctx)
             return
-        self._stamps += 1
-        s.stamp, s.g_join, s.gen_join, s.seat_mark = self._stamps, self.g, s.generated, self.seat_j
-        self.running[s.stamp] = s
+        self._decode_joins += 1
+        steps = self.decode_steps
+        s.decode_join_id, s.steps_at_join, s.generated_at_join = self._decode_joins, steps, s.generated
+        s.seat_energy_at_join_j = self.seat_energy_j
+        self.running[s.decode_join_id] = s
         self.ctx_sum += ctx
-        self._phase[(ctx - self.g) % self.block_tokens] += 1
-        heapq.heappush(self._heap, (self.g + s.output_tokens - s.generated, s.stamp, s))
-        heapq.heappush(self._ctx_heap, (self.g - ctx, s.stamp, s))
+        self._phase[(ctx - steps) % self.block_size] += 1
+        heapq.heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
+        heapq.heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
 
-    def _leave_decoding(self, s: RequestState) -> None:
-        del self.running[s.stamp]
-        s.generated = s.gen_join + self.g - s.g_join
-        s.energy_j += self.seat_j - s.seat_mark
+    def _leave_decode(self, s: RequestState) -> None:
+        """Settle the lazy counters of a request leaving the decode set and release its KV blocks."""
+        del self.running[s.decode_join_id]
+        s.generated = s.generated_at_join + self.decode_steps - s.steps_at_join
+        s.energy_j += self.seat_energy_j - s.seat_energy_at_join_j
         ctx = s.input_tokens + s.generated - 1
         self.ctx_sum -= ctx
         self.blocks_used -= self.blocks_for(ctx)
-        self._phase[(ctx - self.g) % self.block_tokens] -= 1
-        s.stamp = -1
+        self._phase[(ctx - self.decode_steps) % self.block_size] -= 1
+        s.decode_join_id = -1
         if len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale entries below the top never surface: drop them
-            self._ctx_heap = [e for e in self._ctx_heap if e[2].stamp == e[1]]
+            self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
             heapq.heapify(self._ctx_heap)
 
     def decode_steps_done(self, k: int, energy_j: float, tokens: int) -> None:
         """Advance the decode set by k steps; each seat gets energy_j / tokens; finish those that are done."""
         if not self.running or k == 0:
             return
-        self.seat_j += energy_j / tokens
+        self.seat_energy_j += energy_j / tokens
         self.blocks_used += self.new_blocks(k)
         assert self.blocks_used <= self.capacity_blocks, (self.blocks_used, self.capacity_blocks)
         self.ctx_sum += len(self.running) * k
-        self.g += k
-        heap, now = self._heap, self.env.now
-        while heap and (heap[0][0] <= self.g or heap[0][2].stamp != heap[0][1]):
-            _, stamp, s = heapq.heappop(heap)
-            if s.stamp == stamp:
-                self._leave_decoding(s)
+        self.decode_steps += k
+        heap, now, steps = self._finish_heap, self.env.now, self.decode_steps
+        while heap and (heap[0][0] <= steps or heap[0][2].decode_join_id != heap[0][1]):
+            _, join_id, s = heapq.heappop(heap)
+            if s.decode_join_id == join_id:
+                self._leave_decode(s)
                 self.finish(s, now)
 
-    def preempt_last(self) -> None:
-        """Preempt the most recently admitted decoding request by recompute: free its KV, requeue it first."""
-        s = self.running[next(reversed(self.running))]
-        self._leave_decoding(s)
-        s.preemptions += 1
-        s.prefilled = 0
-        self.waiting.appendleft(s)
-        if self.log is not None:
-            self.log.append(("preempt", self.env.now, s.idx))
+    def preempt_newest(self, n: int = 1) -> None:
+        """Preempt the n most recently admitted decoding requests by recompute: free their KV, requeue them first."""
+        for _ in range(n):
+            s = self.running[next(reversed(self.running))]
+            self._leave_decode(s)
+            s.preemptions += 1
+            s.prefilled = 0
+            self.waiting.appendleft(s)
+            if self.log is not None:
+                self.log.append(("preempt", self.env.now, s.idx))
 
     def finish(self, s: RequestState, now: float) -> None:
         """Record a finished request."""
@@ -244,6 +326,31 @@ class Replica:
         self.ledger.finish(s, now, self.idx)
         if self.log is not None:
             self.log.append(("finish", now, s.idx))
+
+    # ---- static batches -------------------------------------------------------------------------------------------
+    def admit_static(self, members: tuple[RequestState, ...], now: float) -> None:
+        """Take a padded batch from the head of the queue (static batching reserves no paged KV)."""
+        for s in members:
+            assert self.waiting[0] is s, "admissions follow the queue order"
+            self.waiting.popleft()
+            s.start_s = now
+
+    def static_prefill_done(self, members: tuple[RequestState, ...], energy_j: float, now: float) -> None:
+        """The padded prefill emitted every member's first token; its energy is shared equally."""
+        for s in members:
+            s.energy_j += energy_j / len(members)
+            s.first_token_s = now
+
+    def static_decode_done(self, members: tuple[RequestState, ...], energy_j: float) -> None:
+        """The padded decode (to the longest output) ended; its energy is shared equally."""
+        for s in members:
+            s.energy_j += energy_j / len(members)
+
+    def finish_static(self, members: tuple[RequestState, ...], now: float) -> None:
+        """The padded batch is over: every member has its whole output and returns now."""
+        for s in members:
+            s.generated = s.output_tokens
+            self.finish(s, now)
 
     # ---- time and energy --------------------------------------------------------------------------------------
     def charge(self, start_s: float, time_s: float, energy_j: float) -> None:

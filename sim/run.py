@@ -1,4 +1,4 @@
-"""`run(config, trace, profile) -> SimResult`: build the cluster, simulate the trace, account energy. Writes nothing."""
+"""`run(config, trace, cost) -> SimResult`: build the cluster, simulate the trace, account energy. Writes nothing."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tokenjoule.sim.accounting import Ledger, energy_breakdown, pick_bin_s
 from tokenjoule.sim.cost import AllReduce, CalibratedCost, CostModel, ModeledTPCost, RooflineCost, check_tp
 from tokenjoule.sim.metrics import request_table, summarize
 from tokenjoule.sim.policies import (
-    CONTINUOUS_MAX_BATCHED_TOKENS,
+    CONTINUOUS_MAX_NUM_BATCHED_TOKENS,
     POLICIES,
     ChunkedPrefill,
     ContinuousBatching,
@@ -32,6 +32,12 @@ from tokenjoule.traces.transforms import scale_rate, slice_window
 
 logger = logging.getLogger(__name__)
 COST_MODELS = ("calibrated", "roofline", "roofline-memory")
+
+
+# Output files (run.json, compare.json) keep the keys they had before the fields took vLLM's names, so runs from
+# before and after compare key for key.
+_OUTPUT_KEYS = {"max_num_batched_tokens": "max_batched_tokens", "block_size": "kv_block_tokens",
+                "arrival_window_s": "window_s"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +54,11 @@ class SimConfig:
             profile, a check that the profile is for this GPU.
         model: model name (a `ModelSpec` preset); with a profile, a check that the profile is for this model.
         max_num_seqs: most sequences per batch (continuous, chunked).
-        max_batched_tokens: tokens per iteration (default 16384 continuous, 2048 chunked).
+        max_num_batched_tokens: tokens per iteration (default 16384 continuous, 2048 chunked).
         max_batch: static batch size.
         batch_timeout_s: static batching: how long to wait for a full batch.
         gpu_memory_utilization: memory fraction for weights + KV (roofline KV sizing).
-        kv_block_tokens: tokens per paged KV block (vLLM's default block_size is 16).
+        block_size: tokens per paged KV block (vLLM's default block_size is 16).
         idle_power_w: replica idle power override (default: the profile's; 0 for roofline without a profile).
         host_power_w: host power per replica (W), charged for the whole run.
         pue: power usage effectiveness of the facility (>= 1).
@@ -61,7 +67,7 @@ class SimConfig:
         slo_ttft_s: TTFT target for SLO attainment.
         slo_tpot_s: TPOT target for SLO attainment.
         rate_scale: multiply the arrival rate by this factor (arrival times divided by it).
-        window_s: keep arrivals in [start, end) seconds (re-zeroed), applied before `rate_scale`.
+        arrival_window_s: (start, end) seconds: keep the arrivals in [start, end) (re-zeroed), before `rate_scale`.
         allreduce_bus_bytes_per_s: all-reduce bus bandwidth for modeled TP.
         allreduce_latency_s: fixed cost per all-reduce for modeled TP.
         seed: seeds the random router.
@@ -76,11 +82,11 @@ class SimConfig:
     gpu: str | None = None
     model: str | None = None
     max_num_seqs: int = 256
-    max_batched_tokens: int | None = None
+    max_num_batched_tokens: int | None = None
     max_batch: int = 8
     batch_timeout_s: float = 0.0
     gpu_memory_utilization: float = 0.9
-    kv_block_tokens: int = 16
+    block_size: int = 16
     idle_power_w: float | None = None
     host_power_w: float = 0.0
     pue: float = 1.0
@@ -89,7 +95,7 @@ class SimConfig:
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
     rate_scale: float = 1.0
-    window_s: tuple[float, float] | None = None
+    arrival_window_s: tuple[float, float] | None = None
     allreduce_bus_bytes_per_s: float = 360e9
     allreduce_latency_s: float = 10e-6
     seed: int = 0
@@ -102,7 +108,7 @@ class SimConfig:
             raise ConfigError(f"cost={self.cost!r} must be one of {', '.join(COST_MODELS)}")
         if self.router not in processes.ROUTERS:
             raise ConfigError(f"router={self.router!r} must be one of {', '.join(processes.ROUTERS)}")
-        for name in ("replicas", "tp", "kv_block_tokens"):
+        for name in ("replicas", "tp", "block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.pue < 1.0:
@@ -111,20 +117,22 @@ class SimConfig:
             raise ConfigError(f"rate_scale={self.rate_scale} must be a positive number")
         if self.host_power_w < 0 or (self.idle_power_w is not None and self.idle_power_w < 0):
             raise ConfigError(f"host_power_w={self.host_power_w} and idle_power_w={self.idle_power_w} must be >= 0")
-        if self.window_s is not None and not 0 <= self.window_s[0] < self.window_s[1]:
-            raise ConfigError(f"window_s={self.window_s} must be (start, end) with 0 <= start < end")
+        window = self.arrival_window_s
+        if window is not None and not 0 <= window[0] < window[1]:
+            raise ConfigError(f"arrival_window_s={window} must be (start, end) with 0 <= start < end")
 
     def make_policy(self) -> StaticBatching | ContinuousBatching | ChunkedPrefill:
         """The policy object this config names."""
         if self.policy == "static":
             return StaticBatching(self.max_batch, self.batch_timeout_s)
         if self.policy == "continuous":
-            return ContinuousBatching(self.max_num_seqs, self.max_batched_tokens or CONTINUOUS_MAX_BATCHED_TOKENS)
-        return ChunkedPrefill(self.max_num_seqs, self.max_batched_tokens or 2048)
+            tokens = self.max_num_batched_tokens or CONTINUOUS_MAX_NUM_BATCHED_TOKENS
+            return ContinuousBatching(self.max_num_seqs, tokens)
+        return ChunkedPrefill(self.max_num_seqs, self.max_num_batched_tokens or 2048)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the fields."""
-        return dataclasses.asdict(self)
+        """JSON-ready dict of the fields, under the keys run.json and compare.json have always used."""
+        return {_OUTPUT_KEYS.get(k, k): v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,28 +191,29 @@ def _cost_model(config: SimConfig, profile: GPUProfile | None) -> CostModel:
 
 def prepare_trace(trace: Trace, config: SimConfig) -> Trace:
     """Apply the time window (re-zeroed), then the rate scaling; each step's report is logged by the transform."""
-    if config.window_s is not None:
-        trace, _ = slice_window(trace, *config.window_s)
+    if config.arrival_window_s is not None:
+        trace, _ = slice_window(trace, *config.arrival_window_s)
     if config.rate_scale != 1.0:
         trace, _ = scale_rate(trace, config.rate_scale)
     return trace
 
 
-def run(config: SimConfig, trace: Trace, profile: GPUProfile | CostModel | None = None,
+def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = None,
         on_progress: Callable[[int, int], None] | None = None) -> SimResult:
-    """Simulate serving `trace` under `config` with costs from `profile` (a GPUProfile, a cost model, or None).
+    """Simulate serving `trace` under `config`, pricing each iteration with `cost`.
 
     Args:
         config: the what-if.
         trace: requests (arrival order).
-        profile: a calibrated GPUProfile, a ready cost model, or None for the roofline models.
+        cost: a ready cost model; or a calibrated GPUProfile (or None, for the roofline models), from which
+            `build_cost_model` makes the one `config` names.
         on_progress: called with (requests arrived, total) every few thousand arrivals (progress bars).
 
     Returns:
         The SimResult (nothing is written).
     """
-    cost = profile if profile is not None and not isinstance(profile, GPUProfile) else build_cost_model(config,
-                                                                                                         profile)
+    if cost is None or isinstance(cost, GPUProfile):
+        cost = build_cost_model(config, cost)
     trace = prepare_trace(trace, config)
     if len(trace) == 0:
         raise ConfigError(f"{trace.source}: no requests to simulate (empty trace or window)")
@@ -215,7 +224,7 @@ def run(config: SimConfig, trace: Trace, profile: GPUProfile | CostModel | None 
     ledger = Ledger(len(trace), pick_bin_s(float(arrival[-1]) * 1.5 + 60.0))
     log: list | None = [] if config.record_events else None
     policy = config.make_policy()
-    reps = [Replica(i, env, policy, cost, ledger, config.kv_block_tokens, log) for i in range(config.replicas)]
+    reps = [Replica(i, env, policy, cost, ledger, config.block_size, log) for i in range(config.replicas)]
     for rep in reps:
         rep.process = env.process(processes.replica(env, rep))
     router = processes.Router(reps, config.router, np.random.default_rng(config.seed))

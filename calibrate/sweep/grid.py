@@ -102,16 +102,17 @@ class GridPoint:
     shape: IterationShape
 
 
-def prefill_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: int,
-                   max_batch_seqs: int) -> list[GridPoint]:
+def prefill_points(cfg: GridConfig, max_num_batched_tokens: int, kv_capacity_tokens: int,
+                   max_num_seqs: int) -> list[GridPoint]:
     """Uniform prefills (B chunks of L fresh tokens), then single chunks with a cached prefix, within the limits."""
-    limit = min(max_batched_tokens, int(kv_capacity_tokens * KV_HEADROOM))
+    limit = min(max_num_batched_tokens, int(kv_capacity_tokens * KV_HEADROOM))
     points = [GridPoint(f"prefill_b{b}_l{length}", "prefill", IterationShape(prefill=((length, 0),) * b))
               for length in cfg.prefill_lengths_tokens for b in cfg.prefill_batches
-              if b * length <= limit and b <= max_batch_seqs]
+              if b * length <= limit and b <= max_num_seqs]
     kv_limit = int(kv_capacity_tokens * KV_HEADROOM)
     points += [GridPoint(f"prefill_b1_l{chunk}_c{before}", "prefill", IterationShape(prefill=((chunk, before),)))
-               for chunk, before in cfg.prefill_chunks if chunk <= max_batched_tokens and chunk + before <= kv_limit]
+               for chunk, before in cfg.prefill_chunks
+               if chunk <= max_num_batched_tokens and chunk + before <= kv_limit]
     return points
 
 
@@ -128,17 +129,17 @@ def _decode_id(contexts: tuple[int, ...]) -> str:
     return f"b{len(contexts)}_c{short}" + (f"_l{n_long}x{contexts[0]}" if n_long else "")
 
 
-def decode_points(cfg: GridConfig, kv_capacity_tokens: int, max_batch_seqs: int) -> list[GridPoint]:
+def decode_points(cfg: GridConfig, kv_capacity_tokens: int, max_num_seqs: int) -> list[GridPoint]:
     """Uniform decodes (B sequences with C cached tokens each), then ragged ones, within KV capacity and batch limit."""
     limit = int(kv_capacity_tokens * KV_HEADROOM)
     batches = [ragged_contexts(b, ctx) for ctx in cfg.decode_contexts_tokens for b in cfg.decode_batches]
     batches += [ragged_contexts(b, short, n_long, long) for b, n_long, long, short in cfg.decode_ragged]
     return [GridPoint(f"decode_{_decode_id(c)}", "decode", IterationShape(decode=c)) for c in batches
-            if sum(c) + len(c) <= limit and len(c) <= max_batch_seqs]
+            if sum(c) + len(c) <= limit and len(c) <= max_num_seqs]
 
 
-def mixed_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: int,
-                 max_batch_seqs: int) -> list[GridPoint]:
+def mixed_points(cfg: GridConfig, max_num_batched_tokens: int, kv_capacity_tokens: int,
+                 max_num_seqs: int) -> list[GridPoint]:
     """Chunked prefills beside decodes: what continuous and chunked batching run most of the time."""
     if not cfg.mixed:
         return []
@@ -148,21 +149,21 @@ def mixed_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: i
         for spec in cfg.mixed_decodes:
             contexts = ragged_contexts(*spec)
             kv = chunk + before + sum(contexts) + len(contexts)
-            if chunk + len(contexts) > max_batched_tokens or kv > limit or len(contexts) + 1 > max_batch_seqs:
+            if chunk + len(contexts) > max_num_batched_tokens or kv > limit or len(contexts) + 1 > max_num_seqs:
                 continue
             shape = IterationShape(prefill=((chunk, before),), decode=contexts)
             out.append(GridPoint(f"mixed_p{chunk}_b{before}_d{_decode_id(contexts)[1:]}", "mixed", shape))
     return out
 
 
-def grid_points(cfg: GridConfig, max_batched_tokens: int, kv_capacity_tokens: int, max_batch_seqs: int,
+def grid_points(cfg: GridConfig, max_num_batched_tokens: int, kv_capacity_tokens: int, max_num_seqs: int,
                 uniform_only: bool = False) -> list[GridPoint]:
     """All points of a sweep in measuring order (prefill, decode, then mixed; `uniform_only` keeps uniform batches)."""
-    points = prefill_points(cfg, max_batched_tokens, kv_capacity_tokens, max_batch_seqs)
+    points = prefill_points(cfg, max_num_batched_tokens, kv_capacity_tokens, max_num_seqs)
     if uniform_only:  # an engine without chunked prefill (HF generate) cannot run a chunk with a cached prefix
         points = [p for p in points if not p.shape.prefill_ctx_tokens]
-    decode = decode_points(cfg, kv_capacity_tokens, max_batch_seqs)
+    decode = decode_points(cfg, kv_capacity_tokens, max_num_seqs)
     points += [p for p in decode if not p.shape.ragged_decode] if uniform_only else decode
     if not uniform_only:
-        points += mixed_points(cfg, max_batched_tokens, kv_capacity_tokens, max_batch_seqs)
+        points += mixed_points(cfg, max_num_batched_tokens, kv_capacity_tokens, max_num_seqs)
     return points

@@ -166,7 +166,7 @@ def settle(runner: IterationRunner, meter: EnergyMeter, points: list[GridPoint],
 
 
 def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_path: str | Path, *,
-              max_batched_tokens: int, max_batch_seqs: int, uniform_only: bool = False,
+              max_num_batched_tokens: int, max_num_seqs: int, uniform_only: bool = False,
               wait: Callable[[float], None] = time.sleep, read_temperature_c: Callable[[], float] | None = None,
               progress: bool = True) -> list[dict[str, Any]]:
     """Measure every grid point not yet in `out_path`, then idle power; returns all rows (old and new).
@@ -176,8 +176,8 @@ def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_
         meter: energy meter of the runner's GPUs.
         cfg: grid and window settings.
         out_path: raw Parquet file; rewritten atomically after each point.
-        max_batched_tokens: the engine's token budget per iteration.
-        max_batch_seqs: the engine's sequence limit per iteration.
+        max_num_batched_tokens: the engine's token budget per iteration.
+        max_num_seqs: the engine's sequence limit per iteration.
         uniform_only: skip mixed iterations (engines that only run uniform batches, e.g. HF).
         wait: sleeps this many seconds (idle measurement; tests pass the fake timeline's `idle`).
         read_temperature_c: GPU temperature for thermal settling (None: settle for a fixed time).
@@ -188,7 +188,7 @@ def run_sweep(runner: IterationRunner, meter: EnergyMeter, cfg: GridConfig, out_
     """
     rows = read_rows(out_path)
     done = {(r["point_id"], r["repeat"]) for r in rows}
-    points = grid_points(cfg, max_batched_tokens, runner.kv_capacity_tokens, max_batch_seqs, uniform_only)
+    points = grid_points(cfg, max_num_batched_tokens, runner.kv_capacity_tokens, max_num_seqs, uniform_only)
     todo = [(r, p) for r, p in passes(points, range(cfg.repeats)) if (p.point_id, r) not in done]
     if done:
         logger.info("resuming %s: %d windows done, %d to go (before any extra passes)", out_path, len(done),

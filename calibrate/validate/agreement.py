@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenjoule.calibrate.profile import GPUProfile, load_profile, shipped_profiles
-from tokenjoule.sim.policies import CONTINUOUS_MAX_BATCHED_TOKENS
+from tokenjoule.sim.policies import CONTINUOUS_MAX_NUM_BATCHED_TOKENS
 from tokenjoule.sim.project.projection import ProjectConfig, project
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.files import write_atomic
@@ -76,7 +76,7 @@ def render(sections: list[tuple[str, list[dict]]], n_requests: int) -> str:
         "Do not edit by hand.",
         "",
         "GPU energy (busy + idle, joules) of serving each trace with continuous batching on one replica "
-        f"(vLLM-like defaults: 256 sequences, {CONTINUOUS_MAX_BATCHED_TOKENS} batched tokens, 16-token KV blocks; "
+        f"(vLLM-like defaults: 256 sequences, {CONTINUOUS_MAX_NUM_BATCHED_TOKENS} batched tokens, 16-token KV blocks; "
         "the last synthetic trace: 8 "
         "replicas, round-robin). *Replay* is the full "
         "event-by-event simulation (`tokenjoule simulate`); *load-aware* is `tokenjoule project` (60 s windows, "

@@ -60,8 +60,8 @@ class Plan:
         device: torch device.
         grid: calibration grid.
         scenarios: the scenarios, in order.
-        max_batch_seqs: the runner's sequence limit (largest CUDA graph).
-        max_batched_tokens: the runner's token limit.
+        max_num_seqs: the runner's sequence limit (largest CUDA graph).
+        max_num_batched_tokens: the runner's token limit.
         gpu_memory_utilization: engine memory fraction.
         budget_s: skip a scenario that would end after this many seconds of the run.
         num_kv_blocks: force the KV cache size (None: from memory).
@@ -79,8 +79,8 @@ class Plan:
     device: str = "cuda"
     grid: GridConfig = GRID
     scenarios: tuple[Scenario, ...] = SCENARIOS
-    max_batch_seqs: int = 512
-    max_batched_tokens: int = 16384
+    max_num_seqs: int = 512
+    max_num_batched_tokens: int = 16384
     gpu_memory_utilization: float = 0.9
     budget_s: float = BUDGET_S
     num_kv_blocks: int | None = None
@@ -95,7 +95,7 @@ def _warm_graphs(runner: Any) -> None:
     """Run one decode step of every CUDA-graph bucket (captures them) and one mixed step, outside any window."""
     from tokenjoule.kernels.runner import graph_buckets
 
-    shapes = [IterationShape(decode=(64,) * b) for b in graph_buckets(runner.config.max_batch_seqs)]
+    shapes = [IterationShape(decode=(64,) * b) for b in graph_buckets(runner.config.max_num_seqs)]
     shapes.append(IterationShape(prefill=((512, 256),), decode=(64,) * 16))
     for shape in shapes:
         runner.prepare(shape)
@@ -110,13 +110,13 @@ def _warm_policies(engine: Any, meter: EnergyMeter, plan: Plan) -> list[tuple[Sc
     n = plan.warmup_requests
     out = []
     for policy, budget in (("continuous", 8192), ("chunked", 2048)):
-        s = Scenario(f"warmup_{policy}", policy, max_num_seqs=min(256, plan.max_batch_seqs),
-                     max_batched_tokens=min(budget, plan.max_batched_tokens))
-        cap = s.max_batched_tokens // 2
+        s = Scenario(f"warmup_{policy}", policy, max_num_seqs=min(256, plan.max_num_seqs),
+                     max_num_batched_tokens=min(budget, plan.max_num_batched_tokens))
+        cap = s.max_num_batched_tokens // 2
         warm = [ReplayRequest(i, 0.0, min(cap, 100 + (i * 137) % 900), min(cap, 16 + (i * 29) % 112))
                 for i in range(n)]
         if n:
-            use_policy(engine, policy, s.max_num_seqs, s.max_batched_tokens)
+            use_policy(engine, policy, s.max_num_seqs, s.max_num_batched_tokens)
             out.append((s, warm, replay(engine, warm, meter, name=s.name, max_wall_s=60.0)))
     return out
 
@@ -128,13 +128,13 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
 
     start = time.perf_counter()
     config = RunnerConfig(mode=plan.mode, device=plan.device, gpu_memory_utilization=plan.gpu_memory_utilization,
-                          max_batch_seqs=plan.max_batch_seqs, max_batched_tokens=plan.max_batched_tokens,
+                          max_num_seqs=plan.max_num_seqs, max_num_batched_tokens=plan.max_num_batched_tokens,
                           num_kv_blocks=plan.num_kv_blocks)
     base = load_profile(plan.short_from) if plan.short_from is not None else None
     cal = CalibrationConfig(engine="tokenjoule", mode=plan.mode, grid=plan.short_grid if base else plan.grid,
                             device=plan.device,
-                            gpu_memory_utilization=plan.gpu_memory_utilization, max_batch_seqs=plan.max_batch_seqs,
-                            max_batched_tokens=plan.max_batched_tokens)
+                            gpu_memory_utilization=plan.gpu_memory_utilization, max_num_seqs=plan.max_num_seqs,
+                            max_num_batched_tokens=plan.max_num_batched_tokens)
     if base is not None:  # refuse a base of another setup before minutes of engine build
         try:
             check_base(base, plan.spec, cal.engine, cal.mode, len(cal.gpu_indices))
@@ -173,7 +173,7 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
         if not reqs:
             print(f"[{elapsed:5.0f} s] skipping {s.name}: no requests in its slice", flush=True)
             continue
-        use_policy(engine, s.policy, s.max_num_seqs, s.max_batched_tokens)
+        use_policy(engine, s.policy, s.max_num_seqs, s.max_num_batched_tokens)
         result = replay(engine, reqs, meter, name=s.name, static_batch=s.static_batch or None,
                         max_wall_s=min(1.5 * s.expected_s(plan.mode) + 10.0, plan.budget_s - elapsed))
         results.append((s, reqs, result))
@@ -219,6 +219,17 @@ def summary_line(s: Scenario, r: ReplayResult) -> str:
             f"{power} idle {r.idle_s:5.1f} s{'' if r.completed else ' INCOMPLETE'}")
 
 
+# validation.json keeps the keys its earlier runs wrote (readers of the measured runs use them), though the Python
+# fields now carry the one vLLM name per concept.
+_SCENARIO_KEYS = {"max_num_batched_tokens": "max_batched_tokens"}
+_RUNNER_KEYS = {"max_num_seqs": "max_batch_seqs", "max_num_batched_tokens": "max_batched_tokens"}
+
+
+def _stored_keys(fields: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+    """`fields` with each field name in `keys` under its validation.json key instead."""
+    return {keys.get(k, k): v for k, v in fields.items()}
+
+
 def validation_document(plan: Plan, meter: EnergyMeter, profile_path: Path, engine: Any,
                         results: list[tuple[Scenario, list[ReplayRequest], ReplayResult]],
                         start: float) -> dict[str, Any]:
@@ -230,12 +241,13 @@ def validation_document(plan: Plan, meter: EnergyMeter, profile_path: Path, engi
     for s, reqs, r in results:
         host = sum(i["host_s"] for i in r.iterations)
         run = sum(i["run_s"] for i in r.iterations)
-        scenarios.append({"scenario": dataclasses.asdict(s), "n_requests": len(reqs), "n_finished": len(r.requests),
+        scenarios.append({"scenario": _stored_keys(dataclasses.asdict(s), _SCENARIO_KEYS), "n_requests": len(reqs),
+                          "n_finished": len(r.requests),
                           "completed": r.completed, "duration_s": r.duration_s, "energy_j": r.energy_j,
                           "last_finish_s": r.meta["window_end_s"], "idle_sleep_s": r.idle_s,
                           "iterations": len(r.iterations), "iteration_run_s": run, "iteration_host_s": host,
                           "clock_start_s": r.clock_start_s, "max_total_tokens": scenario_data.MAX_TOTAL_TOKENS})
-    config = dataclasses.asdict(engine.runner.config)
+    config = _stored_keys(dataclasses.asdict(engine.runner.config), _RUNNER_KEYS)
     return {"kind": "tokenjoule-validation-run", "schema_version": 1,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": plan.spec.name,
             "gpu": gpu_info(meter), "host": host_info(), "software": software_info(), "meter": meter.metadata(),

@@ -52,7 +52,7 @@ GRID = GenerateGrid(budget_s=220.0)
 def static_scenario(batch: int, batches: int, input_tokens: int, output_tokens: int) -> Scenario:
     """An offline static-batching scenario (policy "static"; the whole batch is one prefill, as generate() runs it)."""
     return Scenario(f"hf_static_b{batch}_i{input_tokens}_o{output_tokens}", "static", max_num_seqs=batch,
-                    max_batched_tokens=batch * input_tokens, static_batch=batch, static_batches=batches,
+                    max_num_batched_tokens=batch * input_tokens, static_batch=batch, static_batches=batches,
                     static_input_tokens=input_tokens, static_output_tokens=output_tokens)
 
 
@@ -103,7 +103,7 @@ def tiny_plan(device: str = "cpu") -> HFPlan:
 
 @dataclass(frozen=True, slots=True)
 class HFRunConfig:
-    """How the HF engine ran, as `validation.json`'s `runner_config` (`block_size` is `kv_block_tokens`).
+    """How the HF engine ran, as `validation.json`'s `runner_config` (`block_size` is stored as `block_size`).
 
     Attributes:
         engine: "hf".

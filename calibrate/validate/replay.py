@@ -1,6 +1,6 @@
 """Replay a trace slice on the real engine, in real time, with the energy meter running over the whole scenario.
 
-    engine = build_engine(spec, runner_config, policy="continuous", max_num_seqs=256, max_batched_tokens=8192)
+    engine = build_engine(spec, runner_config, policy="continuous", max_num_seqs=256, max_num_batched_tokens=8192)
     result = replay(engine, requests, meter, name="conv_x1")        # online: arrival times honoured
     result = replay(engine, requests, meter, static_batch=8)        # offline: batches of 8, all at t=0
 
@@ -38,8 +38,8 @@ POLICIES = ("continuous", "chunked")
 class PrefillFirstScheduler(Scheduler):
     """vLLM V0 continuous batching on the engine: admit and prefill whole prompts first, else decode everyone.
 
-    An iteration admits waiting sequences in arrival order while the batch has fewer than `max_batch_seqs`
-    sequences, their prompts sum to at most `max_batched_tokens` and their KV blocks fit; if it admitted any, it
+    An iteration admits waiting sequences in arrival order while the batch has fewer than `max_num_seqs`
+    sequences, their prompts sum to at most `max_num_batched_tokens` and their KV blocks fit; if it admitted any, it
     prefills just them. Otherwise it decodes one token of every running sequence (preempting the most recent by
     recompute when a decode cannot get a block). This is `sim.policies.ContinuousBatching`.
     """
@@ -47,7 +47,7 @@ class PrefillFirstScheduler(Scheduler):
     def schedule(self) -> ScheduledBatch:
         """Plan the next iteration: a prefill-only iteration if any prompt can be admitted, else a decode step."""
         prefill = []
-        budget, seats = self.max_batched_tokens, self.max_batch_seqs - len(self.running)
+        budget, seats = self.max_num_batched_tokens, self.max_num_seqs - len(self.running)
         while self.waiting and seats > 0:
             seq = self.waiting[0]
             n = seq.num_uncached_tokens
@@ -61,29 +61,29 @@ class PrefillFirstScheduler(Scheduler):
         return ScheduledBatch(decode=tuple(self._schedule_decodes()))
 
 
-def use_policy(engine: Any, policy: str, max_num_seqs: int, max_batched_tokens: int) -> None:
+def use_policy(engine: Any, policy: str, max_num_seqs: int, max_num_batched_tokens: int) -> None:
     """Give an idle engine a fresh scheduler for `policy` with the simulator's limits (its runner is kept)."""
     if policy not in POLICIES:
         raise ValueError(f"policy={policy!r} must be one of {POLICIES}")
     if engine.has_unfinished:
         raise RuntimeError("the engine must be idle to change its scheduling policy")
     limits = engine.runner.config
-    if max_num_seqs > limits.max_batch_seqs or max_batched_tokens > limits.max_batched_tokens:
-        raise ValueError(f"max_num_seqs={max_num_seqs} / max_batched_tokens={max_batched_tokens} exceed the runner's "
-                         f"{limits.max_batch_seqs} / {limits.max_batched_tokens}")
+    if max_num_seqs > limits.max_num_seqs or max_num_batched_tokens > limits.max_num_batched_tokens:
+        raise ValueError(f"max_num_seqs={max_num_seqs} / max_num_batched_tokens={max_num_batched_tokens} exceed "
+                         f"the runner's {limits.max_num_seqs} / {limits.max_num_batched_tokens}")
     cls = PrefillFirstScheduler if policy == "continuous" else Scheduler
-    engine.scheduler = cls(engine.runner.block_manager, max_num_seqs, max_batched_tokens)
+    engine.scheduler = cls(engine.runner.block_manager, max_num_seqs, max_num_batched_tokens)
 
 
 def build_engine(spec: Any, runner_config: Any, policy: str = "chunked", max_num_seqs: int | None = None,
-                 max_batched_tokens: int | None = None, seed: int = 0,
+                 max_num_batched_tokens: int | None = None, seed: int = 0,
                  clock: Callable[[], float] = time.perf_counter) -> Any:
     """An `Engine` (imports torch) whose scheduler follows `policy` with the given limits (default: the runner's)."""
     from tokenjoule.kernels.engine import Engine
 
     engine = Engine(spec, runner_config, seed=seed, clock=clock)
-    use_policy(engine, policy, max_num_seqs or runner_config.max_batch_seqs,
-               max_batched_tokens or runner_config.max_batched_tokens)
+    use_policy(engine, policy, max_num_seqs or runner_config.max_num_seqs,
+               max_num_batched_tokens or runner_config.max_num_batched_tokens)
     return engine
 
 
@@ -177,11 +177,11 @@ def replay(engine: Any, requests: Sequence[ReplayRequest], meter: EnergyMeter, *
     if static_batch is not None and static_batch < 1:
         raise ValueError(f"static_batch={static_batch} must be >= 1")
     if isinstance(engine.scheduler, PrefillFirstScheduler):  # a prompt over the budget could never be scheduled
-        budget = engine.scheduler.max_batched_tokens
+        budget = engine.scheduler.max_num_batched_tokens
         too_long = [r.request_id for r in requests if r.input_tokens + r.output_tokens - 1 > budget]
         if too_long:
             raise ValueError(f"scenario {name}: requests {too_long[:5]} exceed the continuous policy's "
-                             f"max_batched_tokens={budget} (prompt + output - 1, as after a preemption)")
+                             f"max_num_batched_tokens={budget} (prompt + output - 1, as after a preemption)")
     ids = _token_ids(requests, engine.spec.vocab_size, seed)
     by_id = {r.request_id: r for r in requests}
     iterations: list[dict[str, Any]] = []

@@ -112,7 +112,7 @@ def sim_config(scenario: dict[str, Any]) -> SimConfig:
     s = scenario["scenario"]
     if s["static_batch"] or s["policy"] == "static":
         return SimConfig(policy="static", max_batch=s["static_batch"] or s["max_num_seqs"], batch_timeout_s=0.0)
-    return SimConfig(policy=s["policy"], max_num_seqs=s["max_num_seqs"], max_batched_tokens=s["max_batched_tokens"])
+    return SimConfig(policy=s["policy"], max_num_seqs=s["max_num_seqs"], max_num_batched_tokens=s["max_batched_tokens"])
 
 
 def scenario_trace(name: str, rows: pa.Table) -> Trace:
@@ -130,10 +130,10 @@ def scenario_rows(table: pa.Table, name: str) -> pa.Table:
     return table.filter(pc.equal(table.column("scenario"), name))
 
 
-def simulate(scenario: dict[str, Any], rows: pa.Table, profile: GPUProfile, kv_block_tokens: int,
+def simulate(scenario: dict[str, Any], rows: pa.Table, profile: GPUProfile, block_size: int,
              idle_power_w: float | None = None) -> tuple[dict[str, Any], SimResult]:
     """Simulate one scenario (optionally with another idle power); returns (metrics dict, SimResult)."""
-    config = dataclasses.replace(sim_config(scenario), kv_block_tokens=kv_block_tokens, idle_power_w=idle_power_w)
+    config = dataclasses.replace(sim_config(scenario), block_size=block_size, idle_power_w=idle_power_w)
     result = run_simulation(config, scenario_trace(scenario["scenario"]["name"], rows), profile)
     t, summary = result.requests, result.summary
     sim = {k: summary[k] for k in ("energy_total_j", "duration_s", "j_per_request", "gpu_idle_j", "utilization")}

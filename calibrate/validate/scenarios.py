@@ -22,7 +22,7 @@ class Scenario:
         name: unique name.
         policy: "continuous" (prefill-first) or "chunked" (token budget).
         max_num_seqs: most sequences per iteration.
-        max_batched_tokens: token budget per iteration.
+        max_num_batched_tokens: token budget per iteration.
         trace: bundled trace name (online), or "" for a synthetic offline batch.
         start_s: slice start in the original trace (s).
         window_s: slice length in the original trace (s).
@@ -36,7 +36,7 @@ class Scenario:
     name: str
     policy: str
     max_num_seqs: int = 256
-    max_batched_tokens: int = 8192
+    max_num_batched_tokens: int = 8192
     trace: str = ""
     start_s: float = 0.0
     window_s: float = 0.0
@@ -65,9 +65,9 @@ class Scenario:
 SCENARIOS = (  # in priority order: a short device budget skips the last ones
     Scenario("conv_continuous_x3", "continuous", trace="azure-conv-2023", start_s=600.0, window_s=60.0,
              rate_scale=3.0),
-    Scenario("code_chunked_x1", "chunked", max_batched_tokens=2048, trace="azure-code-2023", start_s=600.0,
+    Scenario("code_chunked_x1", "chunked", max_num_batched_tokens=2048, trace="azure-code-2023", start_s=600.0,
              window_s=20.0, rate_scale=1.0),
-    Scenario("conv_chunked_x1", "chunked", max_batched_tokens=2048, trace="azure-conv-2023", start_s=900.0,
+    Scenario("conv_chunked_x1", "chunked", max_num_batched_tokens=2048, trace="azure-conv-2023", start_s=900.0,
              window_s=20.0, rate_scale=1.0),
     Scenario("code_continuous_x0.5", "continuous", trace="azure-code-2023", start_s=600.0, window_s=10.0,
              rate_scale=0.5),
@@ -75,7 +75,7 @@ SCENARIOS = (  # in priority order: a short device budget skips the last ones
              static_output_tokens=256),
     Scenario("conv_continuous_x0.5", "continuous", trace="azure-conv-2023", start_s=600.0, window_s=10.0,
              rate_scale=0.5),
-    Scenario("conv_chunked_x3", "chunked", max_batched_tokens=2048, trace="azure-conv-2023", start_s=1200.0,
+    Scenario("conv_chunked_x3", "chunked", max_num_batched_tokens=2048, trace="azure-conv-2023", start_s=1200.0,
              window_s=60.0, rate_scale=3.0),
     Scenario("static_b64_i128_o512", "continuous", static_batch=64, static_batches=2, static_input_tokens=128,
              static_output_tokens=512),
@@ -88,9 +88,9 @@ SCENARIOS = (  # in priority order: a short device budget skips the last ones
 LONG_SCENARIOS = (
     Scenario("conv_continuous_x3_long", "continuous", trace="azure-conv-2023", start_s=2400.0, window_s=270.0,
              rate_scale=3.0),
-    Scenario("code_chunked_x1_long", "chunked", max_batched_tokens=2048, trace="azure-code-2023", start_s=1440.0,
+    Scenario("code_chunked_x1_long", "chunked", max_num_batched_tokens=2048, trace="azure-code-2023", start_s=1440.0,
              window_s=90.0, rate_scale=1.0),
-    Scenario("conv_chunked_x2_long", "chunked", max_batched_tokens=2048, trace="azure-conv-2023", start_s=3000.0,
+    Scenario("conv_chunked_x2_long", "chunked", max_num_batched_tokens=2048, trace="azure-conv-2023", start_s=3000.0,
              window_s=180.0, rate_scale=2.0),
     Scenario("code_continuous_x0.7_long", "continuous", trace="azure-code-2023", start_s=600.0, window_s=63.0,
              rate_scale=0.7),

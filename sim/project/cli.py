@@ -77,8 +77,8 @@ def project(
     replicas: Annotated[int, typer.Option(help="Data-parallel replicas.")] = 1,
     tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs per replica.")] = 1,
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
-    max_batched_tokens: Annotated[int | None, typer.Option(help="Tokens per iteration (default 16384 continuous, "
-                                                                "2048 chunked).")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(
+        "--max-batched-tokens", help="Tokens per iteration (default 16384 continuous, 2048 chunked).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimates and inputs as one JSON object.")]
     = False,
 ) -> None:
@@ -105,7 +105,7 @@ def project(
     if ins or outs:
         bins = BinSpec(ins or bins.input_edges, outs or bins.output_edges, out_of_range)
     sim = SimConfig(policy=policy, replicas=replicas, tp=tp, cost=cost, gpu=gpu, model=model,
-                    max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
+                    max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
     config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
                            tuple(e.strip() for e in estimators.split(",") if e.strip()))
     prof = resolve_profile(profile, cost, tp)

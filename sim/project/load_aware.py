@@ -46,7 +46,7 @@ import numpy as np
 
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cost import CostModel
-from tokenjoule.sim.policies import CONTINUOUS_MAX_BATCHED_TOKENS
+from tokenjoule.sim.policies import CONTINUOUS_MAX_NUM_BATCHED_TOKENS
 from tokenjoule.sim.project.seats import SeatModel, base_per_decode_step
 from tokenjoule.sim.run import SimConfig, run
 from tokenjoule.traces.schema import Trace
@@ -169,10 +169,10 @@ def rejected_mask(input_tokens: np.ndarray, output_tokens: np.ndarray, config: S
                   kv_capacity_tokens: int) -> np.ndarray:
     """Requests the simulator rejects: empty ones, KV that can never fit, and (continuous) too long to prefill."""
     i, o = np.asarray(input_tokens, np.int64), np.asarray(output_tokens, np.int64)
-    blocks = kv_capacity_tokens // config.kv_block_tokens
-    bad = (i < 1) | (o < 1) | (-(-(i + o) // config.kv_block_tokens) > blocks)
+    blocks = kv_capacity_tokens // config.block_size
+    bad = (i < 1) | (o < 1) | (-(-(i + o) // config.block_size) > blocks)
     if config.policy == "continuous":
-        bad |= i + o - 1 > (config.max_batched_tokens or CONTINUOUS_MAX_BATCHED_TOKENS)
+        bad |= i + o - 1 > (config.max_num_batched_tokens or CONTINUOUS_MAX_NUM_BATCHED_TOKENS)
     return bad
 
 
@@ -187,7 +187,7 @@ class LoadAwareProjector:
 
     def __init__(self, cost: CostModel, sim: SimConfig, config: LoadAwareConfig) -> None:
         self.cost, self.config = cost, config
-        self.sim = dataclasses.replace(sim, window_s=None, rate_scale=1.0, record_events=False)
+        self.sim = dataclasses.replace(sim, arrival_window_s=None, rate_scale=1.0, record_events=False)
         self.seats = SeatModel.of(cost, self.sim.max_batch if self.sim.policy == "static" else self.sim.max_num_seqs)
         self.sums = np.zeros((0, len(_TERMS)))
         self.ops: list[Operating | None] = []

@@ -38,8 +38,8 @@ def main() -> None:
             meter = FakeMeter(timeline, (0,), update_period_s=0.1, phase_s=0.03)
             runner = FakeRunner(timeline, noisy, toy.kv_capacity_tokens)
             with tempfile.TemporaryDirectory() as tmp:
-                rows = run_sweep(runner, meter, cfg, Path(tmp) / "raw.parquet", max_batched_tokens=16384,
-                                 max_batch_seqs=512, wait=timeline.idle, progress=False)
+                rows = run_sweep(runner, meter, cfg, Path(tmp) / "raw.parquet", max_num_batched_tokens=16384,
+                                 max_num_seqs=512, wait=timeline.idle, progress=False)
             n_points = len(grid_points(cfg, 16384, toy.kv_capacity_tokens, 512))
             errs = fit_rows(rows)["fit_errors"]
             lat, en = errs["latency"], errs["energy"]

@@ -192,7 +192,7 @@ def measure_energy(name: str, fn):
 
 def engine_benches(spec: ModelSpec, bw: float, quick: bool) -> None:
     """Decode and prefill through the tokenjoule engine (IterationRunner), plus its generate energy."""
-    config = RunnerConfig(mode="cudagraph", device="cuda", max_batch_seqs=64, max_batched_tokens=16384)
+    config = RunnerConfig(mode="cudagraph", device="cuda", max_num_seqs=64, max_num_batched_tokens=16384)
     t0 = time.perf_counter()
     engine = Engine(spec, config)
     say("engine_build_s", time.perf_counter() - t0)

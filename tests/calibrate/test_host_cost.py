@@ -99,7 +99,7 @@ def test_calibration_measures_host_overhead_on_one_gpu_and_skips_it_under_tp():
 
     wrapped = SimpleNamespace(runner=TokenRunner(), release=lambda: None)
     spec = ModelSpec.from_name("llama-3.1-8b")
-    small = CalibrationConfig(max_batch_seqs=16, max_batched_tokens=4096)
+    small = CalibrationConfig(max_num_seqs=16, max_num_batched_tokens=4096)
     host = serving_host_overhead(wrapped, spec, small)
     assert host is not None and max(p["seqs"] for p in host.points) >= 8 and "synthetic requests" in host.method
     # tensor parallel: the other ranks only follow rank 0's runner commands, so serving on rank 0 alone would hang

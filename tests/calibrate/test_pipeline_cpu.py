@@ -31,8 +31,8 @@ def test_calibrate_real_engine_on_cpu_with_mocked_nvml(tmp_path, monkeypatch):
     grid = GridConfig(prefill_batches=(1, 4), prefill_lengths_tokens=(16, 256), decode_batches=(1, 16),
                       decode_contexts_tokens=(32, 256), mixed=False, target_s=0.03, warmup_steps=1, idle_s=0.05,
                       settle_s=0.0)
-    config = CalibrationConfig(engine="tokenjoule", mode="eager", grid=grid, device="cpu", max_batch_seqs=16,
-                               max_batched_tokens=1024)
+    config = CalibrationConfig(engine="tokenjoule", mode="eager", grid=grid, device="cpu", max_num_seqs=16,
+                               max_num_batched_tokens=1024)
     profile = calibrate(spec, config, tmp_path / "cpu.json", meter=meter, progress=False)
     meter.close()
     rows = [r for r in read_rows(tmp_path / "cpu.raw.parquet") if r["kind"] != "idle"]

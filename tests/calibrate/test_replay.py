@@ -30,7 +30,7 @@ def _seq(seq_id, prompt, decoding=False):
 
 def test_prefill_first_admits_whole_prompts_within_budget_and_seats():
     bm = BlockManager(64, 16)
-    sched = PrefillFirstScheduler(bm, max_batch_seqs=3, max_batched_tokens=100)
+    sched = PrefillFirstScheduler(bm, max_num_seqs=3, max_num_batched_tokens=100)
     running = _seq(0, 10, decoding=True)
     bm.allocate(0, 10)
     sched.running.append(running)
@@ -45,7 +45,7 @@ def test_prefill_first_admits_whole_prompts_within_budget_and_seats():
 
 
 def test_prefill_first_keeps_arrival_order_when_the_head_does_not_fit():
-    sched = PrefillFirstScheduler(BlockManager(64, 16), max_batch_seqs=8, max_batched_tokens=100)
+    sched = PrefillFirstScheduler(BlockManager(64, 16), max_num_seqs=8, max_num_batched_tokens=100)
     sched.add(_seq(1, 90))
     sched.add(_seq(2, 20))
     batch = sched.schedule()
@@ -79,7 +79,7 @@ def engine(clock):
     from tokenjoule.calibrate.validate.replay import build_engine
     from tokenjoule.kernels.runner import RunnerConfig
 
-    return build_engine(TINY, RunnerConfig(mode="eager", device="cpu", max_batch_seqs=8, max_batched_tokens=256,
+    return build_engine(TINY, RunnerConfig(mode="eager", device="cpu", max_num_seqs=8, max_num_batched_tokens=256,
                                            num_kv_blocks=256), clock=clock)
 
 
@@ -89,7 +89,7 @@ def _meter():
 
 @pytest.mark.parametrize("policy", ["continuous", "chunked"])
 def test_online_replay_honours_arrivals_and_policy(engine, clock, policy):
-    use_policy(engine, policy, max_num_seqs=8, max_batched_tokens=64 if policy == "chunked" else 256)
+    use_policy(engine, policy, max_num_seqs=8, max_num_batched_tokens=64 if policy == "chunked" else 256)
     reqs = [ReplayRequest(10, 0.0, 100, 6), ReplayRequest(11, 0.0, 30, 4), ReplayRequest(12, 1.0, 20, 3)]
     slept = []
     result = replay(engine, reqs, _meter(), name=policy, sleep=lambda s: (slept.append(s), clock.sleep(s)))
@@ -118,7 +118,7 @@ def test_online_replay_honours_arrivals_and_policy(engine, clock, policy):
 
 
 def test_static_replay_runs_one_batch_at_a_time(engine):
-    use_policy(engine, "continuous", max_num_seqs=8, max_batched_tokens=256)
+    use_policy(engine, "continuous", max_num_seqs=8, max_num_batched_tokens=256)
     reqs = [ReplayRequest(i, 0.0, 16, 5) for i in range(4)]
     result = replay(engine, reqs, _meter(), static_batch=2)
     got = {r["request_id"]: r for r in result.requests}
@@ -130,11 +130,11 @@ def test_static_replay_runs_one_batch_at_a_time(engine):
 
 def test_use_policy_refuses_limits_beyond_the_runner_and_busy_engines(engine):
     with pytest.raises(ValueError, match="exceed"):
-        use_policy(engine, "chunked", max_num_seqs=9, max_batched_tokens=64)
+        use_policy(engine, "chunked", max_num_seqs=9, max_num_batched_tokens=64)
     with pytest.raises(ValueError, match="policy"):
-        use_policy(engine, "static", max_num_seqs=8, max_batched_tokens=64)
-    use_policy(engine, "continuous", max_num_seqs=8, max_batched_tokens=64)
-    with pytest.raises(ValueError, match="max_batched_tokens=64"):
+        use_policy(engine, "static", max_num_seqs=8, max_num_batched_tokens=64)
+    use_policy(engine, "continuous", max_num_seqs=8, max_num_batched_tokens=64)
+    with pytest.raises(ValueError, match="max_num_batched_tokens=64"):
         replay(engine, [ReplayRequest(1, 0.0, 60, 6)], _meter())
     with pytest.raises(ValueError, match="arrival order"):
         replay(engine, [ReplayRequest(1, 1.0, 4, 2), ReplayRequest(2, 0.5, 4, 2)], _meter())
@@ -176,12 +176,12 @@ def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
     trace = tmp_path / "tiny.csv"
     trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,40,3\n"
                      "2023-11-16 18:15:46.2,900,3\n2023-11-16 18:15:46.4,20,4\n2023-11-16 18:15:49.0,50,2\n")
-    scenarios = (vd.Scenario("online", "continuous", max_num_seqs=8, max_batched_tokens=256, trace=str(trace),
+    scenarios = (vd.Scenario("online", "continuous", max_num_seqs=8, max_num_batched_tokens=256, trace=str(trace),
                              start_s=0.0, window_s=2.0, rate_scale=4.0),
-                 vd.Scenario("offline", "continuous", max_num_seqs=8, max_batched_tokens=256, static_batch=2,
+                 vd.Scenario("offline", "continuous", max_num_seqs=8, max_num_batched_tokens=256, static_batch=2,
                              static_batches=2, static_input_tokens=16, static_output_tokens=4))
-    plan = vd.Plan(TINY, mode="eager", device="cpu", grid=grid, scenarios=scenarios, max_batch_seqs=8,
-                   max_batched_tokens=256, num_kv_blocks=512, warmup_requests=3, idle_end_s=0.05)
+    plan = vd.Plan(TINY, mode="eager", device="cpu", grid=grid, scenarios=scenarios, max_num_seqs=8,
+                   max_num_batched_tokens=256, num_kv_blocks=512, warmup_requests=3, idle_end_s=0.05)
     monkeypatch.setattr(scenario_data, "MAX_TOTAL_TOKENS", 256)
     out = tmp_path / "out"
     assert _validate_run(monkeypatch, str(out), plan) == 0

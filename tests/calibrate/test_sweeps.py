@@ -25,17 +25,17 @@ def _setup(toy_profile, uniform_only=False, capacity=None):
 
 def _sweep(toy_profile, path, cfg=SMALL, **kwargs):
     timeline, meter, runner = _setup(toy_profile, **kwargs)
-    rows = run_sweep(runner, meter, cfg, path, max_batched_tokens=16384, max_batch_seqs=512, wait=timeline.idle,
+    rows = run_sweep(runner, meter, cfg, path, max_num_batched_tokens=16384, max_num_seqs=512, wait=timeline.idle,
                      uniform_only=kwargs.get("uniform_only", False), progress=False)
     return rows, runner, timeline
 
 
 def test_grid_is_pruned_to_limits():
     cfg = GridConfig()
-    prefill = prefill_points(cfg, max_batched_tokens=16384, kv_capacity_tokens=10**6, max_batch_seqs=512)
+    prefill = prefill_points(cfg, max_num_batched_tokens=16384, kv_capacity_tokens=10**6, max_num_seqs=512)
     assert all(p.shape.prefill_tokens <= 16384 for p in prefill)
     assert "prefill_b1_l16384" in {p.point_id for p in prefill}
-    decode = decode_points(cfg, kv_capacity_tokens=100_000, max_batch_seqs=256)
+    decode = decode_points(cfg, kv_capacity_tokens=100_000, max_num_seqs=256)
     assert all(p.shape.decode_ctx_tokens + p.shape.decode_seqs <= 95_000 for p in decode)
     assert max(p.shape.decode_seqs for p in decode) == 256
     assert "decode_b1_c16384" in {p.point_id for p in decode}
@@ -135,7 +135,7 @@ def test_points_whose_repeats_disagree_get_extra_passes(toy_profile, tmp_path):
     timeline, meter, _ = _setup(toy_profile)
     runner = _PhasedRunner(timeline, toy_profile.cost, toy_profile.kv_capacity_tokens)
     path = tmp_path / "raw.parquet"
-    rows = run_sweep(runner, meter, SMALL, path, max_batched_tokens=16384, max_batch_seqs=512, wait=timeline.idle,
+    rows = run_sweep(runner, meter, SMALL, path, max_num_batched_tokens=16384, max_num_seqs=512, wait=timeline.idle,
                      progress=False)
     points = grid_points(SMALL, 16384, toy_profile.kv_capacity_tokens, 512)
     extra = [(r["point_id"], r["repeat"]) for r in rows if r["kind"] != "idle" and r["repeat"] >= SMALL.repeats]
@@ -152,7 +152,7 @@ def test_points_whose_repeats_disagree_get_extra_passes(toy_profile, tmp_path):
     # resuming a sweep that stopped inside the extra passes measures only the missing window
     write_rows([r for r in rows if (r["point_id"], r["repeat"]) != (noisy[0], 4)], path)
     runner2 = _PhasedRunner(timeline, toy_profile.cost, toy_profile.kv_capacity_tokens)
-    again = run_sweep(runner2, meter, SMALL, path, max_batched_tokens=16384, max_batch_seqs=512, wait=timeline.idle,
+    again = run_sweep(runner2, meter, SMALL, path, max_num_batched_tokens=16384, max_num_seqs=512, wait=timeline.idle,
                       progress=False)
     assert sorted((r["point_id"], r["repeat"]) for r in again) == sorted((r["point_id"], r["repeat"]) for r in rows)
     with pytest.raises(ValueError, match="extra_repeats"):
@@ -163,7 +163,7 @@ def test_uniform_only_engine_skips_mixed_and_records_refusals(toy_profile, tmp_p
     rows, _, _ = _sweep(toy_profile, tmp_path / "raw.parquet", uniform_only=True)
     assert not any(r["kind"] == "mixed" for r in rows)
     timeline, meter, runner = _setup(toy_profile, uniform_only=True)  # the engine refuses what the grid asks
-    rows = run_sweep(runner, meter, SMALL, tmp_path / "raw2.parquet", max_batched_tokens=16384, max_batch_seqs=512,
+    rows = run_sweep(runner, meter, SMALL, tmp_path / "raw2.parquet", max_num_batched_tokens=16384, max_num_seqs=512,
                      wait=timeline.idle, progress=False)
     skipped = [r for r in rows if r["status"] == "skipped"]
     # mixed iterations, chunked prefills (a chunk after a cached prefix) and ragged decodes are what a uniform-only

@@ -31,7 +31,7 @@ def test_scenarios_are_offline_static_batches_in_the_validate_device_format():
     assert names[0] == "hf_static_b4_i1024_o128" and len(set(names)) == len(names) >= 4
     for s in vh.SCENARIOS:
         assert s.offline and s.policy == "static" and s.static_batches >= 2
-        assert s.max_num_seqs == s.static_batch and s.max_batched_tokens == s.static_batch * s.static_input_tokens
+        assert s.max_num_seqs == s.static_batch and s.max_num_batched_tokens == s.static_batch * s.static_input_tokens
     assert vh.GRID.budget_s + 160 < vh.BUDGET_S  # the sweep leaves time for the scenarios on an H100
 
 

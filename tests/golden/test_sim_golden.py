@@ -20,7 +20,7 @@ HERE = Path(__file__).parent
 TOY = HERE.parent / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json"
 CASES = {
     "continuous": SimConfig(slo_ttft_s=0.5, slo_tpot_s=0.02, carbon_g_per_kwh=400.0),
-    "chunked": SimConfig(policy="chunked", replicas=2, router="least-outstanding", max_batched_tokens=512),
+    "chunked": SimConfig(policy="chunked", replicas=2, router="least-outstanding", max_num_batched_tokens=512),
     "static": SimConfig(policy="static", max_batch=4, pue=1.2, host_power_w=300.0),
 }
 

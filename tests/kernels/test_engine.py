@@ -25,7 +25,7 @@ def fake_run(batch):
 
 
 def test_chunked_prefill_respects_token_budget_and_decodes_go_first():
-    sched = Scheduler(BlockManager(100, 16), max_batch_seqs=8, max_batched_tokens=32)
+    sched = Scheduler(BlockManager(100, 16), max_num_seqs=8, max_num_batched_tokens=32)
     a, b = seq(1, 50), seq(2, 10)
     sched.add(a)
     sched.add(b)
@@ -42,7 +42,7 @@ def test_chunked_prefill_respects_token_budget_and_decodes_go_first():
 
 def test_preemption_when_cache_is_full():
     bm = BlockManager(4, 4)  # 3 usable blocks = 12 tokens
-    sched = Scheduler(bm, max_batch_seqs=8, max_batched_tokens=64)
+    sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=64)
     a, b = seq(1, 4, out=8), seq(2, 4, out=8)
     sched.add(a)
     sched.add(b)
@@ -72,7 +72,7 @@ def test_sequence_rejects_bad_lengths():
 
 
 def cpu_engine(tiny_spec, blocks=64, max_tokens=48):
-    config = RunnerConfig(device="cpu", num_kv_blocks=blocks, max_batched_tokens=max_tokens, max_batch_seqs=4,
+    config = RunnerConfig(device="cpu", num_kv_blocks=blocks, max_num_batched_tokens=max_tokens, max_num_seqs=4,
                           decode_backend="torch", max_model_len=512)
     return Engine(tiny_spec, config, seed=1)
 

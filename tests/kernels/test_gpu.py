@@ -37,7 +37,7 @@ def test_triton_kernel_bf16_matches_reference_on_gpu():
 
 
 def gpu_runner(spec, mode="eager", **kw):
-    return ModelRunner(spec, RunnerConfig(device="cuda", mode=mode, num_kv_blocks=256, max_batch_seqs=16,
+    return ModelRunner(spec, RunnerConfig(device="cuda", mode=mode, num_kv_blocks=256, max_num_seqs=16,
                                           max_model_len=1024, **kw))
 
 
@@ -85,7 +85,7 @@ def test_fast_modes_match_eager_decode(tiny_spec, mode):
 def test_iteration_contract_on_gpu(tiny_spec, engine, mode):
     if engine == "hf":
         pytest.importorskip("transformers")
-    runner = build_runner(tiny_spec, engine=engine, mode=mode, gpu_memory_utilization=0.2, max_batch_seqs=64)
+    runner = build_runner(tiny_spec, engine=engine, mode=mode, gpu_memory_utilization=0.2, max_num_seqs=64)
     assert runner.kv_capacity_tokens > 100_000 and runner.dtype == "bfloat16"
     shapes = [IterationShape(prefill=((128, 0),) * 4), IterationShape(decode=(300,) * 8)]
     if engine == "tokenjoule":

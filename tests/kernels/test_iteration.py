@@ -11,7 +11,7 @@ MIXED = IterationShape(prefill=((20, 0), (7, 33)), decode=(5, 64, 17))
 
 
 def test_tokenjoule_runner_steps_a_mixed_shape_repeatably(tiny_spec):
-    runner = build_runner(tiny_spec, device="cpu", max_batch_seqs=8, max_batched_tokens=64)
+    runner = build_runner(tiny_spec, device="cpu", max_num_seqs=8, max_num_batched_tokens=64)
     assert isinstance(runner, IterationRunner)
     assert (runner.engine, runner.mode, runner.device, runner.dtype) == ("tokenjoule", "eager", "cpu", "float32")
     bm = runner.runner.block_manager
@@ -29,10 +29,10 @@ def test_tokenjoule_runner_steps_a_mixed_shape_repeatably(tiny_spec):
 
 
 def test_tokenjoule_runner_rejects_what_cannot_fit(tiny_spec):
-    runner = build_runner(tiny_spec, device="cpu", max_batch_seqs=2, max_batched_tokens=64)
-    with pytest.raises(ValueError, match="max_batch_seqs"):
+    runner = build_runner(tiny_spec, device="cpu", max_num_seqs=2, max_num_batched_tokens=64)
+    with pytest.raises(ValueError, match="max_num_seqs"):
         runner.prepare(IterationShape(decode=(1, 2, 3)))
-    with pytest.raises(ValueError, match="max_batched_tokens"):
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
         runner.prepare(IterationShape(prefill=((65, 0),)))
     with pytest.raises(ValueError, match="KV blocks"):
         runner.prepare(IterationShape(decode=(runner.kv_capacity_tokens, 5)))

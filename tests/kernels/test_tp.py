@@ -122,7 +122,7 @@ def _calibrate_at_tp(tp, spec, out_dir):
     from tokenjoule.calibrate.sweep.grid import GridConfig
     from tokenjoule.kernels.iteration import build_runner
 
-    runner = build_runner(spec, device="cpu", max_batch_seqs=16, max_batched_tokens=1024, tp=tp)
+    runner = build_runner(spec, device="cpu", max_num_seqs=16, max_num_batched_tokens=1024, tp=tp)
     if not tp.is_driver:
         steps = runner.serve()
         dist.all_gather_object([None] * tp.world_size, steps, group=tp.control_group)
@@ -132,8 +132,8 @@ def _calibrate_at_tp(tp, spec, out_dir):
     grid = GridConfig(prefill_batches=(1, 4), prefill_lengths_tokens=(16, 64), prefill_chunks=(),
                       decode_batches=(1, 16), decode_contexts_tokens=(32, 128), mixed=False, target_s=0.02,
                       warmup_steps=1, idle_s=0.05, settle_s=0.0)
-    config = CalibrationConfig(mode="eager", gpu_indices=(0, 1), grid=grid, device="cpu", max_batch_seqs=16,
-                               max_batched_tokens=1024)
+    config = CalibrationConfig(mode="eager", gpu_indices=(0, 1), grid=grid, device="cpu", max_num_seqs=16,
+                               max_num_batched_tokens=1024)
     meter = FakeMeter(timeline, (0, 1), update_period_s=0.0)
     try:
         profile = calibrate(spec, config, f"{out_dir}/tp2.json", runner=wrapped, meter=meter, wait=timeline.idle,

@@ -123,7 +123,7 @@ def test_continuous_admits_mid_flight(simple_profile):
 
 def test_chunked_prefill_splits_a_long_prompt(simple_profile):
     trace = Trace.from_columns([0.0], [1200], [3])
-    r = run(SimConfig(policy="chunked", max_batched_tokens=512, max_num_seqs=8, record_events=True), trace,
+    r = run(SimConfig(policy="chunked", max_num_batched_tokens=512, max_num_seqs=8, record_events=True), trace,
             simple_profile)
     chunks = [d for _, d in events(r, "prefill")]
     assert chunks == [((0, 512),), ((0, 512),), ((0, 176),)]
@@ -132,7 +132,7 @@ def test_chunked_prefill_splits_a_long_prompt(simple_profile):
 
 def test_chunked_decodes_ride_along_with_prefill_chunks(simple_profile):
     trace = Trace.from_columns([0.0, 0.05], [10, 1000], [40, 2])
-    r = run(SimConfig(policy="chunked", max_batched_tokens=512, max_num_seqs=8, record_events=True), trace,
+    r = run(SimConfig(policy="chunked", max_num_batched_tokens=512, max_num_seqs=8, record_events=True), trace,
             simple_profile)
     chunks = [d for _, d in events(r, "prefill")]
     assert chunks[1:] == [((1, 511),), ((1, 489),)]  # one budget token goes to request 0's decode
@@ -216,7 +216,7 @@ def test_host_pue_and_carbon(simple_profile):
 def test_rate_scale_and_window(toy_profile, tiny_trace):
     fast = run(SimConfig(rate_scale=2.0), tiny_trace, toy_profile)
     assert fast.requests.column("arrival_s").to_pylist()[-1] == pytest.approx(3.1 / 2)
-    window = run(SimConfig(window_s=(1.0, 2.1)), tiny_trace, toy_profile)
+    window = run(SimConfig(arrival_window_s=(1.0, 2.1)), tiny_trace, toy_profile)
     assert window.summary["requests"] == 5  # 1.0, 1.2, 1.7, 2.0, 2.05
     assert window.requests.column("arrival_s").to_pylist()[0] == pytest.approx(0.0)
 

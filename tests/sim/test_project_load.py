@@ -57,12 +57,12 @@ def test_isolated_requests_match_exactly_with_the_new_terms():
     assert est.duration_s == pytest.approx(replay["duration_s"], rel=1e-9)
 
 def test_rejected_mask_mirrors_the_simulator():
-    config = SimConfig(max_batched_tokens=100, kv_block_tokens=16)
+    config = SimConfig(max_num_batched_tokens=100, block_size=16)
     inp = np.array([10, 0, 90, 50, 200])
     out = np.array([5, 5, 20, 0, 5])
     # KV capacity 160 tokens = 10 blocks: 200 + 5 needs 13 blocks; 90 + 20 - 1 > 100 batched tokens
     assert rejected_mask(inp, out, config, 160).tolist() == [False, True, True, True, True]
-    chunked = SimConfig(policy="chunked", max_batched_tokens=300)
+    chunked = SimConfig(policy="chunked", max_num_batched_tokens=300)
     assert rejected_mask(np.array([90]), np.array([20]), chunked, 160).tolist() == [False]
 
 

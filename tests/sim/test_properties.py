@@ -28,7 +28,7 @@ configs = st.fixed_dictionaries({
     "replicas": st.integers(1, 3),
     "router": st.sampled_from(["round-robin", "least-outstanding", "random"]),
     "max_num_seqs": st.integers(1, 16),
-    "max_batched_tokens": st.integers(64, 4096),
+    "max_num_batched_tokens": st.integers(64, 4096),
     "max_batch": st.integers(1, 6),
     "batch_timeout_s": st.sampled_from([0.0, 0.3]),
     "seed": st.integers(0, 3),
@@ -44,7 +44,7 @@ def _trace(rows):
 @given(rows=requests, kwargs=configs, profile=st.sampled_from([PROFILE, NEW_TERMS]))
 def test_books_balance_and_everyone_finishes(rows, kwargs, profile):
     if kwargs["policy"] == "chunked":
-        kwargs["max_batched_tokens"] = max(kwargs["max_batched_tokens"], kwargs["max_num_seqs"] + 1)
+        kwargs["max_num_batched_tokens"] = max(kwargs["max_num_batched_tokens"], kwargs["max_num_seqs"] + 1)
     trace = _trace(rows)
     r = run(SimConfig(**kwargs), trace, profile)
     s, t = r.summary, r.requests

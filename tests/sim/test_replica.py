@@ -15,26 +15,26 @@ from tokenjoule.sim.replica import Replica, RequestState
 COST = CalibratedCost(make_profile())
 
 
-def _replica(block_tokens, phase, g):
-    rep = Replica(0, simpy.Environment(), ContinuousBatching(), COST, Ledger(1, 1.0), block_tokens)
+def _replica(block_size, phase, g):
+    rep = Replica(0, simpy.Environment(), ContinuousBatching(), COST, Ledger(1, 1.0), block_size)
     rep._phase[:] = phase
-    rep.g = g
+    rep.decode_steps = g
     rep.running = {i: None for i in range(sum(phase))}
     return rep
 
 
 def _walk(rep, k):
-    return sum(rep._phase[-(rep.g + j) % rep.block_tokens] for j in range(k))
+    return sum(rep._phase[-(rep.decode_steps + j) % rep.block_size] for j in range(k))
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.data(), block_tokens=st.sampled_from([1, 2, 7, 16]), g=st.integers(0, 500),
+@given(data=st.data(), block_size=st.sampled_from([1, 2, 7, 16]), g=st.integers(0, 500),
        k=st.integers(1, 80), free=st.integers(0, 80))
-def test_new_blocks_and_max_steps_match_a_walk(data, block_tokens, g, k, free):
-    phase = data.draw(st.lists(st.integers(0, 3), min_size=block_tokens, max_size=block_tokens))
+def test_new_blocks_and_max_steps_match_a_walk(data, block_size, g, k, free):
+    phase = data.draw(st.lists(st.integers(0, 3), min_size=block_size, max_size=block_size))
     if sum(phase) == 0:
         phase[0] = 1
-    rep = _replica(block_tokens, phase, g)
+    rep = _replica(block_size, phase, g)
     assert rep.new_blocks(k) == _walk(rep, k)
     m = rep.max_decode_steps(free)
     assert _walk(rep, m) <= free < _walk(rep, m + 1)
@@ -69,7 +69,7 @@ def test_max_ctx_matches_a_brute_force_max(ops):
             requests.append(s)
             s.generated = gen  # a prefill (maybe a recompute) just emitted token `gen`
             rep.blocks_used += rep.blocks_for(s.input_tokens + gen - 1)
-            rep.start_decoding(s)
+            rep.start_decode(s)
             if gen < s.output_tokens:
                 live[s.idx] = inp + gen - 1
         elif op[0] == "step" and live:
@@ -78,14 +78,14 @@ def test_max_ctx_matches_a_brute_force_max(ops):
             last_ctx = {i: requests[i].input_tokens + requests[i].output_tokens - 1 for i in live}
             live = {i: c + k for i, c in live.items() if c + k < last_ctx[i]}  # at its last context it is done
         elif op[0] == "preempt" and live:
-            rep.preempt_last()
+            rep.preempt_newest()
             preempted.append(rep.waiting.popleft())
             del live[preempted[-1].idx]
         elif op[0] == "rejoin" and preempted:
             s = preempted.pop(0)
             s.generated += 1  # its recompute prefill emits the next token
             rep.blocks_used += rep.blocks_for(s.input_tokens + s.generated - 1)
-            rep.start_decoding(s)
+            rep.start_decode(s)
             if s.generated < s.output_tokens:
                 live[s.idx] = s.input_tokens + s.generated - 1
         assert sorted(s.idx for s in rep.running.values()) == sorted(live)
@@ -101,7 +101,7 @@ def test_max_ctx_follows_the_longest_through_a_stretch():
         s = RequestState(idx, 0.0, inp, out)
         s.generated = 1
         rep.blocks_used += rep.blocks_for(inp)
-        rep.start_decoding(s)
+        rep.start_decode(s)
     assert rep.max_ctx() == 1000
     rep.decode_steps_done(3, 1.0, 2)
     assert rep.max_ctx() == 1003
@@ -116,7 +116,7 @@ def test_ctx_heap_drops_stale_entries_under_a_long_lived_request():
         s = RequestState(idx, 0.0, 5000 if idx == 0 else 10, 10**6 if idx == 0 else 2)
         s.generated = 1
         rep.blocks_used += rep.blocks_for(s.input_tokens)
-        rep.start_decoding(s)
+        rep.start_decode(s)
         if idx:
             rep.decode_steps_done(1, 1.0, 2)  # the short one emits its 2nd token and leaves
         assert rep.max_ctx() == 5000 + idx
