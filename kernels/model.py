@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -146,13 +147,34 @@ class Block(nn.Module):
         if meta.prefill_kv_slots is not None:  # some chunk continues a sequence: its keys come from the cache
             k = k_cache.view(-1, s.n_kv_heads, s.head_dim)[meta.prefill_kv_slots]  # (sum k_lens, n_kv, D)
             v = v_cache.view(-1, s.n_kv_heads, s.head_dim)[meta.prefill_kv_slots]
-        varlen, has_gqa_flag = _varlen_attn_fn()
-        if q.is_cuda and varlen is not None:
-            # window (-1, 0) is causal aligned to the end of the keys, so a chunk's queries see all of its context.
-            kwargs = {"enable_gqa": True} if has_gqa_flag else {}
-            return varlen(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, max(meta.prefill_q_lens),
-                          max(meta.prefill_k_lens), window_size=(-1, 0), **kwargs)
-        return _prefill_attention_sdpa(q, k, v, meta.prefill_q_lens, meta.prefill_k_lens)
+        return prefill_attention(q, k, v, meta.prefill_q_lens, meta.prefill_k_lens, meta.cu_seqlens_q,
+                                 meta.cu_seqlens_k)
+
+
+def prefill_attention(q, k, v, q_lens, k_lens, cu_seqlens_q=None, cu_seqlens_k=None) -> torch.Tensor:
+    """Causal attention of packed prefill chunks: chunk i's q_lens[i] queries over its k_lens[i] keys.
+
+    Args:
+        q: (sum q_lens, n_heads, head_dim).
+        k: (sum k_lens, n_kv_heads, head_dim).
+        v: same shape as k.
+        q_lens: new tokens per chunk.
+        k_lens: keys per chunk (context before + new).
+        cu_seqlens_q: (P+1,) int32 cumulative q_lens on q's device (built here when None).
+        cu_seqlens_k: (P+1,) int32 cumulative k_lens, likewise.
+
+    Returns:
+        (sum q_lens, n_heads, head_dim). Flash varlen attention on CUDA where torch has it, per-chunk SDPA else.
+    """
+    varlen, has_gqa_flag = _varlen_attn_fn()
+    if q.is_cuda and varlen is not None:
+        if cu_seqlens_q is None or cu_seqlens_k is None:
+            cu_seqlens_q = torch.tensor([0, *itertools.accumulate(q_lens)], device=q.device, dtype=torch.int32)
+            cu_seqlens_k = torch.tensor([0, *itertools.accumulate(k_lens)], device=q.device, dtype=torch.int32)
+        # window (-1, 0) is causal aligned to the end of the keys, so a chunk's queries see all of its context.
+        kwargs = {"enable_gqa": True} if has_gqa_flag else {}
+        return varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max(q_lens), max(k_lens), window_size=(-1, 0), **kwargs)
+    return _prefill_attention_sdpa(q, k, v, q_lens, k_lens)
 
 
 def _prefill_attention_sdpa(q, k, v, q_lens, k_lens) -> torch.Tensor:
