@@ -348,8 +348,18 @@ class ModelSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the fields (for profiles and JSON output)."""
-        return dataclasses.asdict(self)
+        """Plain dict of the fields (for profiles and JSON output).
+
+        The MoE and qk-norm fields appear only when they differ from their defaults, so a dense spec's dict (and the
+        content hash of every profile built on it) is the same as before those fields existed.
+        """
+        out = dataclasses.asdict(self)
+        for field in OPTIONAL_FIELDS:
+            if out[field] == _DEFAULTS[field]:
+                del out[field]
+            elif isinstance(out[field], tuple):
+                out[field] = list(out[field])
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -360,6 +370,12 @@ class ModelSpec:
             raise ValueError(f"unknown ModelSpec field(s): {', '.join(unknown)}")
         return cls(**data)
 
+
+# Fields written by `to_dict` only when set (added after profiles were first hashed).
+OPTIONAL_FIELDS = ("qk_norm", "n_experts", "n_experts_per_token", "moe_intermediate_size",
+                   "shared_expert_intermediate_size", "shared_expert_gate", "norm_topk_prob", "moe_layer_step",
+                   "dense_layers")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
 
 # Config fields of architectures this spec cannot price, refused by name rather than read as something else.
 UNSUPPORTED_CONFIG_FIELDS = {
