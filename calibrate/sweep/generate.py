@@ -42,9 +42,9 @@ from typing import Any, Protocol
 from rich.progress import Progress, TaskID
 
 from tokenjoule.calibrate.measure.aligned import AlignedMeasurement, measure_from_tick
+from tokenjoule.calibrate.measure.meters import EnergyMeter
 from tokenjoule.calibrate.sweep.generate_rows import point_of
 from tokenjoule.calibrate.sweep.grid import KV_HEADROOM, GridConfig, GridPoint
-from tokenjoule.calibrate.measure.meters import EnergyMeter
 from tokenjoule.calibrate.sweep.iterations import (
     _base_row,
     _log_point,

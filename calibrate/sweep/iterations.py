@@ -30,10 +30,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from tokenjoule.calibrate.measure.aligned import AlignedMeasurement, measure_aligned
-from tokenjoule.calibrate.sweep.grid import GridConfig, GridPoint, grid_points
 from tokenjoule.calibrate.measure.meters import EnergyMeter
-from tokenjoule.calibrate.profile import shape_features
 from tokenjoule.calibrate.measure.timing import summarize
+from tokenjoule.calibrate.profile import shape_features
+from tokenjoule.calibrate.sweep.grid import GridConfig, GridPoint, grid_points
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.traces.files import write_atomic
 

@@ -103,31 +103,22 @@ def decode_attn_point(batch: int, ctx: int, n_heads: int, n_kv_heads: int, head_
     return OperatorPoint("decode_attn", shape, flops, moved, models)
 
 
-def expected_experts_touched(tokens: float, n_experts: int, top_k: int) -> float:
-    """Distinct experts a batch of `tokens` routes to, with each token picking top_k of n_experts uniformly.
-
-    E (1 - (1 - k/E)^n): each expert is missed by a token with probability 1 - k/E, independently per token (a
-    modeling assumption; real routers are skewed, which touches fewer experts).
-    """
-    return n_experts * (1.0 - (1.0 - top_k / n_experts) ** tokens)
-
-
-def moe_point(tokens: int, hidden: int, moe_ffn: int, n_experts: int, top_k: int, shared_ffn: int = 0,
-              models: tuple[str, ...] = ()) -> OperatorPoint:
-    """One MoE MLP for `tokens` tokens: router, top_k SwiGLU experts per token, optional shared expert.
+def moe_point(tokens: int, spec: ModelSpec, models: tuple[str, ...] = ()) -> OperatorPoint:
+    """One MoE MLP of `spec` for `tokens` tokens: router, top-k SwiGLU experts per token, optional shared expert.
 
     FLOPs: the router (2 tokens hidden E) and 3 GEMMs of 2 hidden ffn per token and expert it visits. Bytes: the
-    weights of every expert touched (expected, uniform routing) plus the shared expert's, and the activations.
+    weights of every expert touched (`ModelSpec.expected_experts_touched`, uniform routing) plus the shared expert's
+    and the router's, and the activations.
     """
-    routed = 6.0 * tokens * top_k * hidden * moe_ffn
-    shared = 6.0 * tokens * hidden * shared_ffn
-    router = 2.0 * tokens * hidden * n_experts
-    touched = expected_experts_touched(tokens, n_experts, top_k)
-    weights = (touched * 3 * hidden * moe_ffn + 3 * hidden * shared_ffn + hidden * n_experts)
-    activations = tokens * top_k * (2 * hidden + 3 * moe_ffn)
-    shape = (("tokens", tokens), ("hidden", hidden), ("ffn", moe_ffn), ("experts", n_experts), ("top_k", top_k),
-             ("shared_ffn", shared_ffn))
-    return OperatorPoint("moe", shape, routed + shared + router, BF16_BYTES * (weights + activations), models)
+    hidden, ffn, top_k = spec.hidden_size, spec.moe_intermediate_size, spec.n_experts_per_token
+    shared = spec.shared_expert_intermediate_size
+    flops = 6.0 * tokens * (top_k * ffn + shared) * hidden + 2.0 * tokens * hidden * spec.n_experts
+    weights = spec.expected_experts_touched(tokens) * 3 * hidden * ffn + 3 * hidden * shared + hidden * spec.n_experts
+    activations = tokens * top_k * (2 * hidden + 3 * ffn)
+    shape = (("tokens", tokens), ("hidden", hidden), ("ffn", ffn), ("experts", spec.n_experts), ("top_k", top_k),
+             ("shared_ffn", shared), ("shared_gate", int(spec.shared_expert_gate)),
+             ("norm_topk", int(spec.norm_topk_prob)))
+    return OperatorPoint("moe", shape, flops, BF16_BYTES * (weights + activations), models)
 
 
 def rest_point(tokens: int, hidden: int, ffn: int, n_heads: int, n_kv_heads: int, head_dim: int,
@@ -153,20 +144,11 @@ def sample_point(seqs: int, vocab: int, models: tuple[str, ...] = ()) -> Operato
 def model_gemms(spec: ModelSpec) -> dict[str, tuple[int, int]]:
     """(n, k) of each dense GEMM of one layer and of the LM head; experts are in `moe` points instead."""
     gemms = {"qkv": (spec.q_size + 2 * spec.kv_size, spec.hidden_size), "o": (spec.hidden_size, spec.q_size)}
-    if not moe_shape(spec):
+    if not spec.is_moe:
         gemms["gate_up"] = (2 * spec.intermediate_size, spec.hidden_size)
         gemms["down"] = (spec.hidden_size, spec.intermediate_size)
     gemms["lm_head"] = (spec.vocab_size, spec.hidden_size)
     return gemms
-
-
-def moe_shape(spec: ModelSpec) -> tuple[int, int, int, int] | None:
-    """(experts, top_k, expert ffn, shared-expert ffn) of an MoE model, or None for a dense one."""
-    experts = int(getattr(spec, "n_experts", 0) or 0)
-    if not experts:
-        return None
-    return (experts, int(spec.n_experts_per_token), int(spec.moe_intermediate_size),
-            int(getattr(spec, "shared_expert_intermediate_size", 0) or 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +184,9 @@ class OperatorGrid:
             points += [gemm_point(m, n, k) for m in tokens]
         points += [decode_attn_point(b, c, *heads) for b in pick(DECODE_BATCHES) for c in pick(DECODE_CONTEXTS)]
         points += [prefill_attn_point(ch, q, c, *heads) for ch, q, c in pick(PREFILL_SHAPES)]
-        moe = moe_shape(spec)
-        ffn = moe[2] if moe else spec.intermediate_size
+        ffn = spec.moe_intermediate_size if spec.is_moe else spec.intermediate_size
         points += [rest_point(t, spec.hidden_size, ffn, *heads) for t in pick(REST_TOKENS)]
-        if moe:
-            experts, top_k, moe_ffn, shared_ffn = moe
-            points += [moe_point(t, spec.hidden_size, moe_ffn, experts, top_k, shared_ffn) for t in pick(MOE_TOKENS)]
+        if spec.is_moe:
+            points += [moe_point(t, spec) for t in pick(MOE_TOKENS)]
         points += [sample_point(s, spec.vocab_size) for s in pick(SAMPLE_SEQS)]
         return points

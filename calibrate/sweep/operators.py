@@ -142,11 +142,23 @@ def _rest_call(p: dict[str, int], rand: Callable[..., Any], device: str, engine_
 
 
 def _moe_call(p: dict[str, int], device: str, seed: int, engine_model: Any):
+    """The engine's MoE layer (grouped expert GEMMs) for a one-layer model of the point's MoE shape."""
     import torch
 
-    mlp = engine_model.MoEMLP.random(hidden_size=p["hidden"], expert_ffn=p["ffn"], n_experts=p["experts"],
-                                     top_k=p["top_k"], shared_ffn=p["shared_ffn"], device=device, seed=seed)
-    x = (torch.randn(p["tokens"], p["hidden"], device=device) * 0.02).to(torch.bfloat16)
+    from tokenjoule.kernels.spec import ModelSpec
+
+    spec = ModelSpec(name="moe-operator", n_layers=1, hidden_size=p["hidden"], n_heads=1, n_kv_heads=1,
+                     head_dim=p["hidden"], intermediate_size=p["ffn"], vocab_size=1, n_experts=p["experts"],
+                     n_experts_per_token=p["top_k"], moe_intermediate_size=p["ffn"],
+                     shared_expert_intermediate_size=p["shared_ffn"], shared_expert_gate=bool(p["shared_gate"]),
+                     norm_topk_prob=bool(p["norm_topk"]))
+    backend = "grouped" if str(device).startswith("cuda") else "auto"
+    mlp = engine_model.MoE(spec, device, torch.bfloat16, backend=backend)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for weight in mlp.parameters():
+            weight.copy_(torch.randn(weight.shape, generator=gen, device=device) * 0.02)
+        x = (torch.randn(p["tokens"], p["hidden"], generator=gen, device=device) * 0.02).to(torch.bfloat16)
     return lambda: mlp(x)
 
 
@@ -196,8 +208,7 @@ def measure_point(point: OperatorPoint, meter: EnergyMeter, config: OperatorSwee
         call()
     one_s = _event_time_s(call, 5)
     reps = max(1, min(config.max_reps, math.ceil(config.step_s / max(one_s, 1e-7))))
-    # MoE routing sizes its expert GEMMs on the host (tokens per expert), which a graph cannot capture.
-    replay = None if point.op == "moe" else _graph_of(call, reps)
+    replay = _graph_of(call, reps)
     graphed = replay is not None
     if replay is None:
         def replay() -> None:
@@ -259,16 +270,36 @@ def measure_idle_w(meter: EnergyMeter, seconds: float = 3.0) -> float | None:
     return None if m.energy_j is None else m.energy_j / m.time_s
 
 
+def interleave(points: list[OperatorPoint]) -> list[OperatorPoint]:
+    """The points taken one operator class at a time in turn, so a run cut short still covers every class."""
+    by_op: dict[str, list[OperatorPoint]] = {}
+    for point in points:
+        by_op.setdefault(point.op, []).append(point)
+    queues = list(by_op.values())
+    order = []
+    while any(queues):
+        order += [queue.pop(0) for queue in queues if queue]
+    return order
+
+
 def run_operator_sweep(points: list[OperatorPoint], meter: EnergyMeter, config: OperatorSweepConfig,
-                       on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Measure every point in order; a point that fails (out of memory, say) is logged and recorded as failed."""
+                       on_row: Callable[[dict[str, Any]], None] | None = None,
+                       deadline_s: float = float("inf")) -> list[dict[str, Any]]:
+    """Measure the points in order until `deadline_s` (a perf_counter time) passes.
+
+    A point that fails (out of memory, a kernel that does not compile for its shape) is logged and recorded with the
+    reason, and the sweep goes on: one bad shape must not cost the rest of a device lease.
+    """
     import torch
 
     rows = []
     for i, point in enumerate(points):
+        if time.perf_counter() > deadline_s:
+            logger.warning("deadline reached: %d of %d points measured", i, len(points))
+            break
         try:
             row = measure_point(point, meter, config)
-        except (RuntimeError, ValueError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        except Exception as err:  # noqa: BLE001 -- recorded per point, see the docstring
             logger.warning("%s failed: %s", point.key, str(err).splitlines()[0][:200])
             row = {**point.to_row(), "failed": str(err).splitlines()[0][:200]}
         torch.cuda.empty_cache()
@@ -281,7 +312,7 @@ def run_operator_sweep(points: list[OperatorPoint], meter: EnergyMeter, config: 
 
 
 def sweep_to_folder(out_dir: str, model_names: tuple[str, ...], *, quick: bool = False, gpu_index: int = 0,
-                    config: OperatorSweepConfig | None = None) -> dict[str, Any]:
+                    config: OperatorSweepConfig | None = None, budget_s: float = float("inf")) -> dict[str, Any]:
     """Measure the operator grid of `model_names` on one GPU into `out_dir`: raw rows, metadata, power timeline.
 
     Writes `operators.raw.parquet` (one row per point; rewritten every 20 points, so an interrupted run keeps what
@@ -307,15 +338,16 @@ def sweep_to_folder(out_dir: str, model_names: tuple[str, ...], *, quick: bool =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     grid = OperatorGrid(tuple(ModelSpec.from_name(n) for n in model_names), quick=quick)
-    points = grid.points()
+    points = interleave(grid.points())
     meter = make_meter((gpu_index,))
     sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock) if isinstance(meter, NVMLMeter) else None
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows: list[dict[str, Any]] = []
+    idle_w = idle_after_w = launch = None
 
     def save_rows(row: dict[str, Any]) -> None:
         rows.append(row)
-        if len(rows) % 20 == 0 or len(rows) == len(points):
+        if len(rows) % 20 == 0:
             table = pa.Table.from_pylist(rows)
             write_atomic(out / "operators.raw.parquet", lambda tmp: pq.write_table(table, tmp))
 
@@ -325,9 +357,12 @@ def sweep_to_folder(out_dir: str, model_names: tuple[str, ...], *, quick: bool =
             sampler.start()
         idle_w = measure_idle_w(meter)
         launch = measure_launch_costs(config)
-        run_operator_sweep(points, meter, config, on_row=save_rows)
+        run_operator_sweep(points, meter, config, on_row=save_rows, deadline_s=t0 + budget_s)
         idle_after_w = measure_idle_w(meter)
     finally:
+        if rows:
+            table = pa.Table.from_pylist(rows)
+            write_atomic(out / "operators.raw.parquet", lambda tmp: pq.write_table(table, tmp))
         if sampler is not None:
             samples = [s.to_row() for s in sampler.stop()]
             if samples:
@@ -341,7 +376,7 @@ def sweep_to_folder(out_dir: str, model_names: tuple[str, ...], *, quick: bool =
                                "median of timing_repeats, per call", "energy": METHOD_SUMMARY,
                        "config": {k: getattr(config, k) for k in config.__slots__}},
             "idle_power_w": idle_w, "idle_power_after_w": idle_after_w, "launch": launch,
-            "models": list(model_names), "quick": quick, "points": len(points),
+            "models": list(model_names), "quick": quick, "points": len(points), "measured": len(rows),
             "failed": [r["point"] for r in rows if r.get("failed")]}
     write_atomic(out / "operators.meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     return meta

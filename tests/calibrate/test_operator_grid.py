@@ -8,7 +8,6 @@ import pytest
 
 from tokenjoule.calibrate.sweep.operator_grid import (
     OperatorGrid,
-    expected_experts_touched,
     gemm_point,
     model_gemms,
     prefill_attn_point,
@@ -55,20 +54,32 @@ def test_prefill_pairs_count_causal_attention():
     assert chunked.flops == 4.0 * 2 * (4 * 6 + 10)
 
 
-def test_expected_experts_touched():
-    assert expected_experts_touched(0, 64, 8) == 0
-    assert expected_experts_touched(1, 64, 8) == pytest.approx(8)
-    assert expected_experts_touched(10_000, 64, 8) == pytest.approx(64)
-    assert 8 < expected_experts_touched(4, 64, 8) < 32
+def test_moe_points_price_top_k_experts_and_the_experts_touched():
+    spec = ModelSpec.from_name("olmoe-1b-7b")
+    points = [p for p in OperatorGrid((spec,)).points() if p.op == "moe"]
+    assert [p.params["tokens"] for p in points] == sorted(p.params["tokens"] for p in points)
+    one, many = points[0], points[-1]
+    expert = 3 * spec.hidden_size * spec.moe_intermediate_size
+    # one token reads its k experts' weights; a large batch reads (nearly) all E of them
+    assert one.bytes_moved == pytest.approx(2 * (spec.n_experts_per_token * expert + spec.hidden_size * spec.n_experts
+                                                 + spec.n_experts_per_token * (2 * spec.hidden_size
+                                                                               + 3 * spec.moe_intermediate_size)))
+    assert many.bytes_moved > 0.99 * 2 * spec.n_experts * expert
+    assert one.flops == pytest.approx(6.0 * spec.n_experts_per_token * spec.hidden_size * spec.moe_intermediate_size
+                                      + 2.0 * spec.hidden_size * spec.n_experts)
+    assert set(model_gemms(spec)) == {"qkv", "o", "lm_head"}  # experts are not dense GEMMs
 
 
 def test_every_builder_runs_on_a_cpu():
     pytest.importorskip("torch")
     from tokenjoule.calibrate.sweep.operators import build_call
 
-    spec = dataclasses.replace(ModelSpec.from_name("llama-3.2-1b"), hidden_size=64, n_heads=4, n_kv_heads=2,
-                               head_dim=16, intermediate_size=96, vocab_size=128)
+    dense = dataclasses.replace(ModelSpec.from_name("llama-3.2-1b"), hidden_size=64, n_heads=4, n_kv_heads=2,
+                                head_dim=16, intermediate_size=96, vocab_size=128)
+    moe = dataclasses.replace(ModelSpec.from_name("qwen1.5-moe-a2.7b"), hidden_size=64, n_heads=4, n_kv_heads=4,
+                              head_dim=16, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                              vocab_size=128)
     small = ("m", "tokens", "ctx", "q", "seqs")
-    for point in OperatorGrid((spec,), quick=True).points():
+    for point in OperatorGrid((dense, moe), quick=True).points():
         point = dataclasses.replace(point, shape=tuple((n, min(v, 32) if n in small else v) for n, v in point.shape))
         build_call(point, "cpu", 0)()
