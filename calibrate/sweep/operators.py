@@ -312,12 +312,14 @@ def run_operator_sweep(points: list[OperatorPoint], meter: EnergyMeter, config: 
 
 
 def sweep_to_folder(out_dir: str, model_names: tuple[str, ...], *, quick: bool = False, gpu_index: int = 0,
-                    config: OperatorSweepConfig | None = None, budget_s: float = float("inf")) -> dict[str, Any]:
+                    config: OperatorSweepConfig | None = None, budget_s: float = float("inf"),
+                    resume_from: str | None = None) -> dict[str, Any]:
     """Measure the operator grid of `model_names` on one GPU into `out_dir`: raw rows, metadata, power timeline.
 
     Writes `operators.raw.parquet` (one row per point; rewritten every 20 points, so an interrupted run keeps what
     it measured), `operators.timeline.parquet` (power, temperature, SM clock every 100 ms) and
     `operators.meta.json` (GPU, driver, host CPU, software, date, method, idle power, launch costs, grid).
+    `resume_from`: an earlier run's raw file; its measured points are skipped (its rows are not copied here).
     """
     import json
     from datetime import datetime, timezone
@@ -339,6 +341,9 @@ def sweep_to_folder(out_dir: str, model_names: tuple[str, ...], *, quick: bool =
     out.mkdir(parents=True, exist_ok=True)
     grid = OperatorGrid(tuple(ModelSpec.from_name(n) for n in model_names), quick=quick)
     points = interleave(grid.points())
+    if resume_from is not None:
+        done = {row["point"] for row in pq.read_table(resume_from).to_pylist() if not row.get("failed")}
+        points = [point for point in points if point.key not in done]
     meter = make_meter((gpu_index,))
     sampler = PowerSampler(meter.devices, interval_s=0.1, clock=meter.clock) if isinstance(meter, NVMLMeter) else None
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
