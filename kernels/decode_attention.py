@@ -105,7 +105,8 @@ if triton is not None:
         for tile in range(start, end, BLOCK):
             toks = tile + tl.arange(0, BLOCK)
             tok_ok = toks < end
-            page = tl.load(bt_ptr + seq * stride_btb + toks // PAGE, mask=tok_ok, other=0)
+            # int64: page * stride_kb passes 2^31 elements once a layer's cache does (OLMoE's 16 KV heads on an H200)
+            page = tl.load(bt_ptr + seq * stride_btb + toks // PAGE, mask=tok_ok, other=0).to(tl.int64)
             slot = toks % PAGE
             k = tl.load(k_ptr + page[:, None] * stride_kb + slot[:, None] * stride_ks + kv_head * stride_kh
                         + dims[None, :], mask=tok_ok[:, None], other=0.0)  # (BLOCK, HEAD_DIM)

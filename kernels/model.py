@@ -1,5 +1,8 @@
 """A Llama-style decoder (GQA, RoPE, RMSNorm, SwiGLU; Qwen2's qkv bias) with seeded random weights and a paged KV cache.
 
+Layers are dense or mixture-of-experts (MoE: a router picks top-k of E SwiGLU experts per token, run as grouped
+GEMMs over the tokens sorted by expert, plus an optional shared expert; see `MoE`).
+
 One forward pass runs one engine iteration: a packed batch of prefill-chunk tokens followed by one token per
 decoding sequence. Every new token's K/V is written into the paged cache first; then prefill tokens attend over
 their sequence's cache (packed variable-length attention) and decode tokens run paged decode attention. Weight
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +25,7 @@ from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.kernels.tp import ShardedLinear, TPGroup, parallel_block_linears, parallel_lm_head, split_spec
 
 INIT_STD = 0.02
+MOE_BACKENDS = ("auto", "grouped", "loop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,29 +97,168 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
-class Block(nn.Module):
-    """One transformer block: pre-norm attention (fused QKV) and pre-norm SwiGLU MLP (fused gate/up).
+@functools.cache
+def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether `torch._grouped_mm` runs on this device type and dtype, probed once with a tiny call.
 
-    With `tp`, the block holds one rank's heads and SwiGLU columns (`self.spec` is then the per-rank shape) and
-    `wo` / `w_down` all-reduce their outputs (see kernels/tp.py).
+    On CUDA it needs bf16 and (torch 2.13) a Hopper-class GPU; torch 2.13's CPU build runs it in float32 and bf16.
+    """
+    fn = getattr(torch, "_grouped_mm", None)
+    if fn is None:
+        return False
+    a = torch.ones(16, 16, device=device_type, dtype=dtype)
+    b = torch.ones(2, 16, 16, device=device_type, dtype=dtype)
+    offs = torch.tensor([8, 16], device=device_type, dtype=torch.int32)
+    try:
+        fn(a, b.transpose(-2, -1), offs=offs)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    return True
+
+
+def resolve_moe_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """"grouped" or "loop" for `backend` ("auto": grouped where `torch._grouped_mm` runs, else loop)."""
+    if backend not in MOE_BACKENDS:
+        raise ValueError(f"moe_backend={backend!r} must be one of {MOE_BACKENDS}")
+    if backend == "auto":
+        return "grouped" if grouped_mm_works(device.type, dtype) else "loop"
+    if backend == "grouped" and not grouped_mm_works(device.type, dtype):
+        raise ValueError(f"moe_backend='grouped': torch._grouped_mm does not run on {device.type} in {dtype}; "
+                         "use moe_backend='loop'")
+    return backend
+
+
+def route(router_logits: torch.Tensor, k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the experts in float32, keep the top k (renormalised to sum 1 when asked; Mixtral does).
+
+    Args:
+        router_logits: (T, E) router outputs.
+        k: experts per token.
+        renormalize: divide the kept probabilities by their sum.
+
+    Returns:
+        (T, k) float32 weights and (T, k) int64 expert ids.
+    """
+    weights, experts = router_logits.float().softmax(dim=-1).topk(k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, experts
+
+
+class MoE(nn.Module):
+    """A mixture-of-experts SwiGLU MLP: router -> softmax -> top-k -> experts, plus an optional shared expert.
+
+    The T x k (token, expert) pairs are sorted by expert, so each expert's rows are contiguous, and the experts run
+    as two grouped GEMMs (`torch._grouped_mm` with the cumulative row counts `offs`: backend "grouped") or one pair
+    of GEMMs per expert (backend "loop", which reads the counts on the host: a sync, so no CUDA-graph capture). Every
+    shape is fixed by T alone and the counts stay on the device, so the grouped path can be captured in a graph.
+    Expert weights are stored per expert in nn.Linear layout, (E, out, in).
+
+    Args:
+        spec: the model shape (its MoE fields).
+        device: weights' device.
+        dtype: weights' dtype.
+        backend: "grouped", "loop" or "auto" (see `resolve_moe_backend`).
     """
 
-    def __init__(self, spec: ModelSpec, device, dtype, tp: TPGroup | None = None) -> None:
+    def __init__(self, spec: ModelSpec, device, dtype, backend: str = "auto") -> None:
+        super().__init__()
+        self.spec = spec
+        self.backend = resolve_moe_backend(backend, torch.device(device), dtype)
+        kw = dict(device=device, dtype=dtype)
+        n_exp, hidden, ffn = spec.n_experts, spec.hidden_size, spec.moe_intermediate_size
+        self.router = nn.Linear(hidden, n_exp, bias=False, **kw)
+        self.w_gate_up = nn.Parameter(torch.empty(n_exp, 2 * ffn, hidden, **kw))  # (E, 2 * moe_ffn, hidden)
+        self.w_down = nn.Parameter(torch.empty(n_exp, hidden, ffn, **kw))  # (E, hidden, moe_ffn)
+        shared = spec.shared_expert_intermediate_size
+        self.shared_gate_up = nn.Linear(hidden, 2 * shared, bias=False, **kw) if shared else None
+        self.shared_down = nn.Linear(shared, hidden, bias=False, **kw) if shared else None
+        self.shared_gate = nn.Linear(hidden, 1, bias=False, **kw) if spec.shared_expert_gate else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, hidden) -> (T, hidden)."""
+        n_tokens, k = x.shape[0], self.spec.n_experts_per_token
+        weights, experts = route(self.router(x), k, self.spec.norm_topk_prob)  # (T, k) each
+        flat = experts.flatten()  # (T * k,) expert of each (token, slot) pair, token-major
+        order = flat.argsort(stable=True)  # (T * k,) pairs sorted by expert
+        expert_ids = torch.arange(self.spec.n_experts, device=x.device, dtype=flat.dtype)
+        offs = torch.searchsorted(flat[order], expert_ids, right=True).to(torch.int32)  # (E,) cumulative row ends
+        rows = self._experts(x[order // k], offs)  # (T * k, hidden), sorted by expert
+        unsorted = torch.empty_like(rows)
+        unsorted[order] = rows  # back to token-major (token, slot) order
+        out = (unsorted.view(n_tokens, k, -1) * weights.to(x.dtype)[..., None]).sum(dim=1)  # (T, hidden)
+        if self.shared_gate_up is not None:
+            out = out + self._shared(x)
+        return out
+
+    def _experts(self, xs: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        """SwiGLU of each expert over its contiguous rows of `xs` (T * k, hidden); `offs` (E,) ends its rows."""
+        if self.backend == "grouped":
+            gate, up = torch._grouped_mm(xs, self.w_gate_up.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
+            return torch._grouped_mm(F.silu(gate) * up, self.w_down.transpose(-2, -1), offs=offs)
+        out = torch.empty_like(xs)
+        start = 0
+        for e, stop in enumerate(offs.tolist()):  # host sync: the loop needs the counts
+            if stop > start:
+                gate, up = F.linear(xs[start:stop], self.w_gate_up[e]).chunk(2, dim=-1)  # (n_e, moe_ffn) each
+                out[start:stop] = F.linear(F.silu(gate) * up, self.w_down[e])
+            start = stop
+        return out
+
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.shared_gate_up(x).chunk(2, dim=-1)  # (T, shared_ffn) each
+        out = self.shared_down(F.silu(gate) * up)
+        if self.shared_gate is not None:  # Qwen2-MoE scales the shared expert by a per-token sigmoid gate
+            out = torch.sigmoid(self.shared_gate(x)) * out
+        return out
+
+
+def moe_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """Plain-torch MoE forward for tests: every expert on every token, mixed by a dense (T, E) routing matrix."""
+    weights, experts = route(moe.router(x), moe.spec.n_experts_per_token, moe.spec.norm_topk_prob)
+    mix = torch.zeros(x.shape[0], moe.spec.n_experts, dtype=x.dtype, device=x.device)
+    mix.scatter_(1, experts, weights.to(x.dtype))  # (T, E), zero off the top k
+    out = torch.zeros_like(x)
+    for e in range(moe.spec.n_experts):
+        gate, up = F.linear(x, moe.w_gate_up[e]).chunk(2, dim=-1)
+        out = out + mix[:, e:e + 1] * F.linear(F.silu(gate) * up, moe.w_down[e])
+    if moe.shared_gate_up is not None:
+        out = out + moe._shared(x)
+    return out
+
+
+class Block(nn.Module):
+    """One transformer block: pre-norm attention (fused QKV) and pre-norm SwiGLU MLP (fused gate/up) or MoE MLP.
+
+    With `moe`, the MLP is an `MoE` (`self.moe`; no w_gate_up / w_down). With `tp`, the block holds one rank's
+    heads and SwiGLU columns (`self.spec` is then the per-rank shape) and `wo` / `w_down` all-reduce their outputs
+    (see kernels/tp.py).
+    """
+
+    def __init__(self, spec: ModelSpec, device, dtype, tp: TPGroup | None = None, moe: bool = False,
+                 moe_backend: str = "auto") -> None:
         super().__init__()
         self.spec = spec if tp is None else split_spec(spec, tp.world_size)
         kw = dict(device=device, dtype=dtype)
+        self.moe = MoE(spec, device, dtype, moe_backend) if moe else None
         if tp is not None:
             self.wqkv, self.wo, self.w_gate_up, self.w_down = parallel_block_linears(spec, tp, device, dtype)
         else:
             self.wqkv = nn.Linear(spec.hidden_size, spec.q_size + 2 * spec.kv_size, bias=spec.qkv_bias, **kw)
             self.wo = nn.Linear(spec.q_size, spec.hidden_size, bias=False, **kw)
-            self.w_gate_up = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False, **kw)
-            self.w_down = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False, **kw)
+            if not moe:
+                self.w_gate_up = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False, **kw)
+                self.w_down = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False, **kw)
+        if spec.qk_norm:  # OLMoE: RMSNorm over all heads of q and of k together, before RoPE
+            self.q_norm = RMSNorm(spec.q_size, spec.rms_norm_eps, device, dtype)
+            self.k_norm = RMSNorm(spec.kv_size, spec.rms_norm_eps, device, dtype)
         self.attn_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
         self.mlp_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
 
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv_layer: torch.Tensor, decode_backend: str):  # noqa: D102
         x = x + self.attention(self.attn_norm(x), cos, sin, meta, kv_layer, decode_backend)
+        if self.moe is not None:
+            return x + self.moe(self.mlp_norm(x))
         gate, up = self.w_gate_up(self.mlp_norm(x)).chunk(2, dim=-1)  # (T, ffn) each
         return x + self.w_down(F.silu(gate) * up)
 
@@ -123,6 +267,9 @@ class Block(nn.Module):
         s = self.spec
         n_tokens = x.shape[0]
         qk, v = self.wqkv(x).split([s.q_size + s.kv_size, s.kv_size], dim=-1)
+        if s.qk_norm:
+            q, k = qk.split([s.q_size, s.kv_size], dim=-1)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=-1)  # (T, q_size + kv_size)
         # q and k heads rotate together: one pass of RoPE kernels instead of two.
         qk = apply_rope(qk.view(n_tokens, s.n_heads + s.n_kv_heads, s.head_dim), cos, sin)
         q, k = qk.split([s.n_heads, s.n_kv_heads], dim=1)  # (T, n_heads, D), (T, n_kv_heads, D)
@@ -146,13 +293,34 @@ class Block(nn.Module):
         if meta.prefill_kv_slots is not None:  # some chunk continues a sequence: its keys come from the cache
             k = k_cache.view(-1, s.n_kv_heads, s.head_dim)[meta.prefill_kv_slots]  # (sum k_lens, n_kv, D)
             v = v_cache.view(-1, s.n_kv_heads, s.head_dim)[meta.prefill_kv_slots]
-        varlen, has_gqa_flag = _varlen_attn_fn()
-        if q.is_cuda and varlen is not None:
-            # window (-1, 0) is causal aligned to the end of the keys, so a chunk's queries see all of its context.
-            kwargs = {"enable_gqa": True} if has_gqa_flag else {}
-            return varlen(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, max(meta.prefill_q_lens),
-                          max(meta.prefill_k_lens), window_size=(-1, 0), **kwargs)
-        return _prefill_attention_sdpa(q, k, v, meta.prefill_q_lens, meta.prefill_k_lens)
+        return prefill_attention(q, k, v, meta.prefill_q_lens, meta.prefill_k_lens, meta.cu_seqlens_q,
+                                 meta.cu_seqlens_k)
+
+
+def prefill_attention(q, k, v, q_lens, k_lens, cu_seqlens_q=None, cu_seqlens_k=None) -> torch.Tensor:
+    """Causal attention of packed prefill chunks: chunk i's q_lens[i] queries over its k_lens[i] keys.
+
+    Args:
+        q: (sum q_lens, n_heads, head_dim).
+        k: (sum k_lens, n_kv_heads, head_dim).
+        v: same shape as k.
+        q_lens: new tokens per chunk.
+        k_lens: keys per chunk (context before + new).
+        cu_seqlens_q: (P+1,) int32 cumulative q_lens on q's device (built here when None).
+        cu_seqlens_k: (P+1,) int32 cumulative k_lens, likewise.
+
+    Returns:
+        (sum q_lens, n_heads, head_dim). Flash varlen attention on CUDA where torch has it, per-chunk SDPA else.
+    """
+    varlen, has_gqa_flag = _varlen_attn_fn()
+    if q.is_cuda and varlen is not None:
+        if cu_seqlens_q is None or cu_seqlens_k is None:
+            cu_seqlens_q = torch.tensor([0, *itertools.accumulate(q_lens)], device=q.device, dtype=torch.int32)
+            cu_seqlens_k = torch.tensor([0, *itertools.accumulate(k_lens)], device=q.device, dtype=torch.int32)
+        # window (-1, 0) is causal aligned to the end of the keys, so a chunk's queries see all of its context.
+        kwargs = {"enable_gqa": True} if has_gqa_flag else {}
+        return varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max(q_lens), max(k_lens), window_size=(-1, 0), **kwargs)
+    return _prefill_attention_sdpa(q, k, v, q_lens, k_lens)
 
 
 def _prefill_attention_sdpa(q, k, v, q_lens, k_lens) -> torch.Tensor:
@@ -177,18 +345,25 @@ class Transformer(nn.Module):
         device: "cuda" (bfloat16 weights) or "cpu" (float32).
         seed: seed of the weights' random generator.
         dtype: overrides the dtype chosen from the device.
-        tp: this rank's tensor-parallel group; None runs the whole model in this process.
+        tp: this rank's tensor-parallel group; None runs the whole model in this process (MoE and qk-norm models
+            support only that).
+        moe_backend: how MoE layers run their experts: "grouped", "loop" or "auto" (see `MoE`).
     """
 
     def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu", seed: int = 0,
-                 dtype: torch.dtype | None = None, tp: TPGroup | None = None) -> None:
+                 dtype: torch.dtype | None = None, tp: TPGroup | None = None, moe_backend: str = "auto") -> None:
         super().__init__()
+        if tp is not None and (spec.is_moe or spec.qk_norm):
+            raise ValueError(f"{spec.name}: tensor parallelism (tp={tp.world_size}) does not support MoE or qk-norm "
+                             "layers; run it with tp=1")
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.spec, self.device, self.dtype, self.tp = spec, device, dtype, tp
         self.local_spec = spec if tp is None else split_spec(spec, tp.world_size)  # the heads this process holds
         self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size, device=device, dtype=dtype)
-        self.layers = nn.ModuleList(Block(spec, device, dtype, tp) for _ in range(spec.n_layers))
+        moe_layers = set(spec.moe_layers)
+        self.layers = nn.ModuleList(Block(spec, device, dtype, tp, i in moe_layers, moe_backend)
+                                    for i in range(spec.n_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
         head = parallel_lm_head(spec, tp, device, dtype) if tp is not None else None  # None: replicated
         if head is None:

@@ -15,7 +15,7 @@ import torch
 
 from tokenjoule.kernels.block_manager import BlockManager, kv_capacity_blocks
 from tokenjoule.kernels.decode_attention import precompile, triton_available
-from tokenjoule.kernels.model import AttentionMetadata, Transformer
+from tokenjoule.kernels.model import MOE_BACKENDS, AttentionMetadata, Transformer
 from tokenjoule.kernels.scheduler import ScheduledBatch
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.kernels.tp import TPGroup, agree_min
@@ -35,7 +35,9 @@ def graph_buckets(max_num_seqs: int) -> list[int]:
 
 def activation_reserve_bytes(spec: ModelSpec, max_num_batched_tokens: int, max_num_seqs: int) -> int:
     """Memory kept free for one iteration's activations: a few live (tokens x widest layer) buffers plus logits."""
-    widest = 2 * spec.intermediate_size + spec.q_size + 2 * spec.kv_size + 4 * spec.hidden_size
+    # an MoE layer holds k rows per token through its experts (gate/up, then down) beside the router's E logits
+    moe_width = spec.n_experts_per_token * (2 * spec.moe_intermediate_size + spec.hidden_size) + spec.n_experts
+    widest = max(2 * spec.intermediate_size, moe_width) + spec.q_size + 2 * spec.kv_size + 4 * spec.hidden_size
     return GiB + 2 * max_num_batched_tokens * widest * spec.dtype_bytes + 2 * max_num_seqs * spec.vocab_size * 4
 
 
@@ -54,6 +56,8 @@ class RunnerConfig:
         seed: weight seed.
         decode_backend: "auto", "triton" or "torch" (see decode_attention).
         num_kv_blocks: force the cache size in blocks (None: from memory on GPU, CPU_KV_BLOCKS on CPU).
+        moe_backend: how MoE layers run their experts: "auto", "grouped" (torch._grouped_mm) or "loop" (one GEMM
+            pair per expert; it reads the expert counts on the host, so it cannot run in "cudagraph" mode).
     """
 
     mode: str = "eager"
@@ -66,12 +70,15 @@ class RunnerConfig:
     seed: int = 0
     decode_backend: str = "auto"
     num_kv_blocks: int | None = None
+    moe_backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} must be one of {MODES}")
         if self.mode != "eager" and not self.device.startswith("cuda"):
             raise ValueError(f"mode={self.mode!r} needs a CUDA device, got device={self.device!r}")
+        if self.moe_backend not in MOE_BACKENDS:
+            raise ValueError(f"moe_backend={self.moe_backend!r} must be one of {MOE_BACKENDS}")
 
 
 class ModelRunner:
@@ -86,7 +93,11 @@ class ModelRunner:
     def __init__(self, spec: ModelSpec, config: RunnerConfig, tp: TPGroup | None = None) -> None:
         self.spec, self.config, self.tp = spec, config, tp
         self.device = torch.device(config.device)
-        self.model = Transformer(spec, self.device, seed=config.seed, tp=tp)
+        self.model = Transformer(spec, self.device, seed=config.seed, tp=tp, moe_backend=config.moe_backend)
+        moe_backends = {layer.moe.backend for layer in self.model.layers if layer.moe is not None}
+        if config.mode == "cudagraph" and "loop" in moe_backends:
+            raise ValueError(f"{spec.name}: moe_backend='loop' reads expert counts on the host, which a CUDA graph "
+                             "cannot capture; use moe_backend='grouped' or mode='eager'")
         self.model.decode_backend = config.decode_backend
         num_blocks = config.num_kv_blocks or self._blocks_from_memory()
         if tp is not None:

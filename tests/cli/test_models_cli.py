@@ -62,3 +62,23 @@ def test_help_ends_with_examples():
 def test_models_cli_does_not_import_torch():
     code = "import sys, tokenjoule.kernels.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_models_json_has_active_parameters_and_experts():
+    data = {m["name"]: m for m in json.loads(runner.invoke(app, ["models", "--json"]).stdout)["models"]}
+    assert data["llama-3.1-8b"]["active_param_count"] == data["llama-3.1-8b"]["param_count"]
+    assert data["llama-3.1-8b"]["experts"] is None
+    olmoe = data["olmoe-1b-7b"]
+    assert olmoe["experts"]["n_experts"] == 64 and olmoe["experts"]["n_experts_per_token"] == 8
+    assert olmoe["active_param_count"] == ModelSpec.from_name("olmoe-1b-7b").active_param_count < olmoe["param_count"]
+
+
+def test_show_moe_model_table_and_json():
+    result = runner.invoke(app, ["models", "show", "qwen1.5-moe-a2.7b"])
+    assert result.exit_code == 0, result.output
+    assert "active parameters per token" in result.output and "top-4 of 60" in result.output
+    data = json.loads(runner.invoke(app, ["models", "show", "mixtral-8x7b", "--json"]).stdout)
+    spec = ModelSpec.from_name("mixtral-8x7b")
+    assert data["weight_bytes"] == spec.weight_bytes and data["flops_per_token"] == spec.flops_per_token(0)
+    assert data["experts"]["expert_bytes"] == 3 * 4096 * 14336 * 2
+    assert data["spec"]["n_experts"] == 8

@@ -25,6 +25,15 @@ def tiny_spec() -> ModelSpec:
 
 
 @pytest.fixture
+def tiny_moe_spec() -> ModelSpec:
+    """The tiny spec with MoE layers: 4 experts of width 32, top-2, a gated shared expert of width 48, qk-norm."""
+    import dataclasses
+
+    return dataclasses.replace(TINY, name="tiny-moe", n_experts=4, n_experts_per_token=2, moe_intermediate_size=32,
+                               shared_expert_intermediate_size=48, shared_expert_gate=True, qk_norm=True)
+
+
+@pytest.fixture
 def tiny_qwen_spec() -> ModelSpec:
     """The tiny spec with Qwen2's qkv bias."""
     import dataclasses
@@ -59,8 +68,11 @@ def reference_logits(model, tokens: list[int]) -> "torch.Tensor":
         qkv = h @ sd[p + "wqkv.weight"].T
         if spec.qkv_bias:
             qkv = qkv + sd[p + "wqkv.bias"]
-        q = rope(qkv[:, : spec.q_size].reshape(n, spec.n_heads, spec.head_dim))
-        k = rope(qkv[:, spec.q_size: spec.q_size + spec.kv_size].reshape(n, spec.n_kv_heads, spec.head_dim))
+        q, k = qkv[:, : spec.q_size], qkv[:, spec.q_size: spec.q_size + spec.kv_size]
+        if spec.qk_norm:
+            q, k = rms(q, sd[p + "q_norm.weight"]), rms(k, sd[p + "k_norm.weight"])
+        q = rope(q.reshape(n, spec.n_heads, spec.head_dim))
+        k = rope(k.reshape(n, spec.n_kv_heads, spec.head_dim))
         v = qkv[:, spec.q_size + spec.kv_size:].reshape(n, spec.n_kv_heads, spec.head_dim)
         heads = []
         for hq in range(spec.n_heads):
@@ -69,11 +81,36 @@ def reference_logits(model, tokens: list[int]) -> "torch.Tensor":
             heads.append(scores.softmax(-1) @ v[:, hk])
         x = x + torch.cat(heads, dim=-1) @ sd[p + "wo.weight"].T
         h = rms(x, sd[p + "mlp_norm.weight"])
+        if p + "moe.router.weight" in sd:
+            x = x + _moe_reference(spec, sd, p + "moe.", h)
+            continue
         gate_up = h @ sd[p + "w_gate_up.weight"].T
         gate, up = gate_up[:, : spec.intermediate_size], gate_up[:, spec.intermediate_size:]
         x = x + (gate * torch.sigmoid(gate) * up) @ sd[p + "w_down.weight"].T
     x = rms(x, sd["norm.weight"])
     return x @ sd["lm_head.weight"].T
+
+
+def _moe_reference(spec, sd, p, h):
+    """Token by token: softmax router, top-k (renormalised if asked), the chosen experts' SwiGLU, the shared one."""
+    def swiglu(t, w_gate_up, w_down):
+        gate, up = (t @ w_gate_up.T).chunk(2, dim=-1)
+        return (gate * torch.sigmoid(gate) * up) @ w_down.T
+
+    probs = (h @ sd[p + "router.weight"].T).softmax(-1)
+    out = torch.zeros_like(h)
+    for t in range(h.shape[0]):
+        weights, experts = probs[t].topk(spec.n_experts_per_token)
+        if spec.norm_topk_prob:
+            weights = weights / weights.sum()
+        for w, e in zip(weights.tolist(), experts.tolist(), strict=True):
+            out[t] += w * swiglu(h[t], sd[p + "w_gate_up"][e], sd[p + "w_down"][e])
+    if spec.shared_expert_intermediate_size:
+        shared = swiglu(h, sd[p + "shared_gate_up.weight"], sd[p + "shared_down.weight"])
+        if spec.shared_expert_gate:
+            shared = torch.sigmoid(h @ sd[p + "shared_gate.weight"].T) * shared
+        out = out + shared
+    return out
 
 
 @pytest.fixture
