@@ -1,6 +1,6 @@
 """Sweep rows to a profile: aggregate the repeats of each grid point, fit the latency and energy curves, build it.
 
-The curves' form and the least-squares fit live in `profile.py` and `fit.py`; this module picks the points, their
+The curves' form and the least-squares fit live in `cost_form.py` and `fit.py`; this module picks the points, their
 features and knots, and assembles the `GPUProfile`. Torch-free, so `profile refit` works on any machine.
 """
 

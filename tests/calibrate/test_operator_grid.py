@@ -70,6 +70,7 @@ def test_moe_points_price_top_k_experts_and_the_experts_touched():
     assert set(model_gemms(spec)) == {"qkv", "o", "lm_head"}  # experts are not dense GEMMs
 
 
+@pytest.mark.slow
 def test_every_builder_runs_on_a_cpu():
     pytest.importorskip("torch")
     from tokenjoule.calibrate.sweep.operators import build_call

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 POWER_W, PERIOD_S = 100.0, 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:tick timing bounds")  # a loaded 2-core CI box delays the poller
 def test_calibrate_real_engine_on_cpu_with_mocked_nvml(tmp_path, monkeypatch):
     start = time.perf_counter()

@@ -162,6 +162,7 @@ def _validate_run(monkeypatch, out, plan):
     return main(["validate", "run", "--out", out])
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:tick timing bounds")
 def test_device_entry_end_to_end_on_cpu(tmp_path, monkeypatch):
     from tokenjoule.calibrate.validate import device as vd

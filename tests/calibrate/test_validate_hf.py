@@ -78,6 +78,7 @@ def test_run_plan_skips_scenarios_past_the_budget(toy_profile, tmp_path, capsys)
     assert capsys.readouterr().out.count("skipping") == 2
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:tick timing bounds")
 @pytest.mark.filterwarnings("ignore:no start tick")
 def test_device_entry_end_to_end_on_a_tiny_cpu_model(tmp_path, monkeypatch, capsys):

@@ -10,6 +10,7 @@ from tokenjoule.kernels.shape import IterationShape
 MIXED = IterationShape(prefill=((20, 0), (7, 33)), decode=(5, 64, 17))
 
 
+@pytest.mark.slow
 def test_tokenjoule_runner_steps_a_mixed_shape_repeatably(tiny_spec):
     runner = build_runner(tiny_spec, device="cpu", max_num_seqs=8, max_num_batched_tokens=64)
     assert isinstance(runner, IterationRunner)

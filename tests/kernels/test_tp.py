@@ -79,6 +79,7 @@ def test_multicast_is_forced_off():
                                         "NVSHMEM_DISABLE_NVLS": "1"}
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tiny_qwen_spec):
     """TP=2 over gloo: logits of prefill, chunked prefill + decode, and decode equal one process's (float32)."""
     out = spawn_cpu(run_check, 2, (tiny_qwen_spec, ["eager"], (0, 1), True), timeout_s=120.0)
@@ -146,6 +147,7 @@ def _calibrate_at_tp(tp, spec, out_dir):
             "points": profile.fit_errors["latency"]["n_points"]}
 
 
+@pytest.mark.slow
 def test_calibration_drives_both_ranks(tiny_spec, tmp_path):
     """calibrate() on rank 0 with a TP runner: rank 1 runs every step; energy is summed over both GPUs."""
     import json

@@ -53,6 +53,7 @@ def _rows(table, name):
     return table.filter(pc.equal(table.column("scenario"), name))
 
 
+@pytest.mark.slow
 def test_report_covers_every_run_folder_and_matches_a_fresh_recomputation(committed):
     assert [r["run"] for r in committed["runs"]] == [d.name for d in vr.default_runs()]
     fresh = json.loads(vr.report_json(vr.build_report()))
