@@ -29,6 +29,7 @@ from typing import Any
 
 from tokenjoule.calibrate.measure.aligned import measure_aligned
 from tokenjoule.calibrate.measure.meters import EnergyMeter
+from tokenjoule.calibrate.measure.timing import time_fn
 from tokenjoule.calibrate.sweep.operator_grid import OperatorPoint
 
 logger = logging.getLogger(__name__)
@@ -162,21 +163,6 @@ def _moe_call(p: dict[str, int], device: str, seed: int, engine_model: Any):
     return lambda: mlp(x)
 
 
-def _event_time_s(run: Callable[[], None], repeats: int) -> float:
-    """Median GPU seconds of `run` by CUDA events."""
-    import torch
-
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
-
-
 def _graph_of(call: Callable[[], Any], reps: int) -> Callable[[], None] | None:
     """A replay of `reps` calls captured in one CUDA graph, or None if the operator cannot be captured."""
     import torch
@@ -206,7 +192,7 @@ def measure_point(point: OperatorPoint, meter: EnergyMeter, config: OperatorSwee
     call = build_call(point, config.device, config.seed)
     for _ in range(3):
         call()
-    one_s = _event_time_s(call, 5)
+    one_s = time_fn(call, warmup=0, repeats=5, use_cuda=True).median_s
     reps = max(1, min(config.max_reps, math.ceil(config.step_s / max(one_s, 1e-7))))
     replay = _graph_of(call, reps)
     graphed = replay is not None
@@ -215,7 +201,7 @@ def measure_point(point: OperatorPoint, meter: EnergyMeter, config: OperatorSwee
             for _ in range(reps):
                 call()
 
-    gpu_s = _event_time_s(replay, config.timing_repeats) / reps
+    gpu_s = time_fn(replay, warmup=0, repeats=config.timing_repeats, use_cuda=True).median_s / reps
 
     def step() -> None:
         replay()
