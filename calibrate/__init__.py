@@ -1,4 +1,5 @@
-"""Calibration: NVML energy meters, microbenchmark sweeps, curve fits, profile files.
+"""Calibration: measure a GPU and an engine, fit the cost form, write profile files, validate against replays.
 
-Only `profile.py` is imported by the simulator; it never imports torch.
+`cost_form.py` and `profile.py` are what the simulator imports; neither imports torch. Subpackages by job:
+`measure/` (meters and timing), `sweep/` (what is measured, and the drivers), `validate/` (replays and reports).
 """
