@@ -113,7 +113,8 @@ class ModelSpec:
                 if getattr(self, field):
                     raise ConfigError(f"ModelSpec {self.name!r}: {field}={getattr(self, field)!r} needs n_experts > 0")
             if self.moe_layer_step != 1:
-                raise ConfigError(f"ModelSpec {self.name!r}: moe_layer_step={self.moe_layer_step!r} needs n_experts > 0")
+                raise ConfigError(f"ModelSpec {self.name!r}: moe_layer_step={self.moe_layer_step!r} "
+                                  "needs n_experts > 0")
             return
         if not 1 <= self.n_experts_per_token <= self.n_experts:
             raise ConfigError(f"ModelSpec {self.name!r}: n_experts_per_token={self.n_experts_per_token!r} "

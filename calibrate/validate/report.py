@@ -387,21 +387,33 @@ def report_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=1, sort_keys=True, default=str) + "\n"
 
 
+RUN_KIND = "tokenjoule-validation-run"
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether `path` holds a device run's validation.json (not, say, a report's JSON of the same name)."""
+    try:
+        doc = json.loads((path / "validation.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("kind") == RUN_KIND
+
+
 def run_folders(paths: tuple[Path, ...]) -> tuple[Path, ...]:
-    """The run folders named by `paths`: each a run folder (holding validation.json) or a folder of them, sorted.
+    """The run folders named by `paths`: each a run folder (holding a run's validation.json) or a folder of them.
 
     Raises:
-        ValueError: a path that is neither a run folder nor holds any.
+        ConfigError: a path that is neither a run folder nor holds any.
     """
     out: list[Path] = []
     for path in paths:
-        if (path / "validation.json").is_file():
+        if is_run_folder(path):
             out.append(path)
             continue
-        inner = sorted(p.parent for p in path.glob("*/validation.json"))
+        inner = sorted(p.parent for p in path.glob("*/validation.json") if is_run_folder(p.parent))
         if not inner:
-            raise ConfigError(f"{path}: no validation.json in it or in its folders; give the folders a device run "
-                              "wrote (`tokenjoule validate run` or `tokenjoule validate hf`)")
+            raise ConfigError(f"{path}: no run's validation.json in it or in its folders; give the folders a device "
+                              "run wrote (`tokenjoule validate run` or `tokenjoule validate hf`)")
         out += inner
     return tuple(out)
 

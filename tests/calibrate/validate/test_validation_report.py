@@ -237,7 +237,8 @@ def _hf_run(run_dir: Path, scale_energy: float, rng) -> None:
                    run_dir / "timeline.parquet")
     gpu = {"name": profile.gpu["name"], "driver": "580.159.04", "power_limit_w": 700.0,
            "devices": [{"index": 0, "uuid": "GPU-synthetic-0"}]}
-    doc = {"date": "2026-12-03T10:00:00+00:00" if scale_energy == 1.0 else "2026-12-03T10:05:00+00:00",
+    doc = {"kind": "tokenjoule-validation-run",
+           "date": "2026-12-03T10:00:00+00:00" if scale_energy == 1.0 else "2026-12-03T10:05:00+00:00",
            "run_wall_s": 200.0, "model": "llama-3.1-8b", "gpu": gpu, "host": {"cpu_model": "synthetic"},
            "software": {"torch": "2.13.0"}, "kv_capacity_tokens": profile.kv_capacity_tokens, "kv_block_tokens": 1,
            "profile": "profile-llama-3.1-8b-hf-eager.json", "engine": "hf", "scenarios": scenarios,
