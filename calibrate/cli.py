@@ -17,7 +17,8 @@ from rich.table import Table
 from tokenjoule.calibrate.cost_form import ProfileError
 from tokenjoule.calibrate.profile import load_profile, resolve_profile_path, shipped_profiles
 from tokenjoule.calibrate.summary import profile_summary
-from tokenjoule.kernels.spec import ConfigError
+from tokenjoule.calibrate.sweep.operator_grid import SWEPT_MODELS
+from tokenjoule.kernels.spec import ConfigError, ModelSpec
 
 profile_app = typer.Typer(help="Inspect calibration profiles: summary, J/token figures, fit errors, plots.",
                           no_args_is_help=True)
@@ -247,7 +248,47 @@ def calibrate_cmd(
         _print_summary(summary)
 
 
+def calibrate_gpu_cmd(
+    out_dir: Path = typer.Option(..., "--out-dir", help="Folder for operators.raw.parquet, operators.meta.json "  # noqa: B008
+                                 "and operators.timeline.parquet."),
+    models: str = typer.Option(",".join(SWEPT_MODELS), "--models", help="Comma list of models (registry names) "
+                               "whose operator shapes are measured."),
+    quick: bool = typer.Option(False, "--quick", help="A few points per operator: a smoke run."),
+    gpu: int = typer.Option(0, "--gpu", help="GPU index."),
+    budget_s: float = typer.Option(None, "--budget-s", help="Stop measuring new points after this many seconds "
+                                   "(what was measured is kept; resume with --resume)."),
+    resume: Path = typer.Option(None, "--resume", help="An earlier operators.raw.parquet: its points are "  # noqa: B008
+                                "skipped."),
+) -> None:
+    """Measure this GPU's operators (GEMMs, attention, MoE experts, the rest of a layer) for any model's iterations.
+
+    Every operator class an iteration of the given models is made of, at the shapes they give it: GPU time per call
+    from CUDA events around CUDA-graph replays, energy per call from tick-aligned NVML windows, each point with its
+    FLOPs, bytes moved and error bound, plus idle power and the host's launch costs (needs CUDA and NVML).
+
+    Example:
+        tokenjoule calibrate-gpu --out-dir runs/h200_ops
+        tokenjoule calibrate-gpu --out-dir runs/h200_ops2 --budget-s 480 --resume runs/h200_ops/operators.raw.parquet
+    """
+    from tokenjoule.calibrate.measure import machine
+    from tokenjoule.calibrate.sweep.operators import sweep_to_folder
+
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    if not names:
+        raise ConfigError("--models names no model")
+    for name in names:
+        ModelSpec.from_name(name)  # an unknown name is a one-line error before the GPU is touched
+    machine.check_device((gpu,))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    meta = sweep_to_folder(str(out_dir), names, quick=quick, gpu_index=gpu,
+                           budget_s=float("inf") if budget_s is None else budget_s,
+                           resume_from=None if resume is None else str(resume))
+    typer.echo(f"{out_dir}: {meta['measured']} of {meta['points']} points in {meta['wall_s']:.0f} s, "
+               f"idle {meta['idle_power_w']:.0f} W; failed: {len(meta['failed'])}")
+
+
 def register(app: typer.Typer) -> None:
     """Mount the calibration and profile commands on the root app."""
     app.command("calibrate")(calibrate_cmd)
+    app.command("calibrate-gpu")(calibrate_gpu_cmd)
     app.add_typer(profile_app, name="profile")

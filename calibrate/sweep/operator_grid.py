@@ -22,6 +22,9 @@ from typing import Any
 from tokenjoule.kernels.spec import ModelSpec
 
 OPERATORS = ("gemm", "prefill_attn", "decode_attn", "moe", "rest", "sample")
+# The models whose shapes a GPU calibration measures by default: dense ones from 1B to 32B and three MoE layouts.
+SWEPT_MODELS = ("llama-3.2-1b", "llama-3.1-8b", "qwen2.5-7b", "qwen2.5-32b", "mistral-7b", "olmoe-1b-7b",
+                "mixtral-8x7b", "qwen1.5-moe-a2.7b")
 BF16_BYTES = 2
 # Tokens per iteration the GEMMs are measured at: decode batches through long prefills.
 GEMM_TOKENS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192)

@@ -87,3 +87,21 @@ def test_help_ends_with_example():
     assert result.exit_code == 0
     text = result.output.split("╭")[0]
     assert "tokenjoule calibrate --model" in text.split("Example:")[-1]
+
+
+def test_calibrate_gpu_checks_models_then_the_gpu_and_writes_nothing_without_one(tmp_path, monkeypatch):
+    checked = []
+
+    def no_gpu(indices):
+        checked.append(indices)
+        raise MeterError("calibrate needs a CUDA GPU; torch.cuda.is_available() is False on this machine")
+
+    monkeypatch.setattr(machine, "check_device", no_gpu)
+    out = tmp_path / "ops"
+    bad = runner.invoke(app, ["calibrate-gpu", "--out-dir", str(out), "--models", "llama-3.1-8b,nope"])
+    assert bad.exit_code == 2 and "unknown model 'nope'" in bad.stderr and checked == []
+    result = runner.invoke(app, ["calibrate-gpu", "--out-dir", str(out), "--gpu", "1"])
+    assert result.exit_code == 2 and checked == [(1,)]
+    assert result.stderr.strip().splitlines() == [
+        "error: calibrate needs a CUDA GPU; torch.cuda.is_available() is False on this machine"]
+    assert not out.exists()
