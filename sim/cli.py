@@ -135,6 +135,14 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
     return table
 
 
+def _default_serves(model: str, gpu: str | None) -> bool:
+    """Whether the default profile is for `model` on `gpu` (any GPU when None)."""
+    from tokenjoule.calibrate.profile import load_profile
+
+    default = load_profile(DEFAULT_PROFILE)
+    return default.model.name == model and gpu in (None, default.gpu.get("datasheet"), default.gpu.get("name"))
+
+
 def simulate(
     trace: TraceOpt = None,
     fmt: FormatOpt = None,
@@ -178,9 +186,10 @@ def simulate(
         tokenjoule simulate --profile my.json --replicas 4 --router least-outstanding --out runs/a
         tokenjoule simulate --synthetic n=256,input=1024,output=128 --cost roofline --gpu H100-SXM
     """
+    from tokenjoule.kernels.spec import load_spec
     from tokenjoule.sim.report import dumps, write_run
     from tokenjoule.sim.run import SimConfig, run
-    from tokenjoule.sim.tp_profiles import choose_profile
+    from tokenjoule.sim.tp_profiles import choose_composed, choose_profile, shipped_for
 
     config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_batch=max_batch,
@@ -189,7 +198,13 @@ def simulate(
                        host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
                        arrival_window_s=_parse_window(window),
                        seed=seed, **_parse_carbon(carbon))
-    choice = choose_profile(profile, cost, tp, DEFAULT_PROFILE)
+    composed = choose_composed(profile, model, gpu, cost, tp, DEFAULT_PROFILE)
+    if composed is None and profile is None and model and cost == "calibrated":
+        found = shipped_for(load_spec(model).name, gpu)
+        profile = str(found) if found is not None and not _default_serves(load_spec(model).name, gpu) else None
+    if composed is not None:
+        config = dataclasses.replace(config, model=composed.profile.model.name)
+    choice = composed or choose_profile(profile, cost, tp, DEFAULT_PROFILE)
     prof = choice.profile
     tr = _load_trace(trace, fmt, synthetic, seed)
     with progress("simulating", len(tr) > 50_000) as tick:
@@ -206,6 +221,9 @@ def simulate(
         console.print("[yellow]note:[/] tensor parallelism is modeled from a tp=1 profile (not measured)")
     if result.summary["profile_source"]:
         console.print(f"costs: {result.summary['profile_source']}", markup=False, highlight=False)
+    if choice.composed:
+        console.print("[yellow]note:[/] every cost is modeled: composed from GPU operator fits, no iteration of this "
+                      "model was measured")
     if out is not None:
         console.print(f"wrote {out}/ (requests.parquet, summary.json, run.json, power.png, energy_breakdown.png, "
                       "latency_cdf.png)")

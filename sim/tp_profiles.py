@@ -33,12 +33,14 @@ class ProfileChoice:
         tp: GPUs per replica asked for.
         calibrated: whether the run prices iterations with this profile's curves (False for the roofline models,
             which read only its model and GPU).
+        composed: the profile was composed from a GPU profile (`calibrate/compose.py`): every cost modeled.
     """
 
     profile: GPUProfile | None
     path: Path | None
     tp: int = 1
     calibrated: bool = True
+    composed: bool = False
 
     @property
     def modeled_tp(self) -> bool:
@@ -50,6 +52,8 @@ class ProfileChoice:
         """Where the calibrated costs come from, naming the file; None when no profile prices the run."""
         if self.profile is None or not self.calibrated:
             return None
+        if self.composed:
+            return f"composed (modeled) for {self.profile.model.name} from GPU profile {self.path}"
         if self.modeled_tp:
             return f"modeled from tp=1 {self.path}"
         return f"measured tp profile {self.path}" if self.tp > 1 else f"profile {self.path}"
@@ -151,3 +155,66 @@ def choose_profile(name: str | None, cost: str, tp: int, default: str) -> Profil
                            f"tp=1 profile to model tp={tp} from")
     found = find_tp_profile(profile, tp, candidates(path))
     return ProfileChoice(*found, tp) if found else ProfileChoice(profile, path, tp)
+
+
+def choose_composed(name: str | None, model: str | None, gpu: str | None, cost: str, tp: int,
+                    default: str) -> ProfileChoice | None:
+    """A profile composed from a GPU profile, where the flags ask for one; None: `choose_profile` decides as before.
+
+    `--profile` naming a GPU profile file composes it for `--model`. Without `--profile`, a `--model` that the default
+    profile is not for (or another `--gpu`) gets a shipped model-specific profile of that model (and GPU) when one
+    exists (None is returned, after pointing `name` at it, see `shipped_for`), else the shipped GPU profile of the
+    GPU (`--gpu`, default H200-SXM) composed for the model.
+
+    Raises:
+        ConfigError: a GPU profile without `--model`, or a model that does not fit on the GPU.
+        ProfileError: no shipped GPU profile for the GPU.
+    """
+    from tokenjoule.calibrate.compose import compose_profile
+    from tokenjoule.calibrate.gpu_profile import is_gpu_profile_file, load_gpu_profile
+    from tokenjoule.kernels.spec import ConfigError, load_spec
+
+    if cost != "calibrated":
+        return None
+    if name is not None:
+        if not is_gpu_profile_file(name):
+            return None
+        if not model:
+            raise ConfigError(f"{name} is a GPU profile: pass --model NAME or a config.json to compose it for")
+        return ProfileChoice(compose_profile(load_gpu_profile(name), load_spec(model), str(name)), Path(name), tp,
+                             composed=True)
+    if not model:
+        return None
+    spec = load_spec(model)
+    default_profile = load_profile(resolve_profile_path(default))
+    if default_profile.model.name == spec.name and gpu in (None, default_profile.gpu.get("datasheet"),
+                                                           default_profile.gpu.get("name")):
+        return None
+    if shipped_for(spec.name, gpu) is not None:
+        return None
+    sheet = gpu or "H200-SXM"
+    found = [p for p in sorted(shipped_profiles_dir().glob("*.json"))
+             if is_gpu_profile_file(p) and load_gpu_profile(p).gpu.get("datasheet") == sheet]
+    if not found:
+        raise ProfileError(f"no shipped GPU profile for {sheet}; pass --profile GPU_PROFILE.json")
+    return ProfileChoice(compose_profile(load_gpu_profile(found[0]), spec, str(found[0])), found[0], tp,
+                         composed=True)
+
+
+def shipped_for(model: str, gpu: str | None) -> Path | None:
+    """A shipped model-specific tp=1 profile of `model` (on `gpu`'s datasheet when given), or None."""
+    for path in shipped_profiles().values():
+        try:
+            p = load_profile(path)
+        except ProfileError:
+            continue
+        if p.model.name == model and p.tp == 1 and gpu in (None, p.gpu.get("datasheet"), p.gpu.get("name")):
+            return path
+    return None
+
+
+def shipped_profiles_dir() -> Path:
+    """The folder of shipped profiles (model-specific and GPU profiles)."""
+    from tokenjoule.calibrate import profile
+
+    return profile.SHIPPED_DIR

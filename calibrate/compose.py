@@ -1,0 +1,201 @@
+"""Compose a model-specific profile from a GPU profile and a ModelSpec: every iteration cost *modeled*, none measured.
+
+The result is an ordinary `GPUProfile`, so the simulator prices it with its one cost model (`sim/cost.py`). What is
+modeled, per iteration of `x` new tokens (`cost_form.py`'s form):
+
+- decode-only curve at knot x (x sequences): per layer the dense GEMMs (QKV, O, gate/up, down; MoE layers the `moe`
+  operator with `spec.expected_experts_touched(x)` experts), the elementwise `rest`, and decode attention's fixed
+  part (its constant plus the x queries' Q/O bytes); times the layers; plus the LM head GEMM and greedy sampling for
+  x rows, plus one CUDA-graph replay + synchronize of host time (at idle power);
+- prefill curve at knot x: the same layers at x tokens, prefill attention's fixed part (constant plus Q/O/K/V bytes
+  of x new tokens), the LM head and sampling for one row; this GPU time is floored by the host's eager launches
+  (`KERNELS_PER_LAYER` x layers x the launch cost; the gap is priced at idle power);
+- the attention coefficients: `prefill_attn_pairs` from the prefill-attention fit's FLOPs term (4 head_dim FLOPs per
+  pair and query head), `prefill_ctx_tokens` from its bytes term (K and V of each cached token), `decode_ctx_tokens`
+  the decode-attention fit's slope per context token at a reference batch (`DECODE_REF`), each times the layers;
+  energy coefficients are the same terms through the class's energy fit. No decode-tail or per-sequence terms.
+
+KV capacity: the GPU's measured memory x `gpu_memory_utilization` minus the weights and an activation reserve, over
+`spec.kv_bytes_per_token`; a model that does not leave `min_kv_tokens` is a ConfigError. Not modeled: the serving
+loop's host work between iterations (`host_overhead` is None), tensor parallelism's communication, real routers'
+skew (uniform routing is assumed), kernels outside the swept operator classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tokenjoule.calibrate.cost_form import CostCurve
+from tokenjoule.calibrate.gpu_fit import OperatorFit, point_terms
+from tokenjoule.calibrate.gpu_profile import GPUOperatorProfile
+from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.sweep.operator_grid import (
+    OperatorPoint,
+    decode_attn_point,
+    gemm_point,
+    model_gemms,
+    moe_point,
+    prefill_attn_point,
+    rest_point,
+    sample_point,
+)
+from tokenjoule.kernels.spec import ConfigError, ModelSpec
+
+KNOTS_TOKENS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Eager kernel launches per layer in the engine's prefill (4 GEMMs, attention, 2 norms, RoPE, SwiGLU, 2 residual
+# adds, KV write, and a few copies); an MoE layer adds its router, top-k, permutation and grouped GEMMs.
+KERNELS_PER_LAYER = 16
+KERNELS_PER_MOE_LAYER = 24
+# The decode batch and context where the decode-attention slope per context token is taken.
+DECODE_REF = (64, 2048)
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeConfig:
+    """Settings of the composition that are modeling choices.
+
+    Attributes:
+        gpu_memory_utilization: memory fraction for weights, activations and KV.
+        activation_reserve_bytes: memory kept for activations and workspaces (a modeled guess; the measured H200
+            Llama-3.1-8B profile left 9.3 GB).
+        min_kv_tokens: the least KV cache a model must fit to be served.
+    """
+
+    gpu_memory_utilization: float = 0.9
+    activation_reserve_bytes: int = 8 * 2**30
+    min_kv_tokens: int = 4096
+
+
+def _cost(fit: OperatorFit, point: OperatorPoint) -> tuple[float, float]:
+    t, e = fit.cost(**point_terms(point.op, point.params, point.flops, point.bytes_moved))
+    return float(t), float(e)
+
+
+def _sum(*costs: tuple[float, float]) -> tuple[float, float]:
+    return sum(c[0] for c in costs), sum(c[1] for c in costs)
+
+
+def _scale(cost: tuple[float, float], k: float) -> tuple[float, float]:
+    return cost[0] * k, cost[1] * k
+
+
+def _layers(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float, float]:
+    """Weights and elementwise work of all layers for x tokens (attention excluded)."""
+    ops = gpu.operators
+    gemms = model_gemms(spec)
+    heads = (spec.n_heads, spec.n_kv_heads, spec.head_dim)
+    attn_proj = _sum(*(_cost(ops["gemm"], gemm_point(x, *gemms[name])) for name in ("qkv", "o")))
+    n_moe = spec.n_moe_layers
+    total = _scale(attn_proj, spec.n_layers)
+    if n_moe:
+        ffn = spec.moe_intermediate_size
+        moe = _sum(_cost(ops["moe"], moe_point(x, spec)), _cost(ops["rest"], rest_point(x, spec.hidden_size, ffn,
+                                                                                          *heads)))
+        total = _sum(total, _scale(moe, n_moe))
+    if spec.n_layers - n_moe:
+        ffn = spec.intermediate_size
+        dense = _sum(_cost(ops["gemm"], gemm_point(x, 2 * ffn, spec.hidden_size)),
+                     _cost(ops["gemm"], gemm_point(x, spec.hidden_size, ffn)),
+                     _cost(ops["rest"], rest_point(x, spec.hidden_size, ffn, *heads)))
+        total = _sum(total, _scale(dense, spec.n_layers - n_moe))
+    return total
+
+
+def _head(gpu: GPUOperatorProfile, spec: ModelSpec, rows: int) -> tuple[float, float]:
+    """LM head and greedy sampling for `rows` sampled rows."""
+    n, k = model_gemms(spec)["lm_head"]
+    return _sum(_cost(gpu.operators["gemm"], gemm_point(rows, n, k)),
+                _cost(gpu.operators["sample"], sample_point(rows, spec.vocab_size)))
+
+
+def decode_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float, float]:
+    """(s, J) of the decode-only curve at x sequences (context terms apart)."""
+    heads = (spec.n_heads, spec.n_kv_heads, spec.head_dim)
+    attn = _scale(_cost(gpu.operators["decode_attn"], decode_attn_point(x, 0, *heads)), spec.n_layers)
+    host = gpu.launch.graph_replay_sync_s
+    return _sum(_layers(gpu, spec, x), attn, _head(gpu, spec, x), (host, host * gpu.idle_power_w))
+
+
+def prefill_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float, float]:
+    """(s, J) of the prefill curve at x new tokens (attention pairs and cached context apart), launch-floored."""
+    point = prefill_attn_point(1, x, 0, spec.n_heads, spec.n_kv_heads, spec.head_dim)
+    fixed = OperatorPoint("prefill_attn", point.shape, 0.0, point.bytes_moved)  # its FLOPs are the pairs' term
+    attn = _scale(_cost(gpu.operators["prefill_attn"], fixed), spec.n_layers)
+    t, e = _sum(_layers(gpu, spec, x), attn, _head(gpu, spec, 1))
+    launches = (spec.n_layers - spec.n_moe_layers) * KERNELS_PER_LAYER + spec.n_moe_layers * KERNELS_PER_MOE_LAYER
+    floor = launches * gpu.launch.eager_launch_s
+    return (floor, e + (floor - t) * gpu.idle_power_w) if floor > t else (t, e)
+
+
+def attention_coef(gpu: GPUOperatorProfile, spec: ModelSpec) -> tuple[dict[str, float], dict[str, float]]:
+    """Latency (s) and energy (J) coefficients of the attention features, all layers."""
+    L, hd = spec.n_layers, spec.head_dim  # noqa: N806
+    pre = gpu.operators["prefill_attn"]
+    pair_flops = 4.0 * spec.n_heads * hd
+    ctx_bytes = 2.0 * 2 * spec.n_kv_heads * hd  # K and V of one cached token, bf16
+    dec = gpu.operators["decode_attn"]
+    b, c = DECODE_REF
+    heads = (spec.n_heads, spec.n_kv_heads, spec.head_dim)
+    t_ref, e_ref = _cost(dec, decode_attn_point(b, c, *heads))
+    t_0, e_0 = _cost(dec, decode_attn_point(b, 0, *heads))
+    pre_t = {"prefill_attn_pairs": pair_flops * pre.time_coef["flops"],
+             "prefill_ctx_tokens": ctx_bytes * pre.time_coef["bytes"]}
+    pre_e = {name: pre.energy_j(value, **({"flops": pair_flops} if name == "prefill_attn_pairs"
+                                          else {"bytes": ctx_bytes})) for name, value in pre_t.items()}
+    latency = {**{k: float(v) * L for k, v in pre_t.items()}, "decode_ctx_tokens": (t_ref - t_0) / (b * c) * L}
+    energy = {**{k: float(v) * L for k, v in pre_e.items()}, "decode_ctx_tokens": (e_ref - e_0) / (b * c) * L}
+    return latency, energy
+
+
+def kv_capacity_tokens(gpu: GPUOperatorProfile, spec: ModelSpec, config: ComposeConfig) -> int:
+    """KV tokens left on the GPU after weights and the activation reserve; ConfigError when too few."""
+    free = gpu.memory_bytes * config.gpu_memory_utilization - spec.weight_bytes - config.activation_reserve_bytes
+    tokens = int(free // spec.kv_bytes_per_token)
+    if tokens < config.min_kv_tokens:
+        raise ConfigError(f"model {spec.name} ({spec.weight_bytes / 1e9:.1f} GB of weights) does not fit on one "
+                          f"{gpu.gpu.get('name', 'GPU')} ({gpu.memory_bytes / 1e9:.1f} GB) with {config.min_kv_tokens} "
+                          "KV tokens; pick a smaller model or a measured tensor-parallel profile")
+    return tokens
+
+
+def compose_profile(gpu: GPUOperatorProfile, spec: ModelSpec, source: str = "",
+                    config: ComposeConfig | None = None) -> GPUProfile:
+    """A model-specific profile of `spec` on `gpu`'s GPU, every cost modeled from its operator fits.
+
+    Args:
+        gpu: the GPU profile.
+        spec: the model.
+        source: where the GPU profile came from (stored in `method` and `notes`).
+        config: modeling choices (defaults: `ComposeConfig()`).
+
+    Returns:
+        A tp=1 GPUProfile marked as composed in `method["composed"]`, `method["cost"]` and `notes`.
+
+    Raises:
+        ConfigError: the model does not fit on the GPU.
+    """
+    config = config or ComposeConfig()
+    capacity = kv_capacity_tokens(gpu, spec, config)
+    decode = [decode_knot(gpu, spec, x) for x in KNOTS_TOKENS]
+    prefill = [prefill_knot(gpu, spec, x) for x in KNOTS_TOKENS]
+    lat_coef, en_coef = attention_coef(gpu, spec)
+    knots = tuple(float(x) for x in KNOTS_TOKENS)
+    latency = CostCurve(knots, tuple(v[0] for v in decode), lat_coef, "s", knots, tuple(v[0] for v in prefill))
+    energy = CostCurve(knots, tuple(v[1] for v in decode), en_coef, "J", knots, tuple(v[1] for v in prefill))
+    errors: dict[str, Any] = {op: fit.errors for op, fit in gpu.operators.items()}
+    return GPUProfile(
+        gpu=dict(gpu.gpu), host=dict(gpu.host), software=dict(gpu.software),
+        method={"composed": True, "cost": "modeled: composed from GPU operator fits (calibrate/compose.py)",
+                "gpu_profile": source or gpu.label, "compose": {"knots_tokens": list(KNOTS_TOKENS),
+                                                                "kernels_per_layer": KERNELS_PER_LAYER,
+                                                                "kernels_per_moe_layer": KERNELS_PER_MOE_LAYER,
+                                                                "decode_ref": list(DECODE_REF),
+                                                                "gpu_memory_utilization": config.gpu_memory_utilization,
+                                                                "activation_reserve_bytes":
+                                                                    config.activation_reserve_bytes}},
+        date=gpu.date, engine=gpu.engine, mode=gpu.mode, model=spec, tp=1, idle_power_w=gpu.idle_power_w,
+        kv_capacity_tokens=capacity, latency=latency, energy=energy, fit_errors={"operators": errors},
+        raw_path=None,
+        notes=f"COMPOSED (modeled): {spec.name} priced from the GPU profile {source or gpu.label}; no iteration of "
+              "this model was measured. See calibrate/compose.py for what is modeled.")

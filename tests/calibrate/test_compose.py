@@ -1,0 +1,108 @@
+"""GPU operator fits, the GPU profile file, composition, and the CLI's composed runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tokenjoule.calibrate.compose import compose_profile, decode_knot
+from tokenjoule.calibrate.gpu_fit import fit_operator_once
+from tokenjoule.calibrate.gpu_profile import GPU_PROFILE_KIND, load_gpu_profile, save_gpu_profile
+from tokenjoule.calibrate.profile import SHIPPED_DIR, ProfileError
+from tokenjoule.calibrate.sweep.operator_grid import decode_attn_point, gemm_point, rest_point, sample_point
+from tokenjoule.kernels.shape import IterationShape
+from tokenjoule.kernels.spec import PRESETS, ConfigError, ModelSpec
+
+H200 = SHIPPED_DIR / "h200-gpu-tokenjoule-cudagraph.json"
+
+
+def test_fit_recovers_additive_parameters():
+    rng = np.random.default_rng(0)
+    b, f = rng.uniform(1e6, 1e9, 40), rng.uniform(1e8, 1e12, 40)
+    t = 3e-6 + b / 4e12 + f / 7e14
+    e = 150 * t + 1e-10 * b + 1e-12 * f
+    fit = fit_operator_once("prefill_attn", {"bytes": b, "flops": f}, t, e)
+    pred_t, pred_e = fit.cost(bytes=b, flops=f)
+    assert np.max(np.abs(pred_t / t - 1)) < 0.03
+    assert np.max(np.abs(pred_e / e - 1)) < 0.03
+    assert fit.time_coef["bytes"] == pytest.approx(1 / 4e12, rel=0.1)
+
+
+def test_gpu_profile_round_trips_and_rejects_bad_files(tmp_path: Path):
+    gpu = load_gpu_profile(H200)
+    again = load_gpu_profile(save_gpu_profile(gpu, tmp_path / "g.json"))
+    assert again.to_dict() == gpu.to_dict()
+    data = gpu.to_dict()
+    for bad in ({**data, "kind": "x"}, {**data, "schema_version": 99}, {k: v for k, v in data.items() if k != "launch"},
+                {**data, "operators": {k: v for k, v in data["operators"].items() if k != "moe"}}):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ProfileError) as err:
+            load_gpu_profile(tmp_path / "bad.json")
+        assert "\n" not in str(err.value)
+    assert data["kind"] == GPU_PROFILE_KIND
+
+
+def test_dense_decode_knot_matches_hand_computation():
+    gpu = load_gpu_profile(H200)
+    spec = ModelSpec.from_name("llama-3.1-8b")
+    ops, x = gpu.operators, 64
+
+    def cost(op, p):
+        t, e = ops[op].cost(bytes=p.bytes_moved, flops=p.flops, row_tokens=p.params.get("vocab", 0))
+        return float(t), float(e)
+
+    parts = [cost("gemm", gemm_point(x, 6144, 4096)), cost("gemm", gemm_point(x, 4096, 4096)),
+             cost("gemm", gemm_point(x, 28672, 4096)), cost("gemm", gemm_point(x, 4096, 14336)),
+             cost("rest", rest_point(x, 4096, 14336, 32, 8, 128)),
+             cost("decode_attn", decode_attn_point(x, 0, 32, 8, 128))]
+    head = [cost("gemm", gemm_point(x, 128256, 4096)), cost("sample", sample_point(x, 128256))]
+    host = gpu.launch.graph_replay_sync_s
+    t = 32 * sum(p[0] for p in parts) + sum(h[0] for h in head) + host
+    e = 32 * sum(p[1] for p in parts) + sum(h[1] for h in head) + host * gpu.idle_power_w
+    assert decode_knot(gpu, spec, x) == pytest.approx((t, e), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_composes_and_prices_finite_positive(name: str):
+    gpu = load_gpu_profile(H200)
+    spec = ModelSpec.from_name(name)
+    if name == "llama-3.1-70b":  # 141 GB of weights: no room for KV on one H200
+        with pytest.raises(ConfigError, match="does not fit"):
+            compose_profile(gpu, spec)
+        return
+    profile = compose_profile(gpu, spec)
+    assert profile.method["composed"] and "COMPOSED" in profile.notes
+    for shape in (IterationShape(decode=(300,) * 8), IterationShape(prefill=((512, 0),)),
+                  IterationShape(prefill=((256, 128),), decode=(1000,) * 4)):
+        t, e = profile.cost(shape)
+        assert math.isfinite(t) and math.isfinite(e) and t > 0 and e > 0
+
+
+def _simulate(*args: str):
+    from tokenjoule.cli import app
+
+    return CliRunner().invoke(app, ["simulate", "--synthetic", "n=16,input=256,output=16", "--json", *args])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_cli_simulates_every_preset_with_the_h200_gpu_profile(name: str):
+    result = _simulate("--model", name, "--profile", str(H200))
+    if name == "llama-3.1-70b":
+        assert result.exit_code != 0 and "does not fit" in result.output and len(result.output.splitlines()) == 1
+        return
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["profile_source"].startswith("composed (modeled)")
+    assert summary["energy_total_j"] > 0 and math.isfinite(summary["energy_total_j"])
+
+
+def test_cli_composes_for_a_model_without_a_shipped_profile_and_keeps_measured_ones():
+    composed = json.loads(_simulate("--model", "qwen2.5-32b", "--gpu", "H200-SXM").output)
+    assert composed["profile_source"].startswith("composed (modeled)")
+    measured = json.loads(_simulate("--model", "llama-3.1-8b", "--gpu", "H200-SXM").output)
+    assert "h200-llama-3.1-8b" in measured["profile_source"]
