@@ -48,8 +48,15 @@ class CalibratedCost:
         object.__setattr__(self, "_lat", self.profile.latency.table())
         object.__setattr__(self, "_en", self.profile.energy.table())
 
-    name = "calibrated"
-    modeled = False
+    @property
+    def name(self) -> str:
+        """"calibrated" for a measured profile, "composed" for one composed from a GPU profile's operator fits."""
+        return "composed" if self.modeled else "calibrated"
+
+    @property
+    def modeled(self) -> bool:
+        """True when no iteration of this model was measured: the profile was composed (`calibrate/compose.py`)."""
+        return bool(self.profile.method.get("composed"))
 
     @property
     def tp(self) -> int:

@@ -98,6 +98,7 @@ def test_cli_simulates_every_preset_with_the_h200_gpu_profile(name: str):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["profile_source"].startswith("composed (modeled)")
+    assert summary["modeled"] is True and summary["cost_model"] == "composed"
     assert summary["energy_total_j"] > 0 and math.isfinite(summary["energy_total_j"])
 
 
@@ -106,3 +107,4 @@ def test_cli_composes_for_a_model_without_a_shipped_profile_and_keeps_measured_o
     assert composed["profile_source"].startswith("composed (modeled)")
     measured = json.loads(_simulate("--model", "llama-3.1-8b", "--gpu", "H200-SXM").output)
     assert "h200-llama-3.1-8b" in measured["profile_source"]
+    assert measured["modeled"] is False and measured["cost_model"] == "calibrated"
