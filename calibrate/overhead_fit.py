@@ -36,7 +36,8 @@ LAUNCH_GRID_S = np.geomspace(1e-6, 1e-3, 601)
 HOST_BOUND_FRACTION = 0.5
 METHOD = ("fitted on measured whole iterations (calibrate/overhead_fit.py): decode gap and per-sequence host time "
           "by NNLS on relative error of decode-only points; host seconds per eager launch by the least median "
-          "|log ratio| of points with prefill; powers by least squares on relative energy error")
+          "|log ratio| of host-bound points with prefill (composed GPU time < half the measured); powers by least "
+          "squares on relative energy error, within [idle power, power limit]")
 
 
 def _with(gpu: GPUOperatorProfile, **terms: float) -> GPUOperatorProfile:
