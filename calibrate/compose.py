@@ -6,10 +6,14 @@ modeled, per iteration of `x` new tokens (`cost_form.py`'s form):
 - decode-only curve at knot x (x sequences): per layer the dense GEMMs (QKV, O, gate/up, down; MoE layers the `moe`
   operator with `spec.expected_experts_touched(x)` experts), the elementwise `rest`, and decode attention's fixed
   part (its constant plus the x queries' Q/O bytes); times the layers; plus the LM head GEMM and greedy sampling for
-  x rows, plus one CUDA-graph replay + synchronize of host time (at idle power);
+  x rows, plus one CUDA-graph replay + synchronize of host time (at idle power); with the GPU profile's fitted
+  `overheads`, plus `graph_gap_s_per_layer` x layers (at `graph_gap_power_w`) and the runner's input preparation,
+  `decode_host_s_per_seq` x x (at idle power);
 - prefill curve at knot x: the same layers at x tokens, prefill attention's fixed part (constant plus Q/O/K/V bytes
-  of x new tokens), the LM head and sampling for one row; this GPU time is floored by the host's eager launches
-  (`KERNELS_PER_LAYER` x layers x the launch cost; the gap is priced at idle power);
+  of x new tokens), the LM head and sampling for one row; the iteration takes max(this GPU time, host time), host
+  time = the eager launches counted in `eager_launches` x the host seconds per launch (the fitted
+  `eager_host_s_per_launch`; without overheads the bare measured launch cost), the GPU waiting at
+  `host_wait_power_w` (without overheads: idle power);
 - the attention coefficients: `prefill_attn_pairs` from the prefill-attention fit's FLOPs term (4 head_dim FLOPs per
   pair and query head), `prefill_ctx_tokens` from its bytes term (K and V of each cached token), `decode_ctx_tokens`
   the decode-attention fit's slope per context token at a reference batch (`DECODE_REF`), each times the layers;
@@ -18,7 +22,8 @@ modeled, per iteration of `x` new tokens (`cost_form.py`'s form):
 KV capacity: the GPU's measured memory x `gpu_memory_utilization` minus the weights and an activation reserve, over
 `spec.kv_bytes_per_token`; a model that does not leave `min_kv_tokens` is a ConfigError. Not modeled: the serving
 loop's host work between iterations (`host_overhead` is None), tensor parallelism's communication, real routers'
-skew (uniform routing is assumed), kernels outside the swept operator classes.
+skew (uniform routing is assumed). The overheads are fitted on measured whole iterations of one or two models
+(`calibrate/overhead_fit.py`; which ones, the GPU profile's `overheads.fitted_on` says); the costs stay modeled.
 """
 
 from __future__ import annotations
@@ -43,10 +48,20 @@ from tokenjoule.calibrate.sweep.operator_grid import (
 from tokenjoule.kernels.spec import ConfigError, ModelSpec
 
 KNOTS_TOKENS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-# Eager kernel launches per layer in the engine's prefill (4 GEMMs, attention, 2 norms, RoPE, SwiGLU, 2 residual
-# adds, KV write, and a few copies); an MoE layer adds its router, top-k, permutation and grouped GEMMs.
-KERNELS_PER_LAYER = 16
-KERNELS_PER_MOE_LAYER = 24
+# Eager kernel launches of the engine's prefill, counted in kernels/model.py's forward (CUDA path). Attention half of
+# a layer: RMSNorm, QKV GEMM, RoPE (neg, cat, 2 mul, add), 2 KV index_copy, varlen attention, O GEMM, residual add.
+ATTN_LAUNCHES = 12
+QK_NORM_LAUNCHES = 3  # two RMSNorms and a cat (OLMoE)
+# Dense MLP: RMSNorm, gate/up GEMM, silu, mul, down GEMM, residual add.
+DENSE_MLP_LAUNCHES = 6
+# MoE MLP (grouped experts): RMSNorm, router GEMM, float, softmax, topk, argsort, arange, gather, searchsorted, int32
+# cast, row index, gather rows, 2 grouped GEMMs, silu, mul, scatter back, weight cast, weight mul, sum, residual add.
+MOE_MLP_LAUNCHES = 21
+TOPK_RENORM_LAUNCHES = 2  # sum and divide (norm_topk_prob)
+SHARED_EXPERT_LAUNCHES = 5  # gate/up GEMM, silu, mul, down GEMM, add; a sigmoid gate adds 3 (GEMM, sigmoid, mul)
+# Once per eager iteration: embedding, RoPE tables (11 small kernels), 6 host-to-device input copies, the sampled rows'
+# gather, final norm, LM head, float cast, argmax and the device-to-host read of the tokens.
+ITERATION_LAUNCHES = 24
 # The decode batch and context where the decode-attention slope per context token is taken.
 DECODE_REF = (64, 2048)
 
@@ -114,18 +129,36 @@ def decode_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float
     heads = (spec.n_heads, spec.n_kv_heads, spec.head_dim)
     attn = _scale(_cost(gpu.operators["decode_attn"], decode_attn_point(x, 0, *heads)), spec.n_layers)
     host = gpu.launch.graph_replay_sync_s
-    return _sum(_layers(gpu, spec, x), attn, _head(gpu, spec, x), (host, host * gpu.idle_power_w))
+    costs = [_layers(gpu, spec, x), attn, _head(gpu, spec, x), (host, host * gpu.idle_power_w)]
+    ov = gpu.overheads
+    if ov is not None:
+        gap = ov.graph_gap_s_per_layer * spec.n_layers
+        prep = ov.decode_host_s_per_seq * x
+        costs += [(gap, gap * ov.graph_gap_power_w), (prep, prep * gpu.idle_power_w)]
+    return _sum(*costs)
+
+
+def eager_launches(spec: ModelSpec) -> int:
+    """Kernel launches of one eager (prefill) iteration of `spec` on the engine, counted per layer kind."""
+    attn = ATTN_LAUNCHES + (QK_NORM_LAUNCHES if spec.qk_norm else 0)
+    moe = (MOE_MLP_LAUNCHES + (TOPK_RENORM_LAUNCHES if spec.norm_topk_prob else 0)
+           + (SHARED_EXPERT_LAUNCHES if spec.shared_expert_intermediate_size else 0)
+           + (3 if spec.shared_expert_gate else 0))
+    n_moe = spec.n_moe_layers
+    return ITERATION_LAUNCHES + spec.n_layers * attn + n_moe * moe + (spec.n_layers - n_moe) * DENSE_MLP_LAUNCHES
 
 
 def prefill_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float, float]:
-    """(s, J) of the prefill curve at x new tokens (attention pairs and cached context apart), launch-floored."""
+    """(s, J) of the prefill curve at x new tokens (attention pairs and cached context apart), host-floored."""
     point = prefill_attn_point(1, x, 0, spec.n_heads, spec.n_kv_heads, spec.head_dim)
     fixed = OperatorPoint("prefill_attn", point.shape, 0.0, point.bytes_moved)  # its FLOPs are the pairs' term
     attn = _scale(_cost(gpu.operators["prefill_attn"], fixed), spec.n_layers)
     t, e = _sum(_layers(gpu, spec, x), attn, _head(gpu, spec, 1))
-    launches = (spec.n_layers - spec.n_moe_layers) * KERNELS_PER_LAYER + spec.n_moe_layers * KERNELS_PER_MOE_LAYER
-    floor = launches * gpu.launch.eager_launch_s
-    return (floor, e + (floor - t) * gpu.idle_power_w) if floor > t else (t, e)
+    ov = gpu.overheads
+    per_launch = ov.eager_host_s_per_launch if ov else gpu.launch.eager_launch_s
+    wait_w = ov.host_wait_power_w if ov else gpu.idle_power_w
+    host = eager_launches(spec) * per_launch
+    return (host, e + (host - t) * wait_w) if host > t else (t, e)
 
 
 def attention_coef(gpu: GPUOperatorProfile, spec: ModelSpec) -> tuple[dict[str, float], dict[str, float]]:
@@ -184,16 +217,14 @@ def compose_profile(gpu: GPUOperatorProfile, spec: ModelSpec, source: str = "",
     latency = CostCurve(knots, tuple(v[0] for v in decode), lat_coef, "s", knots, tuple(v[0] for v in prefill))
     energy = CostCurve(knots, tuple(v[1] for v in decode), en_coef, "J", knots, tuple(v[1] for v in prefill))
     errors: dict[str, Any] = {op: fit.errors for op, fit in gpu.operators.items()}
+    settings = {"knots_tokens": list(KNOTS_TOKENS), "eager_launches": eager_launches(spec),
+                "decode_ref": list(DECODE_REF), "gpu_memory_utilization": config.gpu_memory_utilization,
+                "activation_reserve_bytes": config.activation_reserve_bytes,
+                "overheads": gpu.overheads.to_dict() if gpu.overheads else None}
     return GPUProfile(
         gpu=dict(gpu.gpu), host=dict(gpu.host), software=dict(gpu.software),
         method={"composed": True, "cost": "modeled: composed from GPU operator fits (calibrate/compose.py)",
-                "gpu_profile": source or gpu.label, "compose": {"knots_tokens": list(KNOTS_TOKENS),
-                                                                "kernels_per_layer": KERNELS_PER_LAYER,
-                                                                "kernels_per_moe_layer": KERNELS_PER_MOE_LAYER,
-                                                                "decode_ref": list(DECODE_REF),
-                                                                "gpu_memory_utilization": config.gpu_memory_utilization,
-                                                                "activation_reserve_bytes":
-                                                                    config.activation_reserve_bytes}},
+                "gpu_profile": source or gpu.label, "compose": settings},
         date=gpu.date, engine=gpu.engine, mode=gpu.mode, model=spec, tp=1, idle_power_w=gpu.idle_power_w,
         kv_capacity_tokens=capacity, latency=latency, energy=energy, fit_errors={"operators": errors},
         raw_path=None,

@@ -10,6 +10,7 @@ sweep (`calibrate/sweep/operators.py`'s Parquet files and metadata) and fits it 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,9 @@ from tokenjoule.calibrate.profile import ProfileError, gpu_spec
 from tokenjoule.traces.files import write_atomic
 
 GPU_PROFILE_KIND = "tokenjoule-gpu-profile"
-GPU_SCHEMA_VERSION = 1
+# 2 added `overheads` (whole-iteration terms fitted on measured iterations); 1 (without them) still reads.
+GPU_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 # Shape parameter names per operator, in the order `operator_grid.OperatorPoint.key` writes them.
 SHAPE_NAMES = {
     "gemm": ("m", "n", "k"),
@@ -53,6 +56,57 @@ class LaunchCosts:
 
 
 @dataclass(frozen=True, slots=True)
+class IterationOverheads:
+    """What a whole iteration costs beyond its swept operators: few physical terms, *fitted* on measured iterations.
+
+    Eager iterations (any prefill) cost max(GPU time, host time) with host time = eager launches (counted per layer
+    in `calibrate/compose.py`) x `eager_host_s_per_launch` (a launch *with* its Python module call, tensor views and
+    dispatch: well above the bare `LaunchCosts.eager_launch_s`); while the GPU waits on the host it draws
+    `host_wait_power_w`. CUDA-graph decode adds `graph_gap_s_per_layer` per layer (gaps between a layer's kernels
+    and the bubbles of short kernels that operators replayed back to back in isolation hide) at
+    `graph_gap_power_w`, and the runner's input preparation `decode_host_s_per_seq` per sequence (GPU idle).
+
+    Attributes:
+        eager_host_s_per_launch: host seconds per eager kernel launch of a layer.
+        host_wait_power_w: GPU power while an eager iteration waits on the host.
+        graph_gap_s_per_layer: GPU seconds per layer of a graph-replayed decode step beyond its operators.
+        graph_gap_power_w: GPU power during those gaps.
+        decode_host_s_per_seq: host seconds per decode sequence of the runner's input preparation.
+        fitted_on: measured whole-iteration files the terms were fitted on (relative to the profile file).
+        method: how they were fitted.
+    """
+
+    eager_host_s_per_launch: float
+    host_wait_power_w: float
+    graph_gap_s_per_layer: float
+    graph_gap_power_w: float
+    decode_host_s_per_seq: float
+    fitted_on: tuple[str, ...] = ()
+    method: str = ""
+
+    def __post_init__(self) -> None:
+        for name in OVERHEAD_TERMS:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"overheads.{name}={value} must be finite and >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; the terms are labelled fitted (they price modeled iterations)."""
+        return {**{name: getattr(self, name) for name in OVERHEAD_TERMS}, "fitted_on": list(self.fitted_on),
+                "method": self.method, "label": "fitted: whole-iteration overheads (every composed cost is modeled)"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IterationOverheads:
+        """Build from `to_dict`'s output."""
+        return cls(**{name: float(data[name]) for name in OVERHEAD_TERMS},
+                   fitted_on=tuple(str(p) for p in data.get("fitted_on") or ()), method=str(data.get("method", "")))
+
+
+OVERHEAD_TERMS = ("eager_host_s_per_launch", "host_wait_power_w", "graph_gap_s_per_layer", "graph_gap_power_w",
+                  "decode_host_s_per_seq")
+
+
+@dataclass(frozen=True, slots=True)
 class GPUOperatorProfile:
     """One GPU's calibration: operator fits plus what the composition needs beside them.
 
@@ -70,6 +124,8 @@ class GPUOperatorProfile:
         operators: the fit per operator class.
         raw_paths: raw sweep files, relative to the profile file.
         notes: free text (what is modeled, caveats).
+        overheads: whole-iteration terms fitted on measured iterations (None: the composition adds only the launch
+            costs, as schema 1 did).
     """
 
     gpu: dict[str, Any]
@@ -85,6 +141,7 @@ class GPUOperatorProfile:
     operators: dict[str, OperatorFit]
     raw_paths: tuple[str, ...] = ()
     notes: str = ""
+    overheads: IterationOverheads | None = None
 
     def __post_init__(self) -> None:
         missing = sorted(set(TERMS) - set(self.operators))
@@ -116,6 +173,8 @@ class GPUOperatorProfile:
         out["operators"] = {op: fit.to_dict() for op, fit in self.operators.items()}
         out["raw_paths"] = list(self.raw_paths)
         out["notes"] = self.notes
+        if self.overheads is not None:
+            out["overheads"] = self.overheads.to_dict()
         return out
 
     @classmethod
@@ -123,9 +182,9 @@ class GPUOperatorProfile:
         """Validate and build; errors are one-line ProfileErrors naming `source`."""
         if data.get("kind") != GPU_PROFILE_KIND:
             raise ProfileError(f"{source}: not a tokenjoule GPU profile (kind={data.get('kind')!r})")
-        if data.get("schema_version") != GPU_SCHEMA_VERSION:
+        if data.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             raise ProfileError(f"{source}: schema_version={data.get('schema_version')!r}, this tokenjoule reads "
-                               f"{GPU_SCHEMA_VERSION}; refit it with the tokenjoule version that reads it")
+                               f"{list(READABLE_SCHEMA_VERSIONS)}; refit it with the tokenjoule version that reads it")
         try:
             return cls(gpu=dict(data["gpu"]), host=dict(data["host"]), software=dict(data["software"]),
                        method=dict(data["method"]), date=str(data["date"]), engine=str(data["engine"]),
@@ -133,7 +192,8 @@ class GPUOperatorProfile:
                        launch=LaunchCosts(float(data["launch"]["eager_launch_s"]),
                                           float(data["launch"]["graph_replay_sync_s"])),
                        operators={str(op): OperatorFit.from_dict(fit) for op, fit in data["operators"].items()},
-                       raw_paths=tuple(str(p) for p in data.get("raw_paths") or ()), notes=str(data.get("notes", "")))
+                       raw_paths=tuple(str(p) for p in data.get("raw_paths") or ()), notes=str(data.get("notes", "")),
+                       overheads=IterationOverheads.from_dict(data["overheads"]) if data.get("overheads") else None)
         except KeyError as err:
             raise ProfileError(f"{source}: missing field {err.args[0]!r}") from err
         except ProfileError as err:

@@ -1,16 +1,21 @@
-"""Compose Llama-3.1-8B and OLMoE-1B-7B from the shipped H200 GPU profile; compare with their measured iterations.
+"""Compose Llama-3.1-8B and OLMoE-1B-7B from the H200 GPU profile; compare with their measured iterations.
 
 Run: python tests/bench/compose_check.py. The Llama points come from another H200 machine (2026-12-02) than the
-operator sweep; the OLMoE quick grid from the same lease as part 2 of the sweep.
+operator sweep; the OLMoE quick grid from the same lease as part 2 of the sweep. For each model it prints the
+composition without whole-iteration overheads ("before"), with overheads fitted on the *other* model only
+(leave-one-model-out: held out), and with the shipped profile's overheads (held out only where `fitted_on` does not
+name that model's file).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from tokenjoule.calibrate.compose import compose_profile
 from tokenjoule.calibrate.compose_check import compare_points, format_table, measured_points
 from tokenjoule.calibrate.gpu_profile import load_gpu_profile
+from tokenjoule.calibrate.overhead_fit import fit_overheads
 from tokenjoule.kernels.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2] / "calibrate" / "profiles"
@@ -20,9 +25,28 @@ CHECKS = {
     / "h200-olmoe-1b-7b-tokenjoule-cudagraph-quick.raw.parquet",
 }
 
+
+def _terms(overheads) -> str:
+    return (f"host {overheads.eager_host_s_per_launch * 1e6:.1f} us/launch at {overheads.host_wait_power_w:.0f} W, "
+            f"graph gap {overheads.graph_gap_s_per_layer * 1e6:.1f} us/layer at {overheads.graph_gap_power_w:.0f} W, "
+            f"decode prep {overheads.decode_host_s_per_seq * 1e6:.2f} us/seq")
+
+
 if __name__ == "__main__":
-    gpu = load_gpu_profile(ROOT / "h200-gpu-tokenjoule-cudagraph.json")
+    shipped = load_gpu_profile(ROOT / "h200-gpu-tokenjoule-cudagraph.json")
+    bare = dataclasses.replace(shipped, overheads=None)
+    data = {name: (ModelSpec.from_name(name), measured_points(raw)) for name, raw in CHECKS.items()}
     for name, raw in CHECKS.items():
-        profile = compose_profile(gpu, ModelSpec.from_name(name), "h200-gpu-tokenjoule-cudagraph")
-        print(format_table(f"{name}: composed vs measured ({raw.name})", compare_points(profile, measured_points(raw))))
+        spec, points = data[name]
+        other = next(n for n in CHECKS if n != name)
+        loo = fit_overheads(bare, [data[other]], [CHECKS[other].name])
+        print(f"=== {name} ({raw.name}, {len(points)} points)")
+        print(format_table("before: no whole-iteration overheads", compare_points(compose_profile(bare, spec),
+                                                                                    points)))
+        print(format_table(f"held out: overheads fitted on {other} only ({_terms(loo)})",
+                           compare_points(compose_profile(dataclasses.replace(bare, overheads=loo), spec), points)))
+        if shipped.overheads is not None:
+            held = "held out" if raw.name not in " ".join(shipped.overheads.fitted_on) else "NOT held out"
+            print(format_table(f"shipped profile ({held}: fitted on {', '.join(shipped.overheads.fitted_on)})",
+                               compare_points(compose_profile(shipped, spec), points)))
         print()

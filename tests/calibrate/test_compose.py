@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,9 +11,24 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tokenjoule.calibrate.compose import compose_profile, decode_knot
+from tokenjoule.calibrate.compose import (
+    ATTN_LAUNCHES,
+    DENSE_MLP_LAUNCHES,
+    ITERATION_LAUNCHES,
+    compose_profile,
+    decode_knot,
+    eager_launches,
+)
 from tokenjoule.calibrate.gpu_fit import fit_operator_once
-from tokenjoule.calibrate.gpu_profile import GPU_PROFILE_KIND, load_gpu_profile, save_gpu_profile
+from tokenjoule.calibrate.gpu_profile import (
+    GPU_PROFILE_KIND,
+    GPU_SCHEMA_VERSION,
+    OVERHEAD_TERMS,
+    IterationOverheads,
+    load_gpu_profile,
+    save_gpu_profile,
+)
+from tokenjoule.calibrate.overhead_fit import fit_overheads
 from tokenjoule.calibrate.profile import SHIPPED_DIR, ProfileError
 from tokenjoule.calibrate.sweep.operator_grid import decode_attn_point, gemm_point, rest_point, sample_point
 from tokenjoule.kernels.shape import IterationShape
@@ -62,8 +78,11 @@ def test_dense_decode_knot_matches_hand_computation():
              cost("decode_attn", decode_attn_point(x, 0, 32, 8, 128))]
     head = [cost("gemm", gemm_point(x, 128256, 4096)), cost("sample", sample_point(x, 128256))]
     host = gpu.launch.graph_replay_sync_s
-    t = 32 * sum(p[0] for p in parts) + sum(h[0] for h in head) + host
-    e = 32 * sum(p[1] for p in parts) + sum(h[1] for h in head) + host * gpu.idle_power_w
+    ov = gpu.overheads
+    gap, prep = 32 * ov.graph_gap_s_per_layer, x * ov.decode_host_s_per_seq
+    t = 32 * sum(p[0] for p in parts) + sum(h[0] for h in head) + host + gap + prep
+    e = (32 * sum(p[1] for p in parts) + sum(h[1] for h in head) + (host + prep) * gpu.idle_power_w
+         + gap * ov.graph_gap_power_w)
     assert decode_knot(gpu, spec, x) == pytest.approx((t, e), rel=1e-9)
 
 
@@ -108,3 +127,67 @@ def test_cli_composes_for_a_model_without_a_shipped_profile_and_keeps_measured_o
     measured = json.loads(_simulate("--model", "llama-3.1-8b", "--gpu", "H200-SXM").output)
     assert "h200-llama-3.1-8b" in measured["profile_source"]
     assert measured["modeled"] is False and measured["cost_model"] == "calibrated"
+
+
+# ---- whole-iteration overheads (GPU profile schema 2) -------------------------------------------------------------
+
+def _synthetic_points(gpu, spec, truth):
+    """Iterations priced by `truth`'s overheads: the measured points a fit should recover them from."""
+    profile = compose_profile(dataclasses.replace(gpu, overheads=truth), spec)
+    shapes = [("decode", IterationShape(decode=(512,) * n)) for n in (1, 4, 16, 64, 128, 256)]
+    shapes += [("prefill", IterationShape(prefill=((n, 0),))) for n in (16, 64, 128, 256, 4096, 8192)]
+    shapes += [("mixed", IterationShape(prefill=((n, 0),), decode=(300,) * 8)) for n in (32, 128)]
+    return [{"kind": kind, "shape": s, "time_s": profile.cost(s)[0], "energy_j": profile.cost(s)[1]}
+            for kind, s in shapes]
+
+
+def test_overhead_fit_recovers_known_terms_on_synthetic_iterations():
+    gpu = dataclasses.replace(load_gpu_profile(H200), overheads=None)
+    truth = IterationOverheads(eager_host_s_per_launch=40e-6, host_wait_power_w=180.0, graph_gap_s_per_layer=45e-6,
+                               graph_gap_power_w=300.0, decode_host_s_per_seq=5e-6)
+    data = [(ModelSpec.from_name(name), _synthetic_points(gpu, ModelSpec.from_name(name), truth))
+            for name in ("llama-3.1-8b", "olmoe-1b-7b")]
+    fit = fit_overheads(gpu, data, ["synthetic"])
+    for name in OVERHEAD_TERMS:
+        assert getattr(fit, name) == pytest.approx(getattr(truth, name), rel=0.03), name
+    assert fit.fitted_on == ("synthetic",)
+
+
+def test_overheads_raise_composed_costs_where_the_engine_adds_them():
+    shipped = load_gpu_profile(H200)
+    assert shipped.overheads is not None and shipped.overheads.fitted_on
+    bare = dataclasses.replace(shipped, overheads=None)
+    spec = ModelSpec.from_name("llama-3.1-8b")
+    with_ov, without = compose_profile(shipped, spec), compose_profile(bare, spec)
+    small_prefill = IterationShape(prefill=((64, 0),))
+    host = eager_launches(spec) * shipped.overheads.eager_host_s_per_launch
+    assert with_ov.cost(small_prefill)[0] == pytest.approx(host + with_ov.latency.coef["prefill_attn_pairs"]
+                                                           * small_prefill.prefill_attn_pairs, rel=1e-6)
+    decode = IterationShape(decode=(100,) * 4)
+    extra = spec.n_layers * shipped.overheads.graph_gap_s_per_layer + 4 * shipped.overheads.decode_host_s_per_seq
+    assert with_ov.cost(decode)[0] - without.cost(decode)[0] == pytest.approx(extra, rel=1e-6)
+    assert with_ov.method["compose"]["overheads"]["label"].startswith("fitted")
+
+
+def test_overheads_round_trip_and_reject_negative_terms(tmp_path: Path):
+    gpu = load_gpu_profile(H200)
+    again = load_gpu_profile(save_gpu_profile(gpu, tmp_path / "g.json"))
+    assert again.overheads == gpu.overheads and again.to_dict()["schema_version"] == GPU_SCHEMA_VERSION
+    old = {k: v for k, v in gpu.to_dict().items() if k != "overheads"} | {"schema_version": 1}
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    assert load_gpu_profile(tmp_path / "v1.json").overheads is None
+    for name in OVERHEAD_TERMS:
+        bad = gpu.to_dict()
+        bad["overheads"][name] = -1.0
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ProfileError, match=f"overheads.{name}=-1.0 must be"):
+            load_gpu_profile(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="graph_gap_s_per_layer"):
+        dataclasses.replace(gpu.overheads, graph_gap_s_per_layer=float("nan"))
+
+
+def test_eager_launch_counts_follow_the_layer_kinds():
+    dense, moe = ModelSpec.from_name("llama-3.1-8b"), ModelSpec.from_name("olmoe-1b-7b")
+    assert eager_launches(dense) == ITERATION_LAUNCHES + 32 * (ATTN_LAUNCHES + DENSE_MLP_LAUNCHES)
+    assert eager_launches(dataclasses.replace(dense, n_layers=64)) - eager_launches(dense) == 32 * 18
+    assert eager_launches(moe) > eager_launches(dataclasses.replace(moe, n_layers=8))

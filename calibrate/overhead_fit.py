@@ -1,0 +1,118 @@
+"""Fit a GPU profile's whole-iteration overheads (`IterationOverheads`) on measured iterations of one or more models.
+
+The operator fits price the GPU work an iteration's swept operators do; measured iterations also hold the engine's
+host time and the gaps between kernels. `fit_overheads` fits the five physical terms `calibrate/compose.py` adds,
+each on the points where it shows, in three steps that each solve a small problem exactly:
+
+1. decode-only points (CUDA-graph replays): measured - composed time = gap x layers + host x sequences, a
+   non-negative least squares on relative error (`graph_gap_s_per_layer`, `decode_host_s_per_seq`); with one
+   model the layers are one number, so the gap is that model's constant per layer;
+2. points with prefill (eager): time = max(GPU time, launches x host seconds per launch), a 1-D search of the
+   launch cost for the least median |log(predicted / measured)| over the host-bound points, those whose composed
+   GPU time is under `HOST_BOUND_FRACTION` of the measured time (`eager_host_s_per_launch`; where the GPU time
+   dominates, the host term cannot show and the operator fits' own error would pull it);
+3. energies: composed energy is linear in each power term (`graph_gap_power_w` on decode points,
+   `host_wait_power_w` on eager points), a least squares on relative error, clipped to the physical range from the
+   GPU's idle power to its power limit.
+
+Torch-free. The points are `calibrate/compose_check.measured_points`' output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+
+from tokenjoule.calibrate.compose import compose_profile
+from tokenjoule.calibrate.gpu_profile import GPUOperatorProfile, IterationOverheads
+from tokenjoule.kernels.spec import ModelSpec
+
+# Host seconds per eager launch searched (log-spaced): from a bare launch to 100x it.
+LAUNCH_GRID_S = np.geomspace(1e-6, 1e-3, 601)
+HOST_BOUND_FRACTION = 0.5
+METHOD = ("fitted on measured whole iterations (calibrate/overhead_fit.py): decode gap and per-sequence host time "
+          "by NNLS on relative error of decode-only points; host seconds per eager launch by the least median "
+          "|log ratio| of host-bound points with prefill (composed GPU time < half the measured); powers by least "
+          "squares on relative energy error, within [idle power, power limit]")
+
+
+def _with(gpu: GPUOperatorProfile, **terms: float) -> GPUOperatorProfile:
+    base = {"eager_host_s_per_launch": 0.0, "host_wait_power_w": 0.0, "graph_gap_s_per_layer": 0.0,
+            "graph_gap_power_w": 0.0, "decode_host_s_per_seq": 0.0}
+    return dataclasses.replace(gpu, overheads=IterationOverheads(**{**base, **terms}))
+
+
+def _priced(gpu: GPUOperatorProfile, data: Sequence[tuple[ModelSpec, list[dict[str, Any]]]],
+            kinds: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(time_s, energy_j) of `gpu`'s composition at each measured point of the given kinds, all models."""
+    out = []
+    for spec, points in data:
+        profile = compose_profile(gpu, spec)
+        out += [profile.cost(p["shape"]) for p in points if p["kind"] in kinds]
+    arr = np.array(out, dtype=float).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def _measured(data: Sequence[tuple[ModelSpec, list[dict[str, Any]]]], kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
+    rows = [(p["time_s"], p["energy_j"], spec.n_layers, len(p["shape"].decode))
+            for spec, points in data for p in points if p["kind"] in kinds]
+    arr = np.array(rows, dtype=float).reshape(-1, 4)
+    return {"time_s": arr[:, 0], "energy_j": arr[:, 1], "layers": arr[:, 2], "seqs": arr[:, 3]}
+
+
+def _power(gpu: GPUOperatorProfile, base_e: np.ndarray, per_w: np.ndarray, measured_e: np.ndarray) -> float:
+    """Least-squares power P in measured ~ base + P x per_w on relative error, within [idle power, power limit]."""
+    a, b = per_w / measured_e, (measured_e - base_e) / measured_e
+    power = a @ b / (a @ a) if a @ a > 0 else gpu.idle_power_w
+    return float(np.clip(power, gpu.idle_power_w, float(gpu.gpu.get("power_limit_w") or np.inf)))
+
+
+def _fit_decode(gpu: GPUOperatorProfile, data: Sequence[tuple[ModelSpec, list[dict[str, Any]]]]) -> dict[str, float]:
+    m = _measured(data, ("decode",))
+    if not len(m["time_s"]):
+        return {}
+    base_t, base_e = _priced(_with(gpu), data, ("decode",))
+    design = np.column_stack([m["layers"], m["seqs"]]) / m["time_s"][:, None]
+    (gap, per_seq), _ = nnls(design, (m["time_s"] - base_t) / m["time_s"])
+    t0, e0 = _priced(_with(gpu, graph_gap_s_per_layer=gap, decode_host_s_per_seq=per_seq), data, ("decode",))
+    _, e1 = _priced(_with(gpu, graph_gap_s_per_layer=gap, decode_host_s_per_seq=per_seq, graph_gap_power_w=1.0),
+                    data, ("decode",))
+    return {"graph_gap_s_per_layer": float(gap), "decode_host_s_per_seq": float(per_seq),
+            "graph_gap_power_w": _power(gpu, e0, e1 - e0, m["energy_j"])}
+
+
+def _fit_eager(gpu: GPUOperatorProfile, data: Sequence[tuple[ModelSpec, list[dict[str, Any]]]]) -> dict[str, float]:
+    kinds = ("prefill", "mixed")
+    m = _measured(data, kinds)
+    if not len(m["time_s"]):
+        return {}
+    host_bound = _priced(_with(gpu), data, kinds)[0] < HOST_BOUND_FRACTION * m["time_s"]
+    if not host_bound.any():
+        return {}
+    measured = m["time_s"][host_bound]
+    loss = [np.median(np.abs(np.log(_priced(_with(gpu, eager_host_s_per_launch=c), data, kinds)[0][host_bound]
+                                    / measured))) for c in LAUNCH_GRID_S]
+    launch = float(LAUNCH_GRID_S[int(np.argmin(loss))])
+    _, e0 = _priced(_with(gpu, eager_host_s_per_launch=launch), data, kinds)
+    _, e1 = _priced(_with(gpu, eager_host_s_per_launch=launch, host_wait_power_w=1.0), data, kinds)
+    return {"eager_host_s_per_launch": launch, "host_wait_power_w": _power(gpu, e0, e1 - e0, m["energy_j"])}
+
+
+def fit_overheads(gpu: GPUOperatorProfile, data: Sequence[tuple[ModelSpec, list[dict[str, Any]]]],
+                  fitted_on: Sequence[str] = ()) -> IterationOverheads:
+    """The five overhead terms, fitted on measured whole iterations of the given models.
+
+    Args:
+        gpu: the GPU profile (its operator fits and launch costs; its own overheads are ignored).
+        data: (model, measured points) pairs; kinds "decode", "prefill" and "mixed".
+        fitted_on: the measured files' names, stored as provenance.
+
+    Returns:
+        The fitted terms (a time without points to fit it on is 0, a power the idle power).
+    """
+    terms = {**_fit_decode(gpu, data), **_fit_eager(gpu, data)}
+    return dataclasses.replace(_with(gpu, **terms).overheads, fitted_on=tuple(fitted_on), method=METHOD)
