@@ -1,10 +1,11 @@
-"""Compose Llama-3.1-8B and OLMoE-1B-7B from the H200 GPU profile; compare with their measured iterations.
+"""Compose models from the H200 GPU profile and compare with their measured iterations.
 
-Run: python tests/bench/compose_check.py. The Llama points come from another H200 machine (2026-12-02) than the
-operator sweep; the OLMoE quick grid from the same lease as part 2 of the sweep. For each model it prints the
+Run: python tests/bench/compose_check.py. The Llama-3.1-8B points come from another H200 machine (2026-12-02) than the
+operator sweep; the OLMoE quick grid from the same lease as part 2 of the sweep. For those two it prints the
 composition without whole-iteration overheads ("before"), with overheads fitted on the *other* model only
 (leave-one-model-out: held out), and with the shipped profile's overheads (held out only where `fitted_on` does not
-name that model's file).
+name that model's file). Then three models whose iterations no fit has seen (`HELD_OUT`: quick grids measured in a
+third lease, on a third H200, 2026-12-03), against the shipped profile.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ CHECKS = {
     "olmoe-1b-7b": ROOT / "measurements" / "h200_operators_2026-12-03"
     / "h200-olmoe-1b-7b-tokenjoule-cudagraph-quick.raw.parquet",
 }
+
+LEASE3 = ROOT / "measurements" / "h200_lease3_2026-12-03"
+HELD_OUT = {name: LEASE3 / name / f"h200-{name}-tokenjoule-cudagraph-quick.raw.parquet"
+            for name in ("llama-3.2-1b", "qwen2.5-7b", "qwen1.5-moe-a2.7b")}
 
 
 def _terms(overheads) -> str:
@@ -49,4 +54,12 @@ if __name__ == "__main__":
             held = "held out" if raw.name not in " ".join(shipped.overheads.fitted_on) else "NOT held out"
             print(format_table(f"shipped profile ({held}: fitted on {', '.join(shipped.overheads.fitted_on)})",
                                compare_points(compose_profile(shipped, spec), points)))
+        print()
+    for name, raw in HELD_OUT.items():
+        points = measured_points(raw)
+        print(f"=== {name} ({raw.name}, {len(points)} points; held out: no fit saw this model's iterations)")
+        print(format_table("before: no whole-iteration overheads",
+                           compare_points(compose_profile(bare, ModelSpec.from_name(name)), points)))
+        print(format_table(f"shipped profile (overheads fitted on {', '.join(shipped.overheads.fitted_on)})",
+                           compare_points(compose_profile(shipped, ModelSpec.from_name(name)), points)))
         print()
