@@ -8,10 +8,11 @@ the cost measured there to the cost the base machine measured at the same grid p
 (`SHORT_GRID`): `tokenjoule calibrate --short-from`.
 
 The ratio is taken against the base's own measurements, not its fitted curve: a curve misses single points by a
-few percent, and at `SHORT_GRID`'s points every H200 curve here over-predicted its own measurements (energy
-medians 0.975-0.986 on the prefill points, 0.981-0.999 on the decode points, against 1.000-1.005 over the whole
-grid), so measured/predicted took that residual for a machine difference and carried profiles 1-2% low. A point
-the base did not measure (or a base without its raw file) falls back to measured/predicted.
+few percent, and at `SHORT_GRID`'s points every cudagraph H200 curve here over-predicted its own measurements
+(measured/predicted energy, median 0.975-0.986 over the prefill points and 0.981-0.999 over the decode points,
+against 1.000-1.005 over the whole grid), so measured/predicted took that residual for a machine difference and
+carried profiles about 1% low (validation/: signed energy error of the carry-over pairs -1.9% median, -0.9% now).
+A point the base did not measure (or a base without its raw file) falls back to measured/predicted.
 """
 
 from __future__ import annotations
