@@ -216,7 +216,7 @@ def calibrate_cmd(
         tokenjoule calibrate --model llama-3.1-8b --short-from h200-llama-3.1-8b-tokenjoule-cudagraph --out mine.json
         tokenjoule calibrate --model llama-3.1-8b --out-dir runs/h100 --runs tokenjoule:cudagraph,hf:eager
     """
-    from tokenjoule.calibrate import gpu_run
+    from tokenjoule.calibrate import gpu_run, recalibrate
     from tokenjoule.calibrate.measure import machine
 
     if (out is None) == (out_dir is None):
@@ -225,7 +225,7 @@ def calibrate_cmd(
         raise ConfigError("--out-dir takes neither --short-from, --json nor the engine limits; use --out for those")
     if runs is not None and out_dir is None:
         raise ConfigError("--runs goes with --out-dir")
-    base = _load(short_from)[0] if short_from else None
+    base, base_path = _load(short_from) if short_from else (None, None)
     indices = _gpu_indices(gpus)
     if out_dir is not None:
         pairs = gpu_run.parse_runs(runs or f"{engine}:{mode}")
@@ -240,7 +240,8 @@ def calibrate_cmd(
     machine.check_device(indices)
     profile = gpu_run.run_calibration(model, engine, mode, out, quick=quick, gpu_indices=indices,
                                       gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-                                      max_num_batched_tokens=max_num_batched_tokens, base=base)
+                                      max_num_batched_tokens=max_num_batched_tokens, base=base,
+                                      base_rows=recalibrate.base_rows(base, base_path) if base else ())
     summary = profile_summary(profile, str(out))
     if json_out:
         typer.echo(json.dumps(summary))

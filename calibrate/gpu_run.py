@@ -42,10 +42,11 @@ def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quic
                     gpu_indices: Sequence[int] = (0,), gpu_memory_utilization: float = 0.9,
                     max_num_seqs: int = 512, max_num_batched_tokens: int = 16384, timeline_path: Path | None = None,
                     check_path: Path | None = None, progress: bool = True,
-                    base: GPUProfile | None = None) -> GPUProfile:
+                    base: GPUProfile | None = None, base_rows: Sequence[dict[str, Any]] = ()) -> GPUProfile:
     """Calibrate one (model, engine, mode) on real GPUs and save the profile at `out`.
 
-    With `base`, a short re-calibration: the few points of `recalibrate.SHORT_GRID`, and `base` re-scaled to them.
+    With `base`, a short re-calibration: the few points of `recalibrate.SHORT_GRID`, and `base` re-scaled to them
+    (against `base_rows`, its raw rows, where given).
 
     Engine "hf" is calibrated through generate() (a GenerateGrid); with `check_path`, one generate(4, 1024, 128)
     run is then measured on the same model and written there with the profile's prediction of it.
@@ -70,7 +71,8 @@ def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quic
         if hf and check_path is not None:  # built here, not inside calibrate(), so the check reuses the model
             runner = resolve_build_runner()(spec, engine=engine, mode=mode, device=config.device,
                                             gpu_memory_utilization=gpu_memory_utilization, seed=config.seed)
-        profile = calibrate(spec, config, out, meter=meter, progress=progress, runner=runner, base=base)
+        profile = calibrate(spec, config, out, meter=meter, progress=progress, runner=runner, base=base,
+                            base_rows=base_rows)
         if runner is not None and check_path is not None:
             check = generate_check(runner, meter, profile, Path(out).name)
             write_atomic(check_path, lambda tmp: Path(tmp).write_text(json.dumps(check, indent=2) + "\n"))

@@ -11,7 +11,7 @@ import dataclasses
 import importlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -108,7 +108,7 @@ class CalibrationConfig:
 def calibrate(spec: ModelSpec, config: CalibrationConfig, out_path: str | Path, *,
               runner: IterationRunner | None = None, meter: EnergyMeter | None = None,
               wait: Callable[[float], None] | None = None, progress: bool = True,
-              base: GPUProfile | None = None) -> GPUProfile:
+              base: GPUProfile | None = None, base_rows: Sequence[dict[str, Any]] = ()) -> GPUProfile:
     """Measure, fit and save a profile to `out_path`; the raw sweep goes beside it as `<stem>.raw.parquet`.
 
     With `base` (a profile of the same model, engine, mode and TP from another machine of this GPU type), the sweep
@@ -124,6 +124,7 @@ def calibrate(spec: ModelSpec, config: CalibrationConfig, out_path: str | Path, 
         wait: sleep function for the idle window (tests pass a fake timeline's `idle`).
         progress: show a progress bar on stderr.
         base: a profile to carry here by a short re-calibration instead of fitting (see above).
+        base_rows: `base`'s raw rows (`recalibrate.base_rows`): the scales are taken against them.
 
     Returns:
         The saved GPUProfile. Raises MeterError when energy cannot be measured.
@@ -154,7 +155,7 @@ def calibrate(spec: ModelSpec, config: CalibrationConfig, out_path: str | Path, 
         if base is not None:
             profile = recalibrated_profile(base, rows, host_overhead, gpu=gpu_info(meter),
                                            method=_method(meter, config), raw_file=raw_path.name,
-                                           kv_capacity_tokens=kv_capacity)
+                                           kv_capacity_tokens=kv_capacity, base_rows=base_rows)
         else:
             profile = build_profile(rows, spec=spec, engine=config.engine, mode=config.mode, tp=len(config.gpu_indices),
                                     kv_capacity_tokens=kv_capacity, gpu=gpu_info(meter), host=host_info(),

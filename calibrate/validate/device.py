@@ -33,7 +33,7 @@ from tokenjoule.calibrate.measure.machine import check_device, gpu_info, gpu_uui
 from tokenjoule.calibrate.measure.meters import EnergyMeter, NVMLMeter, make_meter
 from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
 from tokenjoule.calibrate.profile import GPUProfile, load_profile
-from tokenjoule.calibrate.recalibrate import SHORT_GRID, check_base
+from tokenjoule.calibrate.recalibrate import SHORT_GRID, base_rows, check_base
 from tokenjoule.calibrate.sweep.grid import GridConfig
 from tokenjoule.calibrate.validate import scenarios as scenario_data
 from tokenjoule.calibrate.validate.replay import ReplayRequest, ReplayResult, build_engine, replay, use_policy
@@ -153,7 +153,7 @@ def run_plan(plan: Plan, out: Path, meter: EnergyMeter, progress: bool = False) 
               flush=True)
     else:
         profile = calibrate(plan.spec, cal, profile_path, meter=meter, progress=progress, runner=iteration_runner,
-                            base=base)
+                            base=base, base_rows=base_rows(base, plan.short_from) if base else ())
         iteration_runner.release()
         how = f" (short, from {plan.short_from.name})" if plan.short_from is not None else ""
         print(f"[{time.perf_counter() - start:5.0f} s] calibrated{how}: idle {profile.idle_power_w:.1f} W, latency "

@@ -262,7 +262,11 @@ def _short_recal(report: dict[str, Any]) -> list[str]:
             parts.append(f"the {as_is['source'].split(' (')[0]} profile (calibrated {short['base_date']} on another "
                          f"{short['base_gpu']}), carried as is: {_errs(as_is['summary'])}")
         parts.append(f"re-scaled by {short['points']} points, idle power and host overhead measured on this GPU "
-                     f"(windows ending within {short['sweep_span_s']:.0f} s): {_errs(r['summary'])}")
+                     f"(windows ending within {short['sweep_span_s']:.0f} s), as the device call did it (against "
+                     f"the base's curves): {_errs(r['summary'])}")
+        if as_is and as_is.get("summary_short_recal"):
+            parts.append("re-scaled from the same points as `calibrate/recalibrate.py` does now (against the base's "
+                         f"own measurements at those points): {_errs(as_is['summary_short_recal'])}")
         if full:
             parts.append(f"with this GPU's own full calibration (`{full['source_run']}`, a separate device call "
                          f"on the same GPU): {_errs(full['summary'])}")

@@ -171,8 +171,9 @@ def _carry_over(report: dict[str, Any]) -> list[str]:
              "Each run's scenarios simulated with a profile from another calibration of the same GPU type and engine "
              "(the newest one of each other GPU; the shipped profile, refitted, where no other run exists), as is and "
              "after a short re-calibration on the run's machine (`calibrate/recalibrate.py`: the run's idle power and "
-             "host overhead, and the curves scaled by the median measured/predicted ratio over a few of the run's own "
-             "grid points). KV capacity is the run's.", ""]
+             "host overhead, and the curves scaled by the median ratio of the run's own measurements to the source's "
+             "measurements at a few grid points, `SHORT_GRID`'s; to the source's curves at a point it did not "
+             "measure). KV capacity is the run's.", ""]
     if not report["carry_over"]:
         return lines + ["No run has another calibration of its GPU type and setup.", ""]
     for c in report["carry_over"]:

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import statistics
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -273,20 +274,36 @@ def calibration_pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], 
     return pairs
 
 
-def short_recalibrated(other: GPUProfile, run: dict[str, Any]) -> GPUProfile | None:
+def source_raw(other: GPUProfile, other_run: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The raw sweep behind a carry-over source: its run's, or the shipped profile's of that date and setup."""
+    if other_run is not None:
+        return other_run["raw"]
+    for path in shipped_profiles().values():
+        try:
+            shipped = load_profile(path)
+        except ProfileError:
+            continue
+        if shipped.date == other.date and _same_setup(shipped, other) and shipped.raw_path:
+            return read_rows(path.parent / shipped.raw_path)
+    return []
+
+
+def short_recalibrated(other: GPUProfile, run: dict[str, Any],
+                       other_raw: Sequence[dict[str, Any]] = ()) -> GPUProfile | None:
     """`other` carried to the run's machine by a short re-calibration from the run's own measurements there.
 
     The few points are taken from the run's full sweep (SHORT_POINTS, median over repeats), with its idle power and
-    host overhead: what `short_recalibration` would make of a short sweep on that machine. None when the run's
-    sweep lacks those points.
+    host overhead: what `short_recalibration` would make of a short sweep on that machine, against `other_raw`
+    (the source's own sweep; its curves where empty). None when the run's sweep lacks those points.
     """
     if other.method.get("short_recalibration_of"):  # `calibrate` refuses to carry a carried one
         return None
-    points = [p for p in aggregate_points(run["raw"], ("prefill", "decode", "mixed")) if p["point_id"] in SHORT_POINTS]
+    kinds = ("prefill", "decode", "mixed")
+    points = [p for p in aggregate_points(run["raw"], kinds) if p["point_id"] in SHORT_POINTS]
     if len(points) < 3:
         return None
     return short_recalibration(other, points, run["profile"].idle_power_w, run["profile"].host_overhead,
-                               f"{len(points)} points of {run['name']}'s sweep")
+                               f"{len(points)} points of {run['name']}'s sweep", aggregate_points(other_raw, kinds))
 
 
 def carry_over(runs: list[dict[str, Any]], entries: list[dict[str, Any]], sims: Simulations) -> list[dict[str, Any]]:
@@ -294,7 +311,7 @@ def carry_over(runs: list[dict[str, Any]], entries: list[dict[str, Any]], sims: 
     out = []
     for run, label, other, other_run in calibration_pairs(runs):
         other = dataclasses.replace(other, kv_capacity_tokens=run["doc"]["kv_capacity_tokens"])
-        recal = short_recalibrated(other, run)
+        recal = short_recalibrated(other, run, source_raw(other, other_run))
         mine = [e for e in entries if e["run"] == run["name"]]
         for sc, entry in zip(run["doc"]["scenarios"], mine, strict=True):
             as_is, _ = sims.get(run, sc, other)

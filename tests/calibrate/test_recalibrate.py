@@ -21,7 +21,7 @@ def test_a_machine_that_draws_7_percent_more_is_recovered_exactly(toy_profile):
         assert carried.latency.of_shape(s) == pytest.approx(0.95 * toy_profile.latency.of_shape(s), rel=1e-12)
         assert carried.energy.of_shape(s) == pytest.approx(1.07 * toy_profile.energy.of_shape(s), rel=1e-12)
     assert carried.idle_power_w == 131.5 and carried.host_overhead == host
-    assert "short re-calibration (4 points): latency x0.9500 decode / x0.9500 prefill, energy x1.0700 / x1.0700" \
+    assert "short re-calibration (4 points, against its curves): latency x0.9500 decode / x0.9500 prefill, energy x1.0700 / x1.0700" \
         in carried.notes
     assert carried.model == toy_profile.model and carried.kv_capacity_tokens == toy_profile.kv_capacity_tokens
     assert carried.fit_errors["latency"] == toy_profile.fit_errors["latency"]  # the shape's CV, as the base had it
@@ -47,6 +47,56 @@ def test_decode_and_prefill_regimes_get_a_scale_each(toy_profile):
     decode, prefill = IterationShape(decode=(900,) * 17), IterationShape(prefill=((700, 0),))
     assert carried.energy.of_shape(decode) == pytest.approx(1.13 * toy_profile.energy.of_shape(decode), rel=1e-12)
     assert carried.energy.of_shape(prefill) == pytest.approx(1.02 * toy_profile.energy.of_shape(prefill), rel=1e-12)
+
+
+def _points(profile, energy_factor, ids=None):
+    """SHAPES as measured points whose energy is `energy_factor(shape)` x the profile's curve."""
+    return [{"point_id": f"p{i}", "shape": s, "time_s": profile.latency.of_shape(s),
+             "energy_j": energy_factor(s) * profile.energy.of_shape(s)} for i, s in enumerate(SHAPES)
+            if ids is None or i in ids]
+
+
+def test_the_scales_are_taken_against_the_bases_measurements_not_its_curve(toy_profile):
+    # the base's curve over-predicts its own prefill points by 2.5% (a fit residual, as the H200 curves did at
+    # SHORT_GRID's points); the new machine draws 5% more than the base machine measured, at every point
+    def base_level(s):
+        return 0.975 if s.prefill else 1.0
+
+    base_points = _points(toy_profile, base_level)
+    here = _points(toy_profile, lambda s: 1.05 * base_level(s))
+    carried = short_recalibration(toy_profile, here, 100.0, None, "x", base_points)
+    decode, prefill = IterationShape(decode=(900,) * 17), IterationShape(prefill=((700, 0),))
+    assert carried.energy.of_shape(decode) == pytest.approx(1.05 * toy_profile.energy.of_shape(decode), rel=1e-12)
+    assert carried.energy.of_shape(prefill) == pytest.approx(1.05 * toy_profile.energy.of_shape(prefill), rel=1e-12)
+    assert "against the base's measurements at 4 of 4 points" in carried.notes
+    # against the curve, the residual reads as a machine difference: prefill carried 2.5% low
+    biased = short_recalibration(toy_profile, here, 100.0, None, "x")
+    assert biased.energy.of_shape(prefill) == pytest.approx(1.05 * 0.975 * toy_profile.energy.of_shape(prefill),
+                                                            rel=1e-12)
+
+
+def test_a_point_the_base_did_not_measure_is_taken_against_the_curve(toy_profile):
+    here = _points(toy_profile, lambda s: 1.1)
+    base_points = _points(toy_profile, lambda s: 0.5, ids={0})  # only the first decode point, at half the curve
+    carried = short_recalibration(toy_profile, here, 100.0, None, "x", base_points)
+    assert "against the base's measurements at 1 of 4 points" in carried.notes
+    # decode: median of 2.2 (against the base's point) and 1.1 (against the curve); prefill: 1.1 against the curve
+    assert "energy x1.6500 / x1.1000" in carried.notes
+
+
+def test_base_rows_reads_the_raw_sweep_beside_the_base(toy_profile, tmp_path):
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tokenjoule.calibrate.recalibrate import base_rows
+    from tokenjoule.calibrate.sweep.iterations import RAW_SCHEMA
+
+    assert base_rows(dataclasses.replace(toy_profile, raw_path=None), tmp_path / "base.json") == []
+    assert base_rows(dataclasses.replace(toy_profile, raw_path="base.raw.parquet"), tmp_path / "base.json") == []
+    pq.write_table(pa.Table.from_pylist([], schema=RAW_SCHEMA), tmp_path / "base.raw.parquet")
+    assert base_rows(dataclasses.replace(toy_profile, raw_path="base.raw.parquet"), tmp_path / "base.json") == []
 
 
 def test_scaled_scales_each_regime_and_its_terms(toy_profile):
@@ -79,6 +129,11 @@ def test_calibrate_short_from_a_base_measures_the_short_grid_and_rescales(toy_pr
     shape = IterationShape(decode=(700,) * 40)
     assert carried.energy.of_shape(shape) == pytest.approx(toy_profile.energy.of_shape(shape), rel=0.02)
     assert carried.method["short_recalibration_of"]["content_sha256"] == toy_profile.content_sha256
+    # against the base machine's own rows (here: this same machine's), every ratio is the same point twice
+    again = calibrate(ModelSpec.from_name("llama-3.1-8b"), CalibrationConfig(grid=grid), tmp_path / "again.json",
+                      runner=runner, meter=meter, wait=timeline.idle, progress=False, base=toy_profile,
+                      base_rows=read_rows(tmp_path / "here.raw.parquet"))
+    assert f"against the base's measurements at {len(SHORT_POINTS)} of {len(SHORT_POINTS)} points" in again.notes
     with pytest.raises(ProfileError, match="short re-calibration"):
         refit_profile(out)
     with pytest.raises(ValueError, match="keeps all four"):
