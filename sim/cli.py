@@ -32,6 +32,8 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name; check
 GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB); "
                                                           "checked against the profile (roofline: which GPU).")]
 CostOpt = Annotated[str, typer.Option("--cost", help="Cost model: calibrated, roofline or roofline-memory.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that holds other files too "
+                                                        "(they are left alone; only tokenjoule's files are replaced).")]
 
 
 def _parse_synthetic(text: str, seed: int):
@@ -171,8 +173,9 @@ def simulate(
                                                             "profile's; 0 for roofline).")] = None,
     carbon: Annotated[str | None, typer.Option(help="Grid intensity: gCO2e/kWh, or an hourly CSV file.")] = None,
     seed: Annotated[int, typer.Option(help="Seed (random router, synthetic traces).")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write requests.parquet, summary.json, run.json, plots here.")]
-    = None,
+    out: Annotated[Path | None, typer.Option(help="Write requests.parquet, summary.json, run.json, plots here (a new "
+                                                  "folder, or one holding only these).")] = None,
+    force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Simulate serving a trace: energy (J/request, J/token, kWh, CO2) and latency, from a calibrated profile.
@@ -187,9 +190,12 @@ def simulate(
         tokenjoule simulate --synthetic n=256,input=1024,output=128 --cost roofline --gpu H100-SXM
     """
     from tokenjoule.kernels.spec import load_spec
-    from tokenjoule.sim.report import dumps, write_run
+    from tokenjoule.sim.report import RUN_FILES, check_out_folder, dumps, write_run
     from tokenjoule.sim.run import SimConfig, run
     from tokenjoule.sim.tp_profiles import choose_composed, choose_profile, shipped_for
+
+    if out is not None:
+        check_out_folder(out, RUN_FILES, force)
 
     config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_batch=max_batch,
@@ -211,7 +217,7 @@ def simulate(
         result = run(config, tr, prof, on_progress=tick)
     result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})
     if out is not None:
-        write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)})
+        write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)}, force)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
@@ -242,7 +248,9 @@ def compare(
     fmt: FormatOpt = None,
     synthetic: SynthOpt = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write compare.json and pareto.png here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write compare.json and pareto.png here (a new folder, or one "
+                                                  "holding only these).")] = None,
+    force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a grid of what-ifs (policies x engines x GPUs x replicas x TP): a table and an energy-vs-p99 Pareto plot.
@@ -253,9 +261,19 @@ def compare(
         tokenjoule compare --config grid.toml --json
     """
     from tokenjoule.sim.compare import grid_from_flags, load_grid
-    from tokenjoule.sim.report import dumps, pareto_front, plot_pareto, write_folder_atomically
+    from tokenjoule.sim.report import (
+        COMPARE_FILES,
+        check_out_folder,
+        dumps,
+        pareto_front,
+        plot_pareto,
+        write_folder_atomically,
+    )
     from tokenjoule.sim.run import run
     from tokenjoule.sim.tp_profiles import choose_profile
+
+    if out is not None:
+        check_out_folder(out, COMPARE_FILES, force)
 
     if config_file is not None:
         grid = load_grid(config_file)
@@ -282,7 +300,7 @@ def compare(
             (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
             plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
-        write_folder_atomically(out, fill)
+        write_folder_atomically(out, fill, COMPARE_FILES, force)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
                                                 "pareto": [rows[i]["label"] for i in front]}))))

@@ -1,0 +1,142 @@
+"""The issue "Trust and everyday use": each case a user hit, through `tokenjoule.cli.app`.
+
+Output folders never lose a user's file; bad profiles, carbon files and flags end in one line naming the file or flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tokenjoule.cli import app
+
+TOY = str(Path(__file__).parents[1] / "fixtures" / "profiles" / "toy_h100_llama-3.1-8b.json")
+SMALL = ["--profile", TOY, "--synthetic", "n=20,input=256,output=16,rate=20"]
+RUN_FILES = {"requests.parquet", "summary.json", "run.json", "power.png", "energy_breakdown.png", "latency_cdf.png"}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def one_line_error(result, *needles: str) -> str:
+    """The exit code is 2 and stderr is one `error:` line holding each needle."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# 1. Output folders
+
+
+def test_simulate_out_refuses_a_folder_holding_a_users_file(tmp_path):
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    one_line_error(invoke("simulate", *SMALL, "--out", str(out)), str(out), "notes.txt", "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
+def test_simulate_out_force_writes_only_its_files_and_keeps_the_users(tmp_path):
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "summary.json").write_text("old")
+    result = invoke("simulate", *SMALL, "--out", str(out), "--force")
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == RUN_FILES | {"notes.txt"}
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "summary.json").read_text())["finished"] == 20
+
+
+def test_simulate_out_reuses_its_own_folder_without_force(tmp_path):
+    out = tmp_path / "runs"
+    assert invoke("simulate", *SMALL, "--out", str(out)).exit_code == 0
+    again = invoke("simulate", *SMALL, "--out", str(out), "--policy", "static")
+    assert again.exit_code == 0, again.output
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert json.loads((out / "summary.json").read_text())["policy"] == "static"
+
+
+def test_simulate_out_dot_refuses_a_working_folder_and_leaves_nothing(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "notes.txt").write_text("mine")
+    one_line_error(invoke("simulate", *SMALL, "--out", "."), "notes.txt")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.txt", "work"]  # no `..old.*` folder
+
+
+def test_simulate_out_dot_writes_into_an_empty_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert invoke("simulate", *SMALL, "--out", ".").exit_code == 0
+    assert {p.name for p in tmp_path.iterdir()} == RUN_FILES
+
+
+def test_simulate_out_refuses_a_file(tmp_path):
+    out = tmp_path / "runs"
+    out.write_text("mine")
+    one_line_error(invoke("simulate", *SMALL, "--out", str(out)), "not a folder")
+    assert out.read_text() == "mine"
+
+
+def test_output_files_and_folders_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "a" / "runs"
+        assert invoke("simulate", *SMALL, "--out", str(out)).exit_code == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE((out / n).stat().st_mode) for n in RUN_FILES} == {0o644}
+
+
+def test_write_atomic_gives_the_usual_permissions(tmp_path):
+    from tokenjoule.traces.files import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "f.txt", lambda tmp: Path(tmp).write_text("x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_a_failed_write_leaves_no_file_and_no_new_folder(tmp_path):
+    from tokenjoule.sim.report import write_folder_atomically
+
+    out = tmp_path / "runs"
+
+    def fill(tmp: Path) -> None:
+        (tmp / "summary.json").write_text("half")
+        raise RuntimeError("plot failed")
+
+    with pytest.raises(RuntimeError):
+        write_folder_atomically(out, fill, ("summary.json",))
+    assert not out.exists()
+    out.mkdir()
+    (out / "summary.json").write_text("before")
+    with pytest.raises(RuntimeError):
+        write_folder_atomically(out, fill, ("summary.json",))
+    assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == "before"
+
+
+def test_compare_out_refuses_a_folder_holding_a_users_file(tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["compare", "--policies", "static,continuous", "--profiles", TOY, "--synthetic", "n=10,input=64,output=4"]
+    one_line_error(invoke(*args, "--out", str(out)), "notes.txt")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert invoke(*args, "--out", str(out), "--force").exit_code == 0
+    assert {p.name for p in out.iterdir()} == {"notes.txt", "compare.json", "pareto.png"}
