@@ -140,3 +140,52 @@ def test_compare_out_refuses_a_folder_holding_a_users_file(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert invoke(*args, "--out", str(out), "--force").exit_code == 0
     assert {p.name for p in out.iterdir()} == {"notes.txt", "compare.json", "pareto.png"}
+
+
+# 2. Profiles are checked on load
+
+
+def _bad_profile(tmp_path: Path, edit) -> str:
+    data = json.loads(Path(TOY).read_text())
+    edit(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))  # json writes NaN for float("nan"), as a hand-edited file might hold
+    return str(path)
+
+
+def _negative_energy(data: dict) -> None:
+    data["energy"]["knot_values"] = [v - 40.0 for v in data["energy"]["knot_values"]]
+
+
+def _nan_knot(data: dict) -> None:
+    data["energy"]["knot_values"][2] = float("nan")
+
+
+@pytest.mark.parametrize("command", [["simulate", "--synthetic", "n=10,input=64,output=4"],
+                                     ["project", "azure-code-2023"], ["profile", "show"]])
+def test_a_negative_energy_curve_is_refused_naming_the_file(tmp_path, command):
+    path = _bad_profile(tmp_path, _negative_energy)
+    args = [*command, path] if command[0] == "profile" else [*command, "--profile", path]
+    one_line_error(invoke(*args), path, "energy curve", "must be finite and >= 0")
+
+
+def test_a_nan_knot_is_refused_naming_the_file(tmp_path):
+    path = _bad_profile(tmp_path, _nan_knot)
+    one_line_error(invoke("simulate", "--profile", path, "--synthetic", "n=10"), path, "knot_values", "nan")
+
+
+def test_a_negative_coefficient_that_turns_the_curve_negative_is_refused(tmp_path):
+    path = _bad_profile(tmp_path, lambda d: d["latency"]["coef"].update(decode_ctx_tokens=-1e-6))
+    one_line_error(invoke("simulate", "--profile", path, "--synthetic", "n=10"), path, "latency curve (decode)")
+
+
+def test_a_negative_idle_power_is_refused(tmp_path):
+    path = _bad_profile(tmp_path, lambda d: d.update(idle_power_w=-5.0))
+    one_line_error(invoke("simulate", "--profile", path, "--synthetic", "n=10"), path, "idle_power_w")
+
+
+def test_every_shipped_and_fixture_profile_still_loads():
+    from tokenjoule.calibrate.profile import load_profile, shipped_profiles
+
+    for path in [*shipped_profiles().values(), TOY]:
+        load_profile(path).check_physical()
