@@ -236,8 +236,10 @@ class GPUProfile:
         return profile
 
     def check_physical(self) -> None:
-        """Raise ProfileError unless latency, energy, idle power and host overhead are finite and >= 0 (see
-        `CostCurve.check_physical`): a bad fit or a hand-edited file would otherwise price negative joules."""
+        """Raise ProfileError unless latency, energy, idle power and host overhead are finite and >= 0.
+
+        See `CostCurve.check_physical`; a bad fit or a hand-edited file would otherwise price negative joules.
+        """
         self.latency.check_physical("latency")
         self.energy.check_physical("energy")
         scalars = {"idle_power_w": self.idle_power_w}
