@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,15 +93,46 @@ def _parse_window(text: str | None) -> tuple[float, float] | None:
         raise ConfigError(f"--window: {text!r} must be START:END in seconds, e.g. 0:600") from err
 
 
-def _parse_carbon(text: str | None) -> dict[str, Any]:
+def _parse_carbon(text: str | None) -> float | Any | None:
+    """A constant intensity (gCO2e/kWh), an hourly `CarbonHours` series from a CSV file, or None."""
     if not text:
-        return {}
+        return None
     try:
-        return {"carbon_g_per_kwh": float(text)}
+        value = float(text)
     except ValueError:
         from tokenjoule.sim.accounting import load_carbon_csv
 
-        return {"carbon_hourly": load_carbon_csv(text)}
+        return load_carbon_csv(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"--carbon {text}: a grid intensity must be a finite number of gCO2e/kWh >= 0")
+    return value
+
+
+def _carbon_fields(carbon: float | Any | None, trace: Any, window: tuple[float, float] | None) -> dict[str, Any]:
+    """SimConfig's carbon fields; an hourly series is aligned to the trace's clock (see `CarbonHours.aligned`)."""
+    if carbon is None:
+        return {}
+    if isinstance(carbon, float):
+        return {"carbon_g_per_kwh": carbon}
+    start = trace.start_unix_s
+    if start is not None and window is not None:
+        start += window[0]
+    return {"carbon_hourly": carbon.aligned(start)}
+
+
+def check_physical_flags(flags: dict[str, tuple[float | None, str]]) -> None:
+    """Refuse a flag outside its physical range with one line naming it.
+
+    Args:
+        flags: flag -> (value, or None when unset; its rule: "> 0", ">= 0" or ">= 1").
+    """
+    for flag, (value, rule) in flags.items():
+        if value is None:
+            continue
+        bound = float(rule.split()[1])
+        ok = math.isfinite(value) and (value > bound if rule.startswith("> ") else value >= bound)
+        if not ok:
+            raise ConfigError(f"{flag} {value:g}: must be {rule.split(' (')[0]}")
 
 
 def _summary_table(summary: dict[str, Any], title: str) -> Table:
@@ -197,13 +229,21 @@ def simulate(
     if out is not None:
         check_out_folder(out, RUN_FILES, force)
 
+    check_physical_flags({"--replicas": (replicas, ">= 1"), "--tp": (tp, ">= 1"),
+                          "--rate-scale": (rate_scale, "> 0"), "--max-num-seqs": (max_num_seqs, ">= 1"),
+                          "--max-batched-tokens": (max_num_batched_tokens, ">= 1"),
+                          "--max-batch": (max_batch, ">= 1"), "--kv-block-tokens": (block_size, ">= 1"),
+                          "--batch-timeout-s": (batch_timeout_s, ">= 0"), "--slo-ttft-s": (slo_ttft_s, "> 0"),
+                          "--slo-tpot-s": (slo_tpot_s, "> 0"), "--pue": (pue, ">= 1"),
+                          "--host-power-w": (host_power_w, ">= 0"), "--idle-power-w": (idle_power_w, ">= 0")})
+    carbon_in = _parse_carbon(carbon)
     config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_batch=max_batch,
                        block_size=block_size,
                        batch_timeout_s=batch_timeout_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
                        host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
                        arrival_window_s=_parse_window(window),
-                       seed=seed, **_parse_carbon(carbon))
+                       seed=seed)
     composed = choose_composed(profile, model, gpu, cost, tp, DEFAULT_PROFILE)
     if composed is None and profile is None and model and cost == "calibrated":
         found = shipped_for(load_spec(model).name, gpu)
@@ -213,6 +253,8 @@ def simulate(
     choice = composed or choose_profile(profile, cost, tp, DEFAULT_PROFILE)
     prof = choice.profile
     tr = _load_trace(trace, fmt, synthetic, seed)
+    if carbon_in is not None:
+        config = dataclasses.replace(config, **_carbon_fields(carbon_in, tr, config.arrival_window_s))
     with progress("simulating", len(tr) > 50_000) as tick:
         result = run(config, tr, prof, on_progress=tick)
     result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})

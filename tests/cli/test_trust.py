@@ -189,3 +189,62 @@ def test_every_shipped_and_fixture_profile_still_loads():
 
     for path in [*shipped_profiles().values(), TOY]:
         load_profile(path).check_physical()
+
+
+# 3. Carbon files and physical flags
+
+
+def _carbon(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "grid.csv"
+    path.write_text(text)
+    return str(path)
+
+
+def test_carbon_csv_reads_the_named_intensity_column_not_the_last(tmp_path):
+    path = _carbon(tmp_path, "datetime,carbon_intensity_g_per_kwh,renewable_pct\n"
+                             "2023-11-16T18:00:00Z,400,35\n2023-11-16T19:00:00Z,400,35\n")
+    result = invoke("simulate", "--trace", "azure-code-2023", "--profile", TOY, "--carbon", path, "--json")
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["kg_co2e"] == pytest.approx(s["kwh"] * 0.400)  # 400 g/kWh, not the 35 of the last column
+
+
+def test_carbon_csv_without_an_intensity_column_lists_the_headers(tmp_path):
+    path = _carbon(tmp_path, "datetime,co2,renewable_pct\n2023-11-16T18:00:00Z,400,35\n")
+    one_line_error(invoke("simulate", *SMALL, "--carbon", path), path, "headers found: datetime, co2, renewable_pct",
+                   "carbon_intensity_g_per_kwh")
+
+
+def test_carbon_csv_hours_align_to_an_absolute_traces_clock(tmp_path):
+    # azure-code-2023 starts 2023-11-16 18:17 UTC and lasts about an hour: the 17:00 row must not price it.
+    path = _carbon(tmp_path, "timestamp,gco2_per_kwh\n2023-11-16 17:00:00,900\n2023-11-16 18:00:00,200\n"
+                             "2023-11-16 19:00:00,200\n")
+    s = json.loads(invoke("simulate", "--trace", "azure-code-2023", "--profile", TOY, "--carbon", path,
+                          "--json").stdout)
+    assert s["kg_co2e"] == pytest.approx(s["kwh"] * 0.200)
+
+
+def test_carbon_csv_that_misses_the_traces_start_is_refused(tmp_path):
+    path = _carbon(tmp_path, "timestamp,gco2_per_kwh\n2024-01-01T00:00:00Z,300\n")
+    one_line_error(invoke("simulate", "--trace", "azure-code-2023", "--profile", TOY, "--carbon", path),
+                   "--carbon", "do not cover the trace's start 2023-11-16 18:17")
+
+
+def test_carbon_csv_with_a_relative_time_trace_starts_at_its_first_row(tmp_path):
+    path = _carbon(tmp_path, "timestamp,intensity\n2024-01-01T00:00:00Z,300\n2024-01-01T01:00:00Z,300\n")
+    s = json.loads(invoke("simulate", *SMALL, "--carbon", path, "--json").stdout)
+    assert s["kg_co2e"] == pytest.approx(s["kwh"] * 0.300)
+
+
+def test_carbon_csv_rows_must_be_consecutive_hours(tmp_path):
+    path = _carbon(tmp_path, "timestamp,intensity\n2024-01-01T00:00:00Z,300\n2024-01-01T03:00:00Z,300\n")
+    one_line_error(invoke("simulate", *SMALL, "--carbon", path), "row 3", "consecutive hours")
+
+
+@pytest.mark.parametrize(("flag", "value", "rule"), [
+    ("--carbon", "-5", ">= 0"), ("--slo-ttft-s", "-1", "> 0"), ("--slo-tpot-s", "0", "> 0"), ("--pue", "0.9", ">= 1"),
+    ("--host-power-w", "-1", ">= 0"), ("--idle-power-w", "-1", ">= 0"), ("--rate-scale", "0", "> 0"),
+    ("--rate-scale", "-2", "> 0"), ("--pue", "nan", ">= 1"),
+])
+def test_negative_physical_flags_are_refused_naming_the_flag(flag, value, rule):
+    one_line_error(invoke("simulate", *SMALL, flag, value), flag, rule)
