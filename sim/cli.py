@@ -38,7 +38,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out fol
 
 
 def _parse_synthetic(text: str, seed: int):
-    from tokenjoule.traces.synth import SynthSpec, synthesize
+    from tokenjoule.traces.synth import MAX_SYNTHETIC_REQUESTS, SynthSpec, synthesize
 
     fields: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -46,6 +46,8 @@ def _parse_synthetic(text: str, seed: int):
         if not sep:
             raise ConfigError(f"--synthetic: {part!r} is not key=value")
         fields[key.strip()] = value.strip()
+    if not fields:
+        raise ConfigError(f"--synthetic {text!r}: empty; give key=value pairs, e.g. n=256,input=1024,output=128")
     names = {"n": "n_requests", "input": "input_tokens", "output": "output_tokens", "rate": "rate_per_s",
              "process": "process", "cv": "cv"}
     unknown = sorted(set(fields) - set(names))
@@ -58,12 +60,16 @@ def _parse_synthetic(text: str, seed: int):
         except ValueError as err:
             raise ConfigError(f"--synthetic: {key}={value!r} is not a number") from err
     kwargs.setdefault("n_requests", 256)
+    if not 1 <= kwargs["n_requests"] <= MAX_SYNTHETIC_REQUESTS:
+        raise ConfigError(f"--synthetic: n={kwargs['n_requests']} must be in 1..{MAX_SYNTHETIC_REQUESTS:,} (the trace "
+                          "and a slot per request are held in memory; use `tokenjoule project` on a trace file for "
+                          "larger workloads, it streams)")
     kwargs.setdefault("process", "poisson" if "rate_per_s" in kwargs else "zero")
     return synthesize(SynthSpec(**kwargs), np.random.default_rng(seed))
 
 
 def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed: int):
-    if synthetic:
+    if synthetic is not None:
         if trace:
             raise ConfigError("give --trace or --synthetic, not both")
         return _parse_synthetic(synthetic, seed)
@@ -135,6 +141,21 @@ def check_physical_flags(flags: dict[str, tuple[float | None, str]]) -> None:
             raise ConfigError(f"{flag} {value:g}: must be {rule.split(' (')[0]}")
 
 
+def check_policy_flags(policy: str, static_only: dict[str, Any], not_static: dict[str, Any]) -> None:
+    """Refuse a flag the chosen policy would ignore (given flags are not None), naming it.
+
+    Args:
+        policy: the --policy value.
+        static_only: flags only static batching reads.
+        not_static: flags static batching ignores.
+    """
+    given = [f for f, v in (not_static if policy == "static" else static_only).items() if v is not None]
+    if given and policy in ("static", "continuous", "chunked"):
+        readers = "continuous and chunked" if policy == "static" else "static"
+        verb = "read" if policy == "static" else "reads"
+        raise ConfigError(f"{given[0]}: only --policy {readers} {verb} it (this run is --policy {policy}); drop it")
+
+
 def _summary_table(summary: dict[str, Any], title: str) -> Table:
     def fmt(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -194,9 +215,11 @@ def simulate(
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
     max_num_batched_tokens: Annotated[int | None, typer.Option(
         "--max-batched-tokens", help="Tokens per iteration (default 16384 continuous, 2048 chunked).")] = None,
-    max_batch: Annotated[int, typer.Option(help="Static batch size.")] = 8,
+    max_batch: Annotated[int | None, typer.Option(help="Static batch size [default: 8].", show_default=False)]
+    = None,
     block_size: Annotated[int, typer.Option("--kv-block-tokens", help="Tokens per paged KV block.")] = 16,
-    batch_timeout_s: Annotated[float, typer.Option(help="Static: wait this long for a full batch.")] = 0.0,
+    batch_timeout_s: Annotated[float | None, typer.Option(help="Static: wait this long for a full batch [default: 0].",
+                                                          show_default=False)] = None,
     slo_ttft_s: Annotated[float | None, typer.Option(help="TTFT target, s.")] = None,
     slo_tpot_s: Annotated[float | None, typer.Option(help="TPOT target, s.")] = None,
     pue: Annotated[float, typer.Option(help="Facility power usage effectiveness.")] = 1.0,
@@ -236,11 +259,14 @@ def simulate(
                           "--batch-timeout-s": (batch_timeout_s, ">= 0"), "--slo-ttft-s": (slo_ttft_s, "> 0"),
                           "--slo-tpot-s": (slo_tpot_s, "> 0"), "--pue": (pue, ">= 1"),
                           "--host-power-w": (host_power_w, ">= 0"), "--idle-power-w": (idle_power_w, ">= 0")})
+    check_policy_flags(policy, {"--max-batch": max_batch, "--batch-timeout-s": batch_timeout_s},
+                       {"--max-batched-tokens": max_num_batched_tokens})
     carbon_in = _parse_carbon(carbon)
     config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
-                       max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_batch=max_batch,
-                       block_size=block_size,
-                       batch_timeout_s=batch_timeout_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
+                       max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                       max_batch=8 if max_batch is None else max_batch, block_size=block_size,
+                       batch_timeout_s=0.0 if batch_timeout_s is None else batch_timeout_s, slo_ttft_s=slo_ttft_s,
+                       slo_tpot_s=slo_tpot_s, pue=pue,
                        host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
                        arrival_window_s=_parse_window(window),
                        seed=seed)

@@ -248,3 +248,51 @@ def test_carbon_csv_rows_must_be_consecutive_hours(tmp_path):
 ])
 def test_negative_physical_flags_are_refused_naming_the_flag(flag, value, rule):
     one_line_error(invoke("simulate", *SMALL, flag, value), flag, rule)
+
+
+# 4. Sizes and policy flags
+
+
+def test_a_huge_synthetic_trace_is_refused_with_the_cap_and_why():
+    one_line_error(invoke("simulate", "--profile", TOY, "--synthetic", "n=100000000000,input=1,output=1"),
+                   "--synthetic", "n=100000000000", "100,000,000", "memory")
+
+
+def test_the_synthetic_cap_is_enforced_by_the_spec_too():
+    from tokenjoule.traces.schema import TraceOptionError
+    from tokenjoule.traces.synth import MAX_SYNTHETIC_REQUESTS, SynthSpec
+
+    with pytest.raises(TraceOptionError, match="n_requests"):
+        SynthSpec(MAX_SYNTHETIC_REQUESTS + 1)
+
+
+@pytest.mark.parametrize("text", ["", " ", ","])
+def test_an_empty_synthetic_spec_is_refused_not_the_default_trace(text):
+    one_line_error(invoke("simulate", "--profile", TOY, "--synthetic", text), "--synthetic")
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--max-batch", "0", "--policy", "static"], "--max-batch 0"),
+    (["--max-batched-tokens", "0"], "--max-batched-tokens 0"),
+    (["--max-batched-tokens", "0", "--policy", "chunked"], "--max-batched-tokens 0"),
+    (["--max-num-seqs", "0"], "--max-num-seqs 0"),
+    (["--batch-timeout-s", "-1", "--policy", "static"], "--batch-timeout-s -1"),
+])
+def test_zero_sizes_are_refused_under_every_policy(args, flag):
+    one_line_error(invoke("simulate", *SMALL, *args), flag)
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--max-batch", "16"], "--max-batch"),
+    (["--max-batch", "16", "--policy", "chunked"], "--max-batch"),
+    (["--batch-timeout-s", "1", "--policy", "continuous"], "--batch-timeout-s"),
+    (["--max-batched-tokens", "4096", "--policy", "static"], "--max-batched-tokens"),
+])
+def test_a_flag_the_policy_ignores_is_refused(args, flag):
+    one_line_error(invoke("simulate", *SMALL, *args), flag, "only --policy")
+
+
+def test_static_flags_still_work_under_static():
+    result = invoke("simulate", *SMALL, "--policy", "static", "--max-batch", "4", "--batch-timeout-s", "0.5", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["policy"] == "static"
