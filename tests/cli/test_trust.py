@@ -296,3 +296,25 @@ def test_static_flags_still_work_under_static():
     result = invoke("simulate", *SMALL, "--policy", "static", "--max-batch", "4", "--batch-timeout-s", "0.5", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["policy"] == "static"
+
+
+# 5. The two per-request energies have different names
+
+
+def test_requests_parquet_names_its_energy_apart_from_j_per_request(tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "runs"
+    assert invoke("simulate", *SMALL, "--out", str(out)).exit_code == 0
+    table = pq.read_table(out / "requests.parquet")
+    summary = json.loads((out / "summary.json").read_text())
+    assert "energy_j" not in table.column_names
+    attributed = table.column("gpu_energy_attributed_j").to_numpy()
+    assert attributed.sum() == pytest.approx(summary["gpu_busy_j"], rel=1e-9)
+    assert attributed.sum() / summary["finished"] == pytest.approx(summary["gpu_j_per_request_attributed"])
+    assert summary["j_per_request"] > summary["gpu_j_per_request_attributed"]
+
+
+def test_readme_documents_both_energies():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "gpu_energy_attributed_j" in readme and "`j_per_request`" in readme
