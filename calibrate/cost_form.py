@@ -232,7 +232,7 @@ class CostCurve:
             if not np.all(cost >= 0):
                 i = int(np.argmin(np.where(np.isfinite(cost), cost, -np.inf)))
                 raise ProfileError(f"{name} curve ({regime}) is {cost[i]:.4g} {self.unit} at new_tokens={x[i]:g} "
-                                   f"(features in their plausible range); a {name} must be finite and >= 0: re-fit "
+                                   "(features in their plausible range); costs must be finite and >= 0: re-fit "
                                    "the profile or fix the file")
 
     def table(self) -> CurveTable:

@@ -347,7 +347,7 @@ def compare(
         grid = load_grid(config_file)
     else:
         grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
-    tr = _load_trace(trace or grid.trace, fmt, synthetic or grid.synthetic, seed)
+    tr = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
     cells, loaded = grid.cells(), {}
     rows = []
     with progress("what-ifs", len(cells) > 1) as tick:

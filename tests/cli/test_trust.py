@@ -318,3 +318,7 @@ def test_requests_parquet_names_its_energy_apart_from_j_per_request(tmp_path):
 def test_readme_documents_both_energies():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "gpu_energy_attributed_j" in readme and "`j_per_request`" in readme
+
+
+def test_compare_refuses_an_empty_synthetic_spec_too():
+    one_line_error(invoke("compare", "--policies", "static", "--profiles", TOY, "--synthetic", ""), "--synthetic")
