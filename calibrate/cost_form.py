@@ -37,6 +37,9 @@ from tokenjoule.kernels.shape import IterationShape, num_splits_for
 FEATURES = ("prefill_attn_pairs", "prefill_ctx_tokens", "prefill_seqs", "decode_ctx_tokens", "decode_tail_ctx_tokens")
 # The regime indicator (1.0 when the iteration has any prefill chunk) picks the token curve; it has no coefficient.
 REGIME = "has_prefill"
+# The longest context `CostCurve.check_physical` prices (Llama-3.1's 128 Ki tokens): a negative coefficient may not
+# pull a cost below zero for any context up to this long.
+PLAUSIBLE_CONTEXT_TOKENS = 131_072
 
 
 class ProfileError(ValueError):
@@ -198,6 +201,40 @@ class CostCurve:
         if self.unit not in ("s", "J"):
             raise ProfileError(f"cost curve unit {self.unit!r} must be 's' or 'J'")
 
+    def check_physical(self, name: str) -> None:
+        """Raise ProfileError unless the curve is finite and >= 0 wherever the simulator can evaluate it.
+
+        Checked: every knot, value and coefficient is finite, and at each knot of each regime the evaluated cost stays
+        >= 0 with every feature anywhere in its plausible range (0 up to `PLAUSIBLE_CONTEXT_TOKENS` of context per new
+        token; the cost is linear in the features, so the range's worst corner is where a negative coefficient's
+        feature is largest). Not checked: the extrapolation past the last knot (a measured curve may fall slightly
+        there, e.g. an HF decode curve measured to batch 64, without reaching zero in its engine's range).
+
+        Args:
+            name: the curve's name in messages ("latency" or "energy").
+        """
+        numbers = {"knots_tokens": self.knots_tokens, "knot_values": self.knot_values,
+                   "prefill_knots_tokens": self.prefill_knots_tokens, "prefill_knot_values": self.prefill_knot_values,
+                   "coef": tuple(self.coef.values())}
+        for key, values in numbers.items():
+            bad = [v for v in values if not np.isfinite(v)]
+            if bad:
+                raise ProfileError(f"{name} curve: {key} holds {bad[0]} (every value must be finite)")
+        regimes = [("decode", self.knots_tokens, self.knot_values, 0.0)]
+        if self.prefill_knots_tokens:
+            regimes.append(("prefill", self.prefill_knots_tokens, self.prefill_knot_values, 1.0))
+        table = self.table()
+        for regime, knots, _values, has_prefill in regimes:
+            x = np.asarray(knots, dtype=np.float64)
+            worst = {f: np.where(np.float64(self.coef.get(f, 0.0)) < 0, hi, 0.0)
+                     for f, hi in _feature_ranges(x, has_prefill > 0).items()}
+            cost = table.evaluate(x, has_prefill, **worst)
+            if not np.all(cost >= 0):
+                i = int(np.argmin(np.where(np.isfinite(cost), cost, -np.inf)))
+                raise ProfileError(f"{name} curve ({regime}) is {cost[i]:.4g} {self.unit} at new_tokens={x[i]:g} "
+                                   "(features in their plausible range); costs must be finite and >= 0: re-fit "
+                                   "the profile or fix the file")
+
     def table(self) -> CurveTable:
         """The curve's segments, ready to evaluate (build once where a curve is evaluated many times)."""
         return CurveTable.of(self)
@@ -309,6 +346,15 @@ class CurveTable:
         c = self.coef
         tail = tail_ctx_tokens(max_ctx_tokens, ctx_sum_tokens, batch, rule) if c[4] else 0.0
         return _form(self._row(batch, False), c, batch, 0, 0, 0, ctx_sum_tokens, tail), c[3] * batch
+
+
+def _feature_ranges(new_tokens: np.ndarray, prefill: bool) -> dict[str, np.ndarray]:
+    """Each feature's plausible largest value at `new_tokens` (prefill features are 0 in decode-only iterations)."""
+    ctx = new_tokens * PLAUSIBLE_CONTEXT_TOKENS
+    zero = np.zeros_like(new_tokens)
+    return {"prefill_attn_pairs": ctx if prefill else zero, "prefill_ctx_tokens": ctx if prefill else zero,
+            "prefill_seqs": new_tokens if prefill else zero, "decode_ctx_tokens": ctx,
+            "decode_tail_ctx_tokens": np.full_like(new_tokens, PLAUSIBLE_CONTEXT_TOKENS)}
 
 
 def _check_knots(knots: tuple[float, ...], values: tuple[float, ...], name: str) -> None:

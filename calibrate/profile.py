@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,7 @@ class GPUProfile:
             raise ProfileError(f"{source}: schema_version={version!r}, this tokenjoule reads {SCHEMA_VERSION}; "
                                "re-run `tokenjoule calibrate` or install the tokenjoule version that wrote it")
         try:
-            return cls(
+            profile = cls(
                 gpu=dict(data["gpu"]), host=dict(data["host"]), software=dict(data["software"]),
                 method=dict(data["method"]), date=str(data["date"]), engine=str(data["engine"]),
                 mode=str(data["mode"]), model=ModelSpec.from_dict(data["model"]), tp=int(data["tp"]),
@@ -227,10 +228,29 @@ class GPUProfile:
                 decode_split_rule=DecodeSplitRule(**{k: int(v) for k, v in data["decode_split_rule"].items()})
                 if data.get("decode_split_rule") else None,
             )
+            profile.check_physical()
         except KeyError as err:
             raise ProfileError(f"{source}: missing field {err.args[0]!r}") from err
         except (TypeError, ValueError) as err:
             raise ProfileError(f"{source}: {err}") from err
+        return profile
+
+    def check_physical(self) -> None:
+        """Raise ProfileError unless latency, energy, idle power and host overhead are finite and >= 0.
+
+        See `CostCurve.check_physical`; a bad fit or a hand-edited file would otherwise price negative joules.
+        """
+        self.latency.check_physical("latency")
+        self.energy.check_physical("energy")
+        scalars = {"idle_power_w": self.idle_power_w}
+        if self.host_overhead is not None:
+            h = self.host_overhead
+            scalars.update({"host_overhead.per_iteration_s": h.per_iteration_s, "host_overhead.per_seq_s": h.per_seq_s,
+                            "host_overhead.per_seq_sq_s": h.per_seq_sq_s,
+                            "host_overhead.per_prefill_seq_s": h.per_prefill_seq_s})
+        for key, value in scalars.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ProfileError(f"{key}={value} must be finite and >= 0")
 
 
 def _curve_to_dict(curve: CostCurve) -> dict[str, Any]:

@@ -177,27 +177,116 @@ def energy_breakdown(busy_j: float, idle_j: float, end_s: float, replicas: int, 
     return EnergyBreakdown(busy_j, idle_j, host_j, total - (busy_j + idle_j + host_j), total, carbon)
 
 
-def load_carbon_csv(path: str | Path) -> tuple[float, ...]:
-    """Hourly grid intensity from a CSV with a header and the intensity (gCO2e/kWh) in its last column.
+# Header names (case-insensitive) a carbon CSV's intensity column may have, gCO2e per kWh; exactly one must be present.
+CARBON_INTENSITY_COLUMNS = ("carbon_intensity_g_per_kwh", "carbon_intensity_gco2_per_kwh", "gco2_per_kwh",
+                            "gco2e_per_kwh", "g_co2_per_kwh", "g_co2e_per_kwh", "carbon_intensity", "intensity")
+# Header names of an optional time column holding ISO date-times (a zone offset, or none: read as UTC).
+CARBON_TIME_COLUMNS = ("datetime", "timestamp", "time", "date", "datetime_utc", "timestamp_utc")
 
-    Rows are hours from the run's start, in order (e.g. `hour,g_co2_per_kwh`).
+
+@dataclass(frozen=True, slots=True)
+class CarbonHours:
+    """An hourly grid-intensity series read from a CSV (`load_carbon_csv`).
+
+    Attributes:
+        values: gCO2e/kWh per hour, in file order.
+        first_hour_unix_s: the wall-clock start of the first row (Unix seconds, UTC), or None when the file has no
+            time column (its rows are then hours from the run's start).
+        source: the file, for messages.
+    """
+
+    values: tuple[float, ...]
+    first_hour_unix_s: float | None = None
+    source: str = "<carbon>"
+
+    def aligned(self, start_unix_s: float | None) -> tuple[float, ...]:
+        """The series from the run's first hour on: hour k of the run is priced at the row holding start + k hours.
+
+        Args:
+            start_unix_s: the wall-clock time of the run's time 0 (a trace with date-time arrivals: its first
+                arrival, plus any window start), or None for a relative-time trace: then, and for a file without a
+                time column, the first row is the run's first hour.
+
+        Returns:
+            Intensities per hour from the run's start (the run repeats them when it outlasts them).
+
+        Raises:
+            ConfigError: the file's hours do not cover the run's start.
+        """
+        if self.first_hour_unix_s is None or start_unix_s is None:
+            return self.values
+        k = math.floor((start_unix_s - self.first_hour_unix_s) / 3600.0)
+        if not 0 <= k < len(self.values):
+            raise ConfigError(f"--carbon {self.source}: its {len(self.values)} hours from "
+                              f"{_utc(self.first_hour_unix_s)} do not cover the trace's start {_utc(start_unix_s)}")
+        return self.values[k:]
+
+
+def _utc(unix_s: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(unix_s, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _parse_time(text: str) -> float:
+    import datetime
+
+    stamp = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+    return stamp.timestamp()
+
+
+def _column(header: list[str], names: tuple[str, ...], path: Path, what: str, required: bool) -> int | None:
+    found = [i for i, h in enumerate(header) if h.strip().lower() in names]
+    if len(found) > 1:
+        raise ConfigError(f"{path}: several {what} columns ({', '.join(header[i] for i in found)}); keep one")
+    if not found and required:
+        raise ConfigError(f"{path}: no {what} column; headers found: {', '.join(header) or 'none'}; "
+                          f"name it one of {', '.join(names)}")
+    return found[0] if found else None
+
+
+def load_carbon_csv(path: str | Path) -> CarbonHours:
+    """Hourly grid intensity (gCO2e/kWh) from a CSV with a header, one row per hour.
+
+    The intensity is the column named one of `CARBON_INTENSITY_COLUMNS` (other columns, e.g. a renewable share, are
+    ignored). A column named one of `CARBON_TIME_COLUMNS` holding ISO date-times, consecutive hours, places the rows
+    on the wall clock (see `CarbonHours.aligned`); without one, rows are hours from the run's start
+    (e.g. `hour,g_co2_per_kwh`).
+
+    Raises:
+        ConfigError: unreadable file, no (or several) intensity columns, a bad value or time, no rows.
     """
     path = Path(path)
     try:
         rows = list(csv.reader(path.read_text().splitlines()))
     except OSError as err:
         raise ConfigError(f"{path}: cannot read carbon CSV ({err.strerror or err})") from err
-    values = []
+    header = rows[0] if rows else []
+    col = _column(header, CARBON_INTENSITY_COLUMNS, path, "carbon intensity", required=True)
+    time_col = _column(header, CARBON_TIME_COLUMNS, path, "time", required=False)
+    values, times = [], []
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
+        cell = row[col] if col < len(row) else ""
         try:
-            value = float(row[-1])
+            value = float(cell)
         except ValueError as err:
-            raise ConfigError(f"{path}: row {line}: intensity {row[-1]!r} is not a number") from err
+            raise ConfigError(f"{path}: row {line}: intensity {cell!r} is not a number") from err
         if value < 0 or not math.isfinite(value):
             raise ConfigError(f"{path}: row {line}: intensity {value} must be finite and >= 0")
         values.append(value)
+        if time_col is not None:
+            cell = row[time_col] if time_col < len(row) else ""
+            try:
+                times.append(_parse_time(cell))
+            except ValueError as err:
+                raise ConfigError(f"{path}: row {line}: {header[time_col]} {cell!r} is not an ISO date-time") from err
+            if len(times) > 1 and times[-1] - times[-2] != 3600.0:
+                raise ConfigError(f"{path}: row {line}: {header[time_col]} is not one hour after the row before "
+                                  "(rows must be consecutive hours)")
     if not values:
         raise ConfigError(f"{path}: carbon CSV has no data rows (expected a header, then one row per hour)")
-    return tuple(values)
+    return CarbonHours(tuple(values), times[0] if times else None, str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,10 +33,12 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name; check
 GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB); "
                                                           "checked against the profile (roofline: which GPU).")]
 CostOpt = Annotated[str, typer.Option("--cost", help="Cost model: calibrated, roofline or roofline-memory.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that holds other files too "
+                                                        "(they are left alone; only tokenjoule's files are replaced).")]
 
 
 def _parse_synthetic(text: str, seed: int):
-    from tokenjoule.traces.synth import SynthSpec, synthesize
+    from tokenjoule.traces.synth import MAX_SYNTHETIC_REQUESTS, SynthSpec, synthesize
 
     fields: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -43,6 +46,8 @@ def _parse_synthetic(text: str, seed: int):
         if not sep:
             raise ConfigError(f"--synthetic: {part!r} is not key=value")
         fields[key.strip()] = value.strip()
+    if not fields:
+        raise ConfigError(f"--synthetic {text!r}: empty; give key=value pairs, e.g. n=256,input=1024,output=128")
     names = {"n": "n_requests", "input": "input_tokens", "output": "output_tokens", "rate": "rate_per_s",
              "process": "process", "cv": "cv"}
     unknown = sorted(set(fields) - set(names))
@@ -55,12 +60,16 @@ def _parse_synthetic(text: str, seed: int):
         except ValueError as err:
             raise ConfigError(f"--synthetic: {key}={value!r} is not a number") from err
     kwargs.setdefault("n_requests", 256)
+    if not 1 <= kwargs["n_requests"] <= MAX_SYNTHETIC_REQUESTS:
+        raise ConfigError(f"--synthetic: n={kwargs['n_requests']} must be in 1..{MAX_SYNTHETIC_REQUESTS:,} (the trace "
+                          "and a slot per request are held in memory; use `tokenjoule project` on a trace file for "
+                          "larger workloads, it streams)")
     kwargs.setdefault("process", "poisson" if "rate_per_s" in kwargs else "zero")
     return synthesize(SynthSpec(**kwargs), np.random.default_rng(seed))
 
 
 def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed: int):
-    if synthetic:
+    if synthetic is not None:
         if trace:
             raise ConfigError("give --trace or --synthetic, not both")
         return _parse_synthetic(synthetic, seed)
@@ -90,15 +99,61 @@ def _parse_window(text: str | None) -> tuple[float, float] | None:
         raise ConfigError(f"--window: {text!r} must be START:END in seconds, e.g. 0:600") from err
 
 
-def _parse_carbon(text: str | None) -> dict[str, Any]:
+def _parse_carbon(text: str | None) -> float | Any | None:
+    """A constant intensity (gCO2e/kWh), an hourly `CarbonHours` series from a CSV file, or None."""
     if not text:
-        return {}
+        return None
     try:
-        return {"carbon_g_per_kwh": float(text)}
+        value = float(text)
     except ValueError:
         from tokenjoule.sim.accounting import load_carbon_csv
 
-        return {"carbon_hourly": load_carbon_csv(text)}
+        return load_carbon_csv(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"--carbon {text}: a grid intensity must be a finite number of gCO2e/kWh >= 0")
+    return value
+
+
+def _carbon_fields(carbon: float | Any | None, trace: Any, window: tuple[float, float] | None) -> dict[str, Any]:
+    """SimConfig's carbon fields; an hourly series is aligned to the trace's clock (see `CarbonHours.aligned`)."""
+    if carbon is None:
+        return {}
+    if isinstance(carbon, float):
+        return {"carbon_g_per_kwh": carbon}
+    start = trace.start_unix_s
+    if start is not None and window is not None:
+        start += window[0]
+    return {"carbon_hourly": carbon.aligned(start)}
+
+
+def check_physical_flags(flags: dict[str, tuple[float | None, str]]) -> None:
+    """Refuse a flag outside its physical range with one line naming it.
+
+    Args:
+        flags: flag -> (value, or None when unset; its rule: "> 0", ">= 0" or ">= 1").
+    """
+    for flag, (value, rule) in flags.items():
+        if value is None:
+            continue
+        bound = float(rule.split()[1])
+        ok = math.isfinite(value) and (value > bound if rule.startswith("> ") else value >= bound)
+        if not ok:
+            raise ConfigError(f"{flag} {value:g}: must be {rule.split(' (')[0]}")
+
+
+def check_policy_flags(policy: str, static_only: dict[str, Any], not_static: dict[str, Any]) -> None:
+    """Refuse a flag the chosen policy would ignore (given flags are not None), naming it.
+
+    Args:
+        policy: the --policy value.
+        static_only: flags only static batching reads.
+        not_static: flags static batching ignores.
+    """
+    given = [f for f, v in (not_static if policy == "static" else static_only).items() if v is not None]
+    if given and policy in ("static", "continuous", "chunked"):
+        readers = "continuous and chunked" if policy == "static" else "static"
+        verb = "read" if policy == "static" else "reads"
+        raise ConfigError(f"{given[0]}: only --policy {readers} {verb} it (this run is --policy {policy}); drop it")
 
 
 def _summary_table(summary: dict[str, Any], title: str) -> Table:
@@ -160,9 +215,11 @@ def simulate(
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
     max_num_batched_tokens: Annotated[int | None, typer.Option(
         "--max-batched-tokens", help="Tokens per iteration (default 16384 continuous, 2048 chunked).")] = None,
-    max_batch: Annotated[int, typer.Option(help="Static batch size.")] = 8,
+    max_batch: Annotated[int | None, typer.Option(help="Static batch size [default: 8].", show_default=False)]
+    = None,
     block_size: Annotated[int, typer.Option("--kv-block-tokens", help="Tokens per paged KV block.")] = 16,
-    batch_timeout_s: Annotated[float, typer.Option(help="Static: wait this long for a full batch.")] = 0.0,
+    batch_timeout_s: Annotated[float | None, typer.Option(help="Static: wait this long for a full batch [default: 0].",
+                                                          show_default=False)] = None,
     slo_ttft_s: Annotated[float | None, typer.Option(help="TTFT target, s.")] = None,
     slo_tpot_s: Annotated[float | None, typer.Option(help="TPOT target, s.")] = None,
     pue: Annotated[float, typer.Option(help="Facility power usage effectiveness.")] = 1.0,
@@ -171,8 +228,9 @@ def simulate(
                                                             "profile's; 0 for roofline).")] = None,
     carbon: Annotated[str | None, typer.Option(help="Grid intensity: gCO2e/kWh, or an hourly CSV file.")] = None,
     seed: Annotated[int, typer.Option(help="Seed (random router, synthetic traces).")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write requests.parquet, summary.json, run.json, plots here.")]
-    = None,
+    out: Annotated[Path | None, typer.Option(help="Write requests.parquet, summary.json, run.json, plots here (a new "
+                                                  "folder, or one holding only these).")] = None,
+    force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Simulate serving a trace: energy (J/request, J/token, kWh, CO2) and latency, from a calibrated profile.
@@ -187,17 +245,31 @@ def simulate(
         tokenjoule simulate --synthetic n=256,input=1024,output=128 --cost roofline --gpu H100-SXM
     """
     from tokenjoule.kernels.spec import load_spec
-    from tokenjoule.sim.report import dumps, write_run
+    from tokenjoule.sim.report import RUN_FILES, check_out_folder, dumps, write_run
     from tokenjoule.sim.run import SimConfig, run
     from tokenjoule.sim.tp_profiles import choose_composed, choose_profile, shipped_for
 
+    if out is not None:
+        check_out_folder(out, RUN_FILES, force)
+
+    check_physical_flags({"--replicas": (replicas, ">= 1"), "--tp": (tp, ">= 1"),
+                          "--rate-scale": (rate_scale, "> 0"), "--max-num-seqs": (max_num_seqs, ">= 1"),
+                          "--max-batched-tokens": (max_num_batched_tokens, ">= 1"),
+                          "--max-batch": (max_batch, ">= 1"), "--kv-block-tokens": (block_size, ">= 1"),
+                          "--batch-timeout-s": (batch_timeout_s, ">= 0"), "--slo-ttft-s": (slo_ttft_s, "> 0"),
+                          "--slo-tpot-s": (slo_tpot_s, "> 0"), "--pue": (pue, ">= 1"),
+                          "--host-power-w": (host_power_w, ">= 0"), "--idle-power-w": (idle_power_w, ">= 0")})
+    check_policy_flags(policy, {"--max-batch": max_batch, "--batch-timeout-s": batch_timeout_s},
+                       {"--max-batched-tokens": max_num_batched_tokens})
+    carbon_in = _parse_carbon(carbon)
     config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
-                       max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_batch=max_batch,
-                       block_size=block_size,
-                       batch_timeout_s=batch_timeout_s, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
+                       max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                       max_batch=8 if max_batch is None else max_batch, block_size=block_size,
+                       batch_timeout_s=0.0 if batch_timeout_s is None else batch_timeout_s, slo_ttft_s=slo_ttft_s,
+                       slo_tpot_s=slo_tpot_s, pue=pue,
                        host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
                        arrival_window_s=_parse_window(window),
-                       seed=seed, **_parse_carbon(carbon))
+                       seed=seed)
     composed = choose_composed(profile, model, gpu, cost, tp, DEFAULT_PROFILE)
     if composed is None and profile is None and model and cost == "calibrated":
         found = shipped_for(load_spec(model).name, gpu)
@@ -207,11 +279,13 @@ def simulate(
     choice = composed or choose_profile(profile, cost, tp, DEFAULT_PROFILE)
     prof = choice.profile
     tr = _load_trace(trace, fmt, synthetic, seed)
+    if carbon_in is not None:
+        config = dataclasses.replace(config, **_carbon_fields(carbon_in, tr, config.arrival_window_s))
     with progress("simulating", len(tr) > 50_000) as tick:
         result = run(config, tr, prof, on_progress=tick)
     result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})
     if out is not None:
-        write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)})
+        write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)}, force)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
@@ -242,7 +316,9 @@ def compare(
     fmt: FormatOpt = None,
     synthetic: SynthOpt = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write compare.json and pareto.png here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write compare.json and pareto.png here (a new folder, or one "
+                                                  "holding only these).")] = None,
+    force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a grid of what-ifs (policies x engines x GPUs x replicas x TP): a table and an energy-vs-p99 Pareto plot.
@@ -253,15 +329,25 @@ def compare(
         tokenjoule compare --config grid.toml --json
     """
     from tokenjoule.sim.compare import grid_from_flags, load_grid
-    from tokenjoule.sim.report import dumps, pareto_front, plot_pareto, write_folder_atomically
+    from tokenjoule.sim.report import (
+        COMPARE_FILES,
+        check_out_folder,
+        dumps,
+        pareto_front,
+        plot_pareto,
+        write_folder_atomically,
+    )
     from tokenjoule.sim.run import run
     from tokenjoule.sim.tp_profiles import choose_profile
+
+    if out is not None:
+        check_out_folder(out, COMPARE_FILES, force)
 
     if config_file is not None:
         grid = load_grid(config_file)
     else:
         grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
-    tr = _load_trace(trace or grid.trace, fmt, synthetic or grid.synthetic, seed)
+    tr = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
     cells, loaded = grid.cells(), {}
     rows = []
     with progress("what-ifs", len(cells) > 1) as tick:
@@ -282,7 +368,7 @@ def compare(
             (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
             plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
-        write_folder_atomically(out, fill)
+        write_folder_atomically(out, fill, COMPARE_FILES, force)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
                                                 "pareto": [rows[i]["label"] for i in front]}))))

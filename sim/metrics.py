@@ -15,8 +15,12 @@ LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "queue_s")
 
 def request_table(ledger: Ledger, request_id: np.ndarray, arrival_s: np.ndarray, input_tokens: np.ndarray,
                   output_tokens: np.ndarray) -> pa.Table:
-    """One row per request: status, latencies (s), preemptions and attributed energy (J).
+    """One row per request: status, latencies (s), preemptions and attributed GPU energy (J).
 
+    `gpu_energy_attributed_j` is the request's share of GPU busy energy only (each iteration's energy split by the
+    tokens it processed for each request): no idle, host or facility (PUE) energy, so it sums to the summary's
+    `gpu_busy_j` (`gpu_j_per_request_attributed` per finished request), below the summary's `j_per_request` (total
+    energy per finished request).
     TTFT = first token - arrival; TPOT = (finish - first token) / (output tokens - 1) (NaN for one-token outputs);
     E2E = finish - arrival; queue = first scheduled - arrival. Rejected requests have NaN latencies and 0 J.
     """
@@ -38,7 +42,7 @@ def request_table(ledger: Ledger, request_id: np.ndarray, arrival_s: np.ndarray,
         "tpot_s": pa.array(tpot, pa.float64()),
         "e2e_s": pa.array(ledger.finish_s - arrival_s, pa.float64()),
         "preemptions": pa.array(ledger.preemptions, pa.int32()),
-        "energy_j": pa.array(ledger.energy_j, pa.float64()),
+        "gpu_energy_attributed_j": pa.array(ledger.energy_j, pa.float64()),
     })
 
 
@@ -79,7 +83,7 @@ def summarize(table: pa.Table, energy: EnergyBreakdown, duration_s: float, repli
     n_done = int(done.sum())
     tokens_in = int(table.column("input_tokens").to_numpy()[done].sum())
     tokens_out = int(table.column("output_tokens").to_numpy()[done].sum())
-    attributed = float(table.column("energy_j").to_numpy().sum())
+    attributed = float(table.column("gpu_energy_attributed_j").to_numpy().sum())
     gpu_j = energy.gpu_j
     summary: dict[str, Any] = {
         "requests": int(len(status)), "finished": n_done, "rejected": int((status == "rejected").sum()),

@@ -1,7 +1,11 @@
 """Write a run's outputs (requests.parquet, summary.json, run.json, plots) atomically, and the compare plot.
 
-A run directory is built in a temporary sibling folder and renamed into place, so a failed run leaves nothing
-half-written. Plots use matplotlib's Agg backend (no display needed).
+An output folder is tokenjoule's only when it holds nothing but the files tokenjoule writes there (`RUN_FILES`,
+`COMPARE_FILES`): a folder holding anything else is refused unless `force`, and even then only tokenjoule's files are
+written, replacing only those. Nothing else in the folder is ever deleted. The files are written into a temporary
+folder inside the output folder and renamed into place one by one, so a failed run leaves no half-written file (and
+no new folder). Files and folders get the usual permissions (0666/0777 less the umask). Plots use matplotlib's Agg
+backend (no display needed).
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.run import SimResult
+
+# The files `write_run` and `tokenjoule compare` write; a folder holding only these (from an earlier run) is ours.
+RUN_FILES: tuple[str, ...] = ("requests.parquet", "summary.json", "run.json", "power.png", "energy_breakdown.png",
+                              "latency_cdf.png")
+COMPARE_FILES: tuple[str, ...] = ("compare.json", "pareto.png")
+# The temporary folder a write uses inside the output folder (left behind only if the process is killed).
+TEMP_PREFIX = ".tokenjoule-tmp."
 
 
 def versions() -> dict[str, str]:
@@ -51,13 +63,14 @@ def dumps(obj: Any) -> str:
     return json.dumps(_jsonable(obj), indent=1, allow_nan=False)
 
 
-def write_run(result: SimResult, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write requests.parquet, summary.json, run.json and the plots into `out_dir`, atomically.
+def write_run(result: SimResult, out_dir: str | Path, extra: dict[str, Any] | None = None, force: bool = False) -> Path:
+    """Write requests.parquet, summary.json, run.json and the plots (`RUN_FILES`) into `out_dir`, atomically per file.
 
     Args:
         result: the run.
-        out_dir: the folder to create (replaced if it exists).
+        out_dir: the folder (created if missing; see `check_out_folder` for an existing one).
         extra: more run.json entries (e.g. the trace source, the command line).
+        force: write into a folder that holds other files too (those are left alone).
 
     Returns:
         The folder.
@@ -69,41 +82,66 @@ def write_run(result: SimResult, out_dir: str | Path, extra: dict[str, Any] | No
         (tmp / "run.json").write_text(dumps(run_info) + "\n")
         plot_run(result, tmp)
 
-    return write_folder_atomically(out_dir, fill)
+    return write_folder_atomically(out_dir, fill, RUN_FILES, force)
 
 
-def write_folder_atomically(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Let `fill` write into a temp folder beside `out_dir`, then swap it into place (nothing half-written).
+def check_out_folder(out_dir: str | Path, names: Sequence[str], force: bool = False) -> None:
+    """Refuse an output folder that is not tokenjoule's: a file, or a folder holding files other than `names`.
 
     Args:
-        out_dir: the folder to create or replace (its parents are created).
-        fill: writes the folder's files into the temp folder it is given.
+        out_dir: the folder a command will write `names` into.
+        names: the files it writes (an earlier run's copies of them are replaced).
+        force: accept a folder holding other files too (they are left alone).
+
+    Raises:
+        ConfigError: `out_dir` is not a folder, or holds other files and `force` is off.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is not a folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in names and not p.name.startswith(TEMP_PREFIX))
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"--out {out_dir}: the folder holds files tokenjoule did not write ({shown}); give a new "
+                          f"or empty folder, or --force to write only tokenjoule's files ({', '.join(names)}) there")
+
+
+def write_folder_atomically(out_dir: str | Path, fill: Callable[[Path], None], names: Sequence[str],
+                            force: bool = False) -> Path:
+    """Let `fill` write `names` into a temp folder inside `out_dir`, then rename each file into place.
+
+    Only files in `names` are written or replaced; nothing else in `out_dir` is touched. On failure the temp folder
+    is removed (and `out_dir` too when this call created it), so no half-written file is left.
+
+    Args:
+        out_dir: the folder (created with its parents if missing).
+        fill: writes some of `names` into the folder it is given.
+        names: the files `fill` may write.
+        force: accept a folder holding other files (see `check_out_folder`).
 
     Returns:
         The folder.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    check_out_folder(out_dir, names, force)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out_dir))
     try:
         fill(tmp)
-        _swap_into_place(tmp, out_dir)
+        written = sorted(p.name for p in tmp.iterdir())
+        assert set(written) <= set(names), f"wrote files outside {names}: {written}"
+        for name in written:
+            os.replace(tmp / name, out_dir / name)
+        tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return out_dir
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    if not out_dir.is_dir():
-        raise OSError(f"{out_dir}: exists and is not a folder")
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-    os.replace(out_dir, old / "prev")
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _pyplot():

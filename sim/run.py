@@ -117,6 +117,13 @@ class SimConfig:
             raise ConfigError(f"rate_scale={self.rate_scale} must be a positive number")
         if self.host_power_w < 0 or (self.idle_power_w is not None and self.idle_power_w < 0):
             raise ConfigError(f"host_power_w={self.host_power_w} and idle_power_w={self.idle_power_w} must be >= 0")
+        carbon = self.carbon_g_per_kwh
+        if carbon is not None and not (math.isfinite(carbon) and carbon >= 0):
+            raise ConfigError(f"carbon_g_per_kwh={self.carbon_g_per_kwh} must be finite and >= 0")
+        for name in ("slo_ttft_s", "slo_tpot_s"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value} must be a positive number of seconds")
         window = self.arrival_window_s
         if window is not None and not 0 <= window[0] < window[1]:
             raise ConfigError(f"arrival_window_s={window} must be (start, end) with 0 <= start < end")

@@ -173,6 +173,8 @@ def save_trace(trace: Trace, path: Path) -> Path:
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)` on a temp file beside `path`, then rename it into place; on failure leave nothing.
 
+    The file gets the usual permissions (0666 less the umask), not the temp file's 0600.
+
     Args:
         path: the destination.
         write: writes the whole file to the path it is given.
@@ -182,7 +184,15 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from tokenjoule.traces import synth
-from tokenjoule.traces.columns import ColumnMap, Converted, convert, has_zone_offset
+from tokenjoule.traces.columns import DATETIME_UNITS, ColumnMap, Converted, convert, has_zone_offset
 from tokenjoule.traces.files import Sniffed, read_table, sniff
 from tokenjoule.traces.schema import Trace, TraceFormatError, TraceOptionError
 
@@ -308,13 +308,16 @@ def assemble(conv: Converted, rows_read: int, plan: LoadPlan, opts: LoadOptions)
                                "the row before (arrivals are not sorted; unsorted='sort' sorts them)")
     if opts.spread_buckets_s:
         arrival = arrival + rng.uniform(0.0, opts.spread_buckets_s, size=len(arrival))
+    start_unix_s = None
+    if plan.cmap.time_unit in DATETIME_UNITS and conv.arrival_s is not None and len(arrival):
+        start_unix_s = conv.ref * 1e-9 + float(arrival.min()) if plan.cmap.rezero else None
     if plan.cmap.rezero:
         arrival = arrival - arrival.min()
     resort = not bool(np.all(arrival[1:] >= arrival[:-1]))
     order = rows[np.argsort(arrival, kind="stable")] if resort else rows
     if resort:
         arrival = np.sort(arrival, kind="stable")
-    trace = Trace(_table(conv, order, arrival), plan.source)
+    trace = Trace(_table(conv, order, arrival), plan.source, start_unix_s)
     random = opts.spread_buckets_s is not None or plan.cmap.arrival_s is None
     report = LoadReport(plan.source, plan.fmt, rows_read, len(order), tuple(dropped), was_sorted, resort,
                         opts.spread_buckets_s, how, opts.seed if random else None)

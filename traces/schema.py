@@ -65,10 +65,14 @@ class Trace:
     Attributes:
         table: columns per `trace_schema`.
         source: file path or bundled name, for error messages and reports.
+        start_unix_s: the wall-clock time of `arrival_s` 0 (seconds since the Unix epoch, UTC; date-times without a
+            zone offset are read as UTC), for traces whose arrivals are date-times; None for relative-time traces
+            (numeric timestamps, synthesized arrivals) and after transforms.
     """
 
     table: pa.Table
     source: str = "<memory>"
+    start_unix_s: float | None = None
 
     def __post_init__(self) -> None:
         validate_table(self.table, self.source)

@@ -16,6 +16,12 @@ from tokenjoule.traces.schema import Trace, TraceOptionError
 ARRIVAL_PROCESSES = ("poisson", "gamma", "zero")
 
 
+# The most requests a synthetic trace may have. A trace is held in memory (a table row of ~40 bytes per request, and
+# the simulator keeps a slot per request), so 10^8 requests already take several GiB; larger workloads are for
+# `tokenjoule project`, which streams a trace file in blocks.
+MAX_SYNTHETIC_REQUESTS = 10**8
+
+
 @dataclass(frozen=True, slots=True)
 class SynthSpec:
     """How to synthesize a trace.
@@ -37,8 +43,9 @@ class SynthSpec:
     output_tokens: int = 128
 
     def __post_init__(self) -> None:
-        if self.n_requests < 1:
-            raise TraceOptionError(f"n_requests={self.n_requests} must be >= 1")
+        if not 1 <= self.n_requests <= MAX_SYNTHETIC_REQUESTS:
+            raise TraceOptionError(f"n_requests={self.n_requests} must be in 1..{MAX_SYNTHETIC_REQUESTS:,} (a "
+                                   "synthetic trace is held in memory; project larger workloads from a file)")
         if self.process not in ARRIVAL_PROCESSES:
             raise TraceOptionError(f"process={self.process!r} is not one of {', '.join(ARRIVAL_PROCESSES)}")
         if self.process != "zero" and not self.rate_per_s > 0:

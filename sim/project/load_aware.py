@@ -309,7 +309,7 @@ class LoadAwareProjector:
         self.simulated_requests += len(trace)
         table = res.requests
         done = table.column("status").to_numpy(zero_copy_only=False) == "finished"
-        energy = table.column("energy_j").to_numpy()
+        energy = table.column("gpu_energy_attributed_j").to_numpy()
         inp, out = trace.column("input_tokens"), trace.column("output_tokens")
         mine = own & done
         t_own = self.seats.terms(inp[mine], out[mine])

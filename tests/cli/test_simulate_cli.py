@@ -81,7 +81,7 @@ def test_default_without_shipped_profile_names_it(cli):
     (["--model", "llama-3.1-70b"], ["is for model"]),
     (["--gpu", "H200-SXM"], ["measured on"]),
     (["--tp", "3"], ["tp=3", "must divide"]),
-    (["--replicas", "0"], ["replicas=0"]),
+    (["--replicas", "0"], ["--replicas 0", ">= 1"]),
     (["--policy", "fifo"], ["policy"]),
     (["--window", "abc"], ["--window"]),
     (["--trace", "no-such-trace.csv"], ["no-such-trace.csv"]),

@@ -44,11 +44,11 @@ def test_hourly_carbon_weights_by_when_energy_is_used():
 def test_carbon_csv(tmp_path):
     path = tmp_path / "grid.csv"
     path.write_text("hour,g_co2_per_kwh\n0,400\n1,350.5\n")
-    assert load_carbon_csv(path) == (400.0, 350.5)
-    path.write_text("hour,g\n0,abc\n")
+    assert load_carbon_csv(path).values == (400.0, 350.5)
+    path.write_text("hour,intensity\n0,abc\n")
     with pytest.raises(ValueError, match="row 2"):
         load_carbon_csv(path)
-    path.write_text("hour,g\n")
+    path.write_text("hour,intensity\n")
     with pytest.raises(ValueError, match="no data rows"):
         load_carbon_csv(path)
 

@@ -35,7 +35,7 @@ def test_one_request_alone(simple_profile):
     assert ttft == pytest.approx(lat(100))  # one prefill
     assert events(r, "decode") == [(pytest.approx(1.0 + lat(100)), 9)]  # nine more tokens in one stretch
     busy = en(100) + 9 * en(1)
-    assert r.requests.column("energy_j")[0].as_py() == pytest.approx(busy)
+    assert r.requests.column("gpu_energy_attributed_j")[0].as_py() == pytest.approx(busy)
     assert r.summary["gpu_idle_j"] == pytest.approx(100.0 * 1.0)  # idle before the arrival
     assert r.summary["energy_total_j"] == pytest.approx(busy + 100.0)
     assert r.summary["e2e_p50_s"] == pytest.approx(lat(100) + 9 * lat(1))
@@ -51,11 +51,12 @@ def test_static_batch_pays_padding(simple_profile):
     e2e = r.requests.column("e2e_s").to_pylist()
     assert e2e == [pytest.approx(end), pytest.approx(end)]  # both return when the batch ends
     total = en(600) + 9 * en(2)
-    assert r.requests.column("energy_j").to_pylist() == [pytest.approx(total / 2)] * 2
+    assert r.requests.column("gpu_energy_attributed_j").to_pylist() == [pytest.approx(total / 2)] * 2
     unpadded = run(SimConfig(policy="static", max_batch=1), trace, simple_profile)
     assert r.summary["gpu_busy_j"] > 0.0
     # padding costs: the short request alone would take en(100) + 4 * en(1)
-    assert r.requests.column("energy_j")[0].as_py() > unpadded.requests.column("energy_j")[0].as_py()
+    col = "gpu_energy_attributed_j"
+    assert r.requests.column(col)[0].as_py() > unpadded.requests.column(col)[0].as_py()
 
 
 def test_host_overhead_lengthens_every_iteration_at_idle_power():
@@ -67,7 +68,7 @@ def test_host_overhead_lengthens_every_iteration_at_idle_power():
     assert events(r, "decode") == [(pytest.approx(1.0 + lat(100) + h), 9)]
     assert r.summary["e2e_p50_s"] == pytest.approx(lat(100) + 9 * lat(1) + 10 * h)
     busy = en(100) + 9 * en(1) + 10 * 100.0 * h  # the GPU idles (100 W) while the host works
-    assert r.requests.column("energy_j")[0].as_py() == pytest.approx(busy)
+    assert r.requests.column("gpu_energy_attributed_j")[0].as_py() == pytest.approx(busy)
 
 
 def test_static_decode_has_no_tail_since_padding_evens_the_contexts():
@@ -170,7 +171,7 @@ def test_request_that_can_never_fit_is_rejected_and_counted():
     assert r.summary["rejected"] == 2
     assert r.summary["rejected_by_reason"] == {"empty_request": 1, "kv_capacity": 1}
     assert r.requests.column("status").to_pylist() == ["finished", "rejected", "rejected"]
-    assert r.requests.column("energy_j")[1].as_py() == 0.0
+    assert r.requests.column("gpu_energy_attributed_j")[1].as_py() == 0.0
 
 
 def test_same_seed_same_result(toy_profile, tiny_trace):

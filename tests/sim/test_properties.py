@@ -51,7 +51,7 @@ def test_books_balance_and_everyone_finishes(rows, kwargs, profile):
     status = t.column("status").to_numpy(zero_copy_only=False)
     assert set(status) <= {"finished", "rejected"}
     assert s["finished"] + s["rejected"] == len(rows)
-    attributed = t.column("energy_j").to_numpy().sum()
+    attributed = t.column("gpu_energy_attributed_j").to_numpy().sum()
     total = s["gpu_busy_j"] + s["gpu_idle_j"]
     assert abs(attributed + s["gpu_idle_j"] - total) <= 1e-9 * max(total, 1e-300)
     assert abs(attributed - s["gpu_busy_j"]) <= 1e-9 * max(total, 1e-300)
@@ -59,6 +59,6 @@ def test_books_balance_and_everyone_finishes(rows, kwargs, profile):
     done = status == "finished"
     ttft, e2e, queue = (t.column(c).to_numpy()[done] for c in ("ttft_s", "e2e_s", "queue_s"))
     assert np.all(queue >= 0) and np.all(queue <= ttft + 1e-12) and np.all(ttft <= e2e + 1e-12)
-    assert np.all(t.column("energy_j").to_numpy()[done] > 0)
+    assert np.all(t.column("gpu_energy_attributed_j").to_numpy()[done] > 0)
     again = run(SimConfig(**kwargs), trace, profile)
     assert again.summary == s
