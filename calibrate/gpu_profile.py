@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from tokenjoule.calibrate.gpu_fit import TERMS, OperatorFit, fit_operators
-from tokenjoule.calibrate.profile import ProfileError, gpu_spec
+from tokenjoule.calibrate.profile import ProfileError, gpu_spec, read_profile_json
 from tokenjoule.traces.files import write_atomic
 
 GPU_PROFILE_KIND = "tokenjoule-gpu-profile"
@@ -214,15 +214,7 @@ def is_gpu_profile_file(path: str | Path) -> bool:
 def load_gpu_profile(path: str | Path) -> GPUOperatorProfile:
     """Read and validate a GPU profile JSON file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise ProfileError(f"{path}: cannot read GPU profile ({err.strerror or err})") from err
-    except json.JSONDecodeError as err:
-        raise ProfileError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
-    if not isinstance(data, dict):
-        raise ProfileError(f"{path}: a GPU profile is a JSON object")
-    return GPUOperatorProfile.from_dict(data, source=str(path))
+    return GPUOperatorProfile.from_dict(read_profile_json(path, "GPU profile"), source=str(path))
 
 
 def save_gpu_profile(profile: GPUOperatorProfile, path: str | Path) -> Path:

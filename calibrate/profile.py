@@ -270,18 +270,23 @@ def _curve_from_dict(data: dict[str, Any], unit: str) -> CostCurve:
                      unit, floats("prefill_knots_tokens"), floats("prefill_knot_values"))
 
 
-def load_profile(path: str | Path) -> GPUProfile:
-    """Read and validate a profile JSON file (or a shipped profile's short name, see `shipped_profiles`)."""
-    path = resolve_profile_path(path)
+def read_profile_json(path: Path, what: str = "profile") -> dict[str, Any]:
+    """The JSON object in a profile file; an unreadable file, bad JSON or a non-object is a one-line ProfileError."""
     try:
         data = json.loads(path.read_text())
     except OSError as err:
-        raise ProfileError(f"{path}: cannot read profile ({err.strerror or err})") from err
+        raise ProfileError(f"{path}: cannot read {what} ({err.strerror or err})") from err
     except json.JSONDecodeError as err:
         raise ProfileError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
     if not isinstance(data, dict):
-        raise ProfileError(f"{path}: a profile is a JSON object")
-    return GPUProfile.from_dict(data, source=str(path))
+        raise ProfileError(f"{path}: a {what} is a JSON object")
+    return data
+
+
+def load_profile(path: str | Path) -> GPUProfile:
+    """Read and validate a profile JSON file (or a shipped profile's short name, see `shipped_profiles`)."""
+    path = resolve_profile_path(path)
+    return GPUProfile.from_dict(read_profile_json(path), source=str(path))
 
 
 def save_profile(profile: GPUProfile, path: str | Path) -> Path:

@@ -56,8 +56,11 @@ def scaled(curve: CostCurve, decode: float, prefill: float) -> CostCurve:
 
 def _ratios(base: GPUProfile, points: Sequence[dict[str, Any]], key: str,
             base_points: Mapping[str, dict[str, Any]]) -> tuple[float, float]:
-    """Median measured here / on the base machine over the decode-only points, and over the rest (one median if a
-    kind is absent); a point missing from `base_points` is divided by the base curve's prediction instead."""
+    """Median measured here / on the base machine over the decode-only points, and over the rest.
+
+    One median serves both if a kind is absent; a point missing from `base_points` is divided by the base curve's
+    prediction instead.
+    """
     curve = base.latency if key == "time_s" else base.energy
 
     def reference(p: dict[str, Any]) -> float:
@@ -93,9 +96,10 @@ def short_recalibration(base: GPUProfile, points: Sequence[dict[str, Any]], idle
     mine = {p["point_id"]: p for p in base_points}
     (lat_d, lat_p), (en_d, en_p) = _ratios(base, points, "time_s", mine), _ratios(base, points, "energy_j", mine)
     matched = sum(p.get("point_id") in mine for p in points)
-    against = f"against the base's measurements at {matched} of {len(points)} points" if matched else "against its curves"
-    notes = (f"{base.notes}; short re-calibration ({note}, {against}): latency x{lat_d:.4f} decode / x{lat_p:.4f} prefill, "
-             f"energy x{en_d:.4f} / x{en_p:.4f}, idle power and host overhead re-measured")
+    against = (f"against the base's measurements at {matched} of {len(points)} points" if matched
+               else "against its curves")
+    notes = (f"{base.notes}; short re-calibration ({note}, {against}): latency x{lat_d:.4f} decode / "
+             f"x{lat_p:.4f} prefill, energy x{en_d:.4f} / x{en_p:.4f}, idle power and host overhead re-measured")
     carried = dataclasses.replace(base, latency=scaled(base.latency, lat_d, lat_p),
                                   energy=scaled(base.energy, en_d, en_p), idle_power_w=idle_power_w,
                                   host_overhead=host_overhead or base.host_overhead, notes=notes)

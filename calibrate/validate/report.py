@@ -21,8 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -21,8 +21,8 @@ def test_a_machine_that_draws_7_percent_more_is_recovered_exactly(toy_profile):
         assert carried.latency.of_shape(s) == pytest.approx(0.95 * toy_profile.latency.of_shape(s), rel=1e-12)
         assert carried.energy.of_shape(s) == pytest.approx(1.07 * toy_profile.energy.of_shape(s), rel=1e-12)
     assert carried.idle_power_w == 131.5 and carried.host_overhead == host
-    assert "short re-calibration (4 points, against its curves): latency x0.9500 decode / x0.9500 prefill, energy x1.0700 / x1.0700" \
-        in carried.notes
+    assert ("short re-calibration (4 points, against its curves): latency x0.9500 decode / x0.9500 prefill, "
+            "energy x1.0700 / x1.0700") in carried.notes
     assert carried.model == toy_profile.model and carried.kv_capacity_tokens == toy_profile.kv_capacity_tokens
     assert carried.fit_errors["latency"] == toy_profile.fit_errors["latency"]  # the shape's CV, as the base had it
     assert carried.fit_errors["short_recalibration"] == {"points": 4, "latency_median_abs_error": pytest.approx(0.0),
