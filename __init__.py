@@ -1,14 +1,52 @@
 """tokenjoule: the energy of LLM serving, calibrated on a GPU and simulated on a CPU.
 
 The repository root is this package: `traces/`, `kernels/`, `calibrate/` and `sim/` are its subpackages (one job
-each), and `cli.py` is the `tokenjoule` command that mounts their commands.
+each), and `cli.py` is the `tokenjoule` command that mounts their commands. `simulate` is the Python entry to the
+main job; it imports the simulator only when called, so `import tokenjoule` stays cheap.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tokenjoule.calibrate.profile import GPUProfile
+    from tokenjoule.sim.run import SimResult
+    from tokenjoule.traces.schema import Trace
 
 try:
     __version__ = version("tokenjoule")
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
+
+__all__ = ["__version__", "simulate"]
+
+DEFAULT_TRACE = "azure-conv-2023"
+DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
+
+
+def simulate(trace: str | Path | Trace = DEFAULT_TRACE, profile: str | Path | GPUProfile | None = DEFAULT_PROFILE,
+             policy: str = "continuous", **config: Any) -> SimResult:
+    """Simulate serving a trace, as `tokenjoule simulate` does, and return the result in memory (nothing written).
+
+    Args:
+        trace: a trace file (CSV, Parquet, JSONL; format detected), a bundled trace's name, or a loaded `Trace`.
+        profile: a profile file, a shipped profile's name, a loaded `GPUProfile`, or None (with `cost="roofline"`).
+        policy: "static", "continuous" or "chunked".
+        **config: any other `tokenjoule.sim.run.SimConfig` field, e.g. `replicas=4`, `max_num_seqs=128`,
+            `pue=1.2`, `carbon_g_per_kwh=400.0` (its docstring lists them with their units).
+
+    Returns:
+        A `SimResult`: `.summary` (the dict `tokenjoule simulate --json` prints) and `.requests` (a pyarrow Table,
+        one row per request: latencies and the GPU energy attributed to it).
+    """
+    from tokenjoule.calibrate.profile import GPUProfile, load_profile
+    from tokenjoule.sim.run import SimConfig, run
+    from tokenjoule.traces.loaders import load_trace
+    from tokenjoule.traces.schema import Trace
+
+    loaded = trace if isinstance(trace, Trace) else load_trace(trace)
+    prof = profile if profile is None or isinstance(profile, GPUProfile) else load_profile(profile)
+    return run(SimConfig(policy=policy, **config), loaded, prof)
