@@ -190,14 +190,6 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
     return table
 
 
-def _default_serves(model: str, gpu: str | None) -> bool:
-    """Whether the default profile is for `model` on `gpu` (any GPU when None)."""
-    from tokenjoule.calibrate.profile import load_profile
-
-    default = load_profile(DEFAULT_PROFILE)
-    return default.model.name == model and gpu in (None, default.gpu.get("datasheet"), default.gpu.get("name"))
-
-
 def simulate(
     trace: TraceOpt = None,
     fmt: FormatOpt = None,
@@ -244,10 +236,9 @@ def simulate(
         tokenjoule simulate --profile my.json --replicas 4 --router least-outstanding --out runs/a
         tokenjoule simulate --synthetic n=256,input=1024,output=128 --cost roofline --gpu H100-SXM
     """
-    from tokenjoule.kernels.spec import load_spec
     from tokenjoule.sim.report import RUN_FILES, check_out_folder, dumps, write_run
     from tokenjoule.sim.run import SimConfig, run
-    from tokenjoule.sim.tp_profiles import choose_composed, choose_profile, shipped_for
+    from tokenjoule.sim.tp_profiles import choose_for_model, choose_profile
 
     if out is not None:
         check_out_folder(out, RUN_FILES, force)
@@ -270,14 +261,12 @@ def simulate(
                        host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
                        arrival_window_s=_parse_window(window),
                        seed=seed)
-    composed = choose_composed(profile, model, gpu, cost, tp, DEFAULT_PROFILE)
-    if composed is None and profile is None and model and cost == "calibrated":
-        found = shipped_for(load_spec(model).name, gpu)
-        profile = str(found) if found is not None and not _default_serves(load_spec(model).name, gpu) else None
-    if composed is not None:
-        config = dataclasses.replace(config, model=composed.profile.model.name)
-    choice = composed or choose_profile(profile, cost, tp, DEFAULT_PROFILE)
+    by_model = choose_for_model(profile, model, gpu, cost, tp, DEFAULT_PROFILE)
+    choice = by_model or choose_profile(profile, cost, tp, DEFAULT_PROFILE)
+    if choice.composed:
+        config = dataclasses.replace(config, model=choice.profile.model.name)
     prof = choice.profile
+    recorded = profile or (str(by_model.path) if by_model is not None else DEFAULT_PROFILE if prof else None)
     tr = _load_trace(trace, fmt, synthetic, seed)
     if carbon_in is not None:
         config = dataclasses.replace(config, **_carbon_fields(carbon_in, tr, config.arrival_window_s))
@@ -285,7 +274,7 @@ def simulate(
         result = run(config, tr, prof, on_progress=tick)
     result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})
     if out is not None:
-        write_run(result, out, {"trace": tr.source, "profile": profile or (DEFAULT_PROFILE if prof else None)}, force)
+        write_run(result, out, {"trace": tr.source, "profile": recorded}, force)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return

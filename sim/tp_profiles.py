@@ -157,19 +157,19 @@ def choose_profile(name: str | None, cost: str, tp: int, default: str) -> Profil
     return ProfileChoice(*found, tp) if found else ProfileChoice(profile, path, tp)
 
 
-def choose_composed(name: str | None, model: str | None, gpu: str | None, cost: str, tp: int,
-                    default: str) -> ProfileChoice | None:
-    """A profile composed from a GPU profile, where the flags ask for one; None: `choose_profile` decides as before.
+def choose_for_model(name: str | None, model: str | None, gpu: str | None, cost: str, tp: int,
+                     default: str) -> ProfileChoice | None:
+    """The profile `--model` (and `--gpu`) pick, where they pick one; None: `choose_profile(name)` decides as before.
 
     `--profile` naming a GPU profile file composes it for `--model`. Without `--profile`, a `--model` that the default
     profile is not for (or another `--gpu`) gets a shipped model-specific profile of that model (and GPU) when one
-    exists (None is returned, after pointing `name` at it, see `shipped_for`), else the shipped GPU profile of the
-    GPU (`--gpu`, default H200-SXM) composed for the model.
+    exists, else the shipped GPU profile of the GPU (`--gpu`, default H200-SXM) composed for the model.
 
     Raises:
         ConfigError: a GPU profile without `--model`, or a model that does not fit on the GPU.
         ProfileError: no shipped GPU profile for the GPU.
     """
+    from tokenjoule.calibrate import profile as profile_files  # SHIPPED_DIR read at call time: tests point it elsewhere
     from tokenjoule.calibrate.compose import compose_profile
     from tokenjoule.calibrate.gpu_profile import is_gpu_profile_file, load_gpu_profile
     from tokenjoule.kernels.spec import ConfigError, load_spec
@@ -186,19 +186,23 @@ def choose_composed(name: str | None, model: str | None, gpu: str | None, cost: 
     if not model:
         return None
     spec = load_spec(model)
-    default_profile = load_profile(resolve_profile_path(default))
-    if default_profile.model.name == spec.name and gpu in (None, default_profile.gpu.get("datasheet"),
-                                                           default_profile.gpu.get("name")):
+    if _serves(load_profile(resolve_profile_path(default)), spec.name, gpu):
         return None
-    if shipped_for(spec.name, gpu) is not None:
-        return None
+    measured = shipped_for(spec.name, gpu)
+    if measured is not None:
+        return choose_profile(str(measured), cost, tp, default)
     sheet = gpu or "H200-SXM"
-    found = [p for p in sorted(shipped_profiles_dir().glob("*.json"))
-             if is_gpu_profile_file(p) and load_gpu_profile(p).gpu.get("datasheet") == sheet]
-    if not found:
-        raise ProfileError(f"no shipped GPU profile for {sheet}; pass --profile GPU_PROFILE.json")
-    return ProfileChoice(compose_profile(load_gpu_profile(found[0]), spec, str(found[0])), found[0], tp,
-                         composed=True)
+    for path in sorted(profile_files.SHIPPED_DIR.glob("*.json")):
+        if is_gpu_profile_file(path):
+            gpu_profile = load_gpu_profile(path)
+            if gpu_profile.gpu.get("datasheet") == sheet:
+                return ProfileChoice(compose_profile(gpu_profile, spec, str(path)), path, tp, composed=True)
+    raise ProfileError(f"no shipped GPU profile for {sheet}; pass --profile GPU_PROFILE.json")
+
+
+def _serves(profile: GPUProfile, model: str, gpu: str | None) -> bool:
+    """Whether `profile` is for `model` on `gpu` (a datasheet or NVML name; any GPU when None)."""
+    return profile.model.name == model and gpu in (None, profile.gpu.get("datasheet"), profile.gpu.get("name"))
 
 
 def shipped_for(model: str, gpu: str | None) -> Path | None:
@@ -208,13 +212,6 @@ def shipped_for(model: str, gpu: str | None) -> Path | None:
             p = load_profile(path)
         except ProfileError:
             continue
-        if p.model.name == model and p.tp == 1 and gpu in (None, p.gpu.get("datasheet"), p.gpu.get("name")):
+        if p.tp == 1 and _serves(p, model, gpu):
             return path
     return None
-
-
-def shipped_profiles_dir() -> Path:
-    """The folder of shipped profiles (model-specific and GPU profiles)."""
-    from tokenjoule.calibrate import profile
-
-    return profile.SHIPPED_DIR
