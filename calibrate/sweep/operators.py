@@ -13,6 +13,11 @@ Method, per point of `operator_grid.OperatorGrid`:
 5. energy per call: `measure_aligned` (tick-aligned NVML windows, see `calibrate/measure/aligned.py`) over repeated
    replays, divided by `reps`; its power and error bound are kept.
 
+Operators that stream weights or KV from memory (GEMMs, paged decode attention) cycle through copies of their
+inputs that together exceed the GPU's L2 cache (`ROTATE_BYTES`): in an iteration every layer reads its own
+weights and its own KV from HBM, while a benchmark replaying one small GEMM on the same weights would time an L2
+hit (an H100/H200 has 50 MB of L2, more than one decode GEMM of a 1-8B model).
+
 The host side is measured apart (`measure_launch_costs`): the host time of one eager kernel launch and of one graph
 replay, which a launch-bound engine pays per kernel or per iteration. torch is imported inside the functions.
 """
@@ -33,6 +38,26 @@ from tokenjoule.calibrate.measure.timing import time_fn
 from tokenjoule.calibrate.sweep.operator_grid import OperatorPoint
 
 logger = logging.getLogger(__name__)
+
+ROTATE_BYTES = 256 * 2**20  # inputs cycled per operator: about 5x the L2 of an H100/H200 (50 MB)
+MAX_COPIES = 64
+
+
+def copies_for(bytes_per_copy: int) -> int:
+    """How many copies of an operator's inputs make the calls it cycles through exceed the L2 cache."""
+    return max(1, min(MAX_COPIES, math.ceil(ROTATE_BYTES / max(bytes_per_copy, 1))))
+
+
+def rotating(calls: list[Callable[[], Any]]) -> Callable[[], Any]:
+    """One call that runs `calls` in turn, one per invocation (captured in a graph, each capture binds the next)."""
+    state = {"i": -1}
+
+    def call() -> Any:
+        state["i"] = (state["i"] + 1) % len(calls)
+        return calls[state["i"]]()
+
+    call.copies = len(calls)  # type: ignore[attr-defined]
+    return call
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +99,11 @@ def build_call(point: OperatorPoint, device: str, seed: int) -> Callable[[], Any
         return (torch.randn(*shape, generator=gen, device=device, dtype=torch.float32) * 0.02).to(dtype)
 
     if point.op == "gemm":
-        x, w = rand(p["m"], p["k"]), rand(p["n"], p["k"])
-        return lambda: F.linear(x, w)
+        def one_gemm() -> Callable[[], Any]:
+            x, w = rand(p["m"], p["k"]), rand(p["n"], p["k"])
+            return lambda: F.linear(x, w)
+
+        return rotating([one_gemm() for _ in range(copies_for(2 * (p["m"] + p["n"]) * p["k"]))])
     if point.op == "sample":
         logits = rand(p["seqs"], p["vocab"])
         return lambda: torch.argmax(logits, dim=-1)
@@ -96,13 +124,18 @@ def _decode_attn_call(p: dict[str, int], rand: Callable[..., Any], device: str, 
     block = 16
     batch, ctx = p["batch"], p["ctx"]
     blocks_per_seq = -(-ctx // block)
-    k_cache = rand(batch * blocks_per_seq, block, p["kv_heads"], p["head_dim"])
-    v_cache = rand(batch * blocks_per_seq, block, p["kv_heads"], p["head_dim"])
     tables = torch.arange(batch * blocks_per_seq, device=device, dtype=torch.int32).view(batch, blocks_per_seq)
     lens = torch.full((batch,), ctx, device=device, dtype=torch.int32)
-    q = rand(batch, p["heads"], p["head_dim"])
     backend = "triton" if str(device).startswith("cuda") else "torch"  # the engine's kernel; the reference on CPUs
-    return lambda: attend(q, k_cache, v_cache, tables, lens, backend=backend)
+
+    def one_layer() -> Callable[[], Any]:  # each copy is another layer's cache, as in an iteration
+        k_cache = rand(batch * blocks_per_seq, block, p["kv_heads"], p["head_dim"])
+        v_cache = rand(batch * blocks_per_seq, block, p["kv_heads"], p["head_dim"])
+        q = rand(batch, p["heads"], p["head_dim"])
+        return lambda: attend(q, k_cache, v_cache, tables, lens, backend=backend)
+
+    cache_bytes = 2 * 2 * batch * blocks_per_seq * block * p["kv_heads"] * p["head_dim"]
+    return rotating([one_layer() for _ in range(copies_for(cache_bytes))])
 
 
 def _prefill_attn_call(p: dict[str, int], rand: Callable[..., Any], device: str, engine_model: Any):
@@ -210,7 +243,8 @@ def measure_point(point: OperatorPoint, meter: EnergyMeter, config: OperatorSwee
     aligned = measure_aligned(meter, step, target_s=config.window_s, min_steps=3, warmup_steps=2,
                               max_s=config.max_window_s)
     energy = None if aligned.energy_per_step_j is None else aligned.energy_per_step_j / reps
-    row = {**point.to_row(), "reps": reps, "graph": graphed, "gpu_time_s": gpu_s,
+    row = {**point.to_row(), "reps": reps, "copies": getattr(call, "copies", 1), "graph": graphed,
+           "gpu_time_s": gpu_s,
            "step_time_s": aligned.step_time_s / reps, "energy_j": energy, "power_w": aligned.power_w,
            "error_bound": aligned.error_bound, "window_s": aligned.time_s, "window_steps": aligned.steps}
     return row
@@ -365,6 +399,8 @@ def sweep_to_folder(out_dir: str, model_names: tuple[str, ...], *, quick: bool =
             "gpu": gpu, "host": host_info(), "software": software_info(),
             "method": {"time": "CUDA events around CUDA-graph replays of `reps` calls (eager where capture fails), "
                                "median of timing_repeats, per call", "energy": METHOD_SUMMARY,
+                       "l2": f"GEMMs and decode attention cycle through `copies` copies of their inputs, together "
+                             f"at least {ROTATE_BYTES // 2**20} MiB (at most {MAX_COPIES} copies)",
                        "config": {k: getattr(config, k) for k in config.__slots__}},
             "idle_power_w": idle_w, "idle_power_after_w": idle_after_w, "launch": launch,
             "models": list(model_names), "quick": quick, "points": len(points), "measured": len(rows),

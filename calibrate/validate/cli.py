@@ -29,8 +29,9 @@ def run_cmd(
     budget_s: float = typer.Option(None, "--budget-s", help="Skip scenarios that would end after this many "
                                    "seconds of the run (default: 560, inside the device tool's 600 s)."),
     quick: bool = typer.Option(False, "--quick", help="The smoke-test calibration grid (a check, not a profile)."),
-    scenario_set: str = typer.Option("short", "--scenario-set", help="short slices (after calibrating) or long "
-                                     "ones (usually with --profile)."),
+    scenario_set: str = typer.Option("short", "--scenario-set", help="short slices (after calibrating), long "
+                                     "ones (usually with --profile), or models: about a minute per model, for a "
+                                     "lease that replays several models."),
     scenarios: str = typer.Option("", "--scenarios", help="Comma list of scenario names of the set, run in this "
                                   "order (default: all, in order)."),
     mode: str = typer.Option("cudagraph", "--mode", help="Engine mode: cudagraph, or eager (every iteration "

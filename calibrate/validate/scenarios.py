@@ -95,7 +95,22 @@ LONG_SCENARIOS = (
     Scenario("code_continuous_x0.7_long", "continuous", trace="azure-code-2023", start_s=600.0, window_s=63.0,
              rate_scale=0.7),
 )
-SCENARIO_SETS = {"short": SCENARIOS, "long": LONG_SCENARIOS, "all": SCENARIOS + LONG_SCENARIOS}
+# One model of many in a device lease (leave-one-model-out validation of a composed profile): about a minute of
+# replays covering both traces, both policies, a light and a loaded rate, and one offline static batch.
+MODEL_SCENARIOS = (
+    Scenario("conv_continuous_x3_m", "continuous", trace="azure-conv-2023", start_s=600.0, window_s=30.0,
+             rate_scale=3.0),
+    Scenario("code_chunked_x1_m", "chunked", max_num_batched_tokens=2048, trace="azure-code-2023", start_s=600.0,
+             window_s=10.0, rate_scale=1.0),
+    Scenario("conv_chunked_x0.5_m", "chunked", max_num_batched_tokens=2048, trace="azure-conv-2023", start_s=900.0,
+             window_s=5.0, rate_scale=0.5),
+    Scenario("code_continuous_x0.5_m", "continuous", trace="azure-code-2023", start_s=1400.0, window_s=5.0,
+             rate_scale=0.5),
+    Scenario("static_b8_i1024_o256_m", "continuous", static_batch=8, static_batches=2, static_input_tokens=1024,
+             static_output_tokens=256),
+)
+SCENARIO_SETS = {"short": SCENARIOS, "long": LONG_SCENARIOS, "all": SCENARIOS + LONG_SCENARIOS,
+                 "models": MODEL_SCENARIOS}
 
 
 def scenario_requests(s: Scenario) -> list[ReplayRequest]:

@@ -8,6 +8,7 @@ import pytest
 
 from tokenjoule.calibrate.sweep.operator_grid import (
     OperatorGrid,
+    OperatorPoint,
     gemm_point,
     model_gemms,
     prefill_attn_point,
@@ -84,3 +85,17 @@ def test_every_builder_runs_on_a_cpu():
     for point in OperatorGrid((dense, moe), quick=True).points():
         point = dataclasses.replace(point, shape=tuple((n, min(v, 32) if n in small else v) for n, v in point.shape))
         build_call(point, "cpu", 0)()
+
+
+def test_streaming_operators_cycle_through_more_than_the_l2_cache():
+    torch = pytest.importorskip("torch")
+    from tokenjoule.calibrate.sweep.operators import ROTATE_BYTES, build_call, copies_for
+
+    assert copies_for(8 * 2**20) * 8 * 2**20 >= ROTATE_BYTES  # a 1B model's decode GEMM: many copies
+    assert copies_for(10 * ROTATE_BYTES) == 1  # a GEMM larger than L2 on its own: one
+    point = OperatorPoint("gemm", (("m", 1), ("n", 64), ("k", 64)), flops=2 * 64 * 64, bytes_moved=2 * 65 * 64)
+    call = build_call(point, "cpu", 0)
+    outputs = [call() for _ in range(call.copies + 1)]
+    assert call.copies == copies_for(2 * 65 * 64) > 1
+    assert not torch.equal(outputs[0], outputs[1])  # each call reads other weights
+    assert torch.equal(outputs[0], outputs[-1])  # and the cycle comes round
