@@ -140,6 +140,12 @@ class EnergyBreakdown:
         """GPU energy, busy plus idle."""
         return self.gpu_busy_j + self.gpu_idle_j
 
+    def to_dict(self) -> dict[str, float | None]:
+        """The energy keys `simulate --json` and each `project --json` estimate share (kWh and kg CO2e of the total)."""
+        return {"energy_total_j": self.total_j, "gpu_busy_j": self.gpu_busy_j, "gpu_idle_j": self.gpu_idle_j,
+                "host_j": self.host_j, "facility_overhead_j": self.facility_overhead_j, "kwh": self.total_j / 3.6e6,
+                "kg_co2e": self.carbon_kg}
+
 
 def energy_breakdown(busy_j: float, idle_j: float, end_s: float, replicas: int, host_power_w: float, pue: float,
                      carbon_g_per_kwh: float | None = None, carbon_hourly: tuple[float, ...] | None = None,
