@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -15,6 +17,9 @@ from rich.table import Table
 
 from tokenjoule.console import progress
 from tokenjoule.kernels.spec import ConfigError
+
+if TYPE_CHECKING:
+    from tokenjoule.sim.accounting import CarbonHours
 
 DEFAULT_TRACE = "azure-conv-2023"
 DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
@@ -35,6 +40,11 @@ GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU datasheet (H100-S
 CostOpt = Annotated[str, typer.Option("--cost", help="Cost model: calibrated, roofline or roofline-memory.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that holds other files too "
                                                         "(they are left alone; only tokenjoule's files are replaced).")]
+PueOpt = Annotated[float, typer.Option(help="Facility power usage effectiveness.")]
+HostPowerOpt = Annotated[float, typer.Option(help="Host power per replica, W.")]
+CarbonOpt = Annotated[str | None, typer.Option(
+    help="Grid intensity: gCO2e/kWh, an hourly CSV file, or a region from CodeCarbon's data: a country (DE, FRA, "
+         "Germany) or gcp:REGION (needs pip install 'tokenjoule[carbon]').")]
 
 
 def _parse_synthetic(text: str, seed: int):
@@ -99,31 +109,66 @@ def _parse_window(text: str | None) -> tuple[float, float] | None:
         raise ConfigError(f"--window: {text!r} must be START:END in seconds, e.g. 0:600") from err
 
 
-def _parse_carbon(text: str | None) -> float | Any | None:
-    """A constant intensity (gCO2e/kWh), an hourly `CarbonHours` series from a CSV file, or None."""
+@dataclass(frozen=True, slots=True)
+class GridCarbon:
+    """What `--carbon` gave: a constant intensity or an hourly series, and where it came from.
+
+    Attributes:
+        g_per_kwh: constant grid intensity, gCO2e/kWh (None for an hourly series).
+        hourly: the hourly series read from a CSV file (None for a constant).
+        source: where the intensity came from, for outputs: the flag's number, the file, or the dataset entry.
+        region: the dataset's key for a region name (None for a number or a file).
+    """
+
+    g_per_kwh: float | None
+    hourly: CarbonHours | None
+    source: str
+    region: str | None = None
+
+
+def carbon_keys(carbon: GridCarbon | None) -> dict[str, Any]:
+    """`carbon_g_per_kwh` and `carbon_source`: the keys `--json` outputs record the intensity under (null without)."""
+    if carbon is None:
+        return {"carbon_g_per_kwh": None, "carbon_source": None}
+    return {"carbon_g_per_kwh": carbon.g_per_kwh, "carbon_source": carbon.source}
+
+
+def parse_carbon(text: str | None) -> GridCarbon | None:
+    """`--carbon`: a number (gCO2e/kWh), an hourly CSV file, or a region name looked up in CodeCarbon's data.
+
+    A value with a path separator or a `.csv` suffix, or naming an existing file, is a file; other words are regions.
+    """
     if not text:
         return None
     try:
         value = float(text)
     except ValueError:
+        value = None
+    if value is not None:
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"--carbon {text}: a grid intensity must be a finite number of gCO2e/kWh >= 0")
+        return GridCarbon(value, None, f"--carbon {text}")
+    if "/" in text or os.sep in text or text.lower().endswith(".csv") or Path(text).exists():
         from tokenjoule.sim.accounting import load_carbon_csv
 
-        return load_carbon_csv(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"--carbon {text}: a grid intensity must be a finite number of gCO2e/kWh >= 0")
-    return value
+        hours = load_carbon_csv(text)
+        return GridCarbon(None, hours, f"{text} (hourly, {len(hours.values)} rows)")
+    from tokenjoule.sim.grid_intensity import region_intensity
+
+    region = region_intensity(text)
+    return GridCarbon(region.g_per_kwh, None, region.source, region.region)
 
 
-def _carbon_fields(carbon: float | Any | None, trace: Any, window: tuple[float, float] | None) -> dict[str, Any]:
+def _carbon_fields(carbon: GridCarbon | None, trace: Any, window: tuple[float, float] | None) -> dict[str, Any]:
     """SimConfig's carbon fields; an hourly series is aligned to the trace's clock (see `CarbonHours.aligned`)."""
     if carbon is None:
         return {}
-    if isinstance(carbon, float):
-        return {"carbon_g_per_kwh": carbon}
+    if carbon.hourly is None:
+        return {"carbon_g_per_kwh": carbon.g_per_kwh}
     start = trace.start_unix_s
     if start is not None and window is not None:
         start += window[0]
-    return {"carbon_hourly": carbon.aligned(start)}
+    return {"carbon_hourly": carbon.hourly.aligned(start)}
 
 
 def check_physical_flags(flags: dict[str, tuple[float | None, str]]) -> None:
@@ -214,11 +259,11 @@ def simulate(
                                                           show_default=False)] = None,
     slo_ttft_s: Annotated[float | None, typer.Option(help="TTFT target, s.")] = None,
     slo_tpot_s: Annotated[float | None, typer.Option(help="TPOT target, s.")] = None,
-    pue: Annotated[float, typer.Option(help="Facility power usage effectiveness.")] = 1.0,
-    host_power_w: Annotated[float, typer.Option(help="Host power per replica, W.")] = 0.0,
+    pue: PueOpt = 1.0,
+    host_power_w: HostPowerOpt = 0.0,
     idle_power_w: Annotated[float | None, typer.Option(help="Replica idle power override, W (default: the "
                                                             "profile's; 0 for roofline).")] = None,
-    carbon: Annotated[str | None, typer.Option(help="Grid intensity: gCO2e/kWh, or an hourly CSV file.")] = None,
+    carbon: CarbonOpt = None,
     seed: Annotated[int, typer.Option(help="Seed (random router, synthetic traces).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write requests.parquet, summary.json, run.json, plots here (a new "
                                                   "folder, or one holding only these).")] = None,
@@ -252,7 +297,7 @@ def simulate(
                           "--host-power-w": (host_power_w, ">= 0"), "--idle-power-w": (idle_power_w, ">= 0")})
     check_policy_flags(policy, {"--max-batch": max_batch, "--batch-timeout-s": batch_timeout_s},
                        {"--max-batched-tokens": max_num_batched_tokens})
-    carbon_in = _parse_carbon(carbon)
+    carbon_in = parse_carbon(carbon)
     config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                        max_batch=8 if max_batch is None else max_batch, block_size=block_size,
@@ -272,9 +317,11 @@ def simulate(
         config = dataclasses.replace(config, **_carbon_fields(carbon_in, tr, config.arrival_window_s))
     with progress("simulating", len(tr) > 50_000) as tick:
         result = run(config, tr, prof, on_progress=tick)
-    result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source})
+    carbon_out = carbon_keys(carbon_in)
+    result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source, **carbon_out})
     if out is not None:
-        write_run(result, out, {"trace": tr.source, "profile": recorded}, force)
+        write_run(result, out, {"trace": tr.source, "profile": recorded, "carbon_source": carbon_out["carbon_source"]},
+                  force)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
@@ -284,6 +331,9 @@ def simulate(
         console.print("[yellow]note:[/] tensor parallelism is modeled from a tp=1 profile (not measured)")
     if result.summary["profile_source"]:
         console.print(f"costs: {result.summary['profile_source']}", markup=False, highlight=False)
+    if carbon_in is not None and carbon_in.region is not None:
+        console.print(f"carbon: {carbon_in.g_per_kwh:g} gCO2e/kWh from {carbon_in.source}", markup=False,
+                      highlight=False)
     if choice.composed:
         console.print("[yellow]note:[/] every cost is modeled: composed from GPU operator fits, no iteration of this "
                       "model was measured")
