@@ -36,6 +36,7 @@ class PaperBin:
         batch: B, requests per batch (0 when one request does not fit the KV cache).
         batch_energy_j: energy of one batch of B (J).
         energy_j: count / B x batch_energy_j (J).
+        batch_time_s: time of one batch of B on one replica (s).
     """
 
     input_tokens: int
@@ -44,6 +45,12 @@ class PaperBin:
     batch: int
     batch_energy_j: float
     energy_j: float
+    batch_time_s: float = 0.0
+
+    @property
+    def busy_s(self) -> float:
+        """Replica-seconds the bin's batches run, count / B x batch_time_s (0 for a bin that does not fit)."""
+        return self.count / self.batch * self.batch_time_s if self.batch else 0.0
 
     @property
     def j_per_request(self) -> float | None:
@@ -85,6 +92,11 @@ class PaperEstimate:
         return self.binned - self.unfit
 
     @property
+    def busy_s(self) -> float:
+        """Replica-seconds the batches run back to back (the estimate has no idle time)."""
+        return sum(b.busy_s for b in self.bins)
+
+    @property
     def j_per_request(self) -> float | None:
         """Energy per estimated request (J)."""
         return self.energy_j / self.estimated if self.estimated else None
@@ -92,7 +104,8 @@ class PaperEstimate:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {
-            "energy_j": self.energy_j, "j_per_request": self.j_per_request, "requests": self.requests,
+            "energy_j": self.energy_j, "j_per_request": self.j_per_request, "busy_s": self.busy_s,
+            "requests": self.requests,
             "binned": self.binned, "estimated": self.estimated, "excluded": self.excluded, "clamped": self.clamped,
             "unfit": self.unfit, "out_of_range": self.out_of_range, "max_batch": self.max_batch,
             "kv_capacity_tokens": self.kv_capacity_tokens,
@@ -109,8 +122,8 @@ def batch_size(input_tokens: int, output_tokens: int, kv_capacity_tokens: int, m
     return min(max_batch, kv_capacity_tokens // max(1, input_tokens + output_tokens))
 
 
-def batch_energy_j(cost: CostModel, batch: int, input_tokens: int, output_tokens: int) -> float:
-    """One padded static batch: prefill of batch x input tokens, then output - 1 decode steps (J).
+def batch_cost(cost: CostModel, batch: int, input_tokens: int, output_tokens: int) -> tuple[float, float]:
+    """One padded static batch: prefill of batch x input tokens, then output - 1 decode steps.
 
     Args:
         cost: the cost model.
@@ -119,14 +132,14 @@ def batch_energy_j(cost: CostModel, batch: int, input_tokens: int, output_tokens
         output_tokens: tokens generated per request (>= 1; the prefill emits the first).
 
     Returns:
-        Joules of the batch.
+        (time_s, energy_j) of the batch.
     """
     if batch < 1 or input_tokens < 1 or output_tokens < 1:
         raise ConfigError(f"batch={batch}, input_tokens={input_tokens} and output_tokens={output_tokens} must be >= 1")
     pairs = batch * input_tokens * (input_tokens + 1) // 2
-    _, prefill_j = cost.iteration(IterFeatures(batch * input_tokens, pairs, 0, 0, 0, batch))
-    decode_j = cost.decode_stretch(batch, batch * input_tokens, input_tokens).energy_j(output_tokens - 1)
-    return prefill_j + decode_j
+    prefill_s, prefill_j = cost.iteration(IterFeatures(batch * input_tokens, pairs, 0, 0, 0, batch))
+    decode = cost.decode_stretch(batch, batch * input_tokens, input_tokens)
+    return prefill_s + decode.time_s(output_tokens - 1), prefill_j + decode.energy_j(output_tokens - 1)
 
 
 def paper_estimate(counts: BinCounts, cost: CostModel, max_batch: int = 256) -> PaperEstimate:
@@ -154,7 +167,7 @@ def paper_estimate(counts: BinCounts, cost: CostModel, max_batch: int = 256) -> 
                 unfit += n
                 bins.append(PaperBin(int(in_edge), int(out_edge), n, 0, 0.0, 0.0))
                 continue
-            e_batch = batch_energy_j(cost, b, max(1, int(in_edge)), max(1, int(out_edge)))
-            bins.append(PaperBin(int(in_edge), int(out_edge), n, b, e_batch, n / b * e_batch))
+            t_batch, e_batch = batch_cost(cost, b, max(1, int(in_edge)), max(1, int(out_edge)))
+            bins.append(PaperBin(int(in_edge), int(out_edge), n, b, e_batch, n / b * e_batch, t_batch))
     return PaperEstimate(sum(b.energy_j for b in bins), counts.rows, counts.binned, counts.excluded, counts.clamped,
                          unfit, max_batch, capacity, tuple(bins), counts.spec.out_of_range)

@@ -11,7 +11,16 @@ from rich.table import Table
 
 from tokenjoule.console import progress
 from tokenjoule.kernels.spec import ConfigError
-from tokenjoule.sim.cli import DEFAULT_PROFILE, resolve_profile
+from tokenjoule.sim.cli import (
+    DEFAULT_PROFILE,
+    CarbonOpt,
+    HostPowerOpt,
+    PueOpt,
+    carbon_keys,
+    check_physical_flags,
+    parse_carbon,
+    resolve_profile,
+)
 
 
 def _edges(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -29,25 +38,28 @@ def _fmt(value: Any, spec: str) -> str:
 
 def _table(d: dict[str, Any]) -> Table:
     est = d["estimates"]
+    carbon = d["carbon_g_per_kwh"] is not None
     table = Table(title=f"tokenjoule project: {d['source']} ({d['requests']:,} requests)")
-    for name in ("estimate", "energy J", "kWh", "J/request", "requests", "notes"):
+    for name in ("estimate", "energy J", "kWh", *(("kg CO2e",) if carbon else ()), "J/request", "requests", "notes"):
         table.add_column(name, justify="left" if name in ("estimate", "notes") else "right")
+
+    def row(label: str, e: dict[str, Any], requests: int, notes: str) -> None:
+        co2 = (_fmt(e["kg_co2e"], ".4f"),) if carbon else ()
+        table.add_row(label, _fmt(e["energy_total_j"], ",.0f"), _fmt(e["kwh"], ".4f"), *co2,
+                      _fmt(e["j_per_request"], ",.2f"), f"{requests:,}", notes)
+
     if est["paper"]:
         p = est["paper"]
-        notes = f"B<={p['max_batch']}, {p['excluded']:,} excluded, {p['clamped']:,} clamped, {p['unfit']:,} unfit"
-        table.add_row("paper (binned, static)", _fmt(p["energy_j"], ",.0f"), _fmt(p["energy_j"] / 3.6e6, ".4f"),
-                      _fmt(p["j_per_request"], ",.2f"), f"{p['estimated']:,}", notes)
+        row("paper (binned, static)", p, p["estimated"],
+            f"B<={p['max_batch']}, {p['excluded']:,} excluded, {p['clamped']:,} clamped, {p['unfit']:,} unfit")
     if est["theoretical"]:
         t = est["theoretical"]
-        notes = f"{t['peak_flops'] / 1e12:,.0f} TFLOP/s peak, {t['tdp_w']:,.0f} W"
-        table.add_row("theoretical (FLOPs)", _fmt(t["energy_j"], ",.0f"), _fmt(t["energy_j"] / 3.6e6, ".4f"),
-                      _fmt(t["j_per_request"], ",.2f"), f"{t['requests']:,}", notes)
+        row("theoretical (FLOPs)", t, t["requests"], f"{t['peak_flops'] / 1e12:,.0f} TFLOP/s peak, {t['tdp_w']:,.0f} W")
     if est["load_aware"]:
         la = est["load_aware"]
-        notes = (f"+- {_fmt(la['err_j'], ',.0f')} J; {la['windows']:,} x {la['window_s']:g} s windows, "
-                 f"{la['simulations']} sims, util {la['utilization']:.1%}, {la['rejected']:,} rejected")
-        table.add_row("load-aware (windows)", _fmt(la["energy_j"], ",.0f"), _fmt(la["energy_j"] / 3.6e6, ".4f"),
-                      _fmt(la["j_per_request"], ",.2f"), f"{la['requests']:,}", notes)
+        row("load-aware (windows)", la, la["requests"],
+            f"+- {_fmt(la['err_j'], ',.0f')} J; {la['windows']:,} x {la['window_s']:g} s windows, "
+            f"{la['simulations']} sims, util {la['utilization']:.1%}, {la['rejected']:,} rejected")
     return table
 
 
@@ -79,6 +91,9 @@ def project(
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
     max_num_batched_tokens: Annotated[int | None, typer.Option(
         "--max-batched-tokens", help="Tokens per iteration (default 16384 continuous, 2048 chunked).")] = None,
+    pue: PueOpt = 1.0,
+    host_power_w: HostPowerOpt = 0.0,
+    carbon: CarbonOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimates and inputs as one JSON object.")]
     = False,
 ) -> None:
@@ -86,12 +101,14 @@ def project(
 
     Streams the trace in record batches (constant memory). `paper` is the paper's binned offline estimate (full
     static batches per length bin), `theoretical` is TDP x FLOPs / peak FLOP/s, `load-aware` follows the arrival
-    rate and length mix per time window (short simulations, idle power, error bars).
+    rate and length mix per time window (short simulations, idle power, error bars). --pue, --host-power-w and
+    --carbon add what simulate adds to each: host power over the time its server runs, then PUE, then carbon.
 
     Example:
         tokenjoule project azure-conv-2023 --profile my.json
         tokenjoule project week.parquet --profile my.json --replicas 8 --json
         tokenjoule project trace.csv --profile my.json --out-of-range clamp --max-batch 128
+        tokenjoule project azure-code-2023 --pue 1.2 --host-power-w 300 --carbon DE
     """
     from tokenjoule.sim.project.load_aware import LoadAwareConfig
     from tokenjoule.sim.project.projection import ProjectConfig
@@ -100,18 +117,24 @@ def project(
     from tokenjoule.sim.run import SimConfig
     from tokenjoule.traces.binning import BinSpec
 
+    check_physical_flags({"--pue": (pue, ">= 1"), "--host-power-w": (host_power_w, ">= 0")})
+    grid = parse_carbon(carbon)
+    if grid is not None and grid.hourly is not None:
+        raise ConfigError(f"--carbon {carbon}: project prices one constant intensity (a number or a region); the "
+                          "estimates have no hour-by-hour timeline for an hourly file (simulate has one)")
     bins = BinSpec(out_of_range=out_of_range)
     ins, outs = _edges(input_edges, "--input-edges"), _edges(output_edges, "--output-edges")
     if ins or outs:
         bins = BinSpec(ins or bins.input_edges, outs or bins.output_edges, out_of_range)
     sim = SimConfig(policy=policy, replicas=replicas, tp=tp, cost=cost, gpu=gpu, model=model,
-                    max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
+                    max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, pue=pue,
+                    host_power_w=host_power_w, carbon_g_per_kwh=grid.g_per_kwh if grid else None)
     config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
                            tuple(e.strip() for e in estimators.split(",") if e.strip()))
     prof = resolve_profile(profile, cost, tp)
     with progress("projecting", not as_json) as tick:
         result = run_projection(trace, prof, config, fmt=fmt, progress=tick)
-    data = result.to_dict()
+    data = {**result.to_dict(), **carbon_keys(grid)}
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(data))))
         return
@@ -119,6 +142,10 @@ def project(
     console.print(_table(data))
     console.print(f"cost model: {data['cost_model']}; rows read {data['rows_read']:,}, dropped "
                   f"{data['rows_dropped']:,} (0 output tokens)")
+    if pue != 1.0 or host_power_w or grid is not None:
+        console.print(f"facility: PUE {pue:g}, host {host_power_w:g} W per replica"
+                      + (f"; carbon {grid.g_per_kwh:g} gCO2e/kWh ({grid.source})" if grid else ""),
+                      markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

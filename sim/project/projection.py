@@ -9,6 +9,11 @@ length. Each batch feeds three estimators side by side:
   window's rate and length mix (short simulations padded to outlast the requests' time in the batch), with idle
   power for unused capacity, and error bars.
 
+Each estimate's GPU energy then gets the facility terms `simulate` adds (`accounting.energy_breakdown`, with the
+host power, PUE and constant grid intensity of `config.sim`): host power is charged per replica for the time the
+estimate's server runs, the load-aware run's duration on every replica, the paper's batches back to back on one
+replica, the theoretical GPU-seconds at peak spread over the `tp` GPUs of a replica.
+
 Nothing is written here; the CLI (`project_cli`) prints and writes.
 """
 
@@ -22,6 +27,7 @@ from typing import Any
 
 from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
 from tokenjoule.kernels.spec import ConfigError, ModelSpec
+from tokenjoule.sim.accounting import EnergyBreakdown, energy_breakdown
 from tokenjoule.sim.cost import CostModel
 from tokenjoule.sim.project.binned import PaperEstimate, paper_estimate
 from tokenjoule.sim.project.load_aware import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector
@@ -35,6 +41,8 @@ from tokenjoule.traces.schema import Trace
 logger = logging.getLogger(__name__)
 
 ESTIMATORS = ("paper", "theoretical", "load-aware")
+# The energy keys of `simulate --json` each estimate also has (its GPU split is its own: busy_j/idle_j, energy_j).
+FACILITY_KEYS = ("energy_total_j", "host_j", "facility_overhead_j", "kwh", "kg_co2e")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,9 @@ class ProjectConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name}={value} must be > 0")
+        if self.sim.carbon_hourly is not None:
+            raise ConfigError("carbon_hourly: the estimates have no hour-by-hour timeline; give a constant "
+                              "carbon_g_per_kwh")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,18 +106,46 @@ class Projection:
     cost: str
     config: ProjectConfig
 
+    def facility(self) -> dict[str, tuple[EnergyBreakdown, int]]:
+        """Per estimate asked: its energy with host power, PUE and carbon, and the requests it counts."""
+        sim = self.config.sim
+
+        def total(gpu_j: float, run_s: float, replicas: int) -> EnergyBreakdown:
+            # GPU busy and idle enter as one sum: only their sum counts, and it stays exactly the estimate's energy_j.
+            return energy_breakdown(gpu_j, 0.0, run_s, replicas, sim.host_power_w, sim.pue, sim.carbon_g_per_kwh)
+
+        out = {}
+        if self.paper:
+            out["paper"] = total(self.paper.energy_j, self.paper.busy_s, 1), self.paper.estimated
+        if self.theoretical:
+            t = self.theoretical
+            out["theoretical"] = total(t.energy_j, t.gpu_s / sim.tp, 1), t.requests
+        if self.load_aware:
+            la = self.load_aware
+            out["load_aware"] = total(la.energy_j, la.duration_s, la.replicas), la.requests
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: the estimates and their inputs."""
+        """JSON-ready dict: the estimates (each with simulate's facility keys) and their inputs.
+
+        Each estimate's `j_per_request` is its `energy_total_j` per request, as in `simulate --json`.
+        """
         c = self.config
+        facility = self.facility()
+        estimates: dict[str, Any] = {}
+        for name, est in (("paper", self.paper), ("theoretical", self.theoretical), ("load_aware", self.load_aware)):
+            if est is None:
+                estimates[name] = None
+                continue
+            energy, requests = facility[name]
+            keys = energy.to_dict()
+            estimates[name] = {**est.to_dict(), "j_per_request": energy.total_j / requests if requests else None,
+                               **{k: keys[k] for k in FACILITY_KEYS}}
         return {
             "source": self.source, "requests": self.requests, "cost_model": self.cost,
             "rows_read": self.stream.rows_read if self.stream else self.requests,
             "rows_dropped": self.stream.rows_dropped if self.stream else 0,
-            "estimates": {
-                "paper": self.paper.to_dict() if self.paper else None,
-                "theoretical": self.theoretical.to_dict() if self.theoretical else None,
-                "load_aware": self.load_aware.to_dict() if self.load_aware else None,
-            },
+            "estimates": estimates,
             "inputs": {
                 "input_edges": list(c.bins.input_edges), "output_edges": list(c.bins.output_edges),
                 "out_of_range": c.bins.out_of_range, "max_batch": c.max_batch, "peak_flops": c.peak_flops,

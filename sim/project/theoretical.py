@@ -65,10 +65,15 @@ class TheoryEstimate:
     requests: int
     inputs: TheoryInputs
 
+    @property
+    def gpu_s(self) -> float:
+        """GPU-seconds the FLOPs take at peak."""
+        return self.flops / self.inputs.peak_flops
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"energy_j": self.energy_j, "j_per_request": self.energy_j / self.requests if self.requests else None,
-                "flops": self.flops, "requests": self.requests, "model": self.inputs.model,
+                "gpu_s": self.gpu_s, "flops": self.flops, "requests": self.requests, "model": self.inputs.model,
                 "peak_flops": self.inputs.peak_flops, "tdp_w": self.inputs.tdp_w, "source": self.inputs.source}
 
 
