@@ -19,7 +19,7 @@ from typing import Any
 
 from tokenjoule.calibrate.cost_form import CostCurve, DecodeSplitRule, ProfileError
 from tokenjoule.kernels.shape import IterationShape
-from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.kernels.spec import ConfigError, ModelSpec
 from tokenjoule.traces.files import write_atomic
 
 SCHEMA_VERSION = 1
@@ -115,6 +115,61 @@ class HostOverhead:
 
 
 @dataclass(frozen=True, slots=True)
+class MeasuredRange:
+    """The largest iterations a profile's curves were fitted on, per dimension; anything larger is extrapolated.
+
+    Each maximum was measured at some grid point, not all of them together (the largest decode batch was measured at
+    a short context, the longest context at batch 1).
+
+    Attributes:
+        decode_seqs: most sequences decoding in one measured iteration.
+        iteration_tokens: most new tokens in one measured iteration with prefill.
+        prompt_tokens: longest prompt measured (a chunk plus the tokens cached before it), or None where unknown.
+        context_tokens: longest context a measured decode read, or None where unknown.
+        source: "grid" (the sweep's grid, recorded in the profile's `method`) or "knots" (no usable grid: the curves'
+            last knots, which bound the range they were fitted on; prompt and context lengths are then unknown).
+    """
+
+    decode_seqs: int
+    iteration_tokens: int
+    prompt_tokens: int | None
+    context_tokens: int | None
+    source: str
+
+
+def _grid_range(method: dict[str, Any]) -> MeasuredRange | None:
+    """The range the sweep's recorded grid measured, within the engine's limits; None without a usable grid.
+
+    The grid is `calibrate.sweep.grid.GridConfig` as the file holds it (`GenerateGrid` when it has `new_tokens`: a
+    generate() call of B prompts of L tokens decodes B sequences up to L + new_tokens). A short re-calibration
+    records its own few points, but its curves are its base's, measured on a grid it does not record.
+    """
+    grid = method.get("grid")
+    if not isinstance(grid, dict) or method.get("short_recalibration_of"):
+        return None
+    max_tokens = method.get("max_batched_tokens") or math.inf
+    max_seqs = method.get("max_batch_seqs") or math.inf
+    lengths = [int(n) for n in grid.get("prefill_lengths_tokens") or ()]
+    batches = [int(b) for b in grid.get("prefill_batches") or () if b <= max_seqs]
+    chunks = [(int(c), int(before)) for c, before in [*(grid.get("prefill_chunks") or ()),
+                                                      *(grid.get("mixed_chunks") or ())] if c <= max_tokens]
+    iteration = [b * n for b in batches for n in lengths if b * n <= max_tokens] + [c for c, _ in chunks]
+    prompts = [n for n in lengths if n <= max_tokens] + [c + before for c, before in chunks]
+    if "new_tokens" in grid:  # generate() calls: every prompt batch also decodes
+        seqs, contexts = batches, [n + int(grid["new_tokens"]) for n in prompts]
+    else:
+        ragged = [tuple(r) for r in grid.get("decode_ragged") or ()]  # (batch, long seqs, long context, context)
+        mixed = [tuple(m) for m in grid.get("mixed_decodes") or ()]  # (seqs, context[, long seqs, long context])
+        seqs = [int(b) for b in [*(grid.get("decode_batches") or ()), *(r[0] for r in ragged),
+                                 *(m[0] for m in mixed)] if b <= max_seqs]
+        contexts = [int(c) for c in [*(grid.get("decode_contexts_tokens") or ()), *(r[2] for r in ragged),
+                                     *(m[1] for m in mixed), *(m[3] for m in mixed if len(m) == 4)]]
+    if not (iteration and seqs):
+        return None
+    return MeasuredRange(max(seqs), max(iteration), max(prompts, default=None), max(contexts, default=None), "grid")
+
+
+@dataclass(frozen=True, slots=True)
 class GPUProfile:
     """A calibrated (GPU, model, engine, mode, dtype, TP) profile: metadata, fitted curves and fit errors.
 
@@ -178,6 +233,15 @@ class GPUProfile:
         """Short identity: GPU x model x engine/mode x TP."""
         return f"{self.gpu.get('name', '?')} x {self.model.name} x {self.engine}/{self.mode} x tp{self.tp}"
 
+    @property
+    def measured_range(self) -> MeasuredRange:
+        """The largest iterations the curves were fitted on (`MeasuredRange`): from the recorded grid, else knots."""
+        grid = _grid_range(self.method)
+        if grid is not None:
+            return grid
+        prefill_knots = self.latency.prefill_knots_tokens or self.latency.knots_tokens
+        return MeasuredRange(int(self.latency.knots_tokens[-1]), int(prefill_knots[-1]), None, None, "knots")
+
     def cost(self, shape: IterationShape) -> tuple[float, float]:
         """(seconds, joules) of one iteration."""
         return self.latency.of_shape(shape, self.decode_split_rule), self.energy.of_shape(shape, self.decode_split_rule)
@@ -219,7 +283,7 @@ class GPUProfile:
             profile = cls(
                 gpu=dict(data["gpu"]), host=dict(data["host"]), software=dict(data["software"]),
                 method=dict(data["method"]), date=str(data["date"]), engine=str(data["engine"]),
-                mode=str(data["mode"]), model=ModelSpec.from_dict(data["model"]), tp=int(data["tp"]),
+                mode=str(data["mode"]), model=_model_spec(data["model"]), tp=int(data["tp"]),
                 idle_power_w=float(data["idle_power_w"]), kv_capacity_tokens=int(data["kv_capacity_tokens"]),
                 latency=_curve_from_dict(data["latency"], "s"), energy=_curve_from_dict(data["energy"], "J"),
                 fit_errors=dict(data.get("fit_errors") or {}), raw_path=data.get("raw_path"),
@@ -251,6 +315,20 @@ class GPUProfile:
         for key, value in scalars.items():
             if not (math.isfinite(value) and value >= 0):
                 raise ProfileError(f"{key}={value} must be finite and >= 0")
+
+
+def _model_spec(data: dict[str, Any]) -> ModelSpec:
+    """The profile's ModelSpec; one that does not record its context length takes its preset's, else None (unknown).
+
+    `ModelSpec.from_dict` alone would give such a spec the dataclass default, a context limit nobody measured.
+    """
+    data = dict(data)
+    if "max_position_embeddings" not in data:
+        try:
+            data["max_position_embeddings"] = ModelSpec.from_name(str(data.get("name"))).max_position_embeddings
+        except ConfigError:
+            data["max_position_embeddings"] = None
+    return ModelSpec.from_dict(data)
 
 
 def _curve_to_dict(curve: CostCurve) -> dict[str, Any]:

@@ -50,7 +50,8 @@ class ModelSpec:
         rms_norm_eps: RMSNorm epsilon.
         tie_embeddings: whether the LM head shares the embedding matrix.
         qkv_bias: whether q/k/v projections carry a bias (Qwen2).
-        max_position_embeddings: longest context the model was trained for, in tokens.
+        max_position_embeddings: longest context the model was trained for, in tokens (prompt plus output); None
+            where unknown (a profile that does not record it, see `GPUProfile.from_dict`).
         qk_norm: RMSNorm over the whole q and k projections before RoPE (OLMoE), weights of width q_size, kv_size.
         n_experts: routed experts per MoE layer (E); 0 makes a dense model and every MoE field below must be unset.
         n_experts_per_token: experts each token is routed to (top-k).
@@ -75,7 +76,7 @@ class ModelSpec:
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
     qkv_bias: bool = False
-    max_position_embeddings: int = 131072
+    max_position_embeddings: int | None = 131072
     qk_norm: bool = False
     n_experts: int = 0
     n_experts_per_token: int = 0
@@ -97,6 +98,10 @@ class ModelSpec:
                               f"must divide n_heads={self.n_heads}")
         if self.dtype not in DTYPE_BYTES:
             raise ConfigError(f"ModelSpec {self.name!r}: dtype={self.dtype!r} must be one of {sorted(DTYPE_BYTES)}")
+        context = self.max_position_embeddings
+        if context is not None and (not isinstance(context, int) or context <= 0):
+            raise ConfigError(f"ModelSpec {self.name!r}: max_position_embeddings={context!r} must be a positive "
+                              "integer (or null where unknown)")
         self._validate_moe()
 
     def _validate_moe(self) -> None:

@@ -123,3 +123,53 @@ def test_tail_context_is_the_longest_ones_excess_over_the_mean_per_split(toy_pro
     ruled = dataclasses.replace(toy_profile, decode_split_rule=rule)
     back = load_profile(save_profile(ruled, tmp_path / "r.json"))
     assert back.decode_split_rule == rule and back.content_sha256 != toy_profile.content_sha256
+
+
+def _raw_maxima(path) -> tuple[int, int, int, int]:
+    """(decode seqs, new tokens with prefill, prompt end, decode context): the largest a raw sweep measured."""
+    import pyarrow.parquet as pq
+
+    rows = [r for r in pq.read_table(path).to_pylist() if r["status"] == "ok" and r["kind"] != "idle"]
+    prefill = [r for r in rows if r["has_prefill"]]
+    return (max(r["decode_seqs"] for r in rows), max(r["new_tokens"] for r in prefill),
+            max(c + before for r in prefill for c, before in json.loads(r["prefill_json"])),
+            max(c for r in rows for c in json.loads(r["decode_json"])))
+
+
+def test_measured_range_of_each_shipped_profile_is_what_its_raw_sweep_measured():
+    from tokenjoule.calibrate.profile import shipped_profiles
+
+    checked = 0
+    for name, path in shipped_profiles().items():
+        profile = load_profile(path)
+        if profile.raw_path is None:
+            continue
+        r = profile.measured_range
+        assert r.source == "grid", name
+        assert (r.decode_seqs, r.iteration_tokens, r.prompt_tokens, r.context_tokens) == \
+            _raw_maxima(path.parent / profile.raw_path), name
+        checked += 1
+    assert checked >= 5
+
+
+def test_measured_range_without_a_grid_is_the_curves_knots(toy_profile):
+    r = toy_profile.measured_range
+    assert r.source == "knots" and r.prompt_tokens is None and r.context_tokens is None
+    assert r.decode_seqs == toy_profile.latency.knots_tokens[-1]
+    assert r.iteration_tokens == toy_profile.latency.prefill_knots_tokens[-1]
+    grid = {"prefill_batches": [1, 4], "prefill_lengths_tokens": [128, 1024], "prefill_chunks": [[512, 1024]],
+            "decode_batches": [1, 16, 128], "decode_contexts_tokens": [256, 2048]}
+    measured = dataclasses.replace(toy_profile, method={"grid": grid, "max_batched_tokens": 2048})
+    assert measured.measured_range == type(r)(128, 1024, 1536, 2048, "grid")  # 4 x 1024 exceeds the token limit
+    short = dataclasses.replace(measured, method={**measured.method, "short_recalibration_of": {"date": "x"}})
+    assert short.measured_range == r  # its curves are its base's, whose grid it does not record
+
+
+def test_a_profile_without_its_models_context_takes_the_presets_or_none(toy_profile_path, tmp_path):
+    data = json.loads(toy_profile_path.read_text())
+    del data["model"]["max_position_embeddings"]
+    assert load_profile(_write(tmp_path, data)).model.max_position_embeddings == 131072  # llama-3.1-8b's
+    data["model"]["name"] = "my-finetune"
+    unknown = load_profile(_write(tmp_path, data))
+    assert unknown.model.max_position_embeddings is None
+    assert load_profile(save_profile(unknown, tmp_path / "again.json")).model.max_position_embeddings is None

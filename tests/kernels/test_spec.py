@@ -146,3 +146,10 @@ def test_from_hf_config_moe_without_top_k_names_the_field():
     config = {k: v for k, v in OLMOE.items() if k != "num_experts_per_tok"}
     with pytest.raises(ValueError, match="num_experts_per_tok"):
         ModelSpec.from_hf_config(config)
+
+
+def test_context_length_is_positive_or_unknown():
+    spec = ModelSpec.from_name("llama-3.1-8b")
+    assert dataclasses.replace(spec, max_position_embeddings=None).max_position_embeddings is None
+    with pytest.raises(ValueError, match="max_position_embeddings=0"):
+        dataclasses.replace(spec, max_position_embeddings=0)
