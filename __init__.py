@@ -41,12 +41,22 @@ def simulate(trace: str | Path | Trace = DEFAULT_TRACE, profile: str | Path | GP
     Returns:
         A `SimResult`: `.summary` (the dict `tokenjoule simulate --json` prints) and `.requests` (a pyarrow Table,
         one row per request: latencies and the GPU energy attributed to it).
+
+    Warns:
+        RunNoteWarning: once per note in `.summary["notes"]` (overload, pricing beyond the profile's measured range,
+            requests rejected for the model's context length), as `tokenjoule simulate` prints them.
     """
+    import warnings
+
     from tokenjoule.calibrate.profile import GPUProfile, load_profile
+    from tokenjoule.sim.notes import RunNoteWarning
     from tokenjoule.sim.run import SimConfig, run
     from tokenjoule.traces.loaders import load_trace
     from tokenjoule.traces.schema import Trace
 
     loaded = trace if isinstance(trace, Trace) else load_trace(trace)
     prof = profile if profile is None or isinstance(profile, GPUProfile) else load_profile(profile)
-    return run(SimConfig(policy=policy, **config), loaded, prof)
+    result = run(SimConfig(policy=policy, **config), loaded, prof)
+    for note in result.summary["notes"]:
+        warnings.warn(note["message"], RunNoteWarning, stacklevel=2)
+    return result

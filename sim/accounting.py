@@ -22,6 +22,7 @@ import numpy as np
 from tokenjoule.kernels.spec import ConfigError
 
 if TYPE_CHECKING:
+    from tokenjoule.sim.notes import RangeTally
     from tokenjoule.sim.replica import RequestState
 
 # Bin widths that divide an hour, so no bin straddles two hours of an hourly carbon-intensity series.
@@ -83,11 +84,13 @@ class Ledger:
     Attributes:
         n: number of requests.
         timeline: busy energy per time bin.
+        range_tally: counts the iterations priced beyond the profile's measured range (None: no range to check).
     """
 
-    def __init__(self, n: int, bin_s: float) -> None:
+    def __init__(self, n: int, bin_s: float, range_tally: RangeTally | None = None) -> None:
         self.n = n
         self.timeline = EnergyTimeline(bin_s)
+        self.range_tally = range_tally
         self.status = np.zeros(n, dtype=np.int8)
         self.replica = np.full(n, -1, dtype=np.int32)
         self.preemptions = np.zeros(n, dtype=np.int32)

@@ -177,6 +177,11 @@ class ModeledTPCost:
             raise ValueError(f"profile is tp={self.base.profile.tp}; only a tp=1 profile can be scaled to tp={self.tp}")
 
     @property
+    def profile(self) -> GPUProfile:
+        """The tp=1 profile this model stretches."""
+        return self.base.profile
+
+    @property
     def idle_power_w(self) -> float:
         """Replica idle power: tp GPUs at the profile's single-GPU idle power."""
         return self.tp * self.base.idle_power_w
@@ -228,6 +233,7 @@ class RooflineCost:
     allreduce: AllReduce = AllReduce()
 
     modeled = False
+    profile = None  # datasheet numbers, no calibrated profile
 
     def __post_init__(self) -> None:
         check_tp(self.spec, self.tp)

@@ -15,6 +15,7 @@ Scenario:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -22,6 +23,7 @@ import simpy
 
 from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.kernels.spec import ConfigError
+from tokenjoule.sim.notes import CONTEXT_REJECT
 from tokenjoule.sim.policies import DecodeStretch, Iteration, Preempt, StaticBatch, Wait
 from tokenjoule.sim.replica import Replica, RequestState
 from tokenjoule.traces.schema import Request
@@ -36,14 +38,17 @@ class Router:
         replicas: the replicas.
         kind: one of ROUTERS.
         rng: random source for the "random" router.
+        max_context_tokens: the model's context length (prompt plus output), or None where unknown (not checked).
     """
 
-    def __init__(self, replicas: list[Replica], kind: str, rng: np.random.Generator) -> None:
+    def __init__(self, replicas: list[Replica], kind: str, rng: np.random.Generator,
+                 max_context_tokens: int | None = None) -> None:
         if kind not in ROUTERS:
             raise ConfigError(f"unknown router {kind!r}; choose one of {', '.join(ROUTERS)}")
         self.replicas = replicas
         self.kind = kind
         self.rng = rng
+        self.max_context_tokens = math.inf if max_context_tokens is None else max_context_tokens
         self._next = 0
 
     def pick(self) -> Replica:
@@ -61,6 +66,8 @@ class Router:
         first = self.replicas[0]
         if s.input_tokens < 1 or s.output_tokens < 1:
             reason = "empty_request"
+        elif s.input_tokens + s.output_tokens > self.max_context_tokens:
+            reason = CONTEXT_REJECT
         else:
             reason = first.policy.reject_reason(s, first)
         if reason is None:
@@ -113,8 +120,8 @@ def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
         if not rep.running:  # nothing left to decode: wait for an arrival, as an idle replica does
             yield rep.sleep()
             return
-    batch = len(rep.running)
-    cost = rep.cost.decode_stretch(batch, rep.ctx_sum, rep.max_ctx())
+    batch, max_ctx = len(rep.running), rep.max_ctx()
+    cost = rep.cost.decode_stretch(batch, rep.ctx_sum, max_ctx)
     steps = min(rep.max_decode_steps(rep.free_blocks), rep.steps_to_next_finish())
     start = env.now
     rep.begin_stretch(start, cost, steps)
@@ -126,6 +133,9 @@ def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
     rep.end_stretch()
     time_s, energy_j = cost.time_s(steps), cost.energy_j(steps)
     rep.charge(start, time_s, energy_j)
+    tally = rep.ledger.range_tally
+    if tally is not None:
+        tally.decode(batch, max_ctx, steps)
     if rep.log is not None:
         rep.log.append(("decode", start, steps))
     rep.decode_steps_done(steps, energy_j, batch)
@@ -137,13 +147,19 @@ def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
     for s, _ in chunks[len(chunks) - plan.admitted:]:
         rep.admit(s, env.now)
     batch = len(rep.running) if plan.with_decodes else 0
-    new, pairs, ctx = batch, 0, 0
+    new, pairs, ctx, prompt_end = batch, 0, 0, 0
     for s, c in chunks:
         new += c
         pairs += c * s.prefilled + c * (c + 1) // 2
         ctx += s.prefilled
+        if s.prefilled + c > prompt_end:
+            prompt_end = s.prefilled + c
+    max_ctx = rep.max_ctx() if batch else 0
     time_s, energy_j = rep.cost.iteration(IterFeatures(new, pairs, ctx, rep.ctx_sum if batch else 0, batch,
-                                                       len(plan.chunks), rep.max_ctx() if batch else 0))
+                                                       len(plan.chunks), max_ctx))
+    tally = rep.ledger.range_tally
+    if tally is not None:
+        tally.iteration(batch, new, prompt_end, max_ctx)
     start = env.now
     yield env.timeout(time_s)
     rep.charge(start, time_s, energy_j)
@@ -164,6 +180,9 @@ def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
     start = env.now
     rep.admit_static(members, start)
     time_s, energy_j = rep.cost.iteration(IterFeatures(n * max_in, n * max_in * (max_in + 1) // 2, 0, 0, 0, n))
+    tally = rep.ledger.range_tally
+    if tally is not None:
+        tally.iteration(0, n * max_in, max_in, 0)
     yield env.timeout(time_s)
     rep.charge(start, time_s, energy_j)
     if rep.log is not None:
@@ -172,6 +191,8 @@ def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
     if max_out > 1:
         cost = rep.cost.decode_stretch(n, n * max_in, max_in)  # padded: every context is max_in at step 0
         start, time_s, energy_j = env.now, cost.time_s(max_out - 1), cost.energy_j(max_out - 1)
+        if tally is not None:
+            tally.decode(n, max_in, max_out - 1)
         yield env.timeout(time_s)
         rep.charge(start, time_s, energy_j)
         if rep.log is not None:

@@ -19,6 +19,7 @@ from tokenjoule.sim import processes
 from tokenjoule.sim.accounting import Ledger, energy_breakdown, pick_bin_s
 from tokenjoule.sim.cost import AllReduce, CalibratedCost, CostModel, ModeledTPCost, RooflineCost, check_tp
 from tokenjoule.sim.metrics import request_table, summarize
+from tokenjoule.sim.notes import RangeTally, run_notes
 from tokenjoule.sim.policies import (
     CONTINUOUS_MAX_NUM_BATCHED_TOKENS,
     POLICIES,
@@ -148,7 +149,8 @@ class SimResult:
 
     Attributes:
         config: the configuration.
-        summary: flat dict of figures (see `metrics.summarize`) plus the cost model's identity.
+        summary: flat dict of figures (see `metrics.summarize`) plus the cost model's identity and `notes`
+            (what the figures cannot be trusted for: `sim.notes`).
         requests: per-request table (see `metrics.request_table`).
         power_timeline: (bin start times s, mean cluster GPU power W per bin).
         events: the (event, time_s, detail) log when `config.record_events`, else None.
@@ -228,13 +230,15 @@ def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = N
     if arrival[0] < 0:
         raise ConfigError(f"{trace.source}: arrivals must be >= 0")
     env = simpy.Environment()
-    ledger = Ledger(len(trace), pick_bin_s(float(arrival[-1]) * 1.5 + 60.0))
+    tally = RangeTally(cost.profile.measured_range) if cost.profile is not None else None
+    ledger = Ledger(len(trace), pick_bin_s(float(arrival[-1]) * 1.5 + 60.0), tally)
     log: list | None = [] if config.record_events else None
     policy = config.make_policy()
     reps = [Replica(i, env, policy, cost, ledger, config.block_size, log) for i in range(config.replicas)]
     for rep in reps:
         rep.process = env.process(processes.replica(env, rep))
-    router = processes.Router(reps, config.router, np.random.default_rng(config.seed))
+    router = processes.Router(reps, config.router, np.random.default_rng(config.seed),
+                              _served_model(cost).max_position_embeddings)
     tick = (lambda done: on_progress(done, len(trace))) if on_progress is not None else None
     env.process(processes.arrivals(env, trace.iter_requests(), router, tick))
     env.run()
@@ -261,11 +265,17 @@ def _result(config: SimConfig, trace: Trace, cost: CostModel, reps: list[Replica
                           trace.column("input_tokens"), trace.column("output_tokens"))
     summary = summarize(table, energy, end_s, len(reps), config.tp, busy_s, config.slo_ttft_s, config.slo_tpot_s)
     summary.update(_identity(config, cost))
+    summary["notes"] = run_notes(table, summary, ledger.range_tally, _served_model(cost))
     return SimResult(config, summary, table, timeline, tuple(log) if log is not None else None)
 
 
+def _served_model(cost: CostModel) -> ModelSpec:
+    """The model the cost model prices: its profile's, or the roofline's spec."""
+    return cost.profile.model if cost.profile is not None else cost.spec
+
+
 def _identity(config: SimConfig, cost: CostModel) -> dict[str, Any]:
-    profile = getattr(cost, "profile", None) or getattr(getattr(cost, "base", None), "profile", None)
+    profile = cost.profile
     return {
         "policy": config.policy, "replicas": config.replicas, "tp": config.tp, "router": config.router,
         "cost_model": cost.name, "modeled": bool(cost.modeled),

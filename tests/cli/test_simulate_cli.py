@@ -93,8 +93,10 @@ def test_bad_input_is_one_line(cli, args, needles):
     _one_line_error(cli(*base, *args), *needles)
 
 
-def test_request_too_long_for_kv_is_rejected_and_counted(cli):
-    result = cli("simulate", "--profile", TOY, "--synthetic", "n=3,input=500000,output=10", "--json")
+def test_request_too_long_for_kv_is_rejected_and_counted(cli, tmp_path):
+    small_kv = tmp_path / "small_kv.json"  # a KV cache shorter than the model's context: the KV check decides
+    small_kv.write_text(json.dumps({**json.loads(Path(TOY).read_text()), "kv_capacity_tokens": 50_000}))
+    result = cli("simulate", "--profile", str(small_kv), "--synthetic", "n=3,input=60000,output=10", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["rejected"] == 3 and summary["rejected_by_reason"] == {"kv_capacity": 3}
