@@ -214,6 +214,8 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
         ("profile", s["profile"] or "-"),
         ("policy / replicas x tp / router", f"{s['policy']} / {s['replicas']} x {s['tp']} / {s['router']}"),
         ("requests finished / rejected", f"{s['finished']:,} / {s['rejected']:,}"),
+        *([("  rejected by reason", ", ".join(f"{reason} {n:,}" for reason, n in s["rejected_by_reason"].items()))]
+          if s["rejected"] else []),
         ("duration", f"{fmt(s['duration_s'], ',.1f')} s"),
         ("energy", f"{fmt(s['kwh'], '.4f')} kWh ({fmt(s['energy_total_j'], ',.0f')} J)"),
         ("  GPU busy / idle", f"{fmt(s['gpu_busy_j'], ',.0f')} / {fmt(s['gpu_idle_j'], ',.0f')} J"),
@@ -229,6 +231,7 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
                                 f"{fmt(s['e2e_p99_s'], '.2f')} s"),
         ("preemptions", f"{s['preemptions']:,}"),
         ("SLO attainment", fmt(s["slo_attainment"], ".1%")),
+        *([("warnings", ", ".join(n["kind"] for n in s["notes"]) + " (below)")] if s["notes"] else []),
     ]
     for name, value in rows:
         table.add_row(name, value)
@@ -274,6 +277,10 @@ def simulate(
 
     With no arguments: the bundled Azure conversation 2023 trace, the shipped H100 Llama-3.1-8B profile,
     continuous batching on one replica.
+
+    Warnings under the table (and `notes` in --json) say when the queue kept growing (overload), when iterations
+    were priced beyond the profile's measured range, and how many requests exceeded the model's context length
+    (rejected, not simulated).
 
     Example:
         tokenjoule simulate
@@ -327,6 +334,7 @@ def simulate(
         return
     console = Console()
     console.print(_summary_table(result.summary, f"tokenjoule simulate: {tr.source}"))
+    print_notes(console, result.summary["notes"])
     if result.summary["modeled"]:
         console.print("[yellow]note:[/] tensor parallelism is modeled from a tp=1 profile (not measured)")
     if result.summary["profile_source"]:
@@ -421,7 +429,17 @@ def compare(
         table.add_row(r["label"] + (" (modeled)" if s["modeled"] else ""), _num(s["j_per_request"], ",.1f"),
                       _num(s["j_per_output_token"], ".3f"), _num(s["kwh"], ".4f"), _num(s["ttft_p99_s"], ".3f"),
                       _num(s["e2e_p99_s"], ".2f"), str(s["rejected"]), "*" if i in front else "")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for r in rows:
+        print_notes(console, r["summary"]["notes"], r["label"])
+
+
+def print_notes(console: Console, notes: list[dict[str, Any]], label: str = "") -> None:
+    """Print each of a run's notes (`sim.notes`) as one warning line, prefixed with the what-if's label if given."""
+    for note in notes:
+        console.print("[yellow]warning:[/] ", end="")
+        console.print(f"{label}: {note['message']}" if label else note["message"], markup=False, highlight=False)
 
 
 def _num(value: Any, spec: str) -> str:
