@@ -3,7 +3,10 @@
 The result is an ordinary `GPUProfile`, so the simulator prices it with its one cost model (`sim/cost.py`). What is
 modeled, per iteration of `x` new tokens (`cost_form.py`'s form):
 
-- decode-only curve at knot x (x sequences): per layer the dense GEMMs (QKV, O, gate/up, down; MoE layers the `moe`
+- decode-only curve at knot x (x sequences; with CUDA graphs the batch runs padded to its graph bucket b(x),
+  `kernels/shape.graph_buckets`, so the weights pass, attention's fixed part, LM head and sampling are priced at
+  b(x) rows, and the decode knots sit at each bucket and one past it, which makes the piecewise-linear curve the
+  engine's step function at whole batches): per layer the dense GEMMs (QKV, O, gate/up, down; MoE layers the `moe`
   operator with `spec.expected_experts_touched(x)` experts), the elementwise `rest`, and decode attention's fixed
   part (its constant plus the x queries' Q/O bytes); times the layers; plus the LM head GEMM and greedy sampling for
   x rows, plus one CUDA-graph replay + synchronize of host time (at idle power); with the GPU profile's fitted
@@ -17,7 +20,9 @@ modeled, per iteration of `x` new tokens (`cost_form.py`'s form):
 - the attention coefficients: `prefill_attn_pairs` from the prefill-attention fit's FLOPs term (4 head_dim FLOPs per
   pair and query head), `prefill_ctx_tokens` from its bytes term (K and V of each cached token), `decode_ctx_tokens`
   the decode-attention fit's slope per context token at a reference batch (`DECODE_REF`), each times the layers;
-  energy coefficients are the same terms through the class's energy fit. No decode-tail or per-sequence terms.
+  energy coefficients are the same terms through the class's energy fit; `decode_tail_ctx_tokens` (with the engine's
+  decode split rule) is the fitted `decode_tail_s_per_token` x layers, at decode attention's busy power. No
+  per-sequence term.
 
 KV capacity: the GPU's measured memory x `gpu_memory_utilization` minus the weights and an activation reserve, over
 `spec.kv_bytes_per_token`; a model that does not leave `min_kv_tokens` is a ConfigError. Not modeled: the serving
@@ -31,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tokenjoule.calibrate.cost_form import CostCurve
+from tokenjoule.calibrate.cost_form import CostCurve, DecodeSplitRule
 from tokenjoule.calibrate.gpu_fit import OperatorFit, point_terms
 from tokenjoule.calibrate.gpu_profile import GPUOperatorProfile
 from tokenjoule.calibrate.profile import GPUProfile
@@ -45,9 +50,13 @@ from tokenjoule.calibrate.sweep.operator_grid import (
     rest_point,
     sample_point,
 )
+from tokenjoule.kernels.shape import MAX_SPLITS, TARGET_PROGRAMS, graph_buckets
 from tokenjoule.kernels.spec import ConfigError, ModelSpec
 
-KNOTS_TOKENS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Prefill knots (and eager decode knots): dense enough that the chord between two knots stays close to the concave
+# cost of a weights pass (memory-bound, then compute-bound) and of an MoE layer (experts touched saturate).
+KNOTS_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
+                6144, 8192, 12288, 16384)
 # Eager kernel launches of the engine's prefill, counted in kernels/model.py's forward (CUDA path). Attention half of
 # a layer: RMSNorm, QKV GEMM, RoPE (neg, cat, 2 mul, add), 2 KV index_copy, varlen attention, O GEMM, residual add.
 ATTN_LAUNCHES = 12
@@ -75,11 +84,25 @@ class ComposeConfig:
         activation_reserve_bytes: memory kept for activations and workspaces (a modeled guess; the measured H200
             Llama-3.1-8B profile left 9.3 GB).
         min_kv_tokens: the least KV cache a model must fit to be served.
+        graph_max_num_seqs: the largest CUDA-graph batch of the engine (its buckets pad decode batches; CUDA-graph
+            mode only).
     """
 
     gpu_memory_utilization: float = 0.9
     activation_reserve_bytes: int = 8 * 2**30
     min_kv_tokens: int = 4096
+    graph_max_num_seqs: int = 512
+
+
+def decode_knots(mode: str, config: ComposeConfig) -> tuple[tuple[int, int], ...]:
+    """(knot x, rows the engine runs at x) of the decode curve: each graph bucket and one past it, padded to the next
+    bucket, up to the largest; then (and in eager mode throughout) `KNOTS_TOKENS` unpadded."""
+    if mode != "cudagraph":
+        return tuple((x, x) for x in KNOTS_TOKENS)
+    buckets = graph_buckets(config.graph_max_num_seqs)
+    xs = sorted({1, *buckets, *(b + 1 for b in buckets[:-1])})
+    padded = [(x, next(b for b in buckets if b >= x)) for x in xs]
+    return tuple(padded) + tuple((x, x) for x in KNOTS_TOKENS if x > buckets[-1])
 
 
 def _cost(fit: OperatorFit, point: OperatorPoint) -> tuple[float, float]:
@@ -124,12 +147,13 @@ def _head(gpu: GPUOperatorProfile, spec: ModelSpec, rows: int) -> tuple[float, f
                 _cost(gpu.operators["sample"], sample_point(rows, spec.vocab_size)))
 
 
-def decode_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float, float]:
-    """(s, J) of the decode-only curve at x sequences (context terms apart)."""
+def decode_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int, rows: int | None = None) -> tuple[float, float]:
+    """(s, J) of the decode-only curve at x sequences run as `rows` rows (padded; default x), context terms apart."""
+    rows = x if rows is None else rows
     heads = (spec.n_heads, spec.n_kv_heads, spec.head_dim)
-    attn = _scale(_cost(gpu.operators["decode_attn"], decode_attn_point(x, 0, *heads)), spec.n_layers)
+    attn = _scale(_cost(gpu.operators["decode_attn"], decode_attn_point(rows, 0, *heads)), spec.n_layers)
     host = gpu.launch.graph_replay_sync_s
-    costs = [_layers(gpu, spec, x), attn, _head(gpu, spec, x), (host, host * gpu.idle_power_w)]
+    costs = [_layers(gpu, spec, rows), attn, _head(gpu, spec, rows), (host, host * gpu.idle_power_w)]
     ov = gpu.overheads
     if ov is not None:
         gap = ov.graph_gap_s_per_layer * spec.n_layers
@@ -178,6 +202,10 @@ def attention_coef(gpu: GPUOperatorProfile, spec: ModelSpec) -> tuple[dict[str, 
                                           else {"bytes": ctx_bytes})) for name, value in pre_t.items()}
     latency = {**{k: float(v) * L for k, v in pre_t.items()}, "decode_ctx_tokens": (t_ref - t_0) / (b * c) * L}
     energy = {**{k: float(v) * L for k, v in pre_e.items()}, "decode_ctx_tokens": (e_ref - e_0) / (b * c) * L}
+    tail = gpu.overheads.decode_tail_s_per_token * L if gpu.overheads else 0.0
+    if tail:
+        latency["decode_tail_ctx_tokens"] = tail
+        energy["decode_tail_ctx_tokens"] = tail * dec.energy_coef["time_s"]
     return latency, energy
 
 
@@ -210,14 +238,16 @@ def compose_profile(gpu: GPUOperatorProfile, spec: ModelSpec, source: str = "",
     """
     config = config or ComposeConfig()
     capacity = kv_capacity_tokens(gpu, spec, config)
-    decode = [decode_knot(gpu, spec, x) for x in KNOTS_TOKENS]
+    dknots = decode_knots(gpu.mode, config)
+    decode = [decode_knot(gpu, spec, x, rows) for x, rows in dknots]
     prefill = [prefill_knot(gpu, spec, x) for x in KNOTS_TOKENS]
     lat_coef, en_coef = attention_coef(gpu, spec)
-    knots = tuple(float(x) for x in KNOTS_TOKENS)
-    latency = CostCurve(knots, tuple(v[0] for v in decode), lat_coef, "s", knots, tuple(v[0] for v in prefill))
-    energy = CostCurve(knots, tuple(v[1] for v in decode), en_coef, "J", knots, tuple(v[1] for v in prefill))
+    knots, pknots = tuple(float(x) for x, _ in dknots), tuple(float(x) for x in KNOTS_TOKENS)
+    latency = CostCurve(knots, tuple(v[0] for v in decode), lat_coef, "s", pknots, tuple(v[0] for v in prefill))
+    energy = CostCurve(knots, tuple(v[1] for v in decode), en_coef, "J", pknots, tuple(v[1] for v in prefill))
     errors: dict[str, Any] = {op: fit.errors for op, fit in gpu.operators.items()}
-    settings = {"knots_tokens": list(KNOTS_TOKENS), "eager_launches": eager_launches(spec),
+    settings = {"knots_tokens": list(KNOTS_TOKENS), "decode_knots_rows": [list(k) for k in dknots],
+                "graph_max_num_seqs": config.graph_max_num_seqs, "eager_launches": eager_launches(spec),
                 "decode_ref": list(DECODE_REF), "gpu_memory_utilization": config.gpu_memory_utilization,
                 "activation_reserve_bytes": config.activation_reserve_bytes,
                 "overheads": gpu.overheads.to_dict() if gpu.overheads else None}
@@ -227,6 +257,7 @@ def compose_profile(gpu: GPUOperatorProfile, spec: ModelSpec, source: str = "",
                 "gpu_profile": source or gpu.label, "compose": settings},
         date=gpu.date, engine=gpu.engine, mode=gpu.mode, model=spec, tp=1, idle_power_w=gpu.idle_power_w,
         kv_capacity_tokens=capacity, latency=latency, energy=energy, fit_errors={"operators": errors},
+        decode_split_rule=DecodeSplitRule(TARGET_PROGRAMS, MAX_SPLITS, spec.n_kv_heads),
         raw_path=None,
         notes=f"COMPOSED (modeled): {spec.name} priced from the GPU profile {source or gpu.label}; no iteration of "
               "this model was measured. See calibrate/compose.py for what is modeled.")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.calibrate.profile import GPUProfile
 from tokenjoule.kernels.shape import IterationShape
 
@@ -31,6 +32,23 @@ def measured_points(raw_path: str | Path) -> list[dict[str, Any]]:
                                decode=tuple(json.loads(row["decode_json"])))
         out.append({"kind": row["kind"], "shape": shape, "time_s": row["step_time_s"],
                     "energy_j": row["energy_per_step_j"]})
+    return out
+
+
+def ragged_decode_points(iterations_path: str | Path, scenario_prefix: str = "warmup") -> list[dict[str, Any]]:
+    """Decode-only iterations of a replay whose contexts differ (the longest above the mean), with their features.
+
+    `iterations_path` is a validation run's `iterations.parquet`; only scenarios whose name starts with
+    `scenario_prefix` are read (by default the warm-up replays, which no validation scenario shares).
+    """
+    out = []
+    for row in pq.read_table(iterations_path).to_pylist():
+        seqs = row["decode_seqs"]
+        if (not row["scenario"].startswith(scenario_prefix) or row["prefill_seqs"] or not seqs
+                or row["decode_max_ctx_tokens"] * seqs <= row["decode_ctx_tokens"]):
+            continue
+        out.append({"features": IterFeatures(row["new_tokens"], 0, 0, row["decode_ctx_tokens"], seqs, 0,
+                                             row["decode_max_ctx_tokens"]), "time_s": row["run_s"]})
     return out
 
 

@@ -64,7 +64,10 @@ class IterationOverheads:
     dispatch: well above the bare `LaunchCosts.eager_launch_s`); while the GPU waits on the host it draws
     `host_wait_power_w`. CUDA-graph decode adds `graph_gap_s_per_layer` per layer (gaps between a layer's kernels
     and the bubbles of short kernels that operators replayed back to back in isolation hide) at
-    `graph_gap_power_w`, and the runner's input preparation `decode_host_s_per_seq` per sequence (GPU idle).
+    `graph_gap_power_w`, and the runner's input preparation `decode_host_s_per_seq` per sequence (GPU idle). A ragged
+    decode batch keeps the program with the longest context streaming after the others finished:
+    `decode_tail_s_per_token` per layer and per token of that program beyond an average one (`cost_form.tail_ctx_tokens`
+    with the engine's split rule), at decode attention's busy power.
 
     Attributes:
         eager_host_s_per_launch: host seconds per eager kernel launch of a layer.
@@ -72,6 +75,8 @@ class IterationOverheads:
         graph_gap_s_per_layer: GPU seconds per layer of a graph-replayed decode step beyond its operators.
         graph_gap_power_w: GPU power during those gaps.
         decode_host_s_per_seq: host seconds per decode sequence of the runner's input preparation.
+        decode_tail_s_per_token: seconds per layer per tail context token of a ragged decode batch (0: not fitted,
+            as in files written before it existed).
         fitted_on: measured whole-iteration files the terms were fitted on (relative to the profile file).
         method: how they were fitted.
     """
@@ -81,6 +86,7 @@ class IterationOverheads:
     graph_gap_s_per_layer: float
     graph_gap_power_w: float
     decode_host_s_per_seq: float
+    decode_tail_s_per_token: float = 0.0
     fitted_on: tuple[str, ...] = ()
     method: str = ""
 
@@ -98,12 +104,13 @@ class IterationOverheads:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IterationOverheads:
         """Build from `to_dict`'s output."""
-        return cls(**{name: float(data[name]) for name in OVERHEAD_TERMS},
+        return cls(**{name: float(data[name]) for name in OVERHEAD_TERMS if name in data or name not in OPTIONAL_TERMS},
                    fitted_on=tuple(str(p) for p in data.get("fitted_on") or ()), method=str(data.get("method", "")))
 
 
 OVERHEAD_TERMS = ("eager_host_s_per_launch", "host_wait_power_w", "graph_gap_s_per_layer", "graph_gap_power_w",
-                  "decode_host_s_per_seq")
+                  "decode_host_s_per_seq", "decode_tail_s_per_token")
+OPTIONAL_TERMS = ("decode_tail_s_per_token",)  # absent from files written before it existed
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,11 @@ each on the points where it shows, in three steps that each solve a small proble
    launch cost for the least median |log(predicted / measured)| over the host-bound points, those whose composed
    GPU time is under `HOST_BOUND_FRACTION` of the measured time (`eager_host_s_per_launch`; where the GPU time
    dominates, the host term cannot show and the operator fits' own error would pull it);
-3. energies: composed energy is linear in each power term (`graph_gap_power_w` on decode points,
+3. ragged decode iterations (a replay's, contexts of different lengths; optional): measured - composed time =
+   `decode_tail_s_per_token` x layers x the longest program's extra context tokens (`cost_form.tail_ctx_tokens` with
+   the engine's split rule), a one-term least squares on relative error, clipped at 0; their energy is priced at
+   decode attention's busy power, not fitted (the replays meter whole scenarios, not iterations);
+4. energies: composed energy is linear in each power term (`graph_gap_power_w` on decode points,
    `host_wait_power_w` on eager points), a least squares on relative error, clipped to the physical range from the
    GPU's idle power to its power limit.
 
@@ -28,6 +32,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from tokenjoule.calibrate.compose import compose_profile
+from tokenjoule.calibrate.cost_form import tail_ctx_tokens
 from tokenjoule.calibrate.gpu_profile import GPUOperatorProfile, IterationOverheads
 from tokenjoule.kernels.spec import ModelSpec
 
@@ -37,7 +42,8 @@ HOST_BOUND_FRACTION = 0.5
 METHOD = ("fitted on measured whole iterations (calibrate/overhead_fit.py): decode gap and per-sequence host time "
           "by NNLS on relative error of decode-only points; host seconds per eager launch by the least median "
           "|log ratio| of host-bound points with prefill (composed GPU time < half the measured); powers by least "
-          "squares on relative energy error, within [idle power, power limit]")
+          "squares on relative energy error, within [idle power, power limit]; decode tail seconds per token by least squares "
+          "on relative error of ragged decode iterations of warm-up replays")
 
 
 def _with(gpu: GPUOperatorProfile, **terms: float) -> GPUOperatorProfile:
@@ -102,17 +108,36 @@ def _fit_eager(gpu: GPUOperatorProfile, data: Sequence[tuple[ModelSpec, list[dic
     return {"eager_host_s_per_launch": launch, "host_wait_power_w": _power(gpu, e0, e1 - e0, m["energy_j"])}
 
 
+def _fit_tail(gpu: GPUOperatorProfile, ragged: Sequence[tuple[ModelSpec, list[dict[str, Any]]]]) -> dict[str, float]:
+    rows = []
+    for spec, points in ragged:
+        profile = compose_profile(gpu, spec)
+        table, rule = profile.latency.table(), profile.decode_split_rule
+        for p in points:
+            f = p["features"]
+            tail = tail_ctx_tokens(f.decode_max_ctx_tokens, f.decode_ctx_tokens, f.decode_seqs, rule) * spec.n_layers
+            rows.append((p["time_s"], table.iteration(f, rule), tail))
+    if not rows:
+        return {}
+    measured, base, tail = np.array(rows, dtype=float).T
+    a, b = tail / measured, (measured - base) / measured
+    return {"decode_tail_s_per_token": float(max(0.0, a @ b / (a @ a))) if a @ a > 0 else 0.0}
+
+
 def fit_overheads(gpu: GPUOperatorProfile, data: Sequence[tuple[ModelSpec, list[dict[str, Any]]]],
-                  fitted_on: Sequence[str] = ()) -> IterationOverheads:
-    """The five overhead terms, fitted on measured whole iterations of the given models.
+                  fitted_on: Sequence[str] = (),
+                  ragged: Sequence[tuple[ModelSpec, list[dict[str, Any]]]] = ()) -> IterationOverheads:
+    """The overhead terms, fitted on measured whole iterations of the given models.
 
     Args:
         gpu: the GPU profile (its operator fits and launch costs; its own overheads are ignored).
         data: (model, measured points) pairs; kinds "decode", "prefill" and "mixed".
         fitted_on: the measured files' names, stored as provenance.
+        ragged: (model, `compose_check.ragged_decode_points`) pairs for the decode tail term (none: it stays 0).
 
     Returns:
         The fitted terms (a time without points to fit it on is 0, a power the idle power).
     """
     terms = {**_fit_decode(gpu, data), **_fit_eager(gpu, data)}
+    terms.update(_fit_tail(_with(gpu, **terms), ragged))
     return dataclasses.replace(_with(gpu, **terms).overheads, fitted_on=tuple(fitted_on), method=METHOD)

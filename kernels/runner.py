@@ -17,6 +17,7 @@ from tokenjoule.kernels.block_manager import BlockManager, kv_capacity_blocks
 from tokenjoule.kernels.decode_attention import precompile, triton_available
 from tokenjoule.kernels.model import MOE_BACKENDS, AttentionMetadata, Transformer
 from tokenjoule.kernels.scheduler import ScheduledBatch
+from tokenjoule.kernels.shape import graph_buckets
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.kernels.tp import TPGroup, agree_min
 
@@ -25,12 +26,6 @@ logger = logging.getLogger(__name__)
 MODES = ("eager", "cudagraph", "compile")
 CPU_KV_BLOCKS = 1024
 GiB = 1 << 30
-
-
-def graph_buckets(max_num_seqs: int) -> list[int]:
-    """Batch sizes that get a CUDA graph: 1, 2, 4, 8, then every 16 up to `max_num_seqs` (and it)."""
-    buckets = [b for b in (1, 2, 4, 8) if b < max_num_seqs] + list(range(16, max_num_seqs, 16))
-    return buckets + [max_num_seqs]
 
 
 def activation_reserve_bytes(spec: ModelSpec, max_num_batched_tokens: int, max_num_seqs: int) -> int:

@@ -91,6 +91,16 @@ TARGET_PROGRAMS = 528  # about 4 waves of programs on a 132-SM H100
 MAX_SPLITS = 32
 
 
+def graph_buckets(max_num_seqs: int) -> list[int]:
+    """Batch sizes that get a decode CUDA graph: 1, 2, 4, 8, then every 16 up to `max_num_seqs` (and it).
+
+    A decode batch runs padded to the smallest bucket that holds it (`kernels/runner.py`), so its weights pass costs
+    what the bucket's does (`calibrate/compose.py` prices it so).
+    """
+    buckets = [b for b in (1, 2, 4, 8) if b < max_num_seqs] + list(range(16, max_num_seqs, 16))
+    return buckets + [max_num_seqs]
+
+
 def num_splits_for(batch: int, n_kv_heads: int, target_programs: int = TARGET_PROGRAMS,
                    max_splits: int = MAX_SPLITS) -> int:
     """Context splits per sequence: enough programs to fill the GPU, depending only on the batch shape."""

@@ -156,6 +156,33 @@ def tp(
     typer.echo(f"wrote {out}" + (f" and {json_path}" if json_path else ""))
 
 
+def models(
+    lease_dir: Annotated[Path, typer.Argument(
+        metavar="LEASE_DIR", show_default=False,
+        help="A lease's model folders (each holds validation.json), as tests/bench/device_models_lease.sh wrote.")],
+    ops: Annotated[Path, typer.Option(help="The same lease's operator sweep folder (operators.raw.parquet and "
+                                           "operators.meta.json).")],
+    out: Annotated[Path, typer.Option(help="The Markdown report; the JSON (same name, .json) and the plot "
+                                           "(<name>_energy.png) go beside it.")] = Path("docs/validation_models.md"),
+    mode: Annotated[str, typer.Option(help="Engine mode the models were replayed in.")] = "cudagraph",
+) -> None:
+    """Leave-one-model-out: price each replayed model with a profile composed without any of its measurements.
+
+    For each model, the GPU profile's overhead terms are fitted on the other models' measured iterations; its
+    composed profile simulates the model's replayed scenarios, compared with the GPU's energy, TTFT and TPOT.
+
+    Example:
+        tokenjoule validate models validation/h200_2026-12-03_models \
+            --ops calibrate/profiles/measurements/h200_lease4_2026-12-03/ops
+    """
+    from tokenjoule.calibrate.validate.models import write_models_report
+
+    report_ = write_models_report(lease_dir, ops, out, mode)
+    for name, t in report_["targets"].items():
+        typer.echo(f"{name}: {t['value']:.1%} (target {t['target']:.0%}{', met' if t['met'] else ''})")
+    typer.echo(f"wrote {out}")
+
+
 def paper(
     out: Annotated[Path, typer.Option(help="The Markdown report.")] = Path("docs/paper-reproduction.md"),
     plots: Annotated[Path, typer.Option(help="Folder for the report's PNG plots.")] = Path("docs/paper"),
@@ -179,6 +206,7 @@ def paper(
 app.command("report")(report)
 app.command("agreement")(agreement)
 app.command("tp")(tp)
+app.command("models")(models)
 
 
 def register(root: typer.Typer) -> None:

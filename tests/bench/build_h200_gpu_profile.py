@@ -1,39 +1,46 @@
 """Rebuild calibrate/profiles/h200-gpu-tokenjoule-cudagraph.json from its measured files (CPU only, deterministic).
 
-Run: python tests/bench/build_h200_gpu_profile.py. Operator fits from the H200 operator sweep (parts 1 and 2 of
-2026-12-03) and its metadata; whole-iteration overheads fitted on the OLMoE-1B-7B quick grid only (same lease as part
-2), because the leave-one-model-out check (`tests/bench/compose_check.py`) generalises better that way: fitted on
-OLMoE, Llama-3.1-8B's latency error goes from 18.5% to 10.8% (median) and its energy error from 18.8% to 16.2%; fitted
-on Llama, OLMoE's latency goes from 29.1% to 18.5% but its energy from 11.9% to 24.3%. Llama stays held out.
+Run: python tests/bench/build_h200_gpu_profile.py. Operator fits from the fourth H200 lease's operator sweep
+(2026-12-03, GEMMs and decode attention cycling through inputs larger than L2) and its metadata; whole-iteration
+overheads fitted on every model replayed in that same lease: their quick grids, and the ragged decode iterations of
+their warm-up replays (the validation scenarios are never fitted on). `tokenjoule validate models` shows how each
+model fares when its own measurements are left out of this fit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
-from tokenjoule.calibrate.compose_check import measured_points
+from tokenjoule.calibrate.compose_check import measured_points, ragged_decode_points
 from tokenjoule.calibrate.gpu_profile import build_gpu_profile, save_gpu_profile
 from tokenjoule.calibrate.overhead_fit import fit_overheads
 from tokenjoule.kernels.spec import ModelSpec
 
-ROOT = Path(__file__).resolve().parents[2] / "calibrate" / "profiles"
-SWEEP = ROOT / "measurements" / "h200_operators_2026-12-03"
+REPO = Path(__file__).resolve().parents[2]
+ROOT = REPO / "calibrate" / "profiles"
+SWEEP = ROOT / "measurements" / "h200_lease4_2026-12-03" / "ops"
+LEASE = REPO / "validation" / "h200_2026-12-03_models"
 OUT = ROOT / "h200-gpu-tokenjoule-cudagraph.json"
-FIT_ON = {"olmoe-1b-7b": SWEEP / "h200-olmoe-1b-7b-tokenjoule-cudagraph-quick.raw.parquet"}
-NOTES = ("Operator fits of measured points (H200 operator sweep 2026-12-03, parts 1 and 2: two leases, possibly two "
-         "H200s). Everything a composed profile prices from it is MODELED, not measured. `overheads` are FITTED on "
-         "measured whole iterations of OLMoE-1B-7B only (quick grid, lease 2); Llama-3.1-8B's iterations are held out "
-         "(tests/bench/compose_check.py). Rebuilt by tests/bench/build_h200_gpu_profile.py.")
+NOTES = ("Operator fits of measured points (H200 operator sweep of 2026-12-03, fourth lease: GEMMs and decode attention "
+         "read inputs larger than L2). Everything a composed profile prices from it is MODELED, not measured. "
+         "`overheads` are FITTED on measured whole iterations of the 7 models replayed in the same lease (quick grids "
+         "and warm-up replays; validation/h200_2026-12-03_models). Rebuilt by tests/bench/build_h200_gpu_profile.py.")
 
 
 def build():
-    """The profile: operator fits, then overheads fitted on FIT_ON's measured iterations."""
-    gpu = build_gpu_profile([SWEEP / "operators.part1.raw.parquet", SWEEP / "operators.part2.raw.parquet"],
-                            SWEEP / "operators.part2.meta.json", ROOT, notes=NOTES)
-    data = [(ModelSpec.from_name(name), measured_points(raw)) for name, raw in FIT_ON.items()]
-    overheads = fit_overheads(gpu, data, [str(raw.relative_to(ROOT)) for raw in FIT_ON.values()])
-    return dataclasses.replace(gpu, overheads=overheads)
+    """The profile: operator fits, then overheads fitted on every model folder of the lease."""
+    gpu = build_gpu_profile([SWEEP / "operators.raw.parquet"], SWEEP / "operators.meta.json", ROOT, notes=NOTES)
+    data, ragged, fitted_on = [], [], []
+    for folder in sorted(p.parent for p in LEASE.glob("*/validation.json")):
+        doc = json.loads((folder / "validation.json").read_text())
+        spec = ModelSpec.from_name(doc["model"])
+        raw = folder / doc["profile"].replace(".json", ".raw.parquet")
+        data.append((spec, measured_points(raw)))
+        ragged.append((spec, ragged_decode_points(folder / "iterations.parquet")))
+        fitted_on += [str(raw.relative_to(REPO)), str((folder / "iterations.parquet").relative_to(REPO))]
+    return dataclasses.replace(gpu, overheads=fit_overheads(gpu, data, fitted_on, ragged=ragged))
 
 
 if __name__ == "__main__":

@@ -191,3 +191,44 @@ def test_eager_launch_counts_follow_the_layer_kinds():
     assert eager_launches(dense) == ITERATION_LAUNCHES + 32 * (ATTN_LAUNCHES + DENSE_MLP_LAUNCHES)
     assert eager_launches(dataclasses.replace(dense, n_layers=64)) - eager_launches(dense) == 32 * 18
     assert eager_launches(moe) > eager_launches(dataclasses.replace(moe, n_layers=8))
+
+
+def test_graph_decode_is_priced_at_its_padded_bucket_and_eager_decode_is_not():
+    from tokenjoule.kernels.shape import graph_buckets
+
+    gpu = load_gpu_profile(H200)
+    spec = ModelSpec.from_name("olmoe-1b-7b")
+    graphs, eager = compose_profile(gpu, spec), compose_profile(dataclasses.replace(gpu, mode="eager"), spec)
+    per_seq = gpu.overheads.decode_host_s_per_seq
+    assert 16 in graph_buckets(512) and not {9, 10, 15} & set(graph_buckets(512))
+    from tokenjoule.calibrate.cost_form import IterFeatures
+
+    def decode(profile, b):  # b sequences, no context: the weights pass alone
+        return profile.latency.table().iteration(IterFeatures(b, decode_seqs=b))
+
+    step = [decode(graphs, b) for b in (9, 10, 15, 16)]
+    # 9..16 sequences run as the 16-row graph: only the per-sequence input preparation differs
+    for b, t in zip((9, 10, 15), step, strict=False):
+        assert t == pytest.approx(step[-1] - (16 - b) * per_seq, rel=1e-9)
+    assert decode(graphs, 17) > step[-1] + per_seq  # the next bucket, 32 rows
+    assert decode(eager, 9) < decode(eager, 16) - 7 * per_seq
+
+
+def test_tail_term_is_recovered_from_ragged_decode_iterations():
+    from tokenjoule.calibrate.cost_form import IterFeatures
+
+    gpu = load_gpu_profile(H200)
+    truth = dataclasses.replace(gpu.overheads, decode_tail_s_per_token=7e-9)
+    spec = ModelSpec.from_name("llama-3.1-8b")
+    profile = compose_profile(dataclasses.replace(gpu, overheads=truth), spec)
+    table = profile.latency.table()
+    ragged = []
+    for seqs, mean, longest in ((4, 300, 2000), (24, 800, 4000), (40, 1200, 3000), (64, 500, 6000)):
+        f = IterFeatures(seqs, 0, 0, seqs * mean, seqs, 0, longest)
+        ragged.append({"features": f, "time_s": table.iteration(f, profile.decode_split_rule)})
+    base = dataclasses.replace(gpu, overheads=dataclasses.replace(truth, decode_tail_s_per_token=0.0))
+    from tokenjoule.calibrate.overhead_fit import _fit_tail
+
+    assert _fit_tail(base, [(spec, ragged)])["decode_tail_s_per_token"] == pytest.approx(7e-9, rel=1e-6)
+    assert profile.latency.coef["decode_tail_ctx_tokens"] == pytest.approx(7e-9 * spec.n_layers)
+    assert _fit_tail(base, []) == {}

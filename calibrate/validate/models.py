@@ -1,0 +1,186 @@
+"""Leave-one-model-out validation of composed profiles: one GPU calibration, many models, each priced unseen.
+
+A device lease (`tests/bench/device_models_lease.sh`) measures the GPU's operators (`tokenjoule calibrate-gpu`) and,
+for each model, a quick whole-iteration grid and about a minute of replays (`tokenjoule validate run --quick
+--scenario-set models`), all on one GPU. Here, on a CPU, for each model M:
+
+1. the GPU profile is built from the operator sweep, and its overhead terms are fitted on the *other* models'
+   measured iterations only (their quick grids, and the ragged decode iterations of their warm-up replays);
+2. M's profile is composed from it (`calibrate/compose.py`): nothing measured of M is used;
+3. each of M's replayed scenarios is simulated with that profile and compared with what the GPU measured: energy,
+   TTFT p50, TPOT p50; and M's own quick-grid iterations are priced as an iteration-level check.
+
+Command: `tokenjoule validate models LEASE_DIR --ops OPS_DIR [--out docs/validation_models.md]`; the JSON and a
+per-model plot go beside the Markdown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenjoule.calibrate.compose import compose_profile
+from tokenjoule.calibrate.compose_check import compare_points, measured_points, ragged_decode_points
+from tokenjoule.calibrate.cost_form import ProfileError
+from tokenjoule.calibrate.gpu_profile import GPUOperatorProfile, build_gpu_profile
+from tokenjoule.calibrate.overhead_fit import fit_overheads
+from tokenjoule.calibrate.validate.diagnostics import rel_error
+from tokenjoule.calibrate.validate.report import Simulations, load_run, measured_metrics, scenario_rows
+from tokenjoule.kernels.spec import ModelSpec
+from tokenjoule.traces.files import write_atomic
+
+METRICS = ("energy_total_j", "ttft_p50_s", "tpot_p50_s")
+# Issue 16's targets on the H200 with CUDA graphs: energy median |error| and max, TPOT and TTFT p50 median.
+TARGETS = {"energy_median": 0.03, "energy_max": 0.06, "tpot_p50_median": 0.05, "ttft_p50_median": 0.05}
+
+
+def model_runs(lease_dir: Path) -> list[Path]:
+    """The lease's model folders (each holds a validation.json), sorted by name."""
+    runs = sorted(p.parent for p in lease_dir.glob("*/validation.json"))
+    if not runs:
+        raise ProfileError(f"{lease_dir}: no model folder with a validation.json")
+    return runs
+
+
+def gpu_profile_of(ops_dir: Path, mode: str) -> GPUOperatorProfile:
+    """The GPU profile of the lease's operator sweep (operator fits only; overheads come per fold)."""
+    gpu = build_gpu_profile([ops_dir / "operators.raw.parquet"], ops_dir / "operators.meta.json", ops_dir)
+    return dataclasses.replace(gpu, mode=mode)
+
+
+def _measured_iterations(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return measured_points(run["dir"] / run["profile"].raw_path)
+
+
+def fold(gpu: GPUOperatorProfile, held_out: str, runs: dict[str, dict[str, Any]]) -> GPUOperatorProfile:
+    """`gpu` with overheads fitted on every model's measured iterations except `held_out`'s."""
+    others = [name for name in runs if name != held_out]
+    data = [(runs[n]["spec"], _measured_iterations(runs[n])) for n in others]
+    ragged = [(runs[n]["spec"], ragged_decode_points(runs[n]["dir"] / "iterations.parquet")) for n in others]
+    fitted_on = [f"{n}/{runs[n]['profile'].raw_path}" for n in others]
+    return dataclasses.replace(gpu, overheads=fit_overheads(gpu, data, fitted_on, ragged=ragged))
+
+
+def model_entry(name: str, gpu: GPUOperatorProfile, runs: dict[str, dict[str, Any]],
+                sims: Simulations) -> dict[str, Any]:
+    """One held-out model: its composed profile's errors on its replays and on its own measured iterations."""
+    run = runs[name]
+    folded = fold(gpu, name, runs)
+    profile = compose_profile(folded, run["spec"], source=f"{gpu.label} (overheads without {name})")
+    scenarios = []
+    for sc in run["doc"]["scenarios"]:
+        measured = measured_metrics(sc, scenario_rows(run["requests"], sc["scenario"]["name"]))
+        simulated, _ = sims.get(run, sc, profile)
+        scenarios.append({"scenario": sc["scenario"]["name"], "n_requests": sc["n_requests"],
+                          "measured": {m: measured[m] for m in METRICS},
+                          "simulated": {m: simulated[m] for m in METRICS},
+                          "error": {m: rel_error(simulated[m], measured[m]) for m in METRICS}})
+    return {"model": name, "moe": run["spec"].is_moe, "overheads": folded.overheads.to_dict(),
+            "iterations": compare_points(profile, _measured_iterations(run)), "scenarios": scenarios,
+            "summary": summarize([s["error"] for s in scenarios])}
+
+
+def summarize(errors: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Median and max |error| of each metric over scenarios (None where no scenario has it)."""
+    out: dict[str, float | None] = {}
+    for m in METRICS:
+        values = np.abs([e[m] for e in errors if e[m] is not None])
+        out[f"{m}_median"] = float(np.median(values)) if len(values) else None
+        out[f"{m}_max"] = float(values.max()) if len(values) else None
+    return out
+
+
+def build_models_report(lease_dir: Path, ops_dir: Path, mode: str = "cudagraph") -> dict[str, Any]:
+    """The leave-one-model-out report of one lease (see the module docstring)."""
+    gpu = gpu_profile_of(ops_dir, mode)
+    runs = {}
+    for path in model_runs(lease_dir):
+        run = load_run(path)
+        if run["doc"]["runner_config"]["mode"] != mode:
+            raise ProfileError(f"{path}: replayed in {run['doc']['runner_config']['mode']} mode, not {mode}")
+        runs[path.name] = {**run, "spec": ModelSpec.from_name(run["doc"]["model"])}
+    sims = Simulations()
+    models = [model_entry(name, gpu, runs, sims) for name in runs]
+    pooled = summarize([e for m in models for e in (s["error"] for s in m["scenarios"])])
+    checks = {"energy_median": pooled["energy_total_j_median"], "energy_max": pooled["energy_total_j_max"],
+              "tpot_p50_median": pooled["tpot_p50_s_median"], "ttft_p50_median": pooled["ttft_p50_s_median"]}
+    return {"kind": "tokenjoule-models-validation", "lease": lease_dir.name, "ops": ops_dir.name, "mode": mode,
+            "gpu": gpu.gpu.get("name"), "host": gpu.host, "models": models, "pooled": pooled,
+            "targets": {k: {"target": TARGETS[k], "value": v, "met": v is not None and v <= TARGETS[k]}
+                        for k, v in checks.items()}}
+
+
+def _pct(value: float | None, signed: bool = False) -> str:
+    return "-" if value is None else f"{value:+.1%}" if signed else f"{value:.1%}"
+
+
+def render_models_markdown(report: dict[str, Any], plot_name: str) -> str:
+    """The report as Markdown: the per-model table, the pooled figures against the targets, every scenario."""
+    lines = [f"# Leave-one-model-out validation: {report['gpu']}, {report['mode']}", "",
+             "Generated by `tokenjoule validate models` from the measured files of one device lease "
+             f"(`{report['lease']}`, operator sweep `{report['ops']}`). Every simulated number here is MODELED: each "
+             "model's profile is composed from the GPU's operator fits, with the overhead terms fitted on the *other* "
+             "models' measured iterations only. Errors are (simulated - measured) / measured.", "",
+             "| model | MoE | energy median / max | TTFT p50 median | TPOT p50 median | iterations: latency / energy "
+             "median |", "|---|---|---|---|---|---|"]
+    for m in report["models"]:
+        s, it = m["summary"], m["iterations"]["all"]
+        lines.append(f"| {m['model']} | {'yes' if m['moe'] else 'no'} | {_pct(s['energy_total_j_median'])} / "
+                     f"{_pct(s['energy_total_j_max'])} | {_pct(s['ttft_p50_s_median'])} | "
+                     f"{_pct(s['tpot_p50_s_median'])} | {_pct(it['latency_median'])} / "
+                     f"{_pct(it['energy_median'])} |")
+    lines += ["", "Pooled over every scenario of every model, against issue 16's targets:", "",
+              "| figure | target | measured error | met |", "|---|---|---|---|"]
+    for name, t in report["targets"].items():
+        lines.append(f"| {name} | {t['target']:.0%} | {_pct(t['value'])} | {'yes' if t['met'] else 'no'} |")
+    lines += ["", f"![energy error per scenario and model]({plot_name})", "", "## Every scenario", "",
+              "| model | scenario | requests | energy measured J | energy error | TTFT p50 error | TPOT p50 error |",
+              "|---|---|---|---|---|---|---|"]
+    for m in report["models"]:
+        for s in m["scenarios"]:
+            e = s["error"]
+            lines.append(f"| {m['model']} | {s['scenario']} | {s['n_requests']} | "
+                         f"{s['measured']['energy_total_j']:.0f} | {_pct(e['energy_total_j'], True)} | "
+                         f"{_pct(e['ttft_p50_s'], True)} | {_pct(e['tpot_p50_s'], True)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_models(report: dict[str, Any], path: Path) -> None:
+    """Energy error of every scenario, grouped by model (one bar per scenario), with the +-3% target band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = report["models"]
+    names = [s["scenario"] for s in models[0]["scenarios"]]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        values = [100 * next((s["error"]["energy_total_j"] or 0.0 for s in m["scenarios"] if s["scenario"] == name),
+                             0.0) for m in models]
+        ax.bar(np.arange(len(models)) + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+    ax.axhspan(-3, 3, color="green", alpha=0.1, label="target: within 3%")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xticks(np.arange(len(models)), [m["model"] for m in models], rotation=20)
+    ax.set_ylabel("simulated - measured energy (%)")
+    ax.set_title(f"Composed profiles, each model held out ({report['gpu']}, {report['mode']}; modeled vs measured)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def write_models_report(lease_dir: Path, ops_dir: Path, md_path: Path, mode: str = "cudagraph") -> dict[str, Any]:
+    """Build the report and write its Markdown, its JSON beside it and its plot beside it (`*_energy.png`)."""
+    report = json.loads(json.dumps(build_models_report(lease_dir, ops_dir, mode), default=float))
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    png = md_path.with_name(f"{md_path.stem}_energy.png")
+    write_atomic(md_path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    write_atomic(md_path, lambda tmp: Path(tmp).write_text(render_models_markdown(report, png.name)))
+    plot_models(report, png)
+    return report

@@ -1,0 +1,65 @@
+"""`tokenjoule validate models` on two of the committed lease's models: each priced without its own measurements."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tokenjoule.calibrate.compose import compose_profile
+from tokenjoule.calibrate.validate.models import fold, gpu_profile_of
+from tokenjoule.calibrate.validate.report import load_run, measured_metrics, scenario_rows, simulate
+from tokenjoule.cli import app
+from tokenjoule.kernels.spec import ModelSpec
+
+REPO = Path(__file__).resolve().parents[3]
+LEASE = REPO / "validation" / "h200_2026-12-03_models"
+OPS = REPO / "calibrate" / "profiles" / "measurements" / "h200_lease4_2026-12-03" / "ops"
+MODELS = ("llama-3.2-1b", "olmoe-1b-7b")
+
+
+@pytest.fixture(scope="module")
+def two_model_lease(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lease = tmp_path_factory.mktemp("lease")
+    for name in MODELS:
+        (lease / name).symlink_to(LEASE / name, target_is_directory=True)
+    return lease
+
+
+def test_each_model_is_priced_by_a_fold_that_never_saw_it(two_model_lease: Path, tmp_path: Path):
+    out = tmp_path / "models.md"
+    result = CliRunner().invoke(app, ["validate", "models", str(two_model_lease), "--ops", str(OPS), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [m["model"] for m in report["models"]] == list(MODELS)
+    assert out.with_name("models_energy.png").stat().st_size > 1000
+    for m in report["models"]:
+        other = next(n for n in MODELS if n != m["model"])
+        assert m["overheads"]["fitted_on"] and all(p.startswith(other + "/") for p in m["overheads"]["fitted_on"])
+        assert len(m["scenarios"]) == 5 and all(s["error"]["energy_total_j"] is not None for s in m["scenarios"])
+    assert set(report["targets"]) == {"energy_median", "energy_max", "tpot_p50_median", "ttft_p50_median"}
+    text = out.read_text()
+    assert "MODELED" in text and "| olmoe-1b-7b | yes |" in text
+
+    # one scenario again by hand: fold without the model, compose, simulate, compare with the measured energy
+    runs = {n: {**load_run(two_model_lease / n), "spec": ModelSpec.from_name(n)} for n in MODELS}
+    gpu = gpu_profile_of(OPS, "cudagraph")
+    profile = compose_profile(fold(gpu, "olmoe-1b-7b", runs), runs["olmoe-1b-7b"]["spec"])
+    run = runs["olmoe-1b-7b"]
+    sc = run["doc"]["scenarios"][0]
+    rows = scenario_rows(run["requests"], sc["scenario"]["name"])
+    sim, _ = simulate(sc, rows, profile, run["doc"]["kv_block_tokens"])
+    expected = sim["energy_total_j"] / measured_metrics(sc, rows)["energy_total_j"] - 1
+    got = next(m for m in report["models"] if m["model"] == "olmoe-1b-7b")["scenarios"][0]["error"]["energy_total_j"]
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_lease_replayed_in_another_mode_is_refused(two_model_lease: Path, tmp_path: Path):
+    result = CliRunner().invoke(app, ["validate", "models", str(two_model_lease), "--ops", str(OPS), "--mode", "eager",
+                                      "--out", str(tmp_path / "m.md")])
+    assert result.exit_code != 0 and "replayed in cudagraph mode, not eager" in result.output
+    assert not (tmp_path / "m.md").exists()
+    assert dataclasses.is_dataclass(gpu_profile_of(OPS, "eager"))
