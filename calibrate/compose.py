@@ -12,6 +12,8 @@ modeled, per iteration of `x` new tokens (`cost_form.py`'s form):
   x rows, plus one CUDA-graph replay + synchronize of host time (at idle power); with the GPU profile's fitted
   `overheads`, plus `graph_gap_s_per_layer` x layers (at `graph_gap_power_w`) and the runner's input preparation,
   `decode_host_s_per_seq` x x (at idle power);
+- in eager mode (`gpu.mode == "eager"`) the decode knots are unpadded and host-floored as prefill knots are (every
+  kernel launched from Python), without the graph terms;
 - prefill curve at knot x: the same layers at x tokens, prefill attention's fixed part (constant plus Q/O/K/V bytes
   of x new tokens), the LM head and sampling for one row; the iteration takes max(this GPU time, host time), host
   time = the eager launches counted in `eager_launches` x the host seconds per launch (the fitted
@@ -152,6 +154,8 @@ def decode_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int, rows: int | No
     rows = x if rows is None else rows
     heads = (spec.n_heads, spec.n_kv_heads, spec.head_dim)
     attn = _scale(_cost(gpu.operators["decode_attn"], decode_attn_point(rows, 0, *heads)), spec.n_layers)
+    if gpu.mode == "eager":  # every kernel launched from Python, as a prefill is
+        return _host_floored(gpu, spec, _sum(_layers(gpu, spec, rows), attn, _head(gpu, spec, rows)))
     host = gpu.launch.graph_replay_sync_s
     costs = [_layers(gpu, spec, rows), attn, _head(gpu, spec, rows), (host, host * gpu.idle_power_w)]
     ov = gpu.overheads
@@ -177,7 +181,12 @@ def prefill_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[floa
     point = prefill_attn_point(1, x, 0, spec.n_heads, spec.n_kv_heads, spec.head_dim)
     fixed = OperatorPoint("prefill_attn", point.shape, 0.0, point.bytes_moved)  # its FLOPs are the pairs' term
     attn = _scale(_cost(gpu.operators["prefill_attn"], fixed), spec.n_layers)
-    t, e = _sum(_layers(gpu, spec, x), attn, _head(gpu, spec, 1))
+    return _host_floored(gpu, spec, _sum(_layers(gpu, spec, x), attn, _head(gpu, spec, 1)))
+
+
+def _host_floored(gpu: GPUOperatorProfile, spec: ModelSpec, cost: tuple[float, float]) -> tuple[float, float]:
+    """An eager iteration: max(GPU time, the host's launches), the GPU waiting on the host at its waiting power."""
+    t, e = cost
     ov = gpu.overheads
     per_launch = ov.eager_host_s_per_launch if ov else gpu.launch.eager_launch_s
     wait_w = ov.host_wait_power_w if ov else gpu.idle_power_w

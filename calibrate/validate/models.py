@@ -52,6 +52,14 @@ def gpu_profile_of(ops_dir: Path, mode: str) -> GPUOperatorProfile:
     return dataclasses.replace(gpu, mode=mode)
 
 
+def replayed_spec(doc: dict[str, Any]) -> ModelSpec:
+    """The model as the engine replayed it: random weights serve any length the scenarios hold (up to their
+    `max_total_tokens`), even past the model's own context (OLMoE's 4,096), so the simulation must not reject those."""
+    spec = ModelSpec.from_name(doc["model"])
+    longest = max(int(s.get("max_total_tokens") or 0) for s in doc["scenarios"])
+    return dataclasses.replace(spec, max_position_embeddings=max(spec.max_position_embeddings, longest))
+
+
 def _measured_iterations(run: dict[str, Any]) -> list[dict[str, Any]]:
     return measured_points(run["dir"] / run["profile"].raw_path)
 
@@ -102,7 +110,7 @@ def build_models_report(lease_dir: Path, ops_dir: Path, mode: str = "cudagraph")
         run = load_run(path)
         if run["doc"]["runner_config"]["mode"] != mode:
             raise ProfileError(f"{path}: replayed in {run['doc']['runner_config']['mode']} mode, not {mode}")
-        runs[path.name] = {**run, "spec": ModelSpec.from_name(run["doc"]["model"])}
+        runs[path.name] = {**run, "spec": replayed_spec(run["doc"])}
     sims = Simulations()
     models = [model_entry(name, gpu, runs, sims) for name in runs]
     pooled = summarize([e for m in models for e in (s["error"] for s in m["scenarios"])])
