@@ -15,9 +15,12 @@ from tokenjoule.sim.cli import (
     DEFAULT_PROFILE,
     CarbonOpt,
     HostPowerOpt,
+    MaxTokensOpt,
     PueOpt,
     carbon_keys,
     check_physical_flags,
+    check_policy_flags,
+    given_flags,
     parse_carbon,
     resolve_profile,
 )
@@ -64,6 +67,7 @@ def _table(d: dict[str, Any]) -> Table:
 
 
 def project(
+    ctx: typer.Context,
     trace: Annotated[str, typer.Argument(help="Trace file (CSV, Parquet, JSONL) or bundled name: azure-conv-2023, "
                                               "azure-code-2023.", show_default=False)],
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="Trace format (default: detect).")] = None,
@@ -88,9 +92,9 @@ def project(
     policy: Annotated[str, typer.Option(help="Load-aware server: continuous, chunked or static.")] = "continuous",
     replicas: Annotated[int, typer.Option(help="Data-parallel replicas.")] = 1,
     tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs per replica.")] = 1,
-    max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
-    max_num_batched_tokens: Annotated[int | None, typer.Option(
-        "--max-batched-tokens", help="Tokens per iteration (default 16384 continuous, 2048 chunked).")] = None,
+    max_num_seqs: Annotated[int, typer.Option(help="Load-aware, continuous, chunked: most sequences per batch.")]
+    = 256,
+    max_num_batched_tokens: MaxTokensOpt = None,
     pue: PueOpt = 1.0,
     host_power_w: HostPowerOpt = 0.0,
     carbon: CarbonOpt = None,
@@ -118,6 +122,8 @@ def project(
     from tokenjoule.traces.binning import BinSpec
 
     check_physical_flags({"--pue": (pue, ">= 1"), "--host-power-w": (host_power_w, ">= 0")})
+    check_policy_flags(policy, {}, given_flags(ctx, {"--max-num-seqs": max_num_seqs,
+                                                     "--max-batched-tokens": max_num_batched_tokens}))
     grid = parse_carbon(carbon)
     if grid is not None and grid.hourly is not None:
         raise ConfigError(f"--carbon {carbon}: project prices one constant intensity (a number or a region); the "
