@@ -24,19 +24,22 @@ if TYPE_CHECKING:
 DEFAULT_TRACE = "azure-conv-2023"
 DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
 
-TraceOpt = Annotated[str | None, typer.Option("--trace", help="Trace file (CSV, Parquet, JSONL) or bundled name "
-                                                              f"[default: {DEFAULT_TRACE}].", show_default=False)]
-FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Trace format (default: detect).")]
+TraceOpt = Annotated[str | None, typer.Option("--trace", help="Trace file (CSV, Parquet, JSONL) or bundled name.",
+                                              show_default=DEFAULT_TRACE)]
+FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Trace format.",
+                                               show_default="detect from the content")]
 SynthOpt = Annotated[str | None, typer.Option(
     "--synthetic", help="Synthetic trace instead of a file: 'n=256,input=1024,output=128' (all at t=0), add "
-                        "'rate=5' for Poisson arrivals or 'process=gamma,cv=2' for bursty ones.")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile file or shipped name "
-                                                                  f"[default: {DEFAULT_PROFILE}].",
-                                                show_default=False)]
+                        "'rate=5' for Poisson arrivals or 'process=gamma,cv=2' for bursty ones.",
+    show_default="none: read --trace")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile file or shipped name.",
+                                                show_default=DEFAULT_PROFILE)]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name; checked against the profile "
-                                                              "(roofline: which model).")]
+                                                              "(roofline: which model).",
+                                              show_default="the profile's, else llama-3.1-8b")]
 GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB); "
-                                                          "checked against the profile (roofline: which GPU).")]
+                                                          "checked against the profile (roofline: which GPU).",
+                                            show_default="the profile's, else H100-SXM")]
 CostOpt = Annotated[str, typer.Option("--cost", help="Cost model: calibrated, roofline or roofline-memory.")]
 MaxTokensOpt = Annotated[int | None, typer.Option("--max-batched-tokens", help="Continuous, chunked: tokens per "
                                                                               "iteration.",
@@ -47,7 +50,7 @@ PueOpt = Annotated[float, typer.Option(help="Facility power usage effectiveness.
 HostPowerOpt = Annotated[float, typer.Option(help="Host power per replica, W.")]
 CarbonOpt = Annotated[str | None, typer.Option(
     help="Grid intensity: gCO2e/kWh, an hourly CSV file, or a region from CodeCarbon's data: a country (DE, FRA, "
-         "Germany) or gcp:REGION (needs pip install 'tokenjoule[carbon]').")]
+         "Germany) or gcp:REGION (needs pip install 'tokenjoule[carbon]').", show_default="none: no kg CO2e")]
 
 
 def _parse_synthetic(text: str, seed: int):
@@ -272,22 +275,24 @@ def simulate(
     tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs per replica.")] = 1,
     router: Annotated[str, typer.Option(help="round-robin, least-outstanding or random.")] = "round-robin",
     rate_scale: Annotated[float, typer.Option(help="Multiply the arrival rate.")] = 1.0,
-    window: Annotated[str | None, typer.Option(help="Keep arrivals in START:END seconds.")] = None,
+    window: Annotated[str | None, typer.Option(help="Keep arrivals in START:END seconds.",
+                                               show_default="the whole trace")] = None,
     max_num_seqs: Annotated[int, typer.Option(help="Continuous, chunked: most sequences per batch.")] = 256,
     max_num_batched_tokens: MaxTokensOpt = None,
     max_batch: Annotated[int, typer.Option(help="Static: batch size.")] = 8,
     block_size: Annotated[int, typer.Option("--kv-block-tokens", help="Tokens per paged KV block.")] = 16,
     batch_timeout_s: Annotated[float, typer.Option(help="Static: wait this long for a full batch, s.")] = 0.0,
-    slo_ttft_s: Annotated[float | None, typer.Option(help="TTFT target, s.")] = None,
-    slo_tpot_s: Annotated[float | None, typer.Option(help="TPOT target, s.")] = None,
+    slo_ttft_s: Annotated[float | None, typer.Option(help="TTFT target, s.", show_default="no target")] = None,
+    slo_tpot_s: Annotated[float | None, typer.Option(help="TPOT target, s.", show_default="no target")] = None,
     pue: PueOpt = 1.0,
     host_power_w: HostPowerOpt = 0.0,
-    idle_power_w: Annotated[float | None, typer.Option(help="Replica idle power override, W (default: the "
-                                                            "profile's; 0 for roofline).")] = None,
+    idle_power_w: Annotated[float | None, typer.Option(help="Replica idle power override, W.",
+                                                       show_default="the profile's; 0 for roofline")] = None,
     carbon: CarbonOpt = None,
     seed: Annotated[int, typer.Option(help="Seed (random router, synthetic traces).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write requests.parquet, summary.json, run.json, plots here (a new "
-                                                  "folder, or one holding only these).")] = None,
+                                                  "folder, or one holding only these).",
+                                             show_default="nothing written")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
@@ -369,20 +374,23 @@ def simulate(
 
 
 def compare(
-    config_file: Annotated[Path | None, typer.Option("--config", help="TOML grid file (see tokenjoule.sim.compare).")]
-    = None,
-    policies: Annotated[str | None, typer.Option(help="Comma list, e.g. static,continuous,chunked.")] = None,
-    profiles: Annotated[str | None, typer.Option(help="Comma list of profiles (engines).")] = None,
-    gpus: Annotated[str | None, typer.Option(help="Comma list of GPU datasheets (roofline).")] = None,
-    replicas: Annotated[str | None, typer.Option(help="Comma list of replica counts.")] = None,
-    tps: Annotated[str | None, typer.Option("--tp", help="Comma list of TP degrees.")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="TOML grid file (see tokenjoule.sim.compare).",
+                                                     show_default="none: the grid from the flags")] = None,
+    policies: Annotated[str | None, typer.Option(help="Comma list, e.g. static,continuous,chunked.",
+                                                 show_default="continuous")] = None,
+    profiles: Annotated[str | None, typer.Option(help="Comma list of profiles (engines).",
+                                                 show_default=DEFAULT_PROFILE)] = None,
+    gpus: Annotated[str | None, typer.Option(help="Comma list of GPU datasheets (roofline).",
+                                             show_default="the profile's")] = None,
+    replicas: Annotated[str | None, typer.Option(help="Comma list of replica counts.", show_default="1")] = None,
+    tps: Annotated[str | None, typer.Option("--tp", help="Comma list of TP degrees.", show_default="1")] = None,
     cost: CostOpt = "calibrated",
     trace: TraceOpt = None,
     fmt: FormatOpt = None,
     synthetic: SynthOpt = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write compare.json and pareto.png here (a new folder, or one "
-                                                  "holding only these).")] = None,
+                                                  "holding only these).", show_default="nothing written")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

@@ -12,10 +12,12 @@ from rich.table import Table
 from tokenjoule.console import progress
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cli import (
-    DEFAULT_PROFILE,
     CarbonOpt,
+    CostOpt,
+    FormatOpt,
     HostPowerOpt,
     MaxTokensOpt,
+    ProfileOpt,
     PueOpt,
     carbon_keys,
     check_physical_flags,
@@ -70,22 +72,26 @@ def project(
     ctx: typer.Context,
     trace: Annotated[str, typer.Argument(help="Trace file (CSV, Parquet, JSONL) or bundled name: azure-conv-2023, "
                                               "azure-code-2023.", show_default=False)],
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="Trace format (default: detect).")] = None,
-    profile: Annotated[str | None, typer.Option(help=f"Profile file or shipped name [default: {DEFAULT_PROFILE}].",
-                                                show_default=False)] = None,
-    cost: Annotated[str, typer.Option(help="Cost model: calibrated, roofline or roofline-memory.")] = "calibrated",
-    model: Annotated[str | None, typer.Option(help="Model name; checked against the profile.")] = None,
-    gpu: Annotated[str | None, typer.Option(help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB).")] = None,
+    fmt: FormatOpt = None,
+    profile: ProfileOpt = None,
+    cost: CostOpt = "calibrated",
+    model: Annotated[str | None, typer.Option(help="Model name; checked against the profile.",
+                                              show_default="the profile's, else llama-3.1-8b")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB).",
+                                            show_default="the profile's, else H100-SXM")] = None,
     estimators: Annotated[str, typer.Option(help="Comma list of paper, theoretical, load-aware.")]
     = "paper,theoretical,load-aware",
-    input_edges: Annotated[str | None, typer.Option(help="Paper: input bin edges [default: 32,...,8192].")] = None,
-    output_edges: Annotated[str | None, typer.Option(help="Paper: output bin edges [default: 8,...,512].")] = None,
+    input_edges: Annotated[str | None, typer.Option(help="Paper: input bin edges.",
+                                                    show_default="the paper's 32,...,8192")] = None,
+    output_edges: Annotated[str | None, typer.Option(help="Paper: output bin edges.",
+                                                     show_default="the paper's 8,...,512")] = None,
     out_of_range: Annotated[str, typer.Option(help="Paper: lengths above the last edge: exclude or clamp.")]
     = "exclude",
     max_batch: Annotated[int, typer.Option(help="Paper: cap on the batch B of a bin.")] = 256,
-    peak_flops: Annotated[float | None, typer.Option(help="Theoretical: peak FLOP/s per GPU [default: datasheet, "
-                                                          "dense].")] = None,
-    tdp_w: Annotated[float | None, typer.Option(help="Theoretical: TDP per GPU, W [default: datasheet].")] = None,
+    peak_flops: Annotated[float | None, typer.Option(help="Theoretical: peak FLOP/s per GPU.",
+                                                     show_default="the GPU datasheet's, dense")] = None,
+    tdp_w: Annotated[float | None, typer.Option(help="Theoretical: TDP per GPU, W.",
+                                                show_default="the GPU datasheet's")] = None,
     window_s: Annotated[float, typer.Option(help="Load-aware: window length, s.")] = 60.0,
     pad_s: Annotated[float, typer.Option(help="Load-aware: least warm-up/cool-down seconds around a window (grows "
                                               "to cover the time requests hold a batch seat).")] = 10.0,

@@ -82,13 +82,6 @@ def test_calibrate_runs_and_prints_summary(tmp_path, monkeypatch):
     assert load_profile(out).engine == "hf"
 
 
-def test_help_ends_with_example():
-    result = runner.invoke(app, ["calibrate", "--help"])
-    assert result.exit_code == 0
-    text = result.output.split("╭")[0]
-    assert "tokenjoule calibrate --model" in text.split("Example:")[-1]
-
-
 def test_calibrate_gpu_checks_models_then_the_gpu_and_writes_nothing_without_one(tmp_path, monkeypatch):
     checked = []
 
