@@ -22,6 +22,7 @@ from tokenjoule.calibrate import cli as calibrate_cli
 from tokenjoule.calibrate.cost_form import ProfileError
 from tokenjoule.calibrate.measure.nvml import MeterError
 from tokenjoule.calibrate.validate import cli as validate_cli
+from tokenjoule.help_text import lay_out_help
 from tokenjoule.kernels import cli as kernels_cli
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim import cli as sim_cli
@@ -46,7 +47,14 @@ def user_error_line(err: BaseException) -> str | None:
 
 
 class UserErrorGroup(TyperGroup):
-    """The root command group: a declared user error raised by any command ends it with one line and exit code 2."""
+    """The root command group: a declared user error raised by any command ends it with one line and exit code 2.
+
+    It also lays out the help of the whole command tree as it is built (`help_text.lay_out_help`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        lay_out_help(self)
 
     def invoke(self, ctx: typer.Context) -> Any:
         """Run the command; a user error prints `error: ...` on stderr and exits 2 (TOKENJOULE_DEBUG=1 re-raises)."""
@@ -64,7 +72,9 @@ app = typer.Typer(
     name="tokenjoule",
     cls=UserErrorGroup,
     help="Energy of LLM serving, calibrated and validated: joules per request and per token, kWh, CO2.\n\n"
-    "Calibrate once per GPU, simulate what-if serving on a CPU, project traces too large to replay.",
+    "Calibrate once per GPU, simulate what-if serving on a CPU, project traces too large to replay.\n\n"
+    "Example:\n    tokenjoule simulate\n    tokenjoule simulate --policy static --max-batch 16 --json\n"
+    "    tokenjoule profile list\n    tokenjoule project azure-code-2023",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -20,7 +20,10 @@ from tokenjoule.calibrate.summary import profile_summary
 from tokenjoule.calibrate.sweep.operator_grid import SWEPT_MODELS
 from tokenjoule.kernels.spec import ConfigError, ModelSpec
 
-profile_app = typer.Typer(help="Inspect calibration profiles: summary, J/token figures, fit errors, plots.",
+profile_app = typer.Typer(help="Inspect calibration profiles: summary, J/token figures, fit errors, plots.\n\n"
+                          "Example:\n    tokenjoule profile list\n"
+                          "    tokenjoule profile show h100-llama-3.1-8b-tokenjoule-cudagraph\n"
+                          "    tokenjoule profile plot h100-llama-3.1-8b-hf-eager --out hf.png",
                           no_args_is_help=True)
 
 
@@ -133,7 +136,8 @@ def plot(
 @profile_app.command("refit")
 def refit(
     profile: str = typer.Argument(..., help="Profile JSON file (its raw sweep Parquet must lie beside it)."),
-    out: Path = typer.Option(None, "--out", help="Write here instead of over the input file."),  # noqa: B008
+    out: Path = typer.Option(None, "--out", help="Write here instead of over the input file.",  # noqa: B008
+                             show_default="the input file"),
 ) -> None:
     """Refit a profile's curves from its committed raw sweep data (the measurements are never changed).
 
@@ -189,12 +193,14 @@ def calibrate_cmd(
     model: str = typer.Option(..., "--model", help="Registry name (see `tokenjoule models`) or a config.json path."),
     engine: str = typer.Option("tokenjoule", "--engine", help="Engine: tokenjoule or hf."),
     mode: str = typer.Option("cudagraph", "--mode", help="Engine mode: eager, cudagraph or compile."),
-    out: Path = typer.Option(None, "--out", help="Profile JSON to write (raw Parquet beside it)."),  # noqa: B008
+    out: Path = typer.Option(None, "--out", help="Profile JSON to write (raw Parquet beside it).",  # noqa: B008
+                             show_default="none; give --out or --out-dir"),
     out_dir: Path = typer.Option(None, "--out-dir", help="Instead of --out: a folder for one or more runs "  # noqa: B008
                                  "(--runs), each profile named as the shipped ones with its raw and power-timeline "
-                                 "Parquet, plus calibrate.log (and for engine hf the generate() check)."),
-    runs: str = typer.Option(None, "--runs", help="With --out-dir: engine:mode[,engine:mode...] "
-                             "(default: --engine:--mode)."),
+                                 "Parquet, plus calibrate.log (and for engine hf the generate() check).",
+                                 show_default="none; give --out or --out-dir"),
+    runs: str = typer.Option(None, "--runs", help="With --out-dir: engine:mode[,engine:mode...].",
+                             show_default="--engine:--mode"),
     quick: bool = typer.Option(False, "--quick", help="Small grid, short windows: a smoke run."),
     gpus: str = typer.Option("0", "--gpus", help="Comma-separated GPU indices of the replica (TP degree = count)."),
     gpu_memory_utilization: float = typer.Option(0.9, help="Fraction of GPU memory the engine may use."),
@@ -202,7 +208,8 @@ def calibrate_cmd(
     max_num_batched_tokens: int = typer.Option(16384, "--max-batched-tokens", help="Most tokens per iteration."),
     json_out: bool = typer.Option(False, "--json", help="Print the new profile's summary as one JSON object."),
     short_from: str = typer.Option(None, "--short-from", help="Carry this profile (same model, engine, mode, "
-                                   "TP; another machine of this GPU type) here from a short sweep instead."),
+                                   "TP; another machine of this GPU type) here from a short sweep instead.",
+                                   show_default="none: a full calibration"),
 ) -> None:
     """Measure a model on this machine's GPU and write a calibration profile (needs CUDA and NVML).
 
@@ -257,9 +264,9 @@ def calibrate_gpu_cmd(
     quick: bool = typer.Option(False, "--quick", help="A few points per operator: a smoke run."),
     gpu: int = typer.Option(0, "--gpu", help="GPU index."),
     budget_s: float = typer.Option(None, "--budget-s", help="Stop measuring new points after this many seconds "
-                                   "(what was measured is kept; resume with --resume)."),
+                                   "(what was measured is kept; resume with --resume).", show_default="no limit"),
     resume: Path = typer.Option(None, "--resume", help="An earlier operators.raw.parquet: its points are "  # noqa: B008
-                                "skipped."),
+                                "skipped.", show_default="none: measure every point"),
 ) -> None:
     """Measure this GPU's operators (GEMMs, attention, MoE experts, the rest of a layer) for any model's iterations.
 

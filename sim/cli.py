@@ -24,27 +24,33 @@ if TYPE_CHECKING:
 DEFAULT_TRACE = "azure-conv-2023"
 DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
 
-TraceOpt = Annotated[str | None, typer.Option("--trace", help="Trace file (CSV, Parquet, JSONL) or bundled name "
-                                                              f"[default: {DEFAULT_TRACE}].", show_default=False)]
-FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Trace format (default: detect).")]
+TraceOpt = Annotated[str | None, typer.Option("--trace", help="Trace file (CSV, Parquet, JSONL) or bundled name.",
+                                              show_default=DEFAULT_TRACE)]
+FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Trace format.",
+                                               show_default="detect from the content")]
 SynthOpt = Annotated[str | None, typer.Option(
     "--synthetic", help="Synthetic trace instead of a file: 'n=256,input=1024,output=128' (all at t=0), add "
-                        "'rate=5' for Poisson arrivals or 'process=gamma,cv=2' for bursty ones.")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile file or shipped name "
-                                                                  f"[default: {DEFAULT_PROFILE}].",
-                                                show_default=False)]
+                        "'rate=5' for Poisson arrivals or 'process=gamma,cv=2' for bursty ones.",
+    show_default="none: read --trace")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile file or shipped name.",
+                                                show_default=DEFAULT_PROFILE)]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name; checked against the profile "
-                                                              "(roofline: which model).")]
+                                                              "(roofline: which model).",
+                                              show_default="the profile's, else llama-3.1-8b")]
 GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB); "
-                                                          "checked against the profile (roofline: which GPU).")]
+                                                          "checked against the profile (roofline: which GPU).",
+                                            show_default="the profile's, else H100-SXM")]
 CostOpt = Annotated[str, typer.Option("--cost", help="Cost model: calibrated, roofline or roofline-memory.")]
+MaxTokensOpt = Annotated[int | None, typer.Option("--max-batched-tokens", help="Continuous, chunked: tokens per "
+                                                                              "iteration.",
+                                                  show_default="16384 continuous, 2048 chunked")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into an --out folder that holds other files too "
                                                         "(they are left alone; only tokenjoule's files are replaced).")]
 PueOpt = Annotated[float, typer.Option(help="Facility power usage effectiveness.")]
 HostPowerOpt = Annotated[float, typer.Option(help="Host power per replica, W.")]
 CarbonOpt = Annotated[str | None, typer.Option(
     help="Grid intensity: gCO2e/kWh, an hourly CSV file, or a region from CodeCarbon's data: a country (DE, FRA, "
-         "Germany) or gcp:REGION (needs pip install 'tokenjoule[carbon]').")]
+         "Germany) or gcp:REGION (needs pip install 'tokenjoule[carbon]').", show_default="none: no kg CO2e")]
 
 
 def _parse_synthetic(text: str, seed: int):
@@ -186,6 +192,23 @@ def check_physical_flags(flags: dict[str, tuple[float | None, str]]) -> None:
             raise ConfigError(f"{flag} {value:g}: must be {rule.split(' (')[0]}")
 
 
+def given_flags(ctx: typer.Context, flags: dict[str, Any]) -> dict[str, Any]:
+    """Each flag's value where the command line gave it, None where it was left at its default.
+
+    A policy check needs this: `--max-num-seqs 256` given under `--policy static` is a mistake to report, the
+    default 256 is not.
+
+    Args:
+        ctx: the command's click context.
+        flags: flag (e.g. "--max-num-seqs") -> its parsed value.
+    """
+    def param_name(flag: str) -> str:
+        return next(p.name for p in ctx.command.params if flag in getattr(p, "opts", ()))
+
+    return {flag: None if ctx.get_parameter_source(param_name(flag)).name == "DEFAULT" else value
+            for flag, value in flags.items()}
+
+
 def check_policy_flags(policy: str, static_only: dict[str, Any], not_static: dict[str, Any]) -> None:
     """Refuse a flag the chosen policy would ignore (given flags are not None), naming it.
 
@@ -239,6 +262,7 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
 
 
 def simulate(
+    ctx: typer.Context,
     trace: TraceOpt = None,
     fmt: FormatOpt = None,
     synthetic: SynthOpt = None,
@@ -251,25 +275,24 @@ def simulate(
     tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs per replica.")] = 1,
     router: Annotated[str, typer.Option(help="round-robin, least-outstanding or random.")] = "round-robin",
     rate_scale: Annotated[float, typer.Option(help="Multiply the arrival rate.")] = 1.0,
-    window: Annotated[str | None, typer.Option(help="Keep arrivals in START:END seconds.")] = None,
-    max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
-    max_num_batched_tokens: Annotated[int | None, typer.Option(
-        "--max-batched-tokens", help="Tokens per iteration (default 16384 continuous, 2048 chunked).")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="Static batch size [default: 8].", show_default=False)]
-    = None,
+    window: Annotated[str | None, typer.Option(help="Keep arrivals in START:END seconds.",
+                                               show_default="the whole trace")] = None,
+    max_num_seqs: Annotated[int, typer.Option(help="Continuous, chunked: most sequences per batch.")] = 256,
+    max_num_batched_tokens: MaxTokensOpt = None,
+    max_batch: Annotated[int, typer.Option(help="Static: batch size.")] = 8,
     block_size: Annotated[int, typer.Option("--kv-block-tokens", help="Tokens per paged KV block.")] = 16,
-    batch_timeout_s: Annotated[float | None, typer.Option(help="Static: wait this long for a full batch [default: 0].",
-                                                          show_default=False)] = None,
-    slo_ttft_s: Annotated[float | None, typer.Option(help="TTFT target, s.")] = None,
-    slo_tpot_s: Annotated[float | None, typer.Option(help="TPOT target, s.")] = None,
+    batch_timeout_s: Annotated[float, typer.Option(help="Static: wait this long for a full batch, s.")] = 0.0,
+    slo_ttft_s: Annotated[float | None, typer.Option(help="TTFT target, s.", show_default="no target")] = None,
+    slo_tpot_s: Annotated[float | None, typer.Option(help="TPOT target, s.", show_default="no target")] = None,
     pue: PueOpt = 1.0,
     host_power_w: HostPowerOpt = 0.0,
-    idle_power_w: Annotated[float | None, typer.Option(help="Replica idle power override, W (default: the "
-                                                            "profile's; 0 for roofline).")] = None,
+    idle_power_w: Annotated[float | None, typer.Option(help="Replica idle power override, W.",
+                                                       show_default="the profile's; 0 for roofline")] = None,
     carbon: CarbonOpt = None,
     seed: Annotated[int, typer.Option(help="Seed (random router, synthetic traces).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write requests.parquet, summary.json, run.json, plots here (a new "
-                                                  "folder, or one holding only these).")] = None,
+                                                  "folder, or one holding only these).",
+                                             show_default="nothing written")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
@@ -302,14 +325,14 @@ def simulate(
                           "--batch-timeout-s": (batch_timeout_s, ">= 0"), "--slo-ttft-s": (slo_ttft_s, "> 0"),
                           "--slo-tpot-s": (slo_tpot_s, "> 0"), "--pue": (pue, ">= 1"),
                           "--host-power-w": (host_power_w, ">= 0"), "--idle-power-w": (idle_power_w, ">= 0")})
-    check_policy_flags(policy, {"--max-batch": max_batch, "--batch-timeout-s": batch_timeout_s},
-                       {"--max-batched-tokens": max_num_batched_tokens})
+    static_only = given_flags(ctx, {"--max-batch": max_batch, "--batch-timeout-s": batch_timeout_s})
+    not_static = given_flags(ctx, {"--max-num-seqs": max_num_seqs, "--max-batched-tokens": max_num_batched_tokens})
+    check_policy_flags(policy, static_only, not_static)
     carbon_in = parse_carbon(carbon)
     config = SimConfig(policy=policy, replicas=replicas, tp=tp, router=router, cost=cost, gpu=gpu, model=model,
                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                       max_batch=8 if max_batch is None else max_batch, block_size=block_size,
-                       batch_timeout_s=0.0 if batch_timeout_s is None else batch_timeout_s, slo_ttft_s=slo_ttft_s,
-                       slo_tpot_s=slo_tpot_s, pue=pue,
+                       max_batch=max_batch, block_size=block_size, batch_timeout_s=batch_timeout_s,
+                       slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s, pue=pue,
                        host_power_w=host_power_w, idle_power_w=idle_power_w, rate_scale=rate_scale,
                        arrival_window_s=_parse_window(window),
                        seed=seed)
@@ -351,20 +374,23 @@ def simulate(
 
 
 def compare(
-    config_file: Annotated[Path | None, typer.Option("--config", help="TOML grid file (see tokenjoule.sim.compare).")]
-    = None,
-    policies: Annotated[str | None, typer.Option(help="Comma list, e.g. static,continuous,chunked.")] = None,
-    profiles: Annotated[str | None, typer.Option(help="Comma list of profiles (engines).")] = None,
-    gpus: Annotated[str | None, typer.Option(help="Comma list of GPU datasheets (roofline).")] = None,
-    replicas: Annotated[str | None, typer.Option(help="Comma list of replica counts.")] = None,
-    tps: Annotated[str | None, typer.Option("--tp", help="Comma list of TP degrees.")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="TOML grid file (see tokenjoule.sim.compare).",
+                                                     show_default="none: the grid from the flags")] = None,
+    policies: Annotated[str | None, typer.Option(help="Comma list, e.g. static,continuous,chunked.",
+                                                 show_default="continuous")] = None,
+    profiles: Annotated[str | None, typer.Option(help="Comma list of profiles (engines).",
+                                                 show_default=DEFAULT_PROFILE)] = None,
+    gpus: Annotated[str | None, typer.Option(help="Comma list of GPU datasheets (roofline).",
+                                             show_default="the profile's")] = None,
+    replicas: Annotated[str | None, typer.Option(help="Comma list of replica counts.", show_default="1")] = None,
+    tps: Annotated[str | None, typer.Option("--tp", help="Comma list of TP degrees.", show_default="1")] = None,
     cost: CostOpt = "calibrated",
     trace: TraceOpt = None,
     fmt: FormatOpt = None,
     synthetic: SynthOpt = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write compare.json and pareto.png here (a new folder, or one "
-                                                  "holding only these).")] = None,
+                                                  "holding only these).", show_default="nothing written")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

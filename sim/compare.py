@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` backport (a dependency there)
+    import tomli as tomllib
 
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.run import SimConfig

@@ -21,24 +21,29 @@ from tokenjoule.traces.schema import TraceOptionError
 from tokenjoule.traces.stream import ScanResult, TraceStats, scan
 from tokenjoule.traces.synth import ARRIVAL_PROCESSES, SynthSpec, synthesize
 
-app = typer.Typer(help="Inspect, bin, synthesize and convert request traces.", no_args_is_help=True)
+app = typer.Typer(help="Inspect, bin, synthesize and convert request traces.\n\n"
+                  "Example:\n    tokenjoule trace stats azure-conv-2023\n"
+                  "    tokenjoule trace synth synth.parquet --requests 100000 --rate 20 --process gamma --cv 3\n"
+                  "    tokenjoule trace bin synth.parquet --json", no_args_is_help=True)
 
 Source = Annotated[str, typer.Argument(help="Trace file (CSV, Parquet, JSONL) or bundled name: azure-conv-2023, "
                                             "azure-code-2023.", show_default=False)]
-Fmt = Annotated[str | None, typer.Option("--format", "-f", help=f"Format: {', '.join(FORMAT_NAMES)} "
-                                                                "(default: detect from the content).")]
+Fmt = Annotated[str | None, typer.Option("--format", "-f", help=f"Format: {', '.join(FORMAT_NAMES)}.",
+                                         show_default="detect from the content")]
 Mapping = Annotated[str | None, typer.Option("--map", help="Column mapping for the generic format, e.g. "
-                                                           "'arrival_s=ts,input_tokens=in,output_tokens=out'.")]
+                                                           "'arrival_s=ts,input_tokens=in,output_tokens=out'.",
+                                             show_default="none: a detected format")]
 TimeUnit = Annotated[str, typer.Option(help="Unit of a mapped arrival column: s, ms, us or datetime.")]
 ZeroOutput = Annotated[str, typer.Option(help="Rows with 0 output tokens (e.g. BurstGPT failures): drop or keep. "
                                               "The simulator needs >= 1 output token.")]
 Unsorted = Annotated[str, typer.Option(help="Unsorted arrivals: sort (and say so) or refuse.")]
 Spread = Annotated[float | None, typer.Option(help="Spread arrivals uniformly over [t, t+S) s (Mooncake's 3 s "
-                                                   "buckets), seeded.")]
+                                                   "buckets), seeded.", show_default="arrivals as given")]
 Seed = Annotated[int, typer.Option(help="Random seed (spreading, synthesized arrivals).")]
 Arrivals = Annotated[str | None, typer.Option(help="Synthesize arrivals for traces without timestamps: poisson, "
-                                                   "gamma or zero.")]
-Rate = Annotated[float | None, typer.Option("--rate", help="Arrival rate for synthesized arrivals, requests/s.")]
+                                                   "gamma or zero.", show_default="the trace's timestamps")]
+Rate = Annotated[float | None, typer.Option("--rate", help="Arrival rate for synthesized arrivals, requests/s.",
+                                            show_default="none; poisson and gamma need it")]
 Cv = Annotated[float, typer.Option(help="Inter-arrival coefficient of variation for gamma arrivals.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
@@ -140,13 +145,15 @@ def _print_bins(source: str, bins: BinCounts) -> None:
 
 @app.command("bin")
 def bin_(source: Source, fmt: Fmt = None, input_edges: Annotated[str | None, typer.Option(
-             help="Input bin upper edges, comma-separated (default: the paper's 32..8192).")] = None,
+             help="Input bin upper edges, comma-separated.", show_default="the paper's 32,...,8192")] = None,
          output_edges: Annotated[str | None, typer.Option(
-             help="Output bin upper edges (default: the paper's 8..512).")] = None,
+             help="Output bin upper edges.", show_default="the paper's 8,...,512")] = None,
          clamp: Annotated[bool, typer.Option(help="Clamp out-of-range lengths into the last bin instead of "
                                                   "excluding them.")] = False,
-         window_s: Annotated[float | None, typer.Option(help="Count per time window of this many seconds.")] = None,
-         out: Annotated[Path | None, typer.Option(help="Also write the tidy counts as Parquet.")] = None,
+         window_s: Annotated[float | None, typer.Option(help="Count per time window of this many seconds.",
+                                                        show_default="one count over the whole trace")] = None,
+         out: Annotated[Path | None, typer.Option(help="Also write the tidy counts as Parquet.",
+                                                  show_default="nothing written")] = None,
          mapping: Mapping = None, time_unit: TimeUnit = "s", zero_output: ZeroOutput = "drop",
          unsorted: Unsorted = "sort", spread_buckets_s: Spread = None, seed: Seed = 0, arrivals: Arrivals = None,
          rate: Rate = None, cv: Cv = 1.0, as_json: AsJson = False) -> None:
@@ -180,7 +187,8 @@ def synth(out: Annotated[Path, typer.Argument(help="Parquet file to write.", sho
                                                     "(zero: all at t=0, an offline batch).")] = "poisson",
           cv: Cv = 1.0,
           lengths_from: Annotated[str | None, typer.Option(help="Resample (input, output) pairs from this trace "
-                                                                "(file or bundled name).")] = None,
+                                                                "(file or bundled name).",
+                                                           show_default="fixed lengths")] = None,
           input_tokens: Annotated[int, typer.Option(help="Fixed prompt length (without --lengths-from).")] = 512,
           output_tokens: Annotated[int, typer.Option(help="Fixed output length (without --lengths-from).")] = 128,
           seed: Seed = 0, as_json: AsJson = False) -> None:
@@ -202,10 +210,14 @@ def synth(out: Annotated[Path, typer.Argument(help="Parquet file to write.", sho
 @app.command()
 def convert(source: Source, out: Annotated[Path, typer.Argument(help="Parquet file to write.", show_default=False)],
             fmt: Fmt = None,
-            head: Annotated[int | None, typer.Option(help="Keep only the first N requests.")] = None,
-            start_s: Annotated[float | None, typer.Option(help="Keep arrivals from this second (re-zeroed).")] = None,
-            end_s: Annotated[float | None, typer.Option(help="Keep arrivals before this second.")] = None,
-            scale_rate: Annotated[float | None, typer.Option(help="Multiply the arrival rate by this factor.")] = None,
+            head: Annotated[int | None, typer.Option(help="Keep only the first N requests.",
+                                                     show_default="all")] = None,
+            start_s: Annotated[float | None, typer.Option(help="Keep arrivals from this second (re-zeroed).",
+                                                          show_default="the start")] = None,
+            end_s: Annotated[float | None, typer.Option(help="Keep arrivals before this second.",
+                                                        show_default="the end")] = None,
+            scale_rate: Annotated[float | None, typer.Option(help="Multiply the arrival rate by this factor.",
+                                                             show_default="unchanged")] = None,
             mapping: Mapping = None, time_unit: TimeUnit = "s", zero_output: ZeroOutput = "drop",
             unsorted: Unsorted = "sort", spread_buckets_s: Spread = None, seed: Seed = 0, arrivals: Arrivals = None,
             rate: Rate = None, cv: Cv = 1.0, as_json: AsJson = False) -> None:

@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Validate the simulator against measurement: replays on a GPU, and the accuracy report.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Validate the simulator against measurement: replays on a GPU, and the accuracy report.\n\n"
+                  "Example:\n    tokenjoule validate run --out runs/h100_run1\n"
+                  "    tokenjoule validate report validation", no_args_is_help=True)
 
 
 # ---- replays measured on a GPU: `validate run` (tokenjoule engine) and `validate hf` (Hugging Face generate()) ----
@@ -27,19 +28,20 @@ def run_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder (at most 8 files; see below)."),  # noqa: B008
     model: str = typer.Option("llama-3.1-8b", "--model", help="Registry name (see `tokenjoule models`)."),
     budget_s: float = typer.Option(None, "--budget-s", help="Skip scenarios that would end after this many "
-                                   "seconds of the run (default: 560, inside the device tool's 600 s)."),
+                                   "seconds of the run.", show_default="560, inside the device tool's 600 s"),
     quick: bool = typer.Option(False, "--quick", help="The smoke-test calibration grid (a check, not a profile)."),
     scenario_set: str = typer.Option("short", "--scenario-set", help="short slices (after calibrating), long "
                                      "ones (usually with --profile), or models: about a minute per model, for a "
                                      "lease that replays several models."),
     scenarios: str = typer.Option("", "--scenarios", help="Comma list of scenario names of the set, run in this "
-                                  "order (default: all, in order)."),
+                                  "order.", show_default="all of the set, in order"),
     mode: str = typer.Option("cudagraph", "--mode", help="Engine mode: cudagraph, or eager (every iteration "
                              "launched from Python)."),
     profile: Path = typer.Option(None, "--profile", help="Replay against this earlier profile of the same GPU "  # noqa: B008
-                                 "instead of calibrating."),
+                                 "instead of calibrating.", show_default="none: calibrate first"),
     short_from: Path = typer.Option(None, "--short-from", help="Carry this full profile of another machine of "  # noqa: B008
-                                    "this GPU type here by a short re-calibration, and replay against that."),
+                                    "this GPU type here by a short re-calibration, and replay against that.",
+                                    show_default="none"),
 ) -> None:
     """Calibrate the tokenjoule engine on this GPU, then replay trace scenarios on it with the meter on (needs CUDA).
 
@@ -66,8 +68,8 @@ def hf_cmd(
     model: str = typer.Option("llama-3.1-8b", "--model", help="Registry name or a config.json path."),
     device: str = typer.Option("cuda", "--device", help="torch device (cpu only with --tiny, for a smoke run)."),
     tiny: bool = typer.Option(False, "--tiny", help="A 2-layer toy model, tiny grid and scenarios."),
-    budget_s: float = typer.Option(None, "--budget-s", help="The whole call's time budget in seconds "
-                                   "(default: 480)."),
+    budget_s: float = typer.Option(None, "--budget-s", help="The whole call's time budget in seconds.",
+                                   show_default="480"),
 ) -> None:
     """Calibrate Hugging Face generate() on this GPU, then run offline static batches through it with the meter on.
 
@@ -135,9 +137,10 @@ def tp(
                                                    "beside it.")],
     out: Annotated[Path, typer.Option(help="The Markdown report, e.g. docs/tp.md.")],
     tps: Annotated[list[str] | None, typer.Option(
-        "--tp", help="A measured TP profile (repeat for each degree); default: those of --tp1's setup beside it "
-                     "and among the shipped ones.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+        "--tp", help="A measured TP profile (repeat for each degree).",
+        show_default="those of --tp1's setup beside it and among the shipped ones")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.",
+                                                   show_default="nothing written")] = None,
 ) -> None:
     """Tensor parallelism: the modeled TP cost (a tp=1 profile stretched) against measured TP profiles.
 

@@ -12,12 +12,17 @@ from rich.table import Table
 from tokenjoule.console import progress
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cli import (
-    DEFAULT_PROFILE,
     CarbonOpt,
+    CostOpt,
+    FormatOpt,
     HostPowerOpt,
+    MaxTokensOpt,
+    ProfileOpt,
     PueOpt,
     carbon_keys,
     check_physical_flags,
+    check_policy_flags,
+    given_flags,
     parse_carbon,
     resolve_profile,
 )
@@ -64,33 +69,38 @@ def _table(d: dict[str, Any]) -> Table:
 
 
 def project(
+    ctx: typer.Context,
     trace: Annotated[str, typer.Argument(help="Trace file (CSV, Parquet, JSONL) or bundled name: azure-conv-2023, "
                                               "azure-code-2023.", show_default=False)],
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="Trace format (default: detect).")] = None,
-    profile: Annotated[str | None, typer.Option(help=f"Profile file or shipped name [default: {DEFAULT_PROFILE}].",
-                                                show_default=False)] = None,
-    cost: Annotated[str, typer.Option(help="Cost model: calibrated, roofline or roofline-memory.")] = "calibrated",
-    model: Annotated[str | None, typer.Option(help="Model name; checked against the profile.")] = None,
-    gpu: Annotated[str | None, typer.Option(help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB).")] = None,
+    fmt: FormatOpt = None,
+    profile: ProfileOpt = None,
+    cost: CostOpt = "calibrated",
+    model: Annotated[str | None, typer.Option(help="Model name; checked against the profile.",
+                                              show_default="the profile's, else llama-3.1-8b")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU datasheet (H100-SXM, H200-SXM, A100-SXM-80GB).",
+                                            show_default="the profile's, else H100-SXM")] = None,
     estimators: Annotated[str, typer.Option(help="Comma list of paper, theoretical, load-aware.")]
     = "paper,theoretical,load-aware",
-    input_edges: Annotated[str | None, typer.Option(help="Paper: input bin edges [default: 32,...,8192].")] = None,
-    output_edges: Annotated[str | None, typer.Option(help="Paper: output bin edges [default: 8,...,512].")] = None,
+    input_edges: Annotated[str | None, typer.Option(help="Paper: input bin edges.",
+                                                    show_default="the paper's 32,...,8192")] = None,
+    output_edges: Annotated[str | None, typer.Option(help="Paper: output bin edges.",
+                                                     show_default="the paper's 8,...,512")] = None,
     out_of_range: Annotated[str, typer.Option(help="Paper: lengths above the last edge: exclude or clamp.")]
     = "exclude",
     max_batch: Annotated[int, typer.Option(help="Paper: cap on the batch B of a bin.")] = 256,
-    peak_flops: Annotated[float | None, typer.Option(help="Theoretical: peak FLOP/s per GPU [default: datasheet, "
-                                                          "dense].")] = None,
-    tdp_w: Annotated[float | None, typer.Option(help="Theoretical: TDP per GPU, W [default: datasheet].")] = None,
+    peak_flops: Annotated[float | None, typer.Option(help="Theoretical: peak FLOP/s per GPU.",
+                                                     show_default="the GPU datasheet's, dense")] = None,
+    tdp_w: Annotated[float | None, typer.Option(help="Theoretical: TDP per GPU, W.",
+                                                show_default="the GPU datasheet's")] = None,
     window_s: Annotated[float, typer.Option(help="Load-aware: window length, s.")] = 60.0,
     pad_s: Annotated[float, typer.Option(help="Load-aware: least warm-up/cool-down seconds around a window (grows "
                                               "to cover the time requests hold a batch seat).")] = 10.0,
     policy: Annotated[str, typer.Option(help="Load-aware server: continuous, chunked or static.")] = "continuous",
     replicas: Annotated[int, typer.Option(help="Data-parallel replicas.")] = 1,
     tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs per replica.")] = 1,
-    max_num_seqs: Annotated[int, typer.Option(help="Most sequences per batch.")] = 256,
-    max_num_batched_tokens: Annotated[int | None, typer.Option(
-        "--max-batched-tokens", help="Tokens per iteration (default 16384 continuous, 2048 chunked).")] = None,
+    max_num_seqs: Annotated[int, typer.Option(help="Load-aware, continuous, chunked: most sequences per batch.")]
+    = 256,
+    max_num_batched_tokens: MaxTokensOpt = None,
     pue: PueOpt = 1.0,
     host_power_w: HostPowerOpt = 0.0,
     carbon: CarbonOpt = None,
@@ -118,6 +128,8 @@ def project(
     from tokenjoule.traces.binning import BinSpec
 
     check_physical_flags({"--pue": (pue, ">= 1"), "--host-power-w": (host_power_w, ">= 0")})
+    check_policy_flags(policy, {}, given_flags(ctx, {"--max-num-seqs": max_num_seqs,
+                                                     "--max-batched-tokens": max_num_batched_tokens}))
     grid = parse_carbon(carbon)
     if grid is not None and grid.hourly is not None:
         raise ConfigError(f"--carbon {carbon}: project prices one constant intensity (a number or a region); the "

@@ -70,11 +70,3 @@ def test_plot_writes_png(tmp_path):
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
-
-
-@pytest.mark.parametrize("command", [["profile", "show"], ["profile", "plot"], ["profile", "list"]])
-def test_help_ends_with_example(command):
-    result = runner.invoke(app, [*command, "--help"])
-    assert result.exit_code == 0
-    text = result.output.split("╭")[0] if "╭" in result.output else result.output
-    assert "Example:" in text and "tokenjoule " + command[0] in text.split("Example:")[-1]

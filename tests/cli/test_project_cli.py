@@ -69,6 +69,8 @@ def test_human_table(trace_csv):
     (["{trace}", "--profile", TOY, "--estimators", "paper,guess"], "estimators"),
     (["{trace}", "--profile", TOY, "--window-s", "0"], "window_s"),
     (["{trace}", "--profile", TOY, "--max-batch", "0"], "max_batch"),
+    (["{trace}", "--profile", TOY, "--policy", "static", "--max-num-seqs", "64"], "--max-num-seqs"),
+    (["{trace}", "--profile", TOY, "--policy", "static", "--max-batched-tokens", "4096"], "--max-batched-tokens"),
 ])
 def test_user_errors_are_one_line(trace_csv, args, message):
     result = _run(*[a.replace("{trace}", str(trace_csv)) for a in args])

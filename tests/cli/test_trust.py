@@ -287,9 +287,20 @@ def test_zero_sizes_are_refused_under_every_policy(args, flag):
     (["--max-batch", "16", "--policy", "chunked"], "--max-batch"),
     (["--batch-timeout-s", "1", "--policy", "continuous"], "--batch-timeout-s"),
     (["--max-batched-tokens", "4096", "--policy", "static"], "--max-batched-tokens"),
+    (["--max-num-seqs", "64", "--policy", "static"], "--max-num-seqs"),
+    (["--max-num-seqs", "256", "--policy", "static"], "--max-num-seqs"),  # given, though equal to the default
+    (["--max-batch", "8", "--policy", "continuous"], "--max-batch"),
 ])
 def test_a_flag_the_policy_ignores_is_refused(args, flag):
     one_line_error(invoke("simulate", *SMALL, *args), flag, "only --policy")
+
+
+def test_max_num_seqs_reaches_the_policies_that_read_it(tmp_path):
+    for policy in ("continuous", "chunked"):
+        out = tmp_path / policy
+        result = invoke("simulate", *SMALL, "--policy", policy, "--max-num-seqs", "3", "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "run.json").read_text())["config"]["max_num_seqs"] == 3
 
 
 def test_static_flags_still_work_under_static():

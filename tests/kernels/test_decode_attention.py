@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from tokenjoule.kernels.decode_attention import decode_attention_ref, merge_splits, num_splits_for, split_counts
+torch = pytest.importorskip("torch")
+
+from tokenjoule.kernels.decode_attention import (  # noqa: E402
+    decode_attention_ref,
+    merge_splits,
+    num_splits_for,
+    split_counts,
+)
 
 
 def ragged_case(seed, batch=6, n_heads=8, n_kv_heads=2, head_dim=32, block_size=16, num_blocks=80):

@@ -1,12 +1,13 @@
-"""Scheduler and Engine on CPU: continuous batching, chunked prefill, preemption, static batching, timestamps."""
+"""Scheduler and Engine on CPU: continuous batching, chunked prefill, preemption, static batching, timestamps.
+
+The scheduler's tests need no torch; the engine's skip without it.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from tokenjoule.kernels.block_manager import BlockManager
-from tokenjoule.kernels.engine import Engine
-from tokenjoule.kernels.runner import RunnerConfig, graph_buckets
 from tokenjoule.kernels.scheduler import Scheduler
 from tokenjoule.kernels.sequence import Sequence
 from tokenjoule.kernels.shape import IterationShape
@@ -72,6 +73,10 @@ def test_sequence_rejects_bad_lengths():
 
 
 def cpu_engine(tiny_spec, blocks=64, max_tokens=48):
+    pytest.importorskip("torch")
+    from tokenjoule.kernels.engine import Engine
+    from tokenjoule.kernels.runner import RunnerConfig
+
     config = RunnerConfig(device="cpu", num_kv_blocks=blocks, max_num_batched_tokens=max_tokens, max_num_seqs=4,
                           decode_backend="torch", max_model_len=512)
     return Engine(tiny_spec, config, seed=1)
@@ -116,6 +121,9 @@ def test_generate_static(tiny_spec):
 
 
 def test_graph_buckets_and_mode_checks():
+    pytest.importorskip("torch")
+    from tokenjoule.kernels.runner import RunnerConfig, graph_buckets
+
     assert graph_buckets(64) == [1, 2, 4, 8, 16, 32, 48, 64]
     assert graph_buckets(1) == [1]
     with pytest.raises(ValueError, match="CUDA"):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from tokenjoule.kernels.iteration import build_runner
-from tokenjoule.kernels.runner import ModelRunner, RunnerConfig
-from tokenjoule.kernels.scheduler import ScheduledBatch
-from tokenjoule.kernels.sequence import Sequence, SequenceStatus
-from tokenjoule.kernels.shape import IterationShape
+torch = pytest.importorskip("torch")
+
+from tokenjoule.kernels.iteration import build_runner  # noqa: E402
+from tokenjoule.kernels.runner import ModelRunner, RunnerConfig  # noqa: E402
+from tokenjoule.kernels.scheduler import ScheduledBatch  # noqa: E402
+from tokenjoule.kernels.sequence import Sequence, SequenceStatus  # noqa: E402
+from tokenjoule.kernels.shape import IterationShape  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

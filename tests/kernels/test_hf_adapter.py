@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from tokenjoule.kernels.model import Transformer
+torch = pytest.importorskip("torch")
+
+from tokenjoule.kernels.model import Transformer  # noqa: E402
 
 pytest.importorskip("transformers")
 

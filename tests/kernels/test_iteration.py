@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tokenjoule.kernels.iteration import IterationRunner, build_runner
-from tokenjoule.kernels.shape import IterationShape
+pytest.importorskip("torch")
+
+from tokenjoule.kernels.iteration import IterationRunner, build_runner  # noqa: E402
+from tokenjoule.kernels.shape import IterationShape  # noqa: E402
 
 MIXED = IterationShape(prefill=((20, 0), (7, 33)), decode=(5, 64, 17))
 

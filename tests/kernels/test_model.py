@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from tokenjoule.kernels.model import Transformer
-from tokenjoule.kernels.runner import ModelRunner, RunnerConfig
-from tokenjoule.kernels.scheduler import ScheduledBatch
-from tokenjoule.kernels.sequence import Sequence, SequenceStatus
+torch = pytest.importorskip("torch")
+
+from tokenjoule.kernels.model import Transformer  # noqa: E402
+from tokenjoule.kernels.runner import ModelRunner, RunnerConfig  # noqa: E402
+from tokenjoule.kernels.scheduler import ScheduledBatch  # noqa: E402
+from tokenjoule.kernels.sequence import Sequence, SequenceStatus  # noqa: E402
 
 
 def rel_err(a, b) -> float:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
-from test_model import new_seq, rel_err, run_chunk
 
-from tokenjoule.kernels.engine import Engine
-from tokenjoule.kernels.model import MoE, Transformer, grouped_mm_works, moe_reference, route
-from tokenjoule.kernels.runner import ModelRunner, RunnerConfig
-from tokenjoule.kernels.scheduler import ScheduledBatch
-from tokenjoule.kernels.tp import TPGroup
+torch = pytest.importorskip("torch")
+from test_model import new_seq, rel_err, run_chunk  # noqa: E402
+
+from tokenjoule.kernels.engine import Engine  # noqa: E402
+from tokenjoule.kernels.model import MoE, Transformer, grouped_mm_works, moe_reference, route  # noqa: E402
+from tokenjoule.kernels.runner import ModelRunner, RunnerConfig  # noqa: E402
+from tokenjoule.kernels.scheduler import ScheduledBatch  # noqa: E402
+from tokenjoule.kernels.tp import TPGroup  # noqa: E402
 
 needs_grouped = pytest.mark.skipif(not grouped_mm_works("cpu", torch.float32), reason="no torch._grouped_mm on CPU")
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
-import torch.distributed as dist
 
-from tokenjoule.kernels.cpu_spawn import spawn_cpu
-from tokenjoule.kernels.iteration import TPIterationRunner, decode_shape, encode_shape
-from tokenjoule.kernels.model import Transformer
-from tokenjoule.kernels.shape import IterationShape
-from tokenjoule.kernels.tp import MULTICAST_OFF_ENV, TPGroup, multicast_off_env, split_spec
-from tokenjoule.kernels.tp_device import run_check
+torch = pytest.importorskip("torch")
+import torch.distributed as dist  # noqa: E402
+
+from tokenjoule.kernels.cpu_spawn import spawn_cpu  # noqa: E402
+from tokenjoule.kernels.iteration import TPIterationRunner, decode_shape, encode_shape  # noqa: E402
+from tokenjoule.kernels.model import Transformer  # noqa: E402
+from tokenjoule.kernels.shape import IterationShape  # noqa: E402
+from tokenjoule.kernels.tp import MULTICAST_OFF_ENV, TPGroup, multicast_off_env, split_spec  # noqa: E402
+from tokenjoule.kernels.tp_device import run_check  # noqa: E402
 
 
 def test_split_spec_divides_heads_and_width(tiny_spec):
