@@ -54,7 +54,7 @@ CarbonOpt = Annotated[str | None, typer.Option(
 
 
 def _parse_synthetic(text: str, seed: int):
-    from tokenjoule.traces.synth import MAX_SYNTHETIC_REQUESTS, SynthSpec, synthesize
+    from tokenjoule.traces.synth import SynthSpec, check_synth, synthesize
 
     fields: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -76,11 +76,9 @@ def _parse_synthetic(text: str, seed: int):
         except ValueError as err:
             raise ConfigError(f"--synthetic: {key}={value!r} is not a number") from err
     kwargs.setdefault("n_requests", 256)
-    if not 1 <= kwargs["n_requests"] <= MAX_SYNTHETIC_REQUESTS:
-        raise ConfigError(f"--synthetic: n={kwargs['n_requests']} must be in 1..{MAX_SYNTHETIC_REQUESTS:,} (the trace "
-                          "and a slot per request are held in memory; use `tokenjoule project` on a trace file for "
-                          "larger workloads, it streams)")
     kwargs.setdefault("process", "poisson" if "rate_per_s" in kwargs else "zero")
+    defaults = {f.name: f.default for f in dataclasses.fields(SynthSpec) if f.default is not dataclasses.MISSING}
+    check_synth({**defaults, **kwargs}, {field: f"--synthetic {key}=" for key, field in names.items()})
     return synthesize(SynthSpec(**kwargs), np.random.default_rng(seed))
 
 

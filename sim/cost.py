@@ -305,9 +305,9 @@ CostModel = CalibratedCost | ModeledTPCost | RooflineCost
 def check_tp(spec: ModelSpec, tp: int) -> None:
     """Raise ValueError unless `tp` >= 1 divides the model's query and KV heads."""
     if tp < 1:
-        raise ValueError(f"tp={tp} must be >= 1")
+        raise ValueError(f"--tp {tp}: must be >= 1")
     if spec.n_heads % tp or spec.n_kv_heads % tp:
-        raise ValueError(f"tp={tp} must divide n_heads={spec.n_heads} and n_kv_heads={spec.n_kv_heads} "
+        raise ValueError(f"--tp {tp}: must divide the {spec.n_heads} query heads and {spec.n_kv_heads} KV heads "
                          f"of {spec.name}")
 
 

@@ -93,9 +93,9 @@ class StaticBatching:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
-            raise ConfigError(f"max_batch={self.max_batch} must be >= 1")
+            raise ConfigError(f"--max-batch {self.max_batch}: must be >= 1")
         if self.batch_timeout_s < 0:
-            raise ConfigError(f"batch_timeout_s={self.batch_timeout_s} must be >= 0")
+            raise ConfigError(f"--batch-timeout-s {self.batch_timeout_s:g}: must be >= 0")
 
     def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
         """Why a request can never run here (None when it can)."""
@@ -148,9 +148,10 @@ class ContinuousBatching:
     max_num_batched_tokens: int = CONTINUOUS_MAX_NUM_BATCHED_TOKENS
 
     def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise ConfigError(f"max_num_seqs={self.max_num_seqs} and max_num_batched_tokens="
-                              f"{self.max_num_batched_tokens} must be >= 1")
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"--max-num-seqs {self.max_num_seqs}: must be >= 1")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(f"--max-batched-tokens {self.max_num_batched_tokens}: must be >= 1")
 
     def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
         """Why a request can never run here (None when it can)."""
@@ -206,12 +207,11 @@ class ChunkedPrefill:
     max_num_batched_tokens: int = 2048
 
     def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 2:
-            raise ConfigError(f"max_num_seqs={self.max_num_seqs} must be >= 1 and max_num_batched_tokens="
-                              f"{self.max_num_batched_tokens} >= 2")
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"--max-num-seqs {self.max_num_seqs}: must be >= 1")
         if self.max_num_batched_tokens <= self.max_num_seqs:
-            raise ConfigError(f"max_num_batched_tokens={self.max_num_batched_tokens} must exceed max_num_seqs="
-                              f"{self.max_num_seqs} so that prefill chunks can make progress")
+            raise ConfigError(f"--max-batched-tokens {self.max_num_batched_tokens}: must exceed --max-num-seqs "
+                              f"{self.max_num_seqs} under --policy chunked, so that prefill chunks can make progress")
 
     def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
         """Why a request can never run here (None when it can)."""

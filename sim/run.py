@@ -104,30 +104,33 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ConfigError(f"policy={self.policy!r} must be one of {', '.join(POLICIES)}")
+            raise ConfigError(f"--policy {self.policy!r}: must be one of {', '.join(POLICIES)}")
         if self.cost not in COST_MODELS:
-            raise ConfigError(f"cost={self.cost!r} must be one of {', '.join(COST_MODELS)}")
+            raise ConfigError(f"--cost {self.cost!r}: must be one of {', '.join(COST_MODELS)}")
         if self.router not in processes.ROUTERS:
-            raise ConfigError(f"router={self.router!r} must be one of {', '.join(processes.ROUTERS)}")
-        for name in ("replicas", "tp", "block_size"):
+            raise ConfigError(f"--router {self.router!r}: must be one of {', '.join(processes.ROUTERS)}")
+        for name, flag in (("replicas", "--replicas"), ("tp", "--tp"), ("block_size", "--kv-block-tokens")):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"{flag} {getattr(self, name)}: must be >= 1")
         if self.pue < 1.0:
-            raise ConfigError(f"pue={self.pue} must be >= 1")
+            raise ConfigError(f"--pue {self.pue:g}: must be >= 1")
         if self.rate_scale <= 0 or not math.isfinite(self.rate_scale):
-            raise ConfigError(f"rate_scale={self.rate_scale} must be a positive number")
-        if self.host_power_w < 0 or (self.idle_power_w is not None and self.idle_power_w < 0):
-            raise ConfigError(f"host_power_w={self.host_power_w} and idle_power_w={self.idle_power_w} must be >= 0")
+            raise ConfigError(f"--rate-scale {self.rate_scale:g}: must be a positive number")
+        if self.host_power_w < 0:
+            raise ConfigError(f"--host-power-w {self.host_power_w:g}: must be >= 0")
+        if self.idle_power_w is not None and self.idle_power_w < 0:
+            raise ConfigError(f"--idle-power-w {self.idle_power_w:g}: must be >= 0")
         carbon = self.carbon_g_per_kwh
         if carbon is not None and not (math.isfinite(carbon) and carbon >= 0):
-            raise ConfigError(f"carbon_g_per_kwh={self.carbon_g_per_kwh} must be finite and >= 0")
-        for name in ("slo_ttft_s", "slo_tpot_s"):
+            raise ConfigError(f"--carbon {carbon:g}: must be a finite number of gCO2e/kWh >= 0")
+        for name, flag in (("slo_ttft_s", "--slo-ttft-s"), ("slo_tpot_s", "--slo-tpot-s")):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name}={value} must be a positive number of seconds")
+                raise ConfigError(f"{flag} {value:g}: must be a positive number of seconds")
         window = self.arrival_window_s
         if window is not None and not 0 <= window[0] < window[1]:
-            raise ConfigError(f"arrival_window_s={window} must be (start, end) with 0 <= start < end")
+            raise ConfigError(f"--window {window[0]:g}:{window[1]:g}: must be START:END seconds with "
+                              "0 <= START < END")
 
     def make_policy(self) -> StaticBatching | ContinuousBatching | ChunkedPrefill:
         """The policy object this config names."""

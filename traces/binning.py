@@ -35,13 +35,13 @@ class BinSpec:
     out_of_range: str = "exclude"
 
     def __post_init__(self) -> None:
-        for name in ("input_edges", "output_edges"):
+        for name, flag in (("input_edges", "--input-edges"), ("output_edges", "--output-edges")):
             edges = np.asarray(getattr(self, name))
             if edges.ndim != 1 or len(edges) == 0 or not bool(np.all(np.diff(edges) > 0)) or edges[0] < 0:
-                raise TraceOptionError(f"{name}={getattr(self, name)} must be non-empty, non-negative, strictly "
-                                       "increasing")
+                shown = ",".join(str(e) for e in np.ravel(edges))
+                raise TraceOptionError(f"{flag} {shown}: must be non-empty, non-negative and strictly increasing")
         if self.out_of_range not in OUT_OF_RANGE:
-            raise TraceOptionError(f"out_of_range={self.out_of_range!r} must be one of {', '.join(OUT_OF_RANGE)}")
+            raise TraceOptionError(f"--out-of-range {self.out_of_range!r}: must be one of {', '.join(OUT_OF_RANGE)}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -147,7 +147,7 @@ def _window_index(arrival_s: np.ndarray | None, window_s: float | None, drop: np
     if arrival_s is None:
         raise TraceOptionError("window_s needs arrival_s")
     if not window_s > 0:
-        raise TraceOptionError(f"window_s={window_s} must be > 0")
+        raise TraceOptionError(f"--window-s {window_s:g}: must be > 0")
     arrival = np.asarray(arrival_s) if drop is None else np.asarray(arrival_s)[~drop]
     if len(arrival) and arrival.min() < 0:
         raise TraceOptionError(f"arrival_s must be >= 0 for windows (got {arrival.min()})")

@@ -52,7 +52,7 @@ class ColumnMap:
 
     def __post_init__(self) -> None:
         if self.time_unit not in TIME_UNITS:
-            raise TraceOptionError(f"time_unit={self.time_unit!r} is not one of {', '.join(TIME_UNITS)}")
+            raise TraceOptionError(f"--time-unit {self.time_unit!r}: must be one of {', '.join(TIME_UNITS)}")
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, str], time_unit: str = "s", rezero: bool = True) -> ColumnMap:
@@ -71,11 +71,11 @@ class ColumnMap:
         """
         unknown = sorted(set(mapping) - set(CANONICAL_KEYS))
         if unknown:
-            raise TraceOptionError(f"column mapping: unknown field(s) {', '.join(unknown)} "
+            raise TraceOptionError(f"--map: unknown field(s) {', '.join(unknown)} "
                                    f"(known: {', '.join(CANONICAL_KEYS)})")
         for key in ("input_tokens", "output_tokens"):
             if key not in mapping:
-                raise TraceOptionError(f"column mapping: {key!r} is required (e.g. {key}=<source column>)")
+                raise TraceOptionError(f"--map: {key!r} is required (e.g. {key}=<source column>)")
         return cls(time_unit=time_unit, rezero=rezero, **mapping)
 
     @property
@@ -186,7 +186,7 @@ def arrival_seconds(column: pa.Array, unit: str, source: str, name: str, row0: i
     column = _nonempty(column, source, name, row0)
     if unit in NUMERIC_UNITS_S:
         if pa.types.is_timestamp(column.type):
-            raise TraceFormatError(f"{source}: field {name!r} holds date-times; use time unit 'datetime'")
+            raise TraceFormatError(f"{source}: field {name!r} holds date-times; pass --time-unit datetime")
         values = _cast(column, pa.float64(), source, name, row0, f"is not a number (time unit {unit!r})").to_numpy()
         _refuse(~np.isfinite(values), values, source, name, row0, "is not a finite number")
         ref = values[0] if ref is None else ref

@@ -66,16 +66,20 @@ class LoadOptions:
 
     def __post_init__(self) -> None:
         if self.zero_output not in ("drop", "keep"):
-            raise TraceOptionError(f"zero_output={self.zero_output!r} must be 'drop' or 'keep'")
+            raise TraceOptionError(f"--zero-output {self.zero_output!r}: must be drop or keep")
         if self.unsorted not in ("sort", "refuse"):
-            raise TraceOptionError(f"unsorted={self.unsorted!r} must be 'sort' or 'refuse'")
+            raise TraceOptionError(f"--unsorted {self.unsorted!r}: must be sort or refuse")
         if self.spread_buckets_s is not None and not self.spread_buckets_s > 0:
-            raise TraceOptionError(f"spread_buckets_s={self.spread_buckets_s} must be > 0")
+            raise TraceOptionError(f"--spread-buckets-s {self.spread_buckets_s:g}: must be > 0")
+        if not self.cv > 0:
+            raise TraceOptionError(f"--cv {self.cv:g}: must be > 0")
         if self.arrivals is not None:
             if self.arrivals not in synth.ARRIVAL_PROCESSES:
-                raise TraceOptionError(f"arrivals={self.arrivals!r} is not one of {', '.join(synth.ARRIVAL_PROCESSES)}")
+                raise TraceOptionError(f"--arrivals {self.arrivals!r}: must be one of "
+                                       f"{', '.join(synth.ARRIVAL_PROCESSES)}")
             if self.arrivals != "zero" and not (self.rate_per_s or 0) > 0:
-                raise TraceOptionError(f"arrivals={self.arrivals!r} needs rate_per_s > 0 (got {self.rate_per_s})")
+                got = "not given" if self.rate_per_s is None else f"got {self.rate_per_s:g}"
+                raise TraceOptionError(f"--arrivals {self.arrivals} needs --rate > 0 (requests/s; {got})")
 
     @property
     def whole_table(self) -> bool:
@@ -191,17 +195,17 @@ def detect_format(sniffed: Sniffed) -> str:
         if set(FORMATS[fmt].source_columns) <= cols:
             return fmt
     raise TraceFormatError(f"{sniffed.path}: unknown trace format (columns: {', '.join(sniffed.columns)}); "
-                           f"pass a format ({', '.join(FORMAT_NAMES)}) or a column mapping")
+                           f"pass --format ({', '.join(FORMAT_NAMES)}) or a column mapping (--map)")
 
 
 def _column_map(sniffed: Sniffed, fmt: str, options: LoadOptions) -> ColumnMap:
     if fmt == "generic":
         if not options.mapping:
-            raise TraceFormatError(f"{sniffed.path}: format 'generic' needs a column mapping, "
-                                   "e.g. arrival_s=ts,input_tokens=in,output_tokens=out")
+            raise TraceFormatError(f"{sniffed.path}: --format generic needs a column mapping, "
+                                   "e.g. --map arrival_s=ts,input_tokens=in,output_tokens=out")
         return ColumnMap.from_mapping(options.mapping, options.time_unit)
     if fmt not in FORMATS:
-        raise TraceFormatError(f"{sniffed.path}: unknown format {fmt!r} (known: {', '.join(FORMAT_NAMES)})")
+        raise TraceFormatError(f"{sniffed.path}: --format {fmt!r}: unknown (known: {', '.join(FORMAT_NAMES)})")
     cmap = FORMATS[fmt]
     if fmt == "canonical":  # carry the optional canonical columns when the file has them
         extra = {k: k for k in _CANONICAL_OPTIONAL if k in sniffed.columns}
@@ -298,14 +302,14 @@ def assemble(conv: Converted, rows_read: int, plan: LoadPlan, opts: LoadOptions)
         dropped.append(("output_tokens == 0, e.g. failed requests", int(rows_read - keep.sum())))
         if not keep.any():
             raise TraceFormatError(f"{plan.source}: every row has 0 output tokens; "
-                                   "pass zero_output='keep' to keep them")
+                                   "pass --zero-output keep to keep them")
     rows = np.flatnonzero(keep)
     arrival = arrival[rows]
     was_sorted = bool(np.all(arrival[1:] >= arrival[:-1]))
     if not was_sorted and opts.unsorted == "refuse":
         bad = int(np.argmax(arrival[1:] < arrival[:-1])) + 1
         raise TraceFormatError(f"{plan.source}: row {rows[bad] + 1}: field {plan.cmap.arrival_s!r} is earlier than "
-                               "the row before (arrivals are not sorted; unsorted='sort' sorts them)")
+                               "the row before (arrivals are not sorted; --unsorted sort sorts them)")
     if opts.spread_buckets_s:
         arrival = arrival + rng.uniform(0.0, opts.spread_buckets_s, size=len(arrival))
     start_unix_s = None
@@ -328,12 +332,13 @@ def _arrivals(conv: Converted, n: int, plan: LoadPlan, opts: LoadOptions,
               rng: np.random.Generator) -> tuple[np.ndarray, str]:
     if conv.arrival_s is not None:
         if opts.arrivals is not None:
-            raise TraceOptionError(f"{plan.source}: arrivals={opts.arrivals!r} applies only to traces without "
-                                   f"timestamps (this one has {plan.cmap.arrival_s!r})")
+            raise TraceOptionError(f"{plan.source}: --arrivals applies only to traces without timestamps (this "
+                                   f"one has {plan.cmap.arrival_s!r}); drop --arrivals")
         return conv.arrival_s, f"source column {plan.cmap.arrival_s!r} ({plan.cmap.time_unit})"
     if opts.arrivals is None:
-        raise TraceFormatError(f"{plan.source}: format {plan.fmt!r} has no arrival times; choose how to synthesize "
-                               "them: arrivals='poisson' with rate_per_s, 'gamma' with rate_per_s and cv, or 'zero'")
+        raise TraceFormatError(f"{plan.source}: format {plan.fmt!r} has no arrival times; choose how to "
+                               "synthesize them: --arrivals poisson --rate R, --arrivals gamma --rate R --cv C, or "
+                               "--arrivals zero")
     times = synth.arrivals(n, opts.arrivals, rng, opts.rate_per_s or 1.0, opts.cv)
     rate = "" if opts.arrivals == "zero" else f" at {opts.rate_per_s}/s"
     cv = f", cv {opts.cv}" if opts.arrivals == "gamma" else ""

@@ -204,4 +204,4 @@ def _refuse_unsorted(arrival: np.ndarray, scanner: _Scanner, source: str, column
     if back.any():
         row = scanner.rows_read + int(np.argmax(back)) + 1
         raise TraceFormatError(f"{source}: row {row}: field {column!r} is earlier than the row before "
-                               "(arrivals are not sorted; unsorted='sort' sorts them)")
+                               "(arrivals are not sorted; --unsorted sort sorts them)")

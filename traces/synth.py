@@ -7,7 +7,9 @@ cv: cv=1 is Poisson, cv>1 is burstier, cv<1 more regular (the burstiness model o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +22,10 @@ ARRIVAL_PROCESSES = ("poisson", "gamma", "zero")
 # the simulator keeps a slot per request), so 10^8 requests already take several GiB; larger workloads are for
 # `tokenjoule project`, which streams a trace file in blocks.
 MAX_SYNTHETIC_REQUESTS = 10**8
+# How `tokenjoule trace synth` spells each SynthSpec field in messages (flag and a space before the value);
+# `simulate --synthetic` passes its own spellings (`--synthetic n=`) to `check_synth`.
+SYNTH_FLAGS = {"n_requests": "--requests ", "rate_per_s": "--rate ", "process": "--process ", "cv": "--cv ",
+               "input_tokens": "--input-tokens ", "output_tokens": "--output-tokens "}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +49,36 @@ class SynthSpec:
     output_tokens: int = 128
 
     def __post_init__(self) -> None:
-        if not 1 <= self.n_requests <= MAX_SYNTHETIC_REQUESTS:
-            raise TraceOptionError(f"n_requests={self.n_requests} must be in 1..{MAX_SYNTHETIC_REQUESTS:,} (a "
-                                   "synthetic trace is held in memory; project larger workloads from a file)")
-        if self.process not in ARRIVAL_PROCESSES:
-            raise TraceOptionError(f"process={self.process!r} is not one of {', '.join(ARRIVAL_PROCESSES)}")
-        if self.process != "zero" and not self.rate_per_s > 0:
-            raise TraceOptionError(f"rate_per_s={self.rate_per_s} must be > 0")
-        if not self.cv > 0:
-            raise TraceOptionError(f"cv={self.cv} must be > 0")
-        if self.input_tokens < 0 or self.output_tokens < 1:
-            raise TraceOptionError(f"input_tokens={self.input_tokens} must be >= 0 and output_tokens="
-                                   f"{self.output_tokens} >= 1")
+        check_synth({name: getattr(self, name) for name in SYNTH_FLAGS})
+
+
+def check_synth(values: Mapping[str, Any], flags: Mapping[str, str] = SYNTH_FLAGS) -> None:
+    """Refuse an impossible synthetic trace with one line naming the flag the user typed and its value.
+
+    Args:
+        values: SynthSpec field -> value, every field of SYNTH_FLAGS.
+        flags: SynthSpec field -> how the command line spells it, value appended (default: `trace synth`'s flags).
+
+    Raises:
+        TraceOptionError: the first field out of its range.
+    """
+    def refuse(name: str, rule: str) -> None:
+        value = values[name]
+        raise TraceOptionError(f"{flags[name]}{format(value, 'g') if isinstance(value, float) else value}: {rule}")
+
+    if not 1 <= values["n_requests"] <= MAX_SYNTHETIC_REQUESTS:
+        refuse("n_requests", f"must be in 1..{MAX_SYNTHETIC_REQUESTS:,} (a synthetic trace is held in memory; "
+                             "project larger workloads from a file: `tokenjoule project` streams it)")
+    if values["process"] not in ARRIVAL_PROCESSES:
+        refuse("process", f"must be one of {', '.join(ARRIVAL_PROCESSES)}")
+    if values["process"] != "zero" and not values["rate_per_s"] > 0:
+        refuse("rate_per_s", "must be > 0 requests/s")
+    if not values["cv"] > 0:
+        refuse("cv", "must be > 0")
+    if values["input_tokens"] < 0:
+        refuse("input_tokens", "must be >= 0")
+    if values["output_tokens"] < 1:
+        refuse("output_tokens", "must be >= 1 (the simulator generates at least one token)")
 
 
 def poisson_arrivals(n: int, rate_per_s: float, rng: np.random.Generator) -> np.ndarray:
@@ -106,7 +130,7 @@ def arrivals(n: int, process: str, rng: np.random.Generator, rate_per_s: float =
         return gamma_arrivals(n, rate_per_s, cv, rng)
     if process == "zero":
         return np.zeros(n)
-    raise TraceOptionError(f"process={process!r} is not one of {', '.join(ARRIVAL_PROCESSES)}")
+    raise TraceOptionError(f"--arrivals {process!r}: must be one of {', '.join(ARRIVAL_PROCESSES)}")
 
 
 def resample_lengths(trace: Trace, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -55,7 +55,7 @@ def scale_rate(trace: Trace, factor: float) -> tuple[Trace, TransformReport]:
         (new trace, report).
     """
     if not factor > 0:
-        raise TraceOptionError(f"factor={factor} must be > 0")
+        raise TraceOptionError(f"--scale-rate {factor:g}: must be > 0")
     arrival = pc.divide(trace.table.column("arrival_s"), float(factor))
     table = trace.table.set_column(trace.table.schema.get_field_index("arrival_s"), "arrival_s", arrival)
     out = Trace(table, trace.source)
@@ -74,7 +74,7 @@ def slice_window(trace: Trace, start_s: float, end_s: float) -> tuple[Trace, Tra
         (new trace, report).
     """
     if not end_s > start_s:
-        raise TraceOptionError(f"end_s={end_s} must be > start_s={start_s}")
+        raise TraceOptionError(f"--end-s {end_s:g}: must be > --start-s {start_s:g}")
     arrival = trace.table.column("arrival_s").to_numpy()
     lo, hi = np.searchsorted(arrival, [start_s, end_s], side="left")  # trace is sorted by arrival
     table = trace.table.slice(int(lo), int(hi - lo))
@@ -95,7 +95,7 @@ def head(trace: Trace, n: int) -> tuple[Trace, TransformReport]:
         (new trace, report).
     """
     if n < 0:
-        raise TraceOptionError(f"n={n} must be >= 0")
+        raise TraceOptionError(f"--head {n}: must be >= 0")
     out = Trace(trace.table.slice(0, n), trace.source)
     return out, _report(f"head({n})", trace, out)
 

@@ -118,7 +118,7 @@ class PaperEstimate:
 def batch_size(input_tokens: int, output_tokens: int, kv_capacity_tokens: int, max_batch: int) -> int:
     """B: the most requests of (input, output) tokens whose KV fits, at most `max_batch` (0 if none fits)."""
     if max_batch < 1:
-        raise ConfigError(f"max_batch={max_batch} must be >= 1")
+        raise ConfigError(f"--max-batch {max_batch}: must be >= 1")
     return min(max_batch, kv_capacity_tokens // max(1, input_tokens + output_tokens))
 
 

@@ -127,7 +127,10 @@ def project(
     from tokenjoule.sim.run import SimConfig
     from tokenjoule.traces.binning import BinSpec
 
-    check_physical_flags({"--pue": (pue, ">= 1"), "--host-power-w": (host_power_w, ">= 0")})
+    check_physical_flags({"--pue": (pue, ">= 1"), "--host-power-w": (host_power_w, ">= 0"),
+                          "--replicas": (replicas, ">= 1"), "--tp": (tp, ">= 1"),
+                          "--max-num-seqs": (max_num_seqs, ">= 1"),
+                          "--max-batched-tokens": (max_num_batched_tokens, ">= 1"), "--max-batch": (max_batch, ">= 1")})
     check_policy_flags(policy, {}, given_flags(ctx, {"--max-num-seqs": max_num_seqs,
                                                      "--max-batched-tokens": max_num_batched_tokens}))
     grid = parse_carbon(carbon)

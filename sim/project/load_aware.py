@@ -88,14 +88,17 @@ class LoadAwareConfig:
     sims_per_signature: int = 3
 
     def __post_init__(self) -> None:
-        if not self.window_s > 0 or self.pad_s < 0:
-            raise ConfigError(f"window_s={self.window_s} must be > 0 and pad_s={self.pad_s} >= 0")
+        if not self.window_s > 0:
+            raise ConfigError(f"--window-s {self.window_s:g}: must be > 0")
+        if self.pad_s < 0:
+            raise ConfigError(f"--pad-s {self.pad_s:g}: must be >= 0")
         if not self.rate_ratio > 1 or not self.mix_ratio > 1:
             raise ConfigError(f"rate_ratio={self.rate_ratio} and mix_ratio={self.mix_ratio} must be > 1")
         if self.max_sim_requests < 8:
             raise ConfigError(f"max_sim_requests={self.max_sim_requests} must be >= 8")
         if self.max_pad_s < self.pad_s:
-            raise ConfigError(f"max_pad_s={self.max_pad_s} must be >= pad_s={self.pad_s}")
+            raise ConfigError(f"--pad-s {self.pad_s:g}: must be <= {self.max_pad_s:g} s, the longest pad a window "
+                              "may grow to")
         if not 0.0 < self.pad_coverage < 1.0:
             raise ConfigError(f"pad_coverage={self.pad_coverage} must be in (0, 1)")
         if self.sims_per_signature < 1:

@@ -70,16 +70,17 @@ class ProjectConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.estimators) - set(ESTIMATORS))
         if unknown or not self.estimators:
-            raise ConfigError(f"estimators={self.estimators} must be a non-empty subset of {', '.join(ESTIMATORS)}")
+            raise ConfigError(f"--estimators {','.join(self.estimators)!r}: must be a non-empty subset of "
+                              f"{', '.join(ESTIMATORS)}")
         if self.max_batch < 1:
-            raise ConfigError(f"max_batch={self.max_batch} must be >= 1")
-        for name in ("peak_flops", "tdp_w"):
+            raise ConfigError(f"--max-batch {self.max_batch}: must be >= 1")
+        for name, flag in (("peak_flops", "--peak-flops"), ("tdp_w", "--tdp-w")):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ConfigError(f"{name}={value} must be > 0")
+                raise ConfigError(f"{flag} {value:g}: must be > 0")
         if self.sim.carbon_hourly is not None:
-            raise ConfigError("carbon_hourly: the estimates have no hour-by-hour timeline; give a constant "
-                              "carbon_g_per_kwh")
+            raise ConfigError("--carbon: an hourly file has no use in a projection, whose estimates have no "
+                              "hour-by-hour timeline; give a constant intensity (a number or a region)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ class TheoryInputs:
 
     def __post_init__(self) -> None:
         if not self.peak_flops > 0 or not self.tdp_w > 0:
-            raise ConfigError(f"peak_flops={self.peak_flops} and tdp_w={self.tdp_w} must be > 0")
+            raise ConfigError(f"--peak-flops {self.peak_flops:g} and --tdp-w {self.tdp_w:g}: must be > 0")
 
     @classmethod
     def of(cls, spec: ModelSpec, gpu: GPUSpec, peak_flops: float | None = None,

@@ -12,7 +12,7 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["models", "show", "gpt-5"], "unknown model 'gpt-5'"),  # ConfigError
-    (["simulate", "--synthetic", "n=10", "--cost", "roofline", "--tp", "3"], "tp=3"),  # ConfigError from the cost model
+    (["simulate", "--synthetic", "n=10", "--cost", "roofline", "--tp", "3"], "--tp 3"),  # ConfigError, cost model
     (["trace", "stats", "/no/such/file.csv"], "/no/such/file.csv"),  # FileNotFoundError naming the file
     (["profile", "show", "no-such-profile"], "no-such-profile"),  # ProfileError
 ])

@@ -63,12 +63,12 @@ def test_human_table(trace_csv):
 @pytest.mark.parametrize("args, message", [
     (["nope.csv", "--profile", TOY], "nope.csv"),
     (["{trace}", "--profile", "missing.json"], "missing.json"),
-    (["{trace}", "--profile", TOY, "--out-of-range", "drop"], "out_of_range"),
+    (["{trace}", "--profile", TOY, "--out-of-range", "drop"], "--out-of-range 'drop'"),
     (["{trace}", "--profile", TOY, "--input-edges", "32,x"], "--input-edges"),
-    (["{trace}", "--profile", TOY, "--input-edges", "64,32"], "input_edges"),
-    (["{trace}", "--profile", TOY, "--estimators", "paper,guess"], "estimators"),
-    (["{trace}", "--profile", TOY, "--window-s", "0"], "window_s"),
-    (["{trace}", "--profile", TOY, "--max-batch", "0"], "max_batch"),
+    (["{trace}", "--profile", TOY, "--input-edges", "64,32"], "--input-edges 64,32"),
+    (["{trace}", "--profile", TOY, "--estimators", "paper,guess"], "--estimators 'paper,guess'"),
+    (["{trace}", "--profile", TOY, "--window-s", "0"], "--window-s 0"),
+    (["{trace}", "--profile", TOY, "--max-batch", "0"], "--max-batch 0"),
     (["{trace}", "--profile", TOY, "--policy", "static", "--max-num-seqs", "64"], "--max-num-seqs"),
     (["{trace}", "--profile", TOY, "--policy", "static", "--max-batched-tokens", "4096"], "--max-batched-tokens"),
 ])

@@ -80,9 +80,9 @@ def test_default_without_shipped_profile_names_it(cli):
 @pytest.mark.parametrize("args,needles", [
     (["--model", "llama-3.1-70b"], ["is for model"]),
     (["--gpu", "H200-SXM"], ["measured on"]),
-    (["--tp", "3"], ["tp=3", "must divide"]),
+    (["--tp", "3"], ["--tp 3", "must divide"]),
     (["--replicas", "0"], ["--replicas 0", ">= 1"]),
-    (["--policy", "fifo"], ["policy"]),
+    (["--policy", "fifo"], ["--policy 'fifo'"]),
     (["--window", "abc"], ["--window"]),
     (["--trace", "no-such-trace.csv"], ["no-such-trace.csv"]),
 ])

@@ -117,9 +117,9 @@ AZ = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,4
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n", [], "no requests"),
     (AZ + "2023-11-16 18:15:40.0,7,5\n", ["--unsorted", "refuse"], "row 2: field 'TIMESTAMP' is earlier"),
     ("a,b\n1,2\n", [], "unknown trace format (columns: a, b)"),
-    ("a,b\n1,2\n", ["--format", "nope"], "unknown format 'nope'"),
+    ("a,b\n1,2\n", ["--format", "nope"], "--format 'nope': unknown"),
     ("num_prefill_tokens,num_decode_tokens\n5,5\n", [], "has no arrival times"),
-    (AZ, ["--zero-output", "sometimes"], "zero_output='sometimes'"),
+    (AZ, ["--zero-output", "sometimes"], "--zero-output 'sometimes'"),
 ])
 @pytest.mark.parametrize("command", ["stats", "bin", "convert"])
 def test_bad_input_is_one_line_nonzero_no_traceback(runner, tmp_path, content, args, message, command):
@@ -142,7 +142,8 @@ def test_missing_file(runner, tmp_path):
 
 def test_synth_bad_arguments(runner, tmp_path):
     result = run(runner, "synth", str(tmp_path / "x.parquet"), "-n", "0")
-    assert result.exit_code == 2 and "n_requests=0" in result.output and not Path(tmp_path / "x.parquet").exists()
+    assert result.exit_code == 2 and "--requests 0: must be in 1.." in result.output
+    assert not Path(tmp_path / "x.parquet").exists()
     bad_dir = tmp_path / "missing" / "x.parquet"
     result = run(runner, "synth", str(bad_dir), "-n", "5")
     assert result.exit_code == 2 and "Traceback" not in result.output

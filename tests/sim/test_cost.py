@@ -109,7 +109,7 @@ def test_modeled_tp_scales_time_and_kv(simple_profile):
 
 @pytest.mark.parametrize("tp", [0, 3, 16])
 def test_tp_must_divide_heads(simple_profile, tp):
-    with pytest.raises(ValueError, match="tp="):
+    with pytest.raises(ValueError, match="--tp "):
         ModeledTPCost(CalibratedCost(simple_profile), tp)
 
 

@@ -184,11 +184,11 @@ def test_growing_pads_do_not_depend_on_batch_boundaries():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="window_s"):
+    with pytest.raises(ValueError, match="--window-s"):
         LoadAwareConfig(window_s=0)
     with pytest.raises(ValueError, match="rate_ratio"):
         LoadAwareConfig(rate_ratio=1.0)
-    with pytest.raises(ValueError, match="max_pad_s"):
+    with pytest.raises(ValueError, match="--pad-s 20: must be <= 10 s"):
         LoadAwareConfig(pad_s=20.0, max_pad_s=10.0)
     with pytest.raises(ValueError, match="pad_coverage"):
         LoadAwareConfig(pad_coverage=1.0)

@@ -23,7 +23,7 @@ def test_batch_size_is_kv_limited_and_capped():
     assert batch_size(32, 8, 1000, 256) == 25  # 1000 // 40
     assert batch_size(32, 8, 100_000, 256) == 256
     assert batch_size(8192, 512, 8000, 256) == 0  # one request does not fit
-    with pytest.raises(ValueError, match="max_batch"):
+    with pytest.raises(ValueError, match="--max-batch"):
         batch_size(32, 8, 1000, 0)
 
 

@@ -42,7 +42,7 @@ def test_overrides_replace_the_datasheet(spec):
     inputs = TheoryInputs.of(spec, DATASHEETS["H100-SXM"], peak_flops=1e15, tdp_w=350.0)
     assert (inputs.peak_flops, inputs.tdp_w) == (1e15, 350.0)
     assert "--peak-flops" in inputs.source and "--tdp-w" in inputs.source
-    with pytest.raises(ValueError, match="peak_flops"):
+    with pytest.raises(ValueError, match="--peak-flops"):
         TheoryInputs("m", 0.0, 700.0, "x")
 
 

@@ -75,7 +75,7 @@ def test_jsonl_garbage_first_line(tmp_path):
 
 
 def test_column_map_validates_unit_and_keys():
-    with pytest.raises(ValueError, match="time_unit='hours'"):
+    with pytest.raises(ValueError, match="--time-unit 'hours'"):
         ColumnMap("a", "b", "c", "hours")
     with pytest.raises(ValueError, match="unknown field"):
         ColumnMap.from_mapping({"input_tokens": "a", "output_tokens": "b", "colour": "c"})

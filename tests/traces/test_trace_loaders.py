@@ -95,7 +95,7 @@ def test_mooncake_spread_is_seeded_recorded_and_within_buckets(mooncake_jsonl):
 
 
 def test_length_only_needs_an_arrival_choice(length_only_csv):
-    with pytest.raises(TraceFormatError, match="no arrival times.*arrivals='poisson'"):
+    with pytest.raises(TraceFormatError, match="no arrival times.*--arrivals poisson --rate R"):
         load_length_only(length_only_csv)
 
 
@@ -178,7 +178,7 @@ def test_unknown_format_names_columns(tmp_path):
     path.write_text("foo,bar\n1,2\n")
     with pytest.raises(TraceFormatError, match=r"odd.csv: unknown trace format \(columns: foo, bar\)"):
         load_trace(path)
-    with pytest.raises(TraceFormatError, match="unknown format 'nope'"):
+    with pytest.raises(TraceFormatError, match="--format 'nope': unknown"):
         load_trace(path, fmt="nope")
 
 
@@ -204,11 +204,11 @@ def test_missing_file_and_unknown_option(tmp_path):
 
 
 def test_load_options_validate():
-    with pytest.raises(ValueError, match="zero_output"):
+    with pytest.raises(ValueError, match="--zero-output 'maybe'"):
         LoadOptions(zero_output="maybe")
-    with pytest.raises(ValueError, match="needs rate_per_s"):
+    with pytest.raises(ValueError, match="needs --rate"):
         LoadOptions(arrivals="poisson")
-    with pytest.raises(ValueError, match="spread_buckets_s"):
+    with pytest.raises(ValueError, match="--spread-buckets-s 0"):
         LoadOptions(spread_buckets_s=0)
 
 

@@ -18,7 +18,7 @@ def test_scale_rate_divides_arrivals(tiny_trace):
     assert out.column("arrival_s").tolist() == [0.0, 0.5, 1.0, 2.0, 4.0]
     assert tiny_trace.column("arrival_s").tolist() == [0.0, 1.0, 2.0, 4.0, 8.0]  # input untouched
     assert (report.span_in_s, report.span_out_s, report.rows_out) == (8.0, 4.0, 5)
-    with pytest.raises(ValueError, match="factor"):
+    with pytest.raises(ValueError, match="--scale-rate"):
         scale_rate(tiny_trace, 0)
 
 
@@ -29,7 +29,7 @@ def test_slice_window_is_half_open_and_rezeroes(tiny_trace):
     assert (report.rows_in, report.rows_out) == (5, 2) and "slice_window" in report.summary()
     empty, _ = slice_window(tiny_trace, 100.0, 200.0)
     assert len(empty) == 0
-    with pytest.raises(ValueError, match="end_s"):
+    with pytest.raises(ValueError, match="--end-s"):
         slice_window(tiny_trace, 3.0, 3.0)
 
 
