@@ -2,7 +2,8 @@
 
 Every conversion is a pyarrow compute call on a whole column. When a cast fails, the first bad row is found by
 bisecting the column (a logarithmic number of casts, no loop over rows), so the error can name it.
-Rows are numbered 1-based as data rows (a CSV header is not counted), offset by `row0` for streamed batches.
+Rows are numbered 1-based as data rows (a CSV header is not counted), offset by `row0` for streamed batches; errors
+about one row are `TraceRowError`s, which the reader turns into the file's own terms (`files.located_rows`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tokenjoule.traces.schema import TraceFormatError, TraceOptionError
+from tokenjoule.traces.schema import TraceFormatError, TraceOptionError, TraceRowError
 
 NUMERIC_UNITS_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit of a numeric arrival column
 DATETIME_UNITS = ("datetime", "datetime-naive", "datetime-tz")  # any / no zone offset / with zone offset
@@ -235,7 +236,7 @@ def _nonempty(column: pa.Array, source: str, name: str, row0: int) -> pa.Array:
     if empty is None and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         empty = pc.equal(column, "").to_numpy(zero_copy_only=False)
     if empty is not None and bool(empty.any()):
-        raise TraceFormatError(f"{source}: row {row0 + int(np.argmax(empty)) + 1}: field {name!r} is empty")
+        raise TraceRowError(source, row0 + int(np.argmax(empty)) + 1, f"field {name!r} is empty")
     return column
 
 
@@ -245,7 +246,7 @@ def _cast(column: pa.Array, to: pa.DataType, source: str, name: str, row0: int, 
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
         row = _first_failing(column, to)
         value = column[row].as_py() if row < len(column) else None
-        raise TraceFormatError(f"{source}: row {row0 + row + 1}: field {name!r}={value!r} {what}") from err
+        raise TraceRowError(source, row0 + row + 1, f"field {name!r}={value!r} {what}") from err
 
 
 def _first_failing(column: pa.Array, to: pa.DataType) -> int:
@@ -265,4 +266,4 @@ def _refuse(bad: np.ndarray, values: np.ndarray | pa.Array, source: str, name: s
     if bool(np.any(bad)):
         row = int(np.argmax(bad))
         value = values[row].as_py() if isinstance(values, pa.Array) else values[row].item()
-        raise TraceFormatError(f"{source}: row {row0 + row + 1}: field {name!r}={value!r} {what}")
+        raise TraceRowError(source, row0 + row + 1, f"field {name!r}={value!r} {what}")

@@ -3,6 +3,9 @@
 Containers are recognised by content: Parquet by its magic bytes, JSON Lines by a leading `{`, anything else is
 read as CSV. Compressed CSV/JSONL (`.gz`, `.bz2`, `.zst`) is decompressed by extension, as pyarrow does.
 CSV columns are read as strings so that `columns.convert` owns every parse and every error message.
+
+Errors about one row name it in the file's own terms (`row_place`): a JSON Lines file by its 1-based line, a CSV
+file by its 1-based data row with the header not counted, a Parquet file by its 1-based row.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import errno
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from tokenjoule.traces.schema import Trace, TraceFormatError
+from tokenjoule.traces.schema import Trace, TraceFormatError, TraceRowError
 
 ProgressFn = Callable[[int, int], None]  # (done, total) in rows (Parquet) or bytes (CSV, JSONL)
 _SNIFF_BYTES = 1 << 16
@@ -74,7 +79,8 @@ def sniff(path: Path) -> Sniffed:
         try:
             keys = tuple(json.loads(first))
         except ValueError as err:
-            raise TraceFormatError(f"{path}: row 1: not a JSON object ({err})") from err
+            line = head[:len(head) - len(head.lstrip())].count("\n") + 1
+            raise TraceFormatError(f"{path}: line {line}: not a JSON object ({err})") from err
         return Sniffed(path, "jsonl", keys)
     rows = list(csv.reader(io.StringIO("\n".join(lines[:2]))))
     return Sniffed(path, "csv", tuple(rows[0]), tuple(rows[1]) if len(rows) > 1 else ())
@@ -116,6 +122,7 @@ def iter_batches(sniffed: Sniffed, columns: tuple[str, ...], batch_rows: int = 1
         TraceFormatError: a parse error in the file.
     """
     path = str(sniffed.path)
+    rows = 0
     try:
         if sniffed.container == "parquet":
             parquet = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering caches every row group read
@@ -128,9 +135,10 @@ def iter_batches(sniffed: Sniffed, columns: tuple[str, ...], batch_rows: int = 1
         with pa.input_stream(path, compression="detect") as stream:
             reader = _open_text(sniffed, columns, stream, block_bytes)
             for batch in reader:
+                rows += batch.num_rows
                 yield pa.Table.from_batches([batch]), min(_tell(stream, total), total), total
     except pa.ArrowInvalid as err:
-        raise TraceFormatError(f"{path}: {_first_line(err)}") from err
+        raise _parse_error(sniffed, _first_line(err), rows) from err
 
 
 def _open_text(sniffed: Sniffed, columns: tuple[str, ...], stream: pa.NativeFile, block_bytes: int):
@@ -154,6 +162,77 @@ def _empty(columns: tuple[str, ...]) -> pa.Table:
 
 def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0]
+
+
+def _parse_error(sniffed: Sniffed, message: str, rows_before: int) -> TraceFormatError:
+    """A parser's message with the row it failed on, in the file's terms, where the row can be found.
+
+    pyarrow's JSON reader names the row within the failing block ("in row 3"), after `rows_before` rows; its CSV
+    reader names no row for a row with the wrong number of fields, so the file is read again to find it (only
+    on this error path).
+    """
+    place = None
+    block_row = re.search(r" in row (\d+)$", message)
+    if sniffed.container == "jsonl" and block_row:
+        place = row_place(sniffed, rows_before + int(block_row.group(1)) + 1)
+        message = re.sub(r"Column\(/([^)]*)\)", r"field '\1'", message[:block_row.start()])
+    elif sniffed.container == "csv" and "columns, got" in message:
+        row = _first_ragged_csv_row(sniffed.path)
+        place = row_place(sniffed, row) if row is not None else None
+    return TraceFormatError(f"{sniffed.path}: {place + ': ' if place else ''}{message}")
+
+
+def row_place(sniffed: Sniffed, row: int) -> str:
+    """Where 1-based data row `row` of the file is, in the file's terms ("line 7", "row 6 (header not counted)").
+
+    Args:
+        sniffed: the file.
+        row: 1-based among the data rows (what pyarrow reads; blank lines are not rows).
+
+    Returns:
+        "line L" for JSON Lines (blank lines counted, as an editor counts them), "row N (header not counted)" for
+        CSV, "row N" for Parquet.
+    """
+    if sniffed.container == "jsonl":
+        line = _jsonl_line(sniffed.path, row)
+        return f"line {line}" if line is not None else f"row {row}"
+    if sniffed.container == "csv":
+        return f"row {row} (header not counted)"
+    return f"row {row}"
+
+
+@contextmanager
+def located_rows(sniffed: Sniffed) -> Iterator[None]:
+    """Turn a `TraceRowError` raised inside into the same message with the row named in the file's terms."""
+    try:
+        yield
+    except TraceRowError as err:
+        raise TraceFormatError(f"{err.source}: {row_place(sniffed, err.row)}: {err.detail}") from err
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    with pa.input_stream(str(path), compression="detect") as stream:
+        yield from io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
+
+
+def _jsonl_line(path: Path, row: int) -> int | None:
+    """The 1-based line of the `row`-th object of a JSON Lines file (blank lines hold none)."""
+    seen = 0
+    for line_no, line in enumerate(_text_lines(path), start=1):
+        seen += bool(line.strip())
+        if seen == row:
+            return line_no
+    return None
+
+
+def _first_ragged_csv_row(path: Path) -> int | None:
+    """The first data row (1-based, header not counted, blank lines skipped) whose field count differs."""
+    rows = (r for r in csv.reader(_text_lines(path)) if r)
+    header = next(rows, None)
+    for n, fields in enumerate(rows, start=1):
+        if header is not None and len(fields) != len(header):
+            return n
+    return None
 
 
 def save_trace(trace: Trace, path: Path) -> Path:

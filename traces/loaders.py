@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 
 from tokenjoule.traces import synth
+from tokenjoule.traces.checks import TraceChecks, TraceNote
 from tokenjoule.traces.columns import DATETIME_UNITS, ColumnMap, Converted, convert, has_zone_offset
-from tokenjoule.traces.files import Sniffed, read_table, sniff
-from tokenjoule.traces.schema import Trace, TraceFormatError, TraceOptionError
+from tokenjoule.traces.files import Sniffed, located_rows, read_table, sniff
+from tokenjoule.traces.schema import Trace, TraceFormatError, TraceOptionError, TraceRowError
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ class LoadOptions:
 
     @property
     def whole_table(self) -> bool:
-        """True when loading needs every row at once (spreading, synthesized arrivals), so it cannot stream."""
-        return self.spread_buckets_s is not None or self.arrivals is not None
+        """True when loading needs every row at once, so it cannot stream: spreading moves arrivals out of order."""
+        return self.spread_buckets_s is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ class LoadReport:
         spread_buckets_s: the spreading width used, if any.
         arrivals: "source column <name>" or how arrivals were synthesized.
         seed: the seed used when randomness was involved, else None.
+        notes: out-of-order arrivals (and that they were sorted) and repeated request ids, with counts.
     """
 
     source: str
@@ -114,7 +116,7 @@ class LoadReport:
     spread_buckets_s: float | None = None
     arrivals: str = ""
     seed: int | None = None
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[TraceNote, ...] = field(default=())
 
     @property
     def rows_dropped(self) -> int:
@@ -160,16 +162,19 @@ def plan_load(path_or_name: str | Path, fmt: str | None = None, options: LoadOpt
         The plan.
 
     Raises:
-        TraceFormatError: unknown or undetectable format, or missing columns.
+        TraceFormatError: a directory, an unknown or undetectable format, or missing columns.
         FileNotFoundError: neither a file nor a bundled name.
     """
     options = options or LoadOptions()
     name = str(path_or_name)
     path = Path(path_or_name)
+    bundled = ", ".join(BUNDLED_TRACES)
     if name in BUNDLED_TRACES and not path.exists():
         path = bundled_path(name)
+    elif path.is_dir():
+        raise TraceFormatError(f"{name}: is a directory; give one trace file (CSV or JSON Lines, plain or .gz, .bz2, "
+                               f".zst; or Parquet) or a bundled trace name ({bundled})")
     elif not path.is_file():
-        bundled = ", ".join(BUNDLED_TRACES)
         raise FileNotFoundError(errno.ENOENT, f"no such file or bundled trace (bundled: {bundled})", name)
     sniffed = sniff(path)
     fmt = fmt or ("generic" if options.mapping else detect_format(sniffed))
@@ -231,9 +236,14 @@ def read_trace(path_or_name: str | Path, fmt: str | None = None, *, options: Loa
     if options is not None and kwargs:
         raise ValueError("pass either options= or load-option keywords, not both")
     opts = options if options is not None else _options(kwargs)
-    plan = plan_load(path_or_name, fmt, opts)
-    table = read_table(plan.sniffed, plan.cmap.source_columns)
-    trace, report = assemble(convert(table, plan.cmap, plan.source), table.num_rows, plan, opts)
+    return read_planned(plan_load(path_or_name, fmt, opts), opts)
+
+
+def read_planned(plan: LoadPlan, opts: LoadOptions) -> tuple[Trace, LoadReport]:
+    """Load a resolved source whole (`read_trace` for a plan already made); rows are named in the file's terms."""
+    with located_rows(plan.sniffed):
+        table = read_table(plan.sniffed, plan.cmap.source_columns)
+        trace, report = assemble(convert(table, plan.cmap, plan.source), table.num_rows, plan, opts)
     logger.info("%s", report.summary())
     return trace, report
 
@@ -294,7 +304,9 @@ def assemble(conv: Converted, rows_read: int, plan: LoadPlan, opts: LoadOptions)
         (trace, report).
     """
     rng = np.random.default_rng(opts.seed)
-    arrival, how = _arrivals(conv, rows_read, plan, opts, rng)
+    how = arrival_source(plan, opts)
+    arrival = conv.arrival_s if conv.arrival_s is not None else synth.arrivals(
+        rows_read, opts.arrivals, rng, opts.rate_per_s or 1.0, opts.cv)
     keep = np.ones(rows_read, bool)
     dropped: list[tuple[str, int]] = []
     if opts.zero_output == "drop" and bool(np.any(conv.output_tokens == 0)):
@@ -305,11 +317,11 @@ def assemble(conv: Converted, rows_read: int, plan: LoadPlan, opts: LoadOptions)
                                    "pass --zero-output keep to keep them")
     rows = np.flatnonzero(keep)
     arrival = arrival[rows]
-    was_sorted = bool(np.all(arrival[1:] >= arrival[:-1]))
-    if not was_sorted and opts.unsorted == "refuse":
-        bad = int(np.argmax(arrival[1:] < arrival[:-1])) + 1
-        raise TraceFormatError(f"{plan.source}: row {rows[bad] + 1}: field {plan.cmap.arrival_s!r} is earlier than "
-                               "the row before (arrivals are not sorted; --unsorted sort sorts them)")
+    checks = TraceChecks()
+    first_late = checks.add(arrival, conv.request_id[rows] if conv.request_id is not None else None)
+    was_sorted = first_late is None
+    if first_late is not None and opts.unsorted == "refuse":
+        raise unsorted_error(plan, int(rows[first_late]) + 1)
     if opts.spread_buckets_s:
         arrival = arrival + rng.uniform(0.0, opts.spread_buckets_s, size=len(arrival))
     start_unix_s = None
@@ -324,25 +336,35 @@ def assemble(conv: Converted, rows_read: int, plan: LoadPlan, opts: LoadOptions)
     trace = Trace(_table(conv, order, arrival), plan.source, start_unix_s)
     random = opts.spread_buckets_s is not None or plan.cmap.arrival_s is None
     report = LoadReport(plan.source, plan.fmt, rows_read, len(order), tuple(dropped), was_sorted, resort,
-                        opts.spread_buckets_s, how, opts.seed if random else None)
+                        opts.spread_buckets_s, how, opts.seed if random else None, checks.notes())
     return trace, report
 
 
-def _arrivals(conv: Converted, n: int, plan: LoadPlan, opts: LoadOptions,
-              rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    if conv.arrival_s is not None:
+def arrival_source(plan: LoadPlan, opts: LoadOptions) -> str:
+    """Where arrivals come from, in words; refuses `--arrivals` on a trace with timestamps, and a trace without both.
+
+    Raises:
+        TraceOptionError: `--arrivals` given for a trace that has timestamps.
+        TraceFormatError: a trace without timestamps and no `--arrivals`.
+    """
+    if plan.cmap.arrival_s is not None:
         if opts.arrivals is not None:
             raise TraceOptionError(f"{plan.source}: --arrivals applies only to traces without timestamps (this "
                                    f"one has {plan.cmap.arrival_s!r}); drop --arrivals")
-        return conv.arrival_s, f"source column {plan.cmap.arrival_s!r} ({plan.cmap.time_unit})"
+        return f"source column {plan.cmap.arrival_s!r} ({plan.cmap.time_unit})"
     if opts.arrivals is None:
         raise TraceFormatError(f"{plan.source}: format {plan.fmt!r} has no arrival times; choose how to "
                                "synthesize them: --arrivals poisson --rate R, --arrivals gamma --rate R --cv C, or "
                                "--arrivals zero")
-    times = synth.arrivals(n, opts.arrivals, rng, opts.rate_per_s or 1.0, opts.cv)
     rate = "" if opts.arrivals == "zero" else f" at {opts.rate_per_s}/s"
     cv = f", cv {opts.cv}" if opts.arrivals == "gamma" else ""
-    return times, f"synthesized {opts.arrivals}{rate}{cv} (seed {opts.seed})"
+    return f"synthesized {opts.arrivals}{rate}{cv} (seed {opts.seed})"
+
+
+def unsorted_error(plan: LoadPlan, row: int) -> TraceRowError:
+    """The error for `--unsorted refuse`: data row `row` (1-based) arrives earlier than the row before it."""
+    return TraceRowError(plan.source, row, f"field {plan.cmap.arrival_s!r} is earlier than the row before (arrivals "
+                         "are not sorted; --unsorted sort sorts them)")
 
 
 def _table(conv: Converted, order: np.ndarray, arrival: np.ndarray) -> pa.Table:

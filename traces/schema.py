@@ -31,6 +31,18 @@ class TraceFormatError(ValueError):
     """A trace file or table does not fit the schema; the message names the file, row and field."""
 
 
+class TraceRowError(TraceFormatError):
+    """A bad value at one data row of a trace file, counted 1-based among the data rows.
+
+    The reader that knows the file's layout says where that row is (`files.located_rows`: a JSON Lines line, a
+    CSV row after the header); until then the message reads "row N".
+    """
+
+    def __init__(self, source: str, row: int, detail: str) -> None:
+        super().__init__(f"{source}: row {row}: {detail}")
+        self.source, self.row, self.detail = source, row, detail
+
+
 class TraceOptionError(ValueError):
     """A bad option for loading, transforming, binning or synthesizing a trace (names the option and its value)."""
 

@@ -11,16 +11,15 @@ A loaded `Trace` goes through the same accumulators (`trace_stats`), so streamed
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tokenjoule.traces.batches import BatchReader
 from tokenjoule.traces.binning import BinCounts, BinSpec, bin_arrays, empty_counts, merge
-from tokenjoule.traces.columns import convert
-from tokenjoule.traces.files import ProgressFn, iter_batches, read_table
-from tokenjoule.traces.loaders import LoadOptions, LoadPlan, assemble, plan_load
+from tokenjoule.traces.files import ProgressFn
+from tokenjoule.traces.loaders import LoadOptions, LoadPlan, plan_load, read_planned
 from tokenjoule.traces.schema import Trace, TraceFormatError
 from tokenjoule.traces.stream_acc import ArrivalStats, TokenHistogram, TokenSummary
 
@@ -92,14 +91,14 @@ class _Scanner:
                 return  # windows need order; `scan` sorts in memory or refuses once the pass is over
             self.bins = merge(self.bins, bin_arrays(input_tokens, output_tokens, self.spec, arrival_s, self.window_s))
 
-    def result(self) -> ScanResult:
+    def result(self, notes: tuple[str, ...] = ()) -> ScanResult:
         if self.arrivals.n == 0:
             raise TraceFormatError(f"{self.source}: no requests")
         a = self.arrivals
         span = a.span_s
         stats = TraceStats(self.source, a.n, span, a.n / span if span > 0 else None, self.inp.summary(),
                            self.out.summary(), a.interarrival_cv, a.dispersion_1s, a.sorted)
-        return ScanResult(stats, self.bins, self.rows_read, self.rows_dropped)
+        return ScanResult(stats, self.bins, self.rows_read, self.rows_dropped, notes)
 
 
 def trace_stats(trace: Trace) -> TraceStats:
@@ -133,10 +132,11 @@ def scan(path_or_name: str | Path, fmt: str | None = None, *, spec: BinSpec | No
          max_sort_rows: int = 10_000_000) -> ScanResult:
     """Stats and (optionally) bins of a trace file in one streamed pass, in memory independent of its length.
 
-    Options that need the whole table (spreading, synthesized arrivals) load it instead, then scan it.
-    Rows with 0 output tokens are dropped or kept as `options.zero_output` says. Unsorted arrivals are refused
-    with `options.unsorted == "refuse"`; otherwise a trace of at most `max_sort_rows` rows is loaded and sorted
-    (and `notes` says so), and a larger one is counted without burstiness figures (time windows then fail).
+    The load options apply as `read_trace` applies them (`BatchReader`); spreading arrivals needs the whole table,
+    so that option loads it instead, then scans it. Unsorted arrivals are refused with `options.unsorted ==
+    "refuse"`; otherwise a trace of at most `max_sort_rows` rows is loaded and sorted, and a larger one is counted
+    without burstiness figures (time windows then fail); `notes` says which, with counts, and counts repeated
+    request ids.
 
     Args:
         path_or_name: file or bundled name.
@@ -155,53 +155,30 @@ def scan(path_or_name: str | Path, fmt: str | None = None, *, spec: BinSpec | No
     """
     options = options or LoadOptions()
     plan = plan_load(path_or_name, fmt, options)
-    if options.whole_table or plan.cmap.arrival_s is None:
+    if options.whole_table:
         return _scan_loaded(plan, options, spec, window_s, cap_tokens)
     scanner = _Scanner(plan.source, spec, window_s, cap_tokens)
-    ref = None
-    for table, done, total in iter_batches(plan.sniffed, plan.cmap.source_columns, batch_rows, block_bytes):
-        conv = convert(table, plan.cmap, plan.source, scanner.rows_read, ref)
-        ref = conv.ref
-        arrival, inp, out = conv.arrival_s, conv.input_tokens, conv.output_tokens
-        if options.unsorted == "refuse":
-            _refuse_unsorted(arrival, scanner, plan.source, plan.cmap.arrival_s)
-        if options.zero_output == "drop":
-            keep = out != 0
-            if not keep.all():
-                scanner.rows_dropped += int(len(keep) - keep.sum())
-                arrival, inp, out = arrival[keep], inp[keep], out[keep]
-        scanner.add(arrival, inp, out)
-        scanner.rows_read += table.num_rows
-        if progress is not None:
-            progress(done, total)
-    if scanner.rows_read == 0:
-        raise TraceFormatError(f"{plan.source}: no requests (the file has a header but no rows)")
-    if not scanner.arrivals.sorted and scanner.rows_read <= max_sort_rows:
-        logger.info("%s: arrivals are not sorted; loading %d rows to sort them", plan.source, scanner.rows_read)
+    reader = BatchReader(plan, options, batch_rows, block_bytes, progress)
+    for batch in reader:
+        scanner.add(batch.arrival_s, batch.input_tokens, batch.output_tokens)
+    scanner.rows_read, scanner.rows_dropped = reader.rows_read, reader.rows_dropped
+    unsorted = reader.checks.unsorted_rows > 0
+    if unsorted and reader.rows_read <= max_sort_rows:
+        logger.info("%s: arrivals are not sorted; loading %d rows to sort them", plan.source, reader.rows_read)
         return _scan_loaded(plan, options, spec, window_s, cap_tokens)
-    if not scanner.arrivals.sorted and window_s is not None and spec is not None:
+    if unsorted and window_s is not None and spec is not None:
         raise TraceFormatError(f"{plan.source}: binning per time window needs sorted arrivals, and the trace is "
                                f"too large to sort in memory; sort it first")
     logger.info("%s: %s, %d rows streamed, %d dropped (0 output tokens)%s", plan.source, plan.fmt,
-                scanner.rows_read, scanner.rows_dropped, "" if scanner.arrivals.sorted else ", arrivals unsorted")
-    return scanner.result()
+                reader.rows_read, reader.rows_dropped, ", arrivals unsorted" if unsorted else "")
+    notes = reader.checks.notes(f"not sorted: over {max_sort_rows:,} rows to sort in memory, so burstiness figures "
+                                "are left out (`tokenjoule trace convert` sorts)")
+    return scanner.result(tuple(note.text for note in notes))
 
 
 def _scan_loaded(plan: LoadPlan, options: LoadOptions, spec: BinSpec | None, window_s: float | None,
                  cap_tokens: int) -> ScanResult:
-    table = read_table(plan.sniffed, plan.cmap.source_columns)
-    trace, report = assemble(convert(table, plan.cmap, plan.source), table.num_rows, plan, options)
-    logger.info("%s", report.summary())
+    trace, report = read_planned(plan, options)
     result = scan_trace(trace, spec, window_s, cap_tokens)
-    notes = ("arrivals were not sorted: sorted in memory",) if not report.was_sorted else ()
+    notes = tuple(note.text for note in report.notes)
     return ScanResult(result.stats, result.bins, report.rows_read, report.rows_dropped, notes)
-
-
-def _refuse_unsorted(arrival: np.ndarray, scanner: _Scanner, source: str, column: str | None) -> None:
-    prev = scanner.arrivals.last if scanner.arrivals.n else -math.inf
-    joined = np.concatenate(([prev], arrival))
-    back = joined[1:] < joined[:-1]
-    if back.any():
-        row = scanner.rows_read + int(np.argmax(back)) + 1
-        raise TraceFormatError(f"{source}: row {row}: field {column!r} is earlier than the row before "
-                               "(arrivals are not sorted; --unsorted sort sorts them)")

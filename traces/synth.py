@@ -81,6 +81,30 @@ def check_synth(values: Mapping[str, Any], flags: Mapping[str, str] = SYNTH_FLAG
         refuse("output_tokens", "must be >= 1 (the simulator generates at least one token)")
 
 
+def arrival_gaps(n: int, process: str, rng: np.random.Generator, rate_per_s: float = 1.0,
+                 cv: float = 1.0) -> np.ndarray:
+    """Gaps between consecutive arrivals (the first one measured from t=0) of a named process.
+
+    Args:
+        n: number of gaps.
+        process: "poisson" (exponential gaps), "gamma" (Gamma gaps of coefficient of variation `cv`) or "zero".
+        rng: random generator; each gap is one draw, so drawing n1 then n2 gaps gives the n1 + n2 of one call.
+        rate_per_s: mean rate, requests per second (mean gap 1 / rate).
+        cv: coefficient of variation of Gamma gaps (shape 1 / cv**2; 1.0 gives Poisson).
+
+    Returns:
+        float64 gaps, seconds.
+    """
+    if process == "poisson":
+        return rng.exponential(1.0 / rate_per_s, size=n)
+    if process == "gamma":
+        shape = 1.0 / cv**2
+        return rng.gamma(shape, 1.0 / (rate_per_s * shape), size=n)
+    if process == "zero":
+        return np.zeros(n)
+    raise TraceOptionError(f"--arrivals {process!r}: must be one of {', '.join(ARRIVAL_PROCESSES)}")
+
+
 def poisson_arrivals(n: int, rate_per_s: float, rng: np.random.Generator) -> np.ndarray:
     """Arrival times of a Poisson process: cumulative exponential gaps, the first gap included.
 
@@ -92,7 +116,7 @@ def poisson_arrivals(n: int, rate_per_s: float, rng: np.random.Generator) -> np.
     Returns:
         float64 arrival times in seconds, non-decreasing.
     """
-    return np.cumsum(rng.exponential(1.0 / rate_per_s, size=n))
+    return arrivals(n, "poisson", rng, rate_per_s)
 
 
 def gamma_arrivals(n: int, rate_per_s: float, cv: float, rng: np.random.Generator) -> np.ndarray:
@@ -107,12 +131,11 @@ def gamma_arrivals(n: int, rate_per_s: float, cv: float, rng: np.random.Generato
     Returns:
         float64 arrival times in seconds, non-decreasing.
     """
-    shape = 1.0 / cv**2
-    return np.cumsum(rng.gamma(shape, 1.0 / (rate_per_s * shape), size=n))
+    return arrivals(n, "gamma", rng, rate_per_s, cv)
 
 
 def arrivals(n: int, process: str, rng: np.random.Generator, rate_per_s: float = 1.0, cv: float = 1.0) -> np.ndarray:
-    """Arrival times from a named process ("poisson", "gamma" or "zero").
+    """Arrival times from a named process ("poisson", "gamma" or "zero"): the running sum of `arrival_gaps`.
 
     Args:
         n: number of arrivals.
@@ -124,13 +147,33 @@ def arrivals(n: int, process: str, rng: np.random.Generator, rate_per_s: float =
     Returns:
         float64 arrival times in seconds.
     """
-    if process == "poisson":
-        return poisson_arrivals(n, rate_per_s, rng)
-    if process == "gamma":
-        return gamma_arrivals(n, rate_per_s, cv, rng)
-    if process == "zero":
-        return np.zeros(n)
-    raise TraceOptionError(f"--arrivals {process!r}: must be one of {', '.join(ARRIVAL_PROCESSES)}")
+    return ArrivalClock(process, rng, rate_per_s, cv).next(n)
+
+
+class ArrivalClock:
+    """Arrival times drawn piece by piece, for streams: the pieces join into exactly what one `arrivals` call gives.
+
+    Each piece draws its gaps from the same generator and adds them one by one onto the last arrival so far, the
+    order in which one `np.cumsum` adds them, so the floats are identical, not just close.
+
+    Args:
+        process: one of ARRIVAL_PROCESSES.
+        rng: random generator (its state moves on with every piece).
+        rate_per_s: mean rate for poisson/gamma.
+        cv: gap coefficient of variation for gamma.
+    """
+
+    def __init__(self, process: str, rng: np.random.Generator, rate_per_s: float = 1.0, cv: float = 1.0) -> None:
+        self.process, self.rng, self.rate_per_s, self.cv = process, rng, rate_per_s, cv
+        self.last_s = 0.0
+
+    def next(self, n: int) -> np.ndarray:
+        """The next `n` arrival times, seconds."""
+        gaps = arrival_gaps(n, self.process, self.rng, self.rate_per_s, self.cv)
+        times = np.cumsum(np.concatenate(([self.last_s], gaps)))[1:]
+        if n:
+            self.last_s = float(times[-1])
+        return times
 
 
 def resample_lengths(trace: Trace, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -146,6 +146,7 @@ class Projection:
             "source": self.source, "requests": self.requests, "cost_model": self.cost,
             "rows_read": self.stream.rows_read if self.stream else self.requests,
             "rows_dropped": self.stream.rows_dropped if self.stream else 0,
+            "trace_notes": [note.to_dict() for note in self.stream.notes] if self.stream else [],
             "estimates": estimates,
             "inputs": {
                 "input_edges": list(c.bins.input_edges), "output_edges": list(c.bins.output_edges),

@@ -1,10 +1,11 @@
 """Canonical (arrival_s, input_tokens, output_tokens) record batches from a trace file or a loaded Trace.
 
-The projection reads a trace once, batch by batch, in memory independent of its length. It reuses the trace
-package's pieces (`plan_load`, `iter_batches`, `convert`) exactly as `tokenjoule.traces.stream.scan` does, so a
-streamed file gives the arrays `load_trace` would give: rows with 0 output tokens dropped (or kept, per
-`LoadOptions.zero_output`), arrivals re-zeroed at the first one. Time windows need arrivals in order: an unsorted
-file of at most `max_sort_rows` rows is loaded and sorted in memory; a larger one is refused.
+The projection reads a trace once, batch by batch, in memory independent of its length, through the trace
+package's streaming reader (`traces.batches.BatchReader`, which `tokenjoule trace stats` uses too), so a streamed
+file gives the arrays `read_trace` would give with the same load options (the mapping, units, `--zero-output`,
+synthesized `--arrivals`). Time windows need arrivals in order: an unsorted file of at most `max_sort_rows` rows
+is loaded and sorted in memory, a larger one is refused, and `--unsorted refuse` refuses any. Spreading arrivals
+(`--spread-buckets-s`) moves them out of order, so it takes the in-memory route too, under the same size limit.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenjoule.traces.columns import convert
+from tokenjoule.traces.batches import BatchReader
+from tokenjoule.traces.checks import TraceNote
 from tokenjoule.traces.files import iter_batches
-from tokenjoule.traces.loaders import LoadOptions, plan_load, read_trace
-from tokenjoule.traces.schema import Trace, TraceFormatError
+from tokenjoule.traces.loaders import LoadOptions, plan_load, read_planned
+from tokenjoule.traces.schema import Trace, TraceFormatError, TraceOptionError
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +38,14 @@ class StreamInfo:
         rows_read: data rows in the source.
         rows_dropped: rows dropped while reading (0 output tokens).
         sorted_in_memory: True when the source was unsorted and was loaded and sorted.
+        notes: out-of-order arrivals and repeated request ids, with counts.
     """
 
     source: str
     rows_read: int
     rows_dropped: int
     sorted_in_memory: bool = False
+    notes: tuple[TraceNote, ...] = ()
 
 
 class _Unsorted(Exception):
@@ -61,9 +65,9 @@ class FileStream:
     Args:
         path_or_name: file or bundled trace name.
         fmt: format name or None to detect.
-        options: load options (arrival synthesis or spreading load the whole table).
+        options: load options (spreading arrivals loads the whole table).
         batch_rows: rows per Parquet batch.
-        max_sort_rows: largest unsorted trace to sort in memory.
+        max_sort_rows: largest trace to sort in memory (unsorted, or spread).
         progress: called as progress(done, total) after each batch.
     """
 
@@ -72,7 +76,6 @@ class FileStream:
                  progress: ProgressFn | None = None) -> None:
         self.options = options or LoadOptions()
         self.plan = plan_load(path_or_name, fmt, self.options)
-        self.path_or_name, self.fmt = path_or_name, fmt
         self.batch_rows, self.max_sort_rows, self.progress = batch_rows, max_sort_rows, progress
         self.info: StreamInfo | None = None
 
@@ -83,35 +86,17 @@ class FileStream:
 
     def batches(self) -> Iterator[Batch]:
         """Yield batches in arrival order (an unsorted file stops the iteration; see `run_stream`)."""
-        if self.options.whole_table or self.plan.cmap.arrival_s is None:
-            yield from self._loaded()
-            return
-        read = dropped = 0
-        last, ref = -np.inf, None
-        for table, done, total in iter_batches(self.plan.sniffed, self.plan.cmap.source_columns, self.batch_rows):
-            conv = convert(table, self.plan.cmap, self.plan.source, read, ref)
-            ref = conv.ref
-            arrival, inp, out = conv.arrival_s, conv.input_tokens, conv.output_tokens
-            if len(arrival) and (arrival[0] < last or bool(np.any(np.diff(arrival) < 0))):
+        reader = BatchReader(self.plan, self.options, self.batch_rows, progress=self.progress)
+        for batch in reader:
+            if reader.checks.unsorted_rows:
                 raise _Unsorted()
-            if len(arrival):
-                last = float(arrival[-1])
-            read += table.num_rows
-            if self.options.zero_output == "drop":
-                keep = out != 0
-                if not keep.all():
-                    dropped += int(len(keep) - keep.sum())
-                    arrival, inp, out = arrival[keep], inp[keep], out[keep]
-            if self.progress is not None:
-                self.progress(done, total)
-            yield arrival, inp, out
-        if read == 0:
-            raise TraceFormatError(f"{self.plan.source}: no requests (the file has a header but no rows)")
-        self.info = StreamInfo(self.plan.source, read, dropped)
+            yield batch.arrival_s, batch.input_tokens, batch.output_tokens
+        self.info = StreamInfo(self.plan.source, reader.rows_read, reader.rows_dropped, notes=reader.checks.notes())
 
-    def _loaded(self, unsorted: bool = False) -> Iterator[Batch]:
-        trace, report = read_trace(self.path_or_name, self.fmt, options=self.options)
-        self.info = StreamInfo(report.source, report.rows_read, report.rows_dropped, unsorted)
+    def _loaded(self) -> Iterator[Batch]:
+        trace, report = read_planned(self.plan, self.options)
+        self.info = StreamInfo(report.source, report.rows_read, report.rows_dropped, not report.was_sorted,
+                               report.notes)
         yield from trace_batches(trace, self.batch_rows)
 
 
@@ -127,16 +112,24 @@ def run_stream(stream: FileStream, consume: Callable[[Iterator[Batch]], object])
 
     Raises:
         TraceFormatError: unsorted arrivals in a trace larger than `max_sort_rows`.
+        TraceOptionError: `--spread-buckets-s` on a trace larger than `max_sort_rows`.
     """
-    try:
-        return consume(stream.batches())
-    except _Unsorted:
-        pass
+    spread = stream.options.whole_table
+    if not spread:
+        try:
+            return consume(stream.batches())
+        except _Unsorted:
+            pass
     if _count_rows(stream, stream.max_sort_rows + 1) > stream.max_sort_rows:
+        if spread:
+            raise TraceOptionError(f"--spread-buckets-s: spreading moves arrivals out of order, so the trace is "
+                                   f"sorted in memory, and {stream.source} has more than {stream.max_sort_rows:,} "
+                                   "rows; spread a slice of it (`tokenjoule trace convert --head N` first)")
         raise TraceFormatError(f"{stream.source}: arrivals are not sorted and the trace has more than "
                                f"{stream.max_sort_rows} rows; sort it first (e.g. `tokenjoule trace convert`)")
-    logger.info("%s: arrivals are not sorted; loading the trace to sort it", stream.source)
-    return consume(stream._loaded(unsorted=True))
+    logger.info("%s: %s; loading the trace to sort it", stream.source,
+                "spreading arrivals" if spread else "arrivals are not sorted")
+    return consume(stream._loaded())
 
 
 def _count_rows(stream: FileStream, stop_at: int) -> int:

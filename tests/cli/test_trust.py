@@ -262,7 +262,7 @@ def test_the_synthetic_cap_is_enforced_by_the_spec_too():
     from tokenjoule.traces.schema import TraceOptionError
     from tokenjoule.traces.synth import MAX_SYNTHETIC_REQUESTS, SynthSpec
 
-    with pytest.raises(TraceOptionError, match="n_requests"):
+    with pytest.raises(TraceOptionError, match="--requests 100000001: must be in 1.."):
         SynthSpec(MAX_SYNTHETIC_REQUESTS + 1)
 
 

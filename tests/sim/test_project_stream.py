@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tokenjoule.sim.project.projection import ProjectConfig, project
-from tokenjoule.traces.schema import Trace, TraceFormatError
+from tokenjoule.sim.project.stream import FileStream, run_stream
+from tokenjoule.traces.loaders import LoadOptions, read_trace
+from tokenjoule.traces.schema import Trace, TraceFormatError, TraceOptionError
 from tokenjoule.traces.synth import SynthSpec, synthesize
 
 
@@ -42,6 +44,36 @@ def test_unsorted_csv_is_sorted_in_memory(tmp_path, trace, toy_profile):
     streamed = project(path, toy_profile)
     _same(streamed, project(trace, toy_profile))
     assert streamed.stream.sorted_in_memory
+
+
+def test_synthesized_arrivals_stream_without_loading(tmp_path, toy_profile, monkeypatch):
+    path = tmp_path / "lengths.csv"
+    path.write_text("num_prefill_tokens,num_decode_tokens\n" + "".join(f"{50 + 7 * i},{1 + i % 9}\n"
+                                                                      for i in range(300)))
+    options = LoadOptions(arrivals="gamma", rate_per_s=3.0, cv=2.0, seed=4)
+    loaded = project(read_trace(path, options=options)[0], toy_profile)
+    monkeypatch.setattr(FileStream, "_loaded", None)  # the in-memory route is not taken
+    streamed = project(path, toy_profile, options=options, batch_rows=64)
+    _same(streamed, loaded)
+    assert not streamed.stream.sorted_in_memory
+
+
+def test_spreading_sorts_small_traces_in_memory_and_refuses_large_ones(tmp_path, trace, toy_profile):
+    path = tmp_path / "t.parquet"
+    pq.write_table(trace.table, path)
+    options = LoadOptions(spread_buckets_s=3.0, seed=2)
+    _same(project(path, toy_profile, options=options), project(read_trace(path, options=options)[0], toy_profile))
+    stream = FileStream(path, options=options, max_sort_rows=399)
+    with pytest.raises(TraceOptionError, match="--spread-buckets-s: .* has more than 399 rows"):
+        run_stream(stream, list)
+
+
+def test_unsorted_refuse_is_honoured_while_streaming(tmp_path, trace, toy_profile):
+    table = trace.table.take(pa.array([1, 0, *range(2, len(trace))]))
+    path = tmp_path / "t.csv"
+    pacsv.write_csv(table, path)
+    with pytest.raises(TraceFormatError, match=r"row 2 \(header not counted\): field 'arrival_s' is earlier"):
+        project(path, toy_profile, options=LoadOptions(unsorted="refuse"))
 
 
 def test_zero_output_rows_are_dropped_and_reported(tmp_path, toy_profile):

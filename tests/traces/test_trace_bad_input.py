@@ -16,18 +16,18 @@ GOOD = "2023-11-16 18:15:46.6805900,374,44\n"
 
 
 @pytest.mark.parametrize("bad_row, match", [
-    ("2023-11-16 18:15:47.0,abc,5", r"row 2: field 'ContextTokens'='abc' is not a whole number"),
-    ("2023-11-16 18:15:47.0,12.5,5", r"row 2: field 'ContextTokens'='12.5' is not a whole number"),
-    ("2023-11-16 18:15:47.0,-3,5", r"row 2: field 'ContextTokens'=-3 is negative"),
-    ("2023-11-16 18:15:47.0,3,", r"row 2: field 'GeneratedTokens' is empty"),
-    ("2023-11-16 18:15:47.0,3,99999999999", r"row 2: field 'GeneratedTokens'=99999999999 is larger"),
-    ("yesterday,3,5", r"row 2: field 'TIMESTAMP'='yesterday' is not a date-time"),
-    ("2023-13-16 18:15:47.0,3,5", r"row 2: field 'TIMESTAMP'='2023-13-16 18:15:47.0' is not a date-time"),
+    ("2023-11-16 18:15:47.0,abc,5", r"field 'ContextTokens'='abc' is not a whole number"),
+    ("2023-11-16 18:15:47.0,12.5,5", r"field 'ContextTokens'='12.5' is not a whole number"),
+    ("2023-11-16 18:15:47.0,-3,5", r"field 'ContextTokens'=-3 is negative"),
+    ("2023-11-16 18:15:47.0,3,", r"field 'GeneratedTokens' is empty"),
+    ("2023-11-16 18:15:47.0,3,99999999999", r"field 'GeneratedTokens'=99999999999 is larger"),
+    ("yesterday,3,5", r"field 'TIMESTAMP'='yesterday' is not a date-time"),
+    ("2023-13-16 18:15:47.0,3,5", r"field 'TIMESTAMP'='2023-13-16 18:15:47.0' is not a date-time"),
 ])
 def test_bad_values_name_file_row_and_field(tmp_path, bad_row, match):
     path = tmp_path / "bad.csv"
     path.write_text(HEADER + GOOD + bad_row + "\n" + GOOD)
-    with pytest.raises(TraceFormatError, match=match) as info:
+    with pytest.raises(TraceFormatError, match=r"row 2 \(header not counted\): " + match) as info:
         load_trace(path)
     assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
 
@@ -35,7 +35,7 @@ def test_bad_values_name_file_row_and_field(tmp_path, bad_row, match):
 def test_ragged_csv_row(tmp_path):
     path = tmp_path / "ragged.csv"
     path.write_text(HEADER + GOOD + "2023-11-16 18:15:47.0,3\n")
-    with pytest.raises(TraceFormatError, match="ragged.csv: CSV parse error"):
+    with pytest.raises(TraceFormatError, match=r"ragged.csv: row 2 \(header not counted\): CSV parse error"):
         load_trace(path)
 
 
@@ -63,14 +63,14 @@ def test_jsonl_missing_key_is_an_empty_field(tmp_path):
     rows = [{"timestamp": 0, "input_length": 5, "output_length": 2, "hash_ids": []},
             {"timestamp": 5, "output_length": 2, "hash_ids": []}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(TraceFormatError, match=r"m.jsonl: row 2: field 'input_length' is empty"):
+    with pytest.raises(TraceFormatError, match=r"m.jsonl: line 2: field 'input_length' is empty"):
         load_trace(path)
 
 
 def test_jsonl_garbage_first_line(tmp_path):
     path = tmp_path / "g.jsonl"
     path.write_text("{not json\n")
-    with pytest.raises(TraceFormatError, match="g.jsonl: row 1: not a JSON object"):
+    with pytest.raises(TraceFormatError, match="g.jsonl: line 1: not a JSON object"):
         load_trace(path)
 
 

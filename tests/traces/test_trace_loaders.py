@@ -54,7 +54,7 @@ def test_azure_2024_offsets_and_mixed_precision(azure_2024_csv):
 
 
 def test_azure_2023_loader_refuses_offsets(azure_2024_csv):
-    with pytest.raises(TraceFormatError, match=r"row 1: field 'TIMESTAMP'.*zone offset"):
+    with pytest.raises(TraceFormatError, match=r"row 1 \(header not counted\): field 'TIMESTAMP'.*zone offset"):
         load_azure_2023(azure_2024_csv)
 
 
@@ -156,7 +156,7 @@ def test_unsorted_is_sorted_and_reported(tmp_path):
     assert not report.was_sorted and report.sorted_by_loader and "unsorted" in report.summary()
     assert trace.column("arrival_s").tolist() == [0.0, 2.0, 5.0]
     assert trace.column("input_tokens").tolist() == [2, 3, 1]
-    with pytest.raises(TraceFormatError, match=r"u.csv: row 2: field 'Timestamp'.*not sorted"):
+    with pytest.raises(TraceFormatError, match=r"u.csv: row 2 \(header not counted\): field 'Timestamp'.*not sorted"):
         read_trace(path, unsorted="refuse")
 
 

@@ -92,15 +92,21 @@ def test_unsorted_stream_counts_without_burstiness_or_refuses(tmp_path):
     path = tmp_path / "u.parquet"
     pq.write_table(pa.table({"arrival_s": [0.0, 5.0, 2.0, 9.0], "input_tokens": [1, 2, 3, 4],
                              "output_tokens": [1, 1, 1, 1]}), path)
-    stats = scan(path, batch_rows=2, max_sort_rows=3).stats  # too large to sort: counted, no burstiness
+    big = scan(path, batch_rows=2, max_sort_rows=3)  # too large to sort: counted, no burstiness
+    stats = big.stats
     assert not stats.sorted and stats.interarrival_cv is None and stats.dispersion_1s is None
+    assert big.notes == ("arrivals out of order: 1 of 4 rows arrives earlier than the row before; not sorted: over 3 "
+                         "rows to sort in memory, so burstiness figures are left out (`tokenjoule trace convert` "
+                         "sorts)",)
     assert stats.rows == 4 and stats.span_s == 9.0
     with pytest.raises(TraceFormatError, match=r"u.parquet: row 3: field 'arrival_s' is earlier"):
         scan(path, batch_rows=2, options=LoadOptions(unsorted="refuse"))
     with pytest.raises(TraceFormatError, match="needs sorted arrivals"):
         scan(path, spec=BinSpec(), window_s=1.0, batch_rows=2, max_sort_rows=3)
     small = scan(path, spec=BinSpec(), window_s=5.0, batch_rows=2)  # small enough: sorted in memory
-    assert small.stats.sorted and small.notes == ("arrivals were not sorted: sorted in memory",)
+    assert small.stats.sorted and small.notes == ("arrivals out of order: 1 of 4 rows arrives earlier than the row "
+                                                  "before; sorted by arrival time (rows arriving together keep their "
+                                                  "order)",)
     assert small.stats.interarrival_cv == pytest.approx(np.std([2, 3, 4]) / 3)
     assert small.bins.counts.sum(axis=(1, 2)).tolist() == [2, 2]
 
@@ -149,5 +155,5 @@ def test_csv_row_numbers_continue_across_blocks(tmp_path):
     lines = [f"{k},5,5" if k != 3210 else f"{k},5,x" for k in range(5000)]
     path.write_text("t,i,o\n" + "\n".join(lines) + "\n")
     options = LoadOptions(mapping={"arrival_s": "t", "input_tokens": "i", "output_tokens": "o"})
-    with pytest.raises(TraceFormatError, match=r"big.csv: row 3211: field 'o'='x'"):
+    with pytest.raises(TraceFormatError, match=r"big.csv: row 3211 \(header not counted\): field 'o'='x'"):
         scan(path, options=options, block_bytes=2048)
