@@ -13,13 +13,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tokenjoule.console import progress
 from tokenjoule.kernels.spec import ConfigError
+from tokenjoule.traces.options import trace_flags_set, trace_options
 
 if TYPE_CHECKING:
     from tokenjoule.sim.accounting import CarbonHours
+    from tokenjoule.traces.checks import TraceNote
+    from tokenjoule.traces.loaders import LoadOptions
+    from tokenjoule.traces.schema import Trace
 
 DEFAULT_TRACE = "azure-conv-2023"
 DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
@@ -82,14 +87,20 @@ def _parse_synthetic(text: str, seed: int):
     return synthesize(SynthSpec(**kwargs), np.random.default_rng(seed))
 
 
-def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed: int):
+def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed: int,
+                options: LoadOptions | None = None) -> tuple[Trace, tuple[TraceNote, ...]]:
+    """The trace to simulate, and the notes loading it left (out-of-order arrivals, repeated ids; none if synthetic)."""
     if synthetic is not None:
         if trace:
             raise ConfigError("give --trace or --synthetic, not both")
-        return _parse_synthetic(synthetic, seed)
-    from tokenjoule.traces.loaders import load_trace
+        given = trace_flags_set(options) if options is not None else []
+        if given:
+            raise ConfigError(f"{given[0]}: reads a trace file, and --synthetic builds its own trace; drop {given[0]}")
+        return _parse_synthetic(synthetic, seed), ()
+    from tokenjoule.traces.loaders import read_trace
 
-    return load_trace(trace or DEFAULT_TRACE, fmt)
+    loaded, report = read_trace(trace or DEFAULT_TRACE, fmt, options=options)
+    return loaded, report.notes
 
 
 def resolve_profile(name: str | None, cost: str, tp: int = 1):
@@ -259,6 +270,7 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
     return table
 
 
+@trace_options
 def simulate(
     ctx: typer.Context,
     trace: TraceOpt = None,
@@ -287,17 +299,22 @@ def simulate(
     idle_power_w: Annotated[float | None, typer.Option(help="Replica idle power override, W.",
                                                        show_default="the profile's; 0 for roofline")] = None,
     carbon: CarbonOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed (random router, synthetic traces).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed (random router, synthetic traces, spread or synthesized "
+                                           "arrivals).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write requests.parquet, summary.json, run.json, plots here (a new "
                                                   "folder, or one holding only these).",
                                              show_default="nothing written")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    *,
+    load_options: LoadOptions,
 ) -> None:
     """Simulate serving a trace: energy (J/request, J/token, kWh, CO2) and latency, from a calibrated profile.
 
     With no arguments: the bundled Azure conversation 2023 trace, the shipped H100 Llama-3.1-8B profile,
-    continuous batching on one replica.
+    continuous batching on one replica. Trace files are read with the trace flags of `tokenjoule trace stats`
+    (`--map`, `--time-unit`, `--zero-output`, `--arrivals`, ...); arrivals out of order are sorted and repeated
+    request ids kept, each with a note (`trace_notes` in --json).
 
     Warnings under the table (and `notes` in --json) say when the queue kept growing (overload), when iterations
     were priced beyond the profile's measured range, and how many requests exceeded the model's context length
@@ -308,6 +325,7 @@ def simulate(
         tokenjoule simulate --policy static --max-batch 16 --json
         tokenjoule simulate --profile my.json --replicas 4 --router least-outstanding --out runs/a
         tokenjoule simulate --synthetic n=256,input=1024,output=128 --cost roofline --gpu H100-SXM
+        tokenjoule simulate --trace lengths.csv --arrivals poisson --rate 4
     """
     from tokenjoule.sim.report import RUN_FILES, check_out_folder, dumps, write_run
     from tokenjoule.sim.run import SimConfig, run
@@ -340,16 +358,18 @@ def simulate(
         config = dataclasses.replace(config, model=choice.profile.model.name)
     prof = choice.profile
     recorded = profile or (str(by_model.path) if by_model is not None else DEFAULT_PROFILE if prof else None)
-    tr = _load_trace(trace, fmt, synthetic, seed)
+    tr, trace_notes = _load_trace(trace, fmt, synthetic, seed, load_options)
     if carbon_in is not None:
         config = dataclasses.replace(config, **_carbon_fields(carbon_in, tr, config.arrival_window_s))
     with progress("simulating", len(tr) > 50_000) as tick:
         result = run(config, tr, prof, on_progress=tick)
     carbon_out = carbon_keys(carbon_in)
-    result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source, **carbon_out})
+    result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source, **carbon_out,
+                                                  "trace_notes": [note.to_dict() for note in trace_notes]})
     if out is not None:
-        write_run(result, out, {"trace": tr.source, "profile": recorded, "carbon_source": carbon_out["carbon_source"]},
-                  force)
+        loaded_with = None if synthetic is not None else dataclasses.asdict(load_options)  # to load it the same again
+        write_run(result, out, {"trace": tr.source, "trace_options": loaded_with, "profile": recorded,
+                                "carbon_source": carbon_out["carbon_source"]}, force)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
@@ -366,6 +386,8 @@ def simulate(
     if choice.composed:
         console.print("[yellow]note:[/] every cost is modeled: composed from GPU operator fits, no iteration of this "
                       "model was measured")
+    for note in trace_notes:
+        console.print(f"[yellow]note:[/] {escape(note.text)}")
     if out is not None:
         console.print(f"wrote {out}/ (requests.parquet, summary.json, run.json, power.png, energy_breakdown.png, "
                       "latency_cdf.png)")
@@ -418,7 +440,7 @@ def compare(
         grid = load_grid(config_file)
     else:
         grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
-    tr = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
+    tr, _ = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
     cells, loaded = grid.cells(), {}
     rows = []
     with progress("what-ifs", len(cells) > 1) as tick:

@@ -17,6 +17,7 @@ from tokenjoule.traces import transforms
 from tokenjoule.traces.binning import PAPER_INPUT_EDGES, PAPER_OUTPUT_EDGES, BinCounts, BinSpec
 from tokenjoule.traces.files import save_trace, write_atomic
 from tokenjoule.traces.loaders import FORMAT_NAMES, LoadOptions, read_trace
+from tokenjoule.traces.options import trace_options
 from tokenjoule.traces.schema import TraceOptionError
 from tokenjoule.traces.stream import ScanResult, TraceStats, scan
 from tokenjoule.traces.synth import ARRIVAL_PROCESSES, SynthSpec, synthesize
@@ -30,36 +31,9 @@ Source = Annotated[str, typer.Argument(help="Trace file (CSV, Parquet, JSONL) or
                                             "azure-code-2023.", show_default=False)]
 Fmt = Annotated[str | None, typer.Option("--format", "-f", help=f"Format: {', '.join(FORMAT_NAMES)}.",
                                          show_default="detect from the content")]
-Mapping = Annotated[str | None, typer.Option("--map", help="Column mapping for the generic format, e.g. "
-                                                           "'arrival_s=ts,input_tokens=in,output_tokens=out'.",
-                                             show_default="none: a detected format")]
-TimeUnit = Annotated[str, typer.Option(help="Unit of a mapped arrival column: s, ms, us or datetime.")]
-ZeroOutput = Annotated[str, typer.Option(help="Rows with 0 output tokens (e.g. BurstGPT failures): drop or keep. "
-                                              "The simulator needs >= 1 output token.")]
-Unsorted = Annotated[str, typer.Option(help="Unsorted arrivals: sort (and say so) or refuse.")]
-Spread = Annotated[float | None, typer.Option(help="Spread arrivals uniformly over [t, t+S) s (Mooncake's 3 s "
-                                                   "buckets), seeded.", show_default="arrivals as given")]
 Seed = Annotated[int, typer.Option(help="Random seed (spreading, synthesized arrivals).")]
-Arrivals = Annotated[str | None, typer.Option(help="Synthesize arrivals for traces without timestamps: poisson, "
-                                                   "gamma or zero.", show_default="the trace's timestamps")]
-Rate = Annotated[float | None, typer.Option("--rate", help="Arrival rate for synthesized arrivals, requests/s.",
-                                            show_default="none; poisson and gamma need it")]
 Cv = Annotated[float, typer.Option(help="Inter-arrival coefficient of variation for gamma arrivals.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
-
-
-def _options(mapping: str | None, time_unit: str, zero_output: str, unsorted: str, spread: float | None,
-             seed: int, arrivals: str | None, rate: float | None, cv: float) -> LoadOptions:
-    return LoadOptions(_parse_mapping(mapping), time_unit, zero_output, unsorted, spread, seed, arrivals, rate, cv)
-
-
-def _parse_mapping(text: str | None) -> dict[str, str] | None:
-    if not text:
-        return None
-    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-    if any(len(p) != 2 for p in pairs):
-        raise TraceOptionError(f"--map {text!r}: expected field=column pairs separated by commas")
-    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def _edges(text: str | None, default: tuple[int, ...], flag: str) -> tuple[int, ...]:
@@ -87,8 +61,6 @@ def _print_stats(stats: TraceStats, result: ScanResult) -> None:
     head.add_row("rate", f"{_num(stats.rate_per_s, 3)} req/s")
     head.add_row("inter-arrival CV", _num(stats.interarrival_cv, 2))
     head.add_row("index of dispersion (1 s)", _num(stats.dispersion_1s, 2))
-    if not stats.sorted:
-        head.add_row("note", "arrivals not sorted: burstiness needs sorted arrivals (trace convert sorts)")
     for note in result.notes:
         head.add_row("note", note)
     console.print(head)
@@ -100,9 +72,9 @@ def _print_stats(stats: TraceStats, result: ScanResult) -> None:
 
 
 @app.command()
-def stats(source: Source, fmt: Fmt = None, mapping: Mapping = None, time_unit: TimeUnit = "s",
-          zero_output: ZeroOutput = "drop", unsorted: Unsorted = "sort", spread_buckets_s: Spread = None,
-          seed: Seed = 0, arrivals: Arrivals = None, rate: Rate = None, cv: Cv = 1.0, as_json: AsJson = False) -> None:
+@trace_options
+def stats(source: Source, fmt: Fmt = None, seed: Seed = 0, as_json: AsJson = False, *,
+          load_options: LoadOptions) -> None:
     """Summarize a trace: requests, span, rate, token percentiles and burstiness, streamed in constant memory.
 
     Burstiness: the inter-arrival CV and the index of dispersion of per-second counts (both 1 for Poisson).
@@ -112,9 +84,8 @@ def stats(source: Source, fmt: Fmt = None, mapping: Mapping = None, time_unit: T
         tokenjoule trace stats burstgpt.csv --json
         tokenjoule trace stats my.csv --map arrival_s=t,input_tokens=i,output_tokens=o
     """
-    options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
     with progress("reading") as tick:
-        result = scan(source, fmt, options=options, progress=tick)
+        result = scan(source, fmt, options=load_options, progress=tick)
     if as_json:
         payload = {**result.stats.to_dict(), "rows_read": result.rows_read, "rows_dropped": result.rows_dropped,
                    "notes": list(result.notes)}
@@ -144,6 +115,7 @@ def _print_bins(source: str, bins: BinCounts) -> None:
 
 
 @app.command("bin")
+@trace_options
 def bin_(source: Source, fmt: Fmt = None, input_edges: Annotated[str | None, typer.Option(
              help="Input bin upper edges, comma-separated.", show_default="the paper's 32,...,8192")] = None,
          output_edges: Annotated[str | None, typer.Option(
@@ -154,20 +126,17 @@ def bin_(source: Source, fmt: Fmt = None, input_edges: Annotated[str | None, typ
                                                         show_default="one count over the whole trace")] = None,
          out: Annotated[Path | None, typer.Option(help="Also write the tidy counts as Parquet.",
                                                   show_default="nothing written")] = None,
-         mapping: Mapping = None, time_unit: TimeUnit = "s", zero_output: ZeroOutput = "drop",
-         unsorted: Unsorted = "sort", spread_buckets_s: Spread = None, seed: Seed = 0, arrivals: Arrivals = None,
-         rate: Rate = None, cv: Cv = 1.0, as_json: AsJson = False) -> None:
+         seed: Seed = 0, as_json: AsJson = False, *, load_options: LoadOptions) -> None:
     """Count requests per (input, output) length bin, ceiling mapping (129 input tokens go to bin 256).
 
     Example:
         tokenjoule trace bin azure-conv-2023
         tokenjoule trace bin big.parquet --clamp --window-s 60 --json
     """
-    options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
     spec = BinSpec(_edges(input_edges, PAPER_INPUT_EDGES, "--input-edges"),
                    _edges(output_edges, PAPER_OUTPUT_EDGES, "--output-edges"), "clamp" if clamp else "exclude")
     with progress("binning") as tick:
-        result = scan(source, fmt, spec=spec, window_s=window_s, options=options, progress=tick)
+        result = scan(source, fmt, spec=spec, window_s=window_s, options=load_options, progress=tick)
     bins = result.bins
     if out is not None:
         import pyarrow.parquet as pq
@@ -208,6 +177,7 @@ def synth(out: Annotated[Path, typer.Argument(help="Parquet file to write.", sho
 
 
 @app.command()
+@trace_options
 def convert(source: Source, out: Annotated[Path, typer.Argument(help="Parquet file to write.", show_default=False)],
             fmt: Fmt = None,
             head: Annotated[int | None, typer.Option(help="Keep only the first N requests.",
@@ -218,18 +188,15 @@ def convert(source: Source, out: Annotated[Path, typer.Argument(help="Parquet fi
                                                         show_default="the end")] = None,
             scale_rate: Annotated[float | None, typer.Option(help="Multiply the arrival rate by this factor.",
                                                              show_default="unchanged")] = None,
-            mapping: Mapping = None, time_unit: TimeUnit = "s", zero_output: ZeroOutput = "drop",
-            unsorted: Unsorted = "sort", spread_buckets_s: Spread = None, seed: Seed = 0, arrivals: Arrivals = None,
-            rate: Rate = None, cv: Cv = 1.0, as_json: AsJson = False) -> None:
+            seed: Seed = 0, as_json: AsJson = False, *, load_options: LoadOptions) -> None:
     """Convert any supported trace to canonical Parquet, optionally sliced, cut or rate-scaled.
 
     Example:
         tokenjoule trace convert burstgpt.csv burst.parquet --zero-output drop
         tokenjoule trace convert azure-conv-2023 peak.parquet --start-s 600 --end-s 1200
     """
-    options = _options(mapping, time_unit, zero_output, unsorted, spread_buckets_s, seed, arrivals, rate, cv)
-    trace, report = read_trace(source, fmt, options=options)
-    notes = [report.summary()]
+    trace, report = read_trace(source, fmt, options=load_options)
+    notes = [report.summary(), *(note.text for note in report.notes)]
     if start_s is not None or end_s is not None:
         trace, step = transforms.slice_window(trace, start_s or 0.0, end_s if end_s is not None else np.inf)
         notes.append(step.summary())

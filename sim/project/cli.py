@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tokenjoule.console import progress
@@ -26,6 +27,10 @@ from tokenjoule.sim.cli import (
     parse_carbon,
     resolve_profile,
 )
+from tokenjoule.traces.options import trace_options
+
+if TYPE_CHECKING:
+    from tokenjoule.traces.loaders import LoadOptions
 
 
 def _edges(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -68,6 +73,7 @@ def _table(d: dict[str, Any]) -> Table:
     return table
 
 
+@trace_options
 def project(
     ctx: typer.Context,
     trace: Annotated[str, typer.Argument(help="Trace file (CSV, Parquet, JSONL) or bundled name: azure-conv-2023, "
@@ -104,8 +110,11 @@ def project(
     pue: PueOpt = 1.0,
     host_power_w: HostPowerOpt = 0.0,
     carbon: CarbonOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed (spread or synthesized arrivals; the random router).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimates and inputs as one JSON object.")]
     = False,
+    *,
+    load_options: LoadOptions,
 ) -> None:
     """Project the serving energy of a trace too large to replay: paper, theoretical and load-aware side by side.
 
@@ -114,11 +123,17 @@ def project(
     rate and length mix per time window (short simulations, idle power, error bars). --pue, --host-power-w and
     --carbon add what simulate adds to each: host power over the time its server runs, then PUE, then carbon.
 
+    The trace flags of `tokenjoule trace stats` apply while streaming (`--map`, `--time-unit`, `--zero-output`,
+    `--arrivals`, ...). Windows need arrivals in order: an unsorted trace, or one spread with `--spread-buckets-s`,
+    is sorted in memory up to 10,000,000 rows and refused beyond; the output notes out-of-order arrivals and
+    repeated request ids (`trace_notes` in --json).
+
     Example:
         tokenjoule project azure-conv-2023 --profile my.json
         tokenjoule project week.parquet --profile my.json --replicas 8 --json
         tokenjoule project trace.csv --profile my.json --out-of-range clamp --max-batch 128
         tokenjoule project azure-code-2023 --pue 1.2 --host-power-w 300 --carbon DE
+        tokenjoule project lengths.csv --arrivals poisson --rate 20
     """
     from tokenjoule.sim.project.load_aware import LoadAwareConfig
     from tokenjoule.sim.project.projection import ProjectConfig
@@ -143,12 +158,12 @@ def project(
         bins = BinSpec(ins or bins.input_edges, outs or bins.output_edges, out_of_range)
     sim = SimConfig(policy=policy, replicas=replicas, tp=tp, cost=cost, gpu=gpu, model=model,
                     max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, pue=pue,
-                    host_power_w=host_power_w, carbon_g_per_kwh=grid.g_per_kwh if grid else None)
+                    host_power_w=host_power_w, carbon_g_per_kwh=grid.g_per_kwh if grid else None, seed=seed)
     config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
                            tuple(e.strip() for e in estimators.split(",") if e.strip()))
     prof = resolve_profile(profile, cost, tp)
     with progress("projecting", not as_json) as tick:
-        result = run_projection(trace, prof, config, fmt=fmt, progress=tick)
+        result = run_projection(trace, prof, config, fmt=fmt, options=load_options, progress=tick)
     data = {**result.to_dict(), **carbon_keys(grid)}
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(data))))
@@ -161,6 +176,8 @@ def project(
         console.print(f"facility: PUE {pue:g}, host {host_power_w:g} W per replica"
                       + (f"; carbon {grid.g_per_kwh:g} gCO2e/kWh ({grid.source})" if grid else ""),
                       markup=False, highlight=False)
+    for note in data["trace_notes"]:
+        console.print(f"[yellow]note:[/] {escape(note['text'])}")
 
 
 def register(app: typer.Typer) -> None:
