@@ -387,7 +387,7 @@ def simulate(
         console.print("[yellow]note:[/] every cost is modeled: composed from GPU operator fits, no iteration of this "
                       "model was measured")
     for note in trace_notes:
-        console.print(f"[yellow]note:[/] {escape(note.text)}")
+        console.print(f"[yellow]note:[/] {escape(note.message)}")
     if out is not None:
         console.print(f"wrote {out}/ (requests.parquet, summary.json, run.json, power.png, energy_breakdown.png, "
                       "latency_cdf.png)")

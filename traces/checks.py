@@ -21,16 +21,16 @@ class TraceNote:
     Attributes:
         kind: machine-readable name: "unsorted_arrivals" or "repeated_request_ids".
         count: rows concerned (None when they could not be counted).
-        text: one line for people.
+        message: one line for people.
     """
 
     kind: str
     count: int | None
-    text: str
+    message: str
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
-        return {"kind": self.kind, "count": self.count, "text": self.text}
+        return {"kind": self.kind, "count": self.count, "message": self.message}
 
 
 class TraceChecks:

@@ -196,7 +196,7 @@ def convert(source: Source, out: Annotated[Path, typer.Argument(help="Parquet fi
         tokenjoule trace convert azure-conv-2023 peak.parquet --start-s 600 --end-s 1200
     """
     trace, report = read_trace(source, fmt, options=load_options)
-    notes = [report.summary(), *(note.text for note in report.notes)]
+    notes = [report.summary(), *(note.message for note in report.notes)]
     if start_s is not None or end_s is not None:
         trace, step = transforms.slice_window(trace, start_s or 0.0, end_s if end_s is not None else np.inf)
         notes.append(step.summary())

@@ -173,12 +173,12 @@ def scan(path_or_name: str | Path, fmt: str | None = None, *, spec: BinSpec | No
                 reader.rows_read, reader.rows_dropped, ", arrivals unsorted" if unsorted else "")
     notes = reader.checks.notes(f"not sorted: over {max_sort_rows:,} rows to sort in memory, so burstiness figures "
                                 "are left out (`tokenjoule trace convert` sorts)")
-    return scanner.result(tuple(note.text for note in notes))
+    return scanner.result(tuple(note.message for note in notes))
 
 
 def _scan_loaded(plan: LoadPlan, options: LoadOptions, spec: BinSpec | None, window_s: float | None,
                  cap_tokens: int) -> ScanResult:
     trace, report = read_planned(plan, options)
     result = scan_trace(trace, spec, window_s, cap_tokens)
-    notes = tuple(note.text for note in report.notes)
+    notes = tuple(note.message for note in report.notes)
     return ScanResult(result.stats, result.bins, report.rows_read, report.rows_dropped, notes)

@@ -177,7 +177,7 @@ def project(
                       + (f"; carbon {grid.g_per_kwh:g} gCO2e/kWh ({grid.source})" if grid else ""),
                       markup=False, highlight=False)
     for note in data["trace_notes"]:
-        console.print(f"[yellow]note:[/] {escape(note['text'])}")
+        console.print(f"[yellow]note:[/] {escape(note['message'])}")
 
 
 def register(app: typer.Typer) -> None:

@@ -154,11 +154,10 @@ def test_simulate_notes_unsorted_arrivals_and_repeated_ids_and_keeps_its_result(
     noted = simulate_json("--trace", files["unsorted.csv"])
     assert [(n["kind"], n["count"]) for n in noted["trace_notes"]] == [("unsorted_arrivals", 2),
                                                                        ("repeated_request_ids", 2)]
-    assert "sorted by arrival time" in noted["trace_notes"][0]["text"]
+    assert "sorted by arrival time" in noted["trace_notes"][0]["message"]
     in_order = simulate_json("--trace", files["sorted.csv"])
-    assert in_order["trace_notes"] == [{"kind": "repeated_request_ids", "count": 2,
-                                        "text": "request ids repeat: 2 rows reuse the id of an earlier row; each row "
-                                                "is still its own request"}]
+    assert in_order["trace_notes"] == [{"kind": "repeated_request_ids", "count": 2, "message": "request ids repeat: "
+                                        "2 rows reuse the id of an earlier row; each row is still its own request"}]
     assert {k: noted[k] for k in ENERGY} == {k: in_order[k] for k in ENERGY}  # sorted, as before: same result
     table = " ".join(invoke("simulate", "--profile", TOY, "--trace", files["unsorted.csv"]).stdout.split())
     assert "note: arrivals out of order: 2 of 7 rows arrive earlier than the row before" in table

@@ -146,7 +146,7 @@ def test_out_of_order_ids_beyond_the_limit_are_not_counted_but_said():
     checks.add(np.arange(3.0, 6.0), np.array([1, 2, 3]))  # ids go back after 6 rows: too many to count exactly
     assert checks.repeated_ids is None
     (note,) = checks.notes()
-    assert note.kind == "repeated_request_ids" and note.count is None and "not counted" in note.text
+    assert note.kind == "repeated_request_ids" and note.count is None and "not counted" in note.message
     in_order = TraceChecks(max_id_rows=4)
     for start in range(0, 12, 3):
         in_order.add(np.arange(3.0), np.array([start, start + 1, start + 1]))  # in order: counted for free
