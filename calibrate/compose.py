@@ -57,8 +57,8 @@ from tokenjoule.kernels.spec import ConfigError, ModelSpec
 
 # Prefill knots (and eager decode knots): dense enough that the chord between two knots stays close to the concave
 # cost of a weights pass (memory-bound, then compute-bound) and of an MoE layer (experts touched saturate).
-KNOTS_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
-                6144, 8192, 12288, 16384)
+KNOTS_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+                4096, 6144, 8192, 12288, 16384)
 # Eager kernel launches of the engine's prefill, counted in kernels/model.py's forward (CUDA path). Attention half of
 # a layer: RMSNorm, QKV GEMM, RoPE (neg, cat, 2 mul, add), 2 KV index_copy, varlen attention, O GEMM, residual add.
 ATTN_LAUNCHES = 12
@@ -97,8 +97,11 @@ class ComposeConfig:
 
 
 def decode_knots(mode: str, config: ComposeConfig) -> tuple[tuple[int, int], ...]:
-    """(knot x, rows the engine runs at x) of the decode curve: each graph bucket and one past it, padded to the next
-    bucket, up to the largest; then (and in eager mode throughout) `KNOTS_TOKENS` unpadded."""
+    """(knot x, rows the engine runs at x) of the decode curve.
+
+    Each graph bucket and one past it, padded to the next bucket, up to the largest; then (and in eager mode
+    throughout) `KNOTS_TOKENS` unpadded.
+    """
     if mode != "cudagraph":
         return tuple((x, x) for x in KNOTS_TOKENS)
     buckets = graph_buckets(config.graph_max_num_seqs)

@@ -42,8 +42,8 @@ HOST_BOUND_FRACTION = 0.5
 METHOD = ("fitted on measured whole iterations (calibrate/overhead_fit.py): decode gap and per-sequence host time "
           "by NNLS on relative error of decode-only points; host seconds per eager launch by the least median "
           "|log ratio| of host-bound points with prefill (composed GPU time < half the measured); powers by least "
-          "squares on relative energy error, within [idle power, power limit]; decode tail seconds per token by least squares "
-          "on relative error of ragged decode iterations of warm-up replays")
+          "squares on relative energy error, within [idle power, power limit]; decode tail seconds per token by least "
+          "squares on relative error of ragged decode iterations of warm-up replays")
 
 
 def _with(gpu: GPUOperatorProfile, **terms: float) -> GPUOperatorProfile:

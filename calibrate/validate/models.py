@@ -53,24 +53,42 @@ def gpu_profile_of(ops_dir: Path, mode: str) -> GPUOperatorProfile:
 
 
 def replayed_spec(doc: dict[str, Any]) -> ModelSpec:
-    """The model as the engine replayed it: random weights serve any length the scenarios hold (up to their
-    `max_total_tokens`), even past the model's own context (OLMoE's 4,096), so the simulation must not reject those."""
+    """The model as the engine replayed it, its context at least the scenarios' longest request.
+
+    Random weights serve any length the scenarios hold (up to their `max_total_tokens`), even past the model's own
+    context (OLMoE's 4,096), so the simulation must not reject those.
+    """
     spec = ModelSpec.from_name(doc["model"])
     longest = max(int(s.get("max_total_tokens") or 0) for s in doc["scenarios"])
     return dataclasses.replace(spec, max_position_embeddings=max(spec.max_position_embeddings, longest))
 
 
-def _measured_iterations(run: dict[str, Any]) -> list[dict[str, Any]]:
-    return measured_points(run["dir"] / run["profile"].raw_path)
+def measured_iterations(folder: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """A model folder's measured whole iterations, read once.
+
+    Returns its quick grid's points (`points`), the ragged decode iterations of its warm-up replays (`ragged`), and
+    the two files' names (`files`).
+    """
+    raw = doc["profile"].replace(".json", ".raw.parquet")
+    return {"points": measured_points(folder / raw),
+            "ragged": ragged_decode_points(folder / "iterations.parquet"), "files": [raw, "iterations.parquet"]}
+
+
+def fit_on(gpu: GPUOperatorProfile, runs: list[dict[str, Any]], prefix: str = "") -> GPUOperatorProfile:
+    """`gpu` with its overheads fitted on the given runs' measured iterations.
+
+    Each run needs `dir`, `spec` and `measured_iterations`' keys; `fitted_on` names their files, each under `prefix`
+    and the folder's name.
+    """
+    data = [(r["spec"], r["points"]) for r in runs]
+    ragged = [(r["spec"], r["ragged"]) for r in runs]
+    files = [f"{prefix}{r['dir'].name}/{f}" for r in runs for f in r["files"]]
+    return dataclasses.replace(gpu, overheads=fit_overheads(gpu, data, files, ragged=ragged))
 
 
 def fold(gpu: GPUOperatorProfile, held_out: str, runs: dict[str, dict[str, Any]]) -> GPUOperatorProfile:
     """`gpu` with overheads fitted on every model's measured iterations except `held_out`'s."""
-    others = [name for name in runs if name != held_out]
-    data = [(runs[n]["spec"], _measured_iterations(runs[n])) for n in others]
-    ragged = [(runs[n]["spec"], ragged_decode_points(runs[n]["dir"] / "iterations.parquet")) for n in others]
-    fitted_on = [f"{n}/{runs[n]['profile'].raw_path}" for n in others]
-    return dataclasses.replace(gpu, overheads=fit_overheads(gpu, data, fitted_on, ragged=ragged))
+    return fit_on(gpu, [run for name, run in runs.items() if name != held_out])
 
 
 def model_entry(name: str, gpu: GPUOperatorProfile, runs: dict[str, dict[str, Any]],
@@ -88,7 +106,7 @@ def model_entry(name: str, gpu: GPUOperatorProfile, runs: dict[str, dict[str, An
                           "simulated": {m: simulated[m] for m in METRICS},
                           "error": {m: rel_error(simulated[m], measured[m]) for m in METRICS}})
     return {"model": name, "moe": run["spec"].is_moe, "overheads": folded.overheads.to_dict(),
-            "iterations": compare_points(profile, _measured_iterations(run)), "scenarios": scenarios,
+            "iterations": compare_points(profile, run["points"]), "scenarios": scenarios,
             "summary": summarize([s["error"] for s in scenarios])}
 
 
@@ -110,7 +128,7 @@ def build_models_report(lease_dir: Path, ops_dir: Path, mode: str = "cudagraph")
         run = load_run(path)
         if run["doc"]["runner_config"]["mode"] != mode:
             raise ProfileError(f"{path}: replayed in {run['doc']['runner_config']['mode']} mode, not {mode}")
-        runs[path.name] = {**run, "spec": replayed_spec(run["doc"])}
+        runs[path.name] = {**run, **measured_iterations(path, run["doc"]), "spec": replayed_spec(run["doc"])}
     sims = Simulations()
     models = [model_entry(name, gpu, runs, sims) for name in runs]
     pooled = summarize([e for m in models for e in (s["error"] for s in m["scenarios"])])

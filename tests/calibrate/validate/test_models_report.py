@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tokenjoule.calibrate.compose import compose_profile
-from tokenjoule.calibrate.validate.models import fold, gpu_profile_of, replayed_spec
+from tokenjoule.calibrate.validate.models import fold, gpu_profile_of, measured_iterations, replayed_spec
 from tokenjoule.calibrate.validate.report import load_run, measured_metrics, scenario_rows, simulate
 from tokenjoule.cli import app
 from tokenjoule.kernels.spec import ModelSpec
@@ -45,9 +45,9 @@ def test_each_model_is_priced_by_a_fold_that_never_saw_it(two_model_lease: Path,
     assert "MODELED" in text and "| olmoe-1b-7b | yes |" in text
 
     # one scenario again by hand: fold without the model, compose, simulate, compare with the measured energy
-    runs = {n: {**load_run(two_model_lease / n)} for n in MODELS}
+    runs = {n: load_run(two_model_lease / n) for n in MODELS}
     for run in runs.values():
-        run["spec"] = replayed_spec(run["doc"])
+        run.update(measured_iterations(run["dir"], run["doc"]), spec=replayed_spec(run["doc"]))
     # OLMoE's context is 4,096 tokens, but the replay served requests up to 8,192: the simulation keeps them
     assert ModelSpec.from_name("olmoe-1b-7b").max_position_embeddings == 4096
     assert runs["olmoe-1b-7b"]["spec"].max_position_embeddings == 8192
