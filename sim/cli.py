@@ -181,15 +181,13 @@ def check_physical_flags(flags: dict[str, tuple[float | None, str]]) -> None:
     """Refuse a flag outside its physical range with one line naming it.
 
     Args:
-        flags: flag -> (value, or None when unset; its rule: "> 0", ">= 0" or ">= 1").
+        flags: flag -> (value, or None when unset; its rule, as `in_range` reads it: "> 0", ">= 0", ">= 1", ...).
     """
+    from tokenjoule.sim.run import in_range
+
     for flag, (value, rule) in flags.items():
-        if value is None:
-            continue
-        bound = float(rule.split()[1])
-        ok = math.isfinite(value) and (value > bound if rule.startswith("> ") else value >= bound)
-        if not ok:
-            raise ConfigError(f"{flag} {value:g}: must be {rule.split(' (')[0]}")
+        if value is not None and not in_range(value, rule):
+            raise ConfigError(f"{flag} {value:g}: must be {rule}")
 
 
 def given_flags(ctx: typer.Context, flags: dict[str, Any]) -> dict[str, Any]:

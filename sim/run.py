@@ -41,6 +41,27 @@ _OUTPUT_KEYS = {"max_num_batched_tokens": "max_batched_tokens", "block_size": "k
                 "arrival_window_s": "window_s"}
 
 
+# Limits of the numeric settings (None, where a setting allows it, is always fine); `__post_init__` checks them.
+_RANGES = {"replicas": ">= 1", "tp": ">= 1", "block_size": ">= 1", "rate_scale": "> 0", "pue": ">= 1",
+           "host_power_w": ">= 0", "idle_power_w": ">= 0", "carbon_g_per_kwh": ">= 0", "slo_ttft_s": "> 0",
+           "slo_tpot_s": "> 0", "max_num_seqs": ">= 1", "max_num_batched_tokens": ">= 1", "max_batch": ">= 1",
+           "batch_timeout_s": ">= 0", "gpu_memory_utilization": "in (0, 1]", "allreduce_bus_bytes_per_s": "> 0",
+           "allreduce_latency_s": ">= 0", "seed": ">= 0"}
+# Settings only some policies read (see `SimConfig.make_policy`); the others ignore them.
+POLICY_SETTINGS = {"max_batch": ("static",), "batch_timeout_s": ("static",), "max_num_seqs": ("continuous", "chunked"),
+                   "max_num_batched_tokens": ("continuous", "chunked")}
+
+
+def in_range(value: float, rule: str) -> bool:
+    """Whether `value` is finite and meets `rule`: "> B", ">= B" or "in (0, 1]"."""
+    if not math.isfinite(value):
+        return False
+    if rule == "in (0, 1]":
+        return 0 < value <= 1
+    bound = float(rule.split()[1])
+    return value > bound if rule.startswith("> ") else value >= bound
+
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
     """A what-if: how the trace is served, and how energy is counted. Every modelling choice is a field.
@@ -109,25 +130,17 @@ class SimConfig:
             raise ConfigError(f"cost={self.cost!r} must be one of {', '.join(COST_MODELS)}")
         if self.router not in processes.ROUTERS:
             raise ConfigError(f"router={self.router!r} must be one of {', '.join(processes.ROUTERS)}")
-        for name in ("replicas", "tp", "block_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.pue < 1.0:
-            raise ConfigError(f"pue={self.pue} must be >= 1")
-        if self.rate_scale <= 0 or not math.isfinite(self.rate_scale):
-            raise ConfigError(f"rate_scale={self.rate_scale} must be a positive number")
-        if self.host_power_w < 0 or (self.idle_power_w is not None and self.idle_power_w < 0):
-            raise ConfigError(f"host_power_w={self.host_power_w} and idle_power_w={self.idle_power_w} must be >= 0")
-        carbon = self.carbon_g_per_kwh
-        if carbon is not None and not (math.isfinite(carbon) and carbon >= 0):
-            raise ConfigError(f"carbon_g_per_kwh={self.carbon_g_per_kwh} must be finite and >= 0")
-        for name in ("slo_ttft_s", "slo_tpot_s"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name}={value} must be a positive number of seconds")
         window = self.arrival_window_s
         if window is not None and not 0 <= window[0] < window[1]:
             raise ConfigError(f"arrival_window_s={window} must be (start, end) with 0 <= start < end")
+        for name, rule in _RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not in_range(value, rule):
+                raise ConfigError(f"{name}={value} must be {rule}")
+        hourly = self.carbon_hourly
+        if hourly is not None and not (hourly and all(in_range(v, ">= 0") for v in hourly)):
+            raise ConfigError(f"carbon_hourly={hourly} must hold at least one hour, each intensity finite and >= 0")
+        self.make_policy()  # the policy checks its own limits (e.g. chunked: a token budget above max_num_seqs)
 
     def make_policy(self) -> StaticBatching | ContinuousBatching | ChunkedPrefill:
         """The policy object this config names."""
