@@ -382,24 +382,32 @@ def compare(
                                              show_default="the profile's")] = None,
     replicas: Annotated[str | None, typer.Option(help="Comma list of replica counts.", show_default="1")] = None,
     tps: Annotated[str | None, typer.Option("--tp", help="Comma list of TP degrees.", show_default="1")] = None,
+    axis: Annotated[list[str] | None, typer.Option(
+        "--axis", help="Any other setting as an axis, NAME=V1,V2 (repeatable): e.g. rate_scale=1,2 or "
+                       "max_num_seqs=64,256; names are simulate's settings (see tokenjoule.sim.compare).",
+        show_default="none")] = None,
     cost: CostOpt = "calibrated",
     trace: TraceOpt = None,
     fmt: FormatOpt = None,
     synthetic: SynthOpt = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write compare.json and pareto.png here (a new folder, or one "
-                                                  "holding only these).", show_default="nothing written")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write compare.json, compare.parquet, compare.csv and pareto.png "
+                                                  "here (a new folder, or one holding only these).",
+                                             show_default="nothing written")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Run a grid of what-ifs (policies x engines x GPUs x replicas x TP): a table and an energy-vs-p99 Pareto plot.
+    """Run a grid of what-ifs (policies, engines, GPUs, replicas, TP, rate or any other setting): table, Pareto plot.
+
+    Each what-if is labelled by its settings ("continuous, 4 replicas, x2 rate"); --out also writes the table of all
+    cells as compare.parquet and compare.csv.
 
     Example:
         tokenjoule compare --policies static,continuous,chunked --profiles my.json
-        tokenjoule compare --policies static,continuous --replicas 1,2,4 --profiles my.json --out runs/cmp
+        tokenjoule compare --policies static,continuous --replicas 1,2,4 --axis rate_scale=1,2 --out runs/cmp
         tokenjoule compare --config grid.toml --json
     """
-    from tokenjoule.sim.compare import grid_from_flags, load_grid
+    from tokenjoule.sim.compare import cells_table, grid_from_flags, load_grid, resolve, run_cell
     from tokenjoule.sim.report import (
         COMPARE_FILES,
         check_out_folder,
@@ -407,28 +415,20 @@ def compare(
         pareto_front,
         plot_pareto,
         write_folder_atomically,
+        write_table_files,
     )
-    from tokenjoule.sim.run import run
-    from tokenjoule.sim.tp_profiles import choose_profile
 
     if out is not None:
         check_out_folder(out, COMPARE_FILES, force)
 
-    if config_file is not None:
-        grid = load_grid(config_file)
-    else:
-        grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
+    grid = load_grid(config_file) if config_file is not None else None
+    grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed}, axis or (), grid)
     tr = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
-    cells, loaded = grid.cells(), {}
+    cells = resolve(grid.cells(), DEFAULT_PROFILE)
     rows = []
     with progress("what-ifs", len(cells) > 1) as tick:
-        for i, (label, prof_name, config) in enumerate(cells):
-            key = (prof_name, config.cost, config.tp)
-            if key not in loaded:
-                loaded[key] = choose_profile(prof_name, config.cost, config.tp, DEFAULT_PROFILE)
-            summary = run(config, tr, loaded[key].profile).summary
-            rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
-                         "summary": {**summary, "profile_source": loaded[key].source}})
+        for i, cell in enumerate(cells):
+            rows.append(run_cell(cell, tr))
             if tick:
                 tick(i + 1, len(cells))
     energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]
@@ -437,6 +437,7 @@ def compare(
     if out is not None:
         def fill(tmp: Path) -> None:
             (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
+            write_table_files(cells_table(cells, rows, front), tmp / "compare")
             plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
         write_folder_atomically(out, fill, COMPARE_FILES, force)
