@@ -292,6 +292,10 @@ def simulate(
                                                   "folder, or one holding only these).",
                                              show_default="nothing written")] = None,
     force: ForceOpt = False,
+    events: Annotated[Path | None, typer.Option(
+        "--events", help="Write every iteration of every replica, and the idle time between them, to this Parquet "
+                         "file: start, duration, batch (prefill tokens, decode seqs), energy, power.",
+        show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Simulate serving a trace: energy (J/request, J/token, kWh, CO2) and latency, from a calibrated profile.
@@ -308,13 +312,16 @@ def simulate(
         tokenjoule simulate --policy static --max-batch 16 --json
         tokenjoule simulate --profile my.json --replicas 4 --router least-outstanding --out runs/a
         tokenjoule simulate --synthetic n=256,input=1024,output=128 --cost roofline --gpu H100-SXM
+        tokenjoule simulate --replicas 2 --events iterations.parquet
     """
-    from tokenjoule.sim.report import RUN_FILES, check_out_folder, dumps, write_run
+    from tokenjoule.sim.report import RUN_FILES, check_out_file, check_out_folder, dumps, write_parquet, write_run
     from tokenjoule.sim.run import SimConfig, run
     from tokenjoule.sim.tp_profiles import choose_for_model, choose_profile
 
     if out is not None:
         check_out_folder(out, RUN_FILES, force)
+    if events is not None:
+        check_out_file(events, "--events")
 
     check_physical_flags({"--replicas": (replicas, ">= 1"), "--tp": (tp, ">= 1"),
                           "--rate-scale": (rate_scale, "> 0"), "--max-num-seqs": (max_num_seqs, ">= 1"),
@@ -344,12 +351,14 @@ def simulate(
     if carbon_in is not None:
         config = dataclasses.replace(config, **_carbon_fields(carbon_in, tr, config.arrival_window_s))
     with progress("simulating", len(tr) > 50_000) as tick:
-        result = run(config, tr, prof, on_progress=tick)
+        result = run(config, tr, prof, on_progress=tick, record_iterations=events is not None)
     carbon_out = carbon_keys(carbon_in)
     result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source, **carbon_out})
     if out is not None:
         write_run(result, out, {"trace": tr.source, "profile": recorded, "carbon_source": carbon_out["carbon_source"]},
                   force)
+    if events is not None:
+        write_parquet(result.iterations, events)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
@@ -369,6 +378,9 @@ def simulate(
     if out is not None:
         console.print(f"wrote {out}/ (requests.parquet, summary.json, run.json, power.png, energy_breakdown.png, "
                       "latency_cdf.png)")
+    if events is not None:
+        console.print(f"wrote {events} ({result.iterations.num_rows:,} iterations and idle intervals)", markup=False,
+                      highlight=False)
 
 
 def compare(

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.run import SimResult
+from tokenjoule.traces.files import write_atomic
 
 # The files `write_run` and `tokenjoule compare` write; a folder holding only these (from an earlier run) is ours.
 RUN_FILES: tuple[str, ...] = ("requests.parquet", "summary.json", "run.json", "power.png", "energy_breakdown.png",
@@ -85,6 +86,24 @@ def write_run(result: SimResult, out_dir: str | Path, extra: dict[str, Any] | No
         plot_run(result, tmp)
 
     return write_folder_atomically(out_dir, fill, RUN_FILES, force)
+
+
+def check_out_file(path: str | Path, flag: str) -> None:
+    """Refuse an output file path whose folder is missing, or that names a folder, before any work is done.
+
+    Raises:
+        ConfigError: naming `flag` and the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'events.parquet'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist")
+
+
+def write_parquet(table: pa.Table, path: str | Path) -> None:
+    """Write `table` to `path` as Parquet, atomically (an existing file is replaced only once the new one is whole)."""
+    write_atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
 def write_table_files(table: pa.Table, stem: Path) -> None:

@@ -18,6 +18,7 @@ from tokenjoule.kernels.spec import ConfigError, ModelSpec
 from tokenjoule.sim import processes
 from tokenjoule.sim.accounting import Ledger, energy_breakdown, pick_bin_s
 from tokenjoule.sim.cost import AllReduce, CalibratedCost, CostModel, ModeledTPCost, RooflineCost, check_tp
+from tokenjoule.sim.iterations import IterationLog
 from tokenjoule.sim.metrics import request_table, summarize
 from tokenjoule.sim.notes import RangeTally, run_notes
 from tokenjoule.sim.policies import (
@@ -167,6 +168,8 @@ class SimResult:
         requests: per-request table (see `metrics.request_table`).
         power_timeline: (bin start times s, mean cluster GPU power W per bin).
         events: the (event, time_s, detail) log when `config.record_events`, else None.
+        iterations: every iteration and idle interval of every replica (see `iterations.SCHEMA`), when `run` was
+            asked to record them, else None.
     """
 
     config: SimConfig
@@ -174,6 +177,7 @@ class SimResult:
     requests: pa.Table
     power_timeline: tuple[np.ndarray, np.ndarray]
     events: tuple[tuple[str, float, Any], ...] | None = None
+    iterations: pa.Table | None = None
 
 
 def build_cost_model(config: SimConfig, profile: GPUProfile | None) -> CostModel:
@@ -221,7 +225,7 @@ def prepare_trace(trace: Trace, config: SimConfig) -> Trace:
 
 
 def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = None,
-        on_progress: Callable[[int, int], None] | None = None) -> SimResult:
+        on_progress: Callable[[int, int], None] | None = None, record_iterations: bool = False) -> SimResult:
     """Simulate serving `trace` under `config`, pricing each iteration with `cost`.
 
     Args:
@@ -230,6 +234,7 @@ def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = N
         cost: a ready cost model; or a calibrated GPUProfile (or None, for the roofline models), from which
             `build_cost_model` makes the one `config` names.
         on_progress: called with (requests arrived, total) every few thousand arrivals (progress bars).
+        record_iterations: keep every iteration for `SimResult.iterations` (one row each; off for speed and memory).
 
     Returns:
         The SimResult (nothing is written).
@@ -246,8 +251,9 @@ def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = N
     tally = RangeTally(cost.profile.measured_range) if cost.profile is not None else None
     ledger = Ledger(len(trace), pick_bin_s(float(arrival[-1]) * 1.5 + 60.0), tally)
     log: list | None = [] if config.record_events else None
+    iterations = IterationLog() if record_iterations else None
     policy = config.make_policy()
-    reps = [Replica(i, env, policy, cost, ledger, config.block_size, log) for i in range(config.replicas)]
+    reps = [Replica(i, env, policy, cost, ledger, config.block_size, log, iterations) for i in range(config.replicas)]
     for rep in reps:
         rep.process = env.process(processes.replica(env, rep))
     router = processes.Router(reps, config.router, np.random.default_rng(config.seed),
@@ -255,11 +261,11 @@ def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = N
     tick = (lambda done: on_progress(done, len(trace))) if on_progress is not None else None
     env.process(processes.arrivals(env, trace.iter_requests(), router, tick))
     env.run()
-    return _result(config, trace, cost, reps, ledger, log)
+    return _result(config, trace, cost, reps, ledger, log, iterations)
 
 
 def _result(config: SimConfig, trace: Trace, cost: CostModel, reps: list[Replica], ledger: Ledger,
-            log: list | None) -> SimResult:
+            log: list | None, iterations: IterationLog | None) -> SimResult:
     pending = int((ledger.status == 0).sum())
     if pending:  # an invariant of the model, not a user error
         raise RuntimeError(f"simulation ended with {pending} unfinished requests (a scheduler bug)")
@@ -279,7 +285,8 @@ def _result(config: SimConfig, trace: Trace, cost: CostModel, reps: list[Replica
     summary = summarize(table, energy, end_s, len(reps), config.tp, busy_s, config.slo_ttft_s, config.slo_tpot_s)
     summary.update(_identity(config, cost))
     summary["notes"] = run_notes(table, summary, ledger.range_tally, _served_model(cost))
-    return SimResult(config, summary, table, timeline, tuple(log) if log is not None else None)
+    return SimResult(config, summary, table, timeline, tuple(log) if log is not None else None,
+                     iterations.table(end_s, len(reps), idle_w) if iterations is not None else None)
 
 
 def _served_model(cost: CostModel) -> ModelSpec:

@@ -151,6 +151,36 @@ def test_compare_unknown_axis_is_one_line(cli):
                     "--axis max_num_seqs=0,8", "max_num_seqs=0 must be >= 1")
 
 
+def test_simulate_events_file(cli, tmp_path):
+    events = tmp_path / "events.parquet"
+    result = cli("simulate", "--profile", TOY, *SMALL, "--replicas", "2", "--events", str(events), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    table = pq.read_table(events)
+    assert table.column_names == ["replica", "start_s", "duration_s", "kind", "prefill_tokens", "prefill_seqs",
+                                  "decode_seqs", "energy_j", "power_w"]
+    energy = table.column("energy_j").to_pylist()
+    assert sum(energy) == pytest.approx(summary["gpu_busy_j"] + summary["gpu_idle_j"], rel=1e-9)
+    busy = [e for e, kind in zip(energy, table.column("kind").to_pylist(), strict=True) if kind != "idle"]
+    assert sum(busy) == pytest.approx(summary["gpu_busy_j"], rel=1e-9)
+    assert set(table.column("replica").to_pylist()) == {0, 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["events.parquet"]  # no temp file left behind
+
+
+def test_simulate_without_events_writes_no_events_file(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("simulate", "--profile", TOY, *SMALL, "--out", "run")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert "events" not in " ".join(p.name for p in (tmp_path / "run").iterdir())
+
+
+def test_simulate_events_path_is_checked_first(cli, tmp_path):
+    _one_line_error(cli("simulate", "--profile", TOY, *SMALL, "--events", str(tmp_path / "no" / "e.parquet")),
+                    "--events", "does not exist")
+    _one_line_error(cli("simulate", "--profile", TOY, *SMALL, "--events", str(tmp_path)), "--events", "is a folder")
+
+
 def test_compare_from_toml(cli, tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text(f'synthetic = "n=20,input=256,output=32,rate=10"\n[grid]\npolicy = ["static", "continuous"]\n'
