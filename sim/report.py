@@ -107,7 +107,7 @@ def write_parquet(table: pa.Table, path: str | Path) -> None:
 
 
 def write_table_files(table: pa.Table, stem: Path) -> None:
-    """Write `table` as `stem`.parquet and `stem`.csv; in the CSV, list cells (window pairs, hourly series) are JSON."""
+    """Write `table` as `stem`.parquet and `stem`.csv; the CSV holds list cells (windows, series, notes) as JSON."""
     pq.write_table(table, stem.with_suffix(".parquet"))
     for i, column in enumerate(table.columns):
         if pa.types.is_list(column.type):

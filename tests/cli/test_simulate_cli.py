@@ -142,6 +142,7 @@ def test_compare_table_files_match_compare_json(cli, tmp_path):
         for key in ("energy_total_j", "j_per_request", "e2e_p99_s", "finished", "kv_capacity_tokens"):
             assert row[key] == cell["summary"][key] == pytest.approx(float(text[key]), rel=1e-15)
         assert row["profile_label"] == cell["summary"]["profile"] == text["profile_label"]
+        assert json.loads(text["notes"]) == cell["summary"]["notes"]
 
 
 def test_compare_unknown_axis_is_one_line(cli):
