@@ -295,7 +295,7 @@ def simulate(
     events: Annotated[Path | None, typer.Option(
         "--events", help="Write every iteration of every replica, and the idle time between them, to this Parquet "
                          "file: start, duration, batch (prefill tokens, decode seqs), energy, power.",
-        show_default=False)] = None,
+        show_default="none: not recorded")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Simulate serving a trace: energy (J/request, J/token, kWh, CO2) and latency, from a calibrated profile.
