@@ -28,19 +28,21 @@ DEFAULT_PROFILE = "h100-llama-3.1-8b-tokenjoule-cudagraph"
 
 
 def simulate(trace: str | Path | Trace = DEFAULT_TRACE, profile: str | Path | GPUProfile | None = DEFAULT_PROFILE,
-             policy: str = "continuous", **config: Any) -> SimResult:
+             policy: str = "continuous", iterations: bool = False, **config: Any) -> SimResult:
     """Simulate serving a trace, as `tokenjoule simulate` does, and return the result in memory (nothing written).
 
     Args:
         trace: a trace file (CSV, Parquet, JSONL; format detected), a bundled trace's name, or a loaded `Trace`.
         profile: a profile file, a shipped profile's name, a loaded `GPUProfile`, or None (with `cost="roofline"`).
         policy: "static", "continuous" or "chunked".
+        iterations: also return every iteration and idle interval of every replica (`.iterations`, the table that
+            `tokenjoule simulate --events` writes).
         **config: any other `tokenjoule.sim.run.SimConfig` field, e.g. `replicas=4`, `max_num_seqs=128`,
             `pue=1.2`, `carbon_g_per_kwh=400.0` (its docstring lists them with their units).
 
     Returns:
-        A `SimResult`: `.summary` (the dict `tokenjoule simulate --json` prints) and `.requests` (a pyarrow Table,
-        one row per request: latencies and the GPU energy attributed to it).
+        A `SimResult`: `.summary` (the dict `tokenjoule simulate --json` prints), `.requests` (a pyarrow Table,
+        one row per request: latencies and the GPU energy attributed to it) and, when asked, `.iterations`.
 
     Warns:
         RunNoteWarning: once per note in `.summary["notes"]` (overload, pricing beyond the profile's measured range,
@@ -56,7 +58,7 @@ def simulate(trace: str | Path | Trace = DEFAULT_TRACE, profile: str | Path | GP
 
     loaded = trace if isinstance(trace, Trace) else load_trace(trace)
     prof = profile if profile is None or isinstance(profile, GPUProfile) else load_profile(profile)
-    result = run(SimConfig(policy=policy, **config), loaded, prof)
+    result = run(SimConfig(policy=policy, **config), loaded, prof, record_iterations=iterations)
     for note in result.summary["notes"]:
         warnings.warn(note["message"], RunNoteWarning, stacklevel=2)
     return result

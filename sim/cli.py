@@ -190,15 +190,13 @@ def check_physical_flags(flags: dict[str, tuple[float | None, str]]) -> None:
     """Refuse a flag outside its physical range with one line naming it.
 
     Args:
-        flags: flag -> (value, or None when unset; its rule: "> 0", ">= 0" or ">= 1").
+        flags: flag -> (value, or None when unset; its rule, as `in_range` reads it: "> 0", ">= 0", ">= 1", ...).
     """
+    from tokenjoule.sim.run import in_range
+
     for flag, (value, rule) in flags.items():
-        if value is None:
-            continue
-        bound = float(rule.split()[1])
-        ok = math.isfinite(value) and (value > bound if rule.startswith("> ") else value >= bound)
-        if not ok:
-            raise ConfigError(f"{flag} {value:g}: must be {rule.split(' (')[0]}")
+        if value is not None and not in_range(value, rule):
+            raise ConfigError(f"{flag} {value:g}: must be {rule}")
 
 
 def given_flags(ctx: typer.Context, flags: dict[str, Any]) -> dict[str, Any]:
@@ -305,6 +303,10 @@ def simulate(
                                                   "folder, or one holding only these).",
                                              show_default="nothing written")] = None,
     force: ForceOpt = False,
+    events: Annotated[Path | None, typer.Option(
+        "--events", help="Write every iteration of every replica, and the idle time between them, to this Parquet "
+                         "file: start, duration, batch (prefill tokens, decode seqs), energy, power.",
+        show_default="none: not recorded")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     *,
     load_options: LoadOptions,
@@ -326,13 +328,16 @@ def simulate(
         tokenjoule simulate --profile my.json --replicas 4 --router least-outstanding --out runs/a
         tokenjoule simulate --synthetic n=256,input=1024,output=128 --cost roofline --gpu H100-SXM
         tokenjoule simulate --trace lengths.csv --arrivals poisson --rate 4
+        tokenjoule simulate --replicas 2 --events iterations.parquet
     """
-    from tokenjoule.sim.report import RUN_FILES, check_out_folder, dumps, write_run
+    from tokenjoule.sim.report import RUN_FILES, check_out_file, check_out_folder, dumps, write_parquet, write_run
     from tokenjoule.sim.run import SimConfig, run
     from tokenjoule.sim.tp_profiles import choose_for_model, choose_profile
 
     if out is not None:
         check_out_folder(out, RUN_FILES, force)
+    if events is not None:
+        check_out_file(events, "--events")
 
     check_physical_flags({"--replicas": (replicas, ">= 1"), "--tp": (tp, ">= 1"),
                           "--rate-scale": (rate_scale, "> 0"), "--max-num-seqs": (max_num_seqs, ">= 1"),
@@ -362,7 +367,7 @@ def simulate(
     if carbon_in is not None:
         config = dataclasses.replace(config, **_carbon_fields(carbon_in, tr, config.arrival_window_s))
     with progress("simulating", len(tr) > 50_000) as tick:
-        result = run(config, tr, prof, on_progress=tick)
+        result = run(config, tr, prof, on_progress=tick, record_iterations=events is not None)
     carbon_out = carbon_keys(carbon_in)
     result = dataclasses.replace(result, summary={**result.summary, "profile_source": choice.source, **carbon_out,
                                                   "trace_notes": [note.to_dict() for note in trace_notes]})
@@ -370,6 +375,8 @@ def simulate(
         loaded_with = None if synthetic is not None else dataclasses.asdict(load_options)  # to load it the same again
         write_run(result, out, {"trace": tr.source, "trace_options": loaded_with, "profile": recorded,
                                 "carbon_source": carbon_out["carbon_source"]}, force)
+    if events is not None:
+        write_parquet(result.iterations, events)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
@@ -391,6 +398,9 @@ def simulate(
     if out is not None:
         console.print(f"wrote {out}/ (requests.parquet, summary.json, run.json, power.png, energy_breakdown.png, "
                       "latency_cdf.png)")
+    if events is not None:
+        console.print(f"wrote {events} ({result.iterations.num_rows:,} iterations and idle intervals)", markup=False,
+                      highlight=False)
 
 
 def compare(
@@ -404,24 +414,32 @@ def compare(
                                              show_default="the profile's")] = None,
     replicas: Annotated[str | None, typer.Option(help="Comma list of replica counts.", show_default="1")] = None,
     tps: Annotated[str | None, typer.Option("--tp", help="Comma list of TP degrees.", show_default="1")] = None,
+    axis: Annotated[list[str] | None, typer.Option(
+        "--axis", help="Any other setting as an axis, NAME=V1,V2 (repeatable): e.g. rate_scale=1,2 or "
+                       "max_num_seqs=64,256; names are simulate's settings (see tokenjoule.sim.compare).",
+        show_default="none")] = None,
     cost: CostOpt = "calibrated",
     trace: TraceOpt = None,
     fmt: FormatOpt = None,
     synthetic: SynthOpt = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write compare.json and pareto.png here (a new folder, or one "
-                                                  "holding only these).", show_default="nothing written")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write compare.json, compare.parquet, compare.csv and pareto.png "
+                                                  "here (a new folder, or one holding only these).",
+                                             show_default="nothing written")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Run a grid of what-ifs (policies x engines x GPUs x replicas x TP): a table and an energy-vs-p99 Pareto plot.
+    """Run a grid of what-ifs (policies, engines, GPUs, replicas, TP, rate or any other setting): table, Pareto plot.
+
+    Each what-if is labelled by its settings ("continuous, 4 replicas, x2 rate"); --out also writes the table of all
+    cells as compare.parquet and compare.csv.
 
     Example:
         tokenjoule compare --policies static,continuous,chunked --profiles my.json
-        tokenjoule compare --policies static,continuous --replicas 1,2,4 --profiles my.json --out runs/cmp
+        tokenjoule compare --policies static,continuous --replicas 1,2,4 --axis rate_scale=1,2 --out runs/cmp
         tokenjoule compare --config grid.toml --json
     """
-    from tokenjoule.sim.compare import grid_from_flags, load_grid
+    from tokenjoule.sim.compare import cells_table, grid_from_flags, load_grid, resolve, run_cell
     from tokenjoule.sim.report import (
         COMPARE_FILES,
         check_out_folder,
@@ -429,28 +447,20 @@ def compare(
         pareto_front,
         plot_pareto,
         write_folder_atomically,
+        write_table_files,
     )
-    from tokenjoule.sim.run import run
-    from tokenjoule.sim.tp_profiles import choose_profile
 
     if out is not None:
         check_out_folder(out, COMPARE_FILES, force)
 
-    if config_file is not None:
-        grid = load_grid(config_file)
-    else:
-        grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
+    grid = load_grid(config_file) if config_file is not None else None
+    grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed}, axis or (), grid)
     tr, _ = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
-    cells, loaded = grid.cells(), {}
+    cells = resolve(grid.cells(), DEFAULT_PROFILE)
     rows = []
     with progress("what-ifs", len(cells) > 1) as tick:
-        for i, (label, prof_name, config) in enumerate(cells):
-            key = (prof_name, config.cost, config.tp)
-            if key not in loaded:
-                loaded[key] = choose_profile(prof_name, config.cost, config.tp, DEFAULT_PROFILE)
-            summary = run(config, tr, loaded[key].profile).summary
-            rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
-                         "summary": {**summary, "profile_source": loaded[key].source}})
+        for i, cell in enumerate(cells):
+            rows.append(run_cell(cell, tr))
             if tick:
                 tick(i + 1, len(cells))
     energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]
@@ -459,6 +469,7 @@ def compare(
     if out is not None:
         def fill(tmp: Path) -> None:
             (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
+            write_table_files(cells_table(cells, rows, front), tmp / "compare")
             plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
         write_folder_atomically(out, fill, COMPARE_FILES, force)

@@ -138,6 +138,8 @@ def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
         tally.decode(batch, max_ctx, steps)
     if rep.log is not None:
         rep.log.append(("decode", start, steps))
+    if rep.iterations is not None:
+        rep.iterations.stretch(rep.idx, start, steps, batch, cost)
     rep.decode_steps_done(steps, energy_j, batch)
 
 
@@ -165,6 +167,8 @@ def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
     rep.charge(start, time_s, energy_j)
     if rep.log is not None:
         rep.log.append(("prefill", start, tuple((s.idx, c) for s, c in plan.chunks)))
+    if rep.iterations is not None:
+        rep.iterations.iteration(rep.idx, start, time_s, energy_j, new - batch, len(chunks), batch)
     if batch:
         rep.decode_steps_done(1, energy_j, new)
     now = env.now
@@ -187,6 +191,8 @@ def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
     rep.charge(start, time_s, energy_j)
     if rep.log is not None:
         rep.log.append(("prefill", start, tuple((s.idx, max_in) for s in members)))
+    if rep.iterations is not None:
+        rep.iterations.iteration(rep.idx, start, time_s, energy_j, n * max_in, n, 0)
     rep.static_prefill_done(members, energy_j, env.now)
     if max_out > 1:
         cost = rep.cost.decode_stretch(n, n * max_in, max_in)  # padded: every context is max_in at step 0
@@ -197,5 +203,7 @@ def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
         rep.charge(start, time_s, energy_j)
         if rep.log is not None:
             rep.log.append(("decode", start, max_out - 1))
+        if rep.iterations is not None:
+            rep.iterations.stretch(rep.idx, start, max_out - 1, n, cost)
         rep.static_decode_done(members, energy_j)
     rep.finish_static(members, env.now)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from tokenjoule.sim.accounting import Ledger
     from tokenjoule.sim.cost import CostModel, StretchCost
+    from tokenjoule.sim.iterations import IterationLog
 
 
 class RequestState:
@@ -87,6 +88,7 @@ class Replica:
         block_size: tokens per KV block (vLLM's block_size).
         capacity_blocks: KV blocks this replica holds (the cost model's token capacity // block_size).
         log: optional (event, time_s, request_id_or_detail) list for tests and debugging.
+        iterations: optional record of every iteration and decode stretch (`simulate --events`).
         waiting: arrived requests not yet admitted, first come first served (preempted ones go back to the front).
         prefilling: admitted requests whose prefill has not finished, in admission order.
         running: the decode set by `decode_join_id`, in join order (the last one is the preemption victim).
@@ -101,13 +103,14 @@ class Replica:
     """
 
     def __init__(self, idx: int, env: simpy.Environment, policy: Any, cost: CostModel, ledger: Ledger,
-                 block_size: int = 16, log: list | None = None) -> None:
+                 block_size: int = 16, log: list | None = None, iterations: IterationLog | None = None) -> None:
         self.idx = idx
         self.env = env
         self.policy = policy
         self.cost = cost
         self.ledger = ledger
         self.log = log
+        self.iterations = iterations
         self.block_size = block_size
         self.capacity_blocks = int(cost.kv_capacity_tokens) // block_size
         self.waiting: deque[RequestState] = deque()

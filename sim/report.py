@@ -1,4 +1,4 @@
-"""Write a run's outputs (requests.parquet, summary.json, run.json, plots) atomically, and the compare plot.
+"""Write a run's outputs (requests.parquet, summary.json, run.json, plots) atomically, and compare's table and plot.
 
 An output folder is tokenjoule's only when it holds nothing but the files tokenjoule writes there (`RUN_FILES`,
 `COMPARE_FILES`): a folder holding anything else is refused unless `force`, and even then only tokenjoule's files are
@@ -22,15 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.run import SimResult
+from tokenjoule.traces.files import write_atomic
 
 # The files `write_run` and `tokenjoule compare` write; a folder holding only these (from an earlier run) is ours.
 RUN_FILES: tuple[str, ...] = ("requests.parquet", "summary.json", "run.json", "power.png", "energy_breakdown.png",
                               "latency_cdf.png")
-COMPARE_FILES: tuple[str, ...] = ("compare.json", "pareto.png")
+COMPARE_FILES: tuple[str, ...] = ("compare.json", "compare.parquet", "compare.csv", "pareto.png")
 # The temporary folder a write uses inside the output folder (left behind only if the process is killed).
 TEMP_PREFIX = ".tokenjoule-tmp."
 
@@ -83,6 +86,34 @@ def write_run(result: SimResult, out_dir: str | Path, extra: dict[str, Any] | No
         plot_run(result, tmp)
 
     return write_folder_atomically(out_dir, fill, RUN_FILES, force)
+
+
+def check_out_file(path: str | Path, flag: str) -> None:
+    """Refuse an output file path whose folder is missing, or that names a folder, before any work is done.
+
+    Raises:
+        ConfigError: naming `flag` and the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'events.parquet'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist")
+
+
+def write_parquet(table: pa.Table, path: str | Path) -> None:
+    """Write `table` to `path` as Parquet, atomically (an existing file is replaced only once the new one is whole)."""
+    write_atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
+def write_table_files(table: pa.Table, stem: Path) -> None:
+    """Write `table` as `stem`.parquet and `stem`.csv; the CSV holds list cells (windows, series, notes) as JSON."""
+    pq.write_table(table, stem.with_suffix(".parquet"))
+    for i, column in enumerate(table.columns):
+        if pa.types.is_list(column.type):
+            text = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+            table = table.set_column(i, table.field(i).name, text)
+    pacsv.write_csv(table, stem.with_suffix(".csv"))
 
 
 def check_out_folder(out_dir: str | Path, names: Sequence[str], force: bool = False) -> None:

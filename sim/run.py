@@ -18,6 +18,7 @@ from tokenjoule.kernels.spec import ConfigError, ModelSpec
 from tokenjoule.sim import processes
 from tokenjoule.sim.accounting import Ledger, energy_breakdown, pick_bin_s
 from tokenjoule.sim.cost import AllReduce, CalibratedCost, CostModel, ModeledTPCost, RooflineCost, check_tp
+from tokenjoule.sim.iterations import IterationLog
 from tokenjoule.sim.metrics import request_table, summarize
 from tokenjoule.sim.notes import RangeTally, run_notes
 from tokenjoule.sim.policies import (
@@ -39,6 +40,33 @@ COST_MODELS = ("calibrated", "roofline", "roofline-memory")
 # before and after compare key for key.
 _OUTPUT_KEYS = {"max_num_batched_tokens": "max_batched_tokens", "block_size": "kv_block_tokens",
                 "arrival_window_s": "window_s"}
+
+
+# Limits of the numeric settings (None, where a setting allows it, is always fine); `__post_init__` checks them.
+_RANGES = {"replicas": ">= 1", "tp": ">= 1", "block_size": ">= 1", "rate_scale": "> 0", "pue": ">= 1",
+           "host_power_w": ">= 0", "idle_power_w": ">= 0", "carbon_g_per_kwh": ">= 0", "slo_ttft_s": "> 0",
+           "slo_tpot_s": "> 0", "max_num_seqs": ">= 1", "max_num_batched_tokens": ">= 1", "max_batch": ">= 1",
+           "batch_timeout_s": ">= 0", "gpu_memory_utilization": "in (0, 1]", "allreduce_bus_bytes_per_s": "> 0",
+           "allreduce_latency_s": ">= 0", "seed": ">= 0"}
+# The CLI flag of each setting that has one, so an error names what the user typed (the others keep their field name).
+_FLAGS = {"replicas": "--replicas", "tp": "--tp", "block_size": "--kv-block-tokens", "rate_scale": "--rate-scale",
+          "pue": "--pue", "host_power_w": "--host-power-w", "idle_power_w": "--idle-power-w",
+          "carbon_g_per_kwh": "--carbon", "slo_ttft_s": "--slo-ttft-s", "slo_tpot_s": "--slo-tpot-s",
+          "max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-batched-tokens", "max_batch": "--max-batch",
+          "batch_timeout_s": "--batch-timeout-s", "seed": "--seed"}
+# Settings only some policies read (see `SimConfig.make_policy`); the others ignore them.
+POLICY_SETTINGS = {"max_batch": ("static",), "batch_timeout_s": ("static",), "max_num_seqs": ("continuous", "chunked"),
+                   "max_num_batched_tokens": ("continuous", "chunked")}
+
+
+def in_range(value: float, rule: str) -> bool:
+    """Whether `value` is finite and meets `rule`: "> B", ">= B" or "in (0, 1]"."""
+    if not math.isfinite(value):
+        return False
+    if rule == "in (0, 1]":
+        return 0 < value <= 1
+    bound = float(rule.split()[1])
+    return value > bound if rule.startswith("> ") else value >= bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,28 +137,19 @@ class SimConfig:
             raise ConfigError(f"--cost {self.cost!r}: must be one of {', '.join(COST_MODELS)}")
         if self.router not in processes.ROUTERS:
             raise ConfigError(f"--router {self.router!r}: must be one of {', '.join(processes.ROUTERS)}")
-        for name, flag in (("replicas", "--replicas"), ("tp", "--tp"), ("block_size", "--kv-block-tokens")):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{flag} {getattr(self, name)}: must be >= 1")
-        if self.pue < 1.0:
-            raise ConfigError(f"--pue {self.pue:g}: must be >= 1")
-        if self.rate_scale <= 0 or not math.isfinite(self.rate_scale):
-            raise ConfigError(f"--rate-scale {self.rate_scale:g}: must be a positive number")
-        if self.host_power_w < 0:
-            raise ConfigError(f"--host-power-w {self.host_power_w:g}: must be >= 0")
-        if self.idle_power_w is not None and self.idle_power_w < 0:
-            raise ConfigError(f"--idle-power-w {self.idle_power_w:g}: must be >= 0")
-        carbon = self.carbon_g_per_kwh
-        if carbon is not None and not (math.isfinite(carbon) and carbon >= 0):
-            raise ConfigError(f"--carbon {carbon:g}: must be a finite number of gCO2e/kWh >= 0")
-        for name, flag in (("slo_ttft_s", "--slo-ttft-s"), ("slo_tpot_s", "--slo-tpot-s")):
+        for name, rule in _RANGES.items():
             value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{flag} {value:g}: must be a positive number of seconds")
+            if value is not None and not in_range(value, rule):
+                raise ConfigError(f"{_FLAGS.get(name, name)} {value:g}: must be {rule}")
+        hourly = self.carbon_hourly
+        if hourly is not None and not (hourly and all(in_range(v, ">= 0") for v in hourly)):
+            raise ConfigError("--carbon: an hourly intensity file must hold at least one hour, each intensity "
+                              "finite and >= 0 gCO2e/kWh")
         window = self.arrival_window_s
         if window is not None and not 0 <= window[0] < window[1]:
             raise ConfigError(f"--window {window[0]:g}:{window[1]:g}: must be START:END seconds with "
                               "0 <= START < END")
+        self.make_policy()  # the policy checks its own limits (e.g. chunked: a token budget above max_num_seqs)
 
     def make_policy(self) -> StaticBatching | ContinuousBatching | ChunkedPrefill:
         """The policy object this config names."""
@@ -157,6 +176,8 @@ class SimResult:
         requests: per-request table (see `metrics.request_table`).
         power_timeline: (bin start times s, mean cluster GPU power W per bin).
         events: the (event, time_s, detail) log when `config.record_events`, else None.
+        iterations: every iteration and idle interval of every replica (see `iterations.SCHEMA`), when `run` was
+            asked to record them, else None.
     """
 
     config: SimConfig
@@ -164,6 +185,7 @@ class SimResult:
     requests: pa.Table
     power_timeline: tuple[np.ndarray, np.ndarray]
     events: tuple[tuple[str, float, Any], ...] | None = None
+    iterations: pa.Table | None = None
 
 
 def build_cost_model(config: SimConfig, profile: GPUProfile | None) -> CostModel:
@@ -211,7 +233,7 @@ def prepare_trace(trace: Trace, config: SimConfig) -> Trace:
 
 
 def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = None,
-        on_progress: Callable[[int, int], None] | None = None) -> SimResult:
+        on_progress: Callable[[int, int], None] | None = None, record_iterations: bool = False) -> SimResult:
     """Simulate serving `trace` under `config`, pricing each iteration with `cost`.
 
     Args:
@@ -220,6 +242,7 @@ def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = N
         cost: a ready cost model; or a calibrated GPUProfile (or None, for the roofline models), from which
             `build_cost_model` makes the one `config` names.
         on_progress: called with (requests arrived, total) every few thousand arrivals (progress bars).
+        record_iterations: keep every iteration for `SimResult.iterations` (one row each; off for speed and memory).
 
     Returns:
         The SimResult (nothing is written).
@@ -236,8 +259,9 @@ def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = N
     tally = RangeTally(cost.profile.measured_range) if cost.profile is not None else None
     ledger = Ledger(len(trace), pick_bin_s(float(arrival[-1]) * 1.5 + 60.0), tally)
     log: list | None = [] if config.record_events else None
+    iterations = IterationLog() if record_iterations else None
     policy = config.make_policy()
-    reps = [Replica(i, env, policy, cost, ledger, config.block_size, log) for i in range(config.replicas)]
+    reps = [Replica(i, env, policy, cost, ledger, config.block_size, log, iterations) for i in range(config.replicas)]
     for rep in reps:
         rep.process = env.process(processes.replica(env, rep))
     router = processes.Router(reps, config.router, np.random.default_rng(config.seed),
@@ -245,11 +269,11 @@ def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = N
     tick = (lambda done: on_progress(done, len(trace))) if on_progress is not None else None
     env.process(processes.arrivals(env, trace.iter_requests(), router, tick))
     env.run()
-    return _result(config, trace, cost, reps, ledger, log)
+    return _result(config, trace, cost, reps, ledger, log, iterations)
 
 
 def _result(config: SimConfig, trace: Trace, cost: CostModel, reps: list[Replica], ledger: Ledger,
-            log: list | None) -> SimResult:
+            log: list | None, iterations: IterationLog | None) -> SimResult:
     pending = int((ledger.status == 0).sum())
     if pending:  # an invariant of the model, not a user error
         raise RuntimeError(f"simulation ended with {pending} unfinished requests (a scheduler bug)")
@@ -269,7 +293,8 @@ def _result(config: SimConfig, trace: Trace, cost: CostModel, reps: list[Replica
     summary = summarize(table, energy, end_s, len(reps), config.tp, busy_s, config.slo_ttft_s, config.slo_tpot_s)
     summary.update(_identity(config, cost))
     summary["notes"] = run_notes(table, summary, ledger.range_tally, _served_model(cost))
-    return SimResult(config, summary, table, timeline, tuple(log) if log is not None else None)
+    return SimResult(config, summary, table, timeline, tuple(log) if log is not None else None,
+                     iterations.table(end_s, len(reps), idle_w) if iterations is not None else None)
 
 
 def _served_model(cost: CostModel) -> ModelSpec:

@@ -33,6 +33,14 @@ def test_simulate_takes_loaded_objects_and_config_fields():
         tokenjoule.simulate(trace="azure-code-2023", policy="nope")
 
 
+def test_simulate_returns_the_iterations_when_asked():
+    plain = tokenjoule.simulate(trace="azure-code-2023", replicas=2)
+    timed = tokenjoule.simulate(trace="azure-code-2023", replicas=2, iterations=True)
+    assert plain.iterations is None and timed.summary == plain.summary
+    energy = sum(timed.iterations.column("energy_j").to_pylist())
+    assert energy == pytest.approx(plain.summary["gpu_busy_j"] + plain.summary["gpu_idle_j"], rel=1e-9)
+
+
 def test_version_and_typed_marker():
     assert re.match(r"\d+\.\d+", tokenjoule.__version__)
     assert (Path(tokenjoule.__file__).parent / "py.typed").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -115,7 +116,70 @@ def test_compare_grid_from_flags(cli, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert len(data["cells"]) == 6 and data["pareto"]
-    assert {p.name for p in out.iterdir()} == {"compare.json", "pareto.png"}
+    assert {p.name for p in out.iterdir()} == {"compare.json", "compare.parquet", "compare.csv", "pareto.png"}
+    assert [c["label"] for c in data["cells"]][:2] == ["static, 1 replica", "static, 2 replicas"]
+
+
+def test_compare_table_files_match_compare_json(cli, tmp_path):
+    out = tmp_path / "cmp"
+    result = cli("compare", "--profiles", TOY, "--policies", "static,chunked", "--axis", "rate_scale=1,3",
+                 "--axis", "max_batch=2,4", "--axis", "arrival_window_s=0:1,0:2", *SMALL, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    cells = json.loads((out / "compare.json").read_text())["cells"]
+    assert cells[-1]["label"] == "chunked, x3 rate, window 0-2 s"
+    assert len(cells) == 2 * 2 * 2 + 2 * 2  # static x batch x window x rate, then chunked x window x rate
+    table = pq.read_table(out / "compare.parquet").to_pylist()
+    with open(out / "compare.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(table) == len(csv_rows) == len(cells)
+    assert list(csv_rows[0])[:7] == ["label", "pareto", "policy", "profile", "max_batch", "rate_scale",
+                                     "arrival_window_s"]
+    for cell, row, text in zip(cells, table, csv_rows, strict=True):
+        assert row["label"] == text["label"] == cell["label"]
+        assert row["rate_scale"] == cell["config"]["rate_scale"] == float(text["rate_scale"])
+        assert row["arrival_window_s"] == cell["config"]["window_s"] == json.loads(text["arrival_window_s"])
+        assert row["max_batch"] == (cell["config"]["max_batch"] if cell["config"]["policy"] == "static" else None)
+        for key in ("energy_total_j", "j_per_request", "e2e_p99_s", "finished", "kv_capacity_tokens"):
+            assert row[key] == cell["summary"][key] == pytest.approx(float(text[key]), rel=1e-15)
+        assert row["profile_label"] == cell["summary"]["profile"] == text["profile_label"]
+        assert json.loads(text["notes"]) == cell["summary"]["notes"]
+
+
+def test_compare_unknown_axis_is_one_line(cli):
+    _one_line_error(cli("compare", "--profiles", TOY, "--axis", "colour=red", *SMALL), "--axis colour=red",
+                    "unknown grid axis 'colour'", "rate_scale")
+    _one_line_error(cli("compare", "--profiles", TOY, "--axis", "max_num_seqs=0,8", *SMALL),
+                    "--axis max_num_seqs=0,8", "--max-num-seqs 0: must be >= 1")
+
+
+def test_simulate_events_file(cli, tmp_path):
+    events = tmp_path / "events.parquet"
+    result = cli("simulate", "--profile", TOY, *SMALL, "--replicas", "2", "--events", str(events), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    table = pq.read_table(events)
+    assert table.column_names == ["replica", "start_s", "duration_s", "kind", "prefill_tokens", "prefill_seqs",
+                                  "decode_seqs", "energy_j", "power_w"]
+    energy = table.column("energy_j").to_pylist()
+    assert sum(energy) == pytest.approx(summary["gpu_busy_j"] + summary["gpu_idle_j"], rel=1e-9)
+    busy = [e for e, kind in zip(energy, table.column("kind").to_pylist(), strict=True) if kind != "idle"]
+    assert sum(busy) == pytest.approx(summary["gpu_busy_j"], rel=1e-9)
+    assert set(table.column("replica").to_pylist()) == {0, 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["events.parquet"]  # no temp file left behind
+
+
+def test_simulate_without_events_writes_no_events_file(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("simulate", "--profile", TOY, *SMALL, "--out", "run")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert "events" not in " ".join(p.name for p in (tmp_path / "run").iterdir())
+
+
+def test_simulate_events_path_is_checked_first(cli, tmp_path):
+    _one_line_error(cli("simulate", "--profile", TOY, *SMALL, "--events", str(tmp_path / "no" / "e.parquet")),
+                    "--events", "does not exist")
+    _one_line_error(cli("simulate", "--profile", TOY, *SMALL, "--events", str(tmp_path)), "--events", "is a folder")
 
 
 def test_compare_from_toml(cli, tmp_path):

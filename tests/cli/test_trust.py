@@ -139,7 +139,8 @@ def test_compare_out_refuses_a_folder_holding_a_users_file(tmp_path):
     one_line_error(invoke(*args, "--out", str(out)), "notes.txt")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert invoke(*args, "--out", str(out), "--force").exit_code == 0
-    assert {p.name for p in out.iterdir()} == {"notes.txt", "compare.json", "pareto.png"}
+    assert {p.name for p in out.iterdir()} == {"notes.txt", "compare.json", "compare.parquet", "compare.csv",
+                                               "pareto.png"}
 
 
 # 2. Profiles are checked on load

@@ -62,8 +62,9 @@ def test_grid_cells(tmp_path):
     path.write_text('[grid]\npolicy = ["static", "continuous"]\nreplicas = [1, 2]\n[base]\nmax_batch = 4\n'
                     'profile = "p.json"\n')
     cells = load_grid(path).cells()
-    assert [c[0] for c in cells] == ["static x1", "static x2", "continuous x1", "continuous x2"]
-    assert all(c[1] == "p.json" and c[2].max_batch == 4 for c in cells)
+    assert [c.label for c in cells] == ["static, 1 replica", "static, 2 replicas", "continuous, 1 replica",
+                                        "continuous, 2 replicas"]
+    assert all(c.profile == "p.json" and c.config.max_batch == 4 for c in cells)
     path.write_text("[base]\nmax_bach = 4\n")
     with pytest.raises(ValueError, match="max_bach"):
         load_grid(path)

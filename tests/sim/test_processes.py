@@ -246,7 +246,11 @@ def test_profile_mismatch_and_impossible_configs(toy_profile, tiny_trace, kwargs
 
 
 @pytest.mark.parametrize("kwargs", [{"replicas": 0}, {"policy": "fifo"}, {"pue": 0.5}, {"router": "x"},
-                                    {"cost": "magic"}, {"rate_scale": 0.0}])
+                                    {"cost": "magic"}, {"rate_scale": 0.0}, {"pue": float("nan")},
+                                    {"host_power_w": float("nan")}, {"max_num_seqs": 0}, {"max_batch": 0},
+                                    {"batch_timeout_s": -1.0}, {"gpu_memory_utilization": 1.5}, {"seed": -1},
+                                    {"allreduce_bus_bytes_per_s": 0.0}, {"carbon_hourly": (100.0, -1.0)},
+                                    {"carbon_hourly": ()}, {"policy": "chunked", "max_num_seqs": 4096}])
 def test_bad_config_fields(kwargs):
     with pytest.raises(ValueError):
         SimConfig(**kwargs)
