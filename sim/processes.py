@@ -122,16 +122,18 @@ def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
             return
     batch, max_ctx = len(rep.running), rep.max_ctx()
     cost = rep.cost.decode_stretch(batch, rep.ctx_sum, max_ctx)
-    steps = min(rep.max_decode_steps(rep.free_blocks), rep.steps_to_next_finish())
+    steps = rep.stretch_steps()
     start = env.now
+    time_s = cost.time_s(steps)
     rep.begin_stretch(start, cost, steps)
     try:
-        yield env.timeout(cost.time_s(steps))
+        yield env.timeout(time_s)
     except simpy.Interrupt:
         steps = rep.cut_steps
-        yield env.timeout(max(0.0, start + cost.time_s(steps) - env.now))
+        time_s = cost.time_s(steps)
+        yield env.timeout(max(0.0, start + time_s - env.now))
     rep.end_stretch()
-    time_s, energy_j = cost.time_s(steps), cost.energy_j(steps)
+    energy_j = cost.energy_of(steps, time_s)
     rep.charge(start, time_s, energy_j)
     tally = rep.ledger.range_tally
     if tally is not None:

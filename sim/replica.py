@@ -164,6 +164,18 @@ class Replica:
         needs = accumulate(phase[p0::-1] + phase[:p0:-1])  # new blocks by step, one period from step 0
         return full * bs + bisect_right(list(needs), left)
 
+    def stretch_steps(self) -> int:
+        """Decode steps to the next completion, or fewer when the free KV blocks run out first.
+
+        Over k steps a sequence takes at most ceil(k / block_size) new blocks, so when that many per sequence are
+        free the block walk of `max_decode_steps` is not needed.
+        """
+        to_finish = self.steps_to_next_finish()
+        free = self.capacity_blocks - self.blocks_used
+        if free >= len(self.running) * -(-to_finish // self.block_size):
+            return to_finish
+        return min(self.max_decode_steps(free), to_finish)
+
     def victims_for_one_step(self) -> int:
         """How many of the newest decoding requests must be preempted before one decode step's new blocks fit.
 

@@ -5,15 +5,19 @@ the cost of decode step j is `a + d*j` (the summed KV context grows by the batch
 context's tail over the mean stays as it is): the sum over k steps is an arithmetic series, which `StretchCost`
 evaluates and inverts. The roofline's step time is the larger of two such lines (compute vs memory bound). Pure and
 SimPy-free.
+
+`Line` and `StretchCost` are built for every decode stretch the simulator runs (about two per request), so they are
+plain slotted dataclasses, not frozen ones: a frozen dataclass's `__init__` sets each field through
+`object.__setattr__`, which costs about twice as much. Nothing writes into them after construction.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Line:
     """Per-step cost `a + d*j` for step j = 0, 1, ... of a stretch."""
 
@@ -44,7 +48,7 @@ def _sum_max(lines: tuple[Line, ...], k: int) -> float:
     return head + tail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StretchCost:
     """k decode steps of a constant batch: step j takes max(time_lines)(j) s and energy_line(j) + energy_per_s * t J.
 
@@ -55,7 +59,7 @@ class StretchCost:
     """
 
     time_lines: tuple[Line, ...]
-    energy_line: Line = Line(0.0)
+    energy_line: Line = field(default_factory=lambda: Line(0.0))
     energy_per_s: float = 0.0
 
     def time_s(self, k: int) -> float:
@@ -64,7 +68,11 @@ class StretchCost:
 
     def energy_j(self, k: int) -> float:
         """Joules of the first k steps."""
-        return self.energy_line.total(k) + self.energy_per_s * self.time_s(k)
+        return self.energy_of(k, self.time_s(k))
+
+    def energy_of(self, k: int, time_s: float) -> float:
+        """Joules of the first k steps, given their seconds (`time_s(k)`, already at hand in the simulator)."""
+        return self.energy_line.total(k) + self.energy_per_s * time_s
 
     def steps_within(self, dt_s: float) -> int:
         """Smallest k >= 0 whose k steps end at or after `dt_s` (the first iteration boundary not before it)."""
