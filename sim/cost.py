@@ -85,11 +85,13 @@ class CalibratedCost:
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
-        t, e = self.gpu_iteration(f)
-        if self.profile.host_overhead is None:
+        p = self.profile
+        rule = p.decode_split_rule
+        t, e = self._lat.iteration(f, rule), self._en.iteration(f, rule)  # `gpu_iteration`, inlined: a hot path
+        if p.host_overhead is None:
             return t, e
-        host = self.host_s(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
-        return t + host, e + self.profile.idle_power_w * host
+        host = p.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
+        return t + host, e + p.idle_power_w * host
 
     def gpu_decode_lines(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float) -> tuple[Line, Line]:
         """(time, energy) lines of the decode steps' forward passes, without host time."""
@@ -102,11 +104,14 @@ class CalibratedCost:
 
         At step 0 the contexts sum to `ctx_sum_tokens` and the longest is `max_ctx_tokens`.
         """
-        lt, le = self.gpu_decode_lines(batch, ctx_sum_tokens, max_ctx_tokens)
-        if self.profile.host_overhead is None:
-            return StretchCost((lt,), le)
-        host = self.host_s(batch)
-        return StretchCost((Line(lt.a + host, lt.d),), Line(le.a + self.profile.idle_power_w * host, le.d))
+        p = self.profile
+        rule = p.decode_split_rule
+        ta, td = self._lat.decode_step(batch, ctx_sum_tokens, max_ctx_tokens, rule)
+        ea, ed = self._en.decode_step(batch, ctx_sum_tokens, max_ctx_tokens, rule)
+        if p.host_overhead is None:
+            return StretchCost((Line(ta, td),), Line(ea, ed))
+        host = p.host_overhead.seconds(batch)
+        return StretchCost((Line(ta + host, td),), Line(ea + p.idle_power_w * host, ed))
 
     def evaluate(self, new_tokens, **features) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised (seconds, joules) over arrays of FEATURES (as `CostCurve.evaluate`) plus host time.

@@ -162,19 +162,20 @@ class ContinuousBatching:
 
     def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | None:
         """Admit and prefill waiting requests if any fit; else decode the running batch (preempting to fit a step)."""
-        chunks: list[tuple[RequestState, int]] = []
-        tokens, free, seqs = 0, rep.free_blocks, len(rep.running)
-        for s in rep.waiting:
-            if seqs >= self.max_num_seqs:
-                break
-            need = s.prefill_target
-            blocks = rep.blocks_for(need)
-            if tokens + need > self.max_num_batched_tokens or blocks > free:
-                break
-            chunks.append((s, need))
-            tokens, free, seqs = tokens + need, free - blocks, seqs + 1
-        if chunks:
-            return Iteration(tuple(chunks), False, len(chunks))
+        if rep.waiting:
+            chunks: list[tuple[RequestState, int]] = []
+            tokens, free, seqs = 0, rep.free_blocks, len(rep.running)
+            for s in rep.waiting:
+                if seqs >= self.max_num_seqs:
+                    break
+                need = s.prefill_target
+                blocks = rep.blocks_for(need)
+                if tokens + need > self.max_num_batched_tokens or blocks > free:
+                    break
+                chunks.append((s, need))
+                tokens, free, seqs = tokens + need, free - blocks, seqs + 1
+            if chunks:
+                return Iteration(tuple(chunks), False, len(chunks))
         if not rep.running:
             return None
         victims = rep.victims_for_one_step()

@@ -26,7 +26,6 @@ from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.notes import CONTEXT_REJECT
 from tokenjoule.sim.policies import DecodeStretch, Iteration, Preempt, StaticBatch, Wait
 from tokenjoule.sim.replica import Replica, RequestState
-from tokenjoule.traces.schema import Request
 
 ROUTERS = ("round-robin", "least-outstanding", "random")
 
@@ -78,23 +77,28 @@ class Router:
             first.log.append(("reject", now, s.idx))
 
 
-def arrivals(env: simpy.Environment, requests: Iterable[Request], router: Router,
+def arrivals(env: simpy.Environment, rows: Iterable[tuple[float, int, int]], router: Router,
              on_progress: Callable[[int], None] | None = None):
-    """The clients: each request arrives at its trace time and is handed to the router."""
+    """The clients: each request arrives at its trace time and is handed to the router.
+
+    `rows` are (arrival_s, input_tokens, output_tokens) in arrival order (`Trace.iter_rows`).
+    """
     ledger = router.replicas[0].ledger
-    for idx, req in enumerate(requests):
-        if req.arrival_s > env.now:
-            yield env.timeout(req.arrival_s - env.now)
-        router.dispatch(RequestState(idx, req.arrival_s, req.input_tokens, req.output_tokens), env.now)
-        ledger.last_arrival_s = env.now
+    for idx, (arrival_s, input_tokens, output_tokens) in enumerate(rows):
+        if arrival_s > env.now:
+            yield env.timeout(arrival_s - env.now)
+        now = env.now
+        router.dispatch(RequestState(idx, arrival_s, input_tokens, output_tokens), now)
+        ledger.last_arrival_s = now
         if on_progress is not None and not idx % 4096:
             on_progress(idx)
 
 
 def replica(env: simpy.Environment, rep: Replica):
     """A replica: ask the policy what to run next, run it, repeat; sleep while there is nothing to do."""
+    next_batch = rep.policy.next_batch
     while True:
-        plan = rep.policy.next_batch(rep, env.now)
+        plan = next_batch(rep, env.now)
         if plan is None:
             yield rep.sleep()
         elif isinstance(plan, DecodeStretch):
@@ -123,15 +127,12 @@ def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
     batch, max_ctx = len(rep.running), rep.max_ctx()
     cost = rep.cost.decode_stretch(batch, rep.ctx_sum, max_ctx)
     steps = rep.stretch_steps()
-    start = env.now
-    time_s = cost.time_s(steps)
-    rep.begin_stretch(start, cost, steps)
-    try:
-        yield env.timeout(time_s)
-    except simpy.Interrupt:
-        steps = rep.cut_steps
-        time_s = cost.time_s(steps)
-        yield env.timeout(max(0.0, start + time_s - env.now))
+    start, time_s = env.now, cost.time_s(steps)
+    end = env.timeout(time_s)
+    rep.begin_stretch(start, cost, steps, end)
+    yield end  # resumed at an earlier step boundary instead when an arrival cuts the stretch (`Replica.submit`)
+    if rep.cut is not None:
+        steps, time_s = rep.cut
     rep.end_stretch()
     energy_j = cost.energy_of(steps, time_s)
     rep.charge(start, time_s, energy_j)
@@ -145,24 +146,24 @@ def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
 
 def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
     """Admit the planned requests, then run one forward pass of prefill chunks (plus decodes when chunked)."""
-    chunks = plan.chunks
+    chunks, start = plan.chunks, env.now
     for s, _ in chunks[len(chunks) - plan.admitted:]:
-        rep.admit(s, env.now)
+        rep.admit(s, start)
     batch = len(rep.running) if plan.with_decodes else 0
     new, pairs, ctx, prompt_end = batch, 0, 0, 0
     for s, c in chunks:
+        done = s.prefilled
         new += c
-        pairs += c * s.prefilled + c * (c + 1) // 2
-        ctx += s.prefilled
-        if s.prefilled + c > prompt_end:
-            prompt_end = s.prefilled + c
+        pairs += c * done + c * (c + 1) // 2
+        ctx += done
+        if done + c > prompt_end:
+            prompt_end = done + c
     max_ctx = rep.max_ctx() if batch else 0
     time_s, energy_j = rep.cost.iteration(IterFeatures(new, pairs, ctx, rep.ctx_sum if batch else 0, batch,
-                                                       len(plan.chunks), max_ctx))
+                                                       len(chunks), max_ctx))
     tally = rep.ledger.range_tally
     if tally is not None:
         tally.iteration(batch, new, prompt_end, max_ctx)
-    start = env.now
     yield env.timeout(time_s)
     rep.charge(start, time_s, energy_j)
     if rep.log is not None:

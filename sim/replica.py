@@ -107,6 +107,7 @@ class Replica:
         self.policy = policy
         self.cost = cost
         self.ledger = ledger
+        self._timeline = ledger.timeline
         self.log = log
         self.block_size = block_size
         self.capacity_blocks = int(cost.kv_capacity_tokens) // block_size
@@ -126,8 +127,8 @@ class Replica:
         self.outstanding = 0
         self.process: simpy.Process | None = None
         self.wake: simpy.Event | None = None
-        self.stretch: tuple[float, StretchCost, int] | None = None  # (start_s, cost, planned steps)
-        self.cut_steps: int | None = None
+        self.stretch: tuple[float, StretchCost, int, simpy.Event] | None = None  # (start_s, cost, steps, end)
+        self.cut: tuple[int, float] | None = None  # (steps, seconds) of a stretch an arrival cut short
 
     # ---- paged KV blocks (read-only questions the policies ask) ------------------------------------------------
     @property
@@ -181,7 +182,10 @@ class Replica:
 
         Preempting a request frees its blocks and, when its cache is exactly full, its need for a new one.
         """
-        free, need = self.free_blocks, self.new_blocks(1)
+        free = self.capacity_blocks - self.blocks_used
+        if free >= len(self.running):  # a step takes at most one new block per sequence
+            return 0
+        need = self.new_blocks(1)
         if free >= need:
             return 0
         bs, steps, victims = self.block_size, self.decode_steps, 0
@@ -204,15 +208,18 @@ class Replica:
         if self.wake is not None:
             self.wake.succeed()
             self.wake = None
-        elif self.stretch is not None and self.cut_steps is None:
+        elif self.stretch is not None and self.cut is None:
             self._maybe_cut(now)
 
     def _maybe_cut(self, now: float) -> None:
-        start, cost, planned = self.stretch
-        k = cost.steps_within(now - start)
+        start, cost, planned, end = self.stretch
+        k, time_s = cost.boundary_after(now - start)
         if k < planned and self.policy.admits_midstretch(self, self.free_blocks - self.new_blocks(k)):
-            self.cut_steps = k
-            self.process.interrupt("arrival")
+            self.cut = k, time_s
+            # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
+            # Interrupt would do the same with one more event and an exception thrown into the process.
+            cut = self.env.timeout(max(0.0, start + time_s - now))
+            cut.callbacks, end.callbacks = end.callbacks, []
 
     def sleep(self) -> simpy.Event:
         """An event that a new arrival triggers."""
@@ -223,13 +230,13 @@ class Replica:
         """Stop listening for arrivals (a timeout, not an arrival, may have ended the sleep)."""
         self.wake = None
 
-    def begin_stretch(self, start_s: float, cost: StretchCost, steps: int) -> None:
-        """A decode stretch of up to `steps` steps starts: arrivals may now cut it (see `submit`)."""
-        self.stretch = (start_s, cost, steps)
+    def begin_stretch(self, start_s: float, cost: StretchCost, steps: int, end: simpy.Event) -> None:
+        """A decode stretch of up to `steps` steps starts; the replica waits on `end`, which arrivals may cut short."""
+        self.stretch = (start_s, cost, steps, end)
 
     def end_stretch(self) -> None:
-        """The decode stretch is over (run out or cut at `cut_steps`)."""
-        self.stretch, self.cut_steps = None, None
+        """The decode stretch is over (run out, or cut short at `cut`)."""
+        self.stretch, self.cut = None, None
 
     # ---- admission and prefill ------------------------------------------------------------------------------------
     def admit(self, s: RequestState, now: float) -> None:
@@ -307,14 +314,15 @@ class Replica:
 
     def decode_steps_done(self, k: int, energy_j: float, tokens: int) -> None:
         """Advance the decode set by k steps; each seat gets energy_j / tokens; finish those that are done."""
-        if not self.running or k == 0:
+        running = self.running
+        if not running or k == 0:
             return
         self.seat_energy_j += energy_j / tokens
         self.blocks_used += self.new_blocks(k)
         assert self.blocks_used <= self.capacity_blocks, (self.blocks_used, self.capacity_blocks)
-        self.ctx_sum += len(self.running) * k
-        self.decode_steps += k
-        heap, now, steps = self._finish_heap, self.env.now, self.decode_steps
+        self.ctx_sum += len(running) * k
+        steps = self.decode_steps = self.decode_steps + k
+        heap, now = self._finish_heap, self.env.now
         while heap and (heap[0][0] <= steps or heap[0][2].decode_join_id != heap[0][1]):
             _, join_id, s = heapq.heappop(heap)
             if s.decode_join_id == join_id:
@@ -369,4 +377,4 @@ class Replica:
         """Book one iteration or stretch of busy time and energy."""
         self.busy_s += time_s
         self.busy_j += energy_j
-        self.ledger.timeline.add(start_s, time_s, energy_j)
+        self._timeline.add(start_s, time_s, energy_j)

@@ -240,7 +240,7 @@ def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = N
     router = processes.Router(reps, config.router, np.random.default_rng(config.seed),
                               _served_model(cost).max_position_embeddings)
     tick = (lambda done: on_progress(done, len(trace))) if on_progress is not None else None
-    env.process(processes.arrivals(env, trace.iter_requests(), router, tick))
+    env.process(processes.arrivals(env, trace.iter_rows(), router, tick))
     env.run()
     return _result(config, trace, cost, reps, ledger, log)
 

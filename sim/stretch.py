@@ -64,7 +64,8 @@ class StretchCost:
 
     def time_s(self, k: int) -> float:
         """Seconds of the first k steps."""
-        return _sum_max(self.time_lines, k)
+        lines = self.time_lines
+        return lines[0].total(k) if len(lines) == 1 else _sum_max(lines, k)
 
     def energy_j(self, k: int) -> float:
         """Joules of the first k steps."""
@@ -76,8 +77,12 @@ class StretchCost:
 
     def steps_within(self, dt_s: float) -> int:
         """Smallest k >= 0 whose k steps end at or after `dt_s` (the first iteration boundary not before it)."""
+        return self.boundary_after(dt_s)[0]
+
+    def boundary_after(self, dt_s: float) -> tuple[int, float]:
+        """(k, time_s(k)) of the first iteration boundary at or after `dt_s` (k as `steps_within`)."""
         if dt_s <= 0.0:
-            return 0
+            return 0, self.time_s(0)
         if len(self.time_lines) == 1:
             a, d = self.time_lines[0].a, self.time_lines[0].d
             # Solve d/2 k^2 + (a - d/2) k = dt for k, then fix rounding by checking neighbours.
@@ -92,8 +97,13 @@ class StretchCost:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if self.time_s(mid) < dt_s else (lo, mid)
             k = hi
-        while self.time_s(k) < dt_s:
+        t = self.time_s(k)
+        while t < dt_s:
             k += 1
-        while k > 0 and self.time_s(k - 1) >= dt_s:
-            k -= 1
-        return k
+            t = self.time_s(k)
+        while k > 0:
+            before = self.time_s(k - 1)
+            if before < dt_s:
+                break
+            k, t = k - 1, before
+        return k, t
