@@ -296,6 +296,11 @@ class CurveTable:
         return cls(curve.knots_tokens, prefill_knots, offset, tuple(rows), columns,
                    tuple(float(curve.coef.get(n, 0.0)) for n in FEATURES))
 
+    @property
+    def reads_longest_context(self) -> bool:
+        """Whether a decode's cost depends on its batch's longest context (the tail term), not only their sum."""
+        return bool(self.coef[4])
+
     def _row(self, x: float, has_prefill: bool) -> tuple[float, float, float, float]:
         if has_prefill:
             return self.rows[bisect.bisect_right(self.prefill_knots, x) + self.prefill_offset]

@@ -48,22 +48,22 @@ class EnergyTimeline:
 
     def add(self, start_s: float, time_s: float, energy_j: float) -> None:
         """Book `energy_j` spent uniformly over [start_s, start_s + time_s]."""
-        width = self.bin_s
+        width, busy_s, busy_j = self.bin_s, self.busy_s, self.busy_j
         first, last = int(start_s // width), int((start_s + time_s) // width)
-        if last >= len(self.busy_s):
-            grow = last + 1 - len(self.busy_s)
-            self.busy_s.extend([0.0] * grow)
-            self.busy_j.extend([0.0] * grow)
+        if last >= len(busy_s):
+            grow = last + 1 - len(busy_s)
+            busy_s.extend([0.0] * grow)
+            busy_j.extend([0.0] * grow)
         if first == last or time_s <= 0.0:
-            self.busy_s[first] += time_s
-            self.busy_j[first] += energy_j
+            busy_s[first] += time_s
+            busy_j[first] += energy_j
             return
         end = start_s + time_s
         for b in range(first, last + 1):
             overlap = min(end, (b + 1) * width) - max(start_s, b * width)
             if overlap > 0.0:
-                self.busy_s[b] += overlap
-                self.busy_j[b] += energy_j * overlap / time_s
+                busy_s[b] += overlap
+                busy_j[b] += energy_j * overlap / time_s
 
     def gpu_power_w(self, end_s: float, replicas: int, idle_power_w: float) -> tuple[np.ndarray, np.ndarray]:
         """(bin start times, mean GPU power per bin) with idle power filling each replica's non-busy time."""

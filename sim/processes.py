@@ -124,55 +124,14 @@ def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
         if not rep.running:  # nothing left to decode: wait for an arrival, as an idle replica does
             yield rep.sleep()
             return
-    batch, max_ctx = len(rep.running), rep.max_ctx()
-    cost = rep.cost.decode_stretch(batch, rep.ctx_sum, max_ctx)
-    steps = rep.stretch_steps()
-    start, time_s = env.now, cost.time_s(steps)
-    end = env.timeout(time_s)
-    rep.begin_stretch(start, cost, steps, end)
-    yield end  # resumed at an earlier step boundary instead when an arrival cuts the stretch (`Replica.submit`)
-    if rep.cut is not None:
-        steps, time_s = rep.cut
-    rep.end_stretch()
-    energy_j = cost.energy_of(steps, time_s)
-    rep.charge(start, time_s, energy_j)
-    tally = rep.ledger.range_tally
-    if tally is not None:
-        tally.decode(batch, max_ctx, steps)
-    if rep.log is not None:
-        rep.log.append(("decode", start, steps))
-    rep.decode_steps_done(steps, energy_j, batch)
+    yield rep.start_stretch(env.now)  # a cut moves this wait to the earlier boundary (`Replica.submit`)
+    rep.finish_stretch()
 
 
 def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
     """Admit the planned requests, then run one forward pass of prefill chunks (plus decodes when chunked)."""
-    chunks, start = plan.chunks, env.now
-    for s, _ in chunks[len(chunks) - plan.admitted:]:
-        rep.admit(s, start)
-    batch = len(rep.running) if plan.with_decodes else 0
-    new, pairs, ctx, prompt_end = batch, 0, 0, 0
-    for s, c in chunks:
-        done = s.prefilled
-        new += c
-        pairs += c * done + c * (c + 1) // 2
-        ctx += done
-        if done + c > prompt_end:
-            prompt_end = done + c
-    max_ctx = rep.max_ctx() if batch else 0
-    time_s, energy_j = rep.cost.iteration(IterFeatures(new, pairs, ctx, rep.ctx_sum if batch else 0, batch,
-                                                       len(chunks), max_ctx))
-    tally = rep.ledger.range_tally
-    if tally is not None:
-        tally.iteration(batch, new, prompt_end, max_ctx)
-    yield env.timeout(time_s)
-    rep.charge(start, time_s, energy_j)
-    if rep.log is not None:
-        rep.log.append(("prefill", start, tuple((s.idx, c) for s, c in plan.chunks)))
-    if batch:
-        rep.decode_steps_done(1, energy_j, new)
-    now = env.now
-    for s, c in chunks:
-        rep.prefill_chunk_done(s, c, energy_j * c / new, now)
+    yield rep.start_iteration(plan, env.now)
+    rep.finish_iteration(env.now)
 
 
 def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):

@@ -13,16 +13,20 @@ minus that counter is fixed while it decodes: the longest context is a heap of t
 from __future__ import annotations
 
 import heapq
+import math
 from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
+
+from tokenjoule.calibrate.cost_form import IterFeatures
 
 if TYPE_CHECKING:
     import simpy
 
     from tokenjoule.sim.accounting import Ledger
     from tokenjoule.sim.cost import CostModel, StretchCost
+    from tokenjoule.sim.policies import Iteration
 
 
 class RequestState:
@@ -65,8 +69,8 @@ class RequestState:
         self.seat_energy_at_join_j = 0.0
         self.energy_j = 0.0
         self.preemptions = 0
-        self.start_s = float("nan")
-        self.first_token_s = float("nan")
+        self.start_s = math.nan
+        self.first_token_s = math.nan
         self.decode_join_id = -1
 
     @property
@@ -116,6 +120,9 @@ class Replica:
         self.running: dict[int, RequestState] = {}
         self._finish_heap: list[tuple[int, int, RequestState]] = []  # (step of its last token, join id, state)
         self._ctx_heap: list[tuple[int, int, RequestState]] = []  # (steps - context, join id, state): longest first
+        self._tally = ledger.range_tally
+        # keep the heap only where the longest context is read: by the cost model, or the range tally
+        self._tracks_longest = cost.uses_longest_context or self._tally is not None
         self._decode_joins = 0
         self.decode_steps = 0
         self.ctx_sum = 0
@@ -127,7 +134,9 @@ class Replica:
         self.outstanding = 0
         self.process: simpy.Process | None = None
         self.wake: simpy.Event | None = None
-        self.stretch: tuple[float, StretchCost, int, simpy.Event] | None = None  # (start_s, cost, steps, end)
+        # a decode stretch under way: (start_s, cost, planned steps, their seconds, the event of its end, longest ctx)
+        self.stretch: tuple[float, StretchCost, int, float, simpy.Event, int] | None = None
+        self.iteration: tuple | None = None  # an iteration under way (see `start_iteration`)
         self.cut: tuple[int, float] | None = None  # (steps, seconds) of a stretch an arrival cut short
 
     # ---- paged KV blocks (read-only questions the policies ask) ------------------------------------------------
@@ -212,7 +221,7 @@ class Replica:
             self._maybe_cut(now)
 
     def _maybe_cut(self, now: float) -> None:
-        start, cost, planned, end = self.stretch
+        start, cost, planned, _, end, _ = self.stretch
         k, time_s = cost.boundary_after(now - start)
         if k < planned and self.policy.admits_midstretch(self, self.free_blocks - self.new_blocks(k)):
             self.cut = k, time_s
@@ -230,13 +239,32 @@ class Replica:
         """Stop listening for arrivals (a timeout, not an arrival, may have ended the sleep)."""
         self.wake = None
 
-    def begin_stretch(self, start_s: float, cost: StretchCost, steps: int, end: simpy.Event) -> None:
-        """A decode stretch of up to `steps` steps starts; the replica waits on `end`, which arrivals may cut short."""
-        self.stretch = (start_s, cost, steps, end)
+    def start_stretch(self, now: float) -> simpy.Timeout:
+        """Price a decode stretch of the running batch to its next completion (or KV limit): the event of its end.
 
-    def end_stretch(self) -> None:
-        """The decode stretch is over (run out, or cut short at `cut`)."""
-        self.stretch, self.cut = None, None
+        Arrivals the policy would admit cut it short (see `submit`), until `finish_stretch`.
+        """
+        longest = self._longest()
+        cost = self.cost.decode_stretch(len(self.running), self.ctx_sum, longest)
+        steps = self.stretch_steps()
+        time_s = cost.time_s(steps)
+        end = self.env.timeout(time_s)
+        self.stretch = (now, cost, steps, time_s, end, longest)
+        return end
+
+    def finish_stretch(self) -> None:
+        """The stretch ended (run out, or cut short): book its time and energy and advance the decode set."""
+        start, cost, steps, time_s, _, longest = self.stretch
+        if self.cut is not None:
+            steps, time_s = self.cut
+        self.stretch = self.cut = None
+        energy_j = cost.energy_of(steps, time_s)
+        self.charge(start, time_s, energy_j)
+        if self._tally is not None:
+            self._tally.decode(len(self.running), longest, steps)
+        if self.log is not None:
+            self.log.append(("decode", start, steps))
+        self.decode_steps_done(steps, energy_j, len(self.running))
 
     # ---- admission and prefill ------------------------------------------------------------------------------------
     def admit(self, s: RequestState, now: float) -> None:
@@ -247,6 +275,40 @@ class Replica:
         self.blocks_used += self.blocks_for(s.input_tokens + s.generated)
         if s.start_s != s.start_s:  # NaN: first time scheduled
             s.start_s = now
+
+    def start_iteration(self, plan: Iteration, now: float) -> simpy.Timeout:
+        """Admit the plan's new requests and price its forward pass: the event of its end."""
+        chunks = plan.chunks
+        for s, _ in chunks[len(chunks) - plan.admitted:]:
+            self.admit(s, now)
+        batch = len(self.running) if plan.with_decodes else 0
+        new, pairs, ctx, prompt_end = batch, 0, 0, 0
+        for s, c in chunks:
+            done = s.prefilled
+            new += c
+            pairs += c * done + c * (c + 1) // 2
+            ctx += done
+            if done + c > prompt_end:
+                prompt_end = done + c
+        longest = self._longest() if batch else 0
+        time_s, energy_j = self.cost.iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
+                                                            len(chunks), longest))
+        if self._tally is not None:
+            self._tally.iteration(batch, new, prompt_end, longest)
+        self.iteration = (chunks, now, time_s, energy_j, batch, new)
+        return self.env.timeout(time_s)
+
+    def finish_iteration(self, now: float) -> None:
+        """The forward pass ended: book it, advance the decodes it carried, and share its energy by tokens."""
+        chunks, start, time_s, energy_j, batch, new = self.iteration
+        self.iteration = None
+        self.charge(start, time_s, energy_j)
+        if self.log is not None:
+            self.log.append(("prefill", start, tuple((s.idx, c) for s, c in chunks)))
+        if batch:
+            self.decode_steps_done(1, energy_j, new)
+        for s, c in chunks:
+            self.prefill_chunk_done(s, c, energy_j * c / new, now)
 
     def prefill_chunk_done(self, s: RequestState, tokens: int, energy_j: float, now: float) -> None:
         """Book a computed prefill chunk of `tokens` tokens and its energy share; the last chunk ends the prefill."""
@@ -270,16 +332,29 @@ class Replica:
     def steps_to_next_finish(self) -> int:
         """Decode steps until the first decoding request emits its last token."""
         heap = self._finish_heap
-        while heap[0][2].decode_join_id != heap[0][1]:
+        top = heap[0]
+        while top[2].decode_join_id != top[1]:
             heapq.heappop(heap)
-        return heap[0][0] - self.decode_steps
+            top = heap[0]
+        return top[0] - self.decode_steps
 
     def max_ctx(self) -> int:
-        """The longest context among the decoding requests at step `decode_steps` (0 when none decodes)."""
+        """The longest context among the decoding requests at step `decode_steps` (0 when none decodes).
+
+        From the heap where the cost model or the range tally reads it (`_tracks_longest`), else by a scan.
+        """
+        if not self._tracks_longest:
+            steps = self.decode_steps
+            return max((s.input_tokens + s.generated_at_join + steps - s.steps_at_join - 1
+                        for s in self.running.values()), default=0)
         heap = self._ctx_heap
         while heap and heap[0][2].decode_join_id != heap[0][1]:
             heapq.heappop(heap)
         return self.decode_steps - heap[0][0] if heap else 0
+
+    def _longest(self) -> int:
+        """The longest decoding context where the cost model or the range tally reads it, else 0 (unread)."""
+        return self.max_ctx() if self._tracks_longest else 0
 
     def start_decode(self, s: RequestState) -> None:
         """Move a request whose prefill just produced a token into the decode set (or finish it)."""
@@ -296,7 +371,8 @@ class Replica:
         self.ctx_sum += ctx
         self._phase[(ctx - steps) % self.block_size] += 1
         heapq.heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
-        heapq.heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
+        if self._tracks_longest:
+            heapq.heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
 
     def _leave_decode(self, s: RequestState) -> None:
         """Settle the lazy counters of a request leaving the decode set and release its KV blocks."""
@@ -308,7 +384,7 @@ class Replica:
         self.blocks_used -= self.blocks_for(ctx)
         self._phase[(ctx - self.decode_steps) % self.block_size] -= 1
         s.decode_join_id = -1
-        if len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale entries below the top never surface: drop them
+        if self._tracks_longest and len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale ones never surface
             self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
             heapq.heapify(self._ctx_heap)
 
@@ -323,9 +399,12 @@ class Replica:
         self.ctx_sum += len(running) * k
         steps = self.decode_steps = self.decode_steps + k
         heap, now = self._finish_heap, self.env.now
-        while heap and (heap[0][0] <= steps or heap[0][2].decode_join_id != heap[0][1]):
-            _, join_id, s = heapq.heappop(heap)
-            if s.decode_join_id == join_id:
+        while heap:
+            last_step, join_id, s = heap[0]
+            if last_step > steps and s.decode_join_id == join_id:
+                break
+            heapq.heappop(heap)
+            if s.decode_join_id == join_id:  # else a stale entry of a preempted request
                 self._leave_decode(s)
                 self.finish(s, now)
 
