@@ -1,4 +1,7 @@
-"""`tokenjoule simulate` and `tokenjoule compare`: what-if serving energy and latency from a trace and a profile."""
+"""`tokenjoule simulate` and `tokenjoule compare`: what-if serving energy and latency from a trace and a profile.
+
+numpy, pyarrow and simpy are imported inside the commands, so that their help (and the root command) starts fast.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tokenjoule.console import progress
 from tokenjoule.kernels.spec import ConfigError
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ CarbonOpt = Annotated[str | None, typer.Option(
 
 
 def _parse_synthetic(text: str, seed: int):
+    import numpy as np
+
     from tokenjoule.traces.synth import MAX_SYNTHETIC_REQUESTS, SynthSpec, synthesize
 
     fields: dict[str, str] = {}
@@ -311,6 +314,7 @@ def simulate(
         tokenjoule simulate --profile my.json --replicas 4 --router least-outstanding --out runs/a
         tokenjoule simulate --synthetic n=256,input=1024,output=128 --cost roofline --gpu H100-SXM
     """
+    from tokenjoule.console import progress
     from tokenjoule.sim.report import RUN_FILES, check_out_folder, dumps, write_run
     from tokenjoule.sim.run import SimConfig, run
     from tokenjoule.sim.tp_profiles import choose_for_model, choose_profile
@@ -401,6 +405,7 @@ def compare(
         tokenjoule compare --policies static,continuous --replicas 1,2,4 --profiles my.json --out runs/cmp
         tokenjoule compare --config grid.toml --json
     """
+    from tokenjoule.console import progress
     from tokenjoule.sim.compare import grid_from_flags, load_grid
     from tokenjoule.sim.report import (
         COMPARE_FILES,

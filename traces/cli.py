@@ -245,3 +245,8 @@ def convert(source: Source, out: Annotated[Path, typer.Argument(help="Parquet fi
                                "rows_read": report.rows_read, "rows_dropped": report.rows_dropped, "notes": notes}))
     else:
         typer.echo("\n".join([*notes, f"wrote {out}: {len(trace):,} requests"]))
+
+
+def register(root: typer.Typer) -> None:
+    """Mount `trace` on the root app."""
+    root.add_typer(app, name="trace")

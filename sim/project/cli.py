@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tokenjoule.console import progress
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cli import (
     CarbonOpt,
@@ -120,6 +119,7 @@ def project(
         tokenjoule project trace.csv --profile my.json --out-of-range clamp --max-batch 128
         tokenjoule project azure-code-2023 --pue 1.2 --host-power-w 300 --carbon DE
     """
+    from tokenjoule.console import progress
     from tokenjoule.sim.project.load_aware import LoadAwareConfig
     from tokenjoule.sim.project.projection import ProjectConfig
     from tokenjoule.sim.project.projection import project as run_projection
