@@ -163,7 +163,8 @@ def _form(segment: Sequence[Any], coef: Sequence[float], x: Any, pairs: Any, pre
     return _head(segment, coef, x, pairs, prefill_ctx, prefill_seqs) + coef[3] * decode_ctx + coef[4] * tail
 
 
-def _head(segment: Sequence[Any], coef: Sequence[float], x: Any, pairs: Any, prefill_ctx: Any, prefill_seqs: Any) -> Any:
+def _head(segment: Sequence[Any], coef: Sequence[float], x: Any, pairs: Any, prefill_ctx: Any,
+          prefill_seqs: Any) -> Any:
     """The form's sum before its decode terms: for a decode-only step it depends on the batch alone (memoized)."""
     k0, dk, v0, dv = segment
     return v0 + (x - k0) / dk * dv + coef[0] * pairs + coef[1] * prefill_ctx + coef[2] * prefill_seqs

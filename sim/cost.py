@@ -26,7 +26,6 @@ from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim.stretch import Line, StretchCost
 
-
 _MEMO_SIZE = 1 << 16
 
 

@@ -95,16 +95,27 @@ def arrivals(env: simpy.Environment, rows: Iterable[tuple[float, int, int]], rou
 
 
 def replica(env: simpy.Environment, rep: Replica):
-    """A replica: ask the policy what to run next, run it, repeat; sleep while there is nothing to do."""
+    """A replica: ask the policy what to run next, run it, repeat; sleep while there is nothing to do.
+
+    A decode stretch (after the planned preemptions) decodes the constant batch with one timeout, to the next
+    completion or KV limit; an arrival that the policy would admit cuts it at the first step boundary after it.
+    """
     next_batch = rep.policy.next_batch
     while True:
         plan = next_batch(rep, env.now)
         if plan is None:
             yield rep.sleep()
         elif isinstance(plan, DecodeStretch):
-            yield from decode_stretch(env, rep, plan)
-        elif isinstance(plan, Iteration):
-            yield from iteration(env, rep, plan)
+            if plan.preempt:
+                rep.preempt_newest(plan.preempt)
+            if rep.running:
+                yield rep.start_stretch(env.now)  # a cut moves this wait to the earlier boundary (`Replica.submit`)
+                rep.finish_stretch()
+            else:  # all preempted: nothing left to decode, wait for an arrival as an idle replica does
+                yield rep.sleep()
+        elif isinstance(plan, Iteration):  # admit the planned requests, run one forward pass
+            yield rep.start_iteration(plan, env.now)
+            rep.finish_iteration(env.now)
         elif isinstance(plan, Preempt):
             rep.preempt_newest(plan.count)
         elif isinstance(plan, StaticBatch):
@@ -112,26 +123,6 @@ def replica(env: simpy.Environment, rep: Replica):
         elif isinstance(plan, Wait):
             yield env.any_of([rep.sleep(), env.timeout(plan.until_s - env.now)])
             rep.end_sleep()
-
-
-def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
-    """Preempt as planned, then decode the constant batch with one timeout, to the next completion or KV limit.
-
-    An arrival that the policy would admit cuts the stretch at the first step boundary after it.
-    """
-    if plan.preempt:
-        rep.preempt_newest(plan.preempt)
-        if not rep.running:  # nothing left to decode: wait for an arrival, as an idle replica does
-            yield rep.sleep()
-            return
-    yield rep.start_stretch(env.now)  # a cut moves this wait to the earlier boundary (`Replica.submit`)
-    rep.finish_stretch()
-
-
-def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
-    """Admit the planned requests, then run one forward pass of prefill chunks (plus decodes when chunked)."""
-    yield rep.start_iteration(plan, env.now)
-    rep.finish_iteration(env.now)
 
 
 def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):

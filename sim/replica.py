@@ -1,7 +1,8 @@
 """Mutable simulation state: one RequestState per live request, one Replica per model instance (queue, batch, KV).
 
 The replica owns this state: policies read it to decide, and the processes change it only through the replica's
-actions (`admit`, `finish_prefill`, `start_decode`, `decode_steps_done`, `preempt_newest`, `finish`, ...).
+actions (`admit`, `start_iteration`, `finish_prefill`, `start_decode`, `decode_steps_done`, `preempt_newest`,
+`finish`, ...).
 
 The decode bookkeeping is lazy so that a decode stretch costs O(1) however large the batch: advancing k steps only
 adds k to the replica's `decode_steps` and the per-seat energy to `seat_energy_j`; a request records both counters
@@ -223,12 +224,23 @@ class Replica:
     def _maybe_cut(self, now: float) -> None:
         start, cost, planned, _, end, _ = self.stretch
         k, time_s = cost.boundary_after(now - start)
-        if k < planned and self.policy.admits_midstretch(self, self.free_blocks - self.new_blocks(k)):
+        if k < planned and self._admits_after(k):
             self.cut = k, time_s
             # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
             # Interrupt would do the same with one more event and an exception thrown into the process.
             cut = self.env.timeout(max(0.0, start + time_s - now))
             cut.callbacks, end.callbacks = end.callbacks, []
+
+    def _admits_after(self, k: int) -> bool:
+        """Would the policy admit the head of the queue at the stretch's k-th step boundary?
+
+        The policy's answer is monotone in the free blocks, and k steps take at most ceil(k / block_size) blocks a
+        sequence: the exact count (`new_blocks`) is needed only when that bound and the blocks free now disagree.
+        """
+        admits, free = self.policy.admits_midstretch, self.free_blocks
+        if admits(self, free - len(self.running) * -(-k // self.block_size)):
+            return True
+        return admits(self, free) and admits(self, free - self.new_blocks(k))
 
     def sleep(self) -> simpy.Event:
         """An event that a new arrival triggers."""
@@ -307,15 +319,11 @@ class Replica:
             self.log.append(("prefill", start, tuple((s.idx, c) for s, c in chunks)))
         if batch:
             self.decode_steps_done(1, energy_j, new)
-        for s, c in chunks:
-            self.prefill_chunk_done(s, c, energy_j * c / new, now)
-
-    def prefill_chunk_done(self, s: RequestState, tokens: int, energy_j: float, now: float) -> None:
-        """Book a computed prefill chunk of `tokens` tokens and its energy share; the last chunk ends the prefill."""
-        s.energy_j += energy_j
-        s.prefilled += tokens
-        if s.prefilled == s.input_tokens + s.generated:
-            self.finish_prefill(s, now)
+        for s, c in chunks:  # each chunk's share of the energy, by tokens; a prefill's last chunk ends it
+            s.energy_j += energy_j * c / new
+            s.prefilled += c
+            if s.prefilled == s.input_tokens + s.generated:
+                self.finish_prefill(s, now)
 
     def finish_prefill(self, s: RequestState, now: float) -> None:
         """The prefill emitted a token (the first, or the next after a preemption): start decoding, or finish."""
@@ -394,11 +402,15 @@ class Replica:
         if not running or k == 0:
             return
         self.seat_energy_j += energy_j / tokens
-        self.blocks_used += self.new_blocks(k)
-        assert self.blocks_used <= self.capacity_blocks, (self.blocks_used, self.capacity_blocks)
+        blocks = self.blocks_used = self.blocks_used + self.new_blocks(k)
+        assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
         self.ctx_sum += len(running) * k
         steps = self.decode_steps = self.decode_steps + k
-        heap, now = self._finish_heap, self.env.now
+        heap = self._finish_heap
+        last_step, join_id, s = heap[0]
+        if last_step > steps and s.decode_join_id == join_id:  # nobody's last token yet
+            return
+        now = self.env.now
         while heap:
             last_step, join_id, s = heap[0]
             if last_step > steps and s.decode_join_id == join_id:

@@ -103,7 +103,7 @@ class Trace:
         The simulator's feed: no object per request, and only a block's values in Python at once.
         """
         for batch in self.table.select(list(names)).to_batches(max_chunksize=65536):
-            yield from zip(*(column.to_numpy().tolist() for column in batch.columns))
+            yield from zip(*(column.to_numpy().tolist() for column in batch.columns), strict=True)
 
     @classmethod
     def from_columns(cls, arrival_s, input_tokens, output_tokens, request_id=None, source="<memory>") -> Trace:

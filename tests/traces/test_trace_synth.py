@@ -83,8 +83,8 @@ def _bulk(spec, seed, lengths_from):
     if lengths_from is None:
         return times, [spec.input_tokens] * spec.n_requests, [spec.output_tokens] * spec.n_requests, rng
     rows = rng.integers(0, len(lengths_from), size=spec.n_requests)
-    return (times, lengths_from.column("input_tokens")[rows].tolist(), lengths_from.column("output_tokens")[rows].tolist(),
-            rng)
+    inp, out = lengths_from.column("input_tokens")[rows], lengths_from.column("output_tokens")[rows]
+    return times, inp.tolist(), out.tolist(), rng
 
 
 @pytest.mark.parametrize(("process", "cv", "resample"), [("poisson", 1.0, True), ("gamma", 3.0, True),
