@@ -298,7 +298,7 @@ class CurveTable:
                    tuple(float(curve.coef.get(n, 0.0)) for n in FEATURES))
 
     @property
-    def reads_longest_context(self) -> bool:
+    def uses_longest_context(self) -> bool:
         """Whether a decode's cost depends on its batch's longest context (the tail term), not only their sum."""
         return bool(self.coef[4])
 

@@ -82,7 +82,7 @@ class CalibratedCost:
     @property
     def uses_longest_context(self) -> bool:
         """Whether a decode's cost reads its batch's longest context (the curves' tail term), or only their sum."""
-        return self._lat.reads_longest_context or self._en.reads_longest_context
+        return self._lat.uses_longest_context or self._en.uses_longest_context
 
     def host_s(self, seqs: int, prefill_seqs: int = 0) -> float:
         """Host seconds of an iteration of `seqs` sequences, `prefill_seqs` of them chunks (0 if not measured)."""

@@ -8,7 +8,8 @@ The decode bookkeeping is lazy so that a decode stretch costs O(1) however large
 adds k to the replica's `decode_steps` and the per-seat energy to `seat_energy_j`; a request records both counters
 when it joins the decode set (`steps_at_join`, `seat_energy_at_join_j`) and settles the differences when it leaves
 (finish or preemption). Every decoding context grows by one a step, as `decode_steps` does, so a request's context
-minus that counter is fixed while it decodes: the longest context is a heap of those offsets, O(log n) a change.
+minus that counter is fixed while it decodes: the longest context is a heap of those offsets, O(log n) a change
+(kept only for a cost model that prices the longest context).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class RequestState:
         self.start_s = math.nan
         self.first_token_s = math.nan
         self.decode_join_id = -1
+
+    def decode_context(self, steps: int) -> int:
+        """Its KV context while decoding, at the replica's decode step `steps` (the lazy counters settled)."""
+        return self.input_tokens + self.generated_at_join + steps - self.steps_at_join - 1
 
     @property
     def prefill_target(self) -> int:
@@ -202,7 +207,7 @@ class Replica:
         for s in reversed(self.running.values()):
             if free >= need:
                 break
-            ctx = s.input_tokens + s.generated_at_join + steps - s.steps_at_join - 1
+            ctx = s.decode_context(steps)
             free += self.blocks_for(ctx)
             need -= ctx % bs == 0
             victims += 1
@@ -352,9 +357,7 @@ class Replica:
         From the heap where the cost model or the range tally reads it (`_tracks_longest`), else by a scan.
         """
         if not self._tracks_longest:
-            steps = self.decode_steps
-            return max((s.input_tokens + s.generated_at_join + steps - s.steps_at_join - 1
-                        for s in self.running.values()), default=0)
+            return max((s.decode_context(self.decode_steps) for s in self.running.values()), default=0)
         heap = self._ctx_heap
         while heap and heap[0][2].decode_join_id != heap[0][1]:
             heapq.heappop(heap)

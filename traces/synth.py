@@ -121,18 +121,7 @@ def gaps(n: int, process: str, rng: np.random.Generator, rate_per_s: float = 1.0
 
 
 def arrivals(n: int, process: str, rng: np.random.Generator, rate_per_s: float = 1.0, cv: float = 1.0) -> np.ndarray:
-    """Arrival times from a named process ("poisson", "gamma" or "zero").
-
-    Args:
-        n: number of arrivals.
-        process: one of ARRIVAL_PROCESSES.
-        rng: random generator.
-        rate_per_s: mean rate for poisson/gamma.
-        cv: gap coefficient of variation for gamma.
-
-    Returns:
-        float64 arrival times in seconds.
-    """
+    """Arrival times (s) from a named process: the cumulative sum of its `gaps` (same arguments)."""
     return np.cumsum(gaps(n, process, rng, rate_per_s, cv))
 
 
