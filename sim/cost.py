@@ -26,7 +26,7 @@ from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim.stretch import Line, StretchCost
 
-_MEMO_SIZE = 1 << 16
+_MEMO_SIZE = 1 << 14
 
 
 @dataclass(frozen=True, slots=True)
