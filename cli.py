@@ -1,7 +1,9 @@
 """The `tokenjoule` command: mounts each package's commands, and is the one place user errors become one line.
 
-It sits at the package root, above the four subpackages whose commands it mounts. Each package's `cli.py` imports
-torch only inside the commands that need a GPU, so `tokenjoule simulate` never loads torch.
+It sits at the package root, above the four subpackages whose commands it mounts. A package's `cli.py` is imported
+only when one of its commands runs or a help lists it (`COMMAND_MODULES`), and imports numpy, pyarrow, simpy and
+torch only inside the commands that need them: `tokenjoule --version` and `tokenjoule simulate --help` load none of
+them, and `tokenjoule simulate` never loads torch.
 
 User errors are a declared set (`USER_ERRORS`, each type declared next to the code that raises it, plus missing or
 unreadable input files): they print `error: <one line>` on stderr and exit 2. Any other exception is a bug and
@@ -10,6 +12,7 @@ keeps its traceback. `TOKENJOULE_DEBUG=1` re-raises user errors too.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -18,27 +21,48 @@ import typer
 from typer.core import TyperGroup
 
 from tokenjoule import __version__
-from tokenjoule.calibrate import cli as calibrate_cli
-from tokenjoule.calibrate.cost_form import ProfileError
-from tokenjoule.calibrate.measure.nvml import MeterError
-from tokenjoule.calibrate.validate import cli as validate_cli
 from tokenjoule.help_text import lay_out_help
-from tokenjoule.kernels import cli as kernels_cli
-from tokenjoule.kernels.spec import ConfigError
-from tokenjoule.sim import cli as sim_cli
-from tokenjoule.sim.project import cli as project_cli
-from tokenjoule.traces import cli as traces_cli
-from tokenjoule.traces.schema import TraceFormatError, TraceOptionError
 
-# Errors a user can fix (a bad trace or trace option, profile, GPU setup or setting); each names its file or flag.
-USER_ERRORS: tuple[type[Exception], ...] = (TraceFormatError, TraceOptionError, ProfileError, MeterError, ConfigError)
+# Each command (in the order the root help lists them) and the module whose `register(app)` mounts it.
+COMMAND_MODULES = {
+    "calibrate": "tokenjoule.calibrate.cli",
+    "calibrate-gpu": "tokenjoule.calibrate.cli",
+    "simulate": "tokenjoule.sim.cli",
+    "compare": "tokenjoule.sim.cli",
+    "project": "tokenjoule.sim.project.cli",
+    "paper": "tokenjoule.calibrate.validate.cli",
+    "trace": "tokenjoule.traces.cli",
+    "models": "tokenjoule.kernels.cli",
+    "profile": "tokenjoule.calibrate.cli",
+    "validate": "tokenjoule.calibrate.validate.cli",
+}
 # Input files that are missing or unreadable: user errors when they name the file (a bug otherwise).
 FILE_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors a user can fix (a bad trace or trace option, profile, GPU setup or setting); each names its file or flag.
+
+    Imported when asked (an error is being reported), not at start-up: their modules import numpy and pyarrow.
+    """
+    from tokenjoule.calibrate.cost_form import ProfileError
+    from tokenjoule.calibrate.measure.nvml import MeterError
+    from tokenjoule.kernels.spec import ConfigError
+    from tokenjoule.traces.schema import TraceFormatError, TraceOptionError
+
+    return TraceFormatError, TraceOptionError, ProfileError, MeterError, ConfigError
+
+
+def __getattr__(name: str) -> Any:
+    """`USER_ERRORS`: the tuple `user_errors()` returns, built on first use."""
+    if name == "USER_ERRORS":
+        return user_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def user_error_line(err: BaseException) -> str | None:
     """The one line to print for a user error, or None when `err` is not one (a bug: keep its traceback)."""
-    if isinstance(err, USER_ERRORS):
+    if type(err).__module__.startswith("tokenjoule.") and isinstance(err, user_errors()):  # not click's Exit (--help)
         text = str(err).strip()
         return text.splitlines()[0] if text else type(err).__name__
     if isinstance(err, FILE_ERRORS) and err.filename is not None:
@@ -47,14 +71,30 @@ def user_error_line(err: BaseException) -> str | None:
 
 
 class UserErrorGroup(TyperGroup):
-    """The root command group: a declared user error raised by any command ends it with one line and exit code 2.
+    """The root command group: commands mounted when asked for; a declared user error ends one with one line.
 
-    It also lays out the help of the whole command tree as it is built (`help_text.lay_out_help`).
+    A command's module is imported the first time the command (or a help listing it) is asked for
+    (`COMMAND_MODULES`), and the help of what it mounts is laid out then (`help_text.lay_out_help`); a user error
+    raised by any command prints one line and exits with code 2.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         lay_out_help(self)
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        """Every command's name, without importing its module."""
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        """The command, its module imported and its commands mounted the first time one of them is asked for."""
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            mounted = typer.Typer(rich_markup_mode=app.rich_markup_mode, pretty_exceptions_enable=False)
+            importlib.import_module(COMMAND_MODULES[cmd_name]).register(mounted)
+            for name, command in typer.main.get_group(mounted).commands.items():
+                lay_out_help(command)
+                self.add_command(command, name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: typer.Context) -> Any:
         """Run the command; a user error prints `error: ...` on stderr and exits 2 (TOKENJOULE_DEBUG=1 re-raises)."""
@@ -96,12 +136,6 @@ def _root(
     """Energy of LLM serving: calibrate, simulate, project."""
 
 
-app.add_typer(traces_cli.app, name="trace")
-app.add_typer(kernels_cli.app, name="models")
-calibrate_cli.register(app)
-sim_cli.register(app)
-project_cli.register(app)
-validate_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

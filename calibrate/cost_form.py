@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,9 +50,12 @@ class ProfileError(ValueError):
     """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IterFeatures:
     """Aggregate features of one iteration (what every cost model reads).
+
+    Not frozen, though nothing writes into one: the simulator builds one per iteration it prices, and a frozen
+    dataclass's `__init__` (a call to `object.__setattr__` per field) costs three times a plain one.
 
     Attributes:
         new_tokens: tokens pushed through the weights (prefill tokens + one per decode sequence).
@@ -157,9 +160,14 @@ def _form(segment: Sequence[Any], coef: Sequence[float], x: Any, pairs: Any, pre
     extrapolated end dk=1, dv=its slope, so one expression covers every segment with the arithmetic order the
     simulator has always used (its outputs stay byte-identical).
     """
+    return _head(segment, coef, x, pairs, prefill_ctx, prefill_seqs) + coef[3] * decode_ctx + coef[4] * tail
+
+
+def _head(segment: Sequence[Any], coef: Sequence[float], x: Any, pairs: Any, prefill_ctx: Any,
+          prefill_seqs: Any) -> Any:
+    """The form's sum before its decode terms: for a decode-only step it depends on the batch alone (memoized)."""
     k0, dk, v0, dv = segment
-    return (v0 + (x - k0) / dk * dv + coef[0] * pairs + coef[1] * prefill_ctx + coef[2] * prefill_seqs
-            + coef[3] * decode_ctx + coef[4] * tail)
+    return v0 + (x - k0) / dk * dv + coef[0] * pairs + coef[1] * prefill_ctx + coef[2] * prefill_seqs
 
 
 def _segments(knots: Sequence[float], values: Sequence[float]) -> list[tuple[float, float, float, float]]:
@@ -265,6 +273,8 @@ class CurveTable:
         rows: (k0, dk, v0, dv) per segment, decode regime first.
         columns: the rows' four fields as arrays, for vectorised lookups.
         coef: coefficients in FEATURES order; a feature without one reads 0.
+        decode_heads: a cache filled by `decode_step`: the form's head (`_head`) of a decode-only step, by batch (a
+            simulation prices a few hundred distinct batches, each thousands of times).
     """
 
     decode_knots: tuple[float, ...]
@@ -273,6 +283,7 @@ class CurveTable:
     rows: tuple[tuple[float, float, float, float], ...]
     columns: tuple[np.ndarray, ...]
     coef: tuple[float, ...]
+    decode_heads: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, curve: CostCurve) -> CurveTable:
@@ -285,6 +296,11 @@ class CurveTable:
         columns = tuple(np.array(col, dtype=np.float64) for col in zip(*rows, strict=True))
         return cls(curve.knots_tokens, prefill_knots, offset, tuple(rows), columns,
                    tuple(float(curve.coef.get(n, 0.0)) for n in FEATURES))
+
+    @property
+    def uses_longest_context(self) -> bool:
+        """Whether a decode's cost depends on its batch's longest context (the tail term), not only their sum."""
+        return bool(self.coef[4])
 
     def _row(self, x: float, has_prefill: bool) -> tuple[float, float, float, float]:
         if has_prefill:
@@ -344,8 +360,11 @@ class CurveTable:
             (first step's cost, growth per step), in the curve's unit.
         """
         c = self.coef
+        head = self.decode_heads.get(batch)
+        if head is None:
+            head = self.decode_heads[batch] = _head(self._row(batch, False), c, batch, 0, 0, 0)
         tail = tail_ctx_tokens(max_ctx_tokens, ctx_sum_tokens, batch, rule) if c[4] else 0.0
-        return _form(self._row(batch, False), c, batch, 0, 0, 0, ctx_sum_tokens, tail), c[3] * batch
+        return head + c[3] * ctx_sum_tokens + c[4] * tail, c[3] * batch  # `_form`'s last two terms
 
 
 def _feature_ranges(new_tokens: np.ndarray, prefill: bool) -> dict[str, np.ndarray]:

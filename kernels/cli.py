@@ -115,3 +115,8 @@ def show(
         if key != "name":
             table.add_row(key, str(value))
     Console().print(table)
+
+
+def register(root: typer.Typer) -> None:
+    """Mount `models` on the root app."""
+    root.add_typer(app, name="models")

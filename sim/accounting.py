@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from tokenjoule.sim.notes import RangeTally
     from tokenjoule.sim.replica import RequestState
 
+# Intervals booked before the timeline adds them to its bins (x3 floats: bounded memory however long the run).
+_FILL_EVERY = 3 * (1 << 16)
 # Bin widths that divide an hour, so no bin straddles two hours of an hourly carbon-intensity series.
 _NICE_BINS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 STATUS_PENDING, STATUS_FINISHED, STATUS_REJECTED = 0, 1, 2
@@ -39,31 +42,64 @@ def pick_bin_s(span_s: float, max_bins: int = 2000) -> float:
 
 
 class EnergyTimeline:
-    """Busy seconds and joules per time bin, summed over replicas (an interval's energy is split by its time)."""
+    """Busy seconds and joules per time bin, summed over replicas (an interval's energy is split by its time).
+
+    The simulator books a few intervals per request, so `add` only records one; the bins are filled a block of
+    intervals at a time (numpy, `_fill`), in booking order, with the arithmetic of splitting and adding each interval
+    in turn: every bin holds the sums it would hold had each interval been added on its own.
+    """
 
     def __init__(self, bin_s: float) -> None:
         self.bin_s = bin_s
-        self.busy_s: list[float] = []
-        self.busy_j: list[float] = []
+        self._booked = array("d")  # start_s, time_s, energy_j of each interval not yet in the bins
+        self._busy_s = np.zeros(0)
+        self._busy_j = np.zeros(0)
+
+    @property
+    def busy_s(self) -> np.ndarray:
+        """Busy seconds per bin (over all replicas)."""
+        self._fill()
+        return self._busy_s
+
+    @property
+    def busy_j(self) -> np.ndarray:
+        """Busy joules per bin (over all replicas)."""
+        self._fill()
+        return self._busy_j
 
     def add(self, start_s: float, time_s: float, energy_j: float) -> None:
         """Book `energy_j` spent uniformly over [start_s, start_s + time_s]."""
-        width = self.bin_s
-        first, last = int(start_s // width), int((start_s + time_s) // width)
-        if last >= len(self.busy_s):
-            grow = last + 1 - len(self.busy_s)
-            self.busy_s.extend([0.0] * grow)
-            self.busy_j.extend([0.0] * grow)
-        if first == last or time_s <= 0.0:
-            self.busy_s[first] += time_s
-            self.busy_j[first] += energy_j
+        booked = self._booked
+        booked.extend((start_s, time_s, energy_j))
+        if len(booked) >= _FILL_EVERY:
+            self._fill()
+
+    def _fill(self) -> None:
+        """Add the booked intervals to their bins: one piece in its bin, or one per bin it overlaps (by time)."""
+        if not self._booked:
             return
-        end = start_s + time_s
-        for b in range(first, last + 1):
-            overlap = min(end, (b + 1) * width) - max(start_s, b * width)
-            if overlap > 0.0:
-                self.busy_s[b] += overlap
-                self.busy_j[b] += energy_j * overlap / time_s
+        start, time_s, energy_j = np.frombuffer(self._booked, dtype=np.float64).reshape(-1, 3).T
+        width = self.bin_s
+        first = np.floor_divide(start, width).astype(np.int64)  # Python's float // (numpy's floor_divide is its twin)
+        last = np.floor_divide(start + time_s, width).astype(np.int64)
+        whole = (first == last) | (time_s <= 0.0)
+        pieces = np.where(whole, 1, last - first + 1)
+        of = np.repeat(np.arange(len(start)), pieces)  # the interval of each piece, in booking order
+        b = first[of] + np.arange(len(of)) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # the bin of each piece
+        bins = b.astype(np.float64)
+        overlap = np.minimum((start + time_s)[of], (bins + 1) * width) - np.maximum(start[of], bins * width)
+        whole = whole[of]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            piece_s = np.where(whole, time_s[of], overlap)
+            piece_j = np.where(whole, energy_j[of], energy_j[of] * overlap / time_s[of])
+        keep = whole | (overlap > 0.0)
+        size = int(last.max()) + 1
+        if size > len(self._busy_s):
+            self._busy_s = np.concatenate((self._busy_s, np.zeros(size - len(self._busy_s))))
+            self._busy_j = np.concatenate((self._busy_j, np.zeros(size - len(self._busy_j))))
+        np.add.at(self._busy_s, b[keep], piece_s[keep])  # unbuffered: repeated bins add up in order
+        np.add.at(self._busy_j, b[keep], piece_j[keep])
+        self._booked = array("d")
 
     def gpu_power_w(self, end_s: float, replicas: int, idle_power_w: float) -> tuple[np.ndarray, np.ndarray]:
         """(bin start times, mean GPU power per bin) with idle power filling each replica's non-busy time."""

@@ -1,4 +1,7 @@
-"""`tokenjoule simulate` and `tokenjoule compare`: what-if serving energy and latency from a trace and a profile."""
+"""`tokenjoule simulate` and `tokenjoule compare`: what-if serving energy and latency from a trace and a profile.
+
+numpy, pyarrow and simpy are imported inside the commands, so that their help (and the root command) starts fast.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tokenjoule.console import progress
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.traces.options import trace_flags_set, trace_options
 
@@ -59,6 +60,8 @@ CarbonOpt = Annotated[str | None, typer.Option(
 
 
 def _parse_synthetic(text: str, seed: int):
+    import numpy as np
+
     from tokenjoule.traces.synth import SynthSpec, check_synth, synthesize
 
     fields: dict[str, str] = {}
@@ -330,6 +333,7 @@ def simulate(
         tokenjoule simulate --trace lengths.csv --arrivals poisson --rate 4
         tokenjoule simulate --replicas 2 --events iterations.parquet
     """
+    from tokenjoule.console import progress
     from tokenjoule.sim.report import RUN_FILES, check_out_file, check_out_folder, dumps, write_parquet, write_run
     from tokenjoule.sim.run import SimConfig, run
     from tokenjoule.sim.tp_profiles import choose_for_model, choose_profile
@@ -439,6 +443,7 @@ def compare(
         tokenjoule compare --policies static,continuous --replicas 1,2,4 --axis rate_scale=1,2 --out runs/cmp
         tokenjoule compare --config grid.toml --json
     """
+    from tokenjoule.console import progress
     from tokenjoule.sim.compare import cells_table, grid_from_flags, load_grid, resolve, run_cell
     from tokenjoule.sim.report import (
         COMPARE_FILES,

@@ -26,6 +26,8 @@ from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim.stretch import Line, StretchCost
 
+_MEMO_SIZE = 1 << 14
+
 
 @dataclass(frozen=True, slots=True)
 class CalibratedCost:
@@ -43,6 +45,10 @@ class CalibratedCost:
     profile: GPUProfile
     _lat: CurveTable = field(init=False, repr=False)
     _en: CurveTable = field(init=False, repr=False)
+    # (seconds, joules) of prefill-only iterations by features: a trace's prompts repeat their lengths, so a
+    # simulation prices the same prefill many times (cleared past _MEMO_SIZE entries, so memory stays bounded)
+    _prefills: dict[tuple[int, ...], tuple[float, float]] = field(init=False, repr=False, compare=False,
+                                                                  default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_lat", self.profile.latency.table())
@@ -73,6 +79,11 @@ class CalibratedCost:
         """KV-cache capacity measured by the engine."""
         return self.profile.kv_capacity_tokens
 
+    @property
+    def uses_longest_context(self) -> bool:
+        """Whether a decode's cost reads its batch's longest context (the curves' tail term), or only their sum."""
+        return self._lat.uses_longest_context or self._en.uses_longest_context
+
     def host_s(self, seqs: int, prefill_seqs: int = 0) -> float:
         """Host seconds of an iteration of `seqs` sequences, `prefill_seqs` of them chunks (0 if not measured)."""
         host = self.profile.host_overhead
@@ -85,11 +96,24 @@ class CalibratedCost:
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
+        if f.decode_seqs:
+            return self._iteration(f)
+        key = (f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.decode_ctx_tokens, f.prefill_seqs,
+               f.decode_max_ctx_tokens)
+        cost = self._prefills.get(key)
+        if cost is None:
+            if len(self._prefills) >= _MEMO_SIZE:
+                self._prefills.clear()
+            cost = self._prefills[key] = self._iteration(f)
+        return cost
+
+    def _iteration(self, f: IterFeatures) -> tuple[float, float]:
+        p = self.profile
         t, e = self.gpu_iteration(f)
-        if self.profile.host_overhead is None:
+        if p.host_overhead is None:
             return t, e
-        host = self.host_s(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
-        return t + host, e + self.profile.idle_power_w * host
+        host = p.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
+        return t + host, e + p.idle_power_w * host
 
     def gpu_decode_lines(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float) -> tuple[Line, Line]:
         """(time, energy) lines of the decode steps' forward passes, without host time."""
@@ -102,11 +126,14 @@ class CalibratedCost:
 
         At step 0 the contexts sum to `ctx_sum_tokens` and the longest is `max_ctx_tokens`.
         """
-        lt, le = self.gpu_decode_lines(batch, ctx_sum_tokens, max_ctx_tokens)
-        if self.profile.host_overhead is None:
-            return StretchCost((lt,), le)
-        host = self.host_s(batch)
-        return StretchCost((Line(lt.a + host, lt.d),), Line(le.a + self.profile.idle_power_w * host, le.d))
+        p = self.profile
+        rule = p.decode_split_rule
+        ta, td = self._lat.decode_step(batch, ctx_sum_tokens, max_ctx_tokens, rule)
+        ea, ed = self._en.decode_step(batch, ctx_sum_tokens, max_ctx_tokens, rule)
+        if p.host_overhead is None:
+            return StretchCost(ta, td, ea, ed)
+        host = p.host_overhead.seconds(batch)
+        return StretchCost(ta + host, td, ea + p.idle_power_w * host, ed)
 
     def evaluate(self, new_tokens, **features) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised (seconds, joules) over arrays of FEATURES (as `CostCurve.evaluate`) plus host time.
@@ -187,6 +214,11 @@ class ModeledTPCost:
         return self.tp * self.base.idle_power_w
 
     @property
+    def uses_longest_context(self) -> bool:
+        """Whether a decode's cost reads its batch's longest context (as the base's does)."""
+        return self.base.uses_longest_context
+
+    @property
     def kv_capacity_tokens(self) -> int:
         """Calibrated capacity plus the weight memory freed on each GPU."""
         spec = self.base.profile.model
@@ -207,7 +239,7 @@ class ModeledTPCost:
         p1 = self.base.idle_power_w
         ar = self.allreduce.iteration_s(self.base.profile.model, self.tp, batch)
         a = lt.a / self.tp + ar + self.base.host_s(batch)
-        return StretchCost((Line(a, lt.d / self.tp),), Line(le.a - p1 * lt.a, le.d - p1 * lt.d), self.tp * p1)
+        return StretchCost(a, lt.d / self.tp, le.a - p1 * lt.a, le.d - p1 * lt.d, self.tp * p1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +266,7 @@ class RooflineCost:
 
     modeled = False
     profile = None  # datasheet numbers, no calibrated profile
+    uses_longest_context = False  # FLOPs and bytes read the summed context only
 
     def __post_init__(self) -> None:
         check_tp(self.spec, self.tp)
@@ -281,7 +314,8 @@ class RooflineCost:
         per_token, per_pair = self._flop_terms()
         flops = Line(per_token * batch + per_pair * (ctx_sum_tokens + batch), per_pair * batch)
         kv_tokens = Line(ctx_sum_tokens + batch, batch)
-        return StretchCost(self._lines(flops, kv_tokens, batch), Line(0.0), self.gpu.tdp_w * self.tp)
+        compute, *memory = self._lines(flops, kv_tokens, batch)
+        return StretchCost(compute.a, compute.d, 0.0, 0.0, self.gpu.tdp_w * self.tp, memory[0] if memory else None)
 
     def evaluate(self, new_tokens, **features) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised (seconds, joules) over feature arrays (names as FEATURES, plus prefill_ctx_tokens)."""

@@ -2,8 +2,9 @@
 
 As SimPy's monitoring guide does, the simulation only appends: one tuple per prefill (or mixed) iteration and one per
 decode stretch, k decode steps of a constant batch priced in closed form (`stretch.py`). `IterationLog.table`
-builds the table at the end: each stretch becomes its k iterations (step j lasts `max(time_lines)(j)` s and costs
-`energy_line(j) + energy_per_s x its time` J: the terms `StretchCost` sums), and each replica's gaps between
+builds the table at the end: each stretch becomes its k iterations (step j lasts `time_a + time_d j` s, or the
+roofline's `bound` line where larger, and costs `energy_a + energy_d j + energy_per_s x its time` J: the terms
+`StretchCost` sums), and each replica's gaps between
 iterations become idle rows at idle power. A replica's rows tile [0, duration) and the energy column sums to the
 run's GPU energy (busy plus idle). A run without `--events` keeps no log and pays one `is None` test per iteration.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tokenjoule.sim.stretch import StretchCost
+from tokenjoule.sim.stretch import Line, StretchCost
 
 # The columns of the table, in order, with their types.
 SCHEMA = pa.schema([
@@ -84,11 +85,12 @@ class IterationLog:
         def each(values: list[float]) -> np.ndarray:  # a value per stretch, on each of its rows
             return np.repeat(np.array(values, np.float64), steps)
 
-        lines = [(s[4].time_lines[0], s[4].time_lines[-1]) for s in kept]  # two lines only for the roofline
-        time_s = np.maximum(each([a.a for a, _ in lines]) + each([a.d for a, _ in lines]) * j,
-                            each([b.a for _, b in lines]) + each([b.d for _, b in lines]) * j)
-        energy_j = (each([s[4].energy_line.a for s in kept]) + each([s[4].energy_line.d for s in kept]) * j
-                    + each([s[4].energy_per_s for s in kept]) * time_s)
+        costs = [s[4] for s in kept]
+        bounds = [c.bound or Line(c.time_a, c.time_d) for c in costs]  # a second time line only for the roofline
+        time_s = np.maximum(each([c.time_a for c in costs]) + each([c.time_d for c in costs]) * j,
+                            each([b.a for b in bounds]) + each([b.d for b in bounds]) * j)
+        energy_j = (each([c.energy_a for c in costs]) + each([c.energy_d for c in costs]) * j
+                    + each([c.energy_per_s for c in costs]) * time_s)
         elapsed = np.cumsum(time_s) - time_s  # time before each row, counted from the first stretch's step 0
         start_s = each([s[1] for s in kept]) + elapsed - np.repeat(elapsed[first], steps)
         n = len(j)

@@ -163,26 +163,30 @@ class ContinuousBatching:
 
     def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | None:
         """Admit and prefill waiting requests if any fit; else decode the running batch (preempting to fit a step)."""
-        chunks: list[tuple[RequestState, int]] = []
-        tokens, free, seqs = 0, rep.free_blocks, len(rep.running)
-        for s in rep.waiting:
-            if seqs >= self.max_num_seqs:
-                break
-            need = s.prefill_target
-            blocks = rep.blocks_for(need)
-            if tokens + need > self.max_num_batched_tokens or blocks > free:
-                break
-            chunks.append((s, need))
-            tokens, free, seqs = tokens + need, free - blocks, seqs + 1
-        if chunks:
-            return Iteration(tuple(chunks), False, len(chunks))
-        if not rep.running:
+        if rep.waiting:
+            chunks: list[tuple[RequestState, int]] = []
+            tokens, free, seqs = 0, rep.free_blocks, len(rep.running)
+            for s in rep.waiting:
+                if seqs >= self.max_num_seqs:
+                    break
+                need = s.prefill_target
+                blocks = rep.blocks_for(need)
+                if tokens + need > self.max_num_batched_tokens or blocks > free:
+                    break
+                chunks.append((s, need))
+                tokens, free, seqs = tokens + need, free - blocks, seqs + 1
+            if chunks:
+                return Iteration(tuple(chunks), False, len(chunks))
+        running = rep.running
+        if not running:
             return None
+        if rep.free_blocks >= len(running):  # a step takes at most a block per sequence: no preemption
+            return _DECODE
         victims = rep.victims_for_one_step()
         return DecodeStretch(victims) if victims else _DECODE
 
     def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
-        """Would the next iteration boundary admit the head of the queue?"""
+        """Would the next iteration boundary admit the head of the queue (monotone in `free_blocks`)?"""
         if not rep.waiting or len(rep.running) >= self.max_num_seqs:
             return False
         need = rep.waiting[0].prefill_target
@@ -219,10 +223,15 @@ class ChunkedPrefill:
 
     def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | Preempt | None:
         """Preempt until a decode step fits; then decodes first, prefill chunks within the budget, or a stretch."""
-        free = rep.free_blocks - rep.new_blocks(1)  # after this iteration's decode step takes its blocks
-        if free < 0:
-            return Preempt(rep.victims_for_one_step())
-        budget = self.max_num_batched_tokens - len(rep.running)
+        running, waiting = rep.running, rep.waiting
+        free = rep.free_blocks
+        if waiting or free < len(running):  # a step takes at most a block per sequence: free is enough to decode
+            free -= rep.new_blocks(1)  # after this iteration's decode step takes its blocks
+            if free < 0:
+                return Preempt(rep.victims_for_one_step())
+        if not waiting and not rep.prefilling:
+            return _DECODE if running else None
+        budget = self.max_num_batched_tokens - len(running)
         chunks: list[tuple[RequestState, int]] = []
         for s in rep.prefilling:
             if budget <= 0:
@@ -248,7 +257,7 @@ class ChunkedPrefill:
         return _DECODE if rep.running else None
 
     def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
-        """Would the next iteration boundary schedule a chunk of the head of the queue?"""
+        """Would the next iteration boundary schedule a chunk of the queue's head (monotone in `free_blocks`)?"""
         if not rep.waiting or len(rep.running) >= self.max_num_seqs:
             return False
         return rep.blocks_for(rep.waiting[0].prefill_target) <= free_blocks - len(rep.running)

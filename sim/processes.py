@@ -26,7 +26,6 @@ from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.notes import CONTEXT_REJECT
 from tokenjoule.sim.policies import DecodeStretch, Iteration, Preempt, StaticBatch, Wait
 from tokenjoule.sim.replica import Replica, RequestState
-from tokenjoule.traces.schema import Request
 
 ROUTERS = ("round-robin", "least-outstanding", "random")
 
@@ -78,29 +77,45 @@ class Router:
             first.log.append(("reject", now, s.idx))
 
 
-def arrivals(env: simpy.Environment, requests: Iterable[Request], router: Router,
+def arrivals(env: simpy.Environment, rows: Iterable[tuple[float, int, int]], router: Router,
              on_progress: Callable[[int], None] | None = None):
-    """The clients: each request arrives at its trace time and is handed to the router."""
+    """The clients: each request arrives at its trace time and is handed to the router.
+
+    `rows` are (arrival_s, input_tokens, output_tokens) in arrival order (`Trace.iter_rows`).
+    """
     ledger = router.replicas[0].ledger
-    for idx, req in enumerate(requests):
-        if req.arrival_s > env.now:
-            yield env.timeout(req.arrival_s - env.now)
-        router.dispatch(RequestState(idx, req.arrival_s, req.input_tokens, req.output_tokens), env.now)
-        ledger.last_arrival_s = env.now
+    for idx, (arrival_s, input_tokens, output_tokens) in enumerate(rows):
+        if arrival_s > env.now:
+            yield env.timeout(arrival_s - env.now)
+        now = env.now
+        router.dispatch(RequestState(idx, arrival_s, input_tokens, output_tokens), now)
+        ledger.last_arrival_s = now
         if on_progress is not None and not idx % 4096:
             on_progress(idx)
 
 
 def replica(env: simpy.Environment, rep: Replica):
-    """A replica: ask the policy what to run next, run it, repeat; sleep while there is nothing to do."""
+    """A replica: ask the policy what to run next, run it, repeat; sleep while there is nothing to do.
+
+    A decode stretch (after the planned preemptions) decodes the constant batch with one timeout, to the next
+    completion or KV limit; an arrival that the policy would admit cuts it at the first step boundary after it.
+    """
+    next_batch = rep.policy.next_batch
     while True:
-        plan = rep.policy.next_batch(rep, env.now)
+        plan = next_batch(rep, env.now)
         if plan is None:
             yield rep.sleep()
         elif isinstance(plan, DecodeStretch):
-            yield from decode_stretch(env, rep, plan)
-        elif isinstance(plan, Iteration):
-            yield from iteration(env, rep, plan)
+            if plan.preempt:
+                rep.preempt_newest(plan.preempt)
+            if rep.running:
+                yield rep.start_stretch(env.now)  # a cut moves this wait to the earlier boundary (`Replica.submit`)
+                rep.finish_stretch()
+            else:  # all preempted: nothing left to decode, wait for an arrival as an idle replica does
+                yield rep.sleep()
+        elif isinstance(plan, Iteration):  # admit the planned requests, run one forward pass
+            yield rep.start_iteration(plan, env.now)
+            rep.finish_iteration(env.now)
         elif isinstance(plan, Preempt):
             rep.preempt_newest(plan.count)
         elif isinstance(plan, StaticBatch):
@@ -108,72 +123,6 @@ def replica(env: simpy.Environment, rep: Replica):
         elif isinstance(plan, Wait):
             yield env.any_of([rep.sleep(), env.timeout(plan.until_s - env.now)])
             rep.end_sleep()
-
-
-def decode_stretch(env: simpy.Environment, rep: Replica, plan: DecodeStretch):
-    """Preempt as planned, then decode the constant batch with one timeout, to the next completion or KV limit.
-
-    An arrival that the policy would admit cuts the stretch at the first step boundary after it.
-    """
-    if plan.preempt:
-        rep.preempt_newest(plan.preempt)
-        if not rep.running:  # nothing left to decode: wait for an arrival, as an idle replica does
-            yield rep.sleep()
-            return
-    batch, max_ctx = len(rep.running), rep.max_ctx()
-    cost = rep.cost.decode_stretch(batch, rep.ctx_sum, max_ctx)
-    steps = min(rep.max_decode_steps(rep.free_blocks), rep.steps_to_next_finish())
-    start = env.now
-    rep.begin_stretch(start, cost, steps)
-    try:
-        yield env.timeout(cost.time_s(steps))
-    except simpy.Interrupt:
-        steps = rep.cut_steps
-        yield env.timeout(max(0.0, start + cost.time_s(steps) - env.now))
-    rep.end_stretch()
-    time_s, energy_j = cost.time_s(steps), cost.energy_j(steps)
-    rep.charge(start, time_s, energy_j)
-    tally = rep.ledger.range_tally
-    if tally is not None:
-        tally.decode(batch, max_ctx, steps)
-    if rep.log is not None:
-        rep.log.append(("decode", start, steps))
-    if rep.iterations is not None:
-        rep.iterations.stretch(rep.idx, start, steps, batch, cost)
-    rep.decode_steps_done(steps, energy_j, batch)
-
-
-def iteration(env: simpy.Environment, rep: Replica, plan: Iteration):
-    """Admit the planned requests, then run one forward pass of prefill chunks (plus decodes when chunked)."""
-    chunks = plan.chunks
-    for s, _ in chunks[len(chunks) - plan.admitted:]:
-        rep.admit(s, env.now)
-    batch = len(rep.running) if plan.with_decodes else 0
-    new, pairs, ctx, prompt_end = batch, 0, 0, 0
-    for s, c in chunks:
-        new += c
-        pairs += c * s.prefilled + c * (c + 1) // 2
-        ctx += s.prefilled
-        if s.prefilled + c > prompt_end:
-            prompt_end = s.prefilled + c
-    max_ctx = rep.max_ctx() if batch else 0
-    time_s, energy_j = rep.cost.iteration(IterFeatures(new, pairs, ctx, rep.ctx_sum if batch else 0, batch,
-                                                       len(plan.chunks), max_ctx))
-    tally = rep.ledger.range_tally
-    if tally is not None:
-        tally.iteration(batch, new, prompt_end, max_ctx)
-    start = env.now
-    yield env.timeout(time_s)
-    rep.charge(start, time_s, energy_j)
-    if rep.log is not None:
-        rep.log.append(("prefill", start, tuple((s.idx, c) for s, c in plan.chunks)))
-    if rep.iterations is not None:
-        rep.iterations.iteration(rep.idx, start, time_s, energy_j, new - batch, len(chunks), batch)
-    if batch:
-        rep.decode_steps_done(1, energy_j, new)
-    now = env.now
-    for s, c in chunks:
-        rep.prefill_chunk_done(s, c, energy_j * c / new, now)
 
 
 def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):

@@ -1,22 +1,27 @@
 """Mutable simulation state: one RequestState per live request, one Replica per model instance (queue, batch, KV).
 
 The replica owns this state: policies read it to decide, and the processes change it only through the replica's
-actions (`admit`, `finish_prefill`, `start_decode`, `decode_steps_done`, `preempt_newest`, `finish`, ...).
+actions (`admit`, `start_iteration`, `finish_prefill`, `start_decode`, `decode_steps_done`, `preempt_newest`,
+`finish`, ...).
 
 The decode bookkeeping is lazy so that a decode stretch costs O(1) however large the batch: advancing k steps only
 adds k to the replica's `decode_steps` and the per-seat energy to `seat_energy_j`; a request records both counters
 when it joins the decode set (`steps_at_join`, `seat_energy_at_join_j`) and settles the differences when it leaves
 (finish or preemption). Every decoding context grows by one a step, as `decode_steps` does, so a request's context
-minus that counter is fixed while it decodes: the longest context is a heap of those offsets, O(log n) a change.
+minus that counter is fixed while it decodes: the longest context is a heap of those offsets, O(log n) a change
+(kept only for a cost model that prices the longest context).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
+
+from tokenjoule.calibrate.cost_form import IterFeatures
 
 if TYPE_CHECKING:
     import simpy
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
     from tokenjoule.sim.accounting import Ledger
     from tokenjoule.sim.cost import CostModel, StretchCost
     from tokenjoule.sim.iterations import IterationLog
+    from tokenjoule.sim.policies import Iteration
 
 
 class RequestState:
@@ -66,9 +72,13 @@ class RequestState:
         self.seat_energy_at_join_j = 0.0
         self.energy_j = 0.0
         self.preemptions = 0
-        self.start_s = float("nan")
-        self.first_token_s = float("nan")
+        self.start_s = math.nan
+        self.first_token_s = math.nan
         self.decode_join_id = -1
+
+    def decode_context(self, steps: int) -> int:
+        """Its KV context while decoding, at the replica's decode step `steps` (the lazy counters settled)."""
+        return self.input_tokens + self.generated_at_join + steps - self.steps_at_join - 1
 
     @property
     def prefill_target(self) -> int:
@@ -109,6 +119,7 @@ class Replica:
         self.policy = policy
         self.cost = cost
         self.ledger = ledger
+        self._timeline = ledger.timeline
         self.log = log
         self.iterations = iterations
         self.block_size = block_size
@@ -118,6 +129,9 @@ class Replica:
         self.running: dict[int, RequestState] = {}
         self._finish_heap: list[tuple[int, int, RequestState]] = []  # (step of its last token, join id, state)
         self._ctx_heap: list[tuple[int, int, RequestState]] = []  # (steps - context, join id, state): longest first
+        self._tally = ledger.range_tally
+        # keep the heap only where the longest context is read: by the cost model, or the range tally
+        self._tracks_longest = cost.uses_longest_context or self._tally is not None
         self._decode_joins = 0
         self.decode_steps = 0
         self.ctx_sum = 0
@@ -129,8 +143,10 @@ class Replica:
         self.outstanding = 0
         self.process: simpy.Process | None = None
         self.wake: simpy.Event | None = None
-        self.stretch: tuple[float, StretchCost, int] | None = None  # (start_s, cost, planned steps)
-        self.cut_steps: int | None = None
+        # a decode stretch under way: (start_s, cost, planned steps, their seconds, the event of its end, longest ctx)
+        self.stretch: tuple[float, StretchCost, int, float, simpy.Event, int] | None = None
+        self.iteration: tuple | None = None  # an iteration under way (see `start_iteration`)
+        self.cut: tuple[int, float] | None = None  # (steps, seconds) of a stretch an arrival cut short
 
     # ---- paged KV blocks (read-only questions the policies ask) ------------------------------------------------
     @property
@@ -167,19 +183,34 @@ class Replica:
         needs = accumulate(phase[p0::-1] + phase[:p0:-1])  # new blocks by step, one period from step 0
         return full * bs + bisect_right(list(needs), left)
 
+    def stretch_steps(self) -> int:
+        """Decode steps to the next completion, or fewer when the free KV blocks run out first.
+
+        Over k steps a sequence takes at most ceil(k / block_size) new blocks, so when that many per sequence are
+        free the block walk of `max_decode_steps` is not needed.
+        """
+        to_finish = self.steps_to_next_finish()
+        free = self.capacity_blocks - self.blocks_used
+        if free >= len(self.running) * -(-to_finish // self.block_size):
+            return to_finish
+        return min(self.max_decode_steps(free), to_finish)
+
     def victims_for_one_step(self) -> int:
         """How many of the newest decoding requests must be preempted before one decode step's new blocks fit.
 
         Preempting a request frees its blocks and, when its cache is exactly full, its need for a new one.
         """
-        free, need = self.free_blocks, self.new_blocks(1)
+        free = self.capacity_blocks - self.blocks_used
+        if free >= len(self.running):  # a step takes at most one new block per sequence
+            return 0
+        need = self.new_blocks(1)
         if free >= need:
             return 0
         bs, steps, victims = self.block_size, self.decode_steps, 0
         for s in reversed(self.running.values()):
             if free >= need:
                 break
-            ctx = s.input_tokens + s.generated_at_join + steps - s.steps_at_join - 1
+            ctx = s.decode_context(steps)
             free += self.blocks_for(ctx)
             need -= ctx % bs == 0
             victims += 1
@@ -195,15 +226,29 @@ class Replica:
         if self.wake is not None:
             self.wake.succeed()
             self.wake = None
-        elif self.stretch is not None and self.cut_steps is None:
+        elif self.stretch is not None and self.cut is None:
             self._maybe_cut(now)
 
     def _maybe_cut(self, now: float) -> None:
-        start, cost, planned = self.stretch
-        k = cost.steps_within(now - start)
-        if k < planned and self.policy.admits_midstretch(self, self.free_blocks - self.new_blocks(k)):
-            self.cut_steps = k
-            self.process.interrupt("arrival")
+        start, cost, planned, _, end, _ = self.stretch
+        k, time_s = cost.boundary_after(now - start)
+        if k < planned and self._admits_after(k):
+            self.cut = k, time_s
+            # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
+            # Interrupt would do the same with one more event and an exception thrown into the process.
+            cut = self.env.timeout(max(0.0, start + time_s - now))
+            cut.callbacks, end.callbacks = end.callbacks, []
+
+    def _admits_after(self, k: int) -> bool:
+        """Would the policy admit the head of the queue at the stretch's k-th step boundary?
+
+        The policy's answer is monotone in the free blocks, and k steps take at most ceil(k / block_size) blocks a
+        sequence: the exact count (`new_blocks`) is needed only when that bound and the blocks free now disagree.
+        """
+        admits, free = self.policy.admits_midstretch, self.free_blocks
+        if admits(self, free - len(self.running) * -(-k // self.block_size)):
+            return True
+        return admits(self, free) and admits(self, free - self.new_blocks(k))
 
     def sleep(self) -> simpy.Event:
         """An event that a new arrival triggers."""
@@ -214,13 +259,34 @@ class Replica:
         """Stop listening for arrivals (a timeout, not an arrival, may have ended the sleep)."""
         self.wake = None
 
-    def begin_stretch(self, start_s: float, cost: StretchCost, steps: int) -> None:
-        """A decode stretch of up to `steps` steps starts: arrivals may now cut it (see `submit`)."""
-        self.stretch = (start_s, cost, steps)
+    def start_stretch(self, now: float) -> simpy.Timeout:
+        """Price a decode stretch of the running batch to its next completion (or KV limit): the event of its end.
 
-    def end_stretch(self) -> None:
-        """The decode stretch is over (run out or cut at `cut_steps`)."""
-        self.stretch, self.cut_steps = None, None
+        Arrivals the policy would admit cut it short (see `submit`), until `finish_stretch`.
+        """
+        longest = self._longest()
+        cost = self.cost.decode_stretch(len(self.running), self.ctx_sum, longest)
+        steps = self.stretch_steps()
+        time_s = cost.time_s(steps)
+        end = self.env.timeout(time_s)
+        self.stretch = (now, cost, steps, time_s, end, longest)
+        return end
+
+    def finish_stretch(self) -> None:
+        """The stretch ended (run out, or cut short): book its time and energy and advance the decode set."""
+        start, cost, steps, time_s, _, longest = self.stretch
+        if self.cut is not None:
+            steps, time_s = self.cut
+        self.stretch = self.cut = None
+        energy_j = cost.energy_of(steps, time_s)
+        self.charge(start, time_s, energy_j)
+        if self._tally is not None:
+            self._tally.decode(len(self.running), longest, steps)
+        if self.log is not None:
+            self.log.append(("decode", start, steps))
+        if self.iterations is not None:
+            self.iterations.stretch(self.idx, start, steps, len(self.running), cost)
+        self.decode_steps_done(steps, energy_j, len(self.running))
 
     # ---- admission and prefill ------------------------------------------------------------------------------------
     def admit(self, s: RequestState, now: float) -> None:
@@ -232,12 +298,44 @@ class Replica:
         if s.start_s != s.start_s:  # NaN: first time scheduled
             s.start_s = now
 
-    def prefill_chunk_done(self, s: RequestState, tokens: int, energy_j: float, now: float) -> None:
-        """Book a computed prefill chunk of `tokens` tokens and its energy share; the last chunk ends the prefill."""
-        s.energy_j += energy_j
-        s.prefilled += tokens
-        if s.prefilled == s.input_tokens + s.generated:
-            self.finish_prefill(s, now)
+    def start_iteration(self, plan: Iteration, now: float) -> simpy.Timeout:
+        """Admit the plan's new requests and price its forward pass: the event of its end."""
+        chunks = plan.chunks
+        for s, _ in chunks[len(chunks) - plan.admitted:]:
+            self.admit(s, now)
+        batch = len(self.running) if plan.with_decodes else 0
+        new, pairs, ctx, prompt_end = batch, 0, 0, 0
+        for s, c in chunks:
+            done = s.prefilled
+            new += c
+            pairs += c * done + c * (c + 1) // 2
+            ctx += done
+            if done + c > prompt_end:
+                prompt_end = done + c
+        longest = self._longest() if batch else 0
+        time_s, energy_j = self.cost.iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
+                                                            len(chunks), longest))
+        if self._tally is not None:
+            self._tally.iteration(batch, new, prompt_end, longest)
+        self.iteration = (chunks, now, time_s, energy_j, batch, new)
+        return self.env.timeout(time_s)
+
+    def finish_iteration(self, now: float) -> None:
+        """The forward pass ended: book it, advance the decodes it carried, and share its energy by tokens."""
+        chunks, start, time_s, energy_j, batch, new = self.iteration
+        self.iteration = None
+        self.charge(start, time_s, energy_j)
+        if self.log is not None:
+            self.log.append(("prefill", start, tuple((s.idx, c) for s, c in chunks)))
+        if self.iterations is not None:
+            self.iterations.iteration(self.idx, start, time_s, energy_j, new - batch, len(chunks), batch)
+        if batch:
+            self.decode_steps_done(1, energy_j, new)
+        for s, c in chunks:  # each chunk's share of the energy, by tokens; a prefill's last chunk ends it
+            s.energy_j += energy_j * c / new
+            s.prefilled += c
+            if s.prefilled == s.input_tokens + s.generated:
+                self.finish_prefill(s, now)
 
     def finish_prefill(self, s: RequestState, now: float) -> None:
         """The prefill emitted a token (the first, or the next after a preemption): start decoding, or finish."""
@@ -254,16 +352,27 @@ class Replica:
     def steps_to_next_finish(self) -> int:
         """Decode steps until the first decoding request emits its last token."""
         heap = self._finish_heap
-        while heap[0][2].decode_join_id != heap[0][1]:
+        top = heap[0]
+        while top[2].decode_join_id != top[1]:
             heapq.heappop(heap)
-        return heap[0][0] - self.decode_steps
+            top = heap[0]
+        return top[0] - self.decode_steps
 
     def max_ctx(self) -> int:
-        """The longest context among the decoding requests at step `decode_steps` (0 when none decodes)."""
+        """The longest context among the decoding requests at step `decode_steps` (0 when none decodes).
+
+        From the heap where the cost model or the range tally reads it (`_tracks_longest`), else by a scan.
+        """
+        if not self._tracks_longest:
+            return max((s.decode_context(self.decode_steps) for s in self.running.values()), default=0)
         heap = self._ctx_heap
         while heap and heap[0][2].decode_join_id != heap[0][1]:
             heapq.heappop(heap)
         return self.decode_steps - heap[0][0] if heap else 0
+
+    def _longest(self) -> int:
+        """The longest decoding context where the cost model or the range tally reads it, else 0 (unread)."""
+        return self.max_ctx() if self._tracks_longest else 0
 
     def start_decode(self, s: RequestState) -> None:
         """Move a request whose prefill just produced a token into the decode set (or finish it)."""
@@ -280,7 +389,8 @@ class Replica:
         self.ctx_sum += ctx
         self._phase[(ctx - steps) % self.block_size] += 1
         heapq.heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
-        heapq.heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
+        if self._tracks_longest:
+            heapq.heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
 
     def _leave_decode(self, s: RequestState) -> None:
         """Settle the lazy counters of a request leaving the decode set and release its KV blocks."""
@@ -292,23 +402,31 @@ class Replica:
         self.blocks_used -= self.blocks_for(ctx)
         self._phase[(ctx - self.decode_steps) % self.block_size] -= 1
         s.decode_join_id = -1
-        if len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale entries below the top never surface: drop them
+        if self._tracks_longest and len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale ones never surface
             self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
             heapq.heapify(self._ctx_heap)
 
     def decode_steps_done(self, k: int, energy_j: float, tokens: int) -> None:
         """Advance the decode set by k steps; each seat gets energy_j / tokens; finish those that are done."""
-        if not self.running or k == 0:
+        running = self.running
+        if not running or k == 0:
             return
         self.seat_energy_j += energy_j / tokens
-        self.blocks_used += self.new_blocks(k)
-        assert self.blocks_used <= self.capacity_blocks, (self.blocks_used, self.capacity_blocks)
-        self.ctx_sum += len(self.running) * k
-        self.decode_steps += k
-        heap, now, steps = self._finish_heap, self.env.now, self.decode_steps
-        while heap and (heap[0][0] <= steps or heap[0][2].decode_join_id != heap[0][1]):
-            _, join_id, s = heapq.heappop(heap)
-            if s.decode_join_id == join_id:
+        blocks = self.blocks_used = self.blocks_used + self.new_blocks(k)
+        assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
+        self.ctx_sum += len(running) * k
+        steps = self.decode_steps = self.decode_steps + k
+        heap = self._finish_heap
+        last_step, join_id, s = heap[0]
+        if last_step > steps and s.decode_join_id == join_id:  # nobody's last token yet
+            return
+        now = self.env.now
+        while heap:
+            last_step, join_id, s = heap[0]
+            if last_step > steps and s.decode_join_id == join_id:
+                break
+            heapq.heappop(heap)
+            if s.decode_join_id == join_id:  # else a stale entry of a preempted request
                 self._leave_decode(s)
                 self.finish(s, now)
 
@@ -360,4 +478,4 @@ class Replica:
         """Book one iteration or stretch of busy time and energy."""
         self.busy_s += time_s
         self.busy_j += energy_j
-        self.ledger.timeline.add(start_s, time_s, energy_j)
+        self._timeline.add(start_s, time_s, energy_j)

@@ -52,8 +52,8 @@ _RANGES = {"replicas": ">= 1", "tp": ">= 1", "block_size": ">= 1", "rate_scale":
 _FLAGS = {"replicas": "--replicas", "tp": "--tp", "block_size": "--kv-block-tokens", "rate_scale": "--rate-scale",
           "pue": "--pue", "host_power_w": "--host-power-w", "idle_power_w": "--idle-power-w",
           "carbon_g_per_kwh": "--carbon", "slo_ttft_s": "--slo-ttft-s", "slo_tpot_s": "--slo-tpot-s",
-          "max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-batched-tokens", "max_batch": "--max-batch",
-          "batch_timeout_s": "--batch-timeout-s", "seed": "--seed"}
+          "max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-batched-tokens",
+          "max_batch": "--max-batch", "batch_timeout_s": "--batch-timeout-s", "seed": "--seed"}
 # Settings only some policies read (see `SimConfig.make_policy`); the others ignore them.
 POLICY_SETTINGS = {"max_batch": ("static",), "batch_timeout_s": ("static",), "max_num_seqs": ("continuous", "chunked"),
                    "max_num_batched_tokens": ("continuous", "chunked")}
@@ -267,7 +267,7 @@ def run(config: SimConfig, trace: Trace, cost: CostModel | GPUProfile | None = N
     router = processes.Router(reps, config.router, np.random.default_rng(config.seed),
                               _served_model(cost).max_position_embeddings)
     tick = (lambda done: on_progress(done, len(trace))) if on_progress is not None else None
-    env.process(processes.arrivals(env, trace.iter_requests(), router, tick))
+    env.process(processes.arrivals(env, trace.iter_rows(), router, tick))
     env.run()
     return _result(config, trace, cost, reps, ledger, log, iterations)
 

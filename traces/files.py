@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +235,10 @@ def _first_ragged_csv_row(path: Path) -> int | None:
     return None
 
 
+# Rows per Parquet row group of a written trace (readers stream a file a row group at a time).
+ROW_GROUP_ROWS = 1 << 20
+
+
 def save_trace(trace: Trace, path: Path) -> Path:
     """Write a trace as Parquet, atomically (temp file in the same folder, then rename).
 
@@ -245,7 +249,34 @@ def save_trace(trace: Trace, path: Path) -> Path:
     Returns:
         The path written.
     """
-    write_atomic(path, lambda tmp: pq.write_table(trace.table, tmp, row_group_size=1 << 20))
+    write_atomic(path, lambda tmp: pq.write_table(trace.table, tmp, row_group_size=ROW_GROUP_ROWS))
+    return path
+
+
+def save_blocks(blocks: Iterable[pa.Table], path: Path) -> Path:
+    """Write a trace given as consecutive blocks of rows as Parquet, a block at a time, atomically.
+
+    With blocks of `ROW_GROUP_ROWS` rows (the last one shorter) the file is the one `save_trace` writes for their
+    concatenation, but only a block is in memory at once.
+
+    Args:
+        blocks: tables of the trace's columns, in order (at least one).
+        path: destination `.parquet` file.
+
+    Returns:
+        The path written.
+    """
+    def write(tmp: str) -> None:
+        writer = None
+        try:
+            for block in blocks:
+                writer = writer or pq.ParquetWriter(tmp, block.schema)
+                writer.write_table(block, row_group_size=ROW_GROUP_ROWS)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    write_atomic(path, write)
     return path
 
 

@@ -3,29 +3,39 @@
 Every generator takes an explicit `numpy.random.Generator`, so the same seed gives the same trace.
 Gamma inter-arrival gaps with shape k = 1/cv**2 and scale 1/(rate*k) have mean 1/rate and coefficient of variation
 cv: cv=1 is Poisson, cv>1 is burstier, cv<1 more regular (the burstiness model of e.g. AlpaServe, Li et al. 2023).
+
+Seed semantics: the generator draws all n inter-arrival gaps first, then the n resampled (input, output) rows.
+`synthesize_blocks` produces the same numbers a block of rows at a time (numpy draws the same stream whatever the
+sizes it is asked for, and the arrivals' cumulative sum is carried across blocks), so a file written block by block
+equals the one `synthesize` builds in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from tokenjoule.traces.files import ROW_GROUP_ROWS
 from tokenjoule.traces.schema import Trace, TraceOptionError
 
 ARRIVAL_PROCESSES = ("poisson", "gamma", "zero")
 
 
-# The most requests a synthetic trace may have. A trace is held in memory (a table row of ~40 bytes per request, and
-# the simulator keeps a slot per request), so 10^8 requests already take several GiB; larger workloads are for
+# The most requests a synthetic trace may have. The simulator holds a trace in memory (a table row of ~40 bytes per
+# request, and a slot per request), so 10^8 requests already take several GiB; larger workloads are for
 # `tokenjoule project`, which streams a trace file in blocks.
 MAX_SYNTHETIC_REQUESTS = 10**8
 # How `tokenjoule trace synth` spells each SynthSpec field in messages (flag and a space before the value);
 # `simulate --synthetic` passes its own spellings (`--synthetic n=`) to `check_synth`.
 SYNTH_FLAGS = {"n_requests": "--requests ", "rate_per_s": "--rate ", "process": "--process ", "cv": "--cv ",
                "input_tokens": "--input-tokens ", "output_tokens": "--output-tokens "}
+# Rows per block of `synthesize_blocks`: a row group of a trace file, so a file written block by block is the same.
+BLOCK_ROWS = ROW_GROUP_ROWS
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,19 +145,8 @@ def gamma_arrivals(n: int, rate_per_s: float, cv: float, rng: np.random.Generato
 
 
 def arrivals(n: int, process: str, rng: np.random.Generator, rate_per_s: float = 1.0, cv: float = 1.0) -> np.ndarray:
-    """Arrival times from a named process ("poisson", "gamma" or "zero"): the running sum of `arrival_gaps`.
-
-    Args:
-        n: number of arrivals.
-        process: one of ARRIVAL_PROCESSES.
-        rng: random generator.
-        rate_per_s: mean rate for poisson/gamma.
-        cv: gap coefficient of variation for gamma.
-
-    Returns:
-        float64 arrival times in seconds.
-    """
-    return ArrivalClock(process, rng, rate_per_s, cv).next(n)
+    """Arrival times (s) from a named process: the running sum of its `arrival_gaps` (same arguments)."""
+    return np.cumsum(arrival_gaps(n, process, rng, rate_per_s, cv))
 
 
 class ArrivalClock:
@@ -220,14 +219,51 @@ def synthesize(spec: SynthSpec, rng: np.random.Generator, lengths_from: Trace | 
     Returns:
         The trace, sorted by arrival, ids 0..n-1.
     """
-    times = arrivals(spec.n_requests, spec.process, rng, spec.rate_per_s, spec.cv)
-    if lengths_from is None:
-        inp, out = fixed_lengths(spec.n_requests, spec.input_tokens, spec.output_tokens)
-        source = f"synth:{spec.process}"
-    else:
-        inp, out = resample_lengths(lengths_from, spec.n_requests, rng)
-        source = f"synth:{spec.process}:{lengths_from.source}"
-    return Trace.from_columns(times, inp, out, source=source)
+    blocks = list(synthesize_blocks(spec, rng, lengths_from))
+    table = blocks[0] if len(blocks) == 1 else pa.concat_tables(blocks).combine_chunks()
+    return Trace(table, _source(spec, lengths_from))
+
+
+def synthesize_blocks(spec: SynthSpec, rng: np.random.Generator, lengths_from: Trace | None = None,
+                      block_rows: int = BLOCK_ROWS) -> Iterator[pa.Table]:
+    """The rows `synthesize` returns, as consecutive tables of `block_rows` rows (the last one shorter).
+
+    Memory stays at a block whatever `spec.n_requests` is. The lengths are drawn by a copy of `rng` advanced past
+    all n arrival gaps (the seed semantics above); `rng` ends where `synthesize` leaves it once the last block is out.
+
+    Args:
+        spec: what to generate.
+        rng: random generator.
+        lengths_from: a trace whose joint (input, output) distribution to resample; None for fixed lengths.
+        block_rows: rows per block.
+
+    Yields:
+        Tables with the trace's required columns, ids continuing from block to block.
+    """
+    n = spec.n_requests
+    if lengths_from is not None and len(lengths_from) == 0:
+        raise TraceOptionError(f"{lengths_from.source}: cannot resample lengths from an empty trace")
+    starts = range(0, n, block_rows)
+    lengths_rng = None
+    if lengths_from is not None:
+        lengths_rng = copy.deepcopy(rng)
+        for start in starts:
+            arrival_gaps(min(block_rows, n - start), spec.process, lengths_rng, spec.rate_per_s, spec.cv)
+    clock = ArrivalClock(spec.process, rng, spec.rate_per_s, spec.cv)  # the cumulative sum goes on block to block
+    for start in starts:
+        rows = min(block_rows, n - start)
+        times = clock.next(rows)
+        if lengths_rng is None:
+            inp, out = fixed_lengths(rows, spec.input_tokens, spec.output_tokens)
+        else:
+            inp, out = resample_lengths(lengths_from, rows, lengths_rng)
+        yield Trace.from_columns(times, inp, out, np.arange(start, start + rows, dtype=np.int64)).table
+    if lengths_rng is not None:
+        rng.bit_generator.state = lengths_rng.bit_generator.state
+
+
+def _source(spec: SynthSpec, lengths_from: Trace | None) -> str:
+    return f"synth:{spec.process}" if lengths_from is None else f"synth:{spec.process}:{lengths_from.source}"
 
 
 def batch_at_zero(n: int, input_tokens: int, output_tokens: int) -> Trace:

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tokenjoule.console import progress
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.cli import (
     CarbonOpt,
@@ -135,6 +134,7 @@ def project(
         tokenjoule project azure-code-2023 --pue 1.2 --host-power-w 300 --carbon DE
         tokenjoule project lengths.csv --arrivals poisson --rate 20
     """
+    from tokenjoule.console import progress
     from tokenjoule.sim.project.load_aware import LoadAwareConfig
     from tokenjoule.sim.project.projection import ProjectConfig
     from tokenjoule.sim.project.projection import project as run_projection

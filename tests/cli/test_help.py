@@ -17,17 +17,22 @@ WIDE = {"COLUMNS": "200"}  # wide enough that no option's help or example wraps
 
 
 def _paths(group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """The path of `group` and of every command and group under it (typer vendors click: groups have `.commands`)."""
+    """The path of `group` and of every command and group under it (typer vendors click: groups have `.commands`).
+
+    Asked through `list_commands`/`get_command`, as click does: the root group mounts its commands when asked.
+    """
+    ctx = typer.Context(group)
     found = [path]
-    for name, command in sorted(group.commands.items()):
+    for name in sorted(group.list_commands(ctx)):
+        command = group.get_command(ctx, name)
         found += _paths(command, (*path, name)) if hasattr(command, "commands") else [(*path, name)]
     return found
 
 
 def _command(path: tuple[str, ...]):
-    command = typer.main.get_command(app)
+    command = ROOT
     for name in path:
-        command = command.commands[name]
+        command = command.get_command(typer.Context(command), name)
     return command
 
 
@@ -53,7 +58,8 @@ def _option_rows(text: str) -> dict[str, str]:
     return {name: " ".join(" ".join(parts).split()) for name, parts in rows.items()}
 
 
-PATHS = _paths(typer.main.get_command(app))
+ROOT = typer.main.get_command(app)
+PATHS = _paths(ROOT)
 
 
 def test_the_walk_finds_groups_and_their_commands():

@@ -118,7 +118,7 @@ def test_the_trace_flags_are_one_definition_on_every_command():
     for path in (["simulate"], ["project"], ["trace", "stats"], ["trace", "bin"], ["trace", "convert"]):
         cmd = command
         for name in path:
-            cmd = cmd.commands[name]
+            cmd = cmd.get_command(typer.Context(cmd), name)  # the root mounts a command when it is asked for
         options = {opt: p for p in cmd.params for opt in p.opts if opt.startswith("--")}
         helps[" ".join(path)] = {flag: (options[flag].help, options[flag].default) for flag in TRACE_FLAGS}
     assert all(h == helps["simulate"] for h in helps.values())

@@ -68,3 +68,34 @@ def test_grid_cells(tmp_path):
     path.write_text("[base]\nmax_bach = 4\n")
     with pytest.raises(ValueError, match="max_bach"):
         load_grid(path)
+
+
+def _split_one_by_one(bin_s, intervals):
+    """The timeline's arithmetic written out: each interval split by time over its bins, added in turn."""
+    busy_s, busy_j = {}, {}
+    for start, time_s, energy_j in intervals:
+        first, last = int(start // bin_s), int((start + time_s) // bin_s)
+        for b in range(first, last + 1):
+            overlap = time_s if first == last else min(start + time_s, (b + 1) * bin_s) - max(start, b * bin_s)
+            if first == last or overlap > 0.0:
+                busy_s[b] = busy_s.get(b, 0.0) + overlap
+                busy_j[b] = busy_j.get(b, 0.0) + (energy_j if first == last else energy_j * overlap / time_s)
+    return busy_s, busy_j
+
+
+def test_timeline_bins_hold_the_sums_of_adding_each_interval_in_turn(monkeypatch):
+    import random
+
+    import tokenjoule.sim.accounting as accounting
+
+    monkeypatch.setattr(accounting, "_FILL_EVERY", 3 * 97)  # fill the bins many times along the way
+    rng = random.Random(3)
+    intervals = [(rng.uniform(0, 500), rng.choice([rng.uniform(0, 0.05), rng.uniform(0, 40), 0.0]),
+                  rng.uniform(0, 900)) for _ in range(5_000)]
+    tl = EnergyTimeline(5.0)
+    for interval in intervals:
+        tl.add(*interval)
+    busy_s, busy_j = _split_one_by_one(5.0, intervals)
+    assert {b: tl.busy_s[b] for b in busy_s} == busy_s  # exactly: the same additions in the same order
+    assert {b: tl.busy_j[b] for b in busy_j} == busy_j
+    assert set(np.flatnonzero(tl.busy_s)) <= set(busy_s)

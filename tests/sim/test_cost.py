@@ -88,7 +88,7 @@ def test_vectorised_evaluate_matches_scalar(toy_profile):
 @given(a=st.floats(1e-4, 1.0), d=st.floats(0, 1e-3), d2=st.floats(0, 1e-3), a2=st.floats(1e-4, 1.0),
        dt=st.floats(0, 100), two=st.booleans())
 def test_steps_within_is_the_first_boundary_not_before(a, d, a2, d2, dt, two):
-    stretch = StretchCost((Line(a, d), Line(a2, d2)) if two else (Line(a, d),))
+    stretch = StretchCost(a, d, bound=Line(a2, d2) if two else None)
     k = stretch.steps_within(dt)
     assert stretch.time_s(k) >= dt
     assert k == 0 or stretch.time_s(k - 1) < dt
@@ -136,10 +136,11 @@ def test_longest_context_term_by_hand():
     assert t == pytest.approx(0.01 + 4e-5 + 4e-8 * 4000 + 3e-7 * 1500, rel=1e-12)
     assert e == pytest.approx(5.0 + 0.02 + 1e-3 * 1500, rel=1e-12)
     stretch = model.decode_stretch(4, 4000, 2500)
-    (line,) = stretch.time_lines
+    assert stretch.bound is None
     # the sum grows by 4 a step and the longest by 1, so the tail stays 1500 tokens: no slope of its own
-    assert (line.a, line.d) == pytest.approx((0.01 + 4e-5 + 4e-8 * 4000 + 3e-7 * 1500, 4e-8 * 4), rel=1e-12)
-    assert (stretch.energy_line.a, stretch.energy_line.d) == pytest.approx((5.02 + 1.5, 0.0), rel=1e-12, abs=1e-15)
+    assert (stretch.time_a, stretch.time_d) == pytest.approx((0.01 + 4e-5 + 4e-8 * 4000 + 3e-7 * 1500, 4e-8 * 4),
+                                                             rel=1e-12)
+    assert (stretch.energy_a, stretch.energy_d) == pytest.approx((5.02 + 1.5, 0.0), rel=1e-12, abs=1e-15)
     assert model.iteration(IterFeatures(4, 0, 0, 4000, 4, 0, 1000)) == model.iteration(IterFeatures(4, 0, 0, 4000, 4))
     # the roofline has no such term: the longest context changes nothing
     roof = RooflineCost(SPEC, DATASHEETS["H100-SXM"], memory_bound=True)
@@ -174,10 +175,10 @@ def test_host_overhead_by_hand():
     assert e == pytest.approx(e0 + 100.0 * h, rel=1e-12)  # idle power while the GPU waits on the host
     h64 = 1e-3 + 5e-6 * 64 + 2e-8 * 64**2
     s0, s = plain.decode_stretch(64, 64_000, 3000), hosted.decode_stretch(64, 64_000, 3000)
-    assert s.time_lines[0].a == pytest.approx(s0.time_lines[0].a + h64, rel=1e-12)
-    assert s.time_lines[0].d == s0.time_lines[0].d
-    assert s.energy_line.a == pytest.approx(s0.energy_line.a + 100.0 * h64, rel=1e-12)
-    assert s.energy_line.d == s0.energy_line.d
+    assert s.time_a == pytest.approx(s0.time_a + h64, rel=1e-12)
+    assert s.time_d == s0.time_d
+    assert s.energy_a == pytest.approx(s0.energy_a + 100.0 * h64, rel=1e-12)
+    assert s.energy_d == s0.energy_d
     assert s.time_s(7) == pytest.approx(s0.time_s(7) + 7 * h64, rel=1e-12)
     t_vec, e_vec = hosted.evaluate(np.array([130]), prefill_attn_pairs=np.array([600]),
                                    decode_ctx_tokens=np.array([5000]), decode_seqs=np.array([100]),

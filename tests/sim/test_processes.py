@@ -92,13 +92,14 @@ def test_ragged_decodes_pay_the_longest_contexts_tail():
 
 def test_chunked_iteration_passes_its_decodes_longest_context(monkeypatch):
     # A (1000-token prompt) decodes alone until B arrives; the next iteration carries A's decode at context 1001
-    # beside B's prompt, and must hand the cost model that longest context
+    # beside B's prompt, and must hand a cost model that prices the longest context (a tail term) that context
     from tokenjoule.sim.cost import CalibratedCost
 
     seen = []
     original = CalibratedCost.iteration
     monkeypatch.setattr(CalibratedCost, "iteration", lambda self, f: seen.append(f) or original(self, f))
-    run(SimConfig(policy="chunked"), Trace.from_columns([0.0, 0.025], [1000, 50], [5, 2]), make_profile())
+    profile = make_profile(lat_coef={"decode_tail_ctx_tokens": 1e-7})
+    run(SimConfig(policy="chunked"), Trace.from_columns([0.0, 0.025], [1000, 50], [5, 2]), profile)
     joint = [f for f in seen if f.prefill_seqs and f.decode_seqs]
     assert joint and joint[0].decode_max_ctx_tokens == 1001 and joint[0].decode_ctx_tokens == 1001
 

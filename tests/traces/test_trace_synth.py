@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from tokenjoule.traces.schema import Trace
@@ -13,6 +16,7 @@ from tokenjoule.traces.synth import (
     poisson_arrivals,
     resample_lengths,
     synthesize,
+    synthesize_blocks,
 )
 
 
@@ -64,3 +68,54 @@ def test_fixed_lengths_and_batch_at_zero():
 def test_spec_validation(kwargs):
     with pytest.raises(ValueError):
         SynthSpec(**kwargs)
+
+
+def _bulk(spec, seed, lengths_from):
+    """The seed semantics written out: all n gaps first (cumulative sum), then the n resampled rows."""
+    rng = np.random.default_rng(seed)
+    if spec.process == "zero":
+        times = np.zeros(spec.n_requests)
+    elif spec.process == "poisson":
+        times = np.cumsum(rng.exponential(1.0 / spec.rate_per_s, size=spec.n_requests))
+    else:
+        shape = 1.0 / spec.cv**2
+        times = np.cumsum(rng.gamma(shape, 1.0 / (spec.rate_per_s * shape), size=spec.n_requests))
+    if lengths_from is None:
+        return times, [spec.input_tokens] * spec.n_requests, [spec.output_tokens] * spec.n_requests, rng
+    rows = rng.integers(0, len(lengths_from), size=spec.n_requests)
+    inp, out = lengths_from.column("input_tokens")[rows], lengths_from.column("output_tokens")[rows]
+    return times, inp.tolist(), out.tolist(), rng
+
+
+@pytest.mark.parametrize(("process", "cv", "resample"), [("poisson", 1.0, True), ("gamma", 3.0, True),
+                                                         ("gamma", 0.5, False), ("zero", 1.0, True)])
+def test_blocks_draw_what_one_bulk_draw_does(tiny_trace, process, cv, resample):
+    spec = SynthSpec(2_503, rate_per_s=9.0, process=process, cv=cv)
+    lengths_from = tiny_trace if resample else None
+    rng = np.random.default_rng(21)
+    blocks = list(synthesize_blocks(spec, rng, lengths_from, block_rows=1_000))
+    assert [b.num_rows for b in blocks] == [1_000, 1_000, 503]
+    table = pa.concat_tables(blocks)
+    times, inp, out, bulk_rng = _bulk(spec, 21, lengths_from)
+    assert table.column("arrival_s").to_pylist() == times.tolist()  # exactly: the cumsum goes on across blocks
+    assert table.column("input_tokens").to_pylist() == inp and table.column("output_tokens").to_pylist() == out
+    assert table.column("request_id").to_pylist() == list(range(2_503))
+    assert rng.bit_generator.state == bulk_rng.bit_generator.state  # the caller's generator ends where it would
+    assert synthesize(spec, np.random.default_rng(21), lengths_from).table.equals(table.combine_chunks())
+
+
+def test_trace_synth_streams_the_file_synthesize_would_write(tmp_path, tiny_trace):
+    from typer.testing import CliRunner
+
+    from tokenjoule.cli import app
+    from tokenjoule.traces.files import ROW_GROUP_ROWS, save_trace
+
+    n = ROW_GROUP_ROWS + 3  # two row groups
+    result = CliRunner().invoke(app, ["trace", "synth", str(tmp_path / "s.parquet"), "-n", str(n), "--rate", "50",
+                                      "--process", "gamma", "--cv", "2", "--seed", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    expected = synthesize(SynthSpec(n, 50.0, "gamma", 2.0), np.random.default_rng(4))
+    save_trace(expected, tmp_path / "expected.parquet")
+    assert (tmp_path / "s.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()
+    summary = json.loads(result.output)
+    assert summary["rows"] == n and summary["span_s"] == expected.span_s
