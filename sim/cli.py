@@ -51,6 +51,12 @@ HostPowerOpt = Annotated[float, typer.Option(help="Host power per replica, W.")]
 CarbonOpt = Annotated[str | None, typer.Option(
     help="Grid intensity: gCO2e/kWh, an hourly CSV file, or a region from CodeCarbon's data: a country (DE, FRA, "
          "Germany) or gcp:REGION (needs pip install 'tokenjoule[carbon]').", show_default="none: no kg CO2e")]
+JobsOpt = Annotated[int, typer.Option("--jobs", help="Run on this many local worker processes (1: one after another "
+                                                     "in this process).")]
+RayOpt = Annotated[str | None, typer.Option("--ray", help="Run as Ray tasks: 'auto' (this machine's Ray cluster, else "
+                                                          "a new local instance) or a cluster address; needs the ray "
+                                                          "extra (pip install tokenjoule\\[ray]).",
+                                            show_default=False)]
 
 
 def _parse_synthetic(text: str, seed: int):
@@ -393,15 +399,21 @@ def compare(
                                                   "holding only these).", show_default="nothing written")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    jobs: JobsOpt = 1,
+    ray: RayOpt = None,
 ) -> None:
     """Run a grid of what-ifs (policies x engines x GPUs x replicas x TP): a table and an energy-vs-p99 Pareto plot.
+
+    Cells run one after another, on local processes (--jobs N) or as Ray tasks (--ray auto), with the same results. A
+    cell that fails is reported with its settings on stderr, the others are kept, and the exit code is then 1.
 
     Example:
         tokenjoule compare --policies static,continuous,chunked --profiles my.json
         tokenjoule compare --policies static,continuous --replicas 1,2,4 --profiles my.json --out runs/cmp
-        tokenjoule compare --config grid.toml --json
+        tokenjoule compare --config grid.toml --json --jobs 4
     """
-    from tokenjoule.sim.compare import grid_from_flags, load_grid
+    from tokenjoule.sim.compare import grid_from_flags, load_grid, simulate_cell
+    from tokenjoule.sim.parallel import Backend, open_executor
     from tokenjoule.sim.report import (
         COMPARE_FILES,
         check_out_folder,
@@ -410,9 +422,9 @@ def compare(
         plot_pareto,
         write_folder_atomically,
     )
-    from tokenjoule.sim.run import run
     from tokenjoule.sim.tp_profiles import choose_profile
 
+    backend = Backend(jobs, ray)
     if out is not None:
         check_out_folder(out, COMPARE_FILES, force)
 
@@ -422,29 +434,36 @@ def compare(
         grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed})
     tr = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
     cells, loaded = grid.cells(), {}
-    rows = []
-    with progress("what-ifs", len(cells) > 1) as tick:
-        for i, (label, prof_name, config) in enumerate(cells):
-            key = (prof_name, config.cost, config.tp)
-            if key not in loaded:
-                loaded[key] = choose_profile(prof_name, config.cost, config.tp, DEFAULT_PROFILE)
-            summary = run(config, tr, loaded[key].profile).summary
-            rows.append({"label": label, "profile": prof_name, "config": config.to_dict(),
-                         "summary": {**summary, "profile_source": loaded[key].source}})
-            if tick:
-                tick(i + 1, len(cells))
+    keys = [(prof_name, config.cost, config.tp) for _, prof_name, config in cells]
+    for key in keys:
+        if key not in loaded:
+            loaded[key] = choose_profile(*key, DEFAULT_PROFILE)
+    profiles = {key: choice.profile for key, choice in loaded.items()}
+    with open_executor(backend) as executor, progress("what-ifs", len(cells) > 1) as tick:
+        outcomes = executor.map(simulate_cell, [(config, key) for (_, _, config), key in zip(cells, keys, strict=True)],
+                                shared=(tr, profiles), on_done=tick)
+    rows, failed = [], []
+    for (label, prof_name, config), key, outcome in zip(cells, keys, outcomes, strict=True):
+        cell = {"label": label, "profile": prof_name, "config": config.to_dict()}
+        if outcome.ok:
+            rows.append({**cell, "summary": {**outcome.value, "profile_source": loaded[key].source}})
+        else:
+            failed.append({**cell, "error": _error_line(outcome.error)})
+            _report_failed(label, grid, config, prof_name, outcome)
     energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]
     p99 = [r["summary"]["e2e_p99_s"] or float("nan") for r in rows]
     front = pareto_front(energy, p99)
+    failures = {"failed": failed} if failed else {}
     if out is not None:
         def fill(tmp: Path) -> None:
-            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
+            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows, **failures}) + "\n")
             plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
         write_folder_atomically(out, fill, COMPARE_FILES, force)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
-                                                "pareto": [rows[i]["label"] for i in front]}))))
+                                                "pareto": [rows[i]["label"] for i in front], **failures}))))
+        _exit_if_failed(failed, len(cells))
         return
     table = Table(title=f"tokenjoule compare: {tr.source}")
     table.add_column("what-if", no_wrap=True)
@@ -459,6 +478,7 @@ def compare(
     console.print(table)
     for r in rows:
         print_notes(console, r["summary"]["notes"], r["label"])
+    _exit_if_failed(failed, len(cells))
 
 
 def print_notes(console: Console, notes: list[dict[str, Any]], label: str = "") -> None:
@@ -466,6 +486,29 @@ def print_notes(console: Console, notes: list[dict[str, Any]], label: str = "") 
     for note in notes:
         console.print("[yellow]warning:[/] ", end="")
         console.print(f"{label}: {note['message']}" if label else note["message"], markup=False, highlight=False)
+
+
+def _error_line(err: BaseException | None) -> str:
+    """A failed cell's error in one line: a user error's own message, else the exception's type and message."""
+    from tokenjoule.cli import user_error_line
+
+    text = str(err).strip()
+    return user_error_line(err) or f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _report_failed(label: str, grid: Any, config: Any, profile: str | None, outcome: Any) -> None:
+    """One stderr line naming the failed cell's grid values and its error (its traceback too with TOKENJOULE_DEBUG)."""
+    values = {axis: profile if axis == "profile" else getattr(config, axis) for axis in grid.axes}
+    settings = ", ".join(f"{axis}={value}" for axis, value in values.items()) or f"policy={config.policy}"
+    typer.echo(f"error: cell {label!r} ({settings}) failed: {_error_line(outcome.error)}", err=True)
+    if os.environ.get("TOKENJOULE_DEBUG") and outcome.traceback:
+        typer.echo(outcome.traceback, err=True)
+
+
+def _exit_if_failed(failed: list[dict[str, Any]], cells: int) -> None:
+    if failed:
+        typer.echo(f"error: {len(failed)} of {cells} cells failed; the other cells' results are kept", err=True)
+        raise typer.Exit(1)
 
 
 def _num(value: Any, spec: str) -> str:

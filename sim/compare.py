@@ -20,7 +20,7 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     import tomllib
@@ -28,7 +28,11 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` back
     import tomli as tomllib
 
 from tokenjoule.kernels.spec import ConfigError
-from tokenjoule.sim.run import SimConfig
+from tokenjoule.sim.run import SimConfig, run
+
+if TYPE_CHECKING:
+    from tokenjoule.calibrate.profile import GPUProfile
+    from tokenjoule.traces.schema import Trace
 
 AXES = ("policy", "profile", "gpu", "replicas", "tp")
 
@@ -121,3 +125,18 @@ def grid_from_flags(policies: str | None, profiles: str | None, gpus: str | None
             except ValueError as err:
                 raise ConfigError(f"--{name}: {text!r} is not a comma-separated list of {kind.__name__}") from err
     return Grid(axes, base)
+
+
+def simulate_cell(shared: tuple[Trace, dict[Any, GPUProfile | None]], cell: tuple[SimConfig, Any]) -> dict[str, Any]:
+    """One what-if, as a task (`sim.parallel`): the summary of the cell's run.
+
+    Args:
+        shared: the trace every cell replays, and the profiles by the key each cell names.
+        cell: (config, profile key).
+
+    Returns:
+        The run's summary.
+    """
+    trace, profiles = shared
+    config, key = cell
+    return run(config, trace, profiles[key]).summary
