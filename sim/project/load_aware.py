@@ -42,7 +42,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -267,6 +267,51 @@ class ArrivalBuffer:
             self.start += cut
 
 
+@dataclass(frozen=True, slots=True)
+class SampleRows:
+    """Which rows of the trace a window's simulation replays.
+
+    Attributes:
+        window: the window's index.
+        start: first row (the before-pad's first).
+        lo: the window's first own row.
+        hi: one past its last own row.
+        stop: one past the last row (the after-pad's last).
+    """
+
+    window: int
+    start: int
+    lo: int
+    hi: int
+    stop: int
+
+    def read(self, rows: Rows) -> tuple[Trace, np.ndarray]:
+        """The rows as a trace re-zeroed at its first arrival, and which of them are the window's own."""
+        arr, inp, out = rows.take(self.start, self.stop)
+        own = np.zeros(self.stop - self.start, bool)
+        own[self.lo - self.start:self.hi - self.start] = True
+        return Trace.from_columns(arr - arr[0], inp, out, source=f"window {self.window}"), own
+
+
+class Rows(Protocol):
+    """The trace's rows in arrival order, as a window walk reads them (`ArrivalBuffer` while streaming)."""
+
+    start: int
+
+    @property
+    def stop(self) -> int:
+        """One past the last row that can be read."""
+
+    def index(self, times_s: list[float]) -> np.ndarray:
+        """For each time, the index of the first row arriving at or after it (at least `start`)."""
+
+    def take(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows [start, stop) as (arrival_s, input_tokens, output_tokens)."""
+
+    def drop_before(self, time_s: float) -> None:
+        """Rows before `time_s` will not be read again (`start` moves past them)."""
+
+
 # simulate(k) -> (operating point, seconds its own requests hold a seat, requests simulated)
 WindowSimulator = Callable[[int], tuple[Operating, float, int]]
 
@@ -283,14 +328,14 @@ class LoadAwareProjector:
     """
 
     def __init__(self, cost: CostModel, sim: SimConfig, config: LoadAwareConfig, terms: WindowSums | None = None,
-                 rows: ArrivalBuffer | None = None) -> None:
+                 rows: Rows | None = None) -> None:
         self.cost, self.config = cost, config
         self.sim = dataclasses.replace(sim, arrival_window_s=None, rate_scale=1.0, record_events=False)
         if terms is None:
             seats = SeatModel.of(cost, self.sim.max_batch if self.sim.policy == "static" else self.sim.max_num_seqs)
             terms = WindowSums(seats, self.sim, int(cost.kv_capacity_tokens), config.window_s)
         self.terms, self.seats = terms, terms.seats
-        self.rows = rows if rows is not None else ArrivalBuffer()
+        self.rows: Rows = rows if rows is not None else ArrivalBuffer()
         self.ops: list[Operating | None] = []
         self.cache: dict[tuple[int, ...], list[Operating]] = {}
         self.simulated_requests = 0
@@ -339,7 +384,7 @@ class LoadAwareProjector:
 
     def simulate_here(self, k: int) -> tuple[Operating, float, int]:
         """Simulate window k in this process: its operating point, its requests' seat time, requests simulated."""
-        trace, own = self.sample(k)
+        trace, own = self.sample_rows(k).read(self.rows)
         op, hold_s = operating_point(self.sim, self.cost, self.seats, self.config.pad_coverage, trace, own)
         logger.debug("window %d: simulated %d requests, u_j=%.4g J, u_s=%.4g s", k, len(trace), op.u_j, op.u_s)
         return op, hold_s, len(trace)
@@ -393,8 +438,8 @@ class LoadAwareProjector:
 
         return (*key, bucket(int(lo - b0)), bucket(int(a1 - hi)))
 
-    def sample(self, k: int) -> tuple[Trace, np.ndarray]:
-        """The window's first requests with up to pad_s of requests on each side; and which are the window's own."""
+    def sample_rows(self, k: int) -> SampleRows:
+        """The rows simulated for window k: its first requests, with up to pad_s of requests on each side."""
         c, w, rows = self.config, self.config.window_s, self.rows
         lo, hi = (int(i) for i in rows.index([k * w, (k + 1) * w]))
         hi = min(hi, lo + c.max_sim_requests)
@@ -403,11 +448,7 @@ class LoadAwareProjector:
         pad = c.max_sim_requests // 4
         start = max(int(rows.index([k * w - self.pad_s])[0]), lo - pad)
         stop = min(int(rows.index([own_end + self.pad_s])[0]), hi + pad)
-        own = np.zeros(stop - start, bool)
-        own[lo - start:hi - start] = True
-        arr, inp, out = rows.take(start, stop)
-        trace = Trace.from_columns(arr - arr[0], inp, out, source=f"window {k}")
-        return trace, own
+        return SampleRows(k, start, lo, hi, stop)
 
     def total(self) -> LoadAwareEstimate:
         """Total the estimate over the priced windows."""

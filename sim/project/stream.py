@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenjoule.traces.columns import convert
+from tokenjoule.traces.columns import Converted, convert
 from tokenjoule.traces.files import iter_batches
 from tokenjoule.traces.loaders import LoadOptions, plan_load, read_trace
 from tokenjoule.traces.schema import Trace, TraceFormatError
@@ -91,20 +91,16 @@ class FileStream:
         for table, done, total in iter_batches(self.plan.sniffed, self.plan.cmap.source_columns, self.batch_rows):
             conv = convert(table, self.plan.cmap, self.plan.source, read, ref)
             ref = conv.ref
-            arrival, inp, out = conv.arrival_s, conv.input_tokens, conv.output_tokens
-            if len(arrival) and (arrival[0] < last or bool(np.any(np.diff(arrival) < 0))):
+            if goes_back(conv.arrival_s, last):
                 raise _Unsorted()
-            if len(arrival):
-                last = float(arrival[-1])
+            if len(conv.arrival_s):
+                last = float(conv.arrival_s[-1])
             read += table.num_rows
-            if self.options.zero_output == "drop":
-                keep = out != 0
-                if not keep.all():
-                    dropped += int(len(keep) - keep.sum())
-                    arrival, inp, out = arrival[keep], inp[keep], out[keep]
+            batch, n_dropped = kept_rows(conv, self.options.zero_output)
+            dropped += n_dropped
             if self.progress is not None:
                 self.progress(done, total)
-            yield arrival, inp, out
+            yield batch
         if read == 0:
             raise TraceFormatError(f"{self.plan.source}: no requests (the file has a header but no rows)")
         self.info = StreamInfo(self.plan.source, read, dropped)
@@ -113,6 +109,21 @@ class FileStream:
         trace, report = read_trace(self.path_or_name, self.fmt, options=self.options)
         self.info = StreamInfo(report.source, report.rows_read, report.rows_dropped, unsorted)
         yield from trace_batches(trace, self.batch_rows)
+
+
+def goes_back(arrival_s: np.ndarray, last_s: float) -> bool:
+    """True when a block's arrivals (after `last_s`, the previous block's last) are out of order."""
+    return bool(len(arrival_s)) and (arrival_s[0] < last_s or bool(np.any(np.diff(arrival_s) < 0)))
+
+
+def kept_rows(conv: Converted, zero_output: str) -> tuple[Batch, int]:
+    """A converted block's canonical rows (0-output rows dropped if `zero_output` is "drop"), and how many dropped."""
+    arrival, inp, out = conv.arrival_s, conv.input_tokens, conv.output_tokens
+    if zero_output == "drop":
+        keep = out != 0
+        if not keep.all():
+            return (arrival[keep], inp[keep], out[keep]), int(len(keep) - keep.sum())
+    return (arrival, inp, out), 0
 
 
 def run_stream(stream: FileStream, consume: Callable[[Iterator[Batch]], object]) -> object:
