@@ -12,7 +12,7 @@ Covers:
 
 Scenario:
     A what-if grid of 1,000 cells on a 2-core laptop runs with `--jobs 2`; the same grid on a cluster runs with
-    `--ray auto` from a node of the cluster (or `--ray ray://head:10001` from outside it), each cell a Ray task.
+    `--ray auto` from a node of the cluster, each cell a Ray task.
     Results are the same as running the cells one after another: each task is a pure function of its inputs.
 
 Ray is optional (`pip install 'tokenjoule[ray]'`) and imported only when asked for.
@@ -48,8 +48,8 @@ class Backend:
     Attributes:
         jobs: local worker processes; 1 runs every task in this process, one after another.
         ray: None (no Ray); "auto" (the Ray cluster this machine belongs to, found as `ray.init()` finds it:
-            RAY_ADDRESS, then a cluster started here with `ray start`; else a new local instance); or an address
-            (`HOST:PORT` of a cluster's head, `ray://HOST:10001` for Ray Client).
+            RAY_ADDRESS, then a cluster started here with `ray start`; else a new local instance); or the address
+            of a running cluster's head (`HOST:PORT`).
     """
 
     jobs: int = 1
