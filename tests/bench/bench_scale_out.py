@@ -3,7 +3,8 @@
 Each case runs `tokenjoule` in a fresh subprocess, one after another: serially (`--jobs 1`), on `--jobs N` local
 worker processes and, with --ray, as Ray tasks on a new local Ray instance (`--ray auto`; its start-up, seconds, is
 in the wall time). It prints wall time, speed-up over the serial run, throughput per worker and CPU seconds (the
-command and the processes it waited for; the load average says how busy the machine was), and checks that
+command and the processes it waited for: its worker processes, but not Ray's, which the command does not reap; the
+load average says how busy the machine was), and checks that
 every run's JSON equals the serial run's (compare: exactly; project: floats to 1e-9, the shards' sums are added in
 another order).
 
