@@ -54,9 +54,9 @@ CarbonOpt = Annotated[str | None, typer.Option(
 JobsOpt = Annotated[int, typer.Option("--jobs", help="Run on this many local worker processes (1: one after another "
                                                      "in this process).")]
 RayOpt = Annotated[str | None, typer.Option("--ray", help="Run as Ray tasks: 'auto' (this machine's Ray cluster, else "
-                                                          "a new local instance) or a cluster address; needs the ray "
-                                                          "extra (pip install tokenjoule\\[ray]).",
-                                            show_default=False)]
+                                                          "a new local instance) or a cluster address (needs pip "
+                                                          "install 'tokenjoule[ray]').",
+                                            show_default="none: no Ray")]
 
 
 def _parse_synthetic(text: str, seed: int):
