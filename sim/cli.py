@@ -57,6 +57,12 @@ HostPowerOpt = Annotated[float, typer.Option(help="Host power per replica, W.")]
 CarbonOpt = Annotated[str | None, typer.Option(
     help="Grid intensity: gCO2e/kWh, an hourly CSV file, or a region from CodeCarbon's data: a country (DE, FRA, "
          "Germany) or gcp:REGION (needs pip install 'tokenjoule[carbon]').", show_default="none: no kg CO2e")]
+JobsOpt = Annotated[int, typer.Option("--jobs", help="Run on this many local worker processes (1: one after another "
+                                                     "in this process).")]
+RayOpt = Annotated[str | None, typer.Option("--ray", help="Run as Ray tasks: 'auto' (this machine's Ray cluster, else "
+                                                          "a new local instance) or a cluster address (needs pip "
+                                                          "install 'tokenjoule[ray]').",
+                                            show_default="none: no Ray")]
 
 
 def _parse_synthetic(text: str, seed: int):
@@ -432,19 +438,33 @@ def compare(
                                              show_default="nothing written")] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    jobs: JobsOpt = 1,
+    ray: RayOpt = None,
 ) -> None:
     """Run a grid of what-ifs (policies, engines, GPUs, replicas, TP, rate or any other setting): table, Pareto plot.
 
     Each what-if is labelled by its settings ("continuous, 4 replicas, x2 rate"); --out also writes the table of all
     cells as compare.parquet and compare.csv.
 
+    Cells run one after another, on local processes (--jobs N) or as Ray tasks (--ray auto), with the same results. A
+    cell that fails is reported with its settings on stderr, the others are kept, and the exit code is then 1.
+
     Example:
         tokenjoule compare --policies static,continuous,chunked --profiles my.json
         tokenjoule compare --policies static,continuous --replicas 1,2,4 --axis rate_scale=1,2 --out runs/cmp
-        tokenjoule compare --config grid.toml --json
+        tokenjoule compare --config grid.toml --json --jobs 4
     """
     from tokenjoule.console import progress
-    from tokenjoule.sim.compare import cells_table, grid_from_flags, load_grid, resolve, run_cell
+    from tokenjoule.sim.compare import (
+        cell_entry,
+        cell_tasks,
+        cells_table,
+        grid_from_flags,
+        load_grid,
+        resolve,
+        simulate_cell,
+    )
+    from tokenjoule.sim.parallel import Backend, open_executor
     from tokenjoule.sim.report import (
         COMPARE_FILES,
         check_out_folder,
@@ -455,6 +475,7 @@ def compare(
         write_table_files,
     )
 
+    backend = Backend(jobs, ray)
     if out is not None:
         check_out_folder(out, COMPARE_FILES, force)
 
@@ -462,25 +483,36 @@ def compare(
     grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed}, axis or (), grid)
     tr, _ = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
     cells = resolve(grid.cells(), DEFAULT_PROFILE)
-    rows = []
-    with progress("what-ifs", len(cells) > 1) as tick:
-        for i, cell in enumerate(cells):
-            rows.append(run_cell(cell, tr))
-            if tick:
-                tick(i + 1, len(cells))
+    priced = [cell for cell in cells if cell.error is None]
+    tasks, profiles_by_key = cell_tasks(priced)
+    with open_executor(backend) as executor, progress("what-ifs", len(priced) > 1) as tick:
+        outcomes = iter(executor.map(simulate_cell, tasks, shared=(tr, profiles_by_key), on_done=tick))
+    ran, rows, failed = [], [], []
+    for cell in cells:  # in grid order: a cell that could not be priced failed without running
+        outcome = next(outcomes) if cell.error is None else None
+        if outcome is not None and outcome.ok:
+            ran.append(cell)
+            rows.append(cell_entry(cell, outcome.value))
+            continue
+        error = cell.error if outcome is None else outcome.error
+        failed.append({"label": cell.label, "profile": cell.profile, "config": cell.config.to_dict(),
+                       "error": _error_line(error)})
+        _report_failed(cell, error, None if outcome is None else outcome.traceback)
     energy = [r["summary"]["j_per_request"] or float("nan") for r in rows]
     p99 = [r["summary"]["e2e_p99_s"] or float("nan") for r in rows]
     front = pareto_front(energy, p99)
+    failures = {"failed": failed} if failed else {}
     if out is not None:
         def fill(tmp: Path) -> None:
-            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows}) + "\n")
-            write_table_files(cells_table(cells, rows, front), tmp / "compare")
+            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows, **failures}) + "\n")
+            write_table_files(cells_table(ran, rows, front), tmp / "compare")
             plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
         write_folder_atomically(out, fill, COMPARE_FILES, force)
     if as_json:
         typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
-                                                "pareto": [rows[i]["label"] for i in front]}))))
+                                                "pareto": [rows[i]["label"] for i in front], **failures}))))
+        _exit_if_failed(failed, len(cells))
         return
     table = Table(title=f"tokenjoule compare: {tr.source}")
     table.add_column("what-if", no_wrap=True)
@@ -495,6 +527,7 @@ def compare(
     console.print(table)
     for r in rows:
         print_notes(console, r["summary"]["notes"], r["label"])
+    _exit_if_failed(failed, len(cells))
 
 
 def print_notes(console: Console, notes: list[dict[str, Any]], label: str = "") -> None:
@@ -502,6 +535,29 @@ def print_notes(console: Console, notes: list[dict[str, Any]], label: str = "") 
     for note in notes:
         console.print("[yellow]warning:[/] ", end="")
         console.print(f"{label}: {note['message']}" if label else note["message"], markup=False, highlight=False)
+
+
+def _error_line(err: BaseException | None) -> str:
+    """A failed cell's error in one line: a user error's own message, else the exception's type and message."""
+    from tokenjoule.cli import user_error_line
+
+    text = str(err).strip()
+    return user_error_line(err) or f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _report_failed(cell: Any, error: BaseException | None, traceback: str | None) -> None:
+    """One stderr line naming the failed cell's grid values and its error (its traceback too with TOKENJOULE_DEBUG)."""
+    settings = ", ".join(f"{axis}={value}" for axis, value in cell.axes.items() if value is not None)
+    typer.echo(f"error: cell {cell.label!r} ({settings or f'policy={cell.config.policy}'}) failed: "
+               f"{_error_line(error)}", err=True)
+    if os.environ.get("TOKENJOULE_DEBUG") and traceback:
+        typer.echo(traceback, err=True)
+
+
+def _exit_if_failed(failed: list[dict[str, Any]], cells: int) -> None:
+    if failed:
+        typer.echo(f"error: {len(failed)} of {cells} cells failed; the other cells' results are kept", err=True)
+        raise typer.Exit(1)
 
 
 def _num(value: Any, spec: str) -> str:

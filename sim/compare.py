@@ -29,7 +29,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -38,10 +38,14 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` backport (a dependency there)
     import tomli as tomllib
 
+from tokenjoule.calibrate.cost_form import ProfileError
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.run import POLICY_SETTINGS, SimConfig, build_cost_model, run
 from tokenjoule.sim.tp_profiles import ProfileChoice, choose_for_model, choose_profile
 from tokenjoule.traces.schema import Trace
+
+if TYPE_CHECKING:
+    from tokenjoule.calibrate.profile import GPUProfile
 
 # What a setting's values are, from its SimConfig type: "int", "float", "str", "bool", "pair" (start, end) or
 # "floats" (a series).
@@ -65,7 +69,8 @@ class Cell:
         profile: the profile as the grid names it (a file or shipped name; None: the default).
         axes: its value of each axis (None for an axis its policy does not read).
         config: the configuration.
-        choice: the profile that prices it, once `resolve` has picked it (None before).
+        choice: the profile that prices it, once `resolve` has picked it (None before, or if it failed).
+        error: why `resolve` could not price it (None if it could): the cell fails, the others still run.
     """
 
     label: str
@@ -73,6 +78,7 @@ class Cell:
     axes: dict[str, Any]
     config: SimConfig
     choice: ProfileChoice | None = None
+    error: Exception | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,10 +385,9 @@ def resolve(cells: list[Cell], default_profile: str) -> list[Cell]:
         default_profile: the shipped profile a cell without one uses.
 
     Returns:
-        The cells with `choice` set (and, for a profile composed for a model, that model in the config).
-
-    Raises:
-        ConfigError, ProfileError: a cell's profile, model, GPU and TP cannot price it; the message names the cell.
+        The cells with `choice` set (and, for a profile composed for a model, that model in the config), or, for a
+        cell whose profile, model, GPU and TP cannot price it, `error` set (ConfigError or ProfileError): that cell
+        fails without running and the others are kept, as a cell failing while it runs is.
     """
     choices: dict[tuple[Any, ...], ProfileChoice] = {}
     out = []
@@ -396,17 +401,54 @@ def resolve(cells: list[Cell], default_profile: str) -> list[Cell]:
             choice = choices[key]
             config = dataclasses.replace(c, model=choice.profile.model.name) if choice.composed else c
             build_cost_model(config, choice.profile)
-        except ConfigError as err:
-            raise ConfigError(f"what-if {cell.label!r}: {err}") from err
+        except (ConfigError, ProfileError) as err:
+            out.append(dataclasses.replace(cell, error=err))
+            continue
         out.append(dataclasses.replace(cell, config=config, choice=choice))
     return out
 
 
 def run_cell(cell: Cell, trace: Trace) -> dict[str, Any]:
-    """Simulate one resolved cell: its compare.json entry (label, profile as named, config, summary)."""
-    summary = run(cell.config, trace, cell.choice.profile).summary
+    """Simulate one resolved cell (raising its `error` if it has one): its compare.json entry."""
+    if cell.error is not None:
+        raise cell.error
+    return cell_entry(cell, run(cell.config, trace, cell.choice.profile).summary)
+
+
+def cell_entry(cell: Cell, summary: dict[str, Any]) -> dict[str, Any]:
+    """A cell's compare.json entry: label, profile as the grid names it, config, and the summary of its run."""
     return {"label": cell.label, "profile": cell.profile, "config": cell.config.to_dict(),
             "summary": {**summary, "profile_source": cell.choice.source}}
+
+
+def cell_tasks(cells: list[Cell]) -> tuple[list[tuple[SimConfig, int]], dict[int, GPUProfile | None]]:
+    """The resolved cells as tasks for `simulate_cell`: (config, profile key) each, and every profile once by key.
+
+    Cells that share a profile share its key, so a worker receives each profile once, however many cells use it.
+    """
+    keys: dict[int, int] = {}
+    profiles: dict[int, GPUProfile | None] = {}
+    tasks = []
+    for cell in cells:
+        key = keys.setdefault(id(cell.choice), len(keys))
+        profiles[key] = cell.choice.profile
+        tasks.append((cell.config, key))
+    return tasks, profiles
+
+
+def simulate_cell(shared: tuple[Trace, dict[int, GPUProfile | None]], task: tuple[SimConfig, int]) -> dict[str, Any]:
+    """One what-if, as a task (`sim.parallel`): the summary of the cell's run.
+
+    Args:
+        shared: the trace every cell replays, and the profiles by key (`cell_tasks`).
+        task: (config, profile key).
+
+    Returns:
+        The run's summary.
+    """
+    trace, profiles = shared
+    config, key = task
+    return run(config, trace, profiles[key]).summary
 
 
 def cells_table(cells: list[Cell], rows: list[dict[str, Any]], pareto: list[int]) -> pa.Table:

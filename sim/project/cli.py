@@ -19,6 +19,7 @@ from tokenjoule.sim.cli import (
     MaxTokensOpt,
     ProfileOpt,
     PueOpt,
+    RayOpt,
     carbon_keys,
     check_physical_flags,
     check_policy_flags,
@@ -112,6 +113,10 @@ def project(
     seed: Annotated[int, typer.Option(help="Seed (spread or synthesized arrivals; the random router).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimates and inputs as one JSON object.")]
     = False,
+    jobs: Annotated[int, typer.Option("--jobs", help="Read a Parquet trace's row groups and run the window "
+                                                     "simulations on this many local processes (1: one pass in this "
+                                                     "process).")] = 1,
+    ray: RayOpt = None,
     *,
     load_options: LoadOptions,
 ) -> None:
@@ -121,6 +126,10 @@ def project(
     static batches per length bin), `theoretical` is TDP x FLOPs / peak FLOP/s, `load-aware` follows the arrival
     rate and length mix per time window (short simulations, idle power, error bars). --pue, --host-power-w and
     --carbon add what simulate adds to each: host power over the time its server runs, then PUE, then carbon.
+    With --jobs N or --ray, a Parquet trace is read in shards of row groups and the window simulations run in
+    parallel, with the same estimates (to float round-off); other files, traces that need --arrivals or
+    --spread-buckets-s, and Parquet files whose arrivals go back are read in one pass. The sharded pass does not check
+    for repeated request ids.
 
     The trace flags of `tokenjoule trace stats` apply while streaming (`--map`, `--time-unit`, `--zero-output`,
     `--arrivals`, ...). Windows need arrivals in order: an unsorted trace, or one spread with `--spread-buckets-s`,
@@ -133,11 +142,14 @@ def project(
         tokenjoule project trace.csv --profile my.json --out-of-range clamp --max-batch 128
         tokenjoule project azure-code-2023 --pue 1.2 --host-power-w 300 --carbon DE
         tokenjoule project lengths.csv --arrivals poisson --rate 20
+        tokenjoule project week.parquet --profile my.json --jobs 4
     """
     from tokenjoule.console import progress
+    from tokenjoule.sim.parallel import Backend, open_executor
     from tokenjoule.sim.project.load_aware import LoadAwareConfig
     from tokenjoule.sim.project.projection import ProjectConfig
     from tokenjoule.sim.project.projection import project as run_projection
+    from tokenjoule.sim.project.shards import project_sharded
     from tokenjoule.sim.report import dumps
     from tokenjoule.sim.run import SimConfig
     from tokenjoule.traces.binning import BinSpec
@@ -161,9 +173,14 @@ def project(
                     host_power_w=host_power_w, carbon_g_per_kwh=grid.g_per_kwh if grid else None, seed=seed)
     config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
                            tuple(e.strip() for e in estimators.split(",") if e.strip()))
+    backend = Backend(jobs, ray)
     prof = resolve_profile(profile, cost, tp)
-    with progress("projecting", not as_json) as tick:
-        result = run_projection(trace, prof, config, fmt=fmt, options=load_options, progress=tick)
+    if backend.parallel:
+        with open_executor(backend) as executor, progress("projecting", not as_json) as tick:
+            result = project_sharded(trace, prof, executor, config, fmt=fmt, options=load_options, progress=tick)
+    else:
+        with progress("projecting", not as_json) as tick:
+            result = run_projection(trace, prof, config, fmt=fmt, options=load_options, progress=tick)
     data = {**result.to_dict(), **carbon_keys(grid)}
     if as_json:
         typer.echo(json.dumps(json.loads(dumps(data))))

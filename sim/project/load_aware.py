@@ -36,11 +36,13 @@ longest-context term (`decode_max_ctx_tokens`) is shared by its batch like the b
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -179,39 +181,34 @@ def rejected_mask(input_tokens: np.ndarray, output_tokens: np.ndarray, config: S
     return bad
 
 
-class LoadAwareProjector:
-    """Streams batches into per-window sums; simulates a window when its signature is new.
+class WindowSums:
+    """Per-window sums of the requests' own terms (`_TERMS`): what the estimate needs from every request.
+
+    Batches come in arrival order; the sums of separate stretches of a trace (shards) add up with `merge`, to those
+    of one pass over the whole trace up to float round-off (the counts and token sums exactly).
 
     Args:
-        cost: the cost model (as the replay's).
-        sim: the serving configuration (policy, replicas, ...) the short simulations use.
-        config: windows and cache.
+        seats: the per-request cost terms.
+        sim: the serving configuration (which requests it rejects).
+        kv_capacity_tokens: KV capacity of a replica (tokens).
+        window_s: window length (s).
     """
 
-    def __init__(self, cost: CostModel, sim: SimConfig, config: LoadAwareConfig) -> None:
-        self.cost, self.config = cost, config
-        self.sim = dataclasses.replace(sim, arrival_window_s=None, rate_scale=1.0, record_events=False)
-        self.seats = SeatModel.of(cost, self.sim.max_batch if self.sim.policy == "static" else self.sim.max_num_seqs)
+    def __init__(self, seats: SeatModel, sim: SimConfig, kv_capacity_tokens: int, window_s: float) -> None:
+        self.seats, self.sim, self.kv_capacity_tokens, self.window_s = seats, sim, kv_capacity_tokens, window_s
         self.sums = np.zeros((0, len(_TERMS)))
-        self.ops: list[Operating | None] = []
-        self.cache: dict[tuple[int, ...], list[Operating]] = {}
-        self.buffer = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
         self.last_arrival_s = 0.0
-        self.simulated_requests = 0
-        self.simulations = 0
-        self.pad_s = config.pad_s  # grows (never shrinks) to cover the seat time the simulations measure
 
     def add(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
-        """Feed a batch (arrivals sorted, seconds from the trace start)."""
+        """Add a batch (arrivals sorted, seconds from the trace start)."""
         if not len(arrival_s):
             return
         if arrival_s[0] < 0 or arrival_s[0] < self.last_arrival_s:
             raise ConfigError(f"load-aware projection needs arrivals >= 0 in order (got {arrival_s[0]} after "
                               f"{self.last_arrival_s})")
-        w = self.config.window_s
-        k = np.floor(np.asarray(arrival_s) / w).astype(np.int64)
+        k = np.floor(np.asarray(arrival_s) / self.window_s).astype(np.int64)
         self._grow(int(k[-1]) + 1)
-        bad = rejected_mask(input_tokens, output_tokens, self.sim, int(self.cost.kv_capacity_tokens))
+        bad = rejected_mask(input_tokens, output_tokens, self.sim, self.kv_capacity_tokens)
         good = ~bad
         terms = self.seats.terms(input_tokens[good], output_tokens[good])
         kg, n = k[good], len(self.sums)
@@ -219,30 +216,187 @@ class LoadAwareProjector:
         for j, name in enumerate(_TERMS[:-1]):
             self.sums[:, j] += np.bincount(kg, weights=cols[name], minlength=n)
         self.sums[:, -1] += np.bincount(k[bad], minlength=n)
-        self.buffer = tuple(np.concatenate([b, x]) for b, x in zip(self.buffer, (arrival_s, input_tokens,
-                                                                                  output_tokens), strict=True))
         self.last_arrival_s = float(arrival_s[-1])
-        # A window is final once its after-pad has arrived; _finalize may lengthen the pad, so test again each time.
-        while len(self.ops) < len(self.sums) and self.last_arrival_s >= (len(self.ops) + 1) * w + self.pad_s:
-            self._finalize(len(self.ops), last=False)
 
-    def result(self) -> LoadAwareEstimate:
-        """Finish the remaining windows and total the estimate."""
-        if not len(self.sums):
-            raise ConfigError("load-aware projection: no requests")
-        while len(self.ops) < len(self.sums):
-            self._finalize(len(self.ops), last=len(self.ops) == len(self.sums) - 1)
-        return self._total()
+    def merge(self, other: WindowSums) -> None:
+        """Add the sums of another stretch of the same trace (in any order)."""
+        self._grow(len(other.sums))
+        self.sums[:len(other.sums)] += other.sums
+        self.last_arrival_s = max(self.last_arrival_s, other.last_arrival_s)
 
     def _grow(self, n: int) -> None:
         if n > len(self.sums):
             self.sums = np.vstack([self.sums, np.zeros((n - len(self.sums), len(_TERMS)))])
 
+
+class ArrivalBuffer:
+    """The streamed requests a projection still needs: rows [start, stop) of the trace, in arrival order.
+
+    Rows are named by their index in the whole trace; `index` counts the rows before a time, never fewer than
+    `start` (the rows dropped are before it).
+    """
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.arrival_s = np.zeros(0)
+        self.input_tokens, self.output_tokens = np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+    @property
+    def stop(self) -> int:
+        """One past the last row held."""
+        return self.start + len(self.arrival_s)
+
+    def extend(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
+        """Append the next batch."""
+        self.arrival_s, self.input_tokens, self.output_tokens = (
+            np.concatenate([b, x]) for b, x in zip((self.arrival_s, self.input_tokens, self.output_tokens),
+                                                    (arrival_s, input_tokens, output_tokens), strict=True))
+
+    def index(self, times_s: list[float]) -> np.ndarray:
+        """For each time, the index of the first row arriving at or after it (at least `start`)."""
+        return self.start + np.searchsorted(self.arrival_s, times_s, side="left")
+
+    def take(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows [start, stop) as (arrival_s, input_tokens, output_tokens)."""
+        sel = slice(start - self.start, stop - self.start)
+        return self.arrival_s[sel], self.input_tokens[sel], self.output_tokens[sel]
+
+    def drop_before(self, time_s: float) -> None:
+        """Forget the rows arriving before `time_s`."""
+        cut = int(self.index([time_s])[0]) - self.start
+        if cut:
+            self.arrival_s, self.input_tokens, self.output_tokens = (
+                b[cut:] for b in (self.arrival_s, self.input_tokens, self.output_tokens))
+            self.start += cut
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRows:
+    """Which rows of the trace a window's simulation replays.
+
+    Attributes:
+        window: the window's index.
+        start: first row (the before-pad's first).
+        lo: the window's first own row.
+        hi: one past its last own row.
+        stop: one past the last row (the after-pad's last).
+    """
+
+    window: int
+    start: int
+    lo: int
+    hi: int
+    stop: int
+
+    def read(self, rows: Rows) -> tuple[Trace, np.ndarray]:
+        """The rows as a trace re-zeroed at its first arrival, and which of them are the window's own."""
+        arr, inp, out = rows.take(self.start, self.stop)
+        own = np.zeros(self.stop - self.start, bool)
+        own[self.lo - self.start:self.hi - self.start] = True
+        return Trace.from_columns(arr - arr[0], inp, out, source=f"window {self.window}"), own
+
+
+class Rows(Protocol):
+    """The trace's rows in arrival order, as a window walk reads them (`ArrivalBuffer` while streaming)."""
+
+    start: int
+
+    @property
+    def stop(self) -> int:
+        """One past the last row that can be read."""
+
+    def index(self, times_s: list[float]) -> np.ndarray:
+        """For each time, the index of the first row arriving at or after it (at least `start`)."""
+
+    def take(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows [start, stop) as (arrival_s, input_tokens, output_tokens)."""
+
+    def drop_before(self, time_s: float) -> None:
+        """Rows before `time_s` will not be read again (`start` moves past them)."""
+
+
+# simulate(k) -> (operating point, seconds its own requests hold a seat, requests simulated)
+WindowSimulator = Callable[[int], tuple[Operating, float, int]]
+
+
+class LoadAwareProjector:
+    """Streams batches into per-window sums; simulates a window when its signature is new.
+
+    Args:
+        cost: the cost model (as the replay's).
+        sim: the serving configuration (policy, replicas, ...) the short simulations use.
+        config: windows and cache.
+        terms: per-window sums already added up (a sharded pass), instead of the batches `add` streams in.
+        rows: the trace's rows those sums came from, read where the windows need them (with `terms`).
+    """
+
+    def __init__(self, cost: CostModel, sim: SimConfig, config: LoadAwareConfig, terms: WindowSums | None = None,
+                 rows: Rows | None = None) -> None:
+        self.cost, self.config = cost, config
+        self.sim = dataclasses.replace(sim, arrival_window_s=None, rate_scale=1.0, record_events=False)
+        if terms is None:
+            seats = SeatModel.of(cost, self.sim.max_batch if self.sim.policy == "static" else self.sim.max_num_seqs)
+            terms = WindowSums(seats, self.sim, int(cost.kv_capacity_tokens), config.window_s)
+        self.terms, self.seats = terms, terms.seats
+        self.rows: Rows = rows if rows is not None else ArrivalBuffer()
+        self.ops: list[Operating | None] = []
+        self.cache: dict[tuple[int, ...], list[Operating]] = {}
+        self.simulated_requests = 0
+        self.simulations = 0
+        self.pad_s = config.pad_s  # grows (never shrinks) to cover the seat time the simulations measure
+
+    @property
+    def sums(self) -> np.ndarray:
+        """Per-window sums, shape (windows, len(_TERMS))."""
+        return self.terms.sums
+
+    @property
+    def last_arrival_s(self) -> float:
+        """The last arrival added (s)."""
+        return self.terms.last_arrival_s
+
+    def add(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
+        """Feed a batch (arrivals sorted, seconds from the trace start)."""
+        if not len(arrival_s):
+            return
+        self.terms.add(arrival_s, input_tokens, output_tokens)
+        self.rows.extend(arrival_s, input_tokens, output_tokens)
+        w = self.config.window_s
+        # A window is final once its after-pad has arrived; _finalize may lengthen the pad, so test again each time.
+        while len(self.ops) < len(self.sums) and self.last_arrival_s >= (len(self.ops) + 1) * w + self.pad_s:
+            self._finalize(len(self.ops), False, self.simulate_here)
+
+    def result(self) -> LoadAwareEstimate:
+        """Finish the remaining windows and total the estimate."""
+        self.finish_windows(self.simulate_here)
+        return self.total()
+
+    def finish_windows(self, simulate: WindowSimulator) -> None:
+        """Price every window not priced yet, in order, with `simulate` running the simulations they need."""
+        if not len(self.sums):
+            raise ConfigError("load-aware projection: no requests")
+        while len(self.ops) < len(self.sums):
+            self._finalize(len(self.ops), len(self.ops) == len(self.sums) - 1, simulate)
+
+    def fork(self) -> LoadAwareProjector:
+        """A copy whose windows can be priced ahead (to plan simulations) without touching this one."""
+        twin = copy.copy(self)
+        twin.ops, twin.rows = list(self.ops), copy.copy(self.rows)
+        twin.cache = {key: list(seen) for key, seen in self.cache.items()}
+        return twin
+
+    def simulate_here(self, k: int) -> tuple[Operating, float, int]:
+        """Simulate window k in this process: its operating point, its requests' seat time, requests simulated."""
+        trace, own = self.sample_rows(k).read(self.rows)
+        op, hold_s = operating_point(self.sim, self.cost, self.seats, self.config.pad_coverage, trace, own)
+        logger.debug("window %d: simulated %d requests, u_j=%.4g J, u_s=%.4g s", k, len(trace), op.u_j, op.u_s)
+        return op, hold_s, len(trace)
+
     def _span(self, k: int, last: bool) -> float:
         w = self.config.window_s
         return max(self.last_arrival_s - k * w, 1e-3) if last else w
 
-    def _finalize(self, k: int, last: bool) -> bool:
+    def _finalize(self, k: int, last: bool, simulate: WindowSimulator) -> bool:
         """Price window k from the cache or a simulation; False (window left open) when the pad had to grow."""
         s = dict(zip(_TERMS, self.sums[k], strict=True))
         op = None
@@ -250,7 +404,9 @@ class LoadAwareProjector:
             key = self._signature(k, s, last)
             seen = self.cache.setdefault(key, [])
             if len(seen) < self.config.sims_per_signature:
-                op, hold_s = self._simulate(k)
+                op, hold_s, simulated = simulate(k)
+                self.simulations += 1
+                self.simulated_requests += simulated
                 if hold_s > self.pad_s and self.pad_s < self.config.max_pad_s:
                     self.pad_s = min(_PAD_HEADROOM * hold_s, self.config.max_pad_s)
                     logger.info("window %d: requests hold a seat for ~%.1f s; pads now %.1f s, re-simulating",
@@ -260,9 +416,7 @@ class LoadAwareProjector:
             else:
                 op = Operating(*np.mean([dataclasses.astuple(o) for o in seen], axis=0).tolist())
         self.ops.append(op)
-        cut = int(np.searchsorted(self.buffer[0], (k + 1) * self.config.window_s - self.pad_s, side="left"))
-        if cut:
-            self.buffer = tuple(b[cut:] for b in self.buffer)
+        self.rows.drop_before((k + 1) * self.config.window_s - self.pad_s)
         return True
 
     def _signature(self, k: int, s: dict[str, float], last: bool) -> tuple[int, ...]:
@@ -278,8 +432,7 @@ class LoadAwareProjector:
                round(math.log(max(s["sum_output"] / s["n"], 1.0)) / math.log(c.mix_ratio)))
         if pad <= 0:
             return key
-        b0, lo, hi, a1 = np.searchsorted(self.buffer[0], [k * w - pad, k * w, (k + 1) * w, (k + 1) * w + pad],
-                                         side="left")
+        b0, lo, hi, a1 = self.rows.index([k * w - pad, k * w, (k + 1) * w, (k + 1) * w + pad])
         own_rate = max(int(hi - lo), 1) / self._span(k, last)
 
         def bucket(count: int) -> int:
@@ -288,49 +441,20 @@ class LoadAwareProjector:
 
         return (*key, bucket(int(lo - b0)), bucket(int(a1 - hi)))
 
-    def _sample(self, k: int) -> tuple[Trace, np.ndarray]:
-        """The window's first requests with up to pad_s of requests on each side; and which are the window's own."""
-        c, w = self.config, self.config.window_s
-        arr, inp, out = self.buffer
-        lo, hi = np.searchsorted(arr, [k * w, (k + 1) * w], side="left")
+    def sample_rows(self, k: int) -> SampleRows:
+        """The rows simulated for window k: its first requests, with up to pad_s of requests on each side."""
+        c, w, rows = self.config, self.config.window_s, self.rows
+        lo, hi = (int(i) for i in rows.index([k * w, (k + 1) * w]))
         hi = min(hi, lo + c.max_sim_requests)
-        own_end = arr[hi] if hi < len(arr) and hi - lo == c.max_sim_requests else (k + 1) * w
+        own_end = (float(rows.take(hi, hi + 1)[0][0]) if hi < rows.stop and hi - lo == c.max_sim_requests
+                   else (k + 1) * w)
         pad = c.max_sim_requests // 4
-        start = max(int(np.searchsorted(arr, k * w - self.pad_s, side="left")), lo - pad)
-        stop = min(int(np.searchsorted(arr, own_end + self.pad_s, side="left")), hi + pad)
-        sel = slice(start, stop)
-        own = np.zeros(stop - start, bool)
-        own[lo - start:hi - start] = True
-        trace = Trace.from_columns(arr[sel] - arr[start], inp[sel], out[sel], source=f"window {k}")
-        return trace, own
+        start = max(int(rows.index([k * w - self.pad_s])[0]), lo - pad)
+        stop = min(int(rows.index([own_end + self.pad_s])[0]), hi + pad)
+        return SampleRows(k, start, lo, hi, stop)
 
-    def _simulate(self, k: int) -> tuple[Operating, float]:
-        """The window's operating point, and the pad its own requests' seat times call for (s)."""
-        trace, own = self._sample(k)
-        res = run(self.sim, trace, self.cost)
-        self.simulations += 1
-        self.simulated_requests += len(trace)
-        table = res.requests
-        done = table.column("status").to_numpy(zero_copy_only=False) == "finished"
-        energy = table.column("gpu_energy_attributed_j").to_numpy()
-        inp, out = trace.column("input_tokens"), trace.column("output_tokens")
-        mine = own & done
-        t_own = self.seats.terms(inp[mine], out[mine])
-        t_all = self.seats.terms(inp[done], out[done])
-        s = res.summary
-        busy_s = (s.get("utilization") or 0.0) * s["duration_s"] * self.sim.replicas
-        u_j = base_per_decode_step(float(energy[mine].sum()), t_own, self.seats.seat_j)
-        # Busy time is known only for the whole simulation, whose pads' edge requests decode in a filling or draining
-        # batch; scale it to the window's own requests by the ratio of their energies (the same batches).
-        u_j_all = base_per_decode_step(float(energy[done].sum()), t_all, self.seats.seat_j)
-        u_s = base_per_decode_step(busy_s, t_all, self.seats.seat_s, prefix="prefill_s") * (
-            u_j / u_j_all if u_j > 0 and u_j_all > 0 else 1.0)
-        logger.debug("window %d: simulated %d requests, u_j=%.4g J, u_s=%.4g s", k, len(trace), u_j, u_s)
-        tail = max(0.0, float(s["duration_s"]) - float(trace.column("arrival_s")[-1]))
-        hold_s = table.column("e2e_s").to_numpy()[mine] - table.column("queue_s").to_numpy()[mine]
-        return Operating(u_j, u_s, tail), cover_s(hold_s, self.config.pad_coverage)
-
-    def _total(self) -> LoadAwareEstimate:
+    def total(self) -> LoadAwareEstimate:
+        """Total the estimate over the priced windows."""
         t = {name: self.sums[:, j] for j, name in enumerate(_TERMS)}
         u_j = np.array([op.u_j if op else 0.0 for op in self.ops])
         u_s = np.array([op.u_s if op else 0.0 for op in self.ops])
@@ -375,6 +499,42 @@ class LoadAwareProjector:
             carried = max(0.0, carried + busy_s[k] - cap)
             late = max(0.0, late + least_s[k] - cap)
         return idle, self.last_arrival_s + tail_s + late / reps
+
+
+def operating_point(sim: SimConfig, cost: CostModel, seats: SeatModel, pad_coverage: float, trace: Trace,
+                    own: np.ndarray) -> tuple[Operating, float]:
+    """Simulate a window's sample and measure its load-dependent terms; a pure function of its inputs.
+
+    Args:
+        sim: the serving configuration.
+        cost: the cost model.
+        seats: the per-request cost terms.
+        pad_coverage: share of the seat time the pads must cover (see `LoadAwareConfig`).
+        trace: the window's requests with their pads (`LoadAwareProjector.sample`).
+        own: which of them are the window's own.
+
+    Returns:
+        The operating point, and the pad (s) the own requests' seat times call for.
+    """
+    res = run(sim, trace, cost)
+    table = res.requests
+    done = table.column("status").to_numpy(zero_copy_only=False) == "finished"
+    energy = table.column("gpu_energy_attributed_j").to_numpy()
+    inp, out = trace.column("input_tokens"), trace.column("output_tokens")
+    mine = own & done
+    t_own = seats.terms(inp[mine], out[mine])
+    t_all = seats.terms(inp[done], out[done])
+    s = res.summary
+    busy_s = (s.get("utilization") or 0.0) * s["duration_s"] * sim.replicas
+    u_j = base_per_decode_step(float(energy[mine].sum()), t_own, seats.seat_j)
+    # Busy time is known only for the whole simulation, whose pads' edge requests decode in a filling or draining
+    # batch; scale it to the window's own requests by the ratio of their energies (the same batches).
+    u_j_all = base_per_decode_step(float(energy[done].sum()), t_all, seats.seat_j)
+    u_s = base_per_decode_step(busy_s, t_all, seats.seat_s, prefix="prefill_s") * (
+        u_j / u_j_all if u_j > 0 and u_j_all > 0 else 1.0)
+    tail = max(0.0, float(s["duration_s"]) - float(trace.column("arrival_s")[-1]))
+    hold_s = table.column("e2e_s").to_numpy()[mine] - table.column("queue_s").to_numpy()[mine]
+    return Operating(u_j, u_s, tail), cover_s(hold_s, pad_coverage)
 
 
 def cover_s(hold_s: np.ndarray, coverage: float) -> float:

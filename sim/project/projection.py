@@ -14,7 +14,9 @@ host power, PUE and constant grid intensity of `config.sim`): host power is char
 estimate's server runs, the load-aware run's duration on every replica, the paper's batches back to back on one
 replica, the theoretical GPU-seconds at peak spread over the `tp` GPUs of a replica.
 
-Nothing is written here; the CLI (`project_cli`) prints and writes.
+The estimators' sums merge (`StreamSums.merge`), so `shards.project_sharded` computes the same estimates with a
+Parquet trace's row groups and the window simulations run as parallel tasks. Nothing is written here; the CLI
+(`project_cli`) prints and writes.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
 from tokenjoule.kernels.spec import ConfigError, ModelSpec
 from tokenjoule.sim.accounting import EnergyBreakdown, energy_breakdown
 from tokenjoule.sim.cost import CostModel
 from tokenjoule.sim.project.binned import PaperEstimate, paper_estimate
-from tokenjoule.sim.project.load_aware import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector
+from tokenjoule.sim.project.load_aware import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector, WindowSums
 from tokenjoule.sim.project.stream import Batch, FileStream, StreamInfo, run_stream, trace_batches
 from tokenjoule.sim.project.theoretical import TheoryAccumulator, TheoryEstimate, TheoryInputs
 from tokenjoule.sim.run import SimConfig, build_cost_model
@@ -160,16 +164,92 @@ class Projection:
         }
 
 
-def _model_and_gpu(config: ProjectConfig, profile: GPUProfile | None) -> tuple[ModelSpec, str]:
-    if profile is not None:
-        return profile.model, config.sim.gpu or str(profile.gpu.get("datasheet", "H100-SXM"))
-    return ModelSpec.from_name(config.sim.model or "llama-3.1-8b"), config.sim.gpu or "H100-SXM"
+class StreamSums:
+    """What the estimators add up over a trace's batches: rows, the paper's bin counts, FLOPs, per-window terms.
+
+    Sums of separate stretches of a trace (shards, read in parallel) `merge` into those of one pass, the counts
+    exactly and float sums up to round-off.
+
+    Args:
+        config: which estimators, and the paper's bins.
+        theory: the FLOPs sum (None without the theoretical estimate).
+        load: the load-aware per-window sums, or a whole `LoadAwareProjector` when one pass streams the trace (None
+            without the load-aware estimate).
+    """
+
+    def __init__(self, config: ProjectConfig, theory: TheoryAccumulator | None,
+                 load: LoadAwareProjector | WindowSums | None) -> None:
+        self.bins = config.bins
+        self.rows = 0
+        self.counts = empty_counts(config.bins) if "paper" in config.estimators else None
+        self.theory, self.load = theory, load
+
+    def add(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
+        """Add a batch (arrivals sorted)."""
+        self.rows += len(arrival_s)
+        if self.counts is not None:
+            self.counts = merge(self.counts, bin_arrays(input_tokens, output_tokens, self.bins))
+        if self.theory is not None:
+            self.theory.add(input_tokens, output_tokens)
+        if self.load is not None:
+            self.load.add(arrival_s, input_tokens, output_tokens)
+
+    def merge(self, other: StreamSums) -> None:
+        """Add the sums of another stretch of the same trace (per-window sums only: see `WindowSums.merge`)."""
+        self.rows += other.rows
+        if self.counts is not None and other.counts is not None:
+            self.counts = merge(self.counts, other.counts)
+        if self.theory is not None and other.theory is not None:
+            self.theory.merge(other.theory)
+        if isinstance(self.load, WindowSums) and isinstance(other.load, WindowSums):
+            self.load.merge(other.load)
 
 
-def _describe(cost: CostModel) -> str:
-    profile = getattr(cost, "profile", None) or getattr(getattr(cost, "base", None), "profile", None)
-    label = f": {profile.label}" if profile is not None else ""
-    return f"{cost.name}{' (modeled tp)' if cost.modeled else ''}{label}"
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """What the estimates are priced with, from the configuration and the profile.
+
+    Attributes:
+        cost: the cost model (paper and load-aware).
+        spec: the model (theoretical FLOPs).
+        theory: peak FLOP/s and TDP (theoretical).
+    """
+
+    cost: CostModel
+    spec: ModelSpec
+    theory: TheoryInputs
+
+    @classmethod
+    def of(cls, config: ProjectConfig, profile: GPUProfile | None) -> Pricing:
+        """The pricing of `config` with `profile` (None only with a roofline cost model)."""
+        cost = build_cost_model(config.sim, profile)
+        if profile is not None:
+            spec, gpu_name = profile.model, config.sim.gpu or str(profile.gpu.get("datasheet", "H100-SXM"))
+        else:
+            spec, gpu_name = ModelSpec.from_name(config.sim.model or "llama-3.1-8b"), config.sim.gpu or "H100-SXM"
+        return cls(cost, spec, TheoryInputs.of(spec, gpu_spec(gpu_name), config.peak_flops, config.tdp_w))
+
+    def describe(self) -> str:
+        """Identity of the cost model ("calibrated: <profile label>" or the roofline name)."""
+        cost = self.cost
+        profile = getattr(cost, "profile", None) or getattr(getattr(cost, "base", None), "profile", None)
+        label = f": {profile.label}" if profile is not None else ""
+        return f"{cost.name}{' (modeled tp)' if cost.modeled else ''}{label}"
+
+    def theory_sums(self, config: ProjectConfig) -> TheoryAccumulator | None:
+        """A zero FLOPs sum, or None when the theoretical estimate is not asked for."""
+        return TheoryAccumulator(self.spec, self.theory) if "theoretical" in config.estimators else None
+
+
+def projection_of(name: str, info: StreamInfo | None, sums: StreamSums, load: LoadAwareEstimate | None,
+                  pricing: Pricing, config: ProjectConfig) -> Projection:
+    """The Projection from the summed batches (and the load-aware estimate, already finished)."""
+    if sums.rows == 0:
+        raise ConfigError("no requests to project")
+    paper = paper_estimate(sums.counts, pricing.cost, config.max_batch) if sums.counts is not None else None
+    logger.info("%s: projected %d requests", name, sums.rows)
+    return Projection(name, sums.rows, info, paper, sums.theory.result() if sums.theory else None, load,
+                      pricing.describe(), config)
 
 
 def project(source: str | Path | Trace, profile: GPUProfile | None, config: ProjectConfig | None = None, *,
@@ -190,35 +270,23 @@ def project(source: str | Path | Trace, profile: GPUProfile | None, config: Proj
         The Projection (nothing is written).
     """
     config = config or ProjectConfig()
-    cost = build_cost_model(config.sim, profile)
-    spec, gpu_name = _model_and_gpu(config, profile)
-    inputs = TheoryInputs.of(spec, gpu_spec(gpu_name), config.peak_flops, config.tdp_w)
+    pricing = Pricing.of(config, profile)
 
-    def consume(batches: Iterator[Batch]) -> tuple:
-        want = config.estimators
-        counts = empty_counts(config.bins)
-        theory = TheoryAccumulator(spec, inputs) if "theoretical" in want else None
-        load = LoadAwareProjector(cost, config.sim, config.load) if "load-aware" in want else None
-        rows = 0
+    def consume(batches: Iterator[Batch]) -> StreamSums:
+        load = LoadAwareProjector(pricing.cost, config.sim, config.load) if "load-aware" in config.estimators else None
+        sums = StreamSums(config, pricing.theory_sums(config), load)
         for arrival, inp, out in batches:
-            rows += len(arrival)
-            if "paper" in want:
-                counts = merge(counts, bin_arrays(inp, out, config.bins))
-            if theory is not None:
-                theory.add(inp, out)
-            if load is not None:
-                load.add(arrival, inp, out)
-        if rows == 0:
+            sums.add(arrival, inp, out)
+        if sums.rows == 0:
             raise ConfigError("no requests to project")
-        paper = paper_estimate(counts, cost, config.max_batch) if "paper" in want else None
-        return rows, paper, theory.result() if theory else None, load.result() if load else None
+        return sums
 
     if isinstance(source, Trace):
-        rows, paper, theory, load = consume(trace_batches(source, batch_rows))
+        sums = consume(trace_batches(source, batch_rows))
         name, info = source.source, None
     else:
         stream = FileStream(source, fmt, options, batch_rows, progress=progress)
-        rows, paper, theory, load = run_stream(stream, consume)
+        sums = run_stream(stream, consume)
         name, info = stream.source, stream.info
-    logger.info("%s: projected %d requests", name, rows)
-    return Projection(name, rows, info, paper, theory, load, _describe(cost), config)
+    load = sums.load.result() if isinstance(sums.load, LoadAwareProjector) else None
+    return projection_of(name, info, sums, load, pricing, config)

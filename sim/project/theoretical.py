@@ -103,6 +103,11 @@ class TheoryAccumulator:
         self.flops += float(request_flops(self.spec, input_tokens, output_tokens).sum())
         self.requests += len(input_tokens)
 
+    def merge(self, other: TheoryAccumulator) -> None:
+        """Add the counts of another stretch of the same trace."""
+        self.flops += other.flops
+        self.requests += other.requests
+
     def result(self) -> TheoryEstimate:
         """The estimate so far."""
         return TheoryEstimate(self.inputs.tdp_w * self.flops / self.inputs.peak_flops, self.flops, self.requests,

@@ -112,8 +112,12 @@ def test_a_combination_that_cannot_run_names_its_cell():
     grid = _grid({"policy": ("continuous", "chunked"), "max_num_seqs": (256, 4096)})
     with pytest.raises(ConfigError, match="what-if 'chunked, 4096 seqs': --max-batched-tokens 2048: must exceed"):
         grid.cells()
-    with pytest.raises(ConfigError, match="what-if 'H200-SXM': profile .* was measured on"):
-        resolve(_grid({"gpu": ("H100-SXM", "H200-SXM")}).cells(), DEFAULT)
+    h100, h200 = resolve(_grid({"gpu": ("H100-SXM", "H200-SXM")}).cells(), DEFAULT)
+    assert h100.error is None and h100.choice is not None
+    assert h200.label == "H200-SXM" and h200.choice is None  # fails without running; the H100 cell still runs
+    assert isinstance(h200.error, ConfigError) and "was measured on" in str(h200.error)
+    with pytest.raises(ConfigError, match="was measured on"):
+        run_cell(h200, None)
 
 
 def test_toml_pairs_and_series(tmp_path):
