@@ -413,6 +413,7 @@ def simulate(
                       highlight=False)
 
 
+@trace_options
 def compare(
     config_file: Annotated[Path | None, typer.Option("--config", help="TOML grid file (see tokenjoule.sim.compare).",
                                                      show_default="none: the grid from the flags")] = None,
@@ -440,11 +441,14 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     jobs: JobsOpt = 1,
     ray: RayOpt = None,
+    *,
+    load_options: LoadOptions,
 ) -> None:
     """Run a grid of what-ifs (policies, engines, GPUs, replicas, TP, rate or any other setting): table, Pareto plot.
 
     Each what-if is labelled by its settings ("continuous, 4 replicas, x2 rate"); --out also writes the table of all
-    cells as compare.parquet and compare.csv.
+    cells as compare.parquet and compare.csv. The trace (--trace, or the grid file's `trace`) is read with the trace
+    flags of `simulate`; its notes (arrivals out of order, repeated request ids) are printed and kept as `trace_notes`.
 
     Cells run one after another, on local processes (--jobs N) or as Ray tasks (--ray auto), with the same results. A
     cell that fails is reported with its settings on stderr, the others are kept, and the exit code is then 1.
@@ -453,6 +457,7 @@ def compare(
         tokenjoule compare --policies static,continuous,chunked --profiles my.json
         tokenjoule compare --policies static,continuous --replicas 1,2,4 --axis rate_scale=1,2 --out runs/cmp
         tokenjoule compare --config grid.toml --json --jobs 4
+        tokenjoule compare --policies static,chunked --trace lengths.csv --arrivals poisson --rate 4
     """
     from tokenjoule.console import progress
     from tokenjoule.sim.compare import (
@@ -481,7 +486,9 @@ def compare(
 
     grid = load_grid(config_file) if config_file is not None else None
     grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed}, axis or (), grid)
-    tr, _ = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
+    synthetic = synthetic if synthetic is not None else grid.synthetic
+    tr, trace_notes = _load_trace(trace or grid.trace, fmt, synthetic, seed, load_options)
+    noted = {"trace_notes": [note.to_dict() for note in trace_notes]}
     cells = resolve(grid.cells(), DEFAULT_PROFILE)
     priced = [cell for cell in cells if cell.error is None]
     tasks, profiles_by_key = cell_tasks(priced)
@@ -503,14 +510,17 @@ def compare(
     front = pareto_front(energy, p99)
     failures = {"failed": failed} if failed else {}
     if out is not None:
+        loaded_with = None if synthetic is not None else dataclasses.asdict(load_options)  # to load it the same again
+
         def fill(tmp: Path) -> None:
-            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows, **failures}) + "\n")
+            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "trace_options": loaded_with, **noted,
+                                                     "cells": rows, **failures}) + "\n")
             write_table_files(cells_table(ran, rows, front), tmp / "compare")
             plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
         write_folder_atomically(out, fill, COMPARE_FILES, force)
     if as_json:
-        typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
+        typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, **noted, "cells": rows,
                                                 "pareto": [rows[i]["label"] for i in front], **failures}))))
         _exit_if_failed(failed, len(cells))
         return
@@ -527,6 +537,8 @@ def compare(
     console.print(table)
     for r in rows:
         print_notes(console, r["summary"]["notes"], r["label"])
+    for note in trace_notes:
+        console.print(f"[yellow]note:[/] {escape(note.message)}")
     _exit_if_failed(failed, len(cells))
 
 
