@@ -175,6 +175,16 @@ def test_compare_notes_the_trace_in_its_table_json_and_out_folder(files, tmp_pat
     assert written["trace_notes"] == data["trace_notes"] and written["trace_options"]["unsorted"] == "sort"
 
 
+@pytest.mark.parametrize("command", [["simulate", "--trace"], ["compare", "--trace"], ["project"], ["trace", "stats"]])
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--rate", "3"], "--rate 3: only synthesized arrivals (--arrivals poisson or gamma) read it"),
+    (["--cv", "2"], "--cv 2: only --arrivals gamma reads it"),
+    (["--time-unit", "ms"], "--time-unit ms: only a mapped arrival column (--map) reads it"),
+])
+def test_a_trace_flag_nothing_reads_is_refused(files, command, flags, needle):
+    one_line_error(invoke(*command, files["canonical.csv"], *flags), needle)
+
+
 @pytest.mark.parametrize("command", [["simulate", "--trace"], ["project"], ["trace", "stats"], ["compare", "--trace"]])
 @pytest.mark.parametrize("name", ["folder", "dir"])
 def test_a_directory_is_not_a_trace(files, command, name):
