@@ -240,7 +240,7 @@ def check_policy_flags(policy: str, static_only: dict[str, Any], not_static: dic
         raise ConfigError(f"{given[0]}: only --policy {readers} {verb} it (this run is --policy {policy}); drop it")
 
 
-def _summary_table(summary: dict[str, Any], title: str) -> Table:
+def _summary_table(summary: dict[str, Any], title: str, tp_modeled: bool) -> Table:
     def fmt(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
@@ -249,7 +249,7 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
-        ("cost model", f"{s['cost_model']}{' (modeled TP)' if s['modeled'] else ''}"),
+        ("cost model", f"{s['cost_model']}{' (modeled TP)' if tp_modeled else ''}"),
         ("profile", s["profile"] or "-"),
         ("policy / replicas x tp / router", f"{s['policy']} / {s['replicas']} x {s['tp']} / {s['router']}"),
         ("requests finished / rejected", f"{s['finished']:,} / {s['rejected']:,}"),
@@ -391,10 +391,11 @@ def simulate(
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
     console = Console()
-    console.print(_summary_table(result.summary, f"tokenjoule simulate: {tr.source}"))
+    tp_modeled = prof is not None and cost == "calibrated" and prof.tp != tp  # a profile's tp stretched to --tp
+    console.print(_summary_table(result.summary, f"tokenjoule simulate: {tr.source}", tp_modeled))
     print_notes(console, result.summary["notes"])
-    if result.summary["modeled"]:
-        console.print("[yellow]note:[/] tensor parallelism is modeled from a tp=1 profile (not measured)")
+    if tp_modeled:
+        console.print(f"[yellow]note:[/] tensor parallelism is modeled from a tp={prof.tp} profile (not measured)")
     if result.summary["profile_source"]:
         console.print(f"costs: {result.summary['profile_source']}", markup=False, highlight=False)
     if carbon_in is not None and carbon_in.region is not None:
