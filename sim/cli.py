@@ -36,7 +36,7 @@ FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Trace for
                                                show_default="detect from the content")]
 SynthOpt = Annotated[str | None, typer.Option(
     "--synthetic", help="Synthetic trace instead of a file: 'n=256,input=1024,output=128' (all at t=0), add "
-                        "'rate=5' for Poisson arrivals or 'process=gamma,cv=2' for bursty ones.",
+                        "'rate=5' for Poisson arrivals or 'rate=5,process=gamma,cv=2' for bursty ones.",
     show_default="none: read --trace")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile file or shipped name.",
                                                 show_default=DEFAULT_PROFILE)]
@@ -93,7 +93,19 @@ def _parse_synthetic(text: str, seed: int):
     kwargs.setdefault("process", "poisson" if "rate_per_s" in kwargs else "zero")
     defaults = {f.name: f.default for f in dataclasses.fields(SynthSpec) if f.default is not dataclasses.MISSING}
     check_synth({**defaults, **kwargs}, {field: f"--synthetic {key}=" for key, field in names.items()})
+    _refuse_unread_synthetic(fields, kwargs["process"])
     return synthesize(SynthSpec(**kwargs), np.random.default_rng(seed))
+
+
+def _refuse_unread_synthetic(fields: dict[str, str], process: str) -> None:
+    """Refuse a `--synthetic` key its arrival process would not read, and a rate left to a default, naming it."""
+    if process == "zero" and "rate" in fields:
+        raise ConfigError(f"--synthetic rate={fields['rate']}: process=zero puts every request at t=0; drop rate, or "
+                          "give process=poisson or gamma")
+    if process != "zero" and "rate" not in fields:
+        raise ConfigError(f"--synthetic process={process}: needs rate=R (requests/s), e.g. rate=5,process={process}")
+    if "cv" in fields and process != "gamma":
+        raise ConfigError(f"--synthetic cv={fields['cv']}: only process=gamma reads it; add process=gamma or drop cv")
 
 
 def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed: int,
@@ -102,7 +114,8 @@ def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed:
     if synthetic is not None:
         if trace:
             raise ConfigError("give --trace or --synthetic, not both")
-        given = trace_flags_set(options) if options is not None else []
+        given = ["--format"] if fmt is not None else []
+        given += trace_flags_set(options) if options is not None else []
         if given:
             raise ConfigError(f"{given[0]}: reads a trace file, and --synthetic builds its own trace; drop {given[0]}")
         return _parse_synthetic(synthetic, seed), ()

@@ -272,6 +272,30 @@ def test_an_empty_synthetic_spec_is_refused_not_the_default_trace(text):
     one_line_error(invoke("simulate", "--profile", TOY, "--synthetic", text), "--synthetic")
 
 
+@pytest.mark.parametrize(("spec", "needle"), [
+    ("n=4,cv=2", "--synthetic cv=2: only process=gamma reads it"),
+    ("n=4,rate=3,cv=2", "--synthetic cv=2: only process=gamma reads it"),
+    ("n=4,process=gamma", "--synthetic process=gamma: needs rate=R"),  # not 1 request/s by default
+    ("n=4,process=poisson", "--synthetic process=poisson: needs rate=R"),
+    ("n=4,process=zero,rate=3", "--synthetic rate=3: process=zero puts every request at t=0"),
+])
+@pytest.mark.parametrize("command", ["simulate", "compare"])
+def test_a_synthetic_key_its_process_would_not_read_is_refused(command, spec, needle):
+    one_line_error(invoke(command, "--synthetic", spec), needle)
+
+
+def test_synthetic_keys_its_process_reads_are_accepted():
+    result = invoke("simulate", "--profile", TOY, "--synthetic", "n=8,rate=4,process=gamma,cv=3", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["requests"] == 8
+
+
+@pytest.mark.parametrize("command", ["simulate", "compare"])
+def test_synthetic_refuses_a_trace_format(command):
+    one_line_error(invoke(command, "--synthetic", "n=4", "--format", "mooncake"),
+                   "--format: reads a trace file, and --synthetic builds its own trace")
+
+
 @pytest.mark.parametrize(("args", "flag"), [
     (["--max-batch", "0", "--policy", "static"], "--max-batch 0"),
     (["--max-batched-tokens", "0"], "--max-batched-tokens 0"),
