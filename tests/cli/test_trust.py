@@ -100,6 +100,20 @@ def test_output_files_and_folders_get_the_usual_permissions(tmp_path):
     assert {stat.S_IMODE((out / n).stat().st_mode) for n in RUN_FILES} == {0o644}
 
 
+def test_every_output_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        run, cmp, events = tmp_path / "run", tmp_path / "cmp", tmp_path / "events.parquet"
+        assert invoke("simulate", *SMALL, "--out", str(run), "--events", str(events)).exit_code == 0
+        assert invoke("compare", "--profiles", TOY, "--policies", "static,continuous", "--synthetic",
+                      "n=10,input=64,output=4", "--out", str(cmp)).exit_code == 0
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (run, cmp)} == {0o750}
+    files = [*run.iterdir(), *cmp.iterdir(), events]
+    assert len(files) == 11 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o640}
+
+
 def test_write_atomic_gives_the_usual_permissions(tmp_path):
     from tokenjoule.traces.files import write_atomic
 
@@ -170,9 +184,10 @@ def test_a_negative_energy_curve_is_refused_naming_the_file(tmp_path, command):
     one_line_error(invoke(*args), path, "energy curve", "must be finite and >= 0")
 
 
-def test_a_nan_knot_is_refused_naming_the_file(tmp_path):
+@pytest.mark.parametrize("command", [["simulate", "--synthetic", "n=10"], ["project", "azure-code-2023"]])
+def test_a_nan_knot_is_refused_naming_the_file(tmp_path, command):
     path = _bad_profile(tmp_path, _nan_knot)
-    one_line_error(invoke("simulate", "--profile", path, "--synthetic", "n=10"), path, "knot_values", "nan")
+    one_line_error(invoke(*command, "--profile", path), path, "knot_values", "nan")
 
 
 def test_a_negative_coefficient_that_turns_the_curve_negative_is_refused(tmp_path):
