@@ -47,7 +47,8 @@ def simulate(trace: str | Path | Trace = DEFAULT_TRACE, profile: str | Path | GP
             "rate_per_s": 4}` or `{"mapping": {"arrival_s": "ts", "input_tokens": "in", "output_tokens": "out"},
             "time_unit": "ms"}`; seeded by `seed` (as `--seed` seeds the flags) unless it names its own.
         **config: any other `tokenjoule.sim.run.SimConfig` field, e.g. `replicas=4`, `max_num_seqs=128`,
-            `pue=1.2`, `carbon_g_per_kwh=400.0` (its docstring lists them with their units).
+            `pue=1.2`, `carbon_g_per_kwh=400.0` (its docstring lists them with their units); one the policy does not
+            read (`max_batch` under "continuous", `max_num_seqs` under "static") is refused, as the command does.
 
     Returns:
         A `SimResult`: `.summary` (the dict `tokenjoule simulate --json` prints, with its `notes` and
@@ -63,9 +64,15 @@ def simulate(trace: str | Path | Trace = DEFAULT_TRACE, profile: str | Path | GP
     import warnings
 
     from tokenjoule.calibrate.profile import GPUProfile, load_profile
+    from tokenjoule.kernels.spec import ConfigError
     from tokenjoule.sim.notes import RunNoteWarning
-    from tokenjoule.sim.run import SimConfig, run
+    from tokenjoule.sim.run import POLICY_SETTINGS, SimConfig, run
 
+    ignored = [name for name in config if policy not in POLICY_SETTINGS.get(name, (policy,))]
+    if ignored:  # the policy would run without it, silently
+        readers = POLICY_SETTINGS[ignored[0]]
+        raise ConfigError(f"{ignored[0]}={config[ignored[0]]!r}: only policy {' and '.join(map(repr, readers))} "
+                          f"{'reads' if len(readers) == 1 else 'read'} it (this run is policy {policy!r}); drop it")
     loaded, trace_notes = _read(trace, trace_format, trace_options, config.get("seed", 0))
     prof = profile if profile is None or isinstance(profile, GPUProfile) else load_profile(profile)
     result = run(SimConfig(policy=policy, **config), loaded, prof, record_iterations=iterations)

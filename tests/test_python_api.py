@@ -89,6 +89,16 @@ def test_simulate_takes_loaded_objects_and_config_fields():
         tokenjoule.simulate(trace="azure-code-2023", policy="nope")
 
 
+@pytest.mark.parametrize(("policy", "setting", "needle"), [
+    ("static", {"max_num_seqs": 64}, "max_num_seqs=64: only policy 'continuous' and 'chunked' read it"),
+    ("chunked", {"max_batch": 8}, "max_batch=8: only policy 'static' reads it (this run is policy 'chunked')"),
+    ("continuous", {"batch_timeout_s": 1.0}, "batch_timeout_s=1.0: only policy 'static' reads it"),
+])
+def test_simulate_refuses_a_setting_its_policy_would_not_read(policy, setting, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        tokenjoule.simulate(trace="azure-code-2023", profile=TOY, policy=policy, **setting)
+
+
 def test_simulate_returns_the_iterations_when_asked():
     plain = tokenjoule.simulate(trace="azure-code-2023", replicas=2)
     timed = tokenjoule.simulate(trace="azure-code-2023", replicas=2, iterations=True)
