@@ -76,7 +76,6 @@ class LoadOptions:
             raise TraceOptionError(f"--cv {self.cv:g}: must be > 0")
         if self.time_unit not in TIME_UNITS:
             raise TraceOptionError(f"--time-unit {self.time_unit!r}: must be one of {', '.join(TIME_UNITS)}")
-        self._refuse_unread()
         if self.arrivals is not None:
             if self.arrivals not in synth.ARRIVAL_PROCESSES:
                 raise TraceOptionError(f"--arrivals {self.arrivals!r}: must be one of "
@@ -84,6 +83,7 @@ class LoadOptions:
             if self.arrivals != "zero" and not (self.rate_per_s or 0) > 0:
                 got = "not given" if self.rate_per_s is None else f"got {self.rate_per_s:g}"
                 raise TraceOptionError(f"--arrivals {self.arrivals} needs --rate > 0 (requests/s; {got})")
+        self._refuse_unread()
 
     def _refuse_unread(self) -> None:
         """Refuse an option nothing would read (it would change nothing, silently), naming its flag."""
