@@ -36,7 +36,7 @@ FormatOpt = Annotated[str | None, typer.Option("--format", "-f", help="Trace for
                                                show_default="detect from the content")]
 SynthOpt = Annotated[str | None, typer.Option(
     "--synthetic", help="Synthetic trace instead of a file: 'n=256,input=1024,output=128' (all at t=0), add "
-                        "'rate=5' for Poisson arrivals or 'process=gamma,cv=2' for bursty ones.",
+                        "'rate=5' for Poisson arrivals or 'rate=5,process=gamma,cv=2' for bursty ones.",
     show_default="none: read --trace")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile file or shipped name.",
                                                 show_default=DEFAULT_PROFILE)]
@@ -93,7 +93,19 @@ def _parse_synthetic(text: str, seed: int):
     kwargs.setdefault("process", "poisson" if "rate_per_s" in kwargs else "zero")
     defaults = {f.name: f.default for f in dataclasses.fields(SynthSpec) if f.default is not dataclasses.MISSING}
     check_synth({**defaults, **kwargs}, {field: f"--synthetic {key}=" for key, field in names.items()})
+    _refuse_unread_synthetic(fields, kwargs["process"])
     return synthesize(SynthSpec(**kwargs), np.random.default_rng(seed))
+
+
+def _refuse_unread_synthetic(fields: dict[str, str], process: str) -> None:
+    """Refuse a `--synthetic` key its arrival process would not read, and a rate left to a default, naming it."""
+    if process == "zero" and "rate" in fields:
+        raise ConfigError(f"--synthetic rate={fields['rate']}: process=zero puts every request at t=0; drop rate, or "
+                          "give process=poisson or gamma")
+    if process != "zero" and "rate" not in fields:
+        raise ConfigError(f"--synthetic process={process}: needs rate=R (requests/s), e.g. rate=5,process={process}")
+    if "cv" in fields and process != "gamma":
+        raise ConfigError(f"--synthetic cv={fields['cv']}: only process=gamma reads it; add process=gamma or drop cv")
 
 
 def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed: int,
@@ -102,7 +114,8 @@ def _load_trace(trace: str | None, fmt: str | None, synthetic: str | None, seed:
     if synthetic is not None:
         if trace:
             raise ConfigError("give --trace or --synthetic, not both")
-        given = trace_flags_set(options) if options is not None else []
+        given = ["--format"] if fmt is not None else []
+        given += trace_flags_set(options) if options is not None else []
         if given:
             raise ConfigError(f"{given[0]}: reads a trace file, and --synthetic builds its own trace; drop {given[0]}")
         return _parse_synthetic(synthetic, seed), ()
@@ -240,7 +253,7 @@ def check_policy_flags(policy: str, static_only: dict[str, Any], not_static: dic
         raise ConfigError(f"{given[0]}: only --policy {readers} {verb} it (this run is --policy {policy}); drop it")
 
 
-def _summary_table(summary: dict[str, Any], title: str) -> Table:
+def _summary_table(summary: dict[str, Any], title: str, tp_modeled: bool) -> Table:
     def fmt(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
@@ -249,7 +262,7 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
-        ("cost model", f"{s['cost_model']}{' (modeled TP)' if s['modeled'] else ''}"),
+        ("cost model", f"{s['cost_model']}{' (modeled TP)' if tp_modeled else ''}"),
         ("profile", s["profile"] or "-"),
         ("policy / replicas x tp / router", f"{s['policy']} / {s['replicas']} x {s['tp']} / {s['router']}"),
         ("requests finished / rejected", f"{s['finished']:,} / {s['rejected']:,}"),
@@ -391,10 +404,11 @@ def simulate(
         typer.echo(json.dumps(json.loads(dumps(result.summary))))
         return
     console = Console()
-    console.print(_summary_table(result.summary, f"tokenjoule simulate: {tr.source}"))
+    tp_modeled = prof is not None and cost == "calibrated" and prof.tp != tp  # a profile's tp stretched to --tp
+    console.print(_summary_table(result.summary, f"tokenjoule simulate: {tr.source}", tp_modeled))
     print_notes(console, result.summary["notes"])
-    if result.summary["modeled"]:
-        console.print("[yellow]note:[/] tensor parallelism is modeled from a tp=1 profile (not measured)")
+    if tp_modeled:
+        console.print(f"[yellow]note:[/] tensor parallelism is modeled from a tp={prof.tp} profile (not measured)")
     if result.summary["profile_source"]:
         console.print(f"costs: {result.summary['profile_source']}", markup=False, highlight=False)
     if carbon_in is not None and carbon_in.region is not None:
@@ -413,6 +427,7 @@ def simulate(
                       highlight=False)
 
 
+@trace_options
 def compare(
     config_file: Annotated[Path | None, typer.Option("--config", help="TOML grid file (see tokenjoule.sim.compare).",
                                                      show_default="none: the grid from the flags")] = None,
@@ -440,11 +455,14 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     jobs: JobsOpt = 1,
     ray: RayOpt = None,
+    *,
+    load_options: LoadOptions,
 ) -> None:
     """Run a grid of what-ifs (policies, engines, GPUs, replicas, TP, rate or any other setting): table, Pareto plot.
 
     Each what-if is labelled by its settings ("continuous, 4 replicas, x2 rate"); --out also writes the table of all
-    cells as compare.parquet and compare.csv.
+    cells as compare.parquet and compare.csv. The trace (--trace, or the grid file's `trace`) is read with the trace
+    flags of `simulate`; its notes (arrivals out of order, repeated request ids) are printed and kept as `trace_notes`.
 
     Cells run one after another, on local processes (--jobs N) or as Ray tasks (--ray auto), with the same results. A
     cell that fails is reported with its settings on stderr, the others are kept, and the exit code is then 1.
@@ -453,6 +471,7 @@ def compare(
         tokenjoule compare --policies static,continuous,chunked --profiles my.json
         tokenjoule compare --policies static,continuous --replicas 1,2,4 --axis rate_scale=1,2 --out runs/cmp
         tokenjoule compare --config grid.toml --json --jobs 4
+        tokenjoule compare --policies static,chunked --trace lengths.csv --arrivals poisson --rate 4
     """
     from tokenjoule.console import progress
     from tokenjoule.sim.compare import (
@@ -481,7 +500,9 @@ def compare(
 
     grid = load_grid(config_file) if config_file is not None else None
     grid = grid_from_flags(policies, profiles, gpus, replicas, tps, {"cost": cost, "seed": seed}, axis or (), grid)
-    tr, _ = _load_trace(trace or grid.trace, fmt, synthetic if synthetic is not None else grid.synthetic, seed)
+    synthetic = synthetic if synthetic is not None else grid.synthetic
+    tr, trace_notes = _load_trace(trace or grid.trace, fmt, synthetic, seed, load_options)
+    noted = {"trace_notes": [note.to_dict() for note in trace_notes]}
     cells = resolve(grid.cells(), DEFAULT_PROFILE)
     priced = [cell for cell in cells if cell.error is None]
     tasks, profiles_by_key = cell_tasks(priced)
@@ -503,14 +524,17 @@ def compare(
     front = pareto_front(energy, p99)
     failures = {"failed": failed} if failed else {}
     if out is not None:
+        loaded_with = None if synthetic is not None else dataclasses.asdict(load_options)  # to load it the same again
+
         def fill(tmp: Path) -> None:
-            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "cells": rows, **failures}) + "\n")
+            (tmp / "compare.json").write_text(dumps({"trace": tr.source, "trace_options": loaded_with, **noted,
+                                                     "cells": rows, **failures}) + "\n")
             write_table_files(cells_table(ran, rows, front), tmp / "compare")
             plot_pareto([r["label"] for r in rows], energy, p99, tmp / "pareto.png")
 
         write_folder_atomically(out, fill, COMPARE_FILES, force)
     if as_json:
-        typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, "cells": rows,
+        typer.echo(json.dumps(json.loads(dumps({"trace": tr.source, **noted, "cells": rows,
                                                 "pareto": [rows[i]["label"] for i in front], **failures}))))
         _exit_if_failed(failed, len(cells))
         return
@@ -527,6 +551,8 @@ def compare(
     console.print(table)
     for r in rows:
         print_notes(console, r["summary"]["notes"], r["label"])
+    for note in trace_notes:
+        console.print(f"[yellow]note:[/] {escape(note.message)}")
     _exit_if_failed(failed, len(cells))
 
 

@@ -194,8 +194,12 @@ class ModeledTPCost:
     tp: int
     allreduce: AllReduce = AllReduce()
 
-    name = "calibrated"
     modeled = True
+
+    @property
+    def name(self) -> str:
+        """The base's name: "calibrated", or "composed" for a profile composed from a GPU profile's operator fits."""
+        return self.base.name
 
     def __post_init__(self) -> None:
         spec = self.base.profile.model

@@ -39,7 +39,10 @@ _WHAT = {"decode_seqs": "decode batch", "iteration_tokens": "tokens per prefill 
 
 
 class RunNoteWarning(UserWarning):
-    """A note on a run (overload, extrapolation, context length), raised by the Python API `tokenjoule.simulate`."""
+    """A note on a run (overload, extrapolation, context length) or on its trace (arrivals out of order, repeated ids).
+
+    Raised by the Python API `tokenjoule.simulate`, where the command prints its notes.
+    """
 
 
 class RangeTally:

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from tokenjoule.traces import synth
 from tokenjoule.traces.checks import TraceChecks, TraceNote
-from tokenjoule.traces.columns import DATETIME_UNITS, ColumnMap, Converted, convert, has_zone_offset
+from tokenjoule.traces.columns import DATETIME_UNITS, TIME_UNITS, ColumnMap, Converted, convert, has_zone_offset
 from tokenjoule.traces.files import Sniffed, located_rows, read_table, sniff
 from tokenjoule.traces.schema import Trace, TraceFormatError, TraceOptionError, TraceRowError
 
@@ -74,6 +74,8 @@ class LoadOptions:
             raise TraceOptionError(f"--spread-buckets-s {self.spread_buckets_s:g}: must be > 0")
         if not self.cv > 0:
             raise TraceOptionError(f"--cv {self.cv:g}: must be > 0")
+        if self.time_unit not in TIME_UNITS:
+            raise TraceOptionError(f"--time-unit {self.time_unit!r}: must be one of {', '.join(TIME_UNITS)}")
         if self.arrivals is not None:
             if self.arrivals not in synth.ARRIVAL_PROCESSES:
                 raise TraceOptionError(f"--arrivals {self.arrivals!r}: must be one of "
@@ -81,6 +83,19 @@ class LoadOptions:
             if self.arrivals != "zero" and not (self.rate_per_s or 0) > 0:
                 got = "not given" if self.rate_per_s is None else f"got {self.rate_per_s:g}"
                 raise TraceOptionError(f"--arrivals {self.arrivals} needs --rate > 0 (requests/s; {got})")
+        self._refuse_unread()
+
+    def _refuse_unread(self) -> None:
+        """Refuse an option nothing would read (it would change nothing, silently), naming its flag."""
+        if self.time_unit != "s" and self.mapping is None:
+            raise TraceOptionError(f"--time-unit {self.time_unit}: only a mapped arrival column (--map) reads it; a "
+                                   "detected format knows its own unit")
+        if self.rate_per_s is not None and self.arrivals in (None, "zero"):
+            raise TraceOptionError(f"--rate {self.rate_per_s:g}: only synthesized arrivals (--arrivals poisson or "
+                                   "gamma) read it; it does not change a trace's own timestamps")
+        if self.cv != 1.0 and self.arrivals != "gamma":
+            raise TraceOptionError(f"--cv {self.cv:g}: only --arrivals gamma reads it; give --arrivals gamma or drop "
+                                   "--cv")
 
     @property
     def whole_table(self) -> bool:

@@ -2,8 +2,9 @@
 
 `@trace_options` adds `--map`, `--time-unit`, `--zero-output`, `--unsorted`, `--spread-buckets-s`, `--arrivals`,
 `--rate` and `--cv` to a Typer command and hands the command one `LoadOptions` (its `load_options` parameter),
-seeded by the command's own `--seed`. `tokenjoule trace stats|bin|convert`, `simulate` and `project` use it, so
-the flags read, default and fail the same everywhere; `read_trace` (whole) and `BatchReader` (streamed) apply them.
+seeded by the command's own `--seed`. `tokenjoule trace stats|bin|convert`, `simulate`, `compare` and `project` use
+it, so the flags read, default and fail the same everywhere; `read_trace` (whole) and `BatchReader` (streamed)
+apply them.
 """
 
 from __future__ import annotations

@@ -125,7 +125,8 @@ def project(
     Streams the trace in record batches (constant memory). `paper` is the paper's binned offline estimate (full
     static batches per length bin), `theoretical` is TDP x FLOPs / peak FLOP/s, `load-aware` follows the arrival
     rate and length mix per time window (short simulations, idle power, error bars). --pue, --host-power-w and
-    --carbon add what simulate adds to each: host power over the time its server runs, then PUE, then carbon.
+    --carbon add what simulate adds to each: host power over the time its server runs, then PUE, then carbon. A flag
+    that only an estimator left out of --estimators reads (e.g. --window-s with --estimators paper) is refused.
     With --jobs N or --ray, a Parquet trace is read in shards of row groups and the window simulations run in
     parallel, with the same estimates (to float round-off); other files, traces that need --arrivals or
     --spread-buckets-s, and Parquet files whose arrivals go back are read in one pass. The sharded pass does not check
@@ -173,6 +174,13 @@ def project(
                     host_power_w=host_power_w, carbon_g_per_kwh=grid.g_per_kwh if grid else None, seed=seed)
     config = ProjectConfig(bins, max_batch, peak_flops, tdp_w, LoadAwareConfig(window_s, pad_s), sim,
                            tuple(e.strip() for e in estimators.split(",") if e.strip()))
+    check_estimator_flags(config.estimators, {
+        "paper": given_flags(ctx, {"--input-edges": input_edges, "--output-edges": output_edges,
+                                   "--out-of-range": out_of_range, "--max-batch": max_batch}),
+        "theoretical": given_flags(ctx, {"--peak-flops": peak_flops, "--tdp-w": tdp_w}),
+        "load-aware": given_flags(ctx, {"--window-s": window_s, "--pad-s": pad_s, "--policy": policy,
+                                        "--max-num-seqs": max_num_seqs,
+                                        "--max-batched-tokens": max_num_batched_tokens})})
     backend = Backend(jobs, ray)
     prof = resolve_profile(profile, cost, tp)
     if backend.parallel:
@@ -195,6 +203,20 @@ def project(
                       markup=False, highlight=False)
     for note in data["trace_notes"]:
         console.print(f"[yellow]note:[/] {escape(note['message'])}")
+
+
+def check_estimator_flags(chosen: tuple[str, ...], read_by: dict[str, dict[str, object]]) -> None:
+    """Refuse a flag only an estimator left out of `--estimators` reads (it would change nothing), naming it.
+
+    Args:
+        chosen: the estimators this run computes.
+        read_by: estimator -> its own flags, each given value (None where the flag was left at its default).
+    """
+    for estimator, flags in read_by.items():
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given and estimator not in chosen:
+            raise ConfigError(f"{given[0]}: only the {estimator} estimator reads it (this run is --estimators "
+                              f"{','.join(chosen)}); drop it or add {estimator}")
 
 
 def register(app: typer.Typer) -> None:

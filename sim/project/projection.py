@@ -32,7 +32,7 @@ import numpy as np
 from tokenjoule.calibrate.profile import GPUProfile, gpu_spec
 from tokenjoule.kernels.spec import ConfigError, ModelSpec
 from tokenjoule.sim.accounting import EnergyBreakdown, energy_breakdown
-from tokenjoule.sim.cost import CostModel
+from tokenjoule.sim.cost import CostModel, ModeledTPCost
 from tokenjoule.sim.project.binned import PaperEstimate, paper_estimate
 from tokenjoule.sim.project.load_aware import LoadAwareConfig, LoadAwareEstimate, LoadAwareProjector, WindowSums
 from tokenjoule.sim.project.stream import Batch, FileStream, StreamInfo, run_stream, trace_batches
@@ -234,7 +234,7 @@ class Pricing:
         cost = self.cost
         profile = getattr(cost, "profile", None) or getattr(getattr(cost, "base", None), "profile", None)
         label = f": {profile.label}" if profile is not None else ""
-        return f"{cost.name}{' (modeled tp)' if cost.modeled else ''}{label}"
+        return f"{cost.name}{' (modeled tp)' if isinstance(cost, ModeledTPCost) else ''}{label}"
 
     def theory_sums(self, config: ProjectConfig) -> TheoryAccumulator | None:
         """A zero FLOPs sum, or None when the theoretical estimate is not asked for."""

@@ -80,6 +80,28 @@ def test_user_errors_are_one_line(trace_csv, args, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args, flag, reader", [
+    (["--estimators", "paper", "--window-s", "30"], "--window-s", "load-aware"),
+    (["--estimators", "paper,theoretical", "--policy", "static"], "--policy", "load-aware"),
+    (["--estimators", "paper", "--max-num-seqs", "64"], "--max-num-seqs", "load-aware"),
+    (["--estimators", "load-aware", "--max-batch", "8"], "--max-batch", "paper"),
+    (["--estimators", "theoretical", "--input-edges", "64,2048"], "--input-edges", "paper"),
+    (["--estimators", "theoretical", "--out-of-range", "exclude"], "--out-of-range", "paper"),  # given, as default
+    (["--estimators", "paper,load-aware", "--tdp-w", "350"], "--tdp-w", "theoretical"),
+])
+def test_a_flag_only_a_left_out_estimator_reads_is_refused(trace_csv, args, flag, reader):
+    result = _run(str(trace_csv), "--profile", TOY, *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag}: only the {reader} estimator reads it"), lines
+
+
+def test_an_estimators_own_flags_work_when_it_is_chosen(trace_csv):
+    result = _run(str(trace_csv), "--profile", TOY, "--json", "--estimators", "paper", "--max-batch", "4")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["estimates"]["paper"]["max_batch"] == 4
+
+
 def test_missing_default_profile_says_what_to_do(trace_csv, monkeypatch):
     from tokenjoule.sim import cli as sim_cli
 

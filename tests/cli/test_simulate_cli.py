@@ -37,6 +37,28 @@ def test_simulate_prints_a_summary_table(cli):
     assert "J per request" in result.output and "calibrated" in result.output
 
 
+@pytest.mark.parametrize(("args", "cost_model", "tp_modeled"), [
+    (["--profile", TOY], "calibrated", False),
+    (["--profile", TOY, "--tp", "2"], "calibrated", True),
+    (["--model", "mistral-7b", "--gpu", "H200-SXM"], "composed", False),  # modeled, but its TP is not
+    (["--model", "mistral-7b", "--gpu", "H200-SXM", "--tp", "2"], "composed", True),
+])
+def test_modeled_tp_is_said_only_when_a_profile_is_stretched_to_another_tp(cli, args, cost_model, tp_modeled):
+    summary = json.loads(cli("simulate", *args, *SMALL, "--json").stdout)
+    assert summary["cost_model"] == cost_model and summary["modeled"] is (tp_modeled or cost_model == "composed")
+    table = " ".join(cli("simulate", *args, *SMALL).stdout.split())
+    assert ("(modeled TP)" in table) is tp_modeled
+    assert ("tensor parallelism is modeled from a tp=1 profile" in table) is tp_modeled
+
+
+@pytest.mark.parametrize(("tp", "said"), [("1", False), ("2", True)])
+def test_project_says_modeled_tp_only_when_it_is(cli, tmp_path, tp, said):
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s,input_tokens,output_tokens\n" + "".join(f"{i},{100 + i},{5 + i}\n" for i in range(8)))
+    data = json.loads(cli("project", str(path), "--profile", TOY, "--tp", tp, "--estimators", "paper", "--json").stdout)
+    assert data["cost_model"].startswith("calibrated") and ("(modeled tp)" in data["cost_model"]) is said
+
+
 def test_simulate_json_is_one_object(cli):
     result = cli("simulate", "--profile", TOY, *SMALL, "--json", "--slo-ttft-s", "0.5")
     assert result.exit_code == 0, result.output

@@ -27,6 +27,12 @@ def simulate_json(*args: str) -> dict:
     return json.loads(result.stdout)
 
 
+def compare_json(*args: str) -> dict:
+    result = invoke("compare", "--profiles", TOY, "--policies", "static,continuous", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def project_json(*args: str) -> dict:
     result = invoke("project", *args, "--profile", TOY, "--json")
     assert result.exit_code == 0, result.output
@@ -115,7 +121,7 @@ def test_arrival_flags_give_what_trace_convert_gives(files, tmp_path, arrivals):
 def test_the_trace_flags_are_one_definition_on_every_command():
     command = typer.main.get_command(app)
     helps = {}
-    for path in (["simulate"], ["project"], ["trace", "stats"], ["trace", "bin"], ["trace", "convert"]):
+    for path in (["simulate"], ["compare"], ["project"], ["trace", "stats"], ["trace", "bin"], ["trace", "convert"]):
         cmd = command
         for name in path:
             cmd = cmd.get_command(typer.Context(cmd), name)  # the root mounts a command when it is asked for
@@ -124,9 +130,59 @@ def test_the_trace_flags_are_one_definition_on_every_command():
     assert all(h == helps["simulate"] for h in helps.values())
 
 
-def test_synthetic_traces_refuse_trace_flags(files):
-    one_line_error(invoke("simulate", "--synthetic", "n=4", "--zero-output", "keep"),
+@pytest.mark.parametrize("command", ["simulate", "compare"])
+def test_synthetic_traces_refuse_trace_flags(command):
+    one_line_error(invoke(command, "--synthetic", "n=4", "--zero-output", "keep"),
                    "--zero-output: reads a trace file, and --synthetic builds its own trace")
+
+
+def test_compare_reads_the_trace_with_the_trace_flags(files):
+    mapped = compare_json("--trace", files["mine_ms.csv"], *MAPPED)
+    canonical = compare_json("--trace", files["canonical.csv"])
+    assert [c["label"] for c in mapped["cells"]] == [c["label"] for c in canonical["cells"]]
+    for got, want in zip(mapped["cells"], canonical["cells"], strict=True):
+        assert {k: got["summary"][k] for k in ENERGY} == pytest.approx({k: want["summary"][k] for k in ENERGY},
+                                                                       rel=1e-12)
+    kept = compare_json("--trace", files["zero.csv"], "--zero-output", "keep")
+    assert [c["summary"]["requests"] for c in kept["cells"]] == [3, 3]
+    poisson = compare_json("--trace", files["lengths.csv"], "--arrivals", "poisson", "--rate", "2", "--seed", "5")
+    alone = simulate_json("--trace", files["lengths.csv"], "--arrivals", "poisson", "--rate", "2", "--seed", "5",
+                          "--policy", "continuous")
+    assert poisson["cells"][1]["summary"]["energy_total_j"] == alone["energy_total_j"]
+
+
+def test_compare_applies_the_trace_flags_to_a_grid_files_trace(files, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'trace = "{files["lengths.csv"]}"\n[grid]\npolicy = ["static", "continuous"]\n')
+    args = ["compare", "--config", str(grid), "--profiles", TOY, "--json"]
+    one_line_error(invoke(*args), "--arrivals")  # a length-only file has no arrival times
+    data = json.loads(invoke(*args, "--arrivals", "poisson", "--rate", "2").stdout)
+    assert [c["summary"]["requests"] for c in data["cells"]] == [60, 60]
+
+
+def test_compare_notes_the_trace_in_its_table_json_and_out_folder(files, tmp_path):
+    data = compare_json("--trace", files["unsorted.csv"])
+    assert [(n["kind"], n["count"]) for n in data["trace_notes"]] == [("unsorted_arrivals", 2),
+                                                                      ("repeated_request_ids", 2)]
+    assert compare_json("--trace", files["canonical.csv"])["trace_notes"] == []
+    out = tmp_path / "cmp"
+    result = invoke("compare", "--profiles", TOY, "--policies", "static,continuous", "--trace", files["unsorted.csv"],
+                    "--unsorted", "sort", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    table = " ".join(result.stdout.split())
+    assert "note: arrivals out of order: 2 of 7 rows" in table and "note: request ids repeat: 2 rows" in table
+    written = json.loads((out / "compare.json").read_text())
+    assert written["trace_notes"] == data["trace_notes"] and written["trace_options"]["unsorted"] == "sort"
+
+
+@pytest.mark.parametrize("command", [["simulate", "--trace"], ["compare", "--trace"], ["project"], ["trace", "stats"]])
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--rate", "3"], "--rate 3: only synthesized arrivals (--arrivals poisson or gamma) read it"),
+    (["--cv", "2"], "--cv 2: only --arrivals gamma reads it"),
+    (["--time-unit", "ms"], "--time-unit ms: only a mapped arrival column (--map) reads it"),
+])
+def test_a_trace_flag_nothing_reads_is_refused(files, command, flags, needle):
+    one_line_error(invoke(*command, files["canonical.csv"], *flags), needle)
 
 
 @pytest.mark.parametrize("command", [["simulate", "--trace"], ["project"], ["trace", "stats"], ["compare", "--trace"]])
@@ -143,7 +199,7 @@ def test_jsonl_errors_name_the_line_and_csv_errors_the_data_row(files, command):
                    "bad.csv: row 2 (header not counted): field 'input_tokens'='ten' is not a whole number")
 
 
-@pytest.mark.parametrize("command", [["simulate", "--trace"], ["project"], ["trace", "stats"]])
+@pytest.mark.parametrize("command", [["simulate", "--trace"], ["compare", "--trace"], ["project"], ["trace", "stats"]])
 def test_unsorted_refuse_names_the_data_row(files, command):
     one_line_error(invoke(*command, files["unsorted.csv"], "--unsorted", "refuse"),
                    "unsorted.csv: row 3 (header not counted): field 'arrival_s' is earlier than the row before",

@@ -100,6 +100,20 @@ def test_output_files_and_folders_get_the_usual_permissions(tmp_path):
     assert {stat.S_IMODE((out / n).stat().st_mode) for n in RUN_FILES} == {0o644}
 
 
+def test_every_output_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        run, cmp, events = tmp_path / "run", tmp_path / "cmp", tmp_path / "events.parquet"
+        assert invoke("simulate", *SMALL, "--out", str(run), "--events", str(events)).exit_code == 0
+        assert invoke("compare", "--profiles", TOY, "--policies", "static,continuous", "--synthetic",
+                      "n=10,input=64,output=4", "--out", str(cmp)).exit_code == 0
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (run, cmp)} == {0o750}
+    files = [*run.iterdir(), *cmp.iterdir(), events]
+    assert len(files) == 11 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o640}
+
+
 def test_write_atomic_gives_the_usual_permissions(tmp_path):
     from tokenjoule.traces.files import write_atomic
 
@@ -170,9 +184,10 @@ def test_a_negative_energy_curve_is_refused_naming_the_file(tmp_path, command):
     one_line_error(invoke(*args), path, "energy curve", "must be finite and >= 0")
 
 
-def test_a_nan_knot_is_refused_naming_the_file(tmp_path):
+@pytest.mark.parametrize("command", [["simulate", "--synthetic", "n=10"], ["project", "azure-code-2023"]])
+def test_a_nan_knot_is_refused_naming_the_file(tmp_path, command):
     path = _bad_profile(tmp_path, _nan_knot)
-    one_line_error(invoke("simulate", "--profile", path, "--synthetic", "n=10"), path, "knot_values", "nan")
+    one_line_error(invoke(*command, "--profile", path), path, "knot_values", "nan")
 
 
 def test_a_negative_coefficient_that_turns_the_curve_negative_is_refused(tmp_path):
@@ -270,6 +285,30 @@ def test_the_synthetic_cap_is_enforced_by_the_spec_too():
 @pytest.mark.parametrize("text", ["", " ", ","])
 def test_an_empty_synthetic_spec_is_refused_not_the_default_trace(text):
     one_line_error(invoke("simulate", "--profile", TOY, "--synthetic", text), "--synthetic")
+
+
+@pytest.mark.parametrize(("spec", "needle"), [
+    ("n=4,cv=2", "--synthetic cv=2: only process=gamma reads it"),
+    ("n=4,rate=3,cv=2", "--synthetic cv=2: only process=gamma reads it"),
+    ("n=4,process=gamma", "--synthetic process=gamma: needs rate=R"),  # not 1 request/s by default
+    ("n=4,process=poisson", "--synthetic process=poisson: needs rate=R"),
+    ("n=4,process=zero,rate=3", "--synthetic rate=3: process=zero puts every request at t=0"),
+])
+@pytest.mark.parametrize("command", ["simulate", "compare"])
+def test_a_synthetic_key_its_process_would_not_read_is_refused(command, spec, needle):
+    one_line_error(invoke(command, "--synthetic", spec), needle)
+
+
+def test_synthetic_keys_its_process_reads_are_accepted():
+    result = invoke("simulate", "--profile", TOY, "--synthetic", "n=8,rate=4,process=gamma,cv=3", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["requests"] == 8
+
+
+@pytest.mark.parametrize("command", ["simulate", "compare"])
+def test_synthetic_refuses_a_trace_format(command):
+    one_line_error(invoke(command, "--synthetic", "n=4", "--format", "mooncake"),
+                   "--format: reads a trace file, and --synthetic builds its own trace")
 
 
 @pytest.mark.parametrize(("args", "flag"), [

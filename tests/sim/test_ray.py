@@ -37,7 +37,7 @@ def test_compare_on_ray_equals_the_serial_run_and_keeps_the_cells_that_did_not_f
     serial, on_ray = _run(*grid), _run(*grid, "--ray", "auto")
     assert serial.exit_code == on_ray.exit_code == 1, on_ray.output
     assert json.loads(on_ray.stdout) == json.loads(serial.stdout)
-    assert len(json.loads(on_ray.stdout)["cells"]) == 2 and "cell 'chunked tp3'" in on_ray.stderr
+    assert len(json.loads(on_ray.stdout)["cells"]) == 2 and "cell 'chunked, TP 3'" in on_ray.stderr
 
 
 def test_project_on_ray_equals_the_serial_run(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -210,6 +211,26 @@ def test_load_options_validate():
         LoadOptions(arrivals="poisson")
     with pytest.raises(ValueError, match="--spread-buckets-s 0"):
         LoadOptions(spread_buckets_s=0)
+    with pytest.raises(ValueError, match="--time-unit 'hours': must be one of s, ms"):
+        LoadOptions(mapping={"arrival_s": "t"}, time_unit="hours")
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"time_unit": "ms"}, "--time-unit ms: only a mapped arrival column (--map) reads it"),
+    ({"rate_per_s": 3.0}, "--rate 3: only synthesized arrivals (--arrivals poisson or gamma) read it"),
+    ({"arrivals": "zero", "rate_per_s": 3.0}, "--rate 3: only synthesized arrivals"),
+    ({"cv": 2.0}, "--cv 2: only --arrivals gamma reads it"),
+    ({"arrivals": "poisson", "rate_per_s": 3.0, "cv": 2.0}, "--cv 2: only --arrivals gamma reads it"),
+])
+def test_an_option_nothing_reads_is_refused_not_ignored(fields, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        LoadOptions(**fields)
+
+
+def test_the_options_that_are_read_are_accepted():
+    LoadOptions(mapping={"arrival_s": "t"}, time_unit="ms")
+    LoadOptions(arrivals="gamma", rate_per_s=3.0, cv=2.0)
+    LoadOptions(arrivals="poisson", rate_per_s=3.0)
 
 
 def test_parquet_tokens_as_floats_must_be_whole(tmp_path):
