@@ -119,7 +119,10 @@ class Replica:
         self.policy = policy
         self.cost = cost
         self.ledger = ledger
-        self._timeline = ledger.timeline
+        self._book = ledger.timeline.add
+        self._timeout = env.timeout
+        self._price_stretch = cost.decode_stretch
+        self._price_iteration = cost.iteration
         self.log = log
         self.iterations = iterations
         self.block_size = block_size
@@ -236,7 +239,7 @@ class Replica:
             self.cut = k, time_s
             # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
             # Interrupt would do the same with one more event and an exception thrown into the process.
-            cut = self.env.timeout(max(0.0, start + time_s - now))
+            cut = self._timeout(max(0.0, start + time_s - now))
             cut.callbacks, end.callbacks = end.callbacks, []
 
     def _admits_after(self, k: int) -> bool:
@@ -264,11 +267,11 @@ class Replica:
 
         Arrivals the policy would admit cut it short (see `submit`), until `finish_stretch`.
         """
-        longest = self._longest()
-        cost = self.cost.decode_stretch(len(self.running), self.ctx_sum, longest)
+        longest = self.max_ctx() if self._tracks_longest else 0
+        cost = self._price_stretch(len(self.running), self.ctx_sum, longest)
         steps = self.stretch_steps()
         time_s = cost.time_s(steps)
-        end = self.env.timeout(time_s)
+        end = self._timeout(time_s)
         self.stretch = (now, cost, steps, time_s, end, longest)
         return end
 
@@ -277,32 +280,41 @@ class Replica:
         start, cost, steps, time_s, _, longest = self.stretch
         if self.cut is not None:
             steps, time_s = self.cut
-        self.stretch = self.cut = None
+            self.cut = None
+        self.stretch = None
         energy_j = cost.energy_of(steps, time_s)
-        self.charge(start, time_s, energy_j)
+        self.busy_s += time_s
+        self.busy_j += energy_j
+        self._book(start, time_s, energy_j)
+        batch = len(self.running)
         if self._tally is not None:
-            self._tally.decode(len(self.running), longest, steps)
+            self._tally.decode(batch, longest, steps)
         if self.log is not None:
             self.log.append(("decode", start, steps))
         if self.iterations is not None:
-            self.iterations.stretch(self.idx, start, steps, len(self.running), cost)
-        self.decode_steps_done(steps, energy_j, len(self.running))
+            self.iterations.stretch(self.idx, start, steps, batch, cost)
+        self.decode_steps_done(steps, energy_j, batch)
 
     # ---- admission and prefill ------------------------------------------------------------------------------------
-    def admit(self, s: RequestState, now: float) -> None:
-        """Take the head of the queue into prefill, reserving KV blocks for its whole prefill target."""
-        assert self.waiting[0] is s, "admissions follow the queue order"
-        self.waiting.popleft()
-        self.prefilling.append(s)
-        self.blocks_used += self.blocks_for(s.input_tokens + s.generated)
-        if s.start_s != s.start_s:  # NaN: first time scheduled
-            s.start_s = now
+    def admit(self, chunks: tuple[tuple[RequestState, int], ...], now: float) -> None:
+        """Take the chunks' requests, the head of the queue, into prefill, reserving KV blocks for each whole prefill
+        target."""
+        waiting, prefilling, bs = self.waiting, self.prefilling, self.block_size
+        blocks = 0
+        for s, _ in chunks:
+            assert waiting[0] is s, "admissions follow the queue order"
+            waiting.popleft()
+            prefilling.append(s)
+            blocks -= (s.input_tokens + s.generated) // -bs  # `blocks_for`, written out in this loop
+            if s.start_s != s.start_s:  # NaN: first time scheduled
+                s.start_s = now
+        self.blocks_used += blocks
 
     def start_iteration(self, plan: Iteration, now: float) -> simpy.Timeout:
         """Admit the plan's new requests and price its forward pass: the event of its end."""
         chunks = plan.chunks
-        for s, _ in chunks[len(chunks) - plan.admitted:]:
-            self.admit(s, now)
+        if plan.admitted:
+            self.admit(chunks[len(chunks) - plan.admitted:], now)
         batch = len(self.running) if plan.with_decodes else 0
         new, pairs, ctx, prompt_end = batch, 0, 0, 0
         for s, c in chunks:
@@ -312,19 +324,21 @@ class Replica:
             ctx += done
             if done + c > prompt_end:
                 prompt_end = done + c
-        longest = self._longest() if batch else 0
-        time_s, energy_j = self.cost.iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
-                                                            len(chunks), longest))
+        longest = self.max_ctx() if batch and self._tracks_longest else 0
+        time_s, energy_j = self._price_iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
+                                                              len(chunks), longest))
         if self._tally is not None:
             self._tally.iteration(batch, new, prompt_end, longest)
         self.iteration = (chunks, now, time_s, energy_j, batch, new)
-        return self.env.timeout(time_s)
+        return self._timeout(time_s)
 
     def finish_iteration(self, now: float) -> None:
         """The forward pass ended: book it, advance the decodes it carried, and share its energy by tokens."""
         chunks, start, time_s, energy_j, batch, new = self.iteration
         self.iteration = None
-        self.charge(start, time_s, energy_j)
+        self.busy_s += time_s
+        self.busy_j += energy_j
+        self._book(start, time_s, energy_j)
         if self.log is not None:
             self.log.append(("prefill", start, tuple((s.idx, c) for s, c in chunks)))
         if self.iterations is not None:
@@ -370,10 +384,6 @@ class Replica:
             heapq.heappop(heap)
         return self.decode_steps - heap[0][0] if heap else 0
 
-    def _longest(self) -> int:
-        """The longest decoding context where the cost model or the range tally reads it, else 0 (unread)."""
-        return self.max_ctx() if self._tracks_longest else 0
-
     def start_decode(self, s: RequestState) -> None:
         """Move a request whose prefill just produced a token into the decode set (or finish it)."""
         ctx = s.input_tokens + s.generated - 1  # its blocks were reserved at admission
@@ -412,10 +422,12 @@ class Replica:
         if not running or k == 0:
             return
         self.seat_energy_j += energy_j / tokens
-        blocks = self.blocks_used = self.blocks_used + self.new_blocks(k)
+        steps = self.decode_steps
+        new = self._phase[-steps % self.block_size] if k == 1 else self.new_blocks(k)  # `new_blocks(1)`, inlined
+        blocks = self.blocks_used = self.blocks_used + new
         assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
         self.ctx_sum += len(running) * k
-        steps = self.decode_steps = self.decode_steps + k
+        steps = self.decode_steps = steps + k
         heap = self._finish_heap
         last_step, join_id, s = heap[0]
         if last_step > steps and s.decode_join_id == join_id:  # nobody's last token yet
@@ -478,4 +490,4 @@ class Replica:
         """Book one iteration or stretch of busy time and energy."""
         self.busy_s += time_s
         self.busy_j += energy_j
-        self._timeline.add(start_s, time_s, energy_j)
+        self._book(start_s, time_s, energy_j)

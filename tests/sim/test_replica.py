@@ -9,7 +9,7 @@ from sim_profiles import make_profile
 
 from tokenjoule.sim.accounting import Ledger
 from tokenjoule.sim.cost import CalibratedCost
-from tokenjoule.sim.policies import ContinuousBatching
+from tokenjoule.sim.policies import ChunkedPrefill, ContinuousBatching, StaticBatching
 from tokenjoule.sim.replica import Replica, RequestState
 
 COST = CalibratedCost(make_profile())
@@ -121,3 +121,16 @@ def test_ctx_heap_drops_stale_entries_under_a_long_lived_request():
             rep.decode_steps_done(1, 1.0, 2)  # the short one emits its 2nd token and leaves
         assert rep.max_ctx() == 5000 + idx
     assert len(rep.running) == 1 and len(rep._ctx_heap) <= 2 + 64
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy=st.sampled_from([StaticBatching(), ContinuousBatching(max_num_batched_tokens=3000), ChunkedPrefill()]),
+       capacity=st.integers(16, 5000), block_size=st.sampled_from([1, 7, 16]), input_tokens=st.integers(1, 6000),
+       output_tokens=st.integers(1, 6000))
+def test_max_request_tokens_is_where_the_policy_starts_rejecting(policy, capacity, block_size, input_tokens,
+                                                                  output_tokens):
+    """The router's one comparison (`max_request_tokens`) agrees with the policy's reasons for every request."""
+    rep = Replica(0, simpy.Environment(), policy, CalibratedCost(make_profile(kv_capacity_tokens=capacity)),
+                  Ledger(1, 1.0), block_size)
+    fits = input_tokens + output_tokens <= policy.max_request_tokens(rep)
+    assert (policy.reject_reason(RequestState(0, 0.0, input_tokens, output_tokens), rep) is None) == fits
