@@ -244,6 +244,8 @@ class ChunkedPrefill:
         """Preempt until a decode step fits; then decodes first, prefill chunks within the budget, or a stretch."""
         running, waiting, prefilling = rep.running, rep.waiting, rep.prefilling
         free = rep.capacity_blocks - rep.blocks_used
+        if not waiting and not prefilling and free >= len(running):  # the common case: decode on
+            return _DECODE if running else None
         if waiting or free < len(running):  # a step takes at most a block per sequence: free is enough to decode
             free -= rep.new_blocks(1)  # after this iteration's decode step takes its blocks
             if free < 0:

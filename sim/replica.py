@@ -14,10 +14,10 @@ minus that counter is fixed while it decodes: the longest context is a heap of t
 
 from __future__ import annotations
 
-import heapq
 import math
 from bisect import bisect_right
 from collections import deque
+from heapq import heapify, heappop, heappush
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
@@ -297,8 +297,7 @@ class Replica:
 
     # ---- admission and prefill ------------------------------------------------------------------------------------
     def admit(self, chunks: tuple[tuple[RequestState, int], ...], now: float) -> None:
-        """Take the chunks' requests, the head of the queue, into prefill, reserving KV blocks for each whole prefill
-        target."""
+        """Take the chunks' requests (the queue's head) into prefill, reserving KV for each whole prefill target."""
         waiting, prefilling, bs = self.waiting, self.prefilling, self.block_size
         blocks = 0
         for s, _ in chunks:
@@ -368,7 +367,7 @@ class Replica:
         heap = self._finish_heap
         top = heap[0]
         while top[2].decode_join_id != top[1]:
-            heapq.heappop(heap)
+            heappop(heap)
             top = heap[0]
         return top[0] - self.decode_steps
 
@@ -380,9 +379,12 @@ class Replica:
         if not self._tracks_longest:
             return max((s.decode_context(self.decode_steps) for s in self.running.values()), default=0)
         heap = self._ctx_heap
-        while heap and heap[0][2].decode_join_id != heap[0][1]:
-            heapq.heappop(heap)
-        return self.decode_steps - heap[0][0] if heap else 0
+        while heap:
+            top = heap[0]
+            if top[2].decode_join_id == top[1]:
+                return self.decode_steps - top[0]
+            heappop(heap)  # a request that left the decode set
+        return 0
 
     def start_decode(self, s: RequestState) -> None:
         """Move a request whose prefill just produced a token into the decode set (or finish it)."""
@@ -398,9 +400,9 @@ class Replica:
         self.running[s.decode_join_id] = s
         self.ctx_sum += ctx
         self._phase[(ctx - steps) % self.block_size] += 1
-        heapq.heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
+        heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
         if self._tracks_longest:
-            heapq.heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
+            heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
 
     def _leave_decode(self, s: RequestState) -> None:
         """Settle the lazy counters of a request leaving the decode set and release its KV blocks."""
@@ -414,7 +416,7 @@ class Replica:
         s.decode_join_id = -1
         if self._tracks_longest and len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale ones never surface
             self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
-            heapq.heapify(self._ctx_heap)
+            heapify(self._ctx_heap)
 
     def decode_steps_done(self, k: int, energy_j: float, tokens: int) -> None:
         """Advance the decode set by k steps; each seat gets energy_j / tokens; finish those that are done."""
@@ -437,7 +439,7 @@ class Replica:
             last_step, join_id, s = heap[0]
             if last_step > steps and s.decode_join_id == join_id:
                 break
-            heapq.heappop(heap)
+            heappop(heap)
             if s.decode_join_id == join_id:  # else a stale entry of a preempted request
                 self._leave_decode(s)
                 self.finish(s, now)

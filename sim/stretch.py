@@ -115,8 +115,7 @@ class StretchCost:
         return k, t
 
     def _boundary_by_bisection(self, dt_s: float) -> tuple[int, float]:
-        """`boundary_after` for a step time that is the larger of two lines: bisect on `time_s`, then the same check
-        of the neighbours."""
+        """`boundary_after` where a step's time is the larger of two lines: bisect on `time_s`, check neighbours."""
         lo, hi = 0, 1
         while self.time_s(hi) < dt_s:
             lo, hi = hi, hi * 2
