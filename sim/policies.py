@@ -23,12 +23,13 @@ if TYPE_CHECKING:
     from tokenjoule.sim.replica import Replica, RequestState
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Iteration:
     """One forward pass: prefill chunks `(request, new_tokens)`, plus one decode step of every decoding request.
 
     The last `admitted` chunks belong to requests taken from the head of the waiting queue for this pass (their
-    prompt KV is reserved then); the others continue a prefill started earlier.
+    prompt KV is reserved then); the others continue a prefill started earlier. Not frozen, though nothing writes
+    into one: a policy plans about one per request, and a frozen dataclass's `__init__` costs three times a plain one.
     """
 
     chunks: tuple[tuple[RequestState, int], ...]
