@@ -135,6 +135,10 @@ class Replica:
         self._tally = ledger.range_tally
         # keep the heap only where the longest context is read: by the cost model, or the range tally
         self._tracks_longest = cost.uses_longest_context or self._tally is not None
+        # The heap holds requests whose context can exceed this many tokens: all of them where the cost model prices
+        # the longest context; else (the range tally alone reads it, to count decodes beyond the measured context)
+        # only those whose prompt plus output is longer than that, usually none (see `max_ctx`).
+        self._ctx_heap_above = -1 if cost.uses_longest_context or self._tally is None else self._tally.context_tokens
         self._decode_joins = 0
         self.decode_steps = 0
         self.ctx_sum = 0
@@ -374,7 +378,10 @@ class Replica:
     def max_ctx(self) -> int:
         """The longest context among the decoding requests at step `decode_steps` (0 when none decodes).
 
-        From the heap where the cost model or the range tally reads it (`_tracks_longest`), else by a scan.
+        From the heap where the cost model or the range tally reads it (`_tracks_longest`), else by a scan. Where only
+        the range tally reads it, the heap holds just the requests that can outgrow the measured context: then this
+        is their longest (0 without any), exact whenever the longest context is beyond the measured one, which is all
+        the tally asks (every other request stays within it up to its last token, so none of them is ever beyond).
         """
         if not self._tracks_longest:
             return max((s.decode_context(self.decode_steps) for s in self.running.values()), default=0)
@@ -401,7 +408,7 @@ class Replica:
         self.ctx_sum += ctx
         self._phase[(ctx - steps) % self.block_size] += 1
         heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
-        if self._tracks_longest:
+        if self._tracks_longest and s.input_tokens + s.output_tokens > self._ctx_heap_above:
             heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
 
     def _leave_decode(self, s: RequestState) -> None:
