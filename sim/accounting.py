@@ -135,17 +135,22 @@ class Ledger:
         self.energy_j = np.zeros(n)
         self.reject_reason = np.full(n, "", dtype=object)
         self.last_arrival_s = 0.0
+        # `finish` writes through memoryviews of the columns: a scalar write costs about half a numpy one
+        self._finish_columns = tuple(memoryview(column) for column in (
+            self.status, self.replica, self.preemptions, self.start_s, self.first_token_s, self.finish_s,
+            self.energy_j))
 
     def finish(self, s: RequestState, now: float, replica: int) -> None:
         """Record a finished request."""
         i = s.idx
-        self.status[i] = STATUS_FINISHED
-        self.replica[i] = replica
-        self.preemptions[i] = s.preemptions
-        self.start_s[i] = s.start_s
-        self.first_token_s[i] = s.first_token_s
-        self.finish_s[i] = now
-        self.energy_j[i] = s.energy_j
+        status, replica_of, preemptions, start_s, first_token_s, finish_s, energy_j = self._finish_columns
+        status[i] = STATUS_FINISHED
+        replica_of[i] = replica
+        preemptions[i] = s.preemptions
+        start_s[i] = s.start_s
+        first_token_s[i] = s.first_token_s
+        finish_s[i] = now
+        energy_j[i] = s.energy_j
 
     def reject(self, s: RequestState, reason: str) -> None:
         """Record a request that can never be served, with the reason."""
