@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The configurations: each simulate's flags; "EVENTS" adds --events (compared too). Together they cover the three
 # policies, 1-8 replicas, the three routers, modeled TP, another GPU and model, a composed profile, the roofline cost
-# models, host power, PUE and carbon, a synthetic trace, and preemptions (the roofline's small KV at 4x the rate).
+# models, host power, PUE and carbon, a synthetic trace, preemptions (the roofline's small KV at 4x the rate) and
+# profiles that price the longest decode context.
 CONFIGS = (
     (),
     ("--policy", "static", "--max-batch", "16"),
@@ -42,6 +43,11 @@ CONFIGS = (
     ("--replicas", "8", "--rate-scale", "8", "--policy", "chunked", "--router", "least-outstanding"),
     ("--synthetic", "n=3000,input=2000,output=1500,rate=50", "--cost", "roofline", "--model", "llama-3.1-70b",
      "--gpu", "H100-SXM", "--tp", "2", "--policy", "chunked", "EVENTS"),
+    # a profile with the longest context's tail term, a decode split rule and host time per iteration
+    ("--profile", "h200-llama-3.1-8b-tokenjoule-cudagraph", "--rate-scale", "3", "EVENTS"),
+    ("--profile", "h200-llama-3.1-8b-tokenjoule-eager", "--policy", "chunked", "--replicas", "2", "--rate-scale", "4"),
+    # decodes beyond the profile's measured context (16,384 tokens), which the range tally counts
+    ("--synthetic", "n=400,input=15000,output=3000,rate=1", "--policy", "chunked", "--seed", "5"),
 )
 
 
@@ -70,9 +76,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True, help="the other checkout (e.g. main)")
     parser.add_argument("--new", type=Path, default=REPO, help="this checkout (default: the one holding this script)")
+    parser.add_argument("--match", default="", help="run only the configurations whose flags contain this text")
     args = parser.parse_args()
     differ = 0
-    for flags in CONFIGS:
+    configs = [flags for flags in CONFIGS if args.match in " ".join(flags)]
+    for flags in configs:
         with tempfile.TemporaryDirectory() as tmp_a, tempfile.TemporaryDirectory() as tmp_b:
             a, b = Path(tmp_a) / "w", Path(tmp_b) / "w"
             a.mkdir(), b.mkdir()
@@ -84,7 +92,7 @@ def main() -> None:
         label = " ".join(flags) or "(defaults)"
         print(f"{'identical' if not bad else 'DIFFERENT'}  {label}  [{', '.join(same)}]"
               + (f"  differ: {', '.join(bad)}" if bad else ""), flush=True)
-    print(f"{len(CONFIGS) - differ} of {len(CONFIGS)} configurations identical")
+    print(f"{len(configs) - differ} of {len(configs)} configurations identical")
     raise SystemExit(1 if differ else 0)
 
 
