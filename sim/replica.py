@@ -287,7 +287,7 @@ class Replica:
             self.cut = None
         self.stretch = None
         energy_j = cost.energy_of(steps, time_s)
-        self.busy_s += time_s
+        self.busy_s += time_s  # `charge`, written out here and in `finish_iteration`: together once a plan
         self.busy_j += energy_j
         self._book(start, time_s, energy_j)
         batch = len(self.running)
@@ -339,7 +339,7 @@ class Replica:
         """The forward pass ended: book it, advance the decodes it carried, and share its energy by tokens."""
         chunks, start, time_s, energy_j, batch, new = self.iteration
         self.iteration = None
-        self.busy_s += time_s
+        self.busy_s += time_s  # `charge`, written out
         self.busy_j += energy_j
         self._book(start, time_s, energy_j)
         if self.log is not None:
