@@ -340,8 +340,9 @@ class CurveTable:
         """
         c = self.coef
         tail = tail_ctx_tokens(f.decode_max_ctx_tokens, f.decode_ctx_tokens, f.decode_seqs, rule) if c[4] else 0.0
-        return _form(self._row(f.new_tokens, f.has_prefill), c, f.new_tokens, f.prefill_attn_pairs,
-                     f.prefill_ctx_tokens, f.prefill_seqs, f.decode_ctx_tokens, tail)
+        pairs, seqs = f.prefill_attn_pairs, f.prefill_seqs
+        return _form(self._row(f.new_tokens, seqs or pairs), c, f.new_tokens, pairs, f.prefill_ctx_tokens, seqs,
+                     f.decode_ctx_tokens, tail)  # `seqs or pairs`: `f.has_prefill`
 
     def decode_step(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float,
                     rule: DecodeSplitRule | None = None) -> tuple[float, float]:

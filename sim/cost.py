@@ -109,7 +109,8 @@ class CalibratedCost:
 
     def _iteration(self, f: IterFeatures) -> tuple[float, float]:
         p = self.profile
-        t, e = self.gpu_iteration(f)
+        rule = p.decode_split_rule
+        t, e = self._lat.iteration(f, rule), self._en.iteration(f, rule)  # `gpu_iteration`
         if p.host_overhead is None:
             return t, e
         host = p.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)

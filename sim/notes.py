@@ -64,6 +64,7 @@ class RangeTally:
         self._seqs, self._tokens = measured.decode_seqs, measured.iteration_tokens
         self._prompt = math.inf if measured.prompt_tokens is None else measured.prompt_tokens
         self._ctx = math.inf if measured.context_tokens is None else measured.context_tokens
+        self.context_tokens = self._ctx  # the longest measured context (inf where unknown): longer ones are counted
         self.iterations = 0
         self.iterations_beyond = 0
         self.beyond = [0] * len(DIMENSIONS)

@@ -23,12 +23,13 @@ if TYPE_CHECKING:
     from tokenjoule.sim.replica import Replica, RequestState
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Iteration:
     """One forward pass: prefill chunks `(request, new_tokens)`, plus one decode step of every decoding request.
 
     The last `admitted` chunks belong to requests taken from the head of the waiting queue for this pass (their
-    prompt KV is reserved then); the others continue a prefill started earlier.
+    prompt KV is reserved then); the others continue a prefill started earlier. Not frozen, though nothing writes
+    into one: a policy plans about one per request, and a frozen dataclass's `__init__` costs three times a plain one.
     """
 
     chunks: tuple[tuple[RequestState, int], ...]
@@ -72,6 +73,11 @@ def _kv_reject(s: RequestState, rep: Replica) -> str | None:
     return "kv_capacity" if rep.blocks_for(s.input_tokens + s.output_tokens) > rep.capacity_blocks else None
 
 
+def _kv_tokens(rep: Replica) -> int:
+    """The most prompt plus output tokens that fit the replica's KV blocks (`_kv_reject`'s bound, in tokens)."""
+    return rep.capacity_blocks * rep.block_size
+
+
 _DECODE = DecodeStretch(0)  # the common plan, allocated once
 
 
@@ -100,6 +106,10 @@ class StaticBatching:
     def reject_reason(self, s: RequestState, rep: Replica) -> str | None:
         """Why a request can never run here (None when it can)."""
         return _kv_reject(s, rep)
+
+    def max_request_tokens(self, rep: Replica) -> int:
+        """The most prompt plus output tokens of a request it serves: `reject_reason` is None up to it, not beyond."""
+        return _kv_tokens(rep)
 
     def next_batch(self, rep: Replica, now: float) -> StaticBatch | Wait | None:
         """The next padded batch, a Wait for more requests, or None when the queue is empty."""
@@ -161,26 +171,32 @@ class ContinuousBatching:
             return "max_num_batched_tokens"  # a recompute after preemption could exceed it
         return None
 
+    def max_request_tokens(self, rep: Replica) -> int:
+        """The most prompt plus output tokens of a request it serves: `reject_reason` is None up to it, not beyond."""
+        return min(_kv_tokens(rep), self.max_num_batched_tokens + 1)
+
     def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | None:
         """Admit and prefill waiting requests if any fit; else decode the running batch (preempting to fit a step)."""
-        if rep.waiting:
+        running, waiting = rep.running, rep.waiting
+        free = rep.capacity_blocks - rep.blocks_used
+        if waiting:
             chunks: list[tuple[RequestState, int]] = []
-            tokens, free, seqs = 0, rep.free_blocks, len(rep.running)
-            for s in rep.waiting:
-                if seqs >= self.max_num_seqs:
+            tokens, seqs, bs = 0, len(running), rep.block_size
+            max_seqs, max_tokens = self.max_num_seqs, self.max_num_batched_tokens
+            for s in waiting:
+                if seqs >= max_seqs:
                     break
-                need = s.prefill_target
-                blocks = rep.blocks_for(need)
-                if tokens + need > self.max_num_batched_tokens or blocks > free:
+                need = s.input_tokens + s.generated  # its prefill target
+                blocks = -(need // -bs)  # `rep.blocks_for(need)`, written out in this loop
+                if tokens + need > max_tokens or blocks > free:
                     break
                 chunks.append((s, need))
                 tokens, free, seqs = tokens + need, free - blocks, seqs + 1
             if chunks:
                 return Iteration(tuple(chunks), False, len(chunks))
-        running = rep.running
         if not running:
             return None
-        if rep.free_blocks >= len(running):  # a step takes at most a block per sequence: no preemption
+        if free >= len(running):  # a step takes at most a block per sequence: no preemption
             return _DECODE
         victims = rep.victims_for_one_step()
         return DecodeStretch(victims) if victims else _DECODE
@@ -221,30 +237,36 @@ class ChunkedPrefill:
         """Why a request can never run here (None when it can)."""
         return _kv_reject(s, rep)
 
+    def max_request_tokens(self, rep: Replica) -> int:
+        """The most prompt plus output tokens of a request it serves: `reject_reason` is None up to it, not beyond."""
+        return _kv_tokens(rep)
+
     def next_batch(self, rep: Replica, now: float) -> Iteration | DecodeStretch | Preempt | None:
         """Preempt until a decode step fits; then decodes first, prefill chunks within the budget, or a stretch."""
-        running, waiting = rep.running, rep.waiting
-        free = rep.free_blocks
+        running, waiting, prefilling = rep.running, rep.waiting, rep.prefilling
+        free = rep.capacity_blocks - rep.blocks_used
+        if not waiting and not prefilling and free >= len(running):  # the common case: decode on
+            return _DECODE if running else None
         if waiting or free < len(running):  # a step takes at most a block per sequence: free is enough to decode
             free -= rep.new_blocks(1)  # after this iteration's decode step takes its blocks
             if free < 0:
                 return Preempt(rep.victims_for_one_step())
-        if not waiting and not rep.prefilling:
+        if not waiting and not prefilling:
             return _DECODE if running else None
         budget = self.max_num_batched_tokens - len(running)
         chunks: list[tuple[RequestState, int]] = []
-        for s in rep.prefilling:
+        for s in prefilling:
             if budget <= 0:
                 break
-            c = min(s.prefill_target - s.prefilled, budget)
+            c = min(s.input_tokens + s.generated - s.prefilled, budget)  # the rest of its prefill target
             chunks.append((s, c))
             budget -= c
-        admitted, seats = 0, self.max_num_seqs - len(rep.running) - len(rep.prefilling)
-        for s in rep.waiting:
+        admitted, seats, bs = 0, self.max_num_seqs - len(running) - len(prefilling), rep.block_size
+        for s in waiting:
             if budget <= 0 or admitted >= seats:
                 break
-            need = s.prefill_target
-            blocks = rep.blocks_for(need)
+            need = s.input_tokens + s.generated  # its prefill target
+            blocks = -(need // -bs)  # `rep.blocks_for(need)`, written out in this loop
             if blocks > free:
                 break
             free -= blocks
@@ -254,13 +276,14 @@ class ChunkedPrefill:
             admitted += 1
         if chunks:
             return Iteration(tuple(chunks), True, admitted)
-        return _DECODE if rep.running else None
+        return _DECODE if running else None
 
     def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
         """Would the next iteration boundary schedule a chunk of the queue's head (monotone in `free_blocks`)?"""
-        if not rep.waiting or len(rep.running) >= self.max_num_seqs:
+        waiting, decoding = rep.waiting, len(rep.running)
+        if not waiting or decoding >= self.max_num_seqs:
             return False
-        return rep.blocks_for(rep.waiting[0].prefill_target) <= free_blocks - len(rep.running)
+        return rep.blocks_for(waiting[0].prefill_target) <= free_blocks - decoding
 
 
 POLICIES = {"static": StaticBatching, "continuous": ContinuousBatching, "chunked": ChunkedPrefill}

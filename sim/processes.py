@@ -49,6 +49,9 @@ class Router:
         self.rng = rng
         self.max_context_tokens = math.inf if max_context_tokens is None else max_context_tokens
         self._next = 0
+        first = replicas[0]
+        # the longest request (prompt plus output) nothing rejects: most arrivals need no more check than this
+        self._serves_up_to = min(self.max_context_tokens, first.policy.max_request_tokens(first))
 
     def pick(self) -> Replica:
         """The replica for the next request."""
@@ -62,6 +65,9 @@ class Router:
 
     def dispatch(self, s: RequestState, now: float) -> None:
         """Reject the request with a reason, or submit it to the chosen replica."""
+        if s.input_tokens >= 1 and s.output_tokens >= 1 and s.input_tokens + s.output_tokens <= self._serves_up_to:
+            self.pick().submit(s, now)  # no reason below applies
+            return
         first = self.replicas[0]
         if s.input_tokens < 1 or s.output_tokens < 1:
             reason = "empty_request"
@@ -83,15 +89,15 @@ def arrivals(env: simpy.Environment, rows: Iterable[tuple[float, int, int]], rou
 
     `rows` are (arrival_s, input_tokens, output_tokens) in arrival order (`Trace.iter_rows`).
     """
-    ledger = router.replicas[0].ledger
+    dispatch, now = router.dispatch, env.now
     for idx, (arrival_s, input_tokens, output_tokens) in enumerate(rows):
-        if arrival_s > env.now:
-            yield env.timeout(arrival_s - env.now)
-        now = env.now
-        router.dispatch(RequestState(idx, arrival_s, input_tokens, output_tokens), now)
-        ledger.last_arrival_s = now
+        if arrival_s > now:
+            yield env.timeout(arrival_s - now)
+            now = env.now
+        dispatch(RequestState(idx, arrival_s, input_tokens, output_tokens), now)
         if on_progress is not None and not idx % 4096:
             on_progress(idx)
+    router.replicas[0].ledger.last_arrival_s = now
 
 
 def replica(env: simpy.Environment, rep: Replica):
@@ -100,22 +106,24 @@ def replica(env: simpy.Environment, rep: Replica):
     A decode stretch (after the planned preemptions) decodes the constant batch with one timeout, to the next
     completion or KV limit; an arrival that the policy would admit cuts it at the first step boundary after it.
     """
-    next_batch = rep.policy.next_batch
+    next_batch, start_stretch, finish_stretch = rep.policy.next_batch, rep.start_stretch, rep.finish_stretch
+    start_iteration, finish_iteration = rep.start_iteration, rep.finish_iteration
     while True:
-        plan = next_batch(rep, env.now)
+        now = env.now
+        plan = next_batch(rep, now)
         if plan is None:
             yield rep.sleep()
         elif isinstance(plan, DecodeStretch):
             if plan.preempt:
                 rep.preempt_newest(plan.preempt)
             if rep.running:
-                yield rep.start_stretch(env.now)  # a cut moves this wait to the earlier boundary (`Replica.submit`)
-                rep.finish_stretch()
+                yield start_stretch(now)  # a cut moves this wait to the earlier boundary (`Replica.submit`)
+                finish_stretch()
             else:  # all preempted: nothing left to decode, wait for an arrival as an idle replica does
                 yield rep.sleep()
         elif isinstance(plan, Iteration):  # admit the planned requests, run one forward pass
-            yield rep.start_iteration(plan, env.now)
-            rep.finish_iteration(env.now)
+            yield start_iteration(plan, now)
+            finish_iteration(env.now)
         elif isinstance(plan, Preempt):
             rep.preempt_newest(plan.count)
         elif isinstance(plan, StaticBatch):

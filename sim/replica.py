@@ -14,10 +14,10 @@ minus that counter is fixed while it decodes: the longest context is a heap of t
 
 from __future__ import annotations
 
-import heapq
 import math
 from bisect import bisect_right
 from collections import deque
+from heapq import heapify, heappop, heappush
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +119,10 @@ class Replica:
         self.policy = policy
         self.cost = cost
         self.ledger = ledger
-        self._timeline = ledger.timeline
+        self._book = ledger.timeline.add
+        self._timeout = env.timeout
+        self._price_stretch = cost.decode_stretch
+        self._price_iteration = cost.iteration
         self.log = log
         self.iterations = iterations
         self.block_size = block_size
@@ -132,6 +135,10 @@ class Replica:
         self._tally = ledger.range_tally
         # keep the heap only where the longest context is read: by the cost model, or the range tally
         self._tracks_longest = cost.uses_longest_context or self._tally is not None
+        # The heap holds requests whose context can exceed this many tokens: all of them where the cost model prices
+        # the longest context; else (the range tally alone reads it, to count decodes beyond the measured context)
+        # only those whose prompt plus output is longer than that, usually none (see `max_ctx`).
+        self._ctx_heap_above = -1 if cost.uses_longest_context or self._tally is None else self._tally.context_tokens
         self._decode_joins = 0
         self.decode_steps = 0
         self.ctx_sum = 0
@@ -236,7 +243,7 @@ class Replica:
             self.cut = k, time_s
             # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
             # Interrupt would do the same with one more event and an exception thrown into the process.
-            cut = self.env.timeout(max(0.0, start + time_s - now))
+            cut = self._timeout(max(0.0, start + time_s - now))
             cut.callbacks, end.callbacks = end.callbacks, []
 
     def _admits_after(self, k: int) -> bool:
@@ -264,11 +271,11 @@ class Replica:
 
         Arrivals the policy would admit cut it short (see `submit`), until `finish_stretch`.
         """
-        longest = self._longest()
-        cost = self.cost.decode_stretch(len(self.running), self.ctx_sum, longest)
+        longest = self.max_ctx() if self._tracks_longest else 0
+        cost = self._price_stretch(len(self.running), self.ctx_sum, longest)
         steps = self.stretch_steps()
         time_s = cost.time_s(steps)
-        end = self.env.timeout(time_s)
+        end = self._timeout(time_s)
         self.stretch = (now, cost, steps, time_s, end, longest)
         return end
 
@@ -277,32 +284,40 @@ class Replica:
         start, cost, steps, time_s, _, longest = self.stretch
         if self.cut is not None:
             steps, time_s = self.cut
-        self.stretch = self.cut = None
+            self.cut = None
+        self.stretch = None
         energy_j = cost.energy_of(steps, time_s)
-        self.charge(start, time_s, energy_j)
+        self.busy_s += time_s  # `charge`, written out here and in `finish_iteration`: together once a plan
+        self.busy_j += energy_j
+        self._book(start, time_s, energy_j)
+        batch = len(self.running)
         if self._tally is not None:
-            self._tally.decode(len(self.running), longest, steps)
+            self._tally.decode(batch, longest, steps)
         if self.log is not None:
             self.log.append(("decode", start, steps))
         if self.iterations is not None:
-            self.iterations.stretch(self.idx, start, steps, len(self.running), cost)
-        self.decode_steps_done(steps, energy_j, len(self.running))
+            self.iterations.stretch(self.idx, start, steps, batch, cost)
+        self.decode_steps_done(steps, energy_j, batch)
 
     # ---- admission and prefill ------------------------------------------------------------------------------------
-    def admit(self, s: RequestState, now: float) -> None:
-        """Take the head of the queue into prefill, reserving KV blocks for its whole prefill target."""
-        assert self.waiting[0] is s, "admissions follow the queue order"
-        self.waiting.popleft()
-        self.prefilling.append(s)
-        self.blocks_used += self.blocks_for(s.input_tokens + s.generated)
-        if s.start_s != s.start_s:  # NaN: first time scheduled
-            s.start_s = now
+    def admit(self, chunks: tuple[tuple[RequestState, int], ...], now: float) -> None:
+        """Take the chunks' requests (the queue's head) into prefill, reserving KV for each whole prefill target."""
+        waiting, prefilling, bs = self.waiting, self.prefilling, self.block_size
+        blocks = 0
+        for s, _ in chunks:
+            assert waiting[0] is s, "admissions follow the queue order"
+            waiting.popleft()
+            prefilling.append(s)
+            blocks -= (s.input_tokens + s.generated) // -bs  # `blocks_for`, written out in this loop
+            if s.start_s != s.start_s:  # NaN: first time scheduled
+                s.start_s = now
+        self.blocks_used += blocks
 
     def start_iteration(self, plan: Iteration, now: float) -> simpy.Timeout:
         """Admit the plan's new requests and price its forward pass: the event of its end."""
         chunks = plan.chunks
-        for s, _ in chunks[len(chunks) - plan.admitted:]:
-            self.admit(s, now)
+        if plan.admitted:
+            self.admit(chunks[len(chunks) - plan.admitted:], now)
         batch = len(self.running) if plan.with_decodes else 0
         new, pairs, ctx, prompt_end = batch, 0, 0, 0
         for s, c in chunks:
@@ -312,19 +327,21 @@ class Replica:
             ctx += done
             if done + c > prompt_end:
                 prompt_end = done + c
-        longest = self._longest() if batch else 0
-        time_s, energy_j = self.cost.iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
-                                                            len(chunks), longest))
+        longest = self.max_ctx() if batch and self._tracks_longest else 0
+        time_s, energy_j = self._price_iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
+                                                              len(chunks), longest))
         if self._tally is not None:
             self._tally.iteration(batch, new, prompt_end, longest)
         self.iteration = (chunks, now, time_s, energy_j, batch, new)
-        return self.env.timeout(time_s)
+        return self._timeout(time_s)
 
     def finish_iteration(self, now: float) -> None:
         """The forward pass ended: book it, advance the decodes it carried, and share its energy by tokens."""
         chunks, start, time_s, energy_j, batch, new = self.iteration
         self.iteration = None
-        self.charge(start, time_s, energy_j)
+        self.busy_s += time_s  # `charge`, written out
+        self.busy_j += energy_j
+        self._book(start, time_s, energy_j)
         if self.log is not None:
             self.log.append(("prefill", start, tuple((s.idx, c) for s, c in chunks)))
         if self.iterations is not None:
@@ -354,25 +371,27 @@ class Replica:
         heap = self._finish_heap
         top = heap[0]
         while top[2].decode_join_id != top[1]:
-            heapq.heappop(heap)
+            heappop(heap)
             top = heap[0]
         return top[0] - self.decode_steps
 
     def max_ctx(self) -> int:
         """The longest context among the decoding requests at step `decode_steps` (0 when none decodes).
 
-        From the heap where the cost model or the range tally reads it (`_tracks_longest`), else by a scan.
+        From the heap where the cost model or the range tally reads it (`_tracks_longest`), else by a scan. Where only
+        the range tally reads it, the heap holds just the requests that can outgrow the measured context: then this
+        is their longest (0 without any), exact whenever the longest context is beyond the measured one, which is all
+        the tally asks (every other request stays within it up to its last token, so none of them is ever beyond).
         """
         if not self._tracks_longest:
             return max((s.decode_context(self.decode_steps) for s in self.running.values()), default=0)
         heap = self._ctx_heap
-        while heap and heap[0][2].decode_join_id != heap[0][1]:
-            heapq.heappop(heap)
-        return self.decode_steps - heap[0][0] if heap else 0
-
-    def _longest(self) -> int:
-        """The longest decoding context where the cost model or the range tally reads it, else 0 (unread)."""
-        return self.max_ctx() if self._tracks_longest else 0
+        while heap:
+            top = heap[0]
+            if top[2].decode_join_id == top[1]:
+                return self.decode_steps - top[0]
+            heappop(heap)  # a request that left the decode set
+        return 0
 
     def start_decode(self, s: RequestState) -> None:
         """Move a request whose prefill just produced a token into the decode set (or finish it)."""
@@ -388,9 +407,9 @@ class Replica:
         self.running[s.decode_join_id] = s
         self.ctx_sum += ctx
         self._phase[(ctx - steps) % self.block_size] += 1
-        heapq.heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
-        if self._tracks_longest:
-            heapq.heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
+        heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
+        if self._tracks_longest and s.input_tokens + s.output_tokens > self._ctx_heap_above:
+            heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
 
     def _leave_decode(self, s: RequestState) -> None:
         """Settle the lazy counters of a request leaving the decode set and release its KV blocks."""
@@ -404,7 +423,7 @@ class Replica:
         s.decode_join_id = -1
         if self._tracks_longest and len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale ones never surface
             self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
-            heapq.heapify(self._ctx_heap)
+            heapify(self._ctx_heap)
 
     def decode_steps_done(self, k: int, energy_j: float, tokens: int) -> None:
         """Advance the decode set by k steps; each seat gets energy_j / tokens; finish those that are done."""
@@ -412,10 +431,12 @@ class Replica:
         if not running or k == 0:
             return
         self.seat_energy_j += energy_j / tokens
-        blocks = self.blocks_used = self.blocks_used + self.new_blocks(k)
+        steps = self.decode_steps
+        new = self._phase[-steps % self.block_size] if k == 1 else self.new_blocks(k)  # `new_blocks(1)`, inlined
+        blocks = self.blocks_used = self.blocks_used + new
         assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
         self.ctx_sum += len(running) * k
-        steps = self.decode_steps = self.decode_steps + k
+        steps = self.decode_steps = steps + k
         heap = self._finish_heap
         last_step, join_id, s = heap[0]
         if last_step > steps and s.decode_join_id == join_id:  # nobody's last token yet
@@ -425,7 +446,7 @@ class Replica:
             last_step, join_id, s = heap[0]
             if last_step > steps and s.decode_join_id == join_id:
                 break
-            heapq.heappop(heap)
+            heappop(heap)
             if s.decode_join_id == join_id:  # else a stale entry of a preempted request
                 self._leave_decode(s)
                 self.finish(s, now)
@@ -478,4 +499,4 @@ class Replica:
         """Book one iteration or stretch of busy time and energy."""
         self.busy_s += time_s
         self.busy_j += energy_j
-        self._timeline.add(start_s, time_s, energy_j)
+        self._book(start_s, time_s, energy_j)

@@ -95,20 +95,34 @@ class StretchCost:
         """(k, time_s(k)) of the first iteration boundary at or after `dt_s` (k as `steps_within`)."""
         if dt_s <= 0.0:
             return 0, self.time_s(0)
-        if self.bound is None:
-            a, d = self.time_a, self.time_d
-            # Solve d/2 k^2 + (a - d/2) k = dt for k, then fix rounding by checking neighbours.
-            b = a - d / 2.0
-            k = dt_s / a if d == 0.0 else (-b + math.sqrt(b * b + 2.0 * d * dt_s)) / d
-            k = max(0, math.ceil(k - 1e-9))
-        else:
-            lo, hi = 0, 1
-            while self.time_s(hi) < dt_s:
-                lo, hi = hi, hi * 2
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if self.time_s(mid) < dt_s else (lo, mid)
-            k = hi
+        if self.bound is not None:
+            return self._boundary_by_bisection(dt_s)
+        a, d = self.time_a, self.time_d
+        # Solve d/2 k^2 + (a - d/2) k = dt for k, then fix rounding by checking neighbours (`time_s(k)` is
+        # `_series(a, d, k)` here, called directly: nearly every arrival asks this of a stretch it may cut).
+        b = a - d / 2.0
+        k = dt_s / a if d == 0.0 else (-b + math.sqrt(b * b + 2.0 * d * dt_s)) / d
+        k = max(0, math.ceil(k - 1e-9))
+        t = _series(a, d, k)
+        while t < dt_s:
+            k += 1
+            t = _series(a, d, k)
+        while k > 0:
+            before = _series(a, d, k - 1)
+            if before < dt_s:
+                break
+            k, t = k - 1, before
+        return k, t
+
+    def _boundary_by_bisection(self, dt_s: float) -> tuple[int, float]:
+        """`boundary_after` where a step's time is the larger of two lines: bisect on `time_s`, check neighbours."""
+        lo, hi = 0, 1
+        while self.time_s(hi) < dt_s:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.time_s(mid) < dt_s else (lo, mid)
+        k = hi
         t = self.time_s(k)
         while t < dt_s:
             k += 1

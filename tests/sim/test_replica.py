@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim_profiles import make_profile
 
+from tokenjoule.calibrate.profile import MeasuredRange
 from tokenjoule.sim.accounting import Ledger
 from tokenjoule.sim.cost import CalibratedCost
-from tokenjoule.sim.policies import ContinuousBatching
+from tokenjoule.sim.notes import RangeTally
+from tokenjoule.sim.policies import ChunkedPrefill, ContinuousBatching, StaticBatching
 from tokenjoule.sim.replica import Replica, RequestState
 
 COST = CalibratedCost(make_profile())
@@ -54,12 +57,28 @@ ops = st.lists(st.one_of(
 ), max_size=300)
 
 
+# The longest context the range tally's profile measured, in `test_max_ctx_matches_a_brute_force_max`'s "tally" case.
+TALLY_CONTEXT = 1500
+
+
+@pytest.mark.parametrize("reader", ["scan", "cost", "tally"])
 @settings(max_examples=200, deadline=None)
 @given(ops=ops)
-def test_max_ctx_matches_a_brute_force_max(ops):
-    """Joins, decode steps (finishing requests), preemptions and re-joins: max_ctx is the live contexts' max."""
-    rep = Replica(0, simpy.Environment(), ContinuousBatching(), CalibratedCost(make_profile(kv_capacity_tokens=10**9)),
-                  Ledger(len(ops), 1.0), 16)
+def test_max_ctx_matches_a_brute_force_max(reader, ops):
+    """Joins, decode steps (finishing requests), preemptions and re-joins: max_ctx is the live contexts' max.
+
+    By a scan (nothing reads it), by the heap of every context (the cost model prices it), or by the heap of the
+    contexts that can outgrow the measured range (only the range tally reads it): that one is exact when the longest
+    is beyond the range, else the longest of those requests (0 without any).
+    """
+    tail = {"decode_tail_ctx_tokens": 1e-6} if reader == "cost" else None
+    cost = CalibratedCost(make_profile(kv_capacity_tokens=10**9, lat_coef=tail))
+    tally = None
+    if reader == "tally":
+        tally = RangeTally(MeasuredRange(decode_seqs=512, iteration_tokens=16384, prompt_tokens=16384,
+                                         context_tokens=TALLY_CONTEXT, source="grid"))
+    rep = Replica(0, simpy.Environment(), ContinuousBatching(), cost, Ledger(len(ops), 1.0, tally), 16)
+    assert rep._tracks_longest == (reader != "scan")
     live: dict[int, int] = {}  # request idx -> context, in join order (the last one is the preemption victim)
     requests, preempted = [], []
     for op in ops:
@@ -89,7 +108,14 @@ def test_max_ctx_matches_a_brute_force_max(ops):
             if s.generated < s.output_tokens:
                 live[s.idx] = s.input_tokens + s.generated - 1
         assert sorted(s.idx for s in rep.running.values()) == sorted(live)
-        assert rep.max_ctx() == max(live.values(), default=0)
+        longest = max(live.values(), default=0)
+        if reader == "tally":
+            can_outgrow = [c for i, c in live.items() if requests[i].input_tokens + requests[i].output_tokens
+                           > TALLY_CONTEXT]
+            assert rep.max_ctx() == max(can_outgrow, default=0)
+            assert rep.max_ctx() == longest or longest <= TALLY_CONTEXT
+        else:
+            assert rep.max_ctx() == longest
         assert rep.ctx_sum == sum(live.values())
         assert len(rep._ctx_heap) <= 2 * len(rep.running) + 65  # stale entries are dropped, not hoarded
 
@@ -121,3 +147,16 @@ def test_ctx_heap_drops_stale_entries_under_a_long_lived_request():
             rep.decode_steps_done(1, 1.0, 2)  # the short one emits its 2nd token and leaves
         assert rep.max_ctx() == 5000 + idx
     assert len(rep.running) == 1 and len(rep._ctx_heap) <= 2 + 64
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy=st.sampled_from([StaticBatching(), ContinuousBatching(max_num_batched_tokens=3000), ChunkedPrefill()]),
+       capacity=st.integers(16, 5000), block_size=st.sampled_from([1, 7, 16]), input_tokens=st.integers(1, 6000),
+       output_tokens=st.integers(1, 6000))
+def test_max_request_tokens_is_where_the_policy_starts_rejecting(policy, capacity, block_size, input_tokens,
+                                                                  output_tokens):
+    """The router's one comparison (`max_request_tokens`) agrees with the policy's reasons for every request."""
+    rep = Replica(0, simpy.Environment(), policy, CalibratedCost(make_profile(kv_capacity_tokens=capacity)),
+                  Ledger(1, 1.0), block_size)
+    fits = input_tokens + output_tokens <= policy.max_request_tokens(rep)
+    assert (policy.reject_reason(RequestState(0, 0.0, input_tokens, output_tokens), rep) is None) == fits
