@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 
 from tokenjoule.calibrate.compose import compose_profile
-from tokenjoule.calibrate.compose_check import compare_points, measured_points, ragged_decode_points
+from tokenjoule.calibrate.compose_check import (
+    compare_points,
+    measured_points,
+    ragged_decode_points,
+    replay_iterations,
+)
 from tokenjoule.calibrate.cost_form import ProfileError
 from tokenjoule.calibrate.gpu_profile import GPUOperatorProfile, build_gpu_profile
 from tokenjoule.calibrate.overhead_fit import fit_overheads
@@ -66,12 +71,14 @@ def replayed_spec(doc: dict[str, Any]) -> ModelSpec:
 def measured_iterations(folder: Path, doc: dict[str, Any]) -> dict[str, Any]:
     """A model folder's measured whole iterations, read once.
 
-    Returns its quick grid's points (`points`), the ragged decode iterations of its warm-up replays (`ragged`), and
-    the two files' names (`files`).
+    Returns its quick grid's points (`points`), the ragged decode iterations of its warm-up replays (`ragged`), every
+    iteration of those warm-up replays (`replays`: their eager iterations and serving-loop host seconds), and the two
+    files' names (`files`). The validation scenarios' iterations are never read here.
     """
     raw = doc["profile"].replace(".json", ".raw.parquet")
     return {"points": measured_points(folder / raw),
-            "ragged": ragged_decode_points(folder / "iterations.parquet"), "files": [raw, "iterations.parquet"]}
+            "ragged": ragged_decode_points(folder / "iterations.parquet"),
+            "replays": replay_iterations(folder / "iterations.parquet"), "files": [raw, "iterations.parquet"]}
 
 
 def fit_on(gpu: GPUOperatorProfile, runs: list[dict[str, Any]], prefix: str = "") -> GPUOperatorProfile:
@@ -82,8 +89,9 @@ def fit_on(gpu: GPUOperatorProfile, runs: list[dict[str, Any]], prefix: str = ""
     """
     data = [(r["spec"], r["points"]) for r in runs]
     ragged = [(r["spec"], r["ragged"]) for r in runs]
+    replays = [(r["spec"], r["replays"]) for r in runs]
     files = [f"{prefix}{r['dir'].name}/{f}" for r in runs for f in r["files"]]
-    return dataclasses.replace(gpu, overheads=fit_overheads(gpu, data, files, ragged=ragged))
+    return dataclasses.replace(gpu, overheads=fit_overheads(gpu, data, files, ragged=ragged, replays=replays))
 
 
 def fold(gpu: GPUOperatorProfile, held_out: str, runs: dict[str, dict[str, Any]]) -> GPUOperatorProfile:
