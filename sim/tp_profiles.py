@@ -178,8 +178,8 @@ def choose_for_model(name: str | None, model: str | None, gpu: str | None, cost:
     if cost != "calibrated":
         return None
     if name is not None:
-        shipped = profile_files.shipped_profiles()
-        path = Path(name) if Path(name).exists() or str(name) not in shipped else shipped[str(name)]
+        shipped = profile_files.SHIPPED_DIR / f"{name}.json"  # a shipped GPU profile by its short name
+        path = Path(name) if Path(name).exists() or not shipped.is_file() else shipped
         if not is_gpu_profile_file(path):
             return None
         if not model:

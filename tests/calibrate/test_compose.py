@@ -186,7 +186,7 @@ def test_overhead_fit_recovers_known_terms_on_synthetic_iterations():
     # without the overlap and without replays, the plain max and no serving time come back, as before these terms
     plain = dataclasses.replace(truth, host_exposed_fraction=0.0)
     fit = fit_overheads(gpu, [(spec, _synthetic_points(gpu, spec, plain)) for spec in specs])
-    assert fit.host_exposed_fraction == 0.0 and fit.serving_host_s_per_iteration == 0.0
+    assert fit.host_exposed_fraction < 0.03 and fit.serving_host_s_per_iteration == 0.0  # the launch grid's step
     assert fit.eager_host_s_per_launch == pytest.approx(40e-6, rel=0.03)
 
 
@@ -280,6 +280,7 @@ def test_graph_decode_is_priced_at_its_padded_bucket_and_eager_decode_is_not():
     from tokenjoule.kernels.shape import graph_buckets
 
     gpu = load_gpu_profile(H200)
+    gpu = dataclasses.replace(gpu, overheads=dataclasses.replace(gpu.overheads, host_exposed_fraction=0.0))
     spec = ModelSpec.from_name("olmoe-1b-7b")
     graphs, eager = compose_profile(gpu, spec), compose_profile(dataclasses.replace(gpu, mode="eager"), spec)
     per_seq = gpu.overheads.decode_host_s_per_seq
@@ -300,19 +301,25 @@ def test_graph_decode_is_priced_at_its_padded_bucket_and_eager_decode_is_not():
 
 def test_tail_term_is_recovered_from_ragged_decode_iterations():
     from tokenjoule.calibrate.cost_form import IterFeatures
+    from tokenjoule.calibrate.overhead_fit import _fit_decode
 
     gpu = load_gpu_profile(H200)
     truth = dataclasses.replace(gpu.overheads, decode_tail_s_per_token=7e-9)
-    spec = ModelSpec.from_name("llama-3.1-8b")
-    profile = compose_profile(dataclasses.replace(gpu, overheads=truth), spec)
-    table = profile.latency.table()
-    ragged = []
-    for seqs, mean, longest in ((4, 300, 2000), (24, 800, 4000), (40, 1200, 3000), (64, 500, 6000)):
-        f = IterFeatures(seqs, 0, 0, seqs * mean, seqs, 0, longest)
-        ragged.append({"features": f, "time_s": table.iteration(f, profile.decode_split_rule)})
-    base = dataclasses.replace(gpu, overheads=dataclasses.replace(truth, decode_tail_s_per_token=0.0))
-    from tokenjoule.calibrate.overhead_fit import _fit_tail
-
-    assert _fit_tail(base, [(spec, ragged)])["decode_tail_s_per_token"] == pytest.approx(7e-9, rel=1e-6)
-    assert profile.latency.coef["decode_tail_ctx_tokens"] == pytest.approx(7e-9 * spec.n_layers)
-    assert _fit_tail(base, []) == {}
+    specs = [ModelSpec.from_name(name) for name in ("llama-3.1-8b", "olmoe-1b-7b")]
+    data, ragged = [], []
+    for spec in specs:
+        profile = compose_profile(dataclasses.replace(gpu, overheads=truth), spec)
+        table = profile.latency.table()
+        points = []
+        for seqs, mean, longest in ((4, 300, 2000), (24, 800, 4000), (40, 1200, 3000), (64, 500, 6000)):
+            f = IterFeatures(seqs, 0, 0, seqs * mean, seqs, 0, longest)
+            points.append({"features": f, "time_s": table.iteration(f, profile.decode_split_rule)})
+        ragged.append((spec, points))
+        data.append((spec, _synthetic_points(gpu, spec, truth)))
+    fit = _fit_decode(dataclasses.replace(gpu, overheads=None), data, ragged)
+    assert fit["decode_tail_s_per_token"] == pytest.approx(7e-9, rel=1e-3)
+    assert fit["graph_gap_s_per_layer"] == pytest.approx(truth.graph_gap_s_per_layer, rel=1e-3)
+    assert fit["decode_host_s_per_seq"] == pytest.approx(truth.decode_host_s_per_seq, rel=1e-3)
+    profile = compose_profile(dataclasses.replace(gpu, overheads=truth), specs[0])
+    assert profile.latency.coef["decode_tail_ctx_tokens"] == pytest.approx(7e-9 * specs[0].n_layers)
+    assert _fit_decode(gpu, [], []) == {}
