@@ -7,8 +7,9 @@ grids, and the iterations of their warm-up replays (the validation scenarios are
 
 - calibrate/profiles/h200-gpu-tokenjoule-cudagraph.json: CUDA-graph decode, eager prefill; 7 models
   (validation/h200_2026-12-03_models).
-- calibrate/profiles/h200-gpu-tokenjoule-eager.json: every iteration eager; 2 models
-  (validation/h200_2026-12-03_models_eager: llama-3.1-8b and olmoe-1b-7b), so its overheads are rough.
+- calibrate/profiles/h200-gpu-tokenjoule-eager.json: every iteration eager; 6 models, 2 replayed on the sweep's
+  H200 (validation/h200_2026-12-03_models_eager: llama-3.1-8b, olmoe-1b-7b) and 4 on another H200 host
+  (validation/h200_2026-12-03_models_eager_lease5), so its overheads are rough.
 
 `tokenjoule validate models` shows how each model fares when its own measurements are left out of the fit.
 """
@@ -26,8 +27,9 @@ from tokenjoule.kernels.spec import ModelSpec
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO / "calibrate" / "profiles"
 SWEEP = ROOT / "measurements" / "h200_lease4_2026-12-03" / "ops"
-LEASES = {"cudagraph": REPO / "validation" / "h200_2026-12-03_models",
-          "eager": REPO / "validation" / "h200_2026-12-03_models_eager"}
+LEASES = {"cudagraph": [REPO / "validation" / "h200_2026-12-03_models"],
+          "eager": [REPO / "validation" / "h200_2026-12-03_models_eager",
+                    REPO / "validation" / "h200_2026-12-03_models_eager_lease5"]}
 NOTES = {
     "cudagraph": "Operator fits of measured points (H200 operator sweep of 2026-12-03, fourth lease: GEMMs and decode "
                  "attention read inputs larger than L2). Everything a composed profile prices from it is MODELED, not "
@@ -37,9 +39,9 @@ NOTES = {
     "eager": ("ROUGH. Operator fits of measured points (H200 operator sweep of 2026-12-03, fourth lease), for the "
               "engine in eager mode (no CUDA graphs: every iteration's kernels launched from Python). Everything a "
               "composed profile prices from it is MODELED, not measured. `overheads` are FITTED on measured whole "
-              "iterations of only 2 models replayed eagerly in the same lease (llama-3.1-8b and olmoe-1b-7b: quick "
-              "grids and warm-up replays; validation/h200_2026-12-03_models_eager). Rebuilt by "
-              "tests/bench/build_h200_gpu_profile.py."),
+              "iterations of 6 models replayed eagerly (quick grids and warm-up replays): llama-3.1-8b and "
+              "olmoe-1b-7b in the same lease (validation/h200_2026-12-03_models_eager), 4 more on another H200 host "
+              "(validation/h200_2026-12-03_models_eager_lease5). Rebuilt by tests/bench/build_h200_gpu_profile.py."),
 }
 
 
@@ -49,15 +51,15 @@ def out_path(mode: str) -> Path:
 
 
 def build(mode: str = "cudagraph"):
-    """The profile of `mode`: operator fits, then overheads fitted on every model folder of that mode's lease."""
+    """The profile of `mode`: operator fits, then overheads fitted on every model folder of that mode's leases."""
     gpu = build_gpu_profile([SWEEP / "operators.raw.parquet"], SWEEP / "operators.meta.json", ROOT, notes=NOTES[mode])
     gpu = dataclasses.replace(gpu, mode=mode)
-    lease = LEASES[mode]
     runs = []
-    for folder in model_runs(lease):
+    for folder in model_runs(LEASES[mode]):
         doc = json.loads((folder / "validation.json").read_text())
-        runs.append({"dir": folder, "spec": ModelSpec.from_name(doc["model"]), **measured_iterations(folder, doc)})
-    return fit_on(gpu, runs, prefix=f"{lease.relative_to(REPO)}/")
+        runs.append({"dir": folder, "spec": ModelSpec.from_name(doc["model"]), **measured_iterations(folder, doc),
+                     "prefix": f"{folder.parent.relative_to(REPO)}/"})
+    return fit_on(gpu, runs)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,18 @@ def test_a_lease_replayed_in_another_mode_is_refused(two_model_lease: Path, tmp_
     assert result.exit_code != 0 and "replayed in cudagraph mode, not eager" in result.output
     assert not (tmp_path / "m.md").exists()
     assert dataclasses.is_dataclass(gpu_profile_of(OPS, "eager"))
+
+
+def test_several_leases_pool_their_models_and_a_model_in_two_is_refused(two_model_lease: Path, tmp_path: Path):
+    from tokenjoule.calibrate.cost_form import ProfileError
+    from tokenjoule.calibrate.validate.models import model_runs
+
+    other = tmp_path / "other_lease"
+    other.mkdir()
+    (other / "qwen2.5-7b").symlink_to(LEASE / "qwen2.5-7b", target_is_directory=True)
+    assert [p.name for p in model_runs([two_model_lease, other])] == ["llama-3.2-1b", "olmoe-1b-7b", "qwen2.5-7b"]
+    (other / "olmoe-1b-7b").symlink_to(LEASE / "olmoe-1b-7b", target_is_directory=True)
+    with pytest.raises(ProfileError, match="model olmoe-1b-7b is also in"):
+        model_runs([two_model_lease, other])
+    with pytest.raises(ProfileError, match="no model folder"):
+        model_runs(tmp_path / "empty")
