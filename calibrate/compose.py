@@ -31,7 +31,7 @@ KV capacity: the GPU's measured memory x `gpu_memory_utilization` minus the weig
 `spec.kv_bytes_per_token`; a model that does not leave `min_kv_tokens` is a ConfigError. Not modeled: the serving
 loop's host work between iterations unless the overheads fitted it (`serving_host_s_*` terms: then the profile's
 `host_overhead`, which the simulator adds to every iteration at idle power), tensor parallelism's communication, real
-routers' skew (uniform routing is assumed). The overheads are fitted on measured whole iterations of one or two models
+routers' skew (uniform routing is assumed). The overheads are fitted on measured whole iterations of several models
 (`calibrate/overhead_fit.py`; which ones, the GPU profile's `overheads.fitted_on` says); the costs stay modeled.
 """
 

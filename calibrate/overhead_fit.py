@@ -210,7 +210,8 @@ def fit_overheads(gpu: GPUOperatorProfile, data: Sequence[tuple[ModelSpec, list[
         gpu: the GPU profile (its operator fits and launch costs; its own overheads are ignored).
         data: (model, measured points) pairs; kinds "decode", "prefill" and "mixed".
         fitted_on: the measured files' names, stored as provenance.
-        ragged: (model, `compose_check.ragged_decode_points`) pairs for the decode tail term (none: it stays 0).
+        ragged: (model, `compose_check.ragged_decode_points`) pairs: they join the quick grids' decode points in
+            step 2 (without them the tail term rests on the quick grids' ragged points alone).
         replays: (model, `compose_check.replay_iterations`) pairs: their eager iterations join the quick grids'
             in step 1, their host seconds fit the serving loop's host time (none: it stays 0).
 
