@@ -15,10 +15,11 @@ modeled, per iteration of `x` new tokens (`cost_form.py`'s form):
 - in eager mode (`gpu.mode == "eager"`) the decode knots are unpadded and host-floored as prefill knots are (every
   kernel launched from Python), without the graph terms;
 - prefill curve at knot x: the same layers at x tokens, prefill attention's fixed part (constant plus Q/O/K/V bytes
-  of x new tokens), the LM head and sampling for one row; the iteration takes max(this GPU time, host time), host
+  of x new tokens), the LM head and sampling for one row; the iteration takes max(this GPU time, host time) plus
+  the fitted `host_exposed_fraction` of the shorter of the two (launches and kernels overlap only in part), host
   time = the eager launches counted in `eager_launches` x the host seconds per launch (the fitted
   `eager_host_s_per_launch`; without overheads the bare measured launch cost), the GPU waiting at
-  `host_wait_power_w` (without overheads: idle power);
+  `host_wait_power_w` (without overheads: idle power) for the time beyond its own work;
 - the attention coefficients: `prefill_attn_pairs` from the prefill-attention fit's FLOPs term (4 head_dim FLOPs per
   pair and query head), `prefill_ctx_tokens` from its bytes term (K and V of each cached token), `decode_ctx_tokens`
   the decode-attention fit's slope per context token at a reference batch (`DECODE_REF`), each times the layers;
@@ -28,8 +29,9 @@ modeled, per iteration of `x` new tokens (`cost_form.py`'s form):
 
 KV capacity: the GPU's measured memory x `gpu_memory_utilization` minus the weights and an activation reserve, over
 `spec.kv_bytes_per_token`; a model that does not leave `min_kv_tokens` is a ConfigError. Not modeled: the serving
-loop's host work between iterations (`host_overhead` is None), tensor parallelism's communication, real routers'
-skew (uniform routing is assumed). The overheads are fitted on measured whole iterations of one or two models
+loop's host work between iterations unless the overheads fitted it (`serving_host_s_*` terms: then the profile's
+`host_overhead`, which the simulator adds to every iteration at idle power), tensor parallelism's communication, real
+routers' skew (uniform routing is assumed). The overheads are fitted on measured whole iterations of several models
 (`calibrate/overhead_fit.py`; which ones, the GPU profile's `overheads.fitted_on` says); the costs stay modeled.
 """
 
@@ -41,7 +43,7 @@ from typing import Any
 from tokenjoule.calibrate.cost_form import CostCurve, DecodeSplitRule
 from tokenjoule.calibrate.gpu_fit import OperatorFit, point_terms
 from tokenjoule.calibrate.gpu_profile import GPUOperatorProfile
-from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.profile import GPUProfile, HostOverhead
 from tokenjoule.calibrate.sweep.operator_grid import (
     OperatorPoint,
     decode_attn_point,
@@ -188,13 +190,29 @@ def prefill_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[floa
 
 
 def _host_floored(gpu: GPUOperatorProfile, spec: ModelSpec, cost: tuple[float, float]) -> tuple[float, float]:
-    """An eager iteration: max(GPU time, the host's launches), the GPU waiting on the host at its waiting power."""
+    """An eager iteration: max(GPU time, the host's launches) plus the exposed share of the shorter of the two.
+
+    The GPU waits on the host, at its waiting power, for the time the iteration lasts beyond its own work.
+    """
     t, e = cost
     ov = gpu.overheads
     per_launch = ov.eager_host_s_per_launch if ov else gpu.launch.eager_launch_s
     wait_w = ov.host_wait_power_w if ov else gpu.idle_power_w
+    exposed = ov.host_exposed_fraction if ov else 0.0
     host = eager_launches(spec) * per_launch
-    return (host, e + (host - t) * wait_w) if host > t else (t, e)
+    total = max(host, t) + exposed * min(host, t)
+    return total, e + (total - t) * wait_w
+
+
+def serving_host(gpu: GPUOperatorProfile) -> HostOverhead | None:
+    """The serving loop's host time between iterations from the fitted overheads (None where it was not fitted)."""
+    ov = gpu.overheads
+    if ov is None or not (ov.serving_host_s_per_iteration or ov.serving_host_s_per_seq
+                          or ov.serving_host_s_per_prefill_seq):
+        return None
+    return HostOverhead(ov.serving_host_s_per_iteration, ov.serving_host_s_per_seq,
+                        method="fitted on measured replay iterations of other models (GPU profile overheads)",
+                        per_prefill_seq_s=ov.serving_host_s_per_prefill_seq)
 
 
 def attention_coef(gpu: GPUOperatorProfile, spec: ModelSpec) -> tuple[dict[str, float], dict[str, float]]:
@@ -270,6 +288,6 @@ def compose_profile(gpu: GPUOperatorProfile, spec: ModelSpec, source: str = "",
         date=gpu.date, engine=gpu.engine, mode=gpu.mode, model=spec, tp=1, idle_power_w=gpu.idle_power_w,
         kv_capacity_tokens=capacity, latency=latency, energy=energy, fit_errors={"operators": errors},
         decode_split_rule=DecodeSplitRule(TARGET_PROGRAMS, MAX_SPLITS, spec.n_kv_heads),
-        raw_path=None,
+        raw_path=None, host_overhead=serving_host(gpu),
         notes=f"COMPOSED (modeled): {spec.name} priced from the GPU profile {source or gpu.label}; no iteration of "
               "this model was measured. See calibrate/compose.py for what is modeled.")

@@ -52,6 +52,25 @@ def ragged_decode_points(iterations_path: str | Path, scenario_prefix: str = "wa
     return out
 
 
+def replay_iterations(iterations_path: str | Path, scenario_prefix: str = "warmup") -> list[dict[str, Any]]:
+    """Every iteration of a replay's warm-up scenarios: kind, features, GPU-run and serving-loop host seconds.
+
+    Kinds as the quick grid names them ("decode", "prefill", "mixed": prefill chunks beside decodes); `time_s` is
+    `ModelRunner.run`'s time, `host_s` the loop's scheduling and commit around it. Only scenarios whose name starts
+    with `scenario_prefix` are read (by default the warm-up replays, which no validation scenario shares).
+    """
+    out = []
+    for row in pq.read_table(iterations_path).to_pylist():
+        if not row["scenario"].startswith(scenario_prefix):
+            continue
+        decode, prefill = row["decode_seqs"], row["prefill_seqs"]
+        kind = "mixed" if decode and prefill else "prefill" if prefill else "decode"
+        features = IterFeatures(row["new_tokens"], row["prefill_attn_pairs"], row["prefill_ctx_tokens"],
+                                row["decode_ctx_tokens"], decode, prefill, row["decode_max_ctx_tokens"])
+        out.append({"kind": kind, "features": features, "time_s": row["run_s"], "host_s": row["host_s"]})
+    return out
+
+
 def compare_points(profile: GPUProfile, points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Relative errors of `profile`'s latency and energy on measured points: median, p95 and signed median by kind.
 

@@ -67,7 +67,12 @@ class IterationOverheads:
     `graph_gap_power_w`, and the runner's input preparation `decode_host_s_per_seq` per sequence (GPU idle). A ragged
     decode batch keeps the program with the longest context streaming after the others finished:
     `decode_tail_s_per_token` per layer and per token of that program beyond an average one (`cost_form.tail_ctx_tokens`
-    with the engine's split rule), at decode attention's busy power.
+    with the engine's split rule), at decode attention's busy power. Host launches and GPU work overlap only in part:
+    an eager iteration lasts max(host, GPU) + `host_exposed_fraction` x min(host, GPU) (the GPU idles at the start,
+    before the first kernels are queued, and whenever short kernels drain the queue faster than the host fills it;
+    0: the plain max). Between iterations the serving loop schedules and commits on the host while the GPU idles:
+    `serving_host_s_per_iteration` + `serving_host_s_per_seq` x sequences + `serving_host_s_per_prefill_seq` x prefill
+    chunks (`profile.HostOverhead`; all 0: not modeled).
 
     Attributes:
         eager_host_s_per_launch: host seconds per eager kernel launch of a layer.
@@ -77,6 +82,11 @@ class IterationOverheads:
         decode_host_s_per_seq: host seconds per decode sequence of the runner's input preparation.
         decode_tail_s_per_token: seconds per layer per tail context token of a ragged decode batch (0: not fitted,
             as in files written before it existed).
+        host_exposed_fraction: share of the shorter of host launch time and GPU time an eager iteration does not
+            hide (0 to 1; 0 in files written before it existed).
+        serving_host_s_per_iteration: serving loop host seconds per iteration (schedule and commit).
+        serving_host_s_per_seq: serving loop host seconds per sequence of the iteration.
+        serving_host_s_per_prefill_seq: serving loop host seconds per prefill chunk beyond a sequence's.
         fitted_on: measured whole-iteration files the terms were fitted on (relative to the profile file).
         method: how they were fitted.
     """
@@ -87,6 +97,10 @@ class IterationOverheads:
     graph_gap_power_w: float
     decode_host_s_per_seq: float
     decode_tail_s_per_token: float = 0.0
+    host_exposed_fraction: float = 0.0
+    serving_host_s_per_iteration: float = 0.0
+    serving_host_s_per_seq: float = 0.0
+    serving_host_s_per_prefill_seq: float = 0.0
     fitted_on: tuple[str, ...] = ()
     method: str = ""
 
@@ -95,6 +109,8 @@ class IterationOverheads:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"overheads.{name}={value} must be finite and >= 0")
+        if self.host_exposed_fraction > 1:
+            raise ValueError(f"overheads.host_exposed_fraction={self.host_exposed_fraction} must be <= 1")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; the terms are labelled fitted (they price modeled iterations)."""
@@ -109,8 +125,11 @@ class IterationOverheads:
 
 
 OVERHEAD_TERMS = ("eager_host_s_per_launch", "host_wait_power_w", "graph_gap_s_per_layer", "graph_gap_power_w",
-                  "decode_host_s_per_seq", "decode_tail_s_per_token")
-OPTIONAL_TERMS = ("decode_tail_s_per_token",)  # absent from files written before it existed
+                  "decode_host_s_per_seq", "decode_tail_s_per_token", "host_exposed_fraction",
+                  "serving_host_s_per_iteration", "serving_host_s_per_seq", "serving_host_s_per_prefill_seq")
+# Absent from files written before they existed; absent, each reads 0 (the composition then prices as it did).
+OPTIONAL_TERMS = ("decode_tail_s_per_token", "host_exposed_fraction", "serving_host_s_per_iteration",
+                  "serving_host_s_per_seq", "serving_host_s_per_prefill_seq")
 
 
 @dataclass(frozen=True, slots=True)

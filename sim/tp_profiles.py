@@ -161,9 +161,10 @@ def choose_for_model(name: str | None, model: str | None, gpu: str | None, cost:
                      default: str) -> ProfileChoice | None:
     """The profile `--model` (and `--gpu`) pick, where they pick one; None: `choose_profile(name)` decides as before.
 
-    `--profile` naming a GPU profile file composes it for `--model`. Without `--profile`, a `--model` that the default
-    profile is not for (or another `--gpu`) gets a shipped model-specific profile of that model (and GPU) when one
-    exists, else the shipped GPU profile of the GPU (`--gpu`, default H200-SXM) composed for the model.
+    `--profile` naming a GPU profile (a file, or a shipped one's short name such as `h200-gpu-tokenjoule-eager`)
+    composes it for `--model`. Without `--profile`, a `--model` that the default profile is not for (or another
+    `--gpu`) gets a shipped model-specific profile of that model (and GPU) when one exists, else the shipped GPU
+    profile of the GPU (`--gpu`, default H200-SXM) composed for the model, its CUDA-graph one where there are several.
 
     Raises:
         ConfigError: a GPU profile without `--model`, or a model that does not fit on the GPU.
@@ -177,11 +178,13 @@ def choose_for_model(name: str | None, model: str | None, gpu: str | None, cost:
     if cost != "calibrated":
         return None
     if name is not None:
-        if not is_gpu_profile_file(name):
+        shipped = profile_files.SHIPPED_DIR / f"{name}.json"  # a shipped GPU profile by its short name
+        path = Path(name) if Path(name).exists() or not shipped.is_file() else shipped
+        if not is_gpu_profile_file(path):
             return None
         if not model:
             raise ConfigError(f"{name} is a GPU profile: pass --model NAME or a config.json to compose it for")
-        return ProfileChoice(compose_profile(load_gpu_profile(name), load_spec(model), str(name)), Path(name), tp,
+        return ProfileChoice(compose_profile(load_gpu_profile(path), load_spec(model), str(path)), path, tp,
                              composed=True)
     if not model:
         return None
@@ -192,11 +195,13 @@ def choose_for_model(name: str | None, model: str | None, gpu: str | None, cost:
     if measured is not None:
         return choose_profile(str(measured), cost, tp, default)
     sheet = gpu or "H200-SXM"
-    for path in sorted(profile_files.SHIPPED_DIR.glob("*.json")):
-        if is_gpu_profile_file(path):
-            gpu_profile = load_gpu_profile(path)
-            if gpu_profile.gpu.get("datasheet") == sheet:
-                return ProfileChoice(compose_profile(gpu_profile, spec, str(path)), path, tp, composed=True)
+    found = [(path, load_gpu_profile(path)) for path in sorted(profile_files.SHIPPED_DIR.glob("*.json"))
+             if is_gpu_profile_file(path)]
+    found = [(path, p) for path, p in found if p.gpu.get("datasheet") == sheet]
+    # the engine's default mode (CUDA graphs) first; other modes are picked by name with --profile
+    if found:
+        path, gpu_profile = min(found, key=lambda f: f[1].mode != "cudagraph")
+        return ProfileChoice(compose_profile(gpu_profile, spec, str(path)), path, tp, composed=True)
     raise ProfileError(f"no shipped GPU profile for {sheet}; pass --profile GPU_PROFILE.json")
 
 

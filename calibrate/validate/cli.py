@@ -160,9 +160,10 @@ def tp(
 
 
 def models(
-    lease_dir: Annotated[Path, typer.Argument(
-        metavar="LEASE_DIR", show_default=False,
-        help="A lease's model folders (each holds validation.json), as tests/bench/device_models_lease.sh wrote.")],
+    lease_dirs: Annotated[list[Path], typer.Argument(
+        metavar="LEASE_DIR...", show_default=False,
+        help="Leases' model folders (each holds validation.json), as tests/bench/device_models_lease.sh wrote; "
+             "several leases are pooled (a model in two of them is refused).")],
     ops: Annotated[Path, typer.Option(help="The same lease's operator sweep folder (operators.raw.parquet and "
                                            "operators.meta.json).")],
     out: Annotated[Path, typer.Option(help="The Markdown report; the JSON (same name, .json) and the plot "
@@ -180,7 +181,7 @@ def models(
     """
     from tokenjoule.calibrate.validate.models import write_models_report
 
-    report_ = write_models_report(lease_dir, ops, out, mode)
+    report_ = write_models_report(lease_dirs, ops, out, mode)
     for name, t in report_["targets"].items():
         typer.echo(f"{name}: {t['value']:.1%} (target {t['target']:.0%}{', met' if t['met'] else ''})")
     typer.echo(f"wrote {out}")

@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tokenjoule.calibrate.compose import compose_profile
-from tokenjoule.calibrate.compose_check import compare_points, measured_points, ragged_decode_points
+from tokenjoule.calibrate.compose_check import (
+    compare_points,
+    measured_points,
+    ragged_decode_points,
+    replay_iterations,
+)
 from tokenjoule.calibrate.cost_form import ProfileError
 from tokenjoule.calibrate.gpu_profile import GPUOperatorProfile, build_gpu_profile
 from tokenjoule.calibrate.overhead_fit import fit_overheads
@@ -38,12 +44,19 @@ METRICS = ("energy_total_j", "ttft_p50_s", "tpot_p50_s")
 TARGETS = {"energy_median": 0.03, "energy_max": 0.06, "tpot_p50_median": 0.05, "ttft_p50_median": 0.05}
 
 
-def model_runs(lease_dir: Path) -> list[Path]:
-    """The lease's model folders (each holds a validation.json), sorted by name."""
-    runs = sorted(p.parent for p in lease_dir.glob("*/validation.json"))
-    if not runs:
-        raise ProfileError(f"{lease_dir}: no model folder with a validation.json")
-    return runs
+def model_runs(lease_dir: Path | Sequence[Path]) -> list[Path]:
+    """The leases' model folders (each holds a validation.json), sorted by model name; a model twice is refused."""
+    dirs = [lease_dir] if isinstance(lease_dir, Path) else list(lease_dir)
+    runs: dict[str, Path] = {}
+    for d in dirs:
+        found = sorted(p.parent for p in d.glob("*/validation.json"))
+        if not found:
+            raise ProfileError(f"{d}: no model folder with a validation.json")
+        for run in found:
+            if run.name in runs:
+                raise ProfileError(f"{run}: model {run.name} is also in {runs[run.name]}; pass one lease per model")
+            runs[run.name] = run
+    return [runs[name] for name in sorted(runs)]
 
 
 def gpu_profile_of(ops_dir: Path, mode: str) -> GPUOperatorProfile:
@@ -66,24 +79,27 @@ def replayed_spec(doc: dict[str, Any]) -> ModelSpec:
 def measured_iterations(folder: Path, doc: dict[str, Any]) -> dict[str, Any]:
     """A model folder's measured whole iterations, read once.
 
-    Returns its quick grid's points (`points`), the ragged decode iterations of its warm-up replays (`ragged`), and
-    the two files' names (`files`).
+    Returns its quick grid's points (`points`), the ragged decode iterations of its warm-up replays (`ragged`), every
+    iteration of those warm-up replays (`replays`: their eager iterations and serving-loop host seconds), and the two
+    files' names (`files`). The validation scenarios' iterations are never read here.
     """
     raw = doc["profile"].replace(".json", ".raw.parquet")
     return {"points": measured_points(folder / raw),
-            "ragged": ragged_decode_points(folder / "iterations.parquet"), "files": [raw, "iterations.parquet"]}
+            "ragged": ragged_decode_points(folder / "iterations.parquet"),
+            "replays": replay_iterations(folder / "iterations.parquet"), "files": [raw, "iterations.parquet"]}
 
 
 def fit_on(gpu: GPUOperatorProfile, runs: list[dict[str, Any]], prefix: str = "") -> GPUOperatorProfile:
     """`gpu` with its overheads fitted on the given runs' measured iterations.
 
     Each run needs `dir`, `spec` and `measured_iterations`' keys; `fitted_on` names their files, each under `prefix`
-    and the folder's name.
+    (or the run's own `prefix`) and the folder's name.
     """
     data = [(r["spec"], r["points"]) for r in runs]
     ragged = [(r["spec"], r["ragged"]) for r in runs]
-    files = [f"{prefix}{r['dir'].name}/{f}" for r in runs for f in r["files"]]
-    return dataclasses.replace(gpu, overheads=fit_overheads(gpu, data, files, ragged=ragged))
+    replays = [(r["spec"], r["replays"]) for r in runs]
+    files = [f"{r.get('prefix', prefix)}{r['dir'].name}/{f}" for r in runs for f in r["files"]]
+    return dataclasses.replace(gpu, overheads=fit_overheads(gpu, data, files, ragged=ragged, replays=replays))
 
 
 def fold(gpu: GPUOperatorProfile, held_out: str, runs: dict[str, dict[str, Any]]) -> GPUOperatorProfile:
@@ -120,8 +136,8 @@ def summarize(errors: list[dict[str, float | None]]) -> dict[str, float | None]:
     return out
 
 
-def build_models_report(lease_dir: Path, ops_dir: Path, mode: str = "cudagraph") -> dict[str, Any]:
-    """The leave-one-model-out report of one lease (see the module docstring)."""
+def build_models_report(lease_dir: Path | Sequence[Path], ops_dir: Path, mode: str = "cudagraph") -> dict[str, Any]:
+    """The leave-one-model-out report of one lease, or of several pooled (see the module docstring)."""
     gpu = gpu_profile_of(ops_dir, mode)
     runs = {}
     for path in model_runs(lease_dir):
@@ -134,7 +150,9 @@ def build_models_report(lease_dir: Path, ops_dir: Path, mode: str = "cudagraph")
     pooled = summarize([e for m in models for e in (s["error"] for s in m["scenarios"])])
     checks = {"energy_median": pooled["energy_total_j_median"], "energy_max": pooled["energy_total_j_max"],
               "tpot_p50_median": pooled["tpot_p50_s_median"], "ttft_p50_median": pooled["ttft_p50_s_median"]}
-    return {"kind": "tokenjoule-models-validation", "lease": lease_dir.name, "ops": ops_dir.name, "mode": mode,
+    leases = [lease_dir] if isinstance(lease_dir, Path) else list(lease_dir)
+    return {"kind": "tokenjoule-models-validation", "lease": " + ".join(d.name for d in leases), "ops": ops_dir.name,
+            "mode": mode,
             "gpu": gpu.gpu.get("name"), "host": gpu.host, "models": models, "pooled": pooled,
             "targets": {k: {"target": TARGETS[k], "value": v, "met": v is not None and v <= TARGETS[k]}
                         for k, v in checks.items()}}
@@ -147,7 +165,7 @@ def _pct(value: float | None, signed: bool = False) -> str:
 def render_models_markdown(report: dict[str, Any], plot_name: str) -> str:
     """The report as Markdown: the per-model table, the pooled figures against the targets, every scenario."""
     lines = [f"# Leave-one-model-out validation: {report['gpu']}, {report['mode']}", "",
-             "Generated by `tokenjoule validate models` from the measured files of one device lease "
+             "Generated by `tokenjoule validate models` from the measured files of device leases "
              f"(`{report['lease']}`, operator sweep `{report['ops']}`). Every simulated number here is MODELED: each "
              "model's profile is composed from the GPU's operator fits, with the overhead terms fitted on the *other* "
              "models' measured iterations only. Errors are (simulated - measured) / measured.", "",
@@ -201,7 +219,8 @@ def plot_models(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_models_report(lease_dir: Path, ops_dir: Path, md_path: Path, mode: str = "cudagraph") -> dict[str, Any]:
+def write_models_report(lease_dir: Path | Sequence[Path], ops_dir: Path, md_path: Path,
+                        mode: str = "cudagraph") -> dict[str, Any]:
     """Build the report and write its Markdown, its JSON beside it and its plot beside it (`*_energy.png`)."""
     report = json.loads(json.dumps(build_models_report(lease_dir, ops_dir, mode), default=float))
     md_path.parent.mkdir(parents=True, exist_ok=True)

@@ -129,6 +129,17 @@ def test_cli_composes_for_a_model_without_a_shipped_profile_and_keeps_measured_o
     assert measured["modeled"] is False and measured["cost_model"] == "calibrated"
 
 
+def test_cli_picks_the_eager_gpu_profile_by_its_shipped_name_and_cuda_graphs_by_default():
+    eager = SHIPPED_DIR / "h200-gpu-tokenjoule-eager.json"
+    assert load_gpu_profile(eager).mode == "eager" and load_gpu_profile(H200).mode == "cudagraph"
+    default = json.loads(_simulate("--model", "qwen2.5-32b", "--gpu", "H200-SXM").output)
+    by_name = json.loads(_simulate("--model", "qwen2.5-32b", "--profile", "h200-gpu-tokenjoule-eager").output)
+    assert "h200-gpu-tokenjoule-cudagraph" in default["profile_source"]
+    assert "h200-gpu-tokenjoule-eager" in by_name["profile_source"] and by_name["modeled"] is True
+    # the same requests, every decode step launched from Python: slower per output token than graph replays
+    assert by_name["tpot_p50_s"] > default["tpot_p50_s"]
+
+
 # ---- whole-iteration overheads (GPU profile schema 2) -------------------------------------------------------------
 
 def _synthetic_points(gpu, spec, truth):
@@ -141,16 +152,85 @@ def _synthetic_points(gpu, spec, truth):
             for kind, s in shapes]
 
 
+def _synthetic_replays(gpu, spec, truth):
+    """Warm-up replay iterations priced by `truth`: run time by the composed curve, host time by its serving terms."""
+    from tokenjoule.calibrate.cost_form import IterFeatures
+
+    profile = compose_profile(dataclasses.replace(gpu, overheads=truth), spec)
+    rows = []
+    for pre_tokens, pre_seqs, dec in ((0, 0, 1), (0, 0, 3), (0, 0, 12), (0, 0, 40), (0, 0, 150), (0, 0, 600),
+                                      (2000, 1, 0), (6000, 3, 0), (900, 1, 20), (3000, 2, 90)):
+        f = IterFeatures(pre_tokens + dec, pre_tokens * (pre_tokens + 1) // 2, 0, 400 * dec, dec, pre_seqs,
+                         400 if dec else 0)
+        kind = "mixed" if pre_seqs and dec else "prefill" if pre_seqs else "decode"
+        host = (truth.serving_host_s_per_iteration + truth.serving_host_s_per_seq * (dec + pre_seqs)
+                + truth.serving_host_s_per_prefill_seq * pre_seqs)
+        rows.append({"kind": kind, "features": f, "host_s": host,
+                     "time_s": profile.latency.table().iteration(f, profile.decode_split_rule)})
+    return rows
+
+
 def test_overhead_fit_recovers_known_terms_on_synthetic_iterations():
     gpu = dataclasses.replace(load_gpu_profile(H200), overheads=None)
     truth = IterationOverheads(eager_host_s_per_launch=40e-6, host_wait_power_w=180.0, graph_gap_s_per_layer=45e-6,
-                               graph_gap_power_w=300.0, decode_host_s_per_seq=5e-6)
-    data = [(ModelSpec.from_name(name), _synthetic_points(gpu, ModelSpec.from_name(name), truth))
-            for name in ("llama-3.1-8b", "olmoe-1b-7b")]
-    fit = fit_overheads(gpu, data, ["synthetic"])
+                               graph_gap_power_w=300.0, decode_host_s_per_seq=5e-6, host_exposed_fraction=0.2,
+                               serving_host_s_per_iteration=50e-6, serving_host_s_per_seq=4e-6,
+                               serving_host_s_per_prefill_seq=15e-6)
+    specs = [ModelSpec.from_name(name) for name in ("llama-3.1-8b", "olmoe-1b-7b")]
+    data = [(spec, _synthetic_points(gpu, spec, truth)) for spec in specs]
+    replays = [(spec, _synthetic_replays(gpu, spec, truth)) for spec in specs]
+    fit = fit_overheads(gpu, data, ["synthetic"], replays=replays)
     for name in OVERHEAD_TERMS:
         assert getattr(fit, name) == pytest.approx(getattr(truth, name), rel=0.03), name
     assert fit.fitted_on == ("synthetic",)
+    # without the overlap and without replays, the plain max and no serving time come back, as before these terms
+    plain = dataclasses.replace(truth, host_exposed_fraction=0.0)
+    fit = fit_overheads(gpu, [(spec, _synthetic_points(gpu, spec, plain)) for spec in specs])
+    assert fit.host_exposed_fraction < 0.03 and fit.serving_host_s_per_iteration == 0.0  # the launch grid's step
+    assert fit.eager_host_s_per_launch == pytest.approx(40e-6, rel=0.03)
+
+
+def test_exposed_host_share_and_serving_host_time_price_as_their_physics_says():
+    from tokenjoule.calibrate.cost_form import IterFeatures
+    from tokenjoule.sim.cost import CalibratedCost
+
+    gpu = load_gpu_profile(H200)
+    spec = ModelSpec.from_name("llama-3.1-8b")
+    plain = dataclasses.replace(gpu.overheads, host_exposed_fraction=0.0, serving_host_s_per_iteration=0.0,
+                                serving_host_s_per_seq=0.0, serving_host_s_per_prefill_seq=0.0)
+    base = compose_profile(dataclasses.replace(gpu, overheads=plain), spec)
+    assert base.host_overhead is None
+    bare = compose_profile(dataclasses.replace(gpu, overheads=dataclasses.replace(plain, eager_host_s_per_launch=0.0)),
+                           spec)
+    ov = dataclasses.replace(plain, host_exposed_fraction=0.25, serving_host_s_per_iteration=60e-6,
+                             serving_host_s_per_seq=3e-6, serving_host_s_per_prefill_seq=10e-6)
+    profile = compose_profile(dataclasses.replace(gpu, overheads=ov), spec)
+    host = eager_launches(spec) * ov.eager_host_s_per_launch
+    for tokens in (64, 512, 8192):  # host-bound, near the crossover, GPU-bound
+        i = profile.latency.prefill_knots_tokens.index(float(tokens))
+        gpu_t, gpu_e = bare.latency.prefill_knot_values[i], bare.energy.prefill_knot_values[i]
+        want = max(host, gpu_t) + 0.25 * min(host, gpu_t)
+        assert profile.latency.prefill_knot_values[i] == pytest.approx(want, rel=1e-9)
+        assert profile.energy.prefill_knot_values[i] == pytest.approx(gpu_e + (want - gpu_t) * ov.host_wait_power_w,
+                                                                      rel=1e-9)
+        assert base.latency.prefill_knot_values[i] == pytest.approx(max(host, gpu_t), rel=1e-9)
+    assert host < bare.latency.prefill_knot_values[-1]  # the largest prefill is GPU-bound, the smallest host-bound
+    assert host > bare.latency.prefill_knot_values[0]
+    # decode with CUDA graphs is not eager: the share leaves it alone
+    assert profile.latency.knot_values == base.latency.knot_values
+    # the serving loop's host time joins every iteration in the simulator, the GPU idle meanwhile
+    assert profile.host_overhead.seconds(10, 2) == pytest.approx(60e-6 + 10 * 3e-6 + 2 * 10e-6)
+    f = IterFeatures(100, decode_seqs=100, decode_ctx_tokens=100 * 300)
+    t0, e0 = CalibratedCost(base).iteration(f)
+    t1, e1 = CalibratedCost(profile).iteration(f)
+    assert t1 - t0 == pytest.approx(60e-6 + 100 * 3e-6) and e1 - e0 == pytest.approx((t1 - t0) * gpu.idle_power_w)
+    with pytest.raises(ValueError, match="host_exposed_fraction=1.5 must be <= 1"):
+        dataclasses.replace(ov, host_exposed_fraction=1.5)
+    # a file written before these terms reads them as 0: the old prices
+    new_terms = ("host_exposed_fraction", "serving_host_s_per_iteration", "serving_host_s_per_seq",
+                 "serving_host_s_per_prefill_seq")
+    old = {k: v for k, v in plain.to_dict().items() if k not in new_terms}
+    assert IterationOverheads.from_dict(old) == dataclasses.replace(plain, fitted_on=plain.fitted_on)
 
 
 def test_overheads_raise_composed_costs_where_the_engine_adds_them():
@@ -161,8 +241,11 @@ def test_overheads_raise_composed_costs_where_the_engine_adds_them():
     with_ov, without = compose_profile(shipped, spec), compose_profile(bare, spec)
     small_prefill = IterationShape(prefill=((64, 0),))
     host = eager_launches(spec) * shipped.overheads.eager_host_s_per_launch
-    assert with_ov.cost(small_prefill)[0] == pytest.approx(host + with_ov.latency.coef["prefill_attn_pairs"]
-                                                           * small_prefill.prefill_attn_pairs, rel=1e-6)
+    gpu_t = compose_profile(dataclasses.replace(shipped, overheads=dataclasses.replace(
+        shipped.overheads, eager_host_s_per_launch=0.0)), spec).latency.token_curve(64.0, 1.0)
+    assert with_ov.cost(small_prefill)[0] == pytest.approx(
+        host + shipped.overheads.host_exposed_fraction * gpu_t
+        + with_ov.latency.coef["prefill_attn_pairs"] * small_prefill.prefill_attn_pairs, rel=1e-6)
     decode = IterationShape(decode=(100,) * 4)
     extra = spec.n_layers * shipped.overheads.graph_gap_s_per_layer + 4 * shipped.overheads.decode_host_s_per_seq
     assert with_ov.cost(decode)[0] - without.cost(decode)[0] == pytest.approx(extra, rel=1e-6)
@@ -197,6 +280,7 @@ def test_graph_decode_is_priced_at_its_padded_bucket_and_eager_decode_is_not():
     from tokenjoule.kernels.shape import graph_buckets
 
     gpu = load_gpu_profile(H200)
+    gpu = dataclasses.replace(gpu, overheads=dataclasses.replace(gpu.overheads, host_exposed_fraction=0.0))
     spec = ModelSpec.from_name("olmoe-1b-7b")
     graphs, eager = compose_profile(gpu, spec), compose_profile(dataclasses.replace(gpu, mode="eager"), spec)
     per_seq = gpu.overheads.decode_host_s_per_seq
@@ -217,19 +301,25 @@ def test_graph_decode_is_priced_at_its_padded_bucket_and_eager_decode_is_not():
 
 def test_tail_term_is_recovered_from_ragged_decode_iterations():
     from tokenjoule.calibrate.cost_form import IterFeatures
+    from tokenjoule.calibrate.overhead_fit import _fit_decode
 
     gpu = load_gpu_profile(H200)
     truth = dataclasses.replace(gpu.overheads, decode_tail_s_per_token=7e-9)
-    spec = ModelSpec.from_name("llama-3.1-8b")
-    profile = compose_profile(dataclasses.replace(gpu, overheads=truth), spec)
-    table = profile.latency.table()
-    ragged = []
-    for seqs, mean, longest in ((4, 300, 2000), (24, 800, 4000), (40, 1200, 3000), (64, 500, 6000)):
-        f = IterFeatures(seqs, 0, 0, seqs * mean, seqs, 0, longest)
-        ragged.append({"features": f, "time_s": table.iteration(f, profile.decode_split_rule)})
-    base = dataclasses.replace(gpu, overheads=dataclasses.replace(truth, decode_tail_s_per_token=0.0))
-    from tokenjoule.calibrate.overhead_fit import _fit_tail
-
-    assert _fit_tail(base, [(spec, ragged)])["decode_tail_s_per_token"] == pytest.approx(7e-9, rel=1e-6)
-    assert profile.latency.coef["decode_tail_ctx_tokens"] == pytest.approx(7e-9 * spec.n_layers)
-    assert _fit_tail(base, []) == {}
+    specs = [ModelSpec.from_name(name) for name in ("llama-3.1-8b", "olmoe-1b-7b")]
+    data, ragged = [], []
+    for spec in specs:
+        profile = compose_profile(dataclasses.replace(gpu, overheads=truth), spec)
+        table = profile.latency.table()
+        points = []
+        for seqs, mean, longest in ((4, 300, 2000), (24, 800, 4000), (40, 1200, 3000), (64, 500, 6000)):
+            f = IterFeatures(seqs, 0, 0, seqs * mean, seqs, 0, longest)
+            points.append({"features": f, "time_s": table.iteration(f, profile.decode_split_rule)})
+        ragged.append((spec, points))
+        data.append((spec, _synthetic_points(gpu, spec, truth)))
+    fit = _fit_decode(dataclasses.replace(gpu, overheads=None), data, ragged)
+    assert fit["decode_tail_s_per_token"] == pytest.approx(7e-9, rel=1e-3)
+    assert fit["graph_gap_s_per_layer"] == pytest.approx(truth.graph_gap_s_per_layer, rel=1e-3)
+    assert fit["decode_host_s_per_seq"] == pytest.approx(truth.decode_host_s_per_seq, rel=1e-3)
+    profile = compose_profile(dataclasses.replace(gpu, overheads=truth), specs[0])
+    assert profile.latency.coef["decode_tail_ctx_tokens"] == pytest.approx(7e-9 * specs[0].n_layers)
+    assert _fit_decode(gpu, [], []) == {}

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tokenjoule.calibrate.compose import compose_profile
+from tokenjoule.calibrate.overhead_fit import _fit_serving_host
 from tokenjoule.calibrate.validate.models import fold, gpu_profile_of, measured_iterations, replayed_spec
 from tokenjoule.calibrate.validate.report import load_run, measured_metrics, scenario_rows, simulate
 from tokenjoule.cli import app
@@ -52,7 +53,14 @@ def test_each_model_is_priced_by_a_fold_that_never_saw_it(two_model_lease: Path,
     assert ModelSpec.from_name("olmoe-1b-7b").max_position_embeddings == 4096
     assert runs["olmoe-1b-7b"]["spec"].max_position_embeddings == 8192
     gpu = gpu_profile_of(OPS, "cudagraph")
-    profile = compose_profile(fold(gpu, "olmoe-1b-7b", runs), runs["olmoe-1b-7b"]["spec"])
+    folded = fold(gpu, "olmoe-1b-7b", runs)
+    # the fold's replay-fitted terms come from the other model's warm-up replays alone, never the held-out one's
+    assert all(r["kind"] in ("decode", "prefill", "mixed") for r in runs["llama-3.2-1b"]["replays"])
+    only_other = _fit_serving_host(runs["llama-3.2-1b"]["replays"])
+    assert folded.overheads.serving_host_s_per_iteration == only_other["serving_host_s_per_iteration"] > 0
+    assert only_other != _fit_serving_host(runs["olmoe-1b-7b"]["replays"])
+    profile = compose_profile(folded, runs["olmoe-1b-7b"]["spec"])
+    assert profile.host_overhead is not None
     run = runs["olmoe-1b-7b"]
     sc = run["doc"]["scenarios"][0]
     rows = scenario_rows(run["requests"], sc["scenario"]["name"])
@@ -68,3 +76,18 @@ def test_a_lease_replayed_in_another_mode_is_refused(two_model_lease: Path, tmp_
     assert result.exit_code != 0 and "replayed in cudagraph mode, not eager" in result.output
     assert not (tmp_path / "m.md").exists()
     assert dataclasses.is_dataclass(gpu_profile_of(OPS, "eager"))
+
+
+def test_several_leases_pool_their_models_and_a_model_in_two_is_refused(two_model_lease: Path, tmp_path: Path):
+    from tokenjoule.calibrate.cost_form import ProfileError
+    from tokenjoule.calibrate.validate.models import model_runs
+
+    other = tmp_path / "other_lease"
+    other.mkdir()
+    (other / "qwen2.5-7b").symlink_to(LEASE / "qwen2.5-7b", target_is_directory=True)
+    assert [p.name for p in model_runs([two_model_lease, other])] == ["llama-3.2-1b", "olmoe-1b-7b", "qwen2.5-7b"]
+    (other / "olmoe-1b-7b").symlink_to(LEASE / "olmoe-1b-7b", target_is_directory=True)
+    with pytest.raises(ProfileError, match="model olmoe-1b-7b is also in"):
+        model_runs([two_model_lease, other])
+    with pytest.raises(ProfileError, match="no model folder"):
+        model_runs(tmp_path / "empty")
