@@ -44,8 +44,10 @@ def refit_profile(path: str | Path) -> GPUProfile:
 
 
 def refit_from_rows(profile: GPUProfile, rows: list[dict]) -> GPUProfile:
-    """`profile` with curves, fit errors, idle power and (launch-bound only) host band fitted to `rows` (raw sweep
-    rows), the rest as it was."""
+    """`profile` with curves, fit errors, idle power and host band (launch-bound only) fitted to `rows`.
+
+    `rows` are raw sweep rows; the rest of the profile stays as it was.
+    """
     fitted = fit_rows(rows, rule=profile.decode_split_rule)
     return dataclasses.replace(profile, latency=fitted["latency"], energy=fitted["energy"],
                                fit_errors=fitted["fit_errors"], idle_power_w=fitted["idle_power_w"],
