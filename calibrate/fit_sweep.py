@@ -16,7 +16,7 @@ import numpy as np
 
 from tokenjoule.calibrate.cost_form import FEATURES, REGIME, DecodeSplitRule, shape_features
 from tokenjoule.calibrate.fit import choose_knots, fit_curve
-from tokenjoule.calibrate.profile import GPUProfile, HostOverhead
+from tokenjoule.calibrate.profile import GPUProfile, HostBand, HostOverhead
 from tokenjoule.calibrate.sweep.generate import derive_fit_rows
 from tokenjoule.calibrate.sweep.iterations import shape_from_row
 from tokenjoule.kernels.shape import MAX_SPLITS, TARGET_PROGRAMS
@@ -98,6 +98,34 @@ def idle_power(rows: Sequence[dict[str, Any]]) -> float:
     return float(statistics.median(idle))
 
 
+MIN_BAND_WINDOWS = 10  # fewer repeated windows than this give no band: their percentiles would be two or three windows
+
+
+def host_band(rows: Sequence[dict[str, Any]]) -> HostBand | None:
+    """The p10-p90 spread of the sweep's repeated windows around their point's median (`HostBand`), or None.
+
+    Every ok window of a point measured more than once counts (idle windows aside), as the raw file holds it (a
+    generate() call is one window): the spread is the host-speed phases the calibration itself ran through.
+    """
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] == "ok" and row["kind"] != "idle" and row["energy_per_step_j"] is not None:
+            groups[row["point_id"]].append(row)
+    repeated = [g for g in groups.values() if len(g) > 1]
+    time_r, energy_r = [], []
+    for group in repeated:
+        t_med = statistics.median(r["step_time_s"] for r in group)
+        e_med = statistics.median(r["energy_per_step_j"] for r in group)
+        time_r += [r["step_time_s"] / t_med for r in group]
+        energy_r += [r["energy_per_step_j"] / e_med for r in group]
+    if len(time_r) < MIN_BAND_WINDOWS:
+        return None
+    t10, t90 = np.percentile(time_r, [10, 90])
+    e10, e90 = np.percentile(energy_r, [10, 90])
+    return HostBand(float(min(t10, 1.0)), float(max(t90, 1.0)), float(min(e10, 1.0)), float(max(e90, 1.0)),
+                    len(time_r), len(repeated))
+
+
 def build_profile(rows: Sequence[dict[str, Any]], *, spec: ModelSpec, engine: str, mode: str, tp: int,
                   kv_capacity_tokens: int, gpu: dict[str, Any], host: dict[str, Any], software: dict[str, Any],
                   method: dict[str, Any], raw_path: str | None, notes: str = "", folds: int = 5,
@@ -105,12 +133,13 @@ def build_profile(rows: Sequence[dict[str, Any]], *, spec: ModelSpec, engine: st
                   decode_split_rule: DecodeSplitRule | None = None) -> GPUProfile:
     """Fit the rows and assemble the GPUProfile (dated now, UTC)."""
     fitted = fit_rows(rows, folds=folds, rule=decode_split_rule)
+    launch_bound = engine == "hf" or mode == "eager"  # as GPUProfile.launch_bound
     return GPUProfile(gpu=gpu, host=host, software=software, method=method,
                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"), engine=engine, mode=mode,
                       model=spec, tp=tp, idle_power_w=fitted["idle_power_w"], kv_capacity_tokens=kv_capacity_tokens,
                       latency=fitted["latency"], energy=fitted["energy"], fit_errors=fitted["fit_errors"],
                       raw_path=raw_path, notes=notes, host_overhead=host_overhead,
-                      decode_split_rule=decode_split_rule)
+                      decode_split_rule=decode_split_rule, host_band=host_band(rows) if launch_bound else None)
 
 
 def tokenjoule_split_rule(spec: ModelSpec, tp: int) -> DecodeSplitRule:

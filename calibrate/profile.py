@@ -115,6 +115,51 @@ class HostOverhead:
 
 
 @dataclass(frozen=True, slots=True)
+class HostBand:
+    """How far a launch-bound profile's own repeated windows strayed from their point's median: a p10-p90 band.
+
+    A launch-bound engine (eager, HF `generate()`) waits on its host, whose speed drifts in phases (the same step ran
+    16 ms in one minute and 35 ms in the next); the calibration samples its own mix of those phases. Each ratio is one
+    window's time (or energy) per step over the median of its point's repeats, pooled over every repeated point.
+
+    Attributes:
+        time_p10: 10th percentile of the windows' time ratios (e.g. 0.85).
+        time_p90: 90th percentile of the time ratios.
+        energy_p10: 10th percentile of the energy ratios.
+        energy_p90: 90th percentile of the energy ratios.
+        windows: how many windows the ratios pool.
+        points: how many repeated points they come from.
+    """
+
+    time_p10: float
+    time_p90: float
+    energy_p10: float
+    energy_p90: float
+    windows: int
+    points: int
+
+    def __post_init__(self) -> None:
+        for lo, hi, name in ((self.time_p10, self.time_p90, "time"), (self.energy_p10, self.energy_p90, "energy")):
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= 1 <= hi):
+                raise ProfileError(f"host_band {name} p10={lo}, p90={hi} must be finite with 0 < p10 <= 1 <= p90")
+
+    def around(self, value: float, share: float, which: str) -> tuple[float, float]:
+        """(low, high) of `value` when the part `share` (0-1) of it moves by the band's `which` ("time"/"energy")."""
+        lo, hi = (self.time_p10, self.time_p90) if which == "time" else (self.energy_p10, self.energy_p90)
+        return value * (1 + share * (lo - 1)), value * (1 + share * (hi - 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HostBand:
+        """Build from `to_dict`'s form."""
+        return cls(float(data["time_p10"]), float(data["time_p90"]), float(data["energy_p10"]),
+                   float(data["energy_p90"]), int(data["windows"]), int(data["points"]))
+
+
+@dataclass(frozen=True, slots=True)
 class MeasuredRange:
     """The largest iterations a profile's curves were fitted on, per dimension; anything larger is extrapolated.
 
@@ -194,6 +239,8 @@ class GPUProfile:
             from before it was; the simulator then adds none).
         decode_split_rule: the engine's decode split rule (prices the longest context), or None: an engine without
             one (HF) or a profile from before it was recorded.
+        host_band: for a launch-bound profile (`launch_bound`), the spread of host speed its calibration observed
+            (`HostBand`); None for other profiles and for profiles built before it was recorded.
     """
 
     gpu: dict[str, Any]
@@ -214,6 +261,7 @@ class GPUProfile:
     notes: str = ""
     host_overhead: HostOverhead | None = None
     decode_split_rule: DecodeSplitRule | None = None
+    host_band: HostBand | None = None
 
     def __post_init__(self) -> None:
         if self.tp < 1:
@@ -227,6 +275,11 @@ class GPUProfile:
     def datasheet(self) -> GPUSpec:
         """The GPU's datasheet numbers (peak FLOP/s, bandwidth, TDP)."""
         return gpu_spec(str(self.gpu.get("datasheet", "H100-SXM")))
+
+    @property
+    def launch_bound(self) -> bool:
+        """Whether its engine launches every step from Python (eager mode, or HF `generate()`): host speed prices it."""
+        return self.engine == "hf" or self.mode == "eager"
 
     @property
     def label(self) -> str:
@@ -268,6 +321,8 @@ class GPUProfile:
             out["host_overhead"] = self.host_overhead.to_dict()
         if self.decode_split_rule is not None:
             out["decode_split_rule"] = dataclasses.asdict(self.decode_split_rule)
+        if self.host_band is not None:
+            out["host_band"] = self.host_band.to_dict()
         return out
 
     @classmethod
@@ -291,6 +346,7 @@ class GPUProfile:
                 host_overhead=HostOverhead.from_dict(data["host_overhead"]) if data.get("host_overhead") else None,
                 decode_split_rule=DecodeSplitRule(**{k: int(v) for k, v in data["decode_split_rule"].items()})
                 if data.get("decode_split_rule") else None,
+                host_band=HostBand.from_dict(data["host_band"]) if data.get("host_band") else None,
             )
             profile.check_physical()
         except KeyError as err:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tokenjoule.calibrate.cost_form import ProfileError
-from tokenjoule.calibrate.fit_sweep import fit_rows
+from tokenjoule.calibrate.fit_sweep import fit_rows, host_band
 from tokenjoule.calibrate.profile import GPUProfile, load_profile, resolve_profile_path
 from tokenjoule.calibrate.sweep.iterations import read_rows
 
@@ -44,7 +44,11 @@ def refit_profile(path: str | Path) -> GPUProfile:
 
 
 def refit_from_rows(profile: GPUProfile, rows: list[dict]) -> GPUProfile:
-    """`profile` with curves, fit errors and idle power fitted to `rows` (raw sweep rows), the rest as it was."""
+    """`profile` with curves, fit errors, idle power and host band (launch-bound only) fitted to `rows`.
+
+    `rows` are raw sweep rows; the rest of the profile stays as it was.
+    """
     fitted = fit_rows(rows, rule=profile.decode_split_rule)
     return dataclasses.replace(profile, latency=fitted["latency"], energy=fitted["energy"],
-                               fit_errors=fitted["fit_errors"], idle_power_w=fitted["idle_power_w"])
+                               fit_errors=fitted["fit_errors"], idle_power_w=fitted["idle_power_w"],
+                               host_band=host_band(rows) if profile.launch_bound else None)

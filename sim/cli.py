@@ -253,6 +253,11 @@ def check_policy_flags(policy: str, static_only: dict[str, Any], not_static: dic
         raise ConfigError(f"{given[0]}: only --policy {readers} {verb} it (this run is --policy {policy}); drop it")
 
 
+def _band(band: list[float] | None, spec: str) -> str:
+    """' (p10-p90 LO-HI, launch-bound host band)' after a figure a profile's host band spreads, else ''."""
+    return "" if band is None else f" (p10-p90 {band[0]:{spec}}-{band[1]:{spec}}, launch-bound host band)"
+
+
 def _summary_table(summary: dict[str, Any], title: str, tp_modeled: bool) -> Table:
     def fmt(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -268,8 +273,9 @@ def _summary_table(summary: dict[str, Any], title: str, tp_modeled: bool) -> Tab
         ("requests finished / rejected", f"{s['finished']:,} / {s['rejected']:,}"),
         *([("  rejected by reason", ", ".join(f"{reason} {n:,}" for reason, n in s["rejected_by_reason"].items()))]
           if s["rejected"] else []),
-        ("duration", f"{fmt(s['duration_s'], ',.1f')} s"),
-        ("energy", f"{fmt(s['kwh'], '.4f')} kWh ({fmt(s['energy_total_j'], ',.0f')} J)"),
+        ("duration", f"{fmt(s['duration_s'], ',.1f')} s{_band(s.get('duration_band_s'), ',.1f')}"),
+        ("energy", f"{fmt(s['kwh'], '.4f')} kWh ({fmt(s['energy_total_j'], ',.0f')} J)"
+                   f"{_band(s.get('energy_band_j'), ',.0f')}"),
         ("  GPU busy / idle", f"{fmt(s['gpu_busy_j'], ',.0f')} / {fmt(s['gpu_idle_j'], ',.0f')} J"),
         ("J per request", fmt(s["j_per_request"], ",.2f")),
         ("J per token / per output token", f"{fmt(s['j_per_token'], '.4f')} / {fmt(s['j_per_output_token'], '.4f')}"),

@@ -292,9 +292,31 @@ def _result(config: SimConfig, trace: Trace, cost: CostModel, reps: list[Replica
                           trace.column("input_tokens"), trace.column("output_tokens"))
     summary = summarize(table, energy, end_s, len(reps), config.tp, busy_s, config.slo_ttft_s, config.slo_tpot_s)
     summary.update(_identity(config, cost))
+    summary.update(host_band_keys(summary, cost.profile))
     summary["notes"] = run_notes(table, summary, ledger.range_tally, _served_model(cost))
     return SimResult(config, summary, table, timeline, tuple(log) if log is not None else None,
                      iterations.table(end_s, len(reps), idle_w) if iterations is not None else None)
+
+
+BAND_SOURCE = "launch-bound host band"
+
+
+def host_band_keys(summary: dict[str, Any], profile: GPUProfile | None) -> dict[str, Any]:
+    """`energy_band_j`, `duration_band_s` ([p10, p90]) and `band_source`; None each without a profile's host band.
+
+    The band moves only what the host's speed moves: the GPU's busy energy (with its share of PUE) by the band's
+    energy ratios, and the run's duration by its time ratios in proportion to the replicas' utilization (an idle
+    gap waits on arrivals, not on the host). Idle energy is held as simulated.
+    """
+    band = profile.host_band if profile is not None else None
+    if band is None:
+        return {"energy_band_j": None, "duration_band_s": None, "band_source": None}
+    total_j, before_pue = summary["energy_total_j"], summary["gpu_busy_j"] + summary["gpu_idle_j"] + summary["host_j"]
+    busy_share = summary["gpu_busy_j"] / before_pue if before_pue else 0.0
+    return {"energy_band_j": list(band.around(total_j, busy_share, "energy")),
+            "duration_band_s": list(band.around(summary["duration_s"], summary["utilization"] or 0.0, "time")),
+            "band_source": f"{BAND_SOURCE}: p10-p90 of {band.windows} repeated calibration windows "
+                           f"({band.points} points) around their medians"}
 
 
 def _served_model(cost: CostModel) -> ModelSpec:

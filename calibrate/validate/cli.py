@@ -113,6 +113,33 @@ def report(
     typer.echo("wrote " + ", ".join(str(p) for p in output_paths(out).values()))
 
 
+def hosts(
+    run_dirs: Annotated[list[Path] | None, typer.Argument(
+        metavar="[RUN_DIR]...", show_default=False,
+        help="Launch-bound run folders (each holds validation.json); default: every one under validation/.")] = None,
+    out: Annotated[Path, typer.Option(help="The Markdown report; the JSON (same name, .json) goes beside it.")]
+    = Path("docs/validation_hosts.md"),
+) -> None:
+    """Launch-bound engines across hosts: how often measured replays fall inside the profile's p10-p90 host band.
+
+    Each launch-bound run (eager, HF generate()) is simulated with its own host's profile and each other host's of
+    the same setup; also per host, the host time of eager decode steps beside the CUDA-graph profile's GPU time.
+
+    Example:
+        tokenjoule validate hosts
+        tokenjoule validate hosts validation/h200_2026-12-02_hf2 validation/h200_2026-12-03_hf3 --out /tmp/hosts.md
+    """
+    from tokenjoule.calibrate.validate.host_bands import write_report
+    from tokenjoule.calibrate.validate.report import run_folders
+
+    report_ = write_report(run_folders(tuple(run_dirs)) if run_dirs else None, out)
+    for c in report_["coverage"]:
+        if c["engine"] == "all":
+            typer.echo(f"{c['source']}: energy {c['energy_inside']:.0%}, time {c['time_inside']:.0%} inside the "
+                       f"band over {c['n']} scenarios (target {report_['target_inside']:.0%})")
+    typer.echo(f"wrote {out} and {out.with_suffix('.json')}")
+
+
 def agreement(
     out: Annotated[Path, typer.Option(help="The Markdown report.")] = Path("docs/agreement.md"),
     requests: Annotated[int, typer.Option(min=1, help="Requests per synthetic trace (times the replicas for the "
@@ -208,6 +235,7 @@ def paper(
 
 
 app.command("report")(report)
+app.command("hosts")(hosts)
 app.command("agreement")(agreement)
 app.command("tp")(tp)
 app.command("models")(models)

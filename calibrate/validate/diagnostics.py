@@ -45,7 +45,7 @@ def rel_error(sim: float | None, measured: float | None) -> float | None:
     return (sim - measured) / measured
 
 
-def _predicted_run_s(its: pa.Table, profile: GPUProfile) -> tuple[np.ndarray, np.ndarray]:
+def predicted_run_s(its: pa.Table, profile: GPUProfile) -> tuple[np.ndarray, np.ndarray]:
     """Per iteration: the profile's predicted forward-pass seconds and joules (no host time)."""
     feats = {f: its.column(f).to_numpy().astype(np.float64) for f in FEATURES if f in its.column_names}
     if "decode_max_ctx_tokens" in its.column_names:  # recorded since the 2026-12-02 run3; older runs lack it
@@ -74,7 +74,7 @@ def iteration_check(its: pa.Table, profile: GPUProfile, duration_s: float) -> di
     Also split by iteration kind (prefill-only, decode-only, mixed = prefill chunks beside decodes): measured and
     predicted GPU-run seconds, and host seconds per iteration outside `ModelRunner.run`.
     """
-    t_pred, e_pred = _predicted_run_s(its, profile)
+    t_pred, e_pred = predicted_run_s(its, profile)
     run_col = its.column("run_s").to_numpy()
     host_col = its.column("host_s").to_numpy()
     run_s, host_s, busy_pred = float(run_col.sum()), float(host_col.sum()), float(np.sum(t_pred))
@@ -123,7 +123,7 @@ def iteration_bins(its: pa.Table, profile: GPUProfile) -> dict[str, list[dict[st
     Decode-only iterations are binned by batch size (sequences), mixed ones by prefill chunk size (new prefill
     tokens in the iteration); bins are [lo, hi).
     """
-    t_pred, _ = _predicted_run_s(its, profile)
+    t_pred, _ = predicted_run_s(its, profile)
     run_s = its.column("run_s").to_numpy()
     kinds = _kinds(its)
     dec, mix = kinds["decode"], kinds["mixed"]
@@ -135,7 +135,7 @@ def iteration_bins(its: pa.Table, profile: GPUProfile) -> dict[str, list[dict[st
 
 def stall_counts(its: pa.Table, profile: GPUProfile, scenarios: list[str]) -> dict[str, Any]:
     """Stalls among a run's iterations: in its warm-up replays, and in its scenarios (with their excess seconds)."""
-    t_pred, _ = _predicted_run_s(its, profile)
+    t_pred, _ = predicted_run_s(its, profile)
     run_s = its.column("run_s").to_numpy()
     stall = _stalls(run_s, t_pred)
     names = set(scenarios)

@@ -131,9 +131,14 @@ def _raw_maxima(path) -> tuple[int, int, int, int]:
 
     rows = [r for r in pq.read_table(path).to_pylist() if r["status"] == "ok" and r["kind"] != "idle"]
     prefill = [r for r in rows if r["has_prefill"]]
-    return (max(r["decode_seqs"] for r in rows), max(r["new_tokens"] for r in prefill),
+    # a generate() call (kind "generate") prefills its prompts, then decodes them to prompt + output_tokens - 1
+    calls = [(json.loads(r["prefill_json"]), r["output_tokens"]) for r in rows if r["kind"] == "generate"]
+    decoding = [(prompts, out) for prompts, out in calls if out > 1]
+    return (max([r["decode_seqs"] for r in rows] + [len(prompts) for prompts, _ in decoding]),
+            max(r["new_tokens"] for r in prefill),
             max(c + before for r in prefill for c, before in json.loads(r["prefill_json"])),
-            max(c for r in rows for c in json.loads(r["decode_json"])))
+            max([c for r in rows for c in json.loads(r["decode_json"] or "[]")]
+                + [c + out - 1 for prompts, out in decoding for c, _ in prompts]))
 
 
 def test_measured_range_of_each_shipped_profile_is_what_its_raw_sweep_measured():
