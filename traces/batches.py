@@ -35,6 +35,18 @@ class RowBatch(NamedTuple):
     request_id: np.ndarray | None  # int64 ids from the source, None when it has none (ids are then row numbers)
 
 
+def kept_rows(batch: RowBatch, zero_output: str) -> tuple[RowBatch, np.ndarray | None]:
+    """A block's rows after `--zero-output` ("drop": rows with 0 output tokens go), and the kept rows' positions.
+
+    Returns:
+        (kept rows, None when every row is kept, else the positions of the kept ones in `batch`).
+    """
+    if zero_output != "drop" or bool(np.all(batch.output_tokens != 0)):
+        return batch, None
+    rows = np.flatnonzero(batch.output_tokens != 0)
+    return RowBatch(*(None if a is None else a[rows] for a in batch)), rows
+
+
 class BatchReader:
     """Read a trace file once, block by block, with the load options applied; the counts fill in as rows pass.
 
@@ -73,13 +85,10 @@ class BatchReader:
                                                    self.block_bytes):
                 conv = convert(table, plan.cmap, plan.source, self.rows_read, ref)
                 ref = conv.ref
-                kept = RowBatch(conv.arrival_s if clock is None else clock.next(table.num_rows),
-                                conv.input_tokens, conv.output_tokens, conv.request_id)
-                rows = None  # all rows kept; else the positions of the kept ones
-                if opts.zero_output == "drop" and not bool(np.all(conv.output_tokens != 0)):
-                    rows = np.flatnonzero(conv.output_tokens != 0)
-                    self.rows_dropped += table.num_rows - len(rows)
-                    kept = RowBatch(*(None if a is None else a[rows] for a in kept))
+                kept, rows = kept_rows(RowBatch(conv.arrival_s if clock is None else clock.next(table.num_rows),
+                                                conv.input_tokens, conv.output_tokens, conv.request_id),
+                                       opts.zero_output)
+                self.rows_dropped += table.num_rows - len(kept.arrival_s)
                 if clock is not None and plan.cmap.rezero and len(kept.arrival_s):
                     first_kept = kept.arrival_s[0] if first_kept is None else first_kept
                     kept = kept._replace(arrival_s=kept.arrival_s - first_kept)

@@ -4,7 +4,7 @@ The estimates are those of one streamed pass (`projection.project`), to float ro
 
 Covers:
 - Shards (`plan_shards`): runs of consecutive row groups, a few per worker. One task per shard (`scan_shard`) reads
-  its rows as the streamed pass does (`stream.kept_rows`, arrivals relative to the file's first row) into the
+  its rows as the streamed pass does (`batches.kept_rows`, arrivals relative to the file's first row) into the
   estimators' sums (`StreamSums`: bin counts, FLOPs, per-window terms), and records what the window walk needs to
   find rows later: each row group's kept rows and arrival span, and the rows before every window edge and pad edge
   (`EdgeCounts`).
@@ -50,8 +50,9 @@ from tokenjoule.sim.project.load_aware import (
     operating_point,
 )
 from tokenjoule.sim.project.projection import Pricing, ProjectConfig, Projection, StreamSums, project, projection_of
-from tokenjoule.sim.project.stream import Batch, StreamInfo, goes_back, kept_rows
+from tokenjoule.sim.project.stream import Batch, StreamInfo, goes_back
 from tokenjoule.sim.run import SimConfig
+from tokenjoule.traces.batches import RowBatch, kept_rows
 from tokenjoule.traces.columns import Converted, convert
 from tokenjoule.traces.files import located_rows
 from tokenjoule.traces.loaders import LoadOptions, LoadPlan, plan_load
@@ -90,7 +91,10 @@ class TraceFile:
                 with located_rows(self.plan.sniffed):  # a bad value names its row as the one-pass reader does
                     conv = convert(pa.Table.from_batches([batch]), self.plan.cmap, self.plan.source, row0, self.ref)
                 row0 += batch.num_rows
-                yield (conv, *kept_rows(conv, self.zero_output))
+                kept, _ = kept_rows(RowBatch(conv.arrival_s, conv.input_tokens, conv.output_tokens, None),
+                                    self.zero_output)
+                dropped = batch.num_rows - len(kept.arrival_s)
+                yield conv, (kept.arrival_s, kept.input_tokens, kept.output_tokens), dropped
         except pa.ArrowInvalid as err:
             raise TraceFormatError(f"{self.plan.source}: {str(err).strip().splitlines()[0]}") from err
 

@@ -19,7 +19,6 @@ import numpy as np
 
 from tokenjoule.traces.batches import BatchReader
 from tokenjoule.traces.checks import TraceNote
-from tokenjoule.traces.columns import Converted
 from tokenjoule.traces.files import iter_batches
 from tokenjoule.traces.loaders import LoadOptions, plan_load, read_planned
 from tokenjoule.traces.schema import Trace, TraceFormatError, TraceOptionError
@@ -104,16 +103,6 @@ class FileStream:
 def goes_back(arrival_s: np.ndarray, last_s: float) -> bool:
     """True when a block's arrivals (after `last_s`, the previous block's last) are out of order."""
     return bool(len(arrival_s)) and (arrival_s[0] < last_s or bool(np.any(np.diff(arrival_s) < 0)))
-
-
-def kept_rows(conv: Converted, zero_output: str) -> tuple[Batch, int]:
-    """A converted block's canonical rows (0-output rows dropped if `zero_output` is "drop"), and how many dropped."""
-    arrival, inp, out = conv.arrival_s, conv.input_tokens, conv.output_tokens
-    if zero_output == "drop":
-        keep = out != 0
-        if not keep.all():
-            return (arrival[keep], inp[keep], out[keep]), int(len(keep) - keep.sum())
-    return (arrival, inp, out), 0
 
 
 def run_stream(stream: FileStream, consume: Callable[[Iterator[Batch]], object]) -> object:
