@@ -17,7 +17,7 @@ import numpy as np
 from tokenjoule.calibrate.cost_form import FEATURES, REGIME, DecodeSplitRule, shape_features
 from tokenjoule.calibrate.fit import choose_knots, fit_curve
 from tokenjoule.calibrate.profile import GPUProfile, HostBand, HostOverhead
-from tokenjoule.calibrate.sweep.generate import derive_fit_rows
+from tokenjoule.calibrate.sweep.generate import derive_fit_rows, warm_rows
 from tokenjoule.calibrate.sweep.iterations import shape_from_row
 from tokenjoule.kernels.shape import MAX_SPLITS, TARGET_PROGRAMS
 from tokenjoule.kernels.spec import ModelSpec
@@ -105,10 +105,11 @@ def host_band(rows: Sequence[dict[str, Any]]) -> HostBand | None:
     """The p10-p90 spread of the sweep's repeated windows around their point's median (`HostBand`), or None.
 
     Every ok window of a point measured more than once counts (idle windows aside), as the raw file holds it (a
-    generate() call is one window): the spread is the host-speed phases the calibration itself ran through.
+    generate() call is one window): the spread is the host-speed phases the calibration itself ran through. Cold
+    generate() windows (`generate.warm_rows`) are left out, as the fit leaves them out.
     """
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
+    for row in warm_rows(rows):
         if row["status"] == "ok" and row["kind"] != "idle" and row["energy_per_step_j"] is not None:
             groups[row["point_id"]].append(row)
     repeated = [g for g in groups.values() if len(g) > 1]

@@ -28,7 +28,7 @@ from tokenjoule.calibrate.measure.meters import EnergyMeter, NVMLMeter, make_met
 from tokenjoule.calibrate.measure.sampler import PowerSampler
 from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate, resolve_build_runner
 from tokenjoule.calibrate.profile import GPUProfile
-from tokenjoule.calibrate.recalibrate import SHORT_GRID
+from tokenjoule.calibrate.recalibrate import SHORT_GENERATE_GRID, SHORT_GRID
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner, measure_generate_run
 from tokenjoule.calibrate.sweep.grid import GridConfig
@@ -45,18 +45,19 @@ def run_calibration(model: str, engine: str, mode: str, out: str | Path, *, quic
                     base: GPUProfile | None = None, base_rows: Sequence[dict[str, Any]] = ()) -> GPUProfile:
     """Calibrate one (model, engine, mode) on real GPUs and save the profile at `out`.
 
-    With `base`, a short re-calibration: the few points of `recalibrate.SHORT_GRID`, and `base` re-scaled to them
-    (against `base_rows`, its raw rows, where given).
+    With `base`, a short re-calibration: the few points of `recalibrate.SHORT_GRID` (engine "hf":
+    `SHORT_GENERATE_GRID`, the host check), and `base` re-scaled to them (against `base_rows`, its raw rows, where
+    given).
 
     Engine "hf" is calibrated through generate() (a GenerateGrid); with `check_path`, one generate(4, 1024, 128)
     run is then measured on the same model and written there with the profile's prediction of it.
     """
     hf = engine == "hf"
     grid_cls = GenerateGrid if hf else GridConfig
-    if base is not None and (quick or hf):
-        raise ConfigError("--short-from re-scales a tokenjoule-engine profile from its own short grid; it takes "
-                          "neither --quick nor engine hf")
-    grid = SHORT_GRID if base is not None else grid_cls.quick() if quick else grid_cls()
+    if base is not None and quick:
+        raise ConfigError("--short-from re-scales a profile from its own short grid; it does not take --quick")
+    short = SHORT_GENERATE_GRID if hf else SHORT_GRID
+    grid = short if base is not None else grid_cls.quick() if quick else grid_cls()
     config = CalibrationConfig(engine=engine, mode=mode, gpu_indices=tuple(gpu_indices), grid=grid,
                                gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                                max_num_batched_tokens=max_num_batched_tokens)

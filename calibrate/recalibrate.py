@@ -28,6 +28,7 @@ from tokenjoule.calibrate.cost_form import CostCurve, ProfileError
 from tokenjoule.calibrate.fit_sweep import aggregate_points, idle_power
 from tokenjoule.calibrate.measure.machine import gpu_uuids, host_info, software_info
 from tokenjoule.calibrate.profile import GPUProfile, HostOverhead
+from tokenjoule.calibrate.sweep.generate import GenerateGrid, derive_fit_rows
 from tokenjoule.calibrate.sweep.grid import GridConfig, grid_points
 from tokenjoule.calibrate.sweep.iterations import read_rows
 from tokenjoule.kernels.spec import ModelSpec
@@ -39,6 +40,12 @@ SHORT_GRID = GridConfig(prefill_batches=(1, 4), prefill_lengths_tokens=(1024, 20
                         decode_ragged=((128, 1, 8192, 256),), mixed_chunks=((2048, 0),), mixed_decodes=((64, 2048),),
                         settle_s=10.0)
 SHORT_POINTS = tuple(p.point_id for p in grid_points(SHORT_GRID, 1 << 20, 1 << 30, 1 << 16))
+# The host check of Hugging Face generate(): four (B, L) points of the full generate() grid, both calls each, two
+# interleaved windows, no thermal settling (generate() is launch-bound: the host, not the GPU's temperature, sets its
+# pace): about half a minute on an H200, where the full sweep takes four. The budget is a cap that lets each point
+# pass the planner's per-point share (`generate.POINT_SHARE`); four points do not spend it.
+SHORT_GENERATE_GRID = GenerateGrid(prefill_batches=(1, 8), prefill_lengths_tokens=(128, 512), repeats=2,
+                                   extra_repeats=0, idle_s=2.0, settle_s=0.0, budget_s=120.0)
 
 
 def scaled(curve: CostCurve, decode: float, prefill: float) -> CostCurve:
@@ -146,9 +153,9 @@ def recalibrated_profile(base: GPUProfile, rows: list[dict[str, Any]], host: Hos
         base_rows: the base's raw rows (its `raw_path`), to take the ratios against; empty: against its curves.
     """
     kinds = ("prefill", "decode", "mixed")
-    points = aggregate_points(rows, kinds)
+    points = aggregate_points(derive_fit_rows(rows), kinds)  # generate() calls -> their prefill and decode points
     carried = short_recalibration(base, points, idle_power(rows), host, f"{len(points)} points on this machine",
-                                  aggregate_points(base_rows, kinds))
+                                  aggregate_points(derive_fit_rows(base_rows), kinds))
     method = {**method, "short_recalibration_of": {
         "date": base.date, "gpu": base.gpu.get("name"), "gpu_uuids": list(gpu_uuids(base.gpu)),
         "content_sha256": base.content_sha256}}

@@ -69,7 +69,10 @@ PLAN_FLOPS_PER_S = 5e14
 PLAN_BYTES_PER_S = 2.5e12
 KV_PASSES = 3  # per decode step torch.cat reads and writes the whole cache, and attention reads it once more
 POINT_SHARE = 0.1  # no single point may take more than this share of the budget (all its repeats)
-WARMUP_NEW_TOKENS = 4  # the warm-up before a long call decodes this many steps: the path and allocator, not N steps
+# A long call's first window after a warm-up of only a few decode steps ran cold: 1.95-2.33x the later windows of the
+# same call (median over 14 points, on each of three H200s: validation/h200_2026-12-0*_hf*), while one-token calls
+# were not affected. So the warm-up runs the whole call; raw rows record its length (`warmup_tokens`).
+LEGACY_WARMUP_NEW_TOKENS = 4  # what raw files without `warmup_tokens` warmed a long call with (1 + 4 new tokens)
 OVERRUN = 1.5  # stop starting windows once the sweep has run this many times its budget
 TICK_WAIT_S = 0.1  # planned wait for that tick (one NVML period on an H100, at most)
 
@@ -175,8 +178,7 @@ class TimeModel:
     def point(self, grid: GenerateGrid, batch: int, prompt_tokens: int) -> float:
         """Seconds of one repeat of a point: warm-ups and the windows of its short and long call."""
         short, long_ = self.call(batch, prompt_tokens, 1), self.call(batch, prompt_tokens, 1 + grid.new_tokens)
-        warm_long = self.call(batch, prompt_tokens, 1 + min(grid.new_tokens, WARMUP_NEW_TOKENS))
-        return (grid.warmup_steps * (short + warm_long) + _window_s(short, grid.target_s)
+        return (grid.warmup_steps * (short + long_) + _window_s(short, grid.target_s)
                 + _window_s(long_, grid.target_s) + 2 * TICK_WAIT_S)
 
 
@@ -264,16 +266,15 @@ def measure_call(runner: GenerateRunner, meter: EnergyMeter, grid: GenerateGrid,
                  new_tokens: int, repeat: int, wait: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """One raw row: warm-up call(s), then a window of generate(batch, prompt_tokens, new_tokens) from a counter tick.
 
-    A long call's warm-up asks for `1 + WARMUP_NEW_TOKENS` new tokens: it runs the same prefill and decode path
-    without spending N steps. A shape that cannot run gives a "skipped" row.
+    The warm-up is the same call, whole (see `LEGACY_WARMUP_NEW_TOKENS`), recorded as the row's `warmup_tokens`. A
+    shape that cannot run gives a "skipped" row.
     """
     row = base_row(call_id(batch, prompt_tokens, new_tokens), "generate",
                     IterationShape(prefill=((prompt_tokens, 0),) * batch), repeat)
-    row["output_tokens"] = new_tokens
-    warm_tokens = 1 + min(new_tokens - 1, WARMUP_NEW_TOKENS)
+    row.update(output_tokens=new_tokens, warmup_tokens=new_tokens)
     try:
         for _ in range(grid.warmup_steps):
-            runner.generate(batch, prompt_tokens, warm_tokens)
+            runner.generate(batch, prompt_tokens, new_tokens)
         m = measure_from_tick(meter, lambda: runner.generate(batch, prompt_tokens, new_tokens), grid.target_s, wait)
     except ValueError as err:
         logger.info("skipping %s: %s", row["point_id"], err)
@@ -386,7 +387,7 @@ def measure_generate_run(runner: GenerateRunner, meter: EnergyMeter, batch: int,
                          new_tokens: int, repeats: int = 3,
                          wait: Callable[[float], None] = time.sleep) -> list[AlignedMeasurement]:
     """`repeats` windows of one generate(batch, prompt_tokens, new_tokens) call each from a tick, after a warm-up."""
-    runner.generate(batch, prompt_tokens, 1 + min(new_tokens - 1, WARMUP_NEW_TOKENS))
+    runner.generate(batch, prompt_tokens, new_tokens)
     return [measure_from_tick(meter, lambda: runner.generate(batch, prompt_tokens, new_tokens), 0.25, wait)
             for _ in range(repeats)]
 
@@ -425,18 +426,40 @@ def _decode_row(short: dict[str, Any], long_: dict[str, Any], batch: int, prompt
                     f"derived from generate({batch}, {prompt}, {n + 1}) - generate({batch}, {prompt}, 1), / {n} steps")
 
 
+def warm_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` without the cold generate() windows: a long call's first window when its warm-up was shorter than it.
+
+    Raw files written before the warm-up ran the whole call (no `warmup_tokens`) warmed a long call with
+    1 + `LEGACY_WARMUP_NEW_TOKENS` new tokens, and the call's first window then ran cold (see that constant); its
+    later windows followed an earlier window of the same call, so they were warm. Other rows pass through.
+    """
+    first: dict[str, int] = {}
+    for r in rows:
+        if r["kind"] == "generate" and r["status"] == "ok":
+            first[r["point_id"]] = min(r["repeat"], first.get(r["point_id"], r["repeat"]))
+
+    def cold(r: dict[str, Any]) -> bool:
+        if r["kind"] != "generate" or r["status"] != "ok" or (r["output_tokens"] or 1) <= 1:
+            return False
+        warm = r.get("warmup_tokens") or 1 + LEGACY_WARMUP_NEW_TOKENS
+        return warm < r["output_tokens"] and r["repeat"] == first[r["point_id"]]
+
+    return [r for r in rows if not cold(r)]
+
+
 def derive_fit_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows a fit uses: generate() rows become derived prefill and decode rows; other rows pass through.
 
     Per point (B, L) and repeat r: a prefill row costing generate(B, L, 1), and for each longer call of the same
-    repeat a decode row of B sequences at the mean context of its N steps, costing (GN - G1) / N per step. Rows
-    without generate rows come back unchanged, so raw files of forward-pass sweeps fit exactly as before.
+    repeat a decode row of B sequences at the mean context of its N steps, costing (GN - G1) / N per step; cold
+    windows (`warm_rows`) are left out. Rows without generate rows come back unchanged, so raw files of
+    forward-pass sweeps fit exactly as before.
     """
     if not any(r["kind"] == "generate" for r in rows):
         return list(rows)
     out = [r for r in rows if r["kind"] != "generate"]
     calls: dict[tuple[int, int, int], dict[int, dict[str, Any]]] = defaultdict(dict)
-    for r in rows:
+    for r in warm_rows(rows):
         if r["kind"] == "generate" and r["status"] == "ok":
             b, length = point_of(r)
             calls[(b, length, r["repeat"])][int(r["output_tokens"])] = r

@@ -49,9 +49,10 @@ RAW_SCHEMA = pa.schema([
     ("energy_per_step_j", pa.float64()), ("power_w", pa.float64()), ("error_bound", pa.float64()),
     ("tick_span_s", pa.float64()), ("window_energy_j", pa.float64()), ("unix_time_s", pa.float64()),
     ("output_tokens", pa.int64()),  # new tokens a generate() call produced (kind "generate"); None for other kinds
+    ("warmup_tokens", pa.int64()),  # new tokens of the warm-up call before a generate() window; None for other kinds
 ])
 # Columns added after raw files were first shipped: an older file lacking them reads as None there.
-OPTIONAL_COLUMNS = ("output_tokens",)
+OPTIONAL_COLUMNS = ("output_tokens", "warmup_tokens")
 
 
 class IterationRunner(Protocol):

@@ -70,20 +70,27 @@ def hf_cmd(
     tiny: bool = typer.Option(False, "--tiny", help="A 2-layer toy model, tiny grid and scenarios."),
     budget_s: float = typer.Option(None, "--budget-s", help="The whole call's time budget in seconds.",
                                    show_default="480"),
+    short_from: Path = typer.Option(None, "--short-from", help="Carry this full HF profile of another machine of "  # noqa: B008
+                                    "this GPU type here by the host check (seconds) instead of calibrating, and "
+                                    "predict the scenarios with that.", show_default="none: a full calibration"),
 ) -> None:
     """Calibrate Hugging Face generate() on this GPU, then run offline static batches through it with the meter on.
 
-    One HF model (random weights, eager, DynamicCache) is built once and calibrated through generate(); then each
-    scenario runs its batches back to back in one energy window, as many as the time budget allows.
+    One HF model (random weights, eager, DynamicCache) is built once and calibrated through generate() (or, with
+    --short-from, a profile of another host carried here by a host check); then each scenario runs its batches back
+    to back in one energy window, as many as the time budget allows.
 
     Example:
         tokenjoule validate hf --out runs/h100_hf
+        tokenjoule validate hf --out runs/h200_hf_check --short-from h200-llama-3.1-8b-hf-eager
         tokenjoule validate hf --out /tmp/hf --tiny --device cpu
     """
+    from tokenjoule.calibrate.profile import resolve_profile_path
     from tokenjoule.calibrate.validate import device as vd
     from tokenjoule.calibrate.validate import hf as vh
 
-    plan = vh.make_plan(model, device=device, tiny=tiny, budget_s=budget_s)
+    plan = vh.make_plan(model, device=device, tiny=tiny, budget_s=budget_s,
+                        short_from=None if short_from is None else resolve_profile_path(short_from))
     vd.log_to(out)
     _echo_scenarios(vd.run_metered(out, plan.device, lambda meter: vh.run_plan(plan, out, meter)))
 

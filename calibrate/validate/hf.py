@@ -31,7 +31,8 @@ from typing import Any
 from tokenjoule.calibrate.measure.aligned import measure_from_tick
 from tokenjoule.calibrate.measure.meters import EnergyMeter, MeterError
 from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
-from tokenjoule.calibrate.profile import GPUProfile
+from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, resolve_profile_path
+from tokenjoule.calibrate.recalibrate import SHORT_GENERATE_GRID, base_rows, check_base
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner
 from tokenjoule.calibrate.validate.device import idle_power_end_w, summary_line, validation_document, write_tables
@@ -77,6 +78,8 @@ class HFPlan:
         budget_s: the whole call (build, sweep, scenarios) should end within this many seconds.
         idle_end_s: a last idle-power window after the scenarios (0 to skip).
         seed: weight and prompt seed.
+        short_from: a full HF profile of another machine of this GPU type, carried here by the host check
+            (`recalibrate.SHORT_GENERATE_GRID`) instead of the full sweep; its scenarios are predicted with that.
     """
 
     spec: ModelSpec
@@ -87,6 +90,7 @@ class HFPlan:
     budget_s: float = BUDGET_S
     idle_end_s: float = 3.0
     seed: int = 0
+    short_from: Path | None = None
 
 
 def tiny_plan(device: str = "cpu") -> HFPlan:
@@ -228,13 +232,21 @@ def run_plan(plan: HFPlan, out: Path, meter: EnergyMeter, runner: GenerateRunner
         runner = build_runner(plan.spec, engine="hf", mode="eager", device=plan.device,
                               gpu_memory_utilization=plan.gpu_memory_utilization, seed=plan.seed)
     print(f"[{meter.clock() - start:5.0f} s] HF model built: {runner.kv_capacity_tokens} KV tokens", flush=True)
-    cal = CalibrationConfig(engine="hf", mode="eager", grid=plan.grid, device=plan.device,
-                            gpu_memory_utilization=plan.gpu_memory_utilization, seed=plan.seed)
-    profile_path = out / f"profile-{plan.spec.name.replace('/', '_')}-hf-eager.json"
-    profile = calibrate(plan.spec, cal, profile_path, meter=meter, progress=progress, runner=runner, wait=wait)
-    print(f"[{meter.clock() - start:5.0f} s] calibrated through generate(): idle {profile.idle_power_w:.1f} W, "
-          f"latency CV median {profile.fit_errors['latency']['cv_median']:.2%}, energy CV median "
-          f"{profile.fit_errors['energy']['cv_median']:.2%}", flush=True)
+    base = load_profile(plan.short_from) if plan.short_from is not None else None
+    cal = CalibrationConfig(engine="hf", mode="eager", grid=SHORT_GENERATE_GRID if base else plan.grid,
+                            device=plan.device, gpu_memory_utilization=plan.gpu_memory_utilization, seed=plan.seed)
+    profile_path = out / f"profile-{plan.spec.name.replace('/', '_')}-hf-eager{'-short' if base else ''}.json"
+    cal_start = meter.clock()
+    profile = calibrate(plan.spec, cal, profile_path, meter=meter, progress=progress, runner=runner, wait=wait,
+                        base=base, base_rows=base_rows(base, plan.short_from) if base else ())
+    cal_s = meter.clock() - cal_start
+    if base is not None:
+        print(f"[{meter.clock() - start:5.0f} s] host check in {cal_s:.0f} s: {plan.short_from.name} carried here "
+              f"({profile.notes.rsplit('; ', 1)[-1]})", flush=True)
+    else:
+        print(f"[{meter.clock() - start:5.0f} s] calibrated through generate() in {cal_s:.0f} s: idle "
+              f"{profile.idle_power_w:.1f} W, latency CV median {profile.fit_errors['latency']['cv_median']:.2%}, "
+              f"energy CV median {profile.fit_errors['energy']['cv_median']:.2%}", flush=True)
     results, predictions = [], []
     for s in plan.scenarios:
         left = plan.budget_s - (meter.clock() - start) - RESERVE_S - plan.idle_end_s
@@ -262,16 +274,28 @@ def run_plan(plan: HFPlan, out: Path, meter: EnergyMeter, runner: GenerateRunner
     doc = validation_document(plan, meter, profile_path, engine, results, start)  # reads plan.spec only
     for entry, pred, (_, _, r) in zip(doc["scenarios"], predictions, results, strict=True):
         entry.update(modeled_prediction=pred, energy_error_bound=r.meta["energy_error_bound"])
-    doc.update(engine="hf", scenario_warmup=SCENARIO_WARMUP, run_wall_s=meter.clock() - start,
+    doc.update(engine="hf", scenario_warmup=SCENARIO_WARMUP, run_wall_s=meter.clock() - start, calibration_wall_s=cal_s,
+               profile_short_from=None if plan.short_from is None else plan.short_from.name,
                idle_power_end_w=idle_power_end_w(meter, plan.idle_end_s))
     write_tables(out, results)
     return doc
 
 
 def make_plan(model: str = "llama-3.1-8b", *, device: str = "cuda", tiny: bool = False,
-              budget_s: float | None = None) -> HFPlan:
-    """The plan of `tokenjoule validate hf`'s flags: `tiny_plan` with --tiny, else the model's full plan."""
+              budget_s: float | None = None, short_from: Path | None = None) -> HFPlan:
+    """The plan of `tokenjoule validate hf`'s flags: `tiny_plan` with --tiny, else the model's full plan.
+
+    With `short_from`, the base profile is checked now (one line naming the file, before the GPU is touched).
+    """
     if tiny:
         plan = tiny_plan(device)
-        return plan if budget_s is None else dataclasses.replace(plan, budget_s=budget_s)
-    return HFPlan(load_spec(model), device=device, budget_s=BUDGET_S if budget_s is None else budget_s)
+        plan = plan if budget_s is None else dataclasses.replace(plan, budget_s=budget_s)
+    else:
+        plan = HFPlan(load_spec(model), device=device, budget_s=BUDGET_S if budget_s is None else budget_s)
+    if short_from is not None:
+        try:
+            check_base(load_profile(short_from), plan.spec, "hf", "eager", 1)
+        except ProfileError as err:
+            raise ProfileError(f"{short_from}: {err}") from err
+        plan = dataclasses.replace(plan, short_from=Path(short_from))
+    return plan

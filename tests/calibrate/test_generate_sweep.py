@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenjoule.calibrate.fit_sweep import fit_rows
+from tokenjoule.calibrate.fit_sweep import fit_rows, host_band
 from tokenjoule.calibrate.measure import aligned
 from tokenjoule.calibrate.measure.aligned import measure_aligned
 from tokenjoule.calibrate.measure.fake import FakeMeter, FakeRunner, FakeTimeline
@@ -85,9 +85,11 @@ def _fakes(toy_profile, **kwargs):
     return timeline, meter, FakeGenerateRunner(timeline, toy_profile, **kwargs)
 
 
-def _gen_row(batch, prompt, new, repeat, time_s, energy_j, bound=0.01):
+def _gen_row(batch, prompt, new, repeat, time_s, energy_j, bound=0.01, warmup=None):
+    """A generate() raw row; warmed by the whole call unless `warmup` says otherwise (0: a legacy row, no record)."""
     row = base_row(call_id(batch, prompt, new), "generate", IterationShape(prefill=((prompt, 0),) * batch), repeat)
-    row.update(output_tokens=new, steps=1, step_time_s=time_s, energy_per_step_j=energy_j, error_bound=bound)
+    row.update(output_tokens=new, warmup_tokens=(warmup if warmup is not None else new) or None, steps=1,
+               step_time_s=time_s, energy_per_step_j=energy_j, error_bound=bound)
     return row
 
 
@@ -118,6 +120,25 @@ def test_derive_fit_rows_recovers_per_step_costs_repeat_by_repeat():
         assert shape_from_row(p) == IterationShape(prefill=((1024, 0),) * 4)
         assert p["step_time_s"] == pytest.approx(0.2 + repeat * 0.01) and p["energy_per_step_j"] == 60.0 + repeat
     assert derive_fit_rows([idle]) == [idle]
+
+
+def test_a_long_calls_first_window_after_a_short_warm_up_is_left_out_as_cold():
+    # raw files before the whole-call warm-up: the long call's first window ran ~2x the later ones (three H200s)
+    legacy = [_gen_row(4, 1024, 1, r, 0.2, 60.0, warmup=0) for r in (0, 1, 2)]
+    legacy += [_gen_row(4, 1024, 33, r, 0.2 + 32 * s, 60.0 + 32 * 10 * s, warmup=0)
+               for r, s in ((0, 0.09), (1, 0.04), (2, 0.05))]
+    decode = {r["repeat"]: r["step_time_s"] for r in derive_fit_rows(legacy) if r["kind"] == "decode"}
+    assert decode == {1: pytest.approx(0.04), 2: pytest.approx(0.05)}
+    # the host band leaves the cold window out too
+    many = legacy + [_gen_row(8, 128, n, r, 0.1 * n + 0.01 * r, 20.0 * n + r, warmup=0) for n in (1, 33)
+                     for r in range(4)]
+    kept = [{**r, "warmup_tokens": r["output_tokens"]} for r in many if not (r["output_tokens"] > 1 and r["repeat"] == 0)]
+    assert host_band(many) == host_band(kept) and host_band(many).windows == len(kept) == 12
+    assert host_band(many) != host_band([{**r, "warmup_tokens": r["output_tokens"]} for r in many])
+    # a window warmed by the whole call is kept, first or not; so is a short call's first window
+    warmed = [{**row, "warmup_tokens": row["output_tokens"]} for row in legacy]
+    assert {r["repeat"] for r in derive_fit_rows(warmed) if r["kind"] == "decode"} == {0, 1, 2}
+    assert {r["repeat"] for r in derive_fit_rows(legacy) if r["kind"] == "prefill"} == {0, 1, 2}
 
 
 def test_derived_rows_skip_a_long_call_that_is_not_dearer(caplog):
@@ -175,7 +196,7 @@ def test_plan_respects_kv_capacity_budget_and_goes_coarse_to_fine():
     capped = plan_points(grid, 100_000, m, 10**6)
     assert capped and all(b * (length + grid.new_tokens + 1) <= 95_000 for b, length in capped)
     assert (64, 4096) not in capped and (1, 4096) in capped
-    budget = 180.0
+    budget = 300.0  # the long call runs twice per repeat (its warm-up is the whole call)
     plan = plan_points(grid, 10**7, m, budget)
     costs = {p: grid.repeats * m.point(grid, *p) for p in plan}
     assert sum(costs.values()) <= budget and max(costs.values()) <= POINT_SHARE * budget

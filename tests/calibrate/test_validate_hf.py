@@ -112,3 +112,32 @@ def test_device_entry_refuses_in_one_line_without_an_energy_counter(tmp_path, mo
     err = capsys.readouterr().err
     assert err.startswith("error:") and "energy counter" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["validate.log"]  # refused before building the model
+
+
+def test_short_from_carries_a_profile_to_a_slower_host_by_the_host_check(toy_profile, tmp_path, capsys):
+    timeline, meter, runner = _fakes(toy_profile)
+    base_doc = vh.run_plan(_plan(1e5), tmp_path / "a", meter, runner=runner, wait=timeline.idle)
+    base = tmp_path / "a" / base_doc["profile"]
+    # another host whose generate() spends 1.6x the host time per decode step and per call
+    timeline, meter, slow = _fakes(toy_profile, setup=(0.032, 150.0), overhead=(0.048, 120.0))
+    plan = dataclasses.replace(_plan(1e5), short_from=base)
+    doc = vh.run_plan(plan, tmp_path / "b", meter, runner=slow, wait=timeline.idle)
+    assert doc["profile_short_from"] == base.name and doc["profile"].endswith("-short.json")
+    carried = json.loads((tmp_path / "b" / doc["profile"]).read_text())
+    assert carried["method"]["short_recalibration_of"]["content_sha256"]
+    assert carried["method"]["grid"]["prefill_batches"] == [1, 8]  # the host check's points, not the full grid
+    assert doc["calibration_wall_s"] < 60  # on the fake clock: the check is seconds, the full sweep minutes
+    assert "host check in" in capsys.readouterr().out
+    for entry in doc["scenarios"]:
+        assert abs(entry["modeled_prediction"]["time_error"]) < 0.05
+    # the base profile as it is under-predicts the slower host's time by far more than the carried one misses
+    base_profile = vh.load_profile(base)
+    s = doc["scenarios"][0]["scenario"]
+    as_is = static_batch_cost(base_profile, s["static_batch"], s["static_input_tokens"], s["static_output_tokens"])
+    measured = doc["scenarios"][0]["duration_s"] / s["static_batches"]
+    assert as_is["time_s"] / measured - 1 < -0.15
+
+
+def test_short_from_refuses_another_models_profile_in_one_line(tmp_path):
+    with pytest.raises(vh.ProfileError, match="h200-llama-3.1-8b-hf-eager.json: base profile is llama-3.1-8b"):
+        vh.make_plan(tiny=True, device="cpu", short_from=vh.resolve_profile_path("h200-llama-3.1-8b-hf-eager"))
