@@ -31,7 +31,7 @@ from typing import Any
 from tokenjoule.calibrate.measure.aligned import measure_from_tick
 from tokenjoule.calibrate.measure.meters import EnergyMeter, MeterError
 from tokenjoule.calibrate.pipeline import CalibrationConfig, calibrate
-from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile, resolve_profile_path
+from tokenjoule.calibrate.profile import GPUProfile, ProfileError, load_profile
 from tokenjoule.calibrate.recalibrate import SHORT_GENERATE_GRID, base_rows, check_base
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.calibrate.sweep.generate import GenerateGrid, GenerateRunner

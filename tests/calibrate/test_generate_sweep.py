@@ -132,7 +132,8 @@ def test_a_long_calls_first_window_after_a_short_warm_up_is_left_out_as_cold():
     # the host band leaves the cold window out too
     many = legacy + [_gen_row(8, 128, n, r, 0.1 * n + 0.01 * r, 20.0 * n + r, warmup=0) for n in (1, 33)
                      for r in range(4)]
-    kept = [{**r, "warmup_tokens": r["output_tokens"]} for r in many if not (r["output_tokens"] > 1 and r["repeat"] == 0)]
+    kept = [{**r, "warmup_tokens": r["output_tokens"]} for r in many
+            if not (r["output_tokens"] > 1 and r["repeat"] == 0)]
     assert host_band(many) == host_band(kept) and host_band(many).windows == len(kept) == 12
     assert host_band(many) != host_band([{**r, "warmup_tokens": r["output_tokens"]} for r in many])
     # a window warmed by the whole call is kept, first or not; so is a short call's first window

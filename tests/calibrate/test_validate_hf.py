@@ -10,6 +10,7 @@ import pytest
 from fake_pynvml import make_pynvml
 from test_generate_sweep import SMALL, SPEC, _fakes
 
+from tokenjoule.calibrate.profile import resolve_profile_path
 from tokenjoule.calibrate.summary import static_batch_cost
 from tokenjoule.calibrate.validate import hf as vh
 from tokenjoule.cli import main
@@ -140,4 +141,4 @@ def test_short_from_carries_a_profile_to_a_slower_host_by_the_host_check(toy_pro
 
 def test_short_from_refuses_another_models_profile_in_one_line(tmp_path):
     with pytest.raises(vh.ProfileError, match="h200-llama-3.1-8b-hf-eager.json: base profile is llama-3.1-8b"):
-        vh.make_plan(tiny=True, device="cpu", short_from=vh.resolve_profile_path("h200-llama-3.1-8b-hf-eager"))
+        vh.make_plan(tiny=True, device="cpu", short_from=resolve_profile_path("h200-llama-3.1-8b-hf-eager"))
