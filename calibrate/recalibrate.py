@@ -45,7 +45,7 @@ SHORT_POINTS = tuple(p.point_id for p in grid_points(SHORT_GRID, 1 << 20, 1 << 3
 # pace): about half a minute on an H200, where the full sweep takes four. The budget is a cap that lets each point
 # pass the planner's per-point share (`generate.POINT_SHARE`); four points do not spend it.
 SHORT_GENERATE_GRID = GenerateGrid(prefill_batches=(1, 8), prefill_lengths_tokens=(128, 512), repeats=2,
-                                   extra_repeats=0, idle_s=2.0, settle_s=0.0, budget_s=120.0)
+                                   extra_repeats=0, idle_s=2.0, settle_s=0.0, budget_s=300.0)
 
 
 def scaled(curve: CostCurve, decode: float, prefill: float) -> CostCurve:
