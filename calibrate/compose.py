@@ -18,8 +18,9 @@ modeled, per iteration of `x` new tokens (`cost_form.py`'s form):
   of x new tokens), the LM head and sampling for one row; the iteration takes max(this GPU time, host time) plus
   the fitted `host_exposed_fraction` of the shorter of the two (launches and kernels overlap only in part), host
   time = the eager launches counted in `eager_launches` x the host seconds per launch (the fitted
-  `eager_host_s_per_launch`; without overheads the bare measured launch cost), the GPU waiting at
-  `host_wait_power_w` (without overheads: idle power) for the time beyond its own work;
+  `eager_host_s_per_launch`; without overheads the bare measured launch cost); a host-bound iteration's GPU waits at
+  `host_wait_power_w` (without overheads: idle power) for the time beyond its own work, a GPU-bound one's exposed
+  share (bubbles between its kernels) is priced at its own work's mean power;
 - the attention coefficients: `prefill_attn_pairs` from the prefill-attention fit's FLOPs term (4 head_dim FLOPs per
   pair and query head), `prefill_ctx_tokens` from its bytes term (K and V of each cached token), `decode_ctx_tokens`
   the decode-attention fit's slope per context token at a reference batch (`DECODE_REF`), each times the layers;
@@ -192,7 +193,11 @@ def prefill_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[floa
 def _host_floored(gpu: GPUOperatorProfile, spec: ModelSpec, cost: tuple[float, float]) -> tuple[float, float]:
     """An eager iteration: max(GPU time, the host's launches) plus the exposed share of the shorter of the two.
 
-    The GPU waits on the host, at its waiting power, for the time the iteration lasts beyond its own work.
+    Where the host is the longer, the GPU waits on it, at its waiting power, for the time the iteration lasts beyond
+    its own work. Where the GPU is the longer, the exposed share is microsecond bubbles between its own kernels, too
+    short for its clocks or power to drop: that time is priced at the GPU work's own mean power (the dense 7-8B
+    models' measured prefills of 1,024 tokens drew about 700 W, the power limit, and read 4-10% low with their
+    bubbles at the waiting power).
     """
     t, e = cost
     ov = gpu.overheads
@@ -200,8 +205,9 @@ def _host_floored(gpu: GPUOperatorProfile, spec: ModelSpec, cost: tuple[float, f
     wait_w = ov.host_wait_power_w if ov else gpu.idle_power_w
     exposed = ov.host_exposed_fraction if ov else 0.0
     host = eager_launches(spec) * per_launch
-    total = max(host, t) + exposed * min(host, t)
-    return total, e + (total - t) * wait_w
+    bubbles = exposed * min(host, t)
+    bubble_w = e / t if t >= host and t > 0 else wait_w
+    return max(host, t) + bubbles, e + bubbles * bubble_w + (max(host, t) - t) * wait_w
 
 
 def serving_host(gpu: GPUOperatorProfile) -> HostOverhead | None:

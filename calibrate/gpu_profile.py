@@ -59,20 +59,21 @@ class LaunchCosts:
 class IterationOverheads:
     """What a whole iteration costs beyond its swept operators: few physical terms, *fitted* on measured iterations.
 
-    Eager iterations (any prefill) cost max(GPU time, host time) with host time = eager launches (counted per layer
-    in `calibrate/compose.py`) x `eager_host_s_per_launch` (a launch *with* its Python module call, tensor views and
+    Eager iterations (any prefill) cost max(GPU time, host time) with host time = eager launches (counted per layer in
+    `calibrate/compose.py`) x `eager_host_s_per_launch` (a launch *with* its Python module call, tensor views and
     dispatch: well above the bare `LaunchCosts.eager_launch_s`); while the GPU waits on the host it draws
-    `host_wait_power_w`. CUDA-graph decode adds `graph_gap_s_per_layer` per layer (gaps between a layer's kernels
-    and the bubbles of short kernels that operators replayed back to back in isolation hide) at
-    `graph_gap_power_w`, and the runner's input preparation `decode_host_s_per_seq` per sequence (GPU idle). A ragged
-    decode batch keeps the program with the longest context streaming after the others finished:
-    `decode_tail_s_per_token` per layer and per token of that program beyond an average one (`cost_form.tail_ctx_tokens`
-    with the engine's split rule), at decode attention's busy power. Host launches and GPU work overlap only in part:
-    an eager iteration lasts max(host, GPU) + `host_exposed_fraction` x min(host, GPU) (the GPU idles at the start,
-    before the first kernels are queued, and whenever short kernels drain the queue faster than the host fills it;
-    0: the plain max). Between iterations the serving loop schedules and commits on the host while the GPU idles:
-    `serving_host_s_per_iteration` + `serving_host_s_per_seq` x sequences + `serving_host_s_per_prefill_seq` x prefill
-    chunks (`profile.HostOverhead`; all 0: not modeled).
+    `host_wait_power_w`. CUDA-graph decode adds `graph_gap_s_per_layer` per layer (gaps between a layer's kernels and
+    the bubbles of short kernels that operators replayed back to back in isolation hide) at `graph_gap_power_w`, and the
+    runner's input preparation `decode_host_s_per_seq` per sequence (GPU idle). A ragged decode batch keeps the program
+    with the longest context streaming after the others finished: `decode_tail_s_per_token` per layer and per token of
+    that program beyond an average one (`cost_form.tail_ctx_tokens` with the engine's split rule), at decode attention's
+    busy power. Host launches and GPU work overlap only in part: an eager iteration lasts max(host, GPU) +
+    `host_exposed_fraction` x min(host, GPU) (the GPU idles at the start, before the first kernels are queued, and
+    whenever short kernels drain the queue faster than the host fills it; 0: the plain max; priced at
+    `host_wait_power_w` where the host is the longer, at the GPU work's own mean power where the GPU is: bubbles between
+    its kernels too short for its power to drop). Between iterations the serving loop schedules and commits on the host
+    while the GPU idles: `serving_host_s_per_iteration` + `serving_host_s_per_seq` x sequences +
+    `serving_host_s_per_prefill_seq` x prefill chunks (`profile.HostOverhead`; all 0: not modeled).
 
     Attributes:
         eager_host_s_per_launch: host seconds per eager kernel launch of a layer.
