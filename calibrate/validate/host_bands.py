@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from tokenjoule.calibrate.fit_sweep import host_band
 from tokenjoule.calibrate.profile import GPUProfile, load_profile, shipped_profiles
-from tokenjoule.calibrate.validate.diagnostics import gpu_uuid, predicted_run_s
+from tokenjoule.calibrate.validate.diagnostics import gpu_uuid, predicted_run_s, short_recal_base
 from tokenjoule.calibrate.validate.report import (
     VALIDATION,
     Simulations,
@@ -63,20 +63,32 @@ def _name(run: dict[str, Any]) -> str:
     return run["name"] if run["dir"].parent == VALIDATION else f"{run['dir'].parent.name}/{run['name']}"
 
 
-def sources(run: dict[str, Any], runs: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(kind, label, source run) pairs: the run's own profile, then each other host's.
+def _carried(run: dict[str, Any]) -> bool:
+    """Whether the run's profile is another host's, carried here by a host check (`--short-from`)."""
+    return bool(run["profile"].method.get("short_recalibration_of"))
 
-    One profile per other GPU UUID, its newest calibration; check runs and reused profiles aside.
+
+def sources(run: dict[str, Any], runs: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(kind, label, source run) pairs: the host check's carried profile, the host's own calibration, each other host's.
+
+    A run replayed against a host check (`--short-from`) is priced by that carried profile ("host check"), by the
+    shipped profile it carried as that is ("as is": before the check), and by the newest full calibration of its own
+    GPU, if one was made ("own host"); other runs by their own profile. Other
+    hosts: one per other GPU UUID, its newest full calibration (check runs, reused and carried profiles aside).
     """
-    out = [("own host", "own", run)]
     uuid = gpu_uuid(run["doc"]["gpu"])
-    newest: dict[str, dict[str, Any]] = {}
+    full: dict[str, dict[str, Any]] = {}
     for other in sorted(runs, key=lambda o: o["profile"].date):
-        other_uuid = gpu_uuid(other["doc"]["gpu"])
-        if (other_uuid and other_uuid != uuid and not is_check_run(other) and not other["doc"].get("profile_reused")
+        if (not is_check_run(other) and not other["doc"].get("profile_reused") and not _carried(other)
                 and same_setup(other["profile"], run["profile"]) and other["profile"].tp == run["profile"].tp):
-            newest[other_uuid] = other
-    out += [("other host", _name(o), o) for o in sorted(newest.values(), key=_name)]
+            full[gpu_uuid(other["doc"]["gpu"])] = other
+    if not _carried(run):
+        out = [("own host", "own", run)]
+    else:
+        base = short_recal_base(run["profile"])
+        out = [("host check", "own", run)] + ([("own host", _name(full[uuid]), full[uuid])] if uuid in full else [])
+        out += [("as is", f"shipped {base[0].stem}", {"profile": base[1], "raw": []})] if base else []
+    out += [("other host", _name(o), o) for u, o in sorted(full.items(), key=lambda kv: _name(kv[1])) if u != uuid]
     return out
 
 
@@ -210,8 +222,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| `{run}` | {b['windows']} ({b['points']}) | {b['time_p10']:.3f} / {b['time_p90']:.3f} | "
                      f"{b['energy_p10']:.3f} / {b['energy_p90']:.3f} |")
     lines += ["", "## Coverage: measured figures inside the band", "",
-              "Own host: each run simulated with its own calibration. Other host: with each other GPU's (another "
-              "UUID, another device lease) calibration of the same GPU type, model, engine and mode.", "",
+              "Own host: each run simulated with its own calibration (a run replayed against a host check: with its "
+              "GPU's own full calibration, where one was made). Other host: with each other GPU's (another UUID, "
+              "another device lease) full calibration of the same GPU type, model, engine and mode. Host check: a "
+              "run replayed against a shipped profile carried to its host by the host check (`--short-from`, "
+              "seconds), with that carried profile; as is: the same runs with the shipped profile before the check.",
+              "",
               "| engine | profile from | scenarios | energy inside | time inside | energy median abs error | "
               "time median abs error |", "|---|---|---|---|---|---|---|"]
     for c in report["coverage"]:

@@ -50,7 +50,14 @@ def test_other_host_profiles_come_from_another_gpu_of_the_same_setup(committed):
         assert uuids[row["profile_of"]] != row["gpu_uuid"]
         assert row["model"] == next(r["model"] for r in committed["rows"] if r["run"] == row["profile_of"])
     hf3 = {r["profile_of"] for r in others if r["run"] == "h200_2026-12-03_hf3"}
-    assert hf3 == {"h200_2026-12-02_hf", "h200_2026-12-02_hf2"}
+    assert hf3 == {"h200_2026-12-02_hf", "h200_2026-12-02_hf2", "h200_2026-12-04_hf4"}  # not hf4's carried checks
+
+
+def test_a_host_check_run_is_priced_carried_as_is_and_by_its_hosts_own_calibration(committed):
+    check = {r["source"]: r["profile_of"] for r in committed["rows"]
+             if r["run"] == "h200_2026-12-04_hf4check" and r["scenario"] == "hf_static_b4_i1024_o128"}
+    assert check["host check"] == "own" and check["own host"] == "h200_2026-12-04_hf4"
+    assert check["as is"] == "shipped h200-llama-3.1-8b-hf-eager"
 
 
 def test_coverage_counts_the_rows(committed):
