@@ -99,8 +99,14 @@ class CalibratedCost:
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
-        if f.decode_seqs:
-            return self._iteration(f)
+        p = self.profile
+        if f.decode_seqs:  # `_iteration`, written out: every iteration with decodes is priced anew
+            rule = p.decode_split_rule
+            t, e = self._lat.iteration(f, rule), self._en.iteration(f, rule)
+            if p.host_overhead is None:
+                return t, e
+            host = p.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
+            return t + host, e + p.idle_power_w * host
         key = (f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.decode_ctx_tokens, f.prefill_seqs,
                f.decode_max_ctx_tokens)
         cost = self._prefills.get(key)

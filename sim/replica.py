@@ -196,7 +196,12 @@ class Replica:
         Over k steps a sequence takes at most ceil(k / block_size) new blocks, so when that many per sequence are
         free the block walk of `max_decode_steps` is not needed.
         """
-        to_finish = self.steps_to_next_finish()
+        heap = self._finish_heap  # `steps_to_next_finish`, written out (once a stretch)
+        top = heap[0]
+        while top[2].decode_join_id != top[1]:
+            heappop(heap)
+            top = heap[0]
+        to_finish = top[0] - self.decode_steps
         free = self.capacity_blocks - self.blocks_used
         if free >= len(self.running) * -(-to_finish // self.block_size):
             return to_finish
