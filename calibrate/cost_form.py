@@ -340,9 +340,13 @@ class CurveTable:
         """
         c = self.coef
         tail = tail_ctx_tokens(f.decode_max_ctx_tokens, f.decode_ctx_tokens, f.decode_seqs, rule) if c[4] else 0.0
-        pairs, seqs = f.prefill_attn_pairs, f.prefill_seqs
-        return _form(self._row(f.new_tokens, seqs or pairs), c, f.new_tokens, pairs, f.prefill_ctx_tokens, seqs,
-                     f.decode_ctx_tokens, tail)  # `seqs or pairs`: `f.has_prefill`
+        x, pairs, seqs = f.new_tokens, f.prefill_attn_pairs, f.prefill_seqs
+        if seqs or pairs:  # `f.has_prefill`; then `_row` and `_form`, written out (the same arithmetic, in order)
+            k0, dk, v0, dv = self.rows[bisect.bisect_right(self.prefill_knots, x) + self.prefill_offset]
+        else:
+            k0, dk, v0, dv = self.rows[bisect.bisect_right(self.decode_knots, x)]
+        return (v0 + (x - k0) / dk * dv + c[0] * pairs + c[1] * f.prefill_ctx_tokens + c[2] * seqs
+                + c[3] * f.decode_ctx_tokens + c[4] * tail)
 
     def decode_step(self, batch: int, ctx_sum_tokens: float, max_ctx_tokens: float,
                     rule: DecodeSplitRule | None = None) -> tuple[float, float]:
@@ -363,9 +367,16 @@ class CurveTable:
         c = self.coef
         head = self.decode_heads.get(batch)
         if head is None:
-            head = self.decode_heads[batch] = _head(self._row(batch, False), c, batch, 0, 0, 0)
+            head = self.decode_head(batch)
         tail = tail_ctx_tokens(max_ctx_tokens, ctx_sum_tokens, batch, rule) if c[4] else 0.0
         return head + c[3] * ctx_sum_tokens + c[4] * tail, c[3] * batch  # `_form`'s last two terms
+
+    def decode_head(self, batch: int) -> float:
+        """The form's head (`_head`) of a decode-only step of `batch` sequences: its cost before the context terms."""
+        head = self.decode_heads.get(batch)
+        if head is None:
+            head = self.decode_heads[batch] = _head(self._row(batch, False), self.coef, batch, 0, 0, 0)
+        return head
 
 
 def _feature_ranges(new_tokens: np.ndarray, prefill: bool) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tokenjoule.calibrate.cost_form import CurveTable, IterFeatures
+from tokenjoule.calibrate.cost_form import CurveTable, IterFeatures, tail_ctx_tokens
 from tokenjoule.calibrate.profile import GPUProfile, GPUSpec
 from tokenjoule.kernels.shape import IterationShape
 from tokenjoule.kernels.spec import ModelSpec
@@ -49,6 +49,9 @@ class CalibratedCost:
     # simulation prices the same prefill many times (cleared past _MEMO_SIZE entries, so memory stays bounded)
     _prefills: dict[tuple[int, ...], tuple[float, float]] = field(init=False, repr=False, compare=False,
                                                                   default_factory=dict)
+    # what a decode stretch's price takes from its batch size alone, by batch (`_decode_terms`): a simulation prices
+    # a few hundred distinct batches, each thousands of times
+    _decodes: dict[int, tuple] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_lat", self.profile.latency.table())
@@ -96,8 +99,14 @@ class CalibratedCost:
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
-        if f.decode_seqs:
-            return self._iteration(f)
+        p = self.profile
+        if f.decode_seqs:  # `_iteration`, written out: every iteration with decodes is priced anew
+            rule = p.decode_split_rule
+            t, e = self._lat.iteration(f, rule), self._en.iteration(f, rule)
+            if p.host_overhead is None:
+                return t, e
+            host = p.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
+            return t + host, e + p.idle_power_w * host
         key = (f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.decode_ctx_tokens, f.prefill_seqs,
                f.decode_max_ctx_tokens)
         cost = self._prefills.get(key)
@@ -127,14 +136,32 @@ class CalibratedCost:
 
         At step 0 the contexts sum to `ctx_sum_tokens` and the longest is `max_ctx_tokens`.
         """
-        p = self.profile
-        rule = p.decode_split_rule
-        ta, td = self._lat.decode_step(batch, ctx_sum_tokens, max_ctx_tokens, rule)
-        ea, ed = self._en.decode_step(batch, ctx_sum_tokens, max_ctx_tokens, rule)
-        if p.host_overhead is None:
+        terms = self._decodes.get(batch)
+        if terms is None:
+            terms = self._decodes[batch] = self._decode_terms(batch)
+        t_head, t_ctx, t_tail, td, e_head, e_ctx, e_tail, ed, host_s, host_j = terms
+        # each curve's `decode_step`, written out with its terms looked up once (the same arithmetic)
+        tail = tail_ctx_tokens(max_ctx_tokens, ctx_sum_tokens, batch, self.profile.decode_split_rule) \
+            if t_tail or e_tail else 0.0
+        ta = t_head + t_ctx * ctx_sum_tokens + t_tail * tail
+        ea = e_head + e_ctx * ctx_sum_tokens + e_tail * tail
+        if host_s is None:
             return StretchCost(ta, td, ea, ed)
-        host = p.host_overhead.seconds(batch)
-        return StretchCost(ta + host, td, ea + p.idle_power_w * host, ed)
+        return StretchCost(ta + host_s, td, ea + host_j, ed)
+
+    def _decode_terms(self, batch: int) -> tuple:
+        """What `decode_stretch` takes from the batch size alone.
+
+        Per curve its head, context and tail coefficients and growth per step; then the host's seconds and idle joules
+        per iteration (None each without host time).
+        """
+        p, lat, en = self.profile, self._lat, self._en
+        host_s = host_j = None
+        if p.host_overhead is not None:
+            host_s = p.host_overhead.seconds(batch)
+            host_j = p.idle_power_w * host_s
+        return (lat.decode_head(batch), lat.coef[3], lat.coef[4], lat.coef[3] * batch,
+                en.decode_head(batch), en.coef[3], en.coef[4], en.coef[3] * batch, host_s, host_j)
 
     def evaluate(self, new_tokens, **features) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised (seconds, joules) over arrays of FEATURES (as `CostCurve.evaluate`) plus host time.

@@ -66,7 +66,12 @@ class Router:
     def dispatch(self, s: RequestState, now: float) -> None:
         """Reject the request with a reason, or submit it to the chosen replica."""
         if s.input_tokens >= 1 and s.output_tokens >= 1 and s.input_tokens + s.output_tokens <= self._serves_up_to:
-            self.pick().submit(s, now)  # no reason below applies
+            if self.kind == "round-robin":  # `pick`, written out for the default router
+                rep = self.replicas[self._next]
+                self._next = (self._next + 1) % len(self.replicas)
+            else:
+                rep = self.pick()
+            rep.submit(s, now)  # no reason below applies
             return
         first = self.replicas[0]
         if s.input_tokens < 1 or s.output_tokens < 1:

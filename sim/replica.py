@@ -196,7 +196,12 @@ class Replica:
         Over k steps a sequence takes at most ceil(k / block_size) new blocks, so when that many per sequence are
         free the block walk of `max_decode_steps` is not needed.
         """
-        to_finish = self.steps_to_next_finish()
+        heap = self._finish_heap  # `steps_to_next_finish`, written out (once a stretch)
+        top = heap[0]
+        while top[2].decode_join_id != top[1]:
+            heappop(heap)
+            top = heap[0]
+        to_finish = top[0] - self.decode_steps
         free = self.capacity_blocks - self.blocks_used
         if free >= len(self.running) * -(-to_finish // self.block_size):
             return to_finish
@@ -252,7 +257,7 @@ class Replica:
         The policy's answer is monotone in the free blocks, and k steps take at most ceil(k / block_size) blocks a
         sequence: the exact count (`new_blocks`) is needed only when that bound and the blocks free now disagree.
         """
-        admits, free = self.policy.admits_midstretch, self.free_blocks
+        admits, free = self.policy.admits_midstretch, self.capacity_blocks - self.blocks_used  # `free_blocks`
         if admits(self, free - len(self.running) * -(-k // self.block_size)):
             return True
         return admits(self, free) and admits(self, free - self.new_blocks(k))
@@ -271,7 +276,7 @@ class Replica:
 
         Arrivals the policy would admit cut it short (see `submit`), until `finish_stretch`.
         """
-        longest = self.max_ctx() if self._tracks_longest else 0
+        longest = self.max_ctx() if self._tracks_longest and self._ctx_heap else 0  # none in the heap: 0
         cost = self._price_stretch(len(self.running), self.ctx_sum, longest)
         steps = self.stretch_steps()
         time_s = cost.time_s(steps)
@@ -327,7 +332,7 @@ class Replica:
             ctx += done
             if done + c > prompt_end:
                 prompt_end = done + c
-        longest = self.max_ctx() if batch and self._tracks_longest else 0
+        longest = self.max_ctx() if batch and self._tracks_longest and self._ctx_heap else 0
         time_s, energy_j = self._price_iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
                                                               len(chunks), longest))
         if self._tally is not None:

@@ -76,7 +76,7 @@ class StretchCost:
     def time_s(self, k: int) -> float:
         """Seconds of the first k steps."""
         if self.bound is None:
-            return _series(self.time_a, self.time_d, k)
+            return k * self.time_a + self.time_d * k * (k - 1) / 2.0  # `_series`, written out (hot path)
         return _sum_max(Line(self.time_a, self.time_d), self.bound, k)
 
     def energy_j(self, k: int) -> float:
@@ -85,7 +85,7 @@ class StretchCost:
 
     def energy_of(self, k: int, time_s: float) -> float:
         """Joules of the first k steps, given their seconds (`time_s(k)`, already at hand in the simulator)."""
-        return _series(self.energy_a, self.energy_d, k) + self.energy_per_s * time_s
+        return k * self.energy_a + self.energy_d * k * (k - 1) / 2.0 + self.energy_per_s * time_s  # `_series` + ...
 
     def steps_within(self, dt_s: float) -> int:
         """Smallest k >= 0 whose k steps end at or after `dt_s` (the first iteration boundary not before it)."""
@@ -99,16 +99,16 @@ class StretchCost:
             return self._boundary_by_bisection(dt_s)
         a, d = self.time_a, self.time_d
         # Solve d/2 k^2 + (a - d/2) k = dt for k, then fix rounding by checking neighbours (`time_s(k)` is
-        # `_series(a, d, k)` here, called directly: nearly every arrival asks this of a stretch it may cut).
+        # `_series(a, d, k)` here, written out: nearly every arrival asks this of a stretch it may cut).
         b = a - d / 2.0
         k = dt_s / a if d == 0.0 else (-b + math.sqrt(b * b + 2.0 * d * dt_s)) / d
         k = max(0, math.ceil(k - 1e-9))
-        t = _series(a, d, k)
+        t = k * a + d * k * (k - 1) / 2.0  # `_series(a, d, k)`, written out here and below
         while t < dt_s:
             k += 1
-            t = _series(a, d, k)
+            t = k * a + d * k * (k - 1) / 2.0
         while k > 0:
-            before = _series(a, d, k - 1)
+            before = (k - 1) * a + d * (k - 1) * (k - 2) / 2.0
             if before < dt_s:
                 break
             k, t = k - 1, before
