@@ -153,7 +153,7 @@ class Replica:
         # a decode stretch under way: (start_s, cost, planned steps, their seconds, the event of its end, longest ctx)
         self.stretch: tuple[float, StretchCost, int, float, simpy.Event, int] | None = None
         self.iteration: tuple | None = None  # an iteration under way (see `start_iteration`)
-        self.cut: tuple[int, float] | None = None  # (steps, seconds) of a stretch an arrival cut short
+        self.cut: tuple[int, float, float] | None = None  # (steps, seconds, end time) of a stretch cut short
 
     # ---- paged KV blocks (read-only questions the policies ask) ------------------------------------------------
     @property
@@ -245,10 +245,11 @@ class Replica:
         start, cost, planned, _, end, _ = self.stretch
         k, time_s = cost.boundary_after(now - start)
         if k < planned and self._admits_after(k):
-            self.cut = k, time_s
             # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
             # Interrupt would do the same with one more event and an exception thrown into the process.
-            cut = self._timeout(max(0.0, start + time_s - now))
+            delay = max(0.0, start + time_s - now)
+            self.cut = k, time_s, now + delay  # SimPy's arithmetic for the time the timeout fires
+            cut = self._timeout(delay)
             cut.callbacks, end.callbacks = end.callbacks, []
 
     def _admits_after(self, k: int) -> bool:
@@ -284,25 +285,42 @@ class Replica:
         self.stretch = (now, cost, steps, time_s, end, longest)
         return end
 
-    def finish_stretch(self) -> None:
-        """The stretch ended (run out, or cut short): book its time and energy and advance the decode set."""
+    def finish_stretch(self) -> float:
+        """The stretch ended (run out, or cut short): book its time and energy and advance the decode set.
+
+        Returns the time it ended (SimPy's clock then, by the same arithmetic: the process need not ask the clock).
+        """
         start, cost, steps, time_s, _, longest = self.stretch
         if self.cut is not None:
-            steps, time_s = self.cut
+            steps, time_s, now = self.cut
             self.cut = None
+        else:
+            now = start + time_s
         self.stretch = None
         energy_j = cost.energy_of(steps, time_s)
         self.busy_s += time_s  # `charge`, written out here and in `finish_iteration`: together once a plan
         self.busy_j += energy_j
         self._book(start, time_s, energy_j)
-        batch = len(self.running)
+        running = self.running
+        batch = len(running)
         if self._tally is not None:
             self._tally.decode(batch, longest, steps)
         if self.log is not None:
             self.log.append(("decode", start, steps))
         if self.iterations is not None:
             self.iterations.stretch(self.idx, start, steps, batch, cost)
-        self.decode_steps_done(steps, energy_j, batch)
+        if steps:  # `decode_steps_done(steps, energy_j, batch)`, written out: once a stretch
+            self.seat_energy_j += energy_j / batch
+            done = self.decode_steps
+            blocks = self.blocks_used = self.blocks_used + (
+                self._phase[-done % self.block_size] if steps == 1 else self.new_blocks(steps))
+            assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
+            self.ctx_sum += batch * steps
+            done = self.decode_steps = done + steps
+            last_step, join_id, s = self._finish_heap[0]
+            if last_step <= done or s.decode_join_id != join_id:
+                self._finish_due(done, now)
+        return now
 
     # ---- admission and prefill ------------------------------------------------------------------------------------
     def admit(self, chunks: tuple[tuple[RequestState, int], ...], now: float) -> None:
@@ -340,10 +358,14 @@ class Replica:
         self.iteration = (chunks, now, time_s, energy_j, batch, new)
         return self._timeout(time_s)
 
-    def finish_iteration(self, now: float) -> None:
-        """The forward pass ended: book it, advance the decodes it carried, and share its energy by tokens."""
+    def finish_iteration(self) -> float:
+        """The forward pass ended: book it, advance the decodes it carried, and share its energy by tokens.
+
+        Returns the time it ended (SimPy's clock then, by the same arithmetic).
+        """
         chunks, start, time_s, energy_j, batch, new = self.iteration
         self.iteration = None
+        now = start + time_s
         self.busy_s += time_s  # `charge`, written out
         self.busy_j += energy_j
         self._book(start, time_s, energy_j)
@@ -351,24 +373,37 @@ class Replica:
             self.log.append(("prefill", start, tuple((s.idx, c) for s, c in chunks)))
         if self.iterations is not None:
             self.iterations.iteration(self.idx, start, time_s, energy_j, new - batch, len(chunks), batch)
-        if batch:
-            self.decode_steps_done(1, energy_j, new)
+        if batch:  # `decode_steps_done(1, energy_j, new)`, written out: the decode set is the one priced
+            self.seat_energy_j += energy_j / new
+            steps = self.decode_steps
+            blocks = self.blocks_used = self.blocks_used + self._phase[-steps % self.block_size]
+            assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
+            self.ctx_sum += batch
+            steps = self.decode_steps = steps + 1
+            last_step, join_id, s = self._finish_heap[0]
+            if last_step <= steps or s.decode_join_id != join_id:
+                self._finish_due(steps, now)
         for s, c in chunks:  # each chunk's share of the energy, by tokens; a prefill's last chunk ends it
             s.energy_j += energy_j * c / new
             s.prefilled += c
             if s.prefilled == s.input_tokens + s.generated:
                 self.finish_prefill(s, now)
+        return now
 
     def finish_prefill(self, s: RequestState, now: float) -> None:
         """The prefill emitted a token (the first, or the next after a preemption): start decoding, or finish."""
         self.prefilling.remove(s)
         s.prefilled = 0
-        s.generated += 1
+        generated = s.generated = s.generated + 1
         if s.first_token_s != s.first_token_s:
             s.first_token_s = now
             if self.log is not None:
                 self.log.append(("first_token", now, s.idx))
-        self.start_decode(s)
+        if generated >= s.output_tokens:  # `start_decode`, written out (once a request)
+            self.finish(s, now)
+            self.blocks_used -= -((s.input_tokens + generated - 1) // -self.block_size)  # `blocks_for(ctx)`
+            return
+        self._join_decode(s, s.input_tokens + generated - 1)
 
     # ---- decoding set -------------------------------------------------------------------------------------------
     def steps_to_next_finish(self) -> int:
@@ -405,16 +440,20 @@ class Replica:
             self.finish(s, self.env.now)
             self.blocks_used -= self.blocks_for(ctx)
             return
-        self._decode_joins += 1
+        self._join_decode(s, ctx)
+
+    def _join_decode(self, s: RequestState, ctx: int) -> None:
+        """Add a request of KV context `ctx` to the decode set, marking the lazy counters it will settle from."""
+        join = self._decode_joins = self._decode_joins + 1
         steps = self.decode_steps
-        s.decode_join_id, s.steps_at_join, s.generated_at_join = self._decode_joins, steps, s.generated
+        s.decode_join_id, s.steps_at_join, s.generated_at_join = join, steps, s.generated
         s.seat_energy_at_join_j = self.seat_energy_j
-        self.running[s.decode_join_id] = s
+        self.running[join] = s
         self.ctx_sum += ctx
         self._phase[(ctx - steps) % self.block_size] += 1
-        heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
+        heappush(self._finish_heap, (steps + s.output_tokens - s.generated, join, s))
         if self._tracks_longest and s.input_tokens + s.output_tokens > self._ctx_heap_above:
-            heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
+            heappush(self._ctx_heap, (steps - ctx, join, s))
 
     def _leave_decode(self, s: RequestState) -> None:
         """Settle the lazy counters of a request leaving the decode set and release its KV blocks."""
@@ -442,11 +481,13 @@ class Replica:
         assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
         self.ctx_sum += len(running) * k
         steps = self.decode_steps = steps + k
+        last_step, join_id, s = self._finish_heap[0]
+        if last_step <= steps or s.decode_join_id != join_id:  # somebody's last token, or a stale entry on top
+            self._finish_due(steps, self.env.now)
+
+    def _finish_due(self, steps: int, now: float) -> None:
+        """Finish the decoding requests whose last token came by decode step `steps`; drop stale heap entries."""
         heap = self._finish_heap
-        last_step, join_id, s = heap[0]
-        if last_step > steps and s.decode_join_id == join_id:  # nobody's last token yet
-            return
-        now = self.env.now
         while heap:
             last_step, join_id, s = heap[0]
             if last_step > steps and s.decode_join_id == join_id:
