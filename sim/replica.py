@@ -22,6 +22,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from tokenjoule.calibrate.cost_form import IterFeatures
+from tokenjoule.sim.accounting import FILL_EVERY
 
 if TYPE_CHECKING:
     import simpy
@@ -120,6 +121,7 @@ class Replica:
         self.cost = cost
         self.ledger = ledger
         self._book = ledger.timeline.add
+        self._booked = ledger.timeline.booked  # the timeline's pending intervals, appended to on the hot path
         self._timeout = env.timeout
         self._price_stretch = cost.decode_stretch
         self._price_iteration = cost.iteration
@@ -238,10 +240,11 @@ class Replica:
         if self.wake is not None:
             self.wake.succeed()
             self.wake = None
-        elif self.stretch is not None and self.cut is None:
+        elif self.stretch is not None and self.cut is None:  # cut the stretch where the policy would admit it
             self._maybe_cut(now)
 
     def _maybe_cut(self, now: float) -> None:
+        """Cut the decode stretch under way at its first step boundary after `now`, if the policy admits there."""
         start, cost, planned, _, end, _ = self.stretch
         k, time_s = cost.boundary_after(now - start)
         if k < planned and self._admits_after(k):
@@ -278,9 +281,21 @@ class Replica:
         Arrivals the policy would admit cut it short (see `submit`), until `finish_stretch`.
         """
         longest = self.max_ctx() if self._tracks_longest and self._ctx_heap else 0  # none in the heap: 0
-        cost = self._price_stretch(len(self.running), self.ctx_sum, longest)
-        steps = self.stretch_steps()
-        time_s = cost.time_s(steps)
+        batch = len(self.running)
+        cost = self._price_stretch(batch, self.ctx_sum, longest)
+        heap = self._finish_heap  # `stretch_steps`, written out (once a stretch)
+        top = heap[0]
+        while top[2].decode_join_id != top[1]:
+            heappop(heap)
+            top = heap[0]
+        steps = top[0] - self.decode_steps
+        free = self.capacity_blocks - self.blocks_used
+        if free < batch * -(-steps // self.block_size):
+            steps = min(self.max_decode_steps(free), steps)
+        if cost.bound is None:  # `cost.time_s(steps)`, written out
+            time_s = steps * cost.time_a + cost.time_d * steps * (steps - 1) / 2.0
+        else:
+            time_s = cost.time_s(steps)
         end = self._timeout(time_s)
         self.stretch = (now, cost, steps, time_s, end, longest)
         return end
@@ -297,10 +312,14 @@ class Replica:
         else:
             now = start + time_s
         self.stretch = None
-        energy_j = cost.energy_of(steps, time_s)
+        # `cost.energy_of(steps, time_s)`, written out
+        energy_j = steps * cost.energy_a + cost.energy_d * steps * (steps - 1) / 2.0 + cost.energy_per_s * time_s
         self.busy_s += time_s  # `charge`, written out here and in `finish_iteration`: together once a plan
         self.busy_j += energy_j
-        self._book(start, time_s, energy_j)
+        booked = self._booked  # `timeline.add`, written out here and in `finish_iteration`
+        booked += start, time_s, energy_j
+        if len(booked) >= FILL_EVERY:
+            self.ledger.timeline.fill()
         running = self.running
         batch = len(running)
         if self._tally is not None:
@@ -339,8 +358,18 @@ class Replica:
     def start_iteration(self, plan: Iteration, now: float) -> simpy.Timeout:
         """Admit the plan's new requests and price its forward pass: the event of its end."""
         chunks = plan.chunks
-        if plan.admitted:
-            self.admit(chunks[len(chunks) - plan.admitted:], now)
+        admitted = plan.admitted
+        if admitted:  # `admit(chunks[-admitted:], now)`, written out
+            waiting, prefilling, bs = self.waiting, self.prefilling, self.block_size
+            blocks = 0
+            for s, _ in chunks[len(chunks) - admitted:]:
+                assert waiting[0] is s, "admissions follow the queue order"
+                waiting.popleft()
+                prefilling.append(s)
+                blocks -= (s.input_tokens + s.generated) // -bs
+                if s.start_s != s.start_s:  # NaN: first time scheduled
+                    s.start_s = now
+            self.blocks_used += blocks
         batch = len(self.running) if plan.with_decodes else 0
         new, pairs, ctx, prompt_end = batch, 0, 0, 0
         for s, c in chunks:
@@ -368,7 +397,10 @@ class Replica:
         now = start + time_s
         self.busy_s += time_s  # `charge`, written out
         self.busy_j += energy_j
-        self._book(start, time_s, energy_j)
+        booked = self._booked  # `timeline.add`, written out
+        booked += start, time_s, energy_j
+        if len(booked) >= FILL_EVERY:
+            self.ledger.timeline.fill()
         if self.log is not None:
             self.log.append(("prefill", start, tuple((s.idx, c) for s, c in chunks)))
         if self.iterations is not None:
@@ -462,7 +494,7 @@ class Replica:
         s.energy_j += self.seat_energy_j - s.seat_energy_at_join_j
         ctx = s.input_tokens + s.generated - 1
         self.ctx_sum -= ctx
-        self.blocks_used -= self.blocks_for(ctx)
+        self.blocks_used += ctx // -self.block_size  # minus `blocks_for(ctx)`
         self._phase[(ctx - self.decode_steps) % self.block_size] -= 1
         s.decode_join_id = -1
         if self._tracks_longest and len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale ones never surface
