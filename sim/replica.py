@@ -1,7 +1,7 @@
 """Mutable simulation state: one RequestState per live request, one Replica per model instance (queue, batch, KV).
 
 The replica owns this state: policies read it to decide, and the processes change it only through the replica's
-actions (`admit`, `start_iteration`, `finish_prefill`, `start_decode`, `decode_steps_done`, `preempt_newest`,
+actions (`admit`, `start_iteration`, `finish_iteration`, `start_decode`, `decode_steps_done`, `preempt_newest`,
 `finish`, ...).
 
 The decode bookkeeping is lazy so that a decode stretch costs O(1) however large the batch: advancing k steps only
@@ -121,6 +121,8 @@ class Replica:
         self.cost = cost
         self.ledger = ledger
         self._book = ledger.timeline.add
+        self._record_finish = ledger.finish
+        self._admits_midstretch = policy.admits_midstretch
         self._booked = ledger.timeline.booked  # the timeline's pending intervals, appended to on the hot path
         self._timeout = env.timeout
         self._price_stretch = cost.decode_stretch
@@ -134,7 +136,9 @@ class Replica:
         self.running: dict[int, RequestState] = {}
         self._finish_heap: list[tuple[int, int, RequestState]] = []  # (step of its last token, join id, state)
         self._ctx_heap: list[tuple[int, int, RequestState]] = []  # (steps - context, join id, state): longest first
-        self._tally = ledger.range_tally
+        self._tally = tally = ledger.range_tally
+        # the tally's range, to count an iteration inside it without a call (`RangeTally.limits`)
+        self._seqs_in, self._tokens_in, self._prompt_in, self._ctx_in = tally.limits if tally is not None else (0,) * 4
         # keep the heap only where the longest context is read: by the cost model, or the range tally
         self._tracks_longest = cost.uses_longest_context or self._tally is not None
         # The heap holds requests whose context can exceed this many tokens: all of them where the cost model prices
@@ -247,24 +251,20 @@ class Replica:
         """Cut the decode stretch under way at its first step boundary after `now`, if the policy admits there."""
         start, cost, planned, _, end, _ = self.stretch
         k, time_s = cost.boundary_after(now - start)
-        if k < planned and self._admits_after(k):
+        if k >= planned:
+            return
+        # Would the policy admit the head of the queue at the k-th step boundary? Its answer is monotone in the free
+        # blocks, and k steps take at most ceil(k / block_size) blocks a sequence: the exact count (`new_blocks`) is
+        # needed only when that bound and the blocks free now disagree.
+        admits, free = self._admits_midstretch, self.capacity_blocks - self.blocks_used  # `free_blocks`
+        if (admits(self, free - len(self.running) * -(-k // self.block_size))
+                or admits(self, free) and admits(self, free - self.new_blocks(k))):
             # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
             # Interrupt would do the same with one more event and an exception thrown into the process.
             delay = max(0.0, start + time_s - now)
             self.cut = k, time_s, now + delay  # SimPy's arithmetic for the time the timeout fires
             cut = self._timeout(delay)
             cut.callbacks, end.callbacks = end.callbacks, []
-
-    def _admits_after(self, k: int) -> bool:
-        """Would the policy admit the head of the queue at the stretch's k-th step boundary?
-
-        The policy's answer is monotone in the free blocks, and k steps take at most ceil(k / block_size) blocks a
-        sequence: the exact count (`new_blocks`) is needed only when that bound and the blocks free now disagree.
-        """
-        admits, free = self.policy.admits_midstretch, self.capacity_blocks - self.blocks_used  # `free_blocks`
-        if admits(self, free - len(self.running) * -(-k // self.block_size)):
-            return True
-        return admits(self, free) and admits(self, free - self.new_blocks(k))
 
     def sleep(self) -> simpy.Event:
         """An event that a new arrival triggers."""
@@ -322,8 +322,12 @@ class Replica:
             self.ledger.timeline.fill()
         running = self.running
         batch = len(running)
-        if self._tally is not None:
-            self._tally.decode(batch, longest, steps)
+        tally = self._tally
+        if tally is not None:  # inside the range (`RangeTally.decode`'s test): count the steps, else report them
+            if batch <= self._seqs_in and longest + steps - 1 <= self._ctx_in:
+                tally.iterations += steps
+            else:
+                tally.decode(batch, longest, steps)
         if self.log is not None:
             self.log.append(("decode", start, steps))
         if self.iterations is not None:
@@ -382,8 +386,13 @@ class Replica:
         longest = self.max_ctx() if batch and self._tracks_longest and self._ctx_heap else 0
         time_s, energy_j = self._price_iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
                                                               len(chunks), longest))
-        if self._tally is not None:
-            self._tally.iteration(batch, new, prompt_end, longest)
+        tally = self._tally
+        if tally is not None:  # inside the range (`RangeTally.iteration`'s test): count it, else report it
+            if (batch <= self._seqs_in and new <= self._tokens_in and prompt_end <= self._prompt_in
+                    and longest <= self._ctx_in):
+                tally.iterations += 1
+            else:
+                tally.iteration(batch, new, prompt_end, longest)
         self.iteration = (chunks, now, time_s, energy_j, batch, new)
         return self._timeout(time_s)
 
@@ -417,25 +426,23 @@ class Replica:
                 self._finish_due(steps, now)
         for s, c in chunks:  # each chunk's share of the energy, by tokens; a prefill's last chunk ends it
             s.energy_j += energy_j * c / new
-            s.prefilled += c
-            if s.prefilled == s.input_tokens + s.generated:
-                self.finish_prefill(s, now)
+            prefilled = s.prefilled = s.prefilled + c
+            if prefilled != s.input_tokens + s.generated:
+                continue
+            # The prefill emitted a token (the first, or the next after a preemption): decode on, or finish.
+            self.prefilling.remove(s)
+            s.prefilled = 0
+            generated = s.generated = s.generated + 1
+            if s.first_token_s != s.first_token_s:
+                s.first_token_s = now
+                if self.log is not None:
+                    self.log.append(("first_token", now, s.idx))
+            if generated >= s.output_tokens:  # `start_decode`, written out (once a request)
+                self.finish(s, now)
+                self.blocks_used -= -((s.input_tokens + generated - 1) // -self.block_size)  # `blocks_for(ctx)`
+            else:
+                self._join_decode(s, s.input_tokens + generated - 1)
         return now
-
-    def finish_prefill(self, s: RequestState, now: float) -> None:
-        """The prefill emitted a token (the first, or the next after a preemption): start decoding, or finish."""
-        self.prefilling.remove(s)
-        s.prefilled = 0
-        generated = s.generated = s.generated + 1
-        if s.first_token_s != s.first_token_s:
-            s.first_token_s = now
-            if self.log is not None:
-                self.log.append(("first_token", now, s.idx))
-        if generated >= s.output_tokens:  # `start_decode`, written out (once a request)
-            self.finish(s, now)
-            self.blocks_used -= -((s.input_tokens + generated - 1) // -self.block_size)  # `blocks_for(ctx)`
-            return
-        self._join_decode(s, s.input_tokens + generated - 1)
 
     # ---- decoding set -------------------------------------------------------------------------------------------
     def steps_to_next_finish(self) -> int:
@@ -527,7 +534,10 @@ class Replica:
             heappop(heap)
             if s.decode_join_id == join_id:  # else a stale entry of a preempted request
                 self._leave_decode(s)
-                self.finish(s, now)
+                self.outstanding -= 1  # `finish`, written out
+                self._record_finish(s, now, self.idx)
+                if self.log is not None:
+                    self.log.append(("finish", now, s.idx))
 
     def preempt_newest(self, n: int = 1) -> None:
         """Preempt the n most recently admitted decoding requests by recompute: free their KV, requeue them first."""
