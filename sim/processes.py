@@ -24,7 +24,7 @@ import simpy
 from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.notes import CONTEXT_REJECT
-from tokenjoule.sim.policies import DecodeStretch, Iteration, Preempt, StaticBatch, Wait
+from tokenjoule.sim.policies import DECODE, DecodeStretch, Iteration, Preempt, StaticBatch, Wait
 from tokenjoule.sim.replica import Replica, RequestState
 
 ROUTERS = ("round-robin", "least-outstanding", "random")
@@ -117,7 +117,10 @@ def replica(env: simpy.Environment, rep: Replica):
     now = env.now  # the clock; the hot branches get it back from the replica rather than asking again
     while True:
         plan = next_batch(rep, now)
-        if plan is None:
+        if plan is DECODE and rep.running:  # the common plan, no preemption (below, written out)
+            yield start_stretch(now)
+            now = finish_stretch()
+        elif plan is None:
             yield rep.sleep()
             now = env.now
         elif isinstance(plan, DecodeStretch):
