@@ -249,7 +249,7 @@ class ChunkedPrefill:
         if not waiting and not prefilling and free >= len(running):  # the common case: decode on
             return DECODE if running else None
         if waiting or free < len(running):  # a step takes at most a block per sequence: free is enough to decode
-            free -= rep.new_blocks(1) if running else 0  # after this iteration's decode step takes its blocks
+            free -= rep.phase[-rep.decode_steps % rep.block_size]  # `rep.new_blocks(1)`: this iteration's decode
             if free < 0:
                 return Preempt(rep.victims_for_one_step())
         if not waiting and not prefilling:

@@ -107,6 +107,8 @@ class Replica:
         seat_energy_j: cumulative energy of one decode seat over those steps (J): each step adds its energy divided by
             the tokens it processed, so a request's decode energy is the difference since it joined.
         ctx_sum: KV tokens of the decoding requests at step `decode_steps`.
+        phase: decoding requests by (context - decode_steps) mod block_size: those at index -decode_steps mod
+            block_size have a full last block, and take a new one at the next step (`new_blocks`).
         blocks_used: KV blocks held (decoding requests, and prompts reserved when admitted to prefill).
         busy_s: busy time so far (s).
         busy_j: busy energy so far (J).
@@ -149,7 +151,7 @@ class Replica:
         self.decode_steps = 0
         self.ctx_sum = 0
         self.blocks_used = 0
-        self._phase = [0] * block_size  # decoding requests by (context - decode_steps) mod block_size
+        self.phase = [0] * block_size  # decoding requests by (context - decode_steps) mod block_size
         self.seat_energy_j = 0.0
         self.busy_s = 0.0
         self.busy_j = 0.0
@@ -177,7 +179,7 @@ class Replica:
         A sequence whose cache is exactly full at a step's start needs a fresh block for that step's token; the
         phase histogram says how many sequences are in that state at each step (it repeats every block_size steps).
         """
-        bs, phase = self.block_size, self._phase
+        bs, phase = self.block_size, self.phase
         p0 = -self.decode_steps % bs  # phase index of step 0; step j reads index p0 - j (cyclically)
         if k == 1:
             return phase[p0]
@@ -190,7 +192,7 @@ class Replica:
 
     def max_decode_steps(self, free_blocks: int) -> int:
         """The most decode steps the batch can take before it needs more than `free_blocks` new blocks."""
-        bs, phase = self.block_size, self._phase
+        bs, phase = self.block_size, self.phase
         full, left = divmod(free_blocks, len(self.running))
         p0 = -self.decode_steps % bs
         needs = accumulate(phase[p0::-1] + phase[:p0:-1])  # new blocks by step, one period from step 0
@@ -244,12 +246,12 @@ class Replica:
         if self.wake is not None:
             self.wake.succeed()
             self.wake = None
-        elif self.stretch is not None and self.cut is None:  # cut the stretch where the policy would admit it
-            self._maybe_cut(now)
-
-    def _maybe_cut(self, now: float) -> None:
-        """Cut the decode stretch under way at its first step boundary after `now`, if the policy admits there."""
-        start, cost, planned, _, end, _ = self.stretch
+            return
+        stretch = self.stretch
+        if stretch is None or self.cut is not None:
+            return
+        # Cut the decode stretch under way at its first step boundary after now, if the policy admits there.
+        start, cost, planned, _, end, _ = stretch
         k, time_s = cost.boundary_after(now - start)
         if k >= planned:
             return
@@ -334,9 +336,17 @@ class Replica:
             self.iterations.stretch(self.idx, start, steps, batch, cost)
         if steps:  # `decode_steps_done(steps, energy_j, batch)`, written out: once a stretch
             self.seat_energy_j += energy_j / batch
-            done = self.decode_steps
-            blocks = self.blocks_used = self.blocks_used + (
-                self._phase[-done % self.block_size] if steps == 1 else self.new_blocks(steps))
+            done, bs, phase = self.decode_steps, self.block_size, self.phase
+            p0 = -done % bs  # `new_blocks(steps)`, written out (`batch` is len(running))
+            if steps == 1:
+                new = phase[p0]
+            else:
+                full, rest = divmod(steps, bs)
+                new = full * batch
+                if rest:
+                    lo = p0 - rest + 1
+                    new += sum(phase[lo:p0 + 1]) if lo >= 0 else sum(phase[:p0 + 1]) + sum(phase[bs + lo:])
+            blocks = self.blocks_used = self.blocks_used + new
             assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
             self.ctx_sum += batch * steps
             done = self.decode_steps = done + steps
@@ -417,7 +427,7 @@ class Replica:
         if batch:  # `decode_steps_done(1, energy_j, new)`, written out: the decode set is the one priced
             self.seat_energy_j += energy_j / new
             steps = self.decode_steps
-            blocks = self.blocks_used = self.blocks_used + self._phase[-steps % self.block_size]
+            blocks = self.blocks_used = self.blocks_used + self.phase[-steps % self.block_size]
             assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
             self.ctx_sum += batch
             steps = self.decode_steps = steps + 1
@@ -489,7 +499,7 @@ class Replica:
         s.seat_energy_at_join_j = self.seat_energy_j
         self.running[join] = s
         self.ctx_sum += ctx
-        self._phase[(ctx - steps) % self.block_size] += 1
+        self.phase[(ctx - steps) % self.block_size] += 1
         heappush(self._finish_heap, (steps + s.output_tokens - s.generated, join, s))
         if self._tracks_longest and s.input_tokens + s.output_tokens > self._ctx_heap_above:
             heappush(self._ctx_heap, (steps - ctx, join, s))
@@ -502,7 +512,7 @@ class Replica:
         ctx = s.input_tokens + s.generated - 1
         self.ctx_sum -= ctx
         self.blocks_used += ctx // -self.block_size  # minus `blocks_for(ctx)`
-        self._phase[(ctx - self.decode_steps) % self.block_size] -= 1
+        self.phase[(ctx - self.decode_steps) % self.block_size] -= 1
         s.decode_join_id = -1
         if self._tracks_longest and len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale ones never surface
             self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
@@ -515,7 +525,7 @@ class Replica:
             return
         self.seat_energy_j += energy_j / tokens
         steps = self.decode_steps
-        new = self._phase[-steps % self.block_size] if k == 1 else self.new_blocks(k)  # `new_blocks(1)`, inlined
+        new = self.phase[-steps % self.block_size] if k == 1 else self.new_blocks(k)  # `new_blocks(1)`, inlined
         blocks = self.blocks_used = self.blocks_used + new
         assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
         self.ctx_sum += len(running) * k
