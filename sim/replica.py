@@ -447,11 +447,21 @@ class Replica:
                 s.first_token_s = now
                 if self.log is not None:
                     self.log.append(("first_token", now, s.idx))
-            if generated >= s.output_tokens:  # `start_decode`, written out (once a request)
+            ctx = s.input_tokens + generated - 1  # `start_decode`, written out (once a request)
+            if generated >= s.output_tokens:
                 self.finish(s, now)
-                self.blocks_used -= -((s.input_tokens + generated - 1) // -self.block_size)  # `blocks_for(ctx)`
-            else:
-                self._join_decode(s, s.input_tokens + generated - 1)
+                self.blocks_used -= -(ctx // -self.block_size)  # `blocks_for(ctx)`
+                continue
+            join = self._decode_joins = self._decode_joins + 1  # `_join_decode`, written out
+            steps = self.decode_steps
+            s.decode_join_id, s.steps_at_join, s.generated_at_join = join, steps, generated
+            s.seat_energy_at_join_j = self.seat_energy_j
+            self.running[join] = s
+            self.ctx_sum += ctx
+            self.phase[(ctx - steps) % self.block_size] += 1
+            heappush(self._finish_heap, (steps + s.output_tokens - generated, join, s))
+            if self._tracks_longest and s.input_tokens + s.output_tokens > self._ctx_heap_above:
+                heappush(self._ctx_heap, (steps - ctx, join, s))
         return now
 
     # ---- decoding set -------------------------------------------------------------------------------------------
@@ -515,8 +525,12 @@ class Replica:
         self.phase[(ctx - self.decode_steps) % self.block_size] -= 1
         s.decode_join_id = -1
         if self._tracks_longest and len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale ones never surface
-            self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
-            heapify(self._ctx_heap)
+            self._compact_ctx_heap()
+
+    def _compact_ctx_heap(self) -> None:
+        """Drop the longest-context heap's stale entries (requests that left the decode set)."""
+        self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
+        heapify(self._ctx_heap)
 
     def decode_steps_done(self, k: int, energy_j: float, tokens: int) -> None:
         """Advance the decode set by k steps; each seat gets energy_j / tokens; finish those that are done."""
@@ -536,18 +550,29 @@ class Replica:
 
     def _finish_due(self, steps: int, now: float) -> None:
         """Finish the decoding requests whose last token came by decode step `steps`; drop stale heap entries."""
-        heap = self._finish_heap
+        heap, running, phase, bs = self._finish_heap, self.running, self.phase, self.block_size
         while heap:
             last_step, join_id, s = heap[0]
             if last_step > steps and s.decode_join_id == join_id:
                 break
             heappop(heap)
-            if s.decode_join_id == join_id:  # else a stale entry of a preempted request
-                self._leave_decode(s)
-                self.outstanding -= 1  # `finish`, written out
-                self._record_finish(s, now, self.idx)
-                if self.log is not None:
-                    self.log.append(("finish", now, s.idx))
+            if s.decode_join_id != join_id:  # a stale entry of a preempted request
+                continue
+            # `_leave_decode(s)`, written out (`steps` is decode_steps)
+            del running[join_id]
+            generated = s.generated = s.generated_at_join + steps - s.steps_at_join
+            s.energy_j += self.seat_energy_j - s.seat_energy_at_join_j
+            ctx = s.input_tokens + generated - 1
+            self.ctx_sum -= ctx
+            self.blocks_used += ctx // -bs  # minus `blocks_for(ctx)`
+            phase[(ctx - steps) % bs] -= 1
+            s.decode_join_id = -1
+            if self._tracks_longest and len(self._ctx_heap) > 2 * len(running) + 64:  # stale ones never surface
+                self._compact_ctx_heap()
+            self.outstanding -= 1  # `finish`, written out
+            self._record_finish(s, now, self.idx)
+            if self.log is not None:
+                self.log.append(("finish", now, s.idx))
 
     def preempt_newest(self, n: int = 1) -> None:
         """Preempt the n most recently admitted decoding requests by recompute: free their KV, requeue them first."""
