@@ -115,6 +115,15 @@ class Replica:
         outstanding: requests submitted and not finished (the least-outstanding router reads it).
     """
 
+    # Slotted: with over 30 attributes (CPython shares at most 30 keys) its instances would keep their own dicts, and
+    # every attribute read on the simulator's hot path would take the slower lookup.
+    __slots__ = ("idx", "env", "policy", "cost", "ledger", "_book", "_record_finish", "_admits_midstretch", "_booked",
+                 "_timeout", "_price_stretch", "_price_iteration", "log", "iterations", "block_size",
+                 "capacity_blocks", "waiting", "prefilling", "running", "_finish_heap", "_ctx_heap", "_tally",
+                 "_seqs_in", "_tokens_in", "_prompt_in", "_ctx_in", "_tracks_longest", "_ctx_heap_above",
+                 "_decode_joins", "decode_steps", "ctx_sum", "blocks_used", "phase", "seat_energy_j", "busy_s",
+                 "busy_j", "outstanding", "process", "wake", "stretch", "iteration", "cut")
+
     def __init__(self, idx: int, env: simpy.Environment, policy: Any, cost: CostModel, ledger: Ledger,
                  block_size: int = 16, log: list | None = None, iterations: IterationLog | None = None) -> None:
         self.idx = idx
