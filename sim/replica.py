@@ -167,8 +167,9 @@ class Replica:
         self.outstanding = 0
         self.process: simpy.Process | None = None
         self.wake: simpy.Event | None = None
-        # a decode stretch under way: (start_s, cost, planned steps, their seconds, the event of its end, longest ctx)
-        self.stretch: tuple[float, StretchCost, int, float, simpy.Event, int] | None = None
+        # a decode stretch under way: (start_s, cost, planned steps, their seconds, the event of its end, longest ctx,
+        # batch)
+        self.stretch: tuple[float, StretchCost, int, float, simpy.Event, int, int] | None = None
         self.iteration: tuple | None = None  # an iteration under way (see `start_iteration`)
         self.cut: tuple[int, float, float] | None = None  # (steps, seconds, end time) of a stretch cut short
 
@@ -260,7 +261,7 @@ class Replica:
         if stretch is None or self.cut is not None:
             return
         # Cut the decode stretch under way at its first step boundary after now, if the policy admits there.
-        start, cost, planned, _, end, _ = stretch
+        start, cost, planned, _, end, _, batch = stretch
         k, time_s = cost.boundary_after(now - start)
         if k >= planned:
             return
@@ -268,7 +269,7 @@ class Replica:
         # blocks, and k steps take at most ceil(k / block_size) blocks a sequence: the exact count (`new_blocks`) is
         # needed only when that bound and the blocks free now disagree.
         admits, free = self._admits_midstretch, self.capacity_blocks - self.blocks_used  # `free_blocks`
-        if (admits(self, free - len(self.running) * -(-k // self.block_size))
+        if (admits(self, free - batch * -(-k // self.block_size))
                 or admits(self, free) and admits(self, free - self.new_blocks(k))):
             # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
             # Interrupt would do the same with one more event and an exception thrown into the process.
@@ -308,7 +309,7 @@ class Replica:
         else:
             time_s = cost.time_s(steps)
         end = self._timeout(time_s)
-        self.stretch = (now, cost, steps, time_s, end, longest)
+        self.stretch = (now, cost, steps, time_s, end, longest, batch)
         return end
 
     def finish_stretch(self) -> float:
@@ -316,7 +317,7 @@ class Replica:
 
         Returns the time it ended (SimPy's clock then, by the same arithmetic: the process need not ask the clock).
         """
-        start, cost, steps, time_s, _, longest = self.stretch
+        start, cost, steps, time_s, _, longest, batch = self.stretch
         if self.cut is not None:
             steps, time_s, now = self.cut
             self.cut = None
@@ -331,8 +332,6 @@ class Replica:
         booked += start, time_s, energy_j
         if len(booked) >= FILL_EVERY:
             self.ledger.timeline.fill()
-        running = self.running
-        batch = len(running)
         tally = self._tally
         if tally is not None:  # inside the range (`RangeTally.decode`'s test): count the steps, else report them
             if batch <= self._seqs_in and longest + steps - 1 <= self._ctx_in:
@@ -576,7 +575,8 @@ class Replica:
             self.blocks_used += ctx // -bs  # minus `blocks_for(ctx)`
             phase[(ctx - steps) % bs] -= 1
             s.decode_join_id = -1
-            if self._tracks_longest and len(self._ctx_heap) > 2 * len(running) + 64:  # stale ones never surface
+            ctx_heap = self._ctx_heap  # `_leave_decode`'s test (the heap is empty where not `_tracks_longest`)
+            if len(ctx_heap) > 64 and len(ctx_heap) > 2 * len(running) + 64:  # stale ones never surface
                 self._compact_ctx_heap()
             self.outstanding -= 1  # `finish`, written out
             self._record_finish(s, now, self.idx)
