@@ -50,7 +50,7 @@ class RangeTally:
 
     The processes report every priced iteration (a decode stretch's steps at once, in closed form); an iteration
     inside the range costs a few comparisons. The replicas make those comparisons themselves against `limits` and, for
-    an iteration inside the range, only add to `iterations` (a call each is a tenth of the loop's time per request).
+    an iteration inside the range, only add to `iterations` (a call saved per iteration and per decode stretch).
 
     Attributes:
         measured: the profile's range.
