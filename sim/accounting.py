@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from tokenjoule.sim.replica import RequestState
 
 # Intervals booked before the timeline adds them to its bins (x3 floats: bounded memory however long the run).
-_FILL_EVERY = 3 * (1 << 16)
+FILL_EVERY = 3 * (1 << 16)
 # Bin widths that divide an hour, so no bin straddles two hours of an hourly carbon-intensity series.
 _NICE_BINS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 STATUS_PENDING, STATUS_FINISHED, STATUS_REJECTED = 0, 1, 2
@@ -44,40 +44,42 @@ class EnergyTimeline:
     """Busy seconds and joules per time bin, summed over replicas (an interval's energy is split by its time).
 
     The simulator books a few intervals per request, so `add` only records one; the bins are filled a block of
-    intervals at a time (numpy, `_fill`), in booking order, with the arithmetic of splitting and adding each interval
+    intervals at a time (numpy, `fill`), in booking order, with the arithmetic of splitting and adding each interval
     in turn: every bin holds the sums it would hold had each interval been added on its own.
     """
 
     def __init__(self, bin_s: float) -> None:
         self.bin_s = bin_s
-        self._booked: list[float] = []  # start_s, time_s, energy_j of each interval not yet in the bins
+        # start_s, time_s, energy_j of each interval not yet in the bins: the simulator's replicas append to it in
+        # place (`add`, written out) and call `fill` once it holds FILL_EVERY floats
+        self.booked: list[float] = []
         self._busy_s = np.zeros(0)
         self._busy_j = np.zeros(0)
 
     @property
     def busy_s(self) -> np.ndarray:
         """Busy seconds per bin (over all replicas)."""
-        self._fill()
+        self.fill()
         return self._busy_s
 
     @property
     def busy_j(self) -> np.ndarray:
         """Busy joules per bin (over all replicas)."""
-        self._fill()
+        self.fill()
         return self._busy_j
 
     def add(self, start_s: float, time_s: float, energy_j: float) -> None:
         """Book `energy_j` spent uniformly over [start_s, start_s + time_s]."""
-        booked = self._booked
+        booked = self.booked
         booked += start_s, time_s, energy_j
-        if len(booked) >= _FILL_EVERY:
-            self._fill()
+        if len(booked) >= FILL_EVERY:
+            self.fill()
 
-    def _fill(self) -> None:
+    def fill(self) -> None:
         """Add the booked intervals to their bins: one piece in its bin, or one per bin it overlaps (by time)."""
-        if not self._booked:
+        if not self.booked:
             return
-        start, time_s, energy_j = np.array(self._booked, dtype=np.float64).reshape(-1, 3).T
+        start, time_s, energy_j = np.array(self.booked, dtype=np.float64).reshape(-1, 3).T
         width = self.bin_s
         first = np.floor_divide(start, width).astype(np.int64)  # Python's float // (numpy's floor_divide is its twin)
         last = np.floor_divide(start + time_s, width).astype(np.int64)
@@ -98,7 +100,7 @@ class EnergyTimeline:
             self._busy_j = np.concatenate((self._busy_j, np.zeros(size - len(self._busy_j))))
         np.add.at(self._busy_s, b[keep], piece_s[keep])  # unbuffered: repeated bins add up in order
         np.add.at(self._busy_j, b[keep], piece_j[keep])
-        self._booked = []
+        self.booked.clear()  # the same list: the replicas hold it
 
     def gpu_power_w(self, end_s: float, replicas: int, idle_power_w: float) -> tuple[np.ndarray, np.ndarray]:
         """(bin start times, mean GPU power per bin) with idle power filling each replica's non-busy time."""

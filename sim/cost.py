@@ -16,6 +16,7 @@ the one implementation the fitter and the profile file use too.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,8 +102,22 @@ class CalibratedCost:
         """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
         p = self.profile
         if f.decode_seqs:  # `_iteration`, written out: every iteration with decodes is priced anew
-            rule = p.decode_split_rule
-            t, e = self._lat.iteration(f, rule), self._en.iteration(f, rule)
+            # both curves' `CurveTable.iteration`, written out with the features read once (the same arithmetic)
+            rule, lat, en = p.decode_split_rule, self._lat, self._en
+            lc, ec = lat.coef, en.coef
+            x, pairs, pctx, seqs, dctx = (f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.prefill_seqs,
+                                          f.decode_ctx_tokens)
+            tail = tail_ctx_tokens(f.decode_max_ctx_tokens, dctx, f.decode_seqs, rule) if lc[4] or ec[4] else 0.0
+            if seqs or pairs:
+                k0, dk, v0, dv = lat.rows[bisect_right(lat.prefill_knots, x) + lat.prefill_offset]
+                ek0, edk, ev0, edv = en.rows[bisect_right(en.prefill_knots, x) + en.prefill_offset]
+            else:
+                k0, dk, v0, dv = lat.rows[bisect_right(lat.decode_knots, x)]
+                ek0, edk, ev0, edv = en.rows[bisect_right(en.decode_knots, x)]
+            t = (v0 + (x - k0) / dk * dv + lc[0] * pairs + lc[1] * pctx + lc[2] * seqs + lc[3] * dctx
+                 + lc[4] * (tail if lc[4] else 0.0))
+            e = (ev0 + (x - ek0) / edk * edv + ec[0] * pairs + ec[1] * pctx + ec[2] * seqs + ec[3] * dctx
+                 + ec[4] * (tail if ec[4] else 0.0))
             if p.host_overhead is None:
                 return t, e
             host = p.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)

@@ -49,10 +49,12 @@ class RangeTally:
     """Counts the iterations a run prices beyond a profile's measured range, and the furthest each dimension goes.
 
     The processes report every priced iteration (a decode stretch's steps at once, in closed form); an iteration
-    inside the range costs a few comparisons.
+    inside the range costs a few comparisons. The replicas make those comparisons themselves against `limits` and, for
+    an iteration inside the range, only add to `iterations` (a call saved per iteration and per decode stretch).
 
     Attributes:
         measured: the profile's range.
+        limits: the largest decode batch, iteration tokens, prompt tokens and context inside the range (inf: none).
         iterations: iterations priced (each decode step one).
         iterations_beyond: of those, iterations beyond the range in any dimension.
         beyond: iterations beyond the range, per dimension (DIMENSIONS order).
@@ -65,6 +67,7 @@ class RangeTally:
         self._prompt = math.inf if measured.prompt_tokens is None else measured.prompt_tokens
         self._ctx = math.inf if measured.context_tokens is None else measured.context_tokens
         self.context_tokens = self._ctx  # the longest measured context (inf where unknown): longer ones are counted
+        self.limits = (self._seqs, self._tokens, self._prompt, self._ctx)
         self.iterations = 0
         self.iterations_beyond = 0
         self.beyond = [0] * len(DIMENSIONS)

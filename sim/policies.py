@@ -78,7 +78,7 @@ def _kv_tokens(rep: Replica) -> int:
     return rep.capacity_blocks * rep.block_size
 
 
-_DECODE = DecodeStretch(0)  # the common plan, allocated once
+DECODE = DecodeStretch(0)  # the common plan, allocated once (the replica process tells it by identity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +197,9 @@ class ContinuousBatching:
         if not running:
             return None
         if free >= len(running):  # a step takes at most a block per sequence: no preemption
-            return _DECODE
+            return DECODE
         victims = rep.victims_for_one_step()
-        return DecodeStretch(victims) if victims else _DECODE
+        return DecodeStretch(victims) if victims else DECODE
 
     def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
         """Would the next iteration boundary admit the head of the queue (monotone in `free_blocks`)?"""
@@ -247,13 +247,13 @@ class ChunkedPrefill:
         running, waiting, prefilling = rep.running, rep.waiting, rep.prefilling
         free = rep.capacity_blocks - rep.blocks_used
         if not waiting and not prefilling and free >= len(running):  # the common case: decode on
-            return _DECODE if running else None
+            return DECODE if running else None
         if waiting or free < len(running):  # a step takes at most a block per sequence: free is enough to decode
-            free -= rep.new_blocks(1)  # after this iteration's decode step takes its blocks
+            free -= rep.phase[-rep.decode_steps % rep.block_size]  # `rep.new_blocks(1)`: this iteration's decode
             if free < 0:
                 return Preempt(rep.victims_for_one_step())
         if not waiting and not prefilling:
-            return _DECODE if running else None
+            return DECODE if running else None
         budget = self.max_num_batched_tokens - len(running)
         chunks: list[tuple[RequestState, int]] = []
         for s in prefilling:
@@ -277,7 +277,7 @@ class ChunkedPrefill:
             admitted += 1
         if chunks:
             return Iteration(tuple(chunks), True, admitted)
-        return _DECODE if running else None
+        return DECODE if running else None
 
     def admits_midstretch(self, rep: Replica, free_blocks: int) -> bool:
         """Would the next iteration boundary schedule a chunk of the queue's head (monotone in `free_blocks`)?"""

@@ -24,7 +24,7 @@ import simpy
 from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.notes import CONTEXT_REJECT
-from tokenjoule.sim.policies import DecodeStretch, Iteration, Preempt, StaticBatch, Wait
+from tokenjoule.sim.policies import DECODE, DecodeStretch, Iteration, Preempt, StaticBatch, Wait
 from tokenjoule.sim.replica import Replica, RequestState
 
 ROUTERS = ("round-robin", "least-outstanding", "random")
@@ -94,11 +94,12 @@ def arrivals(env: simpy.Environment, rows: Iterable[tuple[float, int, int]], rou
 
     `rows` are (arrival_s, input_tokens, output_tokens) in arrival order (`Trace.iter_rows`).
     """
-    dispatch, now = router.dispatch, env.now
+    dispatch, timeout, now = router.dispatch, env.timeout, env.now
     for idx, (arrival_s, input_tokens, output_tokens) in enumerate(rows):
         if arrival_s > now:
-            yield env.timeout(arrival_s - now)
-            now = env.now
+            delay = arrival_s - now
+            yield timeout(delay)
+            now += delay  # the clock now: SimPy's own arithmetic
         dispatch(RequestState(idx, arrival_s, input_tokens, output_tokens), now)
         if on_progress is not None and not idx % 4096:
             on_progress(idx)
@@ -113,29 +114,36 @@ def replica(env: simpy.Environment, rep: Replica):
     """
     next_batch, start_stretch, finish_stretch = rep.policy.next_batch, rep.start_stretch, rep.finish_stretch
     start_iteration, finish_iteration = rep.start_iteration, rep.finish_iteration
+    now = env.now  # the clock; the hot branches get it back from the replica rather than asking again
     while True:
-        now = env.now
         plan = next_batch(rep, now)
-        if plan is None:
+        if plan is DECODE and rep.running:  # the common plan, no preemption (below, written out)
+            yield start_stretch(now)
+            now = finish_stretch()
+        elif plan is None:
             yield rep.sleep()
+            now = env.now
         elif isinstance(plan, DecodeStretch):
             if plan.preempt:
                 rep.preempt_newest(plan.preempt)
             if rep.running:
                 yield start_stretch(now)  # a cut moves this wait to the earlier boundary (`Replica.submit`)
-                finish_stretch()
+                now = finish_stretch()
             else:  # all preempted: nothing left to decode, wait for an arrival as an idle replica does
                 yield rep.sleep()
+                now = env.now
         elif isinstance(plan, Iteration):  # admit the planned requests, run one forward pass
             yield start_iteration(plan, now)
-            finish_iteration(env.now)
+            now = finish_iteration()
         elif isinstance(plan, Preempt):
             rep.preempt_newest(plan.count)
         elif isinstance(plan, StaticBatch):
             yield from static_batch(env, rep, plan)
+            now = env.now
         elif isinstance(plan, Wait):
             yield env.any_of([rep.sleep(), env.timeout(plan.until_s - env.now)])
             rep.end_sleep()
+            now = env.now
 
 
 def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):

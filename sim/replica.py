@@ -1,7 +1,7 @@
 """Mutable simulation state: one RequestState per live request, one Replica per model instance (queue, batch, KV).
 
 The replica owns this state: policies read it to decide, and the processes change it only through the replica's
-actions (`admit`, `start_iteration`, `finish_prefill`, `start_decode`, `decode_steps_done`, `preempt_newest`,
+actions (`admit`, `start_iteration`, `finish_iteration`, `start_decode`, `decode_steps_done`, `preempt_newest`,
 `finish`, ...).
 
 The decode bookkeeping is lazy so that a decode stretch costs O(1) however large the batch: advancing k steps only
@@ -22,6 +22,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from tokenjoule.calibrate.cost_form import IterFeatures
+from tokenjoule.sim.accounting import FILL_EVERY
 
 if TYPE_CHECKING:
     import simpy
@@ -106,11 +107,22 @@ class Replica:
         seat_energy_j: cumulative energy of one decode seat over those steps (J): each step adds its energy divided by
             the tokens it processed, so a request's decode energy is the difference since it joined.
         ctx_sum: KV tokens of the decoding requests at step `decode_steps`.
+        phase: decoding requests by (context - decode_steps) mod block_size: those at index -decode_steps mod
+            block_size have a full last block, and take a new one at the next step (`new_blocks`).
         blocks_used: KV blocks held (decoding requests, and prompts reserved when admitted to prefill).
         busy_s: busy time so far (s).
         busy_j: busy energy so far (J).
         outstanding: requests submitted and not finished (the least-outstanding router reads it).
     """
+
+    # Slotted: with over 30 attributes (CPython shares at most 30 keys) its instances would keep their own dicts, and
+    # every attribute read on the simulator's hot path would take the slower lookup.
+    __slots__ = ("idx", "env", "policy", "cost", "ledger", "_book", "_record_finish", "_admits_midstretch", "_booked",
+                 "_timeout", "_price_stretch", "_price_iteration", "log", "iterations", "block_size",
+                 "capacity_blocks", "waiting", "prefilling", "running", "_finish_heap", "_ctx_heap", "_tally",
+                 "_seqs_in", "_tokens_in", "_prompt_in", "_ctx_in", "_tracks_longest", "_ctx_heap_above",
+                 "_decode_joins", "decode_steps", "ctx_sum", "blocks_used", "phase", "seat_energy_j", "busy_s",
+                 "busy_j", "outstanding", "process", "wake", "stretch", "iteration", "cut")
 
     def __init__(self, idx: int, env: simpy.Environment, policy: Any, cost: CostModel, ledger: Ledger,
                  block_size: int = 16, log: list | None = None, iterations: IterationLog | None = None) -> None:
@@ -120,6 +132,9 @@ class Replica:
         self.cost = cost
         self.ledger = ledger
         self._book = ledger.timeline.add
+        self._record_finish = ledger.finish
+        self._admits_midstretch = policy.admits_midstretch
+        self._booked = ledger.timeline.booked  # the timeline's pending intervals, appended to on the hot path
         self._timeout = env.timeout
         self._price_stretch = cost.decode_stretch
         self._price_iteration = cost.iteration
@@ -132,7 +147,9 @@ class Replica:
         self.running: dict[int, RequestState] = {}
         self._finish_heap: list[tuple[int, int, RequestState]] = []  # (step of its last token, join id, state)
         self._ctx_heap: list[tuple[int, int, RequestState]] = []  # (steps - context, join id, state): longest first
-        self._tally = ledger.range_tally
+        self._tally = tally = ledger.range_tally
+        # the tally's range, to count an iteration inside it without a call (`RangeTally.limits`)
+        self._seqs_in, self._tokens_in, self._prompt_in, self._ctx_in = tally.limits if tally is not None else (0,) * 4
         # keep the heap only where the longest context is read: by the cost model, or the range tally
         self._tracks_longest = cost.uses_longest_context or self._tally is not None
         # The heap holds requests whose context can exceed this many tokens: all of them where the cost model prices
@@ -143,17 +160,18 @@ class Replica:
         self.decode_steps = 0
         self.ctx_sum = 0
         self.blocks_used = 0
-        self._phase = [0] * block_size  # decoding requests by (context - decode_steps) mod block_size
+        self.phase = [0] * block_size  # decoding requests by (context - decode_steps) mod block_size
         self.seat_energy_j = 0.0
         self.busy_s = 0.0
         self.busy_j = 0.0
         self.outstanding = 0
         self.process: simpy.Process | None = None
         self.wake: simpy.Event | None = None
-        # a decode stretch under way: (start_s, cost, planned steps, their seconds, the event of its end, longest ctx)
-        self.stretch: tuple[float, StretchCost, int, float, simpy.Event, int] | None = None
+        # a decode stretch under way: (start_s, cost, planned steps, their seconds, the event of its end, longest ctx,
+        # batch)
+        self.stretch: tuple[float, StretchCost, int, float, simpy.Event, int, int] | None = None
         self.iteration: tuple | None = None  # an iteration under way (see `start_iteration`)
-        self.cut: tuple[int, float] | None = None  # (steps, seconds) of a stretch an arrival cut short
+        self.cut: tuple[int, float, float] | None = None  # (steps, seconds, end time) of a stretch cut short
 
     # ---- paged KV blocks (read-only questions the policies ask) ------------------------------------------------
     @property
@@ -171,7 +189,7 @@ class Replica:
         A sequence whose cache is exactly full at a step's start needs a fresh block for that step's token; the
         phase histogram says how many sequences are in that state at each step (it repeats every block_size steps).
         """
-        bs, phase = self.block_size, self._phase
+        bs, phase = self.block_size, self.phase
         p0 = -self.decode_steps % bs  # phase index of step 0; step j reads index p0 - j (cyclically)
         if k == 1:
             return phase[p0]
@@ -184,7 +202,7 @@ class Replica:
 
     def max_decode_steps(self, free_blocks: int) -> int:
         """The most decode steps the batch can take before it needs more than `free_blocks` new blocks."""
-        bs, phase = self.block_size, self._phase
+        bs, phase = self.block_size, self.phase
         full, left = divmod(free_blocks, len(self.running))
         p0 = -self.decode_steps % bs
         needs = accumulate(phase[p0::-1] + phase[:p0:-1])  # new blocks by step, one period from step 0
@@ -238,29 +256,27 @@ class Replica:
         if self.wake is not None:
             self.wake.succeed()
             self.wake = None
-        elif self.stretch is not None and self.cut is None:
-            self._maybe_cut(now)
-
-    def _maybe_cut(self, now: float) -> None:
-        start, cost, planned, _, end, _ = self.stretch
+            return
+        stretch = self.stretch
+        if stretch is None or self.cut is not None:
+            return
+        # Cut the decode stretch under way at its first step boundary after now, if the policy admits there.
+        start, cost, planned, _, end, _, batch = stretch
         k, time_s = cost.boundary_after(now - start)
-        if k < planned and self._admits_after(k):
-            self.cut = k, time_s
+        if k >= planned:
+            return
+        # Would the policy admit the head of the queue at the k-th step boundary? Its answer is monotone in the free
+        # blocks, and k steps take at most ceil(k / block_size) blocks a sequence: the exact count (`new_blocks`) is
+        # needed only when that bound and the blocks free now disagree.
+        admits, free = self._admits_midstretch, self.capacity_blocks - self.blocks_used  # `free_blocks`
+        if (admits(self, free - batch * -(-k // self.block_size))
+                or admits(self, free) and admits(self, free - self.new_blocks(k))):
             # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
             # Interrupt would do the same with one more event and an exception thrown into the process.
-            cut = self._timeout(max(0.0, start + time_s - now))
+            delay = max(0.0, start + time_s - now)
+            self.cut = k, time_s, now + delay  # SimPy's arithmetic for the time the timeout fires
+            cut = self._timeout(delay)
             cut.callbacks, end.callbacks = end.callbacks, []
-
-    def _admits_after(self, k: int) -> bool:
-        """Would the policy admit the head of the queue at the stretch's k-th step boundary?
-
-        The policy's answer is monotone in the free blocks, and k steps take at most ceil(k / block_size) blocks a
-        sequence: the exact count (`new_blocks`) is needed only when that bound and the blocks free now disagree.
-        """
-        admits, free = self.policy.admits_midstretch, self.capacity_blocks - self.blocks_used  # `free_blocks`
-        if admits(self, free - len(self.running) * -(-k // self.block_size)):
-            return True
-        return admits(self, free) and admits(self, free - self.new_blocks(k))
 
     def sleep(self) -> simpy.Event:
         """An event that a new arrival triggers."""
@@ -277,32 +293,75 @@ class Replica:
         Arrivals the policy would admit cut it short (see `submit`), until `finish_stretch`.
         """
         longest = self.max_ctx() if self._tracks_longest and self._ctx_heap else 0  # none in the heap: 0
-        cost = self._price_stretch(len(self.running), self.ctx_sum, longest)
-        steps = self.stretch_steps()
-        time_s = cost.time_s(steps)
+        batch = len(self.running)
+        cost = self._price_stretch(batch, self.ctx_sum, longest)
+        heap = self._finish_heap  # `stretch_steps`, written out (once a stretch)
+        top = heap[0]
+        while top[2].decode_join_id != top[1]:
+            heappop(heap)
+            top = heap[0]
+        steps = top[0] - self.decode_steps
+        free = self.capacity_blocks - self.blocks_used
+        if free < batch * -(-steps // self.block_size):
+            steps = min(self.max_decode_steps(free), steps)
+        if cost.bound is None:  # `cost.time_s(steps)`, written out
+            time_s = steps * cost.time_a + cost.time_d * steps * (steps - 1) / 2.0
+        else:
+            time_s = cost.time_s(steps)
         end = self._timeout(time_s)
-        self.stretch = (now, cost, steps, time_s, end, longest)
+        self.stretch = (now, cost, steps, time_s, end, longest, batch)
         return end
 
-    def finish_stretch(self) -> None:
-        """The stretch ended (run out, or cut short): book its time and energy and advance the decode set."""
-        start, cost, steps, time_s, _, longest = self.stretch
+    def finish_stretch(self) -> float:
+        """The stretch ended (run out, or cut short): book its time and energy and advance the decode set.
+
+        Returns the time it ended (SimPy's clock then, by the same arithmetic: the process need not ask the clock).
+        """
+        start, cost, steps, time_s, _, longest, batch = self.stretch
         if self.cut is not None:
-            steps, time_s = self.cut
+            steps, time_s, now = self.cut
             self.cut = None
+        else:
+            now = start + time_s
         self.stretch = None
-        energy_j = cost.energy_of(steps, time_s)
+        # `cost.energy_of(steps, time_s)`, written out
+        energy_j = steps * cost.energy_a + cost.energy_d * steps * (steps - 1) / 2.0 + cost.energy_per_s * time_s
         self.busy_s += time_s  # `charge`, written out here and in `finish_iteration`: together once a plan
         self.busy_j += energy_j
-        self._book(start, time_s, energy_j)
-        batch = len(self.running)
-        if self._tally is not None:
-            self._tally.decode(batch, longest, steps)
+        booked = self._booked  # `timeline.add`, written out here and in `finish_iteration`
+        booked += start, time_s, energy_j
+        if len(booked) >= FILL_EVERY:
+            self.ledger.timeline.fill()
+        tally = self._tally
+        if tally is not None:  # inside the range (`RangeTally.decode`'s test): count the steps, else report them
+            if batch <= self._seqs_in and longest + steps - 1 <= self._ctx_in:
+                tally.iterations += steps
+            else:
+                tally.decode(batch, longest, steps)
         if self.log is not None:
             self.log.append(("decode", start, steps))
         if self.iterations is not None:
             self.iterations.stretch(self.idx, start, steps, batch, cost)
-        self.decode_steps_done(steps, energy_j, batch)
+        if steps:  # `decode_steps_done(steps, energy_j, batch)`, written out: once a stretch
+            self.seat_energy_j += energy_j / batch
+            done, bs, phase = self.decode_steps, self.block_size, self.phase
+            p0 = -done % bs  # `new_blocks(steps)`, written out (`batch` is len(running))
+            if steps == 1:
+                new = phase[p0]
+            else:
+                full, rest = divmod(steps, bs)
+                new = full * batch
+                if rest:
+                    lo = p0 - rest + 1
+                    new += sum(phase[lo:p0 + 1]) if lo >= 0 else sum(phase[:p0 + 1]) + sum(phase[bs + lo:])
+            blocks = self.blocks_used = self.blocks_used + new
+            assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
+            self.ctx_sum += batch * steps
+            done = self.decode_steps = done + steps
+            last_step, join_id, s = self._finish_heap[0]
+            if last_step <= done or s.decode_join_id != join_id:
+                self._finish_due(done, now)
+        return now
 
     # ---- admission and prefill ------------------------------------------------------------------------------------
     def admit(self, chunks: tuple[tuple[RequestState, int], ...], now: float) -> None:
@@ -321,8 +380,18 @@ class Replica:
     def start_iteration(self, plan: Iteration, now: float) -> simpy.Timeout:
         """Admit the plan's new requests and price its forward pass: the event of its end."""
         chunks = plan.chunks
-        if plan.admitted:
-            self.admit(chunks[len(chunks) - plan.admitted:], now)
+        admitted = plan.admitted
+        if admitted:  # `admit(chunks[-admitted:], now)`, written out
+            waiting, prefilling, bs = self.waiting, self.prefilling, self.block_size
+            blocks = 0
+            for s, _ in chunks[len(chunks) - admitted:]:
+                assert waiting[0] is s, "admissions follow the queue order"
+                waiting.popleft()
+                prefilling.append(s)
+                blocks -= (s.input_tokens + s.generated) // -bs
+                if s.start_s != s.start_s:  # NaN: first time scheduled
+                    s.start_s = now
+            self.blocks_used += blocks
         batch = len(self.running) if plan.with_decodes else 0
         new, pairs, ctx, prompt_end = batch, 0, 0, 0
         for s, c in chunks:
@@ -335,40 +404,73 @@ class Replica:
         longest = self.max_ctx() if batch and self._tracks_longest and self._ctx_heap else 0
         time_s, energy_j = self._price_iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
                                                               len(chunks), longest))
-        if self._tally is not None:
-            self._tally.iteration(batch, new, prompt_end, longest)
+        tally = self._tally
+        if tally is not None:  # inside the range (`RangeTally.iteration`'s test): count it, else report it
+            if (batch <= self._seqs_in and new <= self._tokens_in and prompt_end <= self._prompt_in
+                    and longest <= self._ctx_in):
+                tally.iterations += 1
+            else:
+                tally.iteration(batch, new, prompt_end, longest)
         self.iteration = (chunks, now, time_s, energy_j, batch, new)
         return self._timeout(time_s)
 
-    def finish_iteration(self, now: float) -> None:
-        """The forward pass ended: book it, advance the decodes it carried, and share its energy by tokens."""
+    def finish_iteration(self) -> float:
+        """The forward pass ended: book it, advance the decodes it carried, and share its energy by tokens.
+
+        Returns the time it ended (SimPy's clock then, by the same arithmetic).
+        """
         chunks, start, time_s, energy_j, batch, new = self.iteration
         self.iteration = None
+        now = start + time_s
         self.busy_s += time_s  # `charge`, written out
         self.busy_j += energy_j
-        self._book(start, time_s, energy_j)
+        booked = self._booked  # `timeline.add`, written out
+        booked += start, time_s, energy_j
+        if len(booked) >= FILL_EVERY:
+            self.ledger.timeline.fill()
         if self.log is not None:
             self.log.append(("prefill", start, tuple((s.idx, c) for s, c in chunks)))
         if self.iterations is not None:
             self.iterations.iteration(self.idx, start, time_s, energy_j, new - batch, len(chunks), batch)
-        if batch:
-            self.decode_steps_done(1, energy_j, new)
+        if batch:  # `decode_steps_done(1, energy_j, new)`, written out: the decode set is the one priced
+            self.seat_energy_j += energy_j / new
+            steps = self.decode_steps
+            blocks = self.blocks_used = self.blocks_used + self.phase[-steps % self.block_size]
+            assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
+            self.ctx_sum += batch
+            steps = self.decode_steps = steps + 1
+            last_step, join_id, s = self._finish_heap[0]
+            if last_step <= steps or s.decode_join_id != join_id:
+                self._finish_due(steps, now)
         for s, c in chunks:  # each chunk's share of the energy, by tokens; a prefill's last chunk ends it
             s.energy_j += energy_j * c / new
-            s.prefilled += c
-            if s.prefilled == s.input_tokens + s.generated:
-                self.finish_prefill(s, now)
-
-    def finish_prefill(self, s: RequestState, now: float) -> None:
-        """The prefill emitted a token (the first, or the next after a preemption): start decoding, or finish."""
-        self.prefilling.remove(s)
-        s.prefilled = 0
-        s.generated += 1
-        if s.first_token_s != s.first_token_s:
-            s.first_token_s = now
-            if self.log is not None:
-                self.log.append(("first_token", now, s.idx))
-        self.start_decode(s)
+            prefilled = s.prefilled = s.prefilled + c
+            if prefilled != s.input_tokens + s.generated:
+                continue
+            # The prefill emitted a token (the first, or the next after a preemption): decode on, or finish.
+            self.prefilling.remove(s)
+            s.prefilled = 0
+            generated = s.generated = s.generated + 1
+            if s.first_token_s != s.first_token_s:
+                s.first_token_s = now
+                if self.log is not None:
+                    self.log.append(("first_token", now, s.idx))
+            ctx = s.input_tokens + generated - 1  # `start_decode`, written out (once a request)
+            if generated >= s.output_tokens:
+                self.finish(s, now)
+                self.blocks_used -= -(ctx // -self.block_size)  # `blocks_for(ctx)`
+                continue
+            join = self._decode_joins = self._decode_joins + 1  # `_join_decode`, written out
+            steps = self.decode_steps
+            s.decode_join_id, s.steps_at_join, s.generated_at_join = join, steps, generated
+            s.seat_energy_at_join_j = self.seat_energy_j
+            self.running[join] = s
+            self.ctx_sum += ctx
+            self.phase[(ctx - steps) % self.block_size] += 1
+            heappush(self._finish_heap, (steps + s.output_tokens - generated, join, s))
+            if self._tracks_longest and s.input_tokens + s.output_tokens > self._ctx_heap_above:
+                heappush(self._ctx_heap, (steps - ctx, join, s))
+        return now
 
     # ---- decoding set -------------------------------------------------------------------------------------------
     def steps_to_next_finish(self) -> int:
@@ -405,16 +507,20 @@ class Replica:
             self.finish(s, self.env.now)
             self.blocks_used -= self.blocks_for(ctx)
             return
-        self._decode_joins += 1
+        self._join_decode(s, ctx)
+
+    def _join_decode(self, s: RequestState, ctx: int) -> None:
+        """Add a request of KV context `ctx` to the decode set, marking the lazy counters it will settle from."""
+        join = self._decode_joins = self._decode_joins + 1
         steps = self.decode_steps
-        s.decode_join_id, s.steps_at_join, s.generated_at_join = self._decode_joins, steps, s.generated
+        s.decode_join_id, s.steps_at_join, s.generated_at_join = join, steps, s.generated
         s.seat_energy_at_join_j = self.seat_energy_j
-        self.running[s.decode_join_id] = s
+        self.running[join] = s
         self.ctx_sum += ctx
-        self._phase[(ctx - steps) % self.block_size] += 1
-        heappush(self._finish_heap, (steps + s.output_tokens - s.generated, s.decode_join_id, s))
+        self.phase[(ctx - steps) % self.block_size] += 1
+        heappush(self._finish_heap, (steps + s.output_tokens - s.generated, join, s))
         if self._tracks_longest and s.input_tokens + s.output_tokens > self._ctx_heap_above:
-            heappush(self._ctx_heap, (steps - ctx, s.decode_join_id, s))
+            heappush(self._ctx_heap, (steps - ctx, join, s))
 
     def _leave_decode(self, s: RequestState) -> None:
         """Settle the lazy counters of a request leaving the decode set and release its KV blocks."""
@@ -423,12 +529,16 @@ class Replica:
         s.energy_j += self.seat_energy_j - s.seat_energy_at_join_j
         ctx = s.input_tokens + s.generated - 1
         self.ctx_sum -= ctx
-        self.blocks_used -= self.blocks_for(ctx)
-        self._phase[(ctx - self.decode_steps) % self.block_size] -= 1
+        self.blocks_used += ctx // -self.block_size  # minus `blocks_for(ctx)`
+        self.phase[(ctx - self.decode_steps) % self.block_size] -= 1
         s.decode_join_id = -1
         if self._tracks_longest and len(self._ctx_heap) > 2 * len(self.running) + 64:  # stale ones never surface
-            self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
-            heapify(self._ctx_heap)
+            self._compact_ctx_heap()
+
+    def _compact_ctx_heap(self) -> None:
+        """Drop the longest-context heap's stale entries (requests that left the decode set)."""
+        self._ctx_heap = [e for e in self._ctx_heap if e[2].decode_join_id == e[1]]
+        heapify(self._ctx_heap)
 
     def decode_steps_done(self, k: int, energy_j: float, tokens: int) -> None:
         """Advance the decode set by k steps; each seat gets energy_j / tokens; finish those that are done."""
@@ -437,24 +547,41 @@ class Replica:
             return
         self.seat_energy_j += energy_j / tokens
         steps = self.decode_steps
-        new = self._phase[-steps % self.block_size] if k == 1 else self.new_blocks(k)  # `new_blocks(1)`, inlined
+        new = self.phase[-steps % self.block_size] if k == 1 else self.new_blocks(k)  # `new_blocks(1)`, inlined
         blocks = self.blocks_used = self.blocks_used + new
         assert blocks <= self.capacity_blocks, (blocks, self.capacity_blocks)
         self.ctx_sum += len(running) * k
         steps = self.decode_steps = steps + k
-        heap = self._finish_heap
-        last_step, join_id, s = heap[0]
-        if last_step > steps and s.decode_join_id == join_id:  # nobody's last token yet
-            return
-        now = self.env.now
+        last_step, join_id, s = self._finish_heap[0]
+        if last_step <= steps or s.decode_join_id != join_id:  # somebody's last token, or a stale entry on top
+            self._finish_due(steps, self.env.now)
+
+    def _finish_due(self, steps: int, now: float) -> None:
+        """Finish the decoding requests whose last token came by decode step `steps`; drop stale heap entries."""
+        heap, running, phase, bs = self._finish_heap, self.running, self.phase, self.block_size
         while heap:
             last_step, join_id, s = heap[0]
             if last_step > steps and s.decode_join_id == join_id:
                 break
             heappop(heap)
-            if s.decode_join_id == join_id:  # else a stale entry of a preempted request
-                self._leave_decode(s)
-                self.finish(s, now)
+            if s.decode_join_id != join_id:  # a stale entry of a preempted request
+                continue
+            # `_leave_decode(s)`, written out (`steps` is decode_steps)
+            del running[join_id]
+            generated = s.generated = s.generated_at_join + steps - s.steps_at_join
+            s.energy_j += self.seat_energy_j - s.seat_energy_at_join_j
+            ctx = s.input_tokens + generated - 1
+            self.ctx_sum -= ctx
+            self.blocks_used += ctx // -bs  # minus `blocks_for(ctx)`
+            phase[(ctx - steps) % bs] -= 1
+            s.decode_join_id = -1
+            ctx_heap = self._ctx_heap  # `_leave_decode`'s test (the heap is empty where not `_tracks_longest`)
+            if len(ctx_heap) > 64 and len(ctx_heap) > 2 * len(running) + 64:  # stale ones never surface
+                self._compact_ctx_heap()
+            self.outstanding -= 1  # `finish`, written out
+            self._record_finish(s, now, self.idx)
+            if self.log is not None:
+                self.log.append(("finish", now, s.idx))
 
     def preempt_newest(self, n: int = 1) -> None:
         """Preempt the n most recently admitted decoding requests by recompute: free their KV, requeue them first."""

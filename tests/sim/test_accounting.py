@@ -88,7 +88,7 @@ def test_timeline_bins_hold_the_sums_of_adding_each_interval_in_turn(monkeypatch
 
     import tokenjoule.sim.accounting as accounting
 
-    monkeypatch.setattr(accounting, "_FILL_EVERY", 3 * 97)  # fill the bins many times along the way
+    monkeypatch.setattr(accounting, "FILL_EVERY", 3 * 97)  # fill the bins many times along the way
     rng = random.Random(3)
     intervals = [(rng.uniform(0, 500), rng.choice([rng.uniform(0, 0.05), rng.uniform(0, 40), 0.0]),
                   rng.uniform(0, 900)) for _ in range(5_000)]

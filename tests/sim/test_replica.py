@@ -20,14 +20,14 @@ COST = CalibratedCost(make_profile())
 
 def _replica(block_size, phase, g):
     rep = Replica(0, simpy.Environment(), ContinuousBatching(), COST, Ledger(1, 1.0), block_size)
-    rep._phase[:] = phase
+    rep.phase[:] = phase
     rep.decode_steps = g
     rep.running = {i: None for i in range(sum(phase))}
     return rep
 
 
 def _walk(rep, k):
-    return sum(rep._phase[-(rep.decode_steps + j) % rep.block_size] for j in range(k))
+    return sum(rep.phase[-(rep.decode_steps + j) % rep.block_size] for j in range(k))
 
 
 @settings(max_examples=300, deadline=None)
