@@ -208,23 +208,6 @@ class Replica:
         needs = accumulate(phase[p0::-1] + phase[:p0:-1])  # new blocks by step, one period from step 0
         return full * bs + bisect_right(list(needs), left)
 
-    def stretch_steps(self) -> int:
-        """Decode steps to the next completion, or fewer when the free KV blocks run out first.
-
-        Over k steps a sequence takes at most ceil(k / block_size) new blocks, so when that many per sequence are
-        free the block walk of `max_decode_steps` is not needed.
-        """
-        heap = self._finish_heap  # `steps_to_next_finish`, written out (once a stretch)
-        top = heap[0]
-        while top[2].decode_join_id != top[1]:
-            heappop(heap)
-            top = heap[0]
-        to_finish = top[0] - self.decode_steps
-        free = self.capacity_blocks - self.blocks_used
-        if free >= len(self.running) * -(-to_finish // self.block_size):
-            return to_finish
-        return min(self.max_decode_steps(free), to_finish)
-
     def victims_for_one_step(self) -> int:
         """How many of the newest decoding requests must be preempted before one decode step's new blocks fit.
 
@@ -295,13 +278,14 @@ class Replica:
         longest = self.max_ctx() if self._tracks_longest and self._ctx_heap else 0  # none in the heap: 0
         batch = len(self.running)
         cost = self._price_stretch(batch, self.ctx_sum, longest)
-        heap = self._finish_heap  # `stretch_steps`, written out (once a stretch)
+        heap = self._finish_heap  # `steps_to_next_finish`, written out (once a stretch)
         top = heap[0]
         while top[2].decode_join_id != top[1]:
             heappop(heap)
             top = heap[0]
         steps = top[0] - self.decode_steps
         free = self.capacity_blocks - self.blocks_used
+        # k steps take at most ceil(k / block_size) new blocks a sequence: walk the blocks only if so many are not free
         if free < batch * -(-steps // self.block_size):
             steps = min(self.max_decode_steps(free), steps)
         if cost.bound is None:  # `cost.time_s(steps)`, written out
