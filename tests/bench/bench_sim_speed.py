@@ -6,7 +6,8 @@ and of the simulation loop alone (SimPy's `env.run()`), both on process CPU time
 work on a shared machine moves the figures less), and SimPy events per request (the environment's event ids
 handed out, stale ones included). Last: peak RSS and the conservation error of each run.
 
-Run: python tests/bench/bench_sim_speed.py [--n 1000000] [--repeats 3] [--only azure|synthetic] [--profile PATH]
+Run: python tests/bench/bench_sim_speed.py [--n 1000000] [--repeats 3] [--only azure|synthetic] [--match TEXT]
+     [--profile PATH]
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class _LoopClock:
         return next(self.env._eid)
 
 
-def _case(clock, name, config, trace, profile, repeats):
+def _case(clock, name, config, trace, profile, repeats, match=""):
+    if match not in name:
+        return
     best_run = best_loop = float("inf")
     for _ in range(repeats):
         t0 = time.process_time()
@@ -69,6 +72,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="requests of the synthetic trace")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case (the best counts)")
     parser.add_argument("--only", choices=("azure", "synthetic"), help="run one trace's cases only")
+    parser.add_argument("--match", default="", help="run only the cases whose name holds this text, e.g. 'chunked x8'")
     parser.add_argument("--profile", default=DEFAULT_PROFILE)
     args = parser.parse_args()
     profile = load_profile(args.profile)
@@ -76,17 +80,18 @@ def main() -> None:
     clock = _LoopClock()
     if args.only != "synthetic":
         for policy in ("continuous", "chunked", "static"):
-            _case(clock, f"azure-conv-2023 {policy} x1", SimConfig(policy=policy), azure, profile, args.repeats)
+            _case(clock, f"azure-conv-2023 {policy} x1", SimConfig(policy=policy), azure, profile, args.repeats,
+                  args.match)
         for policy in ("continuous", "chunked"):  # 8 replicas at 8x the rate: each sees the trace's load
             _case(clock, f"azure-conv-2023 {policy} x8 (rate x8)", SimConfig(policy=policy, replicas=8, rate_scale=8),
-                  azure, profile, args.repeats)
+                  azure, profile, args.repeats, args.match)
     if args.only != "azure":
         # lengths resampled from the Azure trace, Poisson arrivals at 5 req/s per replica
         for replicas in (1, 8):
             big = synthesize(SynthSpec(args.n, rate_per_s=5.0 * replicas), np.random.default_rng(0), lengths_from=azure)
             for policy in ("continuous", "chunked"):
                 _case(clock, f"synthetic {args.n:,} {policy} x{replicas} @{5 * replicas} req/s",
-                      SimConfig(policy=policy, replicas=replicas), big, profile, args.repeats)
+                      SimConfig(policy=policy, replicas=replicas), big, profile, args.repeats, args.match)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {rss_mb:,.0f} MB (includes the synthetic trace and per-request result columns)")
 
