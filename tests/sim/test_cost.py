@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim_profiles import make_profile
 
@@ -207,3 +207,26 @@ def test_profiles_without_the_new_terms_cost_as_before(toy_profile):
     assert model.iteration(f) == model.iteration(dataclasses.replace(f, decode_max_ctx_tokens=0))
     assert model.iteration(f) == model.gpu_iteration(f)
     assert model.decode_stretch(300, 90_000, 8000) == model.decode_stretch(300, 90_000, 0)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(new_decodes=st.integers(1, 512), prefill=st.integers(0, 8192), chunks=st.integers(0, 4),
+       ctx_each=st.integers(1, 20_000), longest_extra=st.integers(0, 50_000), shipped=st.booleans())
+def test_the_simulators_written_out_iteration_price_is_the_cost_forms(toy_profile, new_decodes, prefill, chunks,
+                                                                      ctx_each, longest_extra, shipped):
+    # the fixture is read, never changed, so examples may share it. CalibratedCost.iteration writes out both curves'
+    # `CurveTable.iteration` for iterations with decodes (the hot path): it must give the very same floats, host time
+    # at idle power included
+    from tokenjoule.calibrate.profile import load_profile
+
+    profile = load_profile("h200-llama-3.1-8b-tokenjoule-cudagraph") if shipped else _with_new_terms(toy_profile)
+    chunks = chunks if prefill else 0
+    f = IterFeatures(new_tokens=new_decodes + prefill, prefill_attn_pairs=prefill * (prefill + 1) // 2 if chunks else 0,
+                     prefill_ctx_tokens=0, decode_ctx_tokens=new_decodes * ctx_each, decode_seqs=new_decodes,
+                     prefill_seqs=chunks, decode_max_ctx_tokens=ctx_each + longest_extra)
+    rule = profile.decode_split_rule
+    t = profile.latency.table().iteration(f, rule)
+    e = profile.energy.table().iteration(f, rule)
+    host = profile.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs) if profile.host_overhead else 0
+    expected = (t + host, e + profile.idle_power_w * host) if profile.host_overhead else (t, e)
+    assert CalibratedCost(profile).iteration(f) == expected
