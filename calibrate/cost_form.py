@@ -365,9 +365,7 @@ class CurveTable:
             (first step's cost, growth per step), in the curve's unit.
         """
         c = self.coef
-        head = self.decode_heads.get(batch)
-        if head is None:
-            head = self.decode_head(batch)
+        head = self.decode_head(batch)
         tail = tail_ctx_tokens(max_ctx_tokens, ctx_sum_tokens, batch, rule) if c[4] else 0.0
         return head + c[3] * ctx_sum_tokens + c[4] * tail, c[3] * batch  # `_form`'s last two terms
 

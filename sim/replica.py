@@ -1,7 +1,7 @@
 """Mutable simulation state: one RequestState per live request, one Replica per model instance (queue, batch, KV).
 
 The replica owns this state: policies read it to decide, and the processes change it only through the replica's
-actions (`admit`, `start_iteration`, `finish_iteration`, `start_decode`, `decode_steps_done`, `preempt_newest`,
+actions (`start_iteration`, `finish_iteration`, `start_decode`, `decode_steps_done`, `preempt_newest`,
 `finish`, ...).
 
 The decode bookkeeping is lazy so that a decode stretch costs O(1) however large the batch: advancing k steps only
@@ -348,24 +348,11 @@ class Replica:
         return now
 
     # ---- admission and prefill ------------------------------------------------------------------------------------
-    def admit(self, chunks: tuple[tuple[RequestState, int], ...], now: float) -> None:
-        """Take the chunks' requests (the queue's head) into prefill, reserving KV for each whole prefill target."""
-        waiting, prefilling, bs = self.waiting, self.prefilling, self.block_size
-        blocks = 0
-        for s, _ in chunks:
-            assert waiting[0] is s, "admissions follow the queue order"
-            waiting.popleft()
-            prefilling.append(s)
-            blocks -= (s.input_tokens + s.generated) // -bs  # `blocks_for`, written out in this loop
-            if s.start_s != s.start_s:  # NaN: first time scheduled
-                s.start_s = now
-        self.blocks_used += blocks
-
     def start_iteration(self, plan: Iteration, now: float) -> simpy.Timeout:
         """Admit the plan's new requests and price its forward pass: the event of its end."""
         chunks = plan.chunks
         admitted = plan.admitted
-        if admitted:  # `admit(chunks[-admitted:], now)`, written out
+        if admitted:  # take the newly admitted requests (the queue's head) into prefill, reserving each whole target
             waiting, prefilling, bs = self.waiting, self.prefilling, self.block_size
             blocks = 0
             for s, _ in chunks[len(chunks) - admitted:]:
@@ -444,7 +431,7 @@ class Replica:
                 self.finish(s, now)
                 self.blocks_used -= -(ctx // -self.block_size)  # `blocks_for(ctx)`
                 continue
-            join = self._decode_joins = self._decode_joins + 1  # `_join_decode`, written out
+            join = self._decode_joins = self._decode_joins + 1
             steps = self.decode_steps
             s.decode_join_id, s.steps_at_join, s.generated_at_join = join, steps, generated
             s.seat_energy_at_join_j = self.seat_energy_j
@@ -491,10 +478,6 @@ class Replica:
             self.finish(s, self.env.now)
             self.blocks_used -= self.blocks_for(ctx)
             return
-        self._join_decode(s, ctx)
-
-    def _join_decode(self, s: RequestState, ctx: int) -> None:
-        """Add a request of KV context `ctx` to the decode set, marking the lazy counters it will settle from."""
         join = self._decode_joins = self._decode_joins + 1
         steps = self.decode_steps
         s.decode_join_id, s.steps_at_join, s.generated_at_join = join, steps, s.generated
