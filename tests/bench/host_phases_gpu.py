@@ -74,7 +74,7 @@ def launch_costs(runner_1b) -> dict[str, float]:
     out = {"torch_add_s": _host_s_per_call(lambda: x.add_(1.0))}
     for batch in (1, 4):
         q = torch.zeros(batch, spec.n_heads, spec.head_dim, device="cuda", dtype=torch.bfloat16)
-        tables = torch.zeros(batch, 24, device="cuda", dtype=torch.int32)
+        tables = torch.zeros(batch, -(-1500 // kv.shape[2]), device="cuda", dtype=torch.int32)
         lens = torch.full((batch,), 1500, device="cuda", dtype=torch.int32)
         out[f"paged_decode_attention_b{batch}_s"] = _host_s_per_call(
             lambda: paged_decode_attention(q, kv[0], kv[1], tables, lens))
