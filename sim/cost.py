@@ -53,6 +53,9 @@ class CalibratedCost:
     # what a decode stretch's price takes from its batch size alone, by batch (`_decode_terms`): a simulation prices
     # a few hundred distinct batches, each thousands of times
     _decodes: dict[int, tuple] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # both curves' token terms of an iteration with prefill, by its new tokens (`_prefill_curves`): chunked prefill
+    # fills its token budget, so a few values recur (cleared past _MEMO_SIZE entries)
+    _mixed: dict[int, tuple[float, float]] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_lat", self.profile.latency.table())
@@ -109,15 +112,16 @@ class CalibratedCost:
                                           f.decode_ctx_tokens)
             tail = tail_ctx_tokens(f.decode_max_ctx_tokens, dctx, f.decode_seqs, rule) if lc[4] or ec[4] else 0.0
             if seqs or pairs:
-                k0, dk, v0, dv = lat.rows[bisect_right(lat.prefill_knots, x) + lat.prefill_offset]
-                ek0, edk, ev0, edv = en.rows[bisect_right(en.prefill_knots, x) + en.prefill_offset]
+                curves = self._mixed.get(x)
+                if curves is None:
+                    curves = self._prefill_curves(x)
+                tx, ex = curves
             else:
                 k0, dk, v0, dv = lat.rows[bisect_right(lat.decode_knots, x)]
                 ek0, edk, ev0, edv = en.rows[bisect_right(en.decode_knots, x)]
-            t = (v0 + (x - k0) / dk * dv + lc[0] * pairs + lc[1] * pctx + lc[2] * seqs + lc[3] * dctx
-                 + lc[4] * (tail if lc[4] else 0.0))
-            e = (ev0 + (x - ek0) / edk * edv + ec[0] * pairs + ec[1] * pctx + ec[2] * seqs + ec[3] * dctx
-                 + ec[4] * (tail if ec[4] else 0.0))
+                tx, ex = v0 + (x - k0) / dk * dv, ev0 + (x - ek0) / edk * edv
+            t = tx + lc[0] * pairs + lc[1] * pctx + lc[2] * seqs + lc[3] * dctx + lc[4] * (tail if lc[4] else 0.0)
+            e = ex + ec[0] * pairs + ec[1] * pctx + ec[2] * seqs + ec[3] * dctx + ec[4] * (tail if ec[4] else 0.0)
             if p.host_overhead is None:
                 return t, e
             host = p.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
@@ -130,6 +134,16 @@ class CalibratedCost:
                 self._prefills.clear()
             cost = self._prefills[key] = self._iteration(f)
         return cost
+
+    def _prefill_curves(self, x: int) -> tuple[float, float]:
+        """Both curves' token term (`_form`'s first, v0 + (x - k0) / dk * dv) in the prefill regime, memoized."""
+        if len(self._mixed) >= _MEMO_SIZE:
+            self._mixed.clear()
+        lat, en = self._lat, self._en
+        k0, dk, v0, dv = lat.rows[bisect_right(lat.prefill_knots, x) + lat.prefill_offset]
+        ek0, edk, ev0, edv = en.rows[bisect_right(en.prefill_knots, x) + en.prefill_offset]
+        curves = self._mixed[x] = v0 + (x - k0) / dk * dv, ev0 + (x - ek0) / edk * edv
+        return curves
 
     def _iteration(self, f: IterFeatures) -> tuple[float, float]:
         p = self.profile
