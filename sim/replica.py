@@ -256,7 +256,8 @@ class Replica:
                 or admits(self, free) and admits(self, free - self.new_blocks(k))):
             # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
             # Interrupt would do the same with one more event and an exception thrown into the process.
-            delay = max(0.0, start + time_s - now)
+            delay = start + time_s - now
+            delay = delay if delay > 0.0 else 0.0  # `max(0.0, delay)`, without the call: once an admitted arrival
             self.cut = k, time_s, now + delay  # SimPy's arithmetic for the time the timeout fires
             cut = self._timeout(delay)
             cut.callbacks, end.callbacks = end.callbacks, []
