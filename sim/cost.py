@@ -103,14 +103,18 @@ class CalibratedCost:
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
+        return self.iteration_of(f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.decode_ctx_tokens,
+                                 f.decode_seqs, f.prefill_seqs, f.decode_max_ctx_tokens)
+
+    def iteration_of(self, x: int, pairs: int, pctx: int, dctx: int, decode_seqs: int, seqs: int,
+                     longest: int) -> tuple[float, float]:
+        """`iteration` of the features one by one, in IterFeatures' order: the simulator builds no IterFeatures."""
         p = self.profile
-        if f.decode_seqs:  # `_iteration`, written out: every iteration with decodes is priced anew
-            # both curves' `CurveTable.iteration`, written out with the features read once (the same arithmetic)
+        if decode_seqs:  # `_iteration`, written out: every iteration with decodes is priced anew
+            # both curves' `CurveTable.iteration`, written out (the same arithmetic)
             rule, lat, en = p.decode_split_rule, self._lat, self._en
             lc, ec = lat.coef, en.coef
-            x, pairs, pctx, seqs, dctx = (f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.prefill_seqs,
-                                          f.decode_ctx_tokens)
-            tail = tail_ctx_tokens(f.decode_max_ctx_tokens, dctx, f.decode_seqs, rule) if lc[4] or ec[4] else 0.0
+            tail = tail_ctx_tokens(longest, dctx, decode_seqs, rule) if lc[4] or ec[4] else 0.0
             if seqs or pairs:
                 curves = self._mixed.get(x)
                 if curves is None:
@@ -124,15 +128,14 @@ class CalibratedCost:
             e = ex + ec[0] * pairs + ec[1] * pctx + ec[2] * seqs + ec[3] * dctx + ec[4] * (tail if ec[4] else 0.0)
             if p.host_overhead is None:
                 return t, e
-            host = p.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
+            host = p.host_overhead.seconds(decode_seqs + seqs, seqs)
             return t + host, e + p.idle_power_w * host
-        key = (f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.decode_ctx_tokens, f.prefill_seqs,
-               f.decode_max_ctx_tokens)
+        key = (x, pairs, pctx, dctx, seqs, longest)
         cost = self._prefills.get(key)
         if cost is None:
             if len(self._prefills) >= _MEMO_SIZE:
                 self._prefills.clear()
-            cost = self._prefills[key] = self._iteration(f)
+            cost = self._prefills[key] = self._iteration(IterFeatures(x, pairs, pctx, dctx, decode_seqs, seqs, longest))
         return cost
 
     def _prefill_curves(self, x: int) -> tuple[float, float]:
@@ -286,6 +289,10 @@ class ModeledTPCost:
         extra = (self.tp - 1) * spec.weight_bytes // spec.kv_bytes_per_token
         return self.tp * self.base.kv_capacity_tokens + int(extra)
 
+    def iteration_of(self, *features: int) -> tuple[float, float]:
+        """`iteration` of the features one by one, in IterFeatures' order (the simulator's call)."""
+        return self.iteration(IterFeatures(*features))
+
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration on the tp GPUs."""
         t1, e1 = self.base.gpu_iteration(f)
@@ -361,6 +368,10 @@ class RooflineCost:
     def _flop_terms(self) -> tuple[float, float]:
         # FLOPs: per token through the weights, and per attended (query, key) pair (`ModelSpec.flops_per_token`)
         return self.spec.matmul_flops_per_token, self.spec.attn_flops_per_context_token
+
+    def iteration_of(self, *features: int) -> tuple[float, float]:
+        """`iteration` of the features one by one, in IterFeatures' order (the simulator's call)."""
+        return self.iteration(IterFeatures(*features))
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration."""
