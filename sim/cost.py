@@ -53,6 +53,9 @@ class CalibratedCost:
     # what a decode stretch's price takes from its batch size alone, by batch (`_decode_terms`): a simulation prices
     # a few hundred distinct batches, each thousands of times
     _decodes: dict[int, tuple] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # both curves' token terms of an iteration with prefill, by its new tokens (`_prefill_curves`): chunked prefill
+    # fills its token budget, so a few values recur (cleared past _MEMO_SIZE entries)
+    _mixed: dict[int, tuple[float, float]] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_lat", self.profile.latency.table())
@@ -100,36 +103,50 @@ class CalibratedCost:
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration: the forward pass, then the host's work at idle power (modeled)."""
+        return self.iteration_of(f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.decode_ctx_tokens,
+                                 f.decode_seqs, f.prefill_seqs, f.decode_max_ctx_tokens)
+
+    def iteration_of(self, x: int, pairs: int, pctx: int, dctx: int, decode_seqs: int, seqs: int,
+                     longest: int) -> tuple[float, float]:
+        """`iteration` of the features one by one, in IterFeatures' order: the simulator builds no IterFeatures."""
         p = self.profile
-        if f.decode_seqs:  # `_iteration`, written out: every iteration with decodes is priced anew
-            # both curves' `CurveTable.iteration`, written out with the features read once (the same arithmetic)
+        if decode_seqs:  # `_iteration`, written out: every iteration with decodes is priced anew
+            # both curves' `CurveTable.iteration`, written out (the same arithmetic)
             rule, lat, en = p.decode_split_rule, self._lat, self._en
             lc, ec = lat.coef, en.coef
-            x, pairs, pctx, seqs, dctx = (f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.prefill_seqs,
-                                          f.decode_ctx_tokens)
-            tail = tail_ctx_tokens(f.decode_max_ctx_tokens, dctx, f.decode_seqs, rule) if lc[4] or ec[4] else 0.0
+            tail = tail_ctx_tokens(longest, dctx, decode_seqs, rule) if lc[4] or ec[4] else 0.0
             if seqs or pairs:
-                k0, dk, v0, dv = lat.rows[bisect_right(lat.prefill_knots, x) + lat.prefill_offset]
-                ek0, edk, ev0, edv = en.rows[bisect_right(en.prefill_knots, x) + en.prefill_offset]
+                curves = self._mixed.get(x)
+                if curves is None:
+                    curves = self._prefill_curves(x)
+                tx, ex = curves
             else:
                 k0, dk, v0, dv = lat.rows[bisect_right(lat.decode_knots, x)]
                 ek0, edk, ev0, edv = en.rows[bisect_right(en.decode_knots, x)]
-            t = (v0 + (x - k0) / dk * dv + lc[0] * pairs + lc[1] * pctx + lc[2] * seqs + lc[3] * dctx
-                 + lc[4] * (tail if lc[4] else 0.0))
-            e = (ev0 + (x - ek0) / edk * edv + ec[0] * pairs + ec[1] * pctx + ec[2] * seqs + ec[3] * dctx
-                 + ec[4] * (tail if ec[4] else 0.0))
+                tx, ex = v0 + (x - k0) / dk * dv, ev0 + (x - ek0) / edk * edv
+            t = tx + lc[0] * pairs + lc[1] * pctx + lc[2] * seqs + lc[3] * dctx + lc[4] * (tail if lc[4] else 0.0)
+            e = ex + ec[0] * pairs + ec[1] * pctx + ec[2] * seqs + ec[3] * dctx + ec[4] * (tail if ec[4] else 0.0)
             if p.host_overhead is None:
                 return t, e
-            host = p.host_overhead.seconds(f.decode_seqs + f.prefill_seqs, f.prefill_seqs)
+            host = p.host_overhead.seconds(decode_seqs + seqs, seqs)
             return t + host, e + p.idle_power_w * host
-        key = (f.new_tokens, f.prefill_attn_pairs, f.prefill_ctx_tokens, f.decode_ctx_tokens, f.prefill_seqs,
-               f.decode_max_ctx_tokens)
+        key = (x, pairs, pctx, dctx, seqs, longest)
         cost = self._prefills.get(key)
         if cost is None:
             if len(self._prefills) >= _MEMO_SIZE:
                 self._prefills.clear()
-            cost = self._prefills[key] = self._iteration(f)
+            cost = self._prefills[key] = self._iteration(IterFeatures(x, pairs, pctx, dctx, decode_seqs, seqs, longest))
         return cost
+
+    def _prefill_curves(self, x: int) -> tuple[float, float]:
+        """Both curves' token term (`_form`'s first, v0 + (x - k0) / dk * dv) in the prefill regime, memoized."""
+        if len(self._mixed) >= _MEMO_SIZE:
+            self._mixed.clear()
+        lat, en = self._lat, self._en
+        k0, dk, v0, dv = lat.rows[bisect_right(lat.prefill_knots, x) + lat.prefill_offset]
+        ek0, edk, ev0, edv = en.rows[bisect_right(en.prefill_knots, x) + en.prefill_offset]
+        curves = self._mixed[x] = v0 + (x - k0) / dk * dv, ev0 + (x - ek0) / edk * edv
+        return curves
 
     def _iteration(self, f: IterFeatures) -> tuple[float, float]:
         p = self.profile
@@ -272,6 +289,10 @@ class ModeledTPCost:
         extra = (self.tp - 1) * spec.weight_bytes // spec.kv_bytes_per_token
         return self.tp * self.base.kv_capacity_tokens + int(extra)
 
+    def iteration_of(self, *features: int) -> tuple[float, float]:
+        """`iteration` of the features one by one, in IterFeatures' order (the simulator's call)."""
+        return self.iteration(IterFeatures(*features))
+
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration on the tp GPUs."""
         t1, e1 = self.base.gpu_iteration(f)
@@ -347,6 +368,10 @@ class RooflineCost:
     def _flop_terms(self) -> tuple[float, float]:
         # FLOPs: per token through the weights, and per attended (query, key) pair (`ModelSpec.flops_per_token`)
         return self.spec.matmul_flops_per_token, self.spec.attn_flops_per_context_token
+
+    def iteration_of(self, *features: int) -> tuple[float, float]:
+        """`iteration` of the features one by one, in IterFeatures' order (the simulator's call)."""
+        return self.iteration(IterFeatures(*features))
 
     def iteration(self, f: IterFeatures) -> tuple[float, float]:
         """(seconds, joules) of one iteration."""

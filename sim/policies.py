@@ -259,7 +259,8 @@ class ChunkedPrefill:
         for s in prefilling:
             if budget <= 0:
                 break
-            c = min(s.input_tokens + s.generated - s.prefilled, budget)  # the rest of its prefill target
+            c = s.input_tokens + s.generated - s.prefilled  # the rest of its prefill target
+            c = budget if budget < c else c  # `min(c, budget)`, without the call (here and below)
             chunks.append((s, c))
             budget -= c
         admitted, seats, bs = 0, self.max_num_seqs - len(running) - len(prefilling), rep.block_size
@@ -271,7 +272,7 @@ class ChunkedPrefill:
             if blocks > free:
                 break
             free -= blocks
-            c = min(need, budget)
+            c = budget if budget < need else need
             chunks.append((s, c))
             budget -= c
             admitted += 1

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import simpy
 
-from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.kernels.spec import ConfigError
 from tokenjoule.sim.notes import CONTEXT_REJECT
 from tokenjoule.sim.policies import DECODE, DecodeStretch, Iteration, Preempt, StaticBatch, Wait
@@ -153,7 +152,8 @@ def static_batch(env: simpy.Environment, rep: Replica, plan: StaticBatch):
     max_out = max(s.output_tokens for s in members)
     start = env.now
     rep.admit_static(members, start)
-    time_s, energy_j = rep.cost.iteration(IterFeatures(n * max_in, n * max_in * (max_in + 1) // 2, 0, 0, 0, n))
+    # IterFeatures' fields, in order: a prefill of n prompts padded to max_in tokens
+    time_s, energy_j = rep.cost.iteration_of(n * max_in, n * max_in * (max_in + 1) // 2, 0, 0, 0, n, 0)
     tally = rep.ledger.range_tally
     if tally is not None:
         tally.iteration(0, n * max_in, max_in, 0)

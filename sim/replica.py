@@ -21,7 +21,6 @@ from heapq import heapify, heappop, heappush
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from tokenjoule.calibrate.cost_form import IterFeatures
 from tokenjoule.sim.accounting import FILL_EVERY
 
 if TYPE_CHECKING:
@@ -137,7 +136,7 @@ class Replica:
         self._booked = ledger.timeline.booked  # the timeline's pending intervals, appended to on the hot path
         self._timeout = env.timeout
         self._price_stretch = cost.decode_stretch
-        self._price_iteration = cost.iteration
+        self._price_iteration = cost.iteration_of
         self.log = log
         self.iterations = iterations
         self.block_size = block_size
@@ -256,7 +255,8 @@ class Replica:
                 or admits(self, free) and admits(self, free - self.new_blocks(k))):
             # The replica process waits on `end`: hand its wait (the event's callbacks) to the cut's boundary. An
             # Interrupt would do the same with one more event and an exception thrown into the process.
-            delay = max(0.0, start + time_s - now)
+            delay = start + time_s - now
+            delay = delay if delay > 0.0 else 0.0  # `max(0.0, delay)`, without the call: once an admitted arrival
             self.cut = k, time_s, now + delay  # SimPy's arithmetic for the time the timeout fires
             cut = self._timeout(delay)
             cut.callbacks, end.callbacks = end.callbacks, []
@@ -373,8 +373,8 @@ class Replica:
             if done + c > prompt_end:
                 prompt_end = done + c
         longest = self.max_ctx() if batch and self._tracks_longest and self._ctx_heap else 0
-        time_s, energy_j = self._price_iteration(IterFeatures(new, pairs, ctx, self.ctx_sum if batch else 0, batch,
-                                                              len(chunks), longest))
+        time_s, energy_j = self._price_iteration(new, pairs, ctx, self.ctx_sum if batch else 0, batch, len(chunks),
+                                                 longest)  # IterFeatures' fields, in order
         tally = self._tally
         if tally is not None:  # inside the range (`RangeTally.iteration`'s test): count it, else report it
             if (batch <= self._seqs_in and new <= self._tokens_in and prompt_end <= self._prompt_in

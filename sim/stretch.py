@@ -102,7 +102,8 @@ class StretchCost:
         # `_series(a, d, k)` here, written out: nearly every arrival asks this of a stretch it may cut).
         b = a - d / 2.0
         k = dt_s / a if d == 0.0 else (-b + math.sqrt(b * b + 2.0 * d * dt_s)) / d
-        k = max(0, math.ceil(k - 1e-9))
+        k = math.ceil(k - 1e-9)
+        k = k if k > 0 else 0  # `max(0, k)`, without the call: nearly every arrival asks
         t = k * a + d * k * (k - 1) / 2.0  # `_series(a, d, k)`, written out here and below
         while t < dt_s:
             k += 1

@@ -93,11 +93,13 @@ def test_ragged_decodes_pay_the_longest_contexts_tail():
 def test_chunked_iteration_passes_its_decodes_longest_context(monkeypatch):
     # A (1000-token prompt) decodes alone until B arrives; the next iteration carries A's decode at context 1001
     # beside B's prompt, and must hand a cost model that prices the longest context (a tail term) that context
+    from tokenjoule.calibrate.cost_form import IterFeatures
     from tokenjoule.sim.cost import CalibratedCost
 
     seen = []
-    original = CalibratedCost.iteration
-    monkeypatch.setattr(CalibratedCost, "iteration", lambda self, f: seen.append(f) or original(self, f))
+    original = CalibratedCost.iteration_of  # what the replica calls: the features one by one, IterFeatures' order
+    monkeypatch.setattr(CalibratedCost, "iteration_of",
+                        lambda self, *features: seen.append(IterFeatures(*features)) or original(self, *features))
     profile = make_profile(lat_coef={"decode_tail_ctx_tokens": 1e-7})
     run(SimConfig(policy="chunked"), Trace.from_columns([0.0, 0.025], [1000, 50], [5, 2]), profile)
     joint = [f for f in seen if f.prefill_seqs and f.decode_seqs]
