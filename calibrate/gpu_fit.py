@@ -129,16 +129,17 @@ def _fit_time(op: str, terms: Mapping[str, np.ndarray], time_s: np.ndarray) -> t
     """
     names = TERMS[op]
     cols = [np.asarray(terms[n], dtype=np.float64) for n in names]
+    powered = {p: np.column_stack([c ** p for c in cols]) for p in POWERS}  # the terms ** p, once per p
     candidates: list[tuple[float, float, np.ndarray]] = []  # (c0, p, coefficients ** p)
     if 1.0 in POWERS:
-        q = solve_relative(np.column_stack([np.ones_like(time_s), *cols]), time_s)
+        q = solve_relative(np.column_stack([np.ones_like(time_s), powered[1.0]]), time_s)
         candidates.append((float(q[0]), 1.0, q[1:]))
     for c0 in np.linspace(0.0, 0.95 * float(time_s.min()), 24):
         for p in POWERS:
-            candidates.append((float(c0), p, solve_relative(np.column_stack([c ** p for c in cols]), (time_s - c0) ** p)))
+            candidates.append((float(c0), p, solve_relative(powered[p], (time_s - c0) ** p)))
     best: tuple[float, float, float, np.ndarray] | None = None
     for c0, p, q in candidates:
-        err = _rel(c0 + (np.column_stack([c ** p for c in cols]) @ q) ** (1.0 / p), time_s)
+        err = _rel(c0 + (powered[p] @ q) ** (1.0 / p), time_s)
         score = float(np.median(err) + 0.5 * np.percentile(err, 95))
         if best is None or score < best[0]:
             best = (score, c0, p, q)

@@ -53,8 +53,8 @@ class CalibratedCost:
     # what a decode stretch's price takes from its batch size alone, by batch (`_decode_terms`): a simulation prices
     # a few hundred distinct batches, each thousands of times
     _decodes: dict[int, tuple] = field(init=False, repr=False, compare=False, default_factory=dict)
-    # both curves' token terms of an iteration with prefill, by its new tokens (`_prefill_curves`): chunked prefill
-    # fills its token budget, so a few values recur (cleared past _MEMO_SIZE entries)
+    # both curves' token terms of a mixed iteration (prefill chunks beside decodes), by its new tokens
+    # (`_prefill_curves`): chunked prefill fills its token budget, so a few values recur (cleared past _MEMO_SIZE)
     _mixed: dict[int, tuple[float, float]] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -142,9 +142,8 @@ class CalibratedCost:
         """Both curves' token term (`_form`'s first, v0 + (x - k0) / dk * dv) in the prefill regime, memoized."""
         if len(self._mixed) >= _MEMO_SIZE:
             self._mixed.clear()
-        lat, en = self._lat, self._en
-        k0, dk, v0, dv = lat.rows[bisect_right(lat.prefill_knots, x) + lat.prefill_offset]
-        ek0, edk, ev0, edv = en.rows[bisect_right(en.prefill_knots, x) + en.prefill_offset]
+        k0, dk, v0, dv = self._lat._row(x, True)  # once per distinct x: the table's own lookup
+        ek0, edk, ev0, edv = self._en._row(x, True)
         curves = self._mixed[x] = v0 + (x - k0) / dk * dv, ev0 + (x - ek0) / edk * edv
         return curves
 

@@ -1,4 +1,4 @@
-"""What `host_phases_gpu.py` measured: one host's launch-bound repeatability, and whether a band seen early covers later.
+"""What `host_phases_gpu.py` measured: one host's launch-bound repeatability; does a band seen early cover later?
 
 Why: issue 19 asks that a launch-bound profile carry a band from the host-speed spread its own calibration observed,
 and that 80% of measured replays fall inside it. That can only hold if the phases a replay runs in are the phases a
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "validation" / "h200_2026-12-04_phases"
@@ -65,7 +66,7 @@ def main() -> None:  # noqa: D103
             print(f"  energy {_spread(e)}\n         {_halves(e)}")
     cpu = np.array([r["time_s"] for r in by_case["cpu"]])
     print("\nrank correlation with the pure-Python loop: "
-          + ", ".join(f"{c} {_spearman(np.array([r['time_s'] for r in by_case[c]]), cpu):.2f}" for c in METERED))
+          + ", ".join(f"{c} {spearmanr([r['time_s'] for r in by_case[c]], cpu).statistic:.2f}" for c in METERED))
     print("\nminute medians of time (s):")
     cases = ("hf", "eager_decode", "graph_decode", "1b_prefill", "cpu")
     print("  min  " + "  ".join(f"{c:>12s}" for c in cases))
@@ -85,11 +86,6 @@ def main() -> None:  # noqa: D103
               f"{np.percentile(mixed / prefill, 90):.3f}")
     costs = json.loads((args.run / "launch_costs.json").read_text())
     print("  host s per call: " + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in costs.items()))
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 if __name__ == "__main__":
