@@ -246,7 +246,9 @@ def validation_document(plan: Plan, meter: EnergyMeter, profile_path: Path, engi
                           "completed": r.completed, "duration_s": r.duration_s, "energy_j": r.energy_j,
                           "last_finish_s": r.meta["window_end_s"], "idle_sleep_s": r.idle_s,
                           "iterations": len(r.iterations), "iteration_run_s": run, "iteration_host_s": host,
-                          "clock_start_s": r.clock_start_s, "max_total_tokens": scenario_data.MAX_TOTAL_TOKENS})
+                          "clock_start_s": r.clock_start_s, "max_total_tokens": scenario_data.MAX_TOTAL_TOKENS,
+                          **{k: r.meta.get(k) for k in ("energy_aligned", "energy_bound_j", "energy_raw_j",
+                                                         "idle_power_w")}})
     config = _stored_keys(dataclasses.asdict(engine.runner.config), _RUNNER_KEYS)
     return {"kind": "tokenjoule-validation-run", "schema_version": 1,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": plan.spec.name,
