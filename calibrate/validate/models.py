@@ -120,10 +120,33 @@ def model_entry(name: str, gpu: GPUOperatorProfile, runs: dict[str, dict[str, An
         scenarios.append({"scenario": sc["scenario"]["name"], "n_requests": sc["n_requests"],
                           "measured": {m: measured[m] for m in METRICS},
                           "simulated": {m: simulated[m] for m in METRICS},
-                          "error": {m: rel_error(simulated[m], measured[m]) for m in METRICS}})
+                          "error": {m: rel_error(simulated[m], measured[m]) for m in METRICS},
+                          "energy_window": energy_window(sc, run["doc"].get("meter", {}).get("update_period_s"))})
     return {"model": name, "moe": run["spec"].is_moe, "overheads": folded.overheads.to_dict(),
             "iterations": compare_points(profile, run["points"]), "scenarios": scenarios,
             "summary": summarize([s["error"] for s in scenarios])}
+
+
+def energy_window(scenario: dict[str, Any], period_s: float | None) -> dict[str, Any]:
+    """How the scenario's energy was measured, and its timing uncertainty relative to the energy.
+
+    Edge-aligned (`calibrate/measure/edges.py`): its bound over the energy. A plain counter difference (runs before
+    edge alignment): one counter period at the scenario's mean power over its energy, i.e. period / duration, the
+    most each edge can gain or miss (None without a known period).
+    """
+    if scenario.get("energy_aligned"):
+        return {"aligned": True, "per_edge": None,
+                "bound": scenario["energy_bound_j"] / scenario["energy_j"] if scenario.get("energy_j") else None}
+    duration = scenario.get("duration_s") or 0.0
+    return {"aligned": False, "per_edge": period_s / duration if period_s and duration > 0 else None, "bound": None}
+
+
+def _window(w: dict[str, Any] | None) -> str:
+    if not w:
+        return "-"
+    if w["aligned"]:
+        return "edge-aligned" + (f", bound {w['bound']:.2%}" if w["bound"] is not None else "")
+    return f"plain, up to {_pct(w['per_edge'])} per edge" if w["per_edge"] is not None else "plain"
 
 
 def summarize(errors: list[dict[str, float | None]]) -> dict[str, float | None]:
@@ -182,13 +205,17 @@ def render_models_markdown(report: dict[str, Any], plot_name: str) -> str:
     for name, t in report["targets"].items():
         lines.append(f"| {name} | {t['target']:.0%} | {_pct(t['value'])} | {'yes' if t['met'] else 'no'} |")
     lines += ["", f"![energy error per scenario and model]({plot_name})", "", "## Every scenario", "",
-              "| model | scenario | requests | energy measured J | energy error | TTFT p50 error | TPOT p50 error |",
-              "|---|---|---|---|---|---|---|"]
+              "Energy window: edge-aligned (both edges on energy-counter steps, `calibrate/measure/edges.py`) with its "
+              "timing bound, or a plain counter difference, which can gain or miss up to one counter period's energy "
+              "at each edge (shown at the scenario's mean power).", "",
+              "| model | scenario | requests | energy measured J | energy window | energy error | TTFT p50 error | "
+              "TPOT p50 error |", "|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:
         for s in m["scenarios"]:
             e = s["error"]
             lines.append(f"| {m['model']} | {s['scenario']} | {s['n_requests']} | "
-                         f"{s['measured']['energy_total_j']:.0f} | {_pct(e['energy_total_j'], True)} | "
+                         f"{s['measured']['energy_total_j']:.0f} | {_window(s.get('energy_window'))} | "
+                         f"{_pct(e['energy_total_j'], True)} | "
                          f"{_pct(e['ttft_p50_s'], True)} | {_pct(e['tpot_p50_s'], True)} |")
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,13 @@ from typer.testing import CliRunner
 
 from tokenjoule.calibrate.compose import compose_profile
 from tokenjoule.calibrate.overhead_fit import _fit_serving_host
-from tokenjoule.calibrate.validate.models import fold, gpu_profile_of, measured_iterations, replayed_spec
+from tokenjoule.calibrate.validate.models import (
+    energy_window,
+    fold,
+    gpu_profile_of,
+    measured_iterations,
+    replayed_spec,
+)
 from tokenjoule.calibrate.validate.report import load_run, measured_metrics, scenario_rows, simulate
 from tokenjoule.cli import app
 from tokenjoule.kernels.spec import ModelSpec
@@ -91,3 +97,20 @@ def test_several_leases_pool_their_models_and_a_model_in_two_is_refused(two_mode
         model_runs([two_model_lease, other])
     with pytest.raises(ProfileError, match="no model folder"):
         model_runs(tmp_path / "empty")
+
+
+def test_each_scenario_says_how_its_energy_window_was_measured():
+    """Plain counter differences carry one counter period over the duration per edge; edge-aligned ones their bound."""
+    plain = json.loads((LEASE / "llama-3.2-1b" / "validation.json").read_text())
+    static = next(s for s in plain["scenarios"] if s["scenario"]["name"].startswith("static"))
+    w = energy_window(static, plain["meter"]["update_period_s"])
+    assert not w["aligned"] and w["per_edge"] == pytest.approx(0.1 / static["duration_s"], rel=0.01)
+    assert 0.08 < w["per_edge"] < 0.10  # the 1.09 s static batch: up to 9% of its energy at each edge
+    aligned = json.loads((REPO / "validation" / "h200_2026-12-04_models" / "llama-3.2-1b" / "validation.json")
+                         .read_text())
+    static = next(s for s in aligned["scenarios"] if s["scenario"]["name"].startswith("static"))
+    w = energy_window(static, aligned["meter"]["update_period_s"])
+    assert w["aligned"] and w["per_edge"] is None
+    assert w["bound"] == pytest.approx(static["energy_bound_j"] / static["energy_j"]) and 0 < w["bound"] < 0.01
+    # the plain difference over the same window is kept beside the aligned energy, within a period's worth of it
+    assert abs(static["energy_raw_j"] - static["energy_j"]) < 0.1 * static["energy_j"] / static["duration_s"] * 2
