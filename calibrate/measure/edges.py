@@ -14,11 +14,12 @@ Method (`open_at_tick`, then the work, then `close_at_tick`):
    idle meanwhile): the count ends there, `trail_s` after the work;
 3. energy = counter difference - idle power x (lead_s + trail_s), summed over GPUs.
 
-A step first seen by a read happened between the previous read's start and this read's end; its time is taken at
-the middle. Bound (`bound_j`): idle power x half of both edges' timing spans, plus the idle power's own timing error
-over the margins. Assumed: the GPU draws its idle power in the margins (after the work ends it drops to idle within
+The steps are the meter's tick recorder's (`EnergyMeter.start_ticks`, run only while waiting for them): a step first
+seen by a read happened between the previous read's start and this read's end; its time is taken at the middle.
+Bound (`bound_j`): idle power x half of both edges' timing spans, plus the idle power's own timing error over the
+margins. Assumed: the GPU draws its idle power in the margins (after the work ends it drops to idle within
 one 100 ms power sample on the H200 timelines of 2026-12-03, which this assumption cannot see inside). A meter
-without energy returns None; a continuous counter (no period) or one that does not step within `timeout_periods`
+without energy returns None; a continuous counter (no period) or one that does not step within `TIMEOUT_PERIODS`
 periods falls back to the plain window difference, with `aligned` False.
 """
 
@@ -28,37 +29,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tokenjoule.calibrate.measure.meters import EnergyMeter
+from tokenjoule.calibrate.measure.meters import EnergyMeter, Tick
 
 POLL_S = 5e-4
 TIMEOUT_PERIODS = 5
 
 
 @dataclass(frozen=True, slots=True)
-class _Step:
-    """One GPU's counter step: when (midpoint estimate), how uncertain (full span), and the new value (J)."""
+class _Start:
+    """Where one GPU's count starts: its counter step, and the idle power measured up to it."""
 
-    time_s: float
-    span_s: float
-    energy_j: float
+    step: Tick
+    idle_power_w: float
+    idle_rel_error: float  # the idle power's relative timing error: its two steps' spans over their distance
 
 
 @dataclass(frozen=True, slots=True)
 class EdgeWindow:
-    """An open edge-aligned window: where each GPU's count starts and its idle power.
+    """An open window.
 
     Attributes:
         start_s: meter-clock time the work starts (the window's time origin).
-        begin: per GPU, the counter step the count starts at.
-        idle_power_w: per GPU, idle power measured between two steps right before (None: not aligned).
-        idle_rel_error: per GPU, the idle power's relative timing error (its two steps' spans over their distance).
-        raw_begin_j: per GPU, a plain counter read at `start_s` (the unaligned window's start).
+        starts: per GPU, where its count starts (None: not aligned, the plain difference only).
+        raw_begin_j: per GPU, a plain counter read at `start_s` (None without an energy counter).
     """
 
     start_s: float
-    begin: dict[int, _Step] | None
-    idle_power_w: dict[int, float] | None
-    idle_rel_error: dict[int, float] | None
+    starts: dict[int, _Start] | None
     raw_begin_j: dict[int, float] | None
 
 
@@ -87,61 +84,69 @@ class EdgeEnergy:
     idle_power_w: float | None = None
 
 
-def _poll_steps(meter: EnergyMeter, count: int, sleep: Callable[[float], None],
-                timeout_s: float) -> dict[int, list[_Step]] | None:
-    """Poll until every GPU's counter has stepped `count` times; None after `timeout_s`."""
-    clock = meter.clock
-    before = clock()
-    last = meter.read_energy_j() or {}
-    prev_before = before
-    steps: dict[int, list[_Step]] = {g: [] for g in meter.gpu_indices}
-    deadline = before + timeout_s
-    while any(len(s) < count for s in steps.values()):
-        if clock() > deadline:
-            return None
-        sleep(POLL_S)
-        before = clock()
-        values = meter.read_energy_j() or {}
-        after = clock()
-        for gpu, energy in values.items():
-            if energy != last.get(gpu) and len(steps[gpu]) < count:
-                steps[gpu].append(_Step((prev_before + after) / 2, after - prev_before, energy))
-        last, prev_before = values, before
-    return steps
+def _mid(tick: Tick) -> float:
+    """A step's time: the middle of the span it may have happened in (as `aligned.py` takes it)."""
+    return tick.time_s - tick.uncertainty_s / 2
+
+
+def _steps(meter: EnergyMeter, count: int, sleep: Callable[[float], None]) -> dict[int, list[Tick]] | None:
+    """Every GPU's first `count` counter steps from now (None: no period, or none within `TIMEOUT_PERIODS` periods).
+
+    They come from the meter's tick recorder, which runs only while this waits: during the work it would take the
+    interpreter from the engine.
+    """
+    period = meter.update_period_s if meter.has_energy else None
+    if not period:
+        return None
+    deadline = meter.clock() + TIMEOUT_PERIODS * period
+    meter.start_ticks()
+    try:
+        while True:
+            ticks = meter.ticks()
+            found = {g: [t for t in ticks if t.gpu == g][:count] for g in meter.gpu_indices}
+            if all(len(v) == count for v in found.values()):
+                return found
+            if meter.clock() > deadline:
+                return None
+            sleep(POLL_S)
+    finally:
+        meter.stop_ticks()
 
 
 def open_at_tick(meter: EnergyMeter, sleep: Callable[[float], None] = time.sleep) -> EdgeWindow:
     """Synchronize, measure idle power between two counter steps, and open the window at the second one."""
     meter.sync()
-    period = meter.update_period_s if meter.has_energy else None
-    steps = _poll_steps(meter, 2, sleep, TIMEOUT_PERIODS * period) if period else None
+    steps = _steps(meter, 2, sleep)
     start = meter.clock()
     raw = meter.read_energy_j() if meter.has_energy else None
     if steps is None:
-        return EdgeWindow(start, None, None, None, raw)
-    idle = {g: (b.energy_j - a.energy_j) / (b.time_s - a.time_s) for g, (a, b) in steps.items()}
-    rel = {g: (a.span_s + b.span_s) / 2 / (b.time_s - a.time_s) for g, (a, b) in steps.items()}
-    return EdgeWindow(start, {g: s[1] for g, s in steps.items()}, idle, rel, raw)
+        return EdgeWindow(start, None, raw)
+    starts = {}
+    for g, (a, b) in steps.items():
+        span = _mid(b) - _mid(a)
+        starts[g] = _Start(b, (b.energy_j - a.energy_j) / span, (a.uncertainty_s + b.uncertainty_s) / 2 / span)
+    return EdgeWindow(start, starts, raw)
 
 
 def close_at_tick(meter: EnergyMeter, window: EdgeWindow, sleep: Callable[[float], None] = time.sleep) -> EdgeEnergy:
     """Synchronize, wait for the next counter step, and return the work's energy (see the module docstring)."""
     meter.sync()
     end = meter.clock()
-    raw_end = meter.read_energy_j() if window.raw_begin_j is not None else None
-    raw = (sum(raw_end[g] - window.raw_begin_j[g] for g in meter.gpu_indices)
-           if raw_end is not None and window.raw_begin_j is not None else None)
-    period = meter.update_period_s
-    steps = (_poll_steps(meter, 1, sleep, TIMEOUT_PERIODS * period)
-             if window.begin is not None and period else None)
-    if steps is None or window.begin is None or window.idle_power_w is None or window.idle_rel_error is None:
+    raw = None
+    if window.raw_begin_j is not None:
+        raw_end = meter.read_energy_j() or {}
+        raw = sum(raw_end[g] - window.raw_begin_j[g] for g in meter.gpu_indices)
+    steps = _steps(meter, 1, sleep) if window.starts is not None else None
+    if steps is None or window.starts is None:
         return EdgeEnergy(end - window.start_s, raw, False, None, raw)
     energy, bound, lead, trail = 0.0, 0.0, 0.0, 0.0
-    for g, begin in window.begin.items():
-        stop, idle = steps[g][0], window.idle_power_w[g]
-        margins = (window.start_s - begin.time_s) + (stop.time_s - end)
-        energy += stop.energy_j - begin.energy_j - idle * margins
+    for g, begin in window.starts.items():
+        stop = steps[g][0]
+        lead_g, trail_g = window.start_s - _mid(begin.step), _mid(stop) - end
+        energy += stop.energy_j - begin.step.energy_j - begin.idle_power_w * (lead_g + trail_g)
         # the edges' timing, and the idle power's own timing error over the margins
-        bound += idle * (begin.span_s + stop.span_s) / 2 + idle * window.idle_rel_error[g] * margins
-        lead, trail = max(lead, window.start_s - begin.time_s), max(trail, stop.time_s - end)
-    return EdgeEnergy(end - window.start_s, energy, True, bound, raw, lead, trail, sum(window.idle_power_w.values()))
+        bound += begin.idle_power_w * ((begin.step.uncertainty_s + stop.uncertainty_s) / 2
+                                       + begin.idle_rel_error * (lead_g + trail_g))
+        lead, trail = max(lead, lead_g), max(trail, trail_g)
+    idle = sum(b.idle_power_w for b in window.starts.values())
+    return EdgeEnergy(end - window.start_s, energy, True, bound, raw, lead, trail, idle)

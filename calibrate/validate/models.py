@@ -174,12 +174,11 @@ def build_models_report(lease_dir: Path | Sequence[Path], ops_dir: Path, mode: s
     checks = {"energy_median": pooled["energy_total_j_median"], "energy_max": pooled["energy_total_j_max"],
               "tpot_p50_median": pooled["tpot_p50_s_median"], "ttft_p50_median": pooled["ttft_p50_s_median"]}
     leases = [lease_dir] if isinstance(lease_dir, Path) else list(lease_dir)
-    every = [(m["model"], sc) for m in models for sc in m["scenarios"]]
-    kept = [sc["error"]["energy_total_j"] for _, sc in every if resolves_max(sc.get("energy_window"))]
+    every = [(m["model"], sc, resolves_max(sc.get("energy_window"))) for m in models for sc in m["scenarios"]]
+    kept = [sc["error"]["energy_total_j"] for _, sc, resolves in every if resolves]
     resolved = {"n": len(kept), "of": len(every),
                 "energy_max": max((abs(e) for e in kept if e is not None), default=None),
-                "left_out": [f"{name} {sc['scenario']}" for name, sc in every
-                             if not resolves_max(sc.get("energy_window"))]}
+                "left_out": [f"{name} {sc['scenario']}" for name, sc, resolves in every if not resolves]}
     return {"kind": "tokenjoule-models-validation", "lease": " + ".join(d.name for d in leases), "ops": ops_dir.name,
             "mode": mode,
             "gpu": gpu.gpu.get("name"), "host": gpu.host, "models": models, "pooled": pooled,
