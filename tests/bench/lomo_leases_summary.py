@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenjoule.calibrate.validate.models import TARGETS
+from tokenjoule.calibrate.validate.models import TARGETS, summarize, target_figures
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ("validation_models.json", "validation_models_lease6.json", "validation_models_lease7.json")
@@ -26,15 +26,8 @@ METRICS = {"energy": "energy_total_j", "TTFT p50": "ttft_p50_s", "TPOT p50": "tp
 
 
 def _rows(report: dict) -> list[dict]:
-    """One row per scenario: model, MoE or not, and the signed errors."""
-    return [{"model": m["model"], "moe": m["moe"], **{k: s["error"][v] for k, v in METRICS.items()}}
-            for m in report["models"] for s in m["scenarios"]]
-
-
-def _figures(rows: list[dict]) -> dict[str, float]:
-    err = {k: np.abs([r[k] for r in rows]) for k in METRICS}
-    return {"energy_median": float(np.median(err["energy"])), "energy_max": float(err["energy"].max()),
-            "tpot_p50_median": float(np.median(err["TPOT p50"])), "ttft_p50_median": float(np.median(err["TTFT p50"]))}
+    """One row per scenario: model, MoE or not, and the signed errors (the report's metric names)."""
+    return [{"model": m["model"], "moe": m["moe"], **s["error"]} for m in report["models"] for s in m["scenarios"]]
 
 
 def _class(row: dict) -> str:
@@ -53,7 +46,7 @@ def main() -> None:
     print("| report | models / scenarios | " + " | ".join(names) + " |")
     print("|---|---|" + "---:|" * len(names))
     for name, rows in [*leases, ("all together", pooled)]:
-        fig = _figures(rows)
+        fig = target_figures(summarize(rows))  # the pooling `validate models` does
         cells = [f"{fig[k]:.1%}{'' if fig[k] <= TARGETS[k] else ' (miss)'}" for k in names]
         print(f"| {name} | {len({r['model'] for r in rows})} / {len(rows)} | " + " | ".join(cells) + " |")
     print("| target | | " + " | ".join(f"{TARGETS[k]:.0%}" for k in names) + " |")
@@ -62,8 +55,8 @@ def main() -> None:
     print("|---|---:|" + "---:|" * len(METRICS))
     for cls in ("dense 1B", "dense 7-32B", "MoE"):
         rows = [r for r in pooled if _class(r) == cls]
-        print(f"| {cls} | {len(rows)} | " + " | ".join(f"{np.median([r[k] for r in rows]):+.1%}" for k in METRICS)
-              + " |")
+        signed = [np.median([r[k] for r in rows]) for k in METRICS.values()]
+        print(f"| {cls} | {len(rows)} | " + " | ".join(f"{v:+.1%}" for v in signed) + " |")
 
 
 if __name__ == "__main__":
