@@ -7,9 +7,12 @@ each step), and execution is eager.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +22,30 @@ from tokenjoule.kernels.spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 INIT_STD = 0.02
+
+
+def _import_hub_kernels() -> None:
+    """Import the `kernels` distribution, which transformers >= 5.25 requires, before transformers looks for it.
+
+    Why: this repository's `kernels/` folder has the same top-level name. Run from the repository root (`python -m`
+    puts the working directory first on sys.path), transformers' `from kernels import ...` finds the folder and fails.
+    Imported once with the root off sys.path, `sys.modules["kernels"]` is the distribution; where it is not installed,
+    transformers does not look for it either.
+    """
+    if "kernels" in sys.modules:
+        return
+    root = Path(__file__).resolve().parent.parent
+    saved = sys.path[:]
+    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != root]
+    try:
+        importlib.import_module("kernels")
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = saved
+
+
+_import_hub_kernels()
 
 
 def hf_config(spec: ModelSpec):
