@@ -13,7 +13,15 @@ models that were not swept because they are written in physical quantities only:
   runs, plus energy per byte moved and per FLOP. t is the *fitted* time, as where the composition evaluates it: with
   the measured time, a point whose time the fit misses (GEMMs of 64-256 rows read 10-30% short) had its energy
   missed by as much (the H200 sweep's energy error, median over points: GEMM 4.0% -> 3.5%, rest 7.8% -> 4.4%,
-  decode attention 4.9% -> 4.1%, prefill attention 5.6% -> 4.4%).
+  decode attention 4.9% -> 4.1%, prefill attention 5.6% -> 4.4%). The power a call draws is capped:
+  `min(that, cap * t)`. The board's power limiter holds sustained work near its limit (the H200 sweep's GEMMs read
+  at most 741 W, where the linear form asked up to 918 W), so a linear fit through those points priced the GEMMs of
+  decode batches (M = 16-64) low: median -3.9%, down to -15%; with the cap +0.4%. The cap is chosen per class, from
+  no cap and quantiles of the class's measured powers, by the same score as the time form, with the linear terms
+  fitted on the points it leaves under it (fourth H200 lease's sweep: GEMM energy median / p95 error 3.5% / 15.5%
+  -> 2.7% / 8.0%, leave-one-model-out 3.8% / 16.2% -> 2.8% / 8.1%; decode attention 4.0% / 11.3% -> 3.1% / 10.2%).
+  Measured limit: short compute bursts after idle draw more than the sustained cap (30 ms of GEMMs after 30 ms of
+  idle: about 910 W; `validation/h200_2026-12-04_idle_tail/`), which a per-call cap cannot see.
 
 Leave-one-model-out: points whose `models` name only model X are held out, the class is refitted on the rest, and
 the held-out points' errors are pooled over X; a class without such points reports None.
@@ -44,6 +52,9 @@ TERM_UNITS = {"bytes": "s/byte", "flops": "s/FLOP", "experts": "s/expert", "row_
 ENERGY_TERMS = ("time_s", "bytes", "flops")
 ENERGY_UNITS = {"time_s": "W", "bytes": "J/byte", "flops": "J/FLOP"}
 POWERS = (1.0, 1.5, 2.0, 3.0, 4.0)
+# Power caps tried by the energy fit: these quantiles (%) of the class's measured powers, beside no cap.
+CAP_QUANTILES = np.linspace(50.0, 100.0, 26)
+CAP_ITERATIONS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,8 @@ class OperatorFit:
         time_coef: per TERMS name, seconds per unit of the term (see TERM_UNITS).
         energy_coef: per ENERGY_TERMS name: busy power (W), J per byte, J per FLOP.
         errors: relative errors |pred - measured| / measured: train and leave-one-model-out, time and energy.
+        power_cap_w: the most power a call draws (W): the board's power limiter holds it there whatever the bytes
+            and FLOPs ask for; None where the class's fit found no cap (profiles written before it have none).
     """
 
     op: str
@@ -65,6 +78,7 @@ class OperatorFit:
     time_coef: dict[str, float]
     energy_coef: dict[str, float]
     errors: dict[str, Any] = field(default_factory=dict)
+    power_cap_w: float | None = None
 
     def __post_init__(self) -> None:
         if self.op not in TERMS:
@@ -78,6 +92,8 @@ class OperatorFit:
             raise ValueError(f"{self.op}: coefficients must be finite and >= 0, got {values}")
         if self.power < 1:
             raise ValueError(f"{self.op}: power={self.power} must be >= 1")
+        if self.power_cap_w is not None and not (np.isfinite(self.power_cap_w) and self.power_cap_w > 0):
+            raise ValueError(f"{self.op}: power_cap_w={self.power_cap_w} must be a positive number or None")
 
     def time_s(self, **terms: Any) -> Any:
         """Seconds per call from the class's TERMS (scalars or arrays); a missing term counts as 0."""
@@ -88,8 +104,10 @@ class OperatorFit:
     def energy_j(self, time_s: Any, **terms: Any) -> Any:
         """Joules per call for a call lasting `time_s` with the given bytes and FLOPs."""
         e = self.energy_coef
-        return (e["time_s"] * np.asarray(time_s, dtype=np.float64) + e["bytes"] * np.asarray(terms.get("bytes", 0.0))
-                + e["flops"] * np.asarray(terms.get("flops", 0.0)))
+        t = np.asarray(time_s, dtype=np.float64)
+        linear = (e["time_s"] * t + e["bytes"] * np.asarray(terms.get("bytes", 0.0))
+                  + e["flops"] * np.asarray(terms.get("flops", 0.0)))
+        return linear if self.power_cap_w is None else np.minimum(linear, self.power_cap_w * t)
 
     def cost(self, **terms: Any) -> tuple[Any, Any]:
         """(seconds, joules) per call at the fitted time."""
@@ -100,18 +118,24 @@ class OperatorFit:
         """JSON-ready dict with units."""
         return {"op": self.op, "c0_s": self.c0_s, "power": self.power, "time_coef": dict(self.time_coef),
                 "time_units": {n: TERM_UNITS[n] for n in self.time_coef}, "energy_coef": dict(self.energy_coef),
-                "energy_units": dict(ENERGY_UNITS), "errors": dict(self.errors)}
+                "energy_units": dict(ENERGY_UNITS), "power_cap_w": self.power_cap_w, "errors": dict(self.errors)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OperatorFit:
         """Build from `to_dict`'s form (KeyError/ValueError on a bad one)."""
         return cls(str(data["op"]), float(data["c0_s"]), float(data["power"]),
                    {str(k): float(v) for k, v in data["time_coef"].items()},
-                   {str(k): float(v) for k, v in data["energy_coef"].items()}, dict(data.get("errors") or {}))
+                   {str(k): float(v) for k, v in data["energy_coef"].items()}, dict(data.get("errors") or {}),
+                   None if data.get("power_cap_w") is None else float(data["power_cap_w"]))
 
 
 def _rel(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.abs(pred / y - 1.0)
+
+
+def _score(err: np.ndarray) -> float:
+    """What the time and energy fits minimize over their candidates: median + half the p95 of relative errors."""
+    return float(np.median(err) + 0.5 * np.percentile(err, 95))
 
 
 def _summary(err: np.ndarray) -> dict[str, float | int]:
@@ -139,8 +163,7 @@ def _fit_time(op: str, terms: Mapping[str, np.ndarray], time_s: np.ndarray) -> t
             candidates.append((float(c0), p, solve_relative(powered[p], (time_s - c0) ** p)))
     best: tuple[float, float, float, np.ndarray] | None = None
     for c0, p, q in candidates:
-        err = _rel(c0 + (powered[p] @ q) ** (1.0 / p), time_s)
-        score = float(np.median(err) + 0.5 * np.percentile(err, 95))
+        score = _score(_rel(c0 + (powered[p] @ q) ** (1.0 / p), time_s))
         if best is None or score < best[0]:
             best = (score, c0, p, q)
     assert best is not None
@@ -167,8 +190,34 @@ def fit_operator_once(op: str, terms: Mapping[str, Sequence[float]], time_s: Seq
     c0, p, coef = _fit_time(op, cols, t)
     fitted_t = OperatorFit(op, c0, p, coef, dict.fromkeys(ENERGY_TERMS, 0.0)).time_s(**cols)
     a = np.column_stack([fitted_t, cols.get("bytes", np.zeros_like(t)), cols.get("flops", np.zeros_like(t))])
-    energy = dict(zip(ENERGY_TERMS, (float(v) for v in solve_relative(a, e)), strict=True))
-    return OperatorFit(op, c0, p, coef, energy)
+    q, cap = _fit_energy(a, e, e / t)
+    return OperatorFit(op, c0, p, coef, dict(zip(ENERGY_TERMS, (float(v) for v in q), strict=True)), power_cap_w=cap)
+
+
+def _fit_energy(a: np.ndarray, e: np.ndarray, measured_w: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Energy coefficients and power cap with the best `_score`.
+
+    Candidates: no cap, and each of CAP_QUANTILES of the measured powers. For a cap, the linear form is fitted on the
+    points it leaves under the cap, repeated until that set stops changing (a capped point's energy is the cap times
+    its time, whatever its bytes and FLOPs).
+    """
+    t = a[:, 0]
+    best: tuple[float, np.ndarray, float | None] | None = None
+    for cap in (None, *np.unique(np.percentile(measured_w, CAP_QUANTILES))):
+        under = np.ones(e.size, dtype=bool)
+        for _ in range(CAP_ITERATIONS):
+            q = solve_relative(a[under], e[under])
+            if cap is None:
+                break
+            now = a @ q < cap * t
+            if (now == under).all() or now.sum() < a.shape[1]:
+                break
+            under = now
+        score = _score(_rel(a @ q if cap is None else np.minimum(a @ q, cap * t), e))
+        if best is None or score < best[0]:
+            best = (score, q, None if cap is None else float(cap))
+    assert best is not None
+    return best[1], best[2]
 
 
 def fit_operator(op: str, terms: Mapping[str, Sequence[float]], time_s: Sequence[float], energy_j: Sequence[float],
@@ -194,7 +243,7 @@ def fit_operator(op: str, terms: Mapping[str, Sequence[float]], time_s: Sequence
     lomo_t, lomo_e = _lomo(op, cols, t, e, list(models))
     errors["lomo_time"] = _summary(lomo_t) if lomo_t.size else None
     errors["lomo_energy"] = _summary(lomo_e) if lomo_e.size else None
-    return OperatorFit(op, fit.c0_s, fit.power, fit.time_coef, fit.energy_coef, errors)
+    return OperatorFit(op, fit.c0_s, fit.power, fit.time_coef, fit.energy_coef, errors, fit.power_cap_w)
 
 
 def _lomo(op: str, cols: Mapping[str, np.ndarray], t: np.ndarray, e: np.ndarray,

@@ -347,3 +347,33 @@ def test_operator_energy_is_fitted_at_the_time_the_composition_evaluates_it():
     old_e = dataclasses.replace(fit, energy_coef=on_measured).energy_j(fitted_t, bytes=b, flops=f)
     err, old_err = np.abs(pred_e / e - 1), np.abs(old_e / e - 1)
     assert np.mean(err**2) < 0.8 * np.mean(old_err**2)
+
+
+def test_energy_fit_finds_the_power_cap_and_prices_capped_calls_at_it(tmp_path: Path):
+    """Calls whose bytes and FLOPs would ask for more than the board's limit draw the limit: E = cap x t there.
+
+    Synthetic points under a 650 W cap: the fit finds a cap near it and the linear terms below it; a fit without a
+    cap (the form before it) misses the capped points by far more. The cap survives the profile file.
+    """
+    from tokenjoule.calibrate.fit import solve_relative
+    from tokenjoule.calibrate.gpu_fit import ENERGY_TERMS, OperatorFit
+
+    rng = np.random.default_rng(2)
+    b, f = rng.uniform(1e6, 1e9, 80), rng.uniform(1e8, 1e12, 80)
+    t = 3e-6 + b / 4e12 + f / 7e14
+    linear = 150 * t + 1e-10 * b + 1e-12 * f
+    e = np.minimum(linear, 650.0 * t)
+    assert (linear > 650.0 * t).mean() > 0.2  # a good share of the points is capped
+    fit = fit_operator_once("prefill_attn", {"bytes": b, "flops": f}, t, e)
+    assert fit.power_cap_w == pytest.approx(650.0, rel=0.03)
+    fitted_t, pred = fit.cost(bytes=b, flops=f)
+    linear_fit = dict(zip(ENERGY_TERMS, solve_relative(np.column_stack([fitted_t, b, f]), e), strict=True))
+    pred_uncapped = dataclasses.replace(fit, energy_coef=linear_fit, power_cap_w=None).energy_j(fitted_t, bytes=b,
+                                                                                                  flops=f)
+    assert np.median(np.abs(pred / e - 1)) < 0.02
+    assert np.max(np.abs(pred / e - 1)) < 0.5 * np.max(np.abs(pred_uncapped / e - 1))
+    data = fit.to_dict()
+    assert OperatorFit.from_dict(data).power_cap_w == fit.power_cap_w
+    assert OperatorFit.from_dict({k: v for k, v in data.items() if k != "power_cap_w"}).power_cap_w is None
+    with pytest.raises(ValueError, match="power_cap_w"):
+        dataclasses.replace(fit, power_cap_w=-1.0)
