@@ -22,32 +22,16 @@ Writes `idle_tail.json` (rows and provenance).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import time
 from pathlib import Path
 
 import torch
+from wait_power_gpu import kernel_time_s, write_result  # this folder (the script's own) is first on sys.path
 
-from tokenjoule.calibrate.measure.machine import gpu_info, host_info, software_info
 from tokenjoule.calibrate.measure.meters import make_meter
 
 BURSTS_MS = (5.0, 30.0)
 GAPS_MS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
-
-
-def _kernel_time_s(fn, n: int = 100) -> float:
-    """GPU seconds per call of `fn` (CUDA events around n back-to-back calls)."""
-    for _ in range(5):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / n
 
 
 def _cycles(fn, per_burst: int, gap_s: float, window_s: float) -> int:
@@ -91,7 +75,7 @@ def main() -> None:  # noqa: D103
         dst.copy_(src)
 
     kernels = {"gemm": gemm, "copy": copy}
-    kernel_s = {name: _kernel_time_s(fn) for name, fn in kernels.items()}
+    kernel_s = {name: kernel_time_s(fn, n=100, warmup=5) for name, fn in kernels.items()}
     print(f"kernel seconds per call: {kernel_s}", flush=True)
     rows = [_idle(meter, args.window_s)]
     for name, fn in kernels.items():
@@ -119,16 +103,12 @@ def main() -> None:  # noqa: D103
         r["tail_s"] = r["tail_j"] / (base["power_w"] - idle)
         print(f"{r['case']} burst {r['burst_ms']:4.0f} gap {r['gap_ms']:6.1f} ms: tail {r['tail_j']:7.3f} J per cycle "
               f"= {r['tail_s'] * 1e3:6.2f} ms at the burst's excess power", flush=True)
-    out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "gpu": gpu_info(meter), "host": host_info(), "software": software_info(),
-           "method": "bursts of back-to-back kernels (then CUDA synchronize), then the host spins for the gap with "
-                     "the GPU idle; each case one NVML energy-counter window after 0.3 s of the same pattern; kernel "
-                     "GPU time by CUDA events over 100 back-to-back calls; tail per cycle against the gap-0 case's "
-                     "power and cycle time and the idle windows' power",
-           "script": "tests/bench/idle_tail_gpu.py", "window_s": args.window_s, "kernel_s": kernel_s,
-           "idle_power_w": idle, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "idle_tail.json").write_text(json.dumps(out, indent=1, default=str))
+    write_result(args.out / "idle_tail.json", meter, "tests/bench/idle_tail_gpu.py",
+                 "bursts of back-to-back kernels (then CUDA synchronize), then the host spins for the gap with the GPU "
+                 "idle; each case one NVML energy-counter window after 0.3 s of the same pattern; kernel GPU time by "
+                 "CUDA events over 100 back-to-back calls; tail per cycle against the gap-0 case's power and cycle "
+                 "time and the idle windows' power",
+                 window_s=args.window_s, kernel_s=kernel_s, idle_power_w=idle, rows=rows)
 
 
 if __name__ == "__main__":

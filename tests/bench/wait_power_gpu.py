@@ -35,9 +35,9 @@ TINY_GAPS_US = (0, 10, 20, 40, 80, 160, 320, 1000)
 GEMM_GAPS_US = (0, 50, 200, 500, 2000)
 
 
-def _kernel_time_s(fn, n: int = 200) -> float:
-    """GPU seconds per call of `fn` (CUDA events around n back-to-back calls)."""
-    for _ in range(10):
+def kernel_time_s(fn, n: int = 200, warmup: int = 10) -> float:
+    """GPU seconds per call of `fn` (CUDA events around n back-to-back calls, after `warmup` calls)."""
+    for _ in range(warmup):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
@@ -81,7 +81,7 @@ def main() -> None:  # noqa: D103
     def gemm():
         torch.mm(a, b, out=c)
 
-    kernel_s = {"tiny": _kernel_time_s(tiny), "gemm": _kernel_time_s(gemm), "idle": 0.0}
+    kernel_s = {"tiny": kernel_time_s(tiny), "gemm": kernel_time_s(gemm), "idle": 0.0}
     print(f"kernel seconds per call: {kernel_s}", flush=True)
     cases = ([("idle", None, 0)] + [("tiny", tiny, g) for g in TINY_GAPS_US] + [("gemm", gemm, g) for g in GEMM_GAPS_US]
              + [("idle", None, 0)])
@@ -100,15 +100,20 @@ def main() -> None:  # noqa: D103
     idle = min(r["power_w"] for r in rows if r["case"] == "idle")
     for r in rows:
         r["excess_w_per_duty"] = (r["power_w"] - idle) / r["duty"] if r["duty"] > 0 else None
+    write_result(args.out / "wait_power.json", meter, "tests/bench/wait_power_gpu.py",
+                 "one kernel launched from Python, then the host spins for the gap; each case one NVML energy-counter "
+                 "window (begin/end with CUDA sync) after 0.3 s of the same pattern; kernel GPU time by CUDA events "
+                 "over 200 back-to-back calls; duty = launches x kernel time / window",
+                 window_s=args.window_s, kernel_s=kernel_s, idle_power_w=idle, rows=rows)
+
+
+def write_result(path: Path, meter, script: str, method: str, **fields) -> None:
+    """The measurement as JSON with its provenance (date, GPU, host, software, script, method) before `fields`."""
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "gpu": gpu_info(meter), "host": host_info(), "software": software_info(),
-           "method": "one kernel launched from Python, then the host spins for the gap; each case one NVML "
-                     "energy-counter window (begin/end with CUDA sync) after 0.3 s of the same pattern; kernel GPU "
-                     "time by CUDA events over 200 back-to-back calls; duty = launches x kernel time / window",
-           "script": "tests/bench/wait_power_gpu.py", "window_s": args.window_s, "kernel_s": kernel_s,
-           "idle_power_w": idle, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "wait_power.json").write_text(json.dumps(out, indent=1, default=str))
+           "gpu": gpu_info(meter), "host": host_info(), "software": software_info(), "method": method,
+           "script": script, **fields}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=str))
 
 
 if __name__ == "__main__":
