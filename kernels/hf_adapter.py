@@ -25,7 +25,7 @@ INIT_STD = 0.02
 
 
 def _import_hub_kernels() -> None:
-    """Import the `kernels` distribution, which transformers >= 5.25 requires, before transformers looks for it.
+    """Import the `kernels` distribution (transformers 5.25 requires it) before transformers looks for it.
 
     Why: this repository's `kernels/` folder has the same top-level name. Run from the repository root (`python -m`
     puts the working directory first on sys.path), transformers' `from kernels import ...` finds the folder and fails.

@@ -349,7 +349,7 @@ def test_operator_energy_is_fitted_at_the_time_the_composition_evaluates_it():
     assert np.mean(err**2) < 0.8 * np.mean(old_err**2)
 
 
-def test_energy_fit_finds_the_power_cap_and_prices_capped_calls_at_it(tmp_path: Path):
+def test_energy_fit_finds_the_power_cap_and_prices_capped_calls_at_it():
     """Calls whose bytes and FLOPs would ask for more than the board's limit draw the limit: E = cap x t there.
 
     Synthetic points under a 650 W cap: the fit finds a cap near it and the linear terms below it; a fit without a
