@@ -7,7 +7,9 @@ its curves (GPU time and energy, as the raw sweep times `runner.run` alone). Tor
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,11 @@ def ragged_decode_points(iterations_path: str | Path, scenario_prefix: str = "wa
     return out
 
 
+def row_features(row: Mapping[str, Any]) -> IterFeatures:
+    """The features of one row of a replay's `iterations.parquet` (its columns carry IterFeatures' field names)."""
+    return IterFeatures(**{f.name: row[f.name] for f in dataclasses.fields(IterFeatures)})
+
+
 def replay_iterations(iterations_path: str | Path, scenario_prefix: str = "warmup") -> list[dict[str, Any]]:
     """Every iteration of a replay's warm-up scenarios: kind, features, GPU-run and serving-loop host seconds.
 
@@ -65,9 +72,7 @@ def replay_iterations(iterations_path: str | Path, scenario_prefix: str = "warmu
             continue
         decode, prefill = row["decode_seqs"], row["prefill_seqs"]
         kind = "mixed" if decode and prefill else "prefill" if prefill else "decode"
-        features = IterFeatures(row["new_tokens"], row["prefill_attn_pairs"], row["prefill_ctx_tokens"],
-                                row["decode_ctx_tokens"], decode, prefill, row["decode_max_ctx_tokens"])
-        out.append({"kind": kind, "features": features, "time_s": row["run_s"], "host_s": row["host_s"]})
+        out.append({"kind": kind, "features": row_features(row), "time_s": row["run_s"], "host_s": row["host_s"]})
     return out
 
 

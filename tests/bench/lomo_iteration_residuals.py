@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tokenjoule.calibrate.compose import compose_profile
-from tokenjoule.calibrate.cost_form import IterFeatures
+from tokenjoule.calibrate.compose_check import row_features
 from tokenjoule.calibrate.validate import models as lomo
 from tokenjoule.calibrate.validate.report import load_run
 
@@ -34,11 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LEASE = ROOT / "validation" / "h200_2026-12-03_models"
 OPS = ROOT / "calibrate" / "profiles" / "measurements" / "h200_lease4_2026-12-03" / "ops"
 BATCH_BINS = (1, 2, 4, 8, 16, 32, 64, 512)
-
-
-def _features(row: dict) -> IterFeatures:
-    return IterFeatures(row["new_tokens"], row["prefill_attn_pairs"], row["prefill_ctx_tokens"],
-                        row["decode_ctx_tokens"], row["decode_seqs"], row["prefill_seqs"], row["decode_max_ctx_tokens"])
 
 
 def _eager_group(decode_seqs: int, continues: bool) -> str:
@@ -67,7 +62,7 @@ def report(name: str, runs: dict, gpu) -> None:
                                                               "fitting": defaultdict(list)}
     for row in pq.read_table(run["dir"] / "iterations.parquet").to_pylist():
         warmup = row["scenario"].startswith("warmup")
-        priced = latency.iteration(_features(row), rule)
+        priced = latency.iteration(row_features(row), rule)
         if row["prefill_seqs"]:
             group = _eager_group(row["decode_seqs"], row["prefill_ctx_tokens"] > 0)
             eager["fitting" if warmup else "validation"][group].append((priced, row["run_s"]))

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tokenjoule.calibrate.compose import compose_profile
-from tokenjoule.calibrate.cost_form import IterFeatures
+from tokenjoule.calibrate.compose_check import row_features
 from tokenjoule.calibrate.validate import models as lomo
 from tokenjoule.calibrate.validate.report import load_run
 
@@ -39,11 +39,6 @@ LEASES = ((ROOT / "validation" / "h200_2026-12-03_models", MEASURED / "h200_leas
           (ROOT / "validation" / "h200_2026-12-04_lease7_models", MEASURED / "h200_lease7_2026-12-04" / "ops"),
           (ROOT / "validation" / "h200_2026-12-04_lease8_models", MEASURED / "h200_lease8_2026-12-04" / "ops"))
 DENSE = ("llama-3.1-8b", "mistral-7b", "qwen2.5-7b", "qwen2.5-32b")
-
-
-def _features(r: dict) -> IterFeatures:
-    return IterFeatures(r["new_tokens"], r["prefill_attn_pairs"], r["prefill_ctx_tokens"], r["decode_ctx_tokens"],
-                        r["decode_seqs"], r["prefill_seqs"], r["decode_max_ctx_tokens"])
 
 
 def _powers(profile) -> callable:
@@ -57,7 +52,7 @@ def _scenario(rows: list[dict], capped, lifted, idle_w: float, tau: float, limit
     avg, t_prev = idle_w, 0.0
     for r in rows:
         avg = idle_w + (avg - idle_w) * math.exp(-max(r["start_s"] - t_prev, 0.0) / tau)
-        f, t = _features(r), r["run_s"]
+        f, t = row_features(r), r["run_s"]
         p_cap, p_up = capped(f), lifted(f)
         e_cap += p_cap * t
         if p_up <= limit:
