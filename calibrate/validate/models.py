@@ -200,9 +200,8 @@ def resolves_max(window: dict[str, Any] | None) -> bool:
     """
     if not window:
         return False
-    if window["aligned"]:
-        return window["bound"] is not None and window["bound"] < TARGETS["energy_max"] / 2
-    return window["per_edge"] is not None and window["per_edge"] < TARGETS["energy_max"] / 2
+    error = window["bound"] if window["aligned"] else window["per_edge"]
+    return error is not None and error < TARGETS["energy_max"] / 2
 
 
 def _pct(value: float | None, signed: bool = False) -> str:
