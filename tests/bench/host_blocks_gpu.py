@@ -18,7 +18,7 @@ and per iteration = t at 2 layers - 2 x per layer within each round, then the me
     python tests/bench/host_blocks_gpu.py --out "$OUT" [--rounds 10]      # on the device
     python tests/bench/host_blocks_gpu.py --summarize validation/h200_2026-12-04_host_blocks/host_blocks_rounds.json
 
-Writes `host_blocks_rounds.json` (rows, host, software, date). Output of 2026-12-04 is in
+Writes `host_blocks_rounds.json` (rows, with date, GPU, host, software, script and method). Output of 2026-12-04 is in
 validation/h200_2026-12-04_host_blocks/ and its README.
 """
 
@@ -28,7 +28,6 @@ import dataclasses
 import logging
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 from tokenjoule.kernels.shape import IterationShape
@@ -72,30 +71,27 @@ def variant_spec(variant: str, layers: int) -> ModelSpec:
     return dataclasses.replace(TINY, name=f"host-blocks-{variant}-{layers}l", n_layers=layers, **VARIANTS[variant])
 
 
-def measure_host_blocks(device: str = "cuda", rounds: int = 8, steps: int = 5,
-                        build: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+def measure_host_blocks(device: str = "cuda", rounds: int = 8, steps: int = 5) -> list[dict[str, Any]]:
     """Host seconds of every (variant, layers, shape), measured in interleaved rounds: one row per cell and round.
 
-    The host's speed drifts by up to 1.7x over tens of seconds (an H200 host, 2026-12-04: the same tiny MoE model
-    took 15.6 and then 9.0 ms per 10-layer prefill, 15 minutes apart, while each run's own spread was under 5%), so
-    every round visits every cell once (`prepare` and its step, then `steps` timed steps; the round's median kept):
-    differences taken within a round see one speed.
+    The host's speed moves by up to 1.7x within minutes (an H200 host, 2026-12-04: the same tiny MoE model took 15.6
+    and then 9.0 ms per 10-layer prefill, 15 minutes apart, each run's own p10-p90 spread under 10%), so every round
+    visits every cell once (`prepare` and its step, then `steps` timed steps; the round's median kept): differences
+    taken within a round see one speed.
 
     Args:
         device: where the tiny models run.
         rounds: visits of every cell.
         steps: timed steps per visit.
-        build: `kernels.iteration.build_runner` or a stand-in (tests).
 
     Returns:
         Rows with `round`, `variant`, `layers`, `shape`, `time_s` (the visit's median), `steps`.
     """
-    if build is None:
-        from tokenjoule.kernels.iteration import build_runner as build
+    from tokenjoule.kernels.iteration import build_runner
     cells = [(variant, layers) for variant in VARIANTS for layers in LAYERS]
     # A runner sizes its KV cache to a share of the whole GPU's memory, counting what is already used: the i-th
     # runner's share grows by one tiny model's (2%) to leave it room.
-    runners = {cell: build(variant_spec(*cell), engine="tokenjoule", mode="eager", device=device,
+    runners = {cell: build_runner(variant_spec(*cell), engine="tokenjoule", mode="eager", device=device,
                            gpu_memory_utilization=TINY_MEMORY_SHARE * (i + 1), max_num_seqs=64,
                            max_num_batched_tokens=1024)
                for i, cell in enumerate(cells)}
@@ -122,7 +118,7 @@ def measure_host_blocks(device: str = "cuda", rounds: int = 8, steps: int = 5,
 
 
 def _free(device: str) -> None:
-    """Return a finished tiny model's memory (its KV cache) before the next one is built."""
+    """Return the tiny models' memory (weights and KV caches) once they are dropped."""
     import gc
 
     import torch
