@@ -3,13 +3,13 @@
 Why: the hold-out TTFT misses sit on host-bound models whose eager host seconds per launch, fitted on the other models
 of the lease, differ from their own (docs/validation_models_lease9.md: Llama-3.2-1B -30% to -41%, the MoE models up
 to +57%). Fitting each model's overheads on its own quick grid and warm-up replays alone (in sample, so NOT a
-validation) bounds what a better transfer of host terms between models could give: the simulator, the operator fits
-and the scenarios stay as they are, only the fold changes.
+validation) asks whether the other models are the problem, or the host: the simulator, the operator fits and the
+scenarios stay as they are, only the fold changes.
 
     python tests/bench/lomo_own_overheads.py LEASE_DIR --ops OPS_DIR
 
-Prints the pooled figures against issue 16's targets and TTFT p50 median per model. Output of 2026-12-04 is quoted in
-the README (leave-one-model-out, ninth lease).
+Prints the pooled figures against issue 16's targets and TTFT p50 median per model. Output of 2026-12-04 on all five
+leases is quoted in the README (fifth leave-one-model-out lease).
 """
 
 from __future__ import annotations
