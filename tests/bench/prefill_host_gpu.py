@@ -1,16 +1,17 @@
 """Where a host-bound prefill's host time goes: the real Llama-3.2-1B against tiny models differing from it in one way.
 
 Why: on the ninth lease the replayed Llama-3.2-1B's host-bound prefills took about 17.7 ms, while tiny models of the
-engine with as many layers took 7-14 ms (`host_blocks_gpu.py`); read as a part per iteration plus a part per layer,
-the lease's models asked for about 10 ms per iteration that the tiny models do not have (README, fifth lease). This
-times prefill iterations of the real model (random bf16 weights) and of tiny 16-layer models that take one of its
-traits each (head_dim 64, its 128k vocabulary, both), in three ways: the same shape stepped again and again, a new
+engine with as many layers took 7-14 ms (`host_blocks_gpu.py`, on that machine and on another); read as a part per
+iteration plus a part per layer, the lease's prefills asked for about 10 ms per iteration that the tiny models do not
+have. This times prefill iterations of the real model (random bf16 weights) and of tiny 16-layer models that take one of
+its traits each (head_dim 64, its 128k vocabulary, both), in three ways: the same shape stepped again and again, a new
 prompt length at each iteration (`prepare` of a fresh length, which runs one step; a serving loop's chunks differ in
-length from iteration to iteration), and the same length prepared again (the same work as the previous, without the
-new shape). Rounds interleave the models, as the host's speed moves within minutes.
+length from iteration to iteration), and the same length prepared again (the same work as the previous, without the new
+shape). Rounds interleave the models, as the host's speed moves within minutes.
 
     python tests/bench/prefill_host_gpu.py --out "$OUT" [--rounds 4]
-Writes `prefill_host.json` (rows and provenance) and prints medians per model and way.
+Writes `prefill_host.json` (rows and provenance) and prints medians per model and way. Its two runs of 2026-12-04 are
+in validation/h200_2026-12-04_prefill_host/ with a README.
 """
 
 from __future__ import annotations
