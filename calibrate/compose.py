@@ -182,12 +182,36 @@ def eager_launches(spec: ModelSpec) -> int:
     return ITERATION_LAUNCHES + spec.n_layers * attn + n_moe * moe + (spec.n_layers - n_moe) * DENSE_MLP_LAUNCHES
 
 
-def prefill_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float, float]:
-    """(s, J) of the prefill curve at x new tokens (attention pairs and cached context apart), host-floored."""
+def prefill_gpu_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float, float]:
+    """(s, J) of the GPU's own work in a prefill of x new tokens (attention pairs and cached context apart)."""
     point = prefill_attn_point(1, x, 0, spec.n_heads, spec.n_kv_heads, spec.head_dim)
     fixed = OperatorPoint("prefill_attn", point.shape, 0.0, point.bytes_moved)  # its FLOPs are the pairs' term
     attn = _scale(_cost(gpu.operators["prefill_attn"], fixed), spec.n_layers)
-    return _host_floored(gpu, spec, _sum(_layers(gpu, spec, x), attn, _head(gpu, spec, 1)))
+    return _sum(_layers(gpu, spec, x), attn, _head(gpu, spec, 1))
+
+
+def prefill_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float, float]:
+    """(s, J) of the prefill curve at x new tokens (attention pairs and cached context apart), host-floored."""
+    return _host_floored(gpu, spec, prefill_gpu_knot(gpu, spec, x))
+
+
+def eager_host_s(gpu: GPUOperatorProfile, spec: ModelSpec) -> float:
+    """Host seconds of one eager iteration's launches: counted launches x the (fitted, else bare) seconds per launch."""
+    ov = gpu.overheads
+    return eager_launches(spec) * (ov.eager_host_s_per_launch if ov else gpu.launch.eager_launch_s)
+
+
+def host_bound_prefill(gpu: GPUOperatorProfile, spec: ModelSpec,
+                       gpu_knots: list[tuple[float, float]]) -> dict[str, float | int | None]:
+    """Where the composed prefill curve sits on the host's launch time rather than on the GPU's work.
+
+    Returns:
+        `host_s` (`eager_host_s`) and `gpu_exceeds_host_at_tokens`: the first prefill knot whose GPU time reaches it
+        (prefills shorter than that are priced at the host's speed; None: every knot is).
+    """
+    host = eager_host_s(gpu, spec)
+    first = next((x for x, (t, _) in zip(KNOTS_TOKENS, gpu_knots, strict=True) if t >= host), None)
+    return {"host_s": host, "gpu_exceeds_host_at_tokens": first}
 
 
 def _host_floored(gpu: GPUOperatorProfile, spec: ModelSpec, cost: tuple[float, float]) -> tuple[float, float]:
@@ -201,10 +225,9 @@ def _host_floored(gpu: GPUOperatorProfile, spec: ModelSpec, cost: tuple[float, f
     """
     t, e = cost
     ov = gpu.overheads
-    per_launch = ov.eager_host_s_per_launch if ov else gpu.launch.eager_launch_s
     wait_w = ov.host_wait_power_w if ov else gpu.idle_power_w
     exposed = ov.host_exposed_fraction if ov else 0.0
-    host = eager_launches(spec) * per_launch
+    host = eager_host_s(gpu, spec)
     bubbles = exposed * min(host, t)
     bubble_w = e / t if t >= host and t > 0 else wait_w
     return max(host, t) + bubbles, e + bubbles * bubble_w + (max(host, t) - t) * wait_w
@@ -276,7 +299,8 @@ def compose_profile(gpu: GPUOperatorProfile, spec: ModelSpec, source: str = "",
     capacity = kv_capacity_tokens(gpu, spec, config)
     dknots = decode_knots(gpu.mode, config)
     decode = [decode_knot(gpu, spec, x, rows) for x, rows in dknots]
-    prefill = [prefill_knot(gpu, spec, x) for x in KNOTS_TOKENS]
+    gpu_prefill = [prefill_gpu_knot(gpu, spec, x) for x in KNOTS_TOKENS]
+    prefill = [_host_floored(gpu, spec, cost) for cost in gpu_prefill]
     lat_coef, en_coef = attention_coef(gpu, spec)
     knots, pknots = tuple(float(x) for x, _ in dknots), tuple(float(x) for x in KNOTS_TOKENS)
     latency = CostCurve(knots, tuple(v[0] for v in decode), lat_coef, "s", pknots, tuple(v[0] for v in prefill))
@@ -284,6 +308,7 @@ def compose_profile(gpu: GPUOperatorProfile, spec: ModelSpec, source: str = "",
     errors: dict[str, Any] = {op: fit.errors for op, fit in gpu.operators.items()}
     settings = {"knots_tokens": list(KNOTS_TOKENS), "decode_knots_rows": [list(k) for k in dknots],
                 "graph_max_num_seqs": config.graph_max_num_seqs, "eager_launches": eager_launches(spec),
+                "host_bound_prefill": host_bound_prefill(gpu, spec, gpu_prefill),
                 "decode_ref": list(DECODE_REF), "gpu_memory_utilization": config.gpu_memory_utilization,
                 "activation_reserve_bytes": config.activation_reserve_bytes,
                 "overheads": gpu.overheads.to_dict() if gpu.overheads else None}

@@ -15,6 +15,10 @@ numbers behind it (the summary's `notes`; `tokenjoule simulate` prints the messa
 - "context_length": requests whose prompt plus output exceed the model's context (`max_position_embeddings`); they
   are rejected (reason "context_length") and not simulated.
 - "context_unchecked": the model's context length is unknown, so no request was checked against it.
+- "host_bound_prefill": a composed profile (`calibrate/compose.py`) prices a short eager prefill at its host's launch
+  time, not at the GPU's work, and some finished requests have prompts that short. The host's speed moves such
+  iterations by up to about 2x between machines and within minutes (`HOST_SPEED_EVIDENCE`), which a profile fitted
+  once cannot follow, so their TTFT carries that uncertainty.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tokenjoule.calibrate.profile import MeasuredRange
+from tokenjoule.calibrate.profile import GPUProfile, MeasuredRange
 from tokenjoule.kernels.spec import ModelSpec
 
 # Seconds of queueing delay gained per second of arrivals (last tenth vs first tenth) above which a run is overloaded.
@@ -34,6 +38,9 @@ QUEUE_GROWTH_S_PER_S = 0.1
 CONTEXT_REJECT = "context_length"
 # The dimensions of an iteration a profile's measured range bounds, in `RangeTally`'s order.
 DIMENSIONS = ("decode_seqs", "iteration_tokens", "prompt_tokens", "context_tokens")
+# Where the host-speed figure of the "host_bound_prefill" note was measured (H200 hosts, 2026-12-04).
+HOST_SPEED_EVIDENCE = ("measured on H200 hosts: validation/h200_2026-12-04_prefill_host/ and "
+                       "validation/h200_2026-12-04_lease9_models/")
 _WHAT = {"decode_seqs": "decode batch", "iteration_tokens": "tokens per prefill iteration",
          "prompt_tokens": "prompt tokens", "context_tokens": "context tokens"}
 
@@ -102,7 +109,8 @@ class RangeTally:
         self.iterations_beyond += steps if batch > seqs else ctx_steps
 
 
-def run_notes(table: pa.Table, summary: dict[str, Any], tally: RangeTally | None, spec: ModelSpec) -> list[dict]:
+def run_notes(table: pa.Table, summary: dict[str, Any], tally: RangeTally | None, spec: ModelSpec,
+              profile: GPUProfile | None = None) -> list[dict]:
     """The notes on a finished run (see the module docstring), in a fixed order; [] when there is nothing to say.
 
     Args:
@@ -110,8 +118,10 @@ def run_notes(table: pa.Table, summary: dict[str, Any], tally: RangeTally | None
         summary: the run's summary (`metrics.summarize`).
         tally: what the run priced beyond its profile's range, or None when the cost model has no measured range.
         spec: the model served (its context length).
+        profile: the profile that priced the run (None: a roofline; only a composed one can be host-bound here).
     """
-    notes = [overload_note(table, summary), extrapolation_note(table, tally), *context_notes(table, spec)]
+    notes = [overload_note(table, summary), extrapolation_note(table, tally), *context_notes(table, spec),
+             host_bound_note(table, profile)]
     return [n for n in notes if n is not None]
 
 
@@ -209,3 +219,28 @@ def context_notes(table: pa.Table, spec: ModelSpec) -> list[dict[str, Any]]:
              "longest_tokens": int(asked.max()), "message": (
                  f"context length: {n:,} requests rejected, not simulated: their prompt plus output exceeds "
                  f"{spec.name}'s context of {limit:,} tokens (the longest asks for {int(asked.max()):,})")}]
+
+
+def host_bound_note(table: pa.Table, profile: GPUProfile | None) -> dict[str, Any] | None:
+    """The "host_bound_prefill" note for a composed profile whose host floor covers some finished requests' prompts.
+
+    Counted by prompt length alone: a short prompt batched with others into a longer prefill iteration leaves the
+    floor, so the count is the requests that *can* meet it.
+    """
+    host = (profile.method.get("compose") or {}).get("host_bound_prefill") if profile is not None else None
+    if not host or not profile.method.get("composed"):
+        return None
+    below = host["gpu_exceeds_host_at_tokens"]
+    done = _column(table, "status") == "finished"
+    prompts = _column(table, "input_tokens")[done]
+    short = int((prompts < below).sum()) if below is not None else len(prompts)
+    if not short:
+        return None
+    which = f"a prefill of fewer than about {below:,} tokens" if below is not None else "every prefill"
+    message = (f"host_bound_prefill: this composed profile prices {which} by its host's launch time, "
+               f"{host['host_s'] * 1e3:.1f} ms (fitted on other models' measured iterations), not by the GPU's work; "
+               f"{short:,} of {len(prompts):,} finished requests have prompts that short. The host's speed moved such "
+               f"iterations by up to about 2x between machines and within minutes ({HOST_SPEED_EVIDENCE}), so their "
+               "TTFT carries that uncertainty")
+    return {"kind": "host_bound_prefill", "message": message, "host_s": host["host_s"],
+            "gpu_exceeds_host_at_tokens": below, "requests_short": short, "requests": len(prompts)}

@@ -293,7 +293,7 @@ def _result(config: SimConfig, trace: Trace, cost: CostModel, reps: list[Replica
     summary = summarize(table, energy, end_s, len(reps), config.tp, busy_s, config.slo_ttft_s, config.slo_tpot_s)
     summary.update(_identity(config, cost))
     summary.update(host_band_keys(summary, cost.profile))
-    summary["notes"] = run_notes(table, summary, ledger.range_tally, _served_model(cost))
+    summary["notes"] = run_notes(table, summary, ledger.range_tally, _served_model(cost), cost.profile)
     return SimResult(config, summary, table, timeline, tuple(log) if log is not None else None,
                      iterations.table(end_s, len(reps), idle_w) if iterations is not None else None)
 

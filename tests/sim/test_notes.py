@@ -11,7 +11,9 @@ import pyarrow as pa
 import pytest
 
 import tokenjoule
-from tokenjoule.calibrate.profile import MeasuredRange
+from tokenjoule.calibrate.compose import KNOTS_TOKENS, compose_profile, eager_host_s, prefill_gpu_knot
+from tokenjoule.calibrate.gpu_profile import load_gpu_profile
+from tokenjoule.calibrate.profile import SHIPPED_DIR, MeasuredRange, load_profile
 from tokenjoule.kernels.spec import ModelSpec
 from tokenjoule.sim.notes import (
     QUEUE_GROWTH_S_PER_S,
@@ -19,6 +21,7 @@ from tokenjoule.sim.notes import (
     RunNoteWarning,
     context_notes,
     extrapolation_note,
+    host_bound_note,
     overload_note,
 )
 from tokenjoule.sim.run import SimConfig, run
@@ -165,6 +168,51 @@ def test_roofline_runs_check_the_context_of_the_model_they_price():
     trace = Trace.from_columns([0.0, 0.1], [33000, 1000], [10, 10], source="t")  # > 32,768
     result = run(SimConfig(cost="roofline", model="qwen2.5-7b", policy="chunked"), trace)
     assert result.summary["rejected_by_reason"] == {"context_length": 1}
+
+
+# ---- host-bound prefill ------------------------------------------------------------------------------------------
+
+
+def _composed(name: str):
+    return compose_profile(load_gpu_profile(SHIPPED_DIR / "h200-gpu-tokenjoule-cudagraph.json"),
+                           ModelSpec.from_name(name))
+
+
+def test_host_bound_note_counts_the_prompts_under_the_composed_host_floor():
+    gpu = load_gpu_profile(SHIPPED_DIR / "h200-gpu-tokenjoule-cudagraph.json")
+    profile = _composed("llama-3.2-1b")
+    floor = profile.method["compose"]["host_bound_prefill"]
+    below = floor["gpu_exceeds_host_at_tokens"]
+    # the knot is where the GPU's own prefill work first reaches the host's launch time, the floor under the curve
+    host = eager_host_s(gpu, profile.model)
+    assert floor["host_s"] == host
+    previous = KNOTS_TOKENS[KNOTS_TOKENS.index(below) - 1]
+    assert prefill_gpu_knot(gpu, profile.model, previous)[0] < host <= prefill_gpu_knot(gpu, profile.model, below)[0]
+    assert profile.latency.token_curve(1.0, 1.0) >= host
+    table = _table([0.0, 1.0, 2.0, 3.0], [0.0] * 4, inputs=[10, below - 1, below, 4 * below],
+                   reasons=["", "", "", "context_length"])
+    found = host_bound_note(table, profile)
+    assert found["kind"] == "host_bound_prefill"
+    assert (found["requests_short"], found["requests"]) == (2, 3)  # the rejected request is not counted
+    assert f"fewer than about {below:,} tokens" in found["message"] and "2 of 3 finished requests" in found["message"]
+    assert host_bound_note(_table([0.0], [0.0], inputs=[below]), profile) is None
+
+
+def test_host_bound_note_is_only_for_composed_profiles():
+    measured = load_profile(SHIPPED_DIR / "h200-llama-3.1-8b-tokenjoule-cudagraph.json")
+    table = _table([0.0], [0.0], inputs=[10])
+    assert host_bound_note(table, measured) is None
+    assert host_bound_note(table, None) is None
+    assert host_bound_note(table, _composed("llama-3.1-8b")) is not None
+
+
+def test_a_composed_run_reports_its_host_bound_prefills():
+    profile = _composed("llama-3.2-1b")
+    trace = Trace.from_columns([0.0, 5.0], [100, 100], [4, 4], source="t")
+    with pytest.warns(RunNoteWarning, match="host_bound_prefill"):
+        result = tokenjoule.simulate(trace, profile)
+    (found,) = [n for n in result.summary["notes"] if n["kind"] == "host_bound_prefill"]
+    assert found["requests_short"] == 2
 
 
 # ---- the Python API --------------------------------------------------------------------------------------------
