@@ -190,11 +190,6 @@ def prefill_gpu_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[
     return _sum(_layers(gpu, spec, x), attn, _head(gpu, spec, 1))
 
 
-def prefill_knot(gpu: GPUOperatorProfile, spec: ModelSpec, x: int) -> tuple[float, float]:
-    """(s, J) of the prefill curve at x new tokens (attention pairs and cached context apart), host-floored."""
-    return _host_floored(gpu, spec, prefill_gpu_knot(gpu, spec, x))
-
-
 def eager_host_s(gpu: GPUOperatorProfile, spec: ModelSpec) -> float:
     """Host seconds of one eager iteration's launches: counted launches x the (fitted, else bare) seconds per launch."""
     ov = gpu.overheads
