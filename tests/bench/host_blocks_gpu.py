@@ -161,6 +161,8 @@ def main() -> None:  # noqa: D103
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--summarize", type=Path, help="an earlier host_blocks_rounds.json: print its summary")
     args = parser.parse_args()
+    if (args.out is None) == (args.summarize is None):
+        parser.error("give --out (measure) or --summarize FILE (read an earlier run), one of them")
     if args.summarize is not None:
         doc = json.loads(args.summarize.read_text())
     else:
