@@ -68,9 +68,10 @@ ATTN_LAUNCHES = 12
 QK_NORM_LAUNCHES = 3  # two RMSNorms and a cat (OLMoE)
 # Dense MLP: RMSNorm, gate/up GEMM, silu, mul, down GEMM, residual add.
 DENSE_MLP_LAUNCHES = 6
-# MoE MLP (grouped experts): RMSNorm, router GEMM, float, softmax, topk, argsort, arange, gather, searchsorted, int32
-# cast, row index, gather rows, 2 grouped GEMMs, silu, mul, scatter back, weight cast, weight mul, sum, residual add.
-MOE_MLP_LAUNCHES = 21
+# MoE MLP (grouped experts): RMSNorm, router GEMM, the balanced routing offsets' add (`kernels.model.MOE_ROUTINGS`),
+# float, softmax, topk, argsort, arange, gather, searchsorted, int32 cast, row index, gather rows, 2 grouped GEMMs,
+# silu, mul, scatter back, weight cast, weight mul, sum, residual add.
+MOE_MLP_LAUNCHES = 22
 TOPK_RENORM_LAUNCHES = 2  # sum and divide (norm_topk_prob)
 SHARED_EXPERT_LAUNCHES = 5  # gate/up GEMM, silu, mul, down GEMM, add; a sigmoid gate adds 3 (GEMM, sigmoid, mul)
 # Once per eager iteration: embedding, RoPE tables (11 small kernels), 6 host-to-device input copies, the sampled rows'

@@ -26,6 +26,16 @@ from tokenjoule.kernels.tp import ShardedLinear, TPGroup, parallel_block_linears
 
 INIT_STD = 0.02
 MOE_BACKENDS = ("auto", "grouped", "loop")
+# How an MoE layer chooses its experts. "computed": top-k of the router's logits alone. With random weights that
+# collapses in a prefill (every token of a sequence picks the same experts in most layers: measured on OLMoE-1B-7B and
+# Qwen1.5-MoE-A2.7B, validation/h200_2026-12-04_moe_routing/), nothing like a trained model, whose router is trained
+# toward balanced loads. "balanced" (the default): the router GEMM still runs, and a fixed random offset per iteration
+# row and expert (drawn once with the weights, `ROUTE_OFFSET_STD`, far above the logits' spread) is added before the
+# softmax, so each row picks its experts uniformly and independently of the others: the routing the composition
+# prices (`ModelSpec.expected_experts_touched`).
+MOE_ROUTINGS = ("balanced", "computed")
+ROUTE_OFFSET_STD = 10.0
+MOE_MAX_ROWS = 16384  # rows per forward the offsets cover by default (the runner passes max_num_batched_tokens + seqs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +169,16 @@ class MoE(nn.Module):
         device: weights' device.
         dtype: weights' dtype.
         backend: "grouped", "loop" or "auto" (see `resolve_moe_backend`).
+        routing: "balanced" or "computed" (see `MOE_ROUTINGS`).
+        max_rows: most rows one forward may have ("balanced" holds an offset per row and expert).
     """
 
-    def __init__(self, spec: ModelSpec, device, dtype, backend: str = "auto") -> None:
+    def __init__(self, spec: ModelSpec, device, dtype, backend: str = "auto", routing: str = "balanced",
+                 max_rows: int = MOE_MAX_ROWS) -> None:
         super().__init__()
-        self.spec = spec
+        if routing not in MOE_ROUTINGS:
+            raise ValueError(f"moe_routing={routing!r} must be one of {MOE_ROUTINGS}")
+        self.spec, self.routing = spec, routing
         self.backend = resolve_moe_backend(backend, torch.device(device), dtype)
         kw = dict(device=device, dtype=dtype)
         n_exp, hidden, ffn = spec.n_experts, spec.hidden_size, spec.moe_intermediate_size
@@ -174,11 +189,31 @@ class MoE(nn.Module):
         self.shared_gate_up = nn.Linear(hidden, 2 * shared, bias=False, **kw) if shared else None
         self.shared_down = nn.Linear(shared, hidden, bias=False, **kw) if shared else None
         self.shared_gate = nn.Linear(hidden, 1, bias=False, **kw) if spec.shared_expert_gate else None
+        # Drawn by `draw_route_offsets` (a buffer: not a parameter of the model's count).
+        self.register_buffer("route_offsets", torch.zeros(max_rows, n_exp, **kw) if routing == "balanced" else None)
+
+    @torch.no_grad()
+    def draw_route_offsets(self, gen: torch.Generator) -> None:
+        """Fill the balanced routing offsets, N(0, ROUTE_OFFSET_STD^2), from `gen` (nothing under "computed")."""
+        if self.route_offsets is not None:
+            offsets = self.route_offsets
+            offsets.copy_(torch.randn(offsets.shape, generator=gen, device=offsets.device, dtype=offsets.dtype)
+                          * ROUTE_OFFSET_STD)
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, E) logits the experts are chosen by: the router's, plus each row's offsets under "balanced"."""
+        logits = self.router(x)
+        if self.route_offsets is None:
+            return logits
+        if x.shape[0] > self.route_offsets.shape[0]:
+            raise ValueError(f"MoE forward of {x.shape[0]} rows > the {self.route_offsets.shape[0]} rows its routing "
+                             "offsets cover; build the model with max_rows >= max_num_batched_tokens")
+        return logits + self.route_offsets[: x.shape[0]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(T, hidden) -> (T, hidden)."""
         n_tokens, k = x.shape[0], self.spec.n_experts_per_token
-        weights, experts = route(self.router(x), k, self.spec.norm_topk_prob)  # (T, k) each
+        weights, experts = route(self.router_logits(x), k, self.spec.norm_topk_prob)  # (T, k) each
         flat = experts.flatten()  # (T * k,) expert of each (token, slot) pair, token-major
         order = flat.argsort(stable=True)  # (T * k,) pairs sorted by expert
         expert_ids = torch.arange(self.spec.n_experts, device=x.device, dtype=flat.dtype)
@@ -215,7 +250,7 @@ class MoE(nn.Module):
 
 def moe_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     """Plain-torch MoE forward for tests: every expert on every token, mixed by a dense (T, E) routing matrix."""
-    weights, experts = route(moe.router(x), moe.spec.n_experts_per_token, moe.spec.norm_topk_prob)
+    weights, experts = route(moe.router_logits(x), moe.spec.n_experts_per_token, moe.spec.norm_topk_prob)
     mix = torch.zeros(x.shape[0], moe.spec.n_experts, dtype=x.dtype, device=x.device)
     mix.scatter_(1, experts, weights.to(x.dtype))  # (T, E), zero off the top k
     out = torch.zeros_like(x)
@@ -236,11 +271,11 @@ class Block(nn.Module):
     """
 
     def __init__(self, spec: ModelSpec, device, dtype, tp: TPGroup | None = None, moe: bool = False,
-                 moe_backend: str = "auto") -> None:
+                 moe_backend: str = "auto", moe_routing: str = "balanced", max_rows: int = MOE_MAX_ROWS) -> None:
         super().__init__()
         self.spec = spec if tp is None else split_spec(spec, tp.world_size)
         kw = dict(device=device, dtype=dtype)
-        self.moe = MoE(spec, device, dtype, moe_backend) if moe else None
+        self.moe = MoE(spec, device, dtype, moe_backend, moe_routing, max_rows) if moe else None
         if tp is not None:
             self.wqkv, self.wo, self.w_gate_up, self.w_down = parallel_block_linears(spec, tp, device, dtype)
         else:
@@ -348,10 +383,13 @@ class Transformer(nn.Module):
         tp: this rank's tensor-parallel group; None runs the whole model in this process (MoE and qk-norm models
             support only that).
         moe_backend: how MoE layers run their experts: "grouped", "loop" or "auto" (see `MoE`).
+        moe_routing: how MoE layers choose their experts: "balanced" or "computed" (see `MOE_ROUTINGS`).
+        max_rows: most rows one forward may have (MoE layers' routing offsets cover that many).
     """
 
     def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu", seed: int = 0,
-                 dtype: torch.dtype | None = None, tp: TPGroup | None = None, moe_backend: str = "auto") -> None:
+                 dtype: torch.dtype | None = None, tp: TPGroup | None = None, moe_backend: str = "auto",
+                 moe_routing: str = "balanced", max_rows: int = MOE_MAX_ROWS) -> None:
         super().__init__()
         if tp is not None and (spec.is_moe or spec.qk_norm):
             raise ValueError(f"{spec.name}: tensor parallelism (tp={tp.world_size}) does not support MoE or qk-norm "
@@ -362,7 +400,7 @@ class Transformer(nn.Module):
         self.local_spec = spec if tp is None else split_spec(spec, tp.world_size)  # the heads this process holds
         self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size, device=device, dtype=dtype)
         moe_layers = set(spec.moe_layers)
-        self.layers = nn.ModuleList(Block(spec, device, dtype, tp, i in moe_layers, moe_backend)
+        self.layers = nn.ModuleList(Block(spec, device, dtype, tp, i in moe_layers, moe_backend, moe_routing, max_rows)
                                     for i in range(spec.n_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device, dtype)
         head = parallel_lm_head(spec, tp, device, dtype) if tp is not None else None  # None: replicated
@@ -381,7 +419,8 @@ class Transformer(nn.Module):
         """Fill every matrix with N(0, 0.02^2) from a seeded generator on the weights' device; norms stay 1.
 
         A tensor-parallel shard draws the full matrix and keeps its slice, so it holds exactly the single-process
-        model's values.
+        model's values. Balanced MoE layers' routing offsets, N(0, ROUTE_OFFSET_STD^2), are drawn after every weight
+        (so the weights are those of computed routing).
         """
         gen = torch.Generator(device=self.device).manual_seed(seed)
         modules = dict(self.named_modules())
@@ -395,6 +434,9 @@ class Transformer(nn.Module):
             shape = owner.full_shape(leaf) if sharded else param.shape
             full = torch.randn(shape, generator=gen, device=self.device, dtype=self.dtype) * INIT_STD
             param.copy_(owner.shard(full, leaf) if sharded else full)
+        for layer in self.layers:
+            if layer.moe is not None:
+                layer.moe.draw_route_offsets(gen)
 
     def setup_kv_cache(self, num_blocks: int, block_size: int = 16) -> torch.Tensor:
         """Allocate (or keep, when the size matches) the paged KV cache.

@@ -15,7 +15,7 @@ import torch
 
 from tokenjoule.kernels.block_manager import BlockManager, kv_capacity_blocks
 from tokenjoule.kernels.decode_attention import precompile, triton_available
-from tokenjoule.kernels.model import MOE_BACKENDS, AttentionMetadata, Transformer
+from tokenjoule.kernels.model import MOE_BACKENDS, MOE_ROUTINGS, AttentionMetadata, Transformer
 from tokenjoule.kernels.scheduler import ScheduledBatch
 from tokenjoule.kernels.shape import graph_buckets
 from tokenjoule.kernels.spec import ModelSpec
@@ -53,6 +53,8 @@ class RunnerConfig:
         num_kv_blocks: force the cache size in blocks (None: from memory on GPU, CPU_KV_BLOCKS on CPU).
         moe_backend: how MoE layers run their experts: "auto", "grouped" (torch._grouped_mm) or "loop" (one GEMM
             pair per expert; it reads the expert counts on the host, so it cannot run in "cudagraph" mode).
+        moe_routing: how MoE layers choose their experts: "balanced" (uniform, as a trained router's balanced loads;
+            the default) or "computed" (the random router's own choice; see `kernels.model.MOE_ROUTINGS`).
     """
 
     mode: str = "eager"
@@ -66,6 +68,7 @@ class RunnerConfig:
     decode_backend: str = "auto"
     num_kv_blocks: int | None = None
     moe_backend: str = "auto"
+    moe_routing: str = "balanced"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -74,6 +77,8 @@ class RunnerConfig:
             raise ValueError(f"mode={self.mode!r} needs a CUDA device, got device={self.device!r}")
         if self.moe_backend not in MOE_BACKENDS:
             raise ValueError(f"moe_backend={self.moe_backend!r} must be one of {MOE_BACKENDS}")
+        if self.moe_routing not in MOE_ROUTINGS:
+            raise ValueError(f"moe_routing={self.moe_routing!r} must be one of {MOE_ROUTINGS}")
 
 
 class ModelRunner:
@@ -88,7 +93,9 @@ class ModelRunner:
     def __init__(self, spec: ModelSpec, config: RunnerConfig, tp: TPGroup | None = None) -> None:
         self.spec, self.config, self.tp = spec, config, tp
         self.device = torch.device(config.device)
-        self.model = Transformer(spec, self.device, seed=config.seed, tp=tp, moe_backend=config.moe_backend)
+        self.model = Transformer(spec, self.device, seed=config.seed, tp=tp, moe_backend=config.moe_backend,
+                                 moe_routing=config.moe_routing,
+                                 max_rows=config.max_num_batched_tokens + config.max_num_seqs)
         moe_backends = {layer.moe.backend for layer in self.model.layers if layer.moe is not None}
         if config.mode == "cudagraph" and "loop" in moe_backends:
             raise ValueError(f"{spec.name}: moe_backend='loop' reads expert counts on the host, which a CUDA graph "

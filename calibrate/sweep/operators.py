@@ -192,6 +192,7 @@ def _moe_call(p: dict[str, int], device: str, seed: int, engine_model: Any):
     with torch.no_grad():
         for weight in mlp.parameters():
             weight.copy_(torch.randn(weight.shape, generator=gen, device=device) * 0.02)
+        mlp.draw_route_offsets(gen)  # as the engine's layers route (balanced)
         x = (torch.randn(p["tokens"], p["hidden"], generator=gen, device=device) * 0.02).to(torch.bfloat16)
     return lambda: mlp(x)
 

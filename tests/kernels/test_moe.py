@@ -75,8 +75,9 @@ def test_moe_model_builds_the_spec_parameters(tiny_moe_spec):
 def test_moe_prefill_and_decode_match_reference(tiny_moe_spec, reference, backend):
     if backend == "grouped" and not grouped_mm_works("cpu", torch.float32):
         pytest.skip("no torch._grouped_mm on CPU")
+    # The reference routes by the router alone: computed routing (balanced offsets follow iteration rows).
     runner = ModelRunner(tiny_moe_spec, RunnerConfig(device="cpu", num_kv_blocks=64, decode_backend="torch",
-                                                     max_model_len=256, moe_backend=backend))
+                                                     max_model_len=256, moe_backend=backend, moe_routing="computed"))
     tokens = torch.randint(0, 128, (45,), generator=torch.Generator().manual_seed(2)).tolist()
     seq = new_seq(runner, 7, tokens[:40])
     run_chunk(runner, ScheduledBatch(prefill=((seq, 17),)))
@@ -105,3 +106,31 @@ def test_moe_refuses_tp_and_bad_backends(tiny_moe_spec):
         RunnerConfig(device="cpu", moe_backend="fast")
     with pytest.raises(ValueError, match="moe_backend"):
         MoE(tiny_moe_spec, "cpu", torch.float32, backend="fast")
+    with pytest.raises(ValueError, match="moe_routing"):
+        RunnerConfig(device="cpu", moe_routing="random")
+    with pytest.raises(ValueError, match="moe_routing"):
+        MoE(tiny_moe_spec, "cpu", torch.float32, routing="random")
+
+
+def _distinct_experts(moe, x):
+    _, experts = route(moe.router_logits(x), moe.spec.n_experts_per_token, moe.spec.norm_topk_prob)
+    return len(set(experts.flatten().tolist()))
+
+
+def test_balanced_routing_spreads_rows_that_computed_routing_sends_to_the_same_experts(tiny_moe_spec):
+    """Identical rows (the collapse random weights show in a prefill) touch k experts when computed, about the
+    uniform expectation when balanced; the forward still matches the reference, and the weights do not change."""
+    spec = dataclasses.replace(tiny_moe_spec, n_experts=16, n_experts_per_token=2)
+    balanced = Transformer(spec, seed=3, max_rows=64)
+    computed = Transformer(spec, seed=3, moe_routing="computed", max_rows=64)
+    x = torch.randn(1, spec.hidden_size, generator=torch.Generator().manual_seed(0)).expand(48, -1).contiguous()
+    for b_layer, c_layer in zip(balanced.layers, computed.layers, strict=True):
+        assert _distinct_experts(c_layer.moe, x) == 2
+        assert _distinct_experts(b_layer.moe, x) >= 0.8 * spec.expected_experts_touched(48)  # 15.7 expected
+        torch.testing.assert_close(b_layer.moe(x), moe_reference(b_layer.moe, x), rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(balanced.parameters(), computed.parameters(), strict=True))
+    again = Transformer(spec, seed=3, max_rows=64)
+    assert torch.equal(again.layers[0].moe.route_offsets, balanced.layers[0].moe.route_offsets)
+    assert balanced.layers[0].moe.route_offsets.std() > 5 * balanced.layers[0].moe.router(x).std()
+    with pytest.raises(ValueError, match="65 rows > the 64 rows"):
+        balanced.layers[0].moe(torch.zeros(65, spec.hidden_size))
