@@ -22,7 +22,7 @@ from tokenjoule.calibrate.validate.models import TARGETS, summarize, target_figu
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ("validation_models.json", "validation_models_lease6.json", "validation_models_lease7.json",
-           "validation_models_lease8.json", "validation_models_lease9.json")
+           "validation_models_lease8.json", "validation_models_lease9.json", "validation_models_lease10.json")
 METRICS = {"energy": "energy_total_j", "TTFT p50": "ttft_p50_s", "TPOT p50": "tpot_p50_s"}
 
 
