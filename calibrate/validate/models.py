@@ -165,15 +165,24 @@ def target_figures(pooled: dict[str, float | None]) -> dict[str, float | None]:
             "tpot_p50_median": pooled["tpot_p50_s_median"], "ttft_p50_median": pooled["ttft_p50_s_median"]}
 
 
-def build_models_report(lease_dir: Path | Sequence[Path], ops_dir: Path, mode: str = "cudagraph") -> dict[str, Any]:
-    """The leave-one-model-out report of one lease, or of several pooled (see the module docstring)."""
-    gpu = gpu_profile_of(ops_dir, mode)
+def load_runs(lease_dir: Path | Sequence[Path], mode: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every model folder of the leases, by model: its run (`load_run`), measured iterations and replayed spec.
+
+    With `mode`, a folder replayed in another engine mode is refused (ProfileError).
+    """
     runs = {}
     for path in model_runs(lease_dir):
         run = load_run(path)
-        if run["doc"]["runner_config"]["mode"] != mode:
+        if mode is not None and run["doc"]["runner_config"]["mode"] != mode:
             raise ProfileError(f"{path}: replayed in {run['doc']['runner_config']['mode']} mode, not {mode}")
         runs[path.name] = {**run, **measured_iterations(path, run["doc"]), "spec": replayed_spec(run["doc"])}
+    return runs
+
+
+def build_models_report(lease_dir: Path | Sequence[Path], ops_dir: Path, mode: str = "cudagraph") -> dict[str, Any]:
+    """The leave-one-model-out report of one lease, or of several pooled (see the module docstring)."""
+    gpu = gpu_profile_of(ops_dir, mode)
+    runs = load_runs(lease_dir, mode)
     sims = Simulations()
     models = [model_entry(name, gpu, runs, sims) for name in runs]
     pooled = summarize([e for m in models for e in (s["error"] for s in m["scenarios"])])

@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 from tokenjoule.calibrate.compose import compose_profile
 from tokenjoule.calibrate.compose_check import row_features
 from tokenjoule.calibrate.validate import models as lomo
-from tokenjoule.calibrate.validate.report import load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = ROOT / "validation" / "h200_2026-12-03_models"
@@ -88,10 +87,7 @@ def main() -> None:  # noqa: D103
     parser.add_argument("--mode", default="cudagraph")
     args = parser.parse_args()
     gpu = lomo.gpu_profile_of(args.ops, args.mode)
-    runs = {}
-    for path in lomo.model_runs(args.lease):
-        run = load_run(path)
-        runs[path.name] = {**run, **lomo.measured_iterations(path, run["doc"]), "spec": lomo.replayed_spec(run["doc"])}
+    runs = lomo.load_runs(args.lease)
     for name in args.models or runs:
         report(name, runs, gpu)
 

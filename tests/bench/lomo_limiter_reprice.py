@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 from tokenjoule.calibrate.compose import compose_profile
 from tokenjoule.calibrate.compose_check import row_features
 from tokenjoule.calibrate.validate import models as lomo
-from tokenjoule.calibrate.validate.report import load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 MEASURED = ROOT / "calibrate" / "profiles" / "measurements"
@@ -78,11 +77,7 @@ def main() -> None:  # noqa: D103
     out = []
     for lease, ops in leases:
         gpu = lomo.gpu_profile_of(ops, "cudagraph")
-        runs = {}
-        for path in lomo.model_runs(lease):
-            run = load_run(path)
-            runs[path.name] = {**run, **lomo.measured_iterations(path, run["doc"]),
-                               "spec": lomo.replayed_spec(run["doc"])}
+        runs = lomo.load_runs(lease)
         for name, run in runs.items():
             folded = lomo.fold(gpu, name, runs)
             lifted_ops = {k: dataclasses.replace(v, power_cap_w=None)
