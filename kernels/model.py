@@ -178,7 +178,7 @@ class MoE(nn.Module):
         super().__init__()
         if routing not in MOE_ROUTINGS:
             raise ValueError(f"moe_routing={routing!r} must be one of {MOE_ROUTINGS}")
-        self.spec, self.routing = spec, routing
+        self.spec = spec
         self.backend = resolve_moe_backend(backend, torch.device(device), dtype)
         kw = dict(device=device, dtype=dtype)
         n_exp, hidden, ffn = spec.n_experts, spec.hidden_size, spec.moe_intermediate_size

@@ -112,9 +112,8 @@ def _measure_model(name: str, rounds: int, order: random.Random, rows: list[dict
                     for way in order.sample(ways, len(ways)):
                         rows.append({"model": name, "tokens": tokens, "round": r, "way": way,
                                      "time_s": _visit(way, runner, model, inputs, graph), "steps": STEPS})
-            runner.release()
     finally:
-        runner.release()
+        runner.release()  # the next length's prepare() released the one before
 
 
 def measure(models: tuple[str, ...], rounds: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
